@@ -1,0 +1,1 @@
+//! Palaver balancer (built in a later step).

@@ -1,0 +1,129 @@
+//! Per-connection delivery: turns hub items into the frames one connection
+//! sends, keeping each subscribed room gapless and free of duplicates.
+//!
+//! The hand-over from replay to live: a subscription is registered in the hub
+//! before its `Start` item is queued, so every message committed after the
+//! registration arrives live. `Start` then reads the room's last committed
+//! seq, replays the store up to it and sets the cursor there. A live message
+//! at or below the cursor is dropped (already replayed); one past a gap first
+//! pulls the gap from the store. The store holds every message before it is
+//! published, so the pull always finds it.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+
+use crate::hub::Outbound;
+use crate::protocol::MessageView;
+use crate::protocol::ok_reply;
+use crate::protocol::to_json;
+use crate::rooms::MAX_PAGE;
+use crate::rooms::RoomLog;
+use crate::storage::StorageError;
+
+/// One frame to send.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    /// The JSON text.
+    pub json: Utf8Bytes,
+    /// For messages: the room and seq (SSE's `id:`).
+    pub message: Option<(Arc<str>, u64)>,
+}
+
+impl OutFrame {
+    fn plain(json: Utf8Bytes) -> Self {
+        Self { json, message: None }
+    }
+}
+
+/// A replay still to send: messages `from+1..=last` of a room.
+struct Replay {
+    room_key: u64,
+    room: Arc<str>,
+    from: u64,
+    last: u64,
+}
+
+/// The cursors of one connection's subscriptions.
+pub struct Delivery {
+    log: Arc<RoomLog>,
+    /// Room key → last seq delivered (or to be delivered by a pending replay).
+    cursors: HashMap<u64, u64>,
+    replays: VecDeque<Replay>,
+}
+
+impl Delivery {
+    /// No subscriptions yet.
+    pub fn new(log: Arc<RoomLog>) -> Self {
+        Self { log, cursors: HashMap::new(), replays: VecDeque::new() }
+    }
+
+    /// Whether replayed history is still to be sent. The caller sends it,
+    /// a page at a time, before taking its next item, so live events wait
+    /// behind the replay and memory stays bounded by one page.
+    pub fn replaying(&self) -> bool {
+        !self.replays.is_empty()
+    }
+
+    /// Appends the next page of the oldest pending replay to `out`.
+    pub fn replay_page(&mut self, out: &mut Vec<OutFrame>) -> Result<(), StorageError> {
+        let Some(r) = self.replays.front_mut() else { return Ok(()) };
+        let page = self.log.after(r.room_key, r.from, MAX_PAGE)?;
+        for m in page.iter().take_while(|m| m.seq <= r.last) {
+            let json = to_json(&MessageView::event(&r.room, m));
+            out.push(OutFrame { json: json.into(), message: Some((r.room.clone(), m.seq)) });
+            r.from = m.seq;
+        }
+        if page.len() < MAX_PAGE || r.from >= r.last {
+            self.replays.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Appends to `out` the frames that `item` means for this connection.
+    pub fn handle(&mut self, item: Outbound, out: &mut Vec<OutFrame>) -> Result<(), StorageError> {
+        match item {
+            Outbound::Reply(json) => out.push(OutFrame::plain(json)),
+            Outbound::Event(event) => {
+                let Some(cursor) = self.cursors.get_mut(&event.room_key) else { return Ok(()) };
+                if event.seq == 0 {
+                    out.push(OutFrame::plain(event.json.clone()));
+                    return Ok(());
+                }
+                if event.seq <= *cursor {
+                    return Ok(());
+                }
+                if event.seq > *cursor + 1 {
+                    for m in self.log.between(event.room_key, *cursor + 1, event.seq - 1)? {
+                        let json = to_json(&MessageView::event(&event.room, &m));
+                        out.push(OutFrame { json: json.into(), message: Some((event.room.clone(), m.seq)) });
+                    }
+                }
+                *cursor = event.seq;
+                out.push(OutFrame { json: event.json.clone(), message: Some((event.room.clone(), event.seq)) });
+            }
+            Outbound::Start { room_key, room, since, ack, reply_id } => {
+                let last = self.log.last_seq(room_key)?;
+                if ack {
+                    out.push(OutFrame::plain(ok_reply(reply_id, serde_json::json!({"last_seq": last})).into()));
+                }
+                // A re-subscribe replaces any replay still pending for the room.
+                self.replays.retain(|r| r.room_key != room_key);
+                if let Some(from) = since.filter(|s| *s < last) {
+                    self.replays.push_back(Replay { room_key, room, from, last });
+                }
+                self.cursors.insert(room_key, last);
+            }
+            Outbound::End { room_key, removed } => {
+                self.cursors.remove(&room_key);
+                self.replays.retain(|r| r.room_key != room_key);
+                if let Some(json) = removed {
+                    out.push(OutFrame::plain(json));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! The client-facing transports: HTTP routes, WebSocket, SSE and long
+//! polling, plus the accept loop. They translate requests into
+//! [`crate::service`] calls and answers back; no rules live here.
+
+mod delivery;
+mod extract;
+mod http;
+mod ops;
+mod poll;
+mod server;
+mod sse;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::delete;
+use axum::routing::get;
+use axum::routing::post;
+pub use server::serve;
+
+use crate::service::ApiError;
+use crate::service::Node;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = axum::http::StatusCode::from_u16(self.code.status())
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut error = serde_json::json!({"code": self.code.as_str(), "message": self.message});
+        let mut response = if let Some(ms) = self.retry_after_ms {
+            error["retry_after_ms"] = ms.into();
+            let secs = ms.div_ceil(1000).to_string();
+            (status, [(axum::http::header::RETRY_AFTER, secs)], axum::Json(serde_json::json!({"error": error})))
+                .into_response()
+        } else {
+            (status, axum::Json(serde_json::json!({"error": error}))).into_response()
+        };
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+/// Every route of the client protocol and the operations endpoints.
+pub fn router(node: Arc<Node>) -> Router {
+    let body_limit = node.limits.body_bytes;
+    Router::new()
+        .route("/api/register", post(http::register))
+        .route("/api/login", post(http::login))
+        .route("/api/logout", post(http::logout))
+        .route("/api/me", get(http::me))
+        .route("/api/ticket", post(http::ticket))
+        .route("/api/rooms", get(http::list_rooms).post(http::create_room))
+        .route("/api/rooms/{room}", get(http::get_room).delete(http::delete_room))
+        .route("/api/rooms/{room}/join", post(http::join))
+        .route("/api/rooms/{room}/leave", post(http::leave))
+        .route("/api/rooms/{room}/invite", post(http::invite))
+        .route("/api/rooms/{room}/kick", post(http::kick))
+        .route("/api/rooms/{room}/ban", post(http::ban))
+        .route("/api/rooms/{room}/unban", post(http::unban))
+        .route("/api/rooms/{room}/role", post(http::role))
+        .route("/api/rooms/{room}/mute", post(http::mute))
+        .route("/api/rooms/{room}/unmute", post(http::unmute))
+        .route("/api/rooms/{room}/read", post(http::read))
+        .route("/api/rooms/{room}/members", get(http::members))
+        .route("/api/rooms/{room}/audit", get(http::audit))
+        .route("/api/rooms/{room}/messages", get(http::history).post(http::post_message))
+        .route("/api/rooms/{room}/messages/{seq}", delete(http::delete_message))
+        .route("/api/dm/{username}", post(http::open_direct))
+        .route("/api/poll", get(poll::poll))
+        .route("/api/cluster", get(ops::cluster))
+        .route("/ws", get(ws::upgrade))
+        .route("/sse", get(sse::stream))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::not_found("path") })
+        .method_not_allowed_fallback(|| async {
+            let mut e = ApiError::bad_request("method not allowed on this path");
+            e.message.push_str(" (see docs/protocol.md)");
+            (axum::http::StatusCode::METHOD_NOT_ALLOWED, e.into_response().into_body())
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(node)
+}

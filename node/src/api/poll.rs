@@ -1,0 +1,147 @@
+//! `GET /api/poll`: long polling and, with `timeout_ms=0`, plain polling
+//! (PROTOCOL.md §6). Messages come from the store after each cursor, so a
+//! poll is gapless by construction; other events (presence, typing, member
+//! changes) are included when they happen while the poll waits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::response::Response;
+
+use super::extract::Query;
+use super::sse::Registration;
+use super::sse::parse_cursors;
+use super::sse::readable;
+use super::sse::session;
+use crate::hub::Outbound;
+use crate::protocol::MessageView;
+use crate::protocol::close;
+use crate::protocol::to_json;
+use crate::rooms::MAX_PAGE;
+use crate::rooms::RoomRef;
+use crate::service::ApiError;
+use crate::service::Node;
+
+/// How long a poll waits when the client does not say.
+const DEFAULT_WAIT_MS: u64 = 25_000;
+/// After the first event, how long to gather more before answering.
+const GATHER: Duration = Duration::from_millis(5);
+
+struct Poll {
+    rooms: Vec<RoomRef>,
+    cursors: Vec<u64>,
+    events: Vec<String>,
+    /// Rooms whose subscription ended while waiting (no more reads).
+    ended: Vec<bool>,
+}
+
+impl Poll {
+    /// Adds every stored message after each cursor (a page per room).
+    fn collect_messages(&mut self, node: &Node) -> Result<(), ApiError> {
+        for (i, r) in self.rooms.iter().enumerate() {
+            if self.ended[i] {
+                continue;
+            }
+            for m in node.log.after(r.key, self.cursors[i], MAX_PAGE)? {
+                self.events.push(to_json(&MessageView::event(&r.id, &m)));
+                self.cursors[i] = m.seq;
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, item: Outbound) {
+        match item {
+            Outbound::Event(e) if e.seq == 0 => self.events.push(e.json.as_str().to_string()),
+            Outbound::End { room_key, removed } => {
+                if let Some(i) = self.rooms.iter().position(|r| r.key == room_key) {
+                    self.ended[i] = true;
+                }
+                if let Some(json) = removed {
+                    self.events.push(json.as_str().to_string());
+                }
+            }
+            // Messages are read from the store; starts and replies do not apply.
+            _ => {}
+        }
+    }
+
+    fn answer(self) -> Response {
+        let cursor: Vec<String> =
+            self.rooms.iter().zip(&self.cursors).map(|(r, seq)| format!("{}:{seq}", r.id)).collect();
+        let body = format!(
+            "{{\"events\":[{}],\"cursor\":{}}}",
+            self.events.join(","),
+            serde_json::Value::from(cursor.join(","))
+        );
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+/// Answers as soon as any event exists after the cursors, or empty at the timeout.
+pub async fn poll(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query) -> Result<Response, ApiError> {
+    let s = session(&node, &headers, &q).await?;
+    let cursors = parse_cursors(q.0.get("since").map(String::as_str).unwrap_or(""))?;
+    let mut names: Vec<String> = Vec::new();
+    let mut starts: Vec<u64> = Vec::new();
+    for (room, seq) in cursors {
+        match names.iter().position(|n| *n == room) {
+            Some(i) => starts[i] = seq,
+            None => {
+                names.push(room);
+                starts.push(seq);
+            }
+        }
+    }
+    let rooms = readable(&node, &s, &names).map_err(|e| {
+        if names.is_empty() { ApiError::bad_request("since must name the rooms: since=a:12,b:40") } else { e }
+    })?;
+    let wait = q.number("timeout_ms")?.unwrap_or(DEFAULT_WAIT_MS).min(node.limits.max_poll_ms);
+    let ended = vec![false; rooms.len()];
+    let mut poll = Poll { rooms, cursors: starts, events: Vec::new(), ended };
+    poll.collect_messages(&node)?;
+    if !poll.events.is_empty() || wait == 0 {
+        return Ok(poll.answer());
+    }
+    // Register, then look at the store again: a message committed between
+    // the first look and the registration is found by the second.
+    let (registration, mut rx) = Registration::open(&node, &s, &poll.rooms, &HashMap::new(), false);
+    poll.collect_messages(&node)?;
+    if !poll.events.is_empty() {
+        return Ok(poll.answer());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+    let kill = registration.kill.clone();
+    loop {
+        let item = tokio::select! {
+            code = kill.fired() => {
+                if code == close::TOKEN_REVOKED {
+                    return Err(ApiError::unauthorized());
+                }
+                return Ok(poll.answer());
+            }
+            item = tokio::time::timeout_at(deadline, rx.recv()) => item,
+        };
+        match item {
+            Ok(Some(Outbound::Event(e))) if e.seq > 0 => {}
+            Ok(Some(item)) => poll.take(item),
+            Ok(None) | Err(_) => return Ok(poll.answer()),
+        }
+        poll.collect_messages(&node)?;
+        if !poll.events.is_empty() {
+            // Gather what arrives right behind the first event into the same answer.
+            let gather_until = tokio::time::Instant::now() + GATHER;
+            while let Ok(Some(item)) = tokio::time::timeout_at(gather_until, rx.recv()).await {
+                poll.take(item);
+            }
+            poll.collect_messages(&node)?;
+            drop(registration);
+            return Ok(poll.answer());
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! `GET /ws`: the WebSocket transport (PROTOCOL.md §5).
+//!
+//! Each socket runs two tasks: this reader, which parses and checks commands
+//! in arrival order, and a writer, which alone owns the sink and turns queued
+//! items into frames through [`Delivery`]. Sends are handed to the log writer
+//! in arrival order and answered as their flushes complete, so a client may
+//! pipeline without reordering.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::CloseFrame;
+use axum::extract::ws::Message;
+use axum::extract::ws::Utf8Bytes;
+use axum::extract::ws::WebSocket;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use futures_util::SinkExt;
+use futures_util::StreamExt;
+use futures_util::stream::SplitSink;
+use tokio::sync::mpsc;
+
+use super::delivery::Delivery;
+use super::delivery::OutFrame;
+use super::extract::bearer;
+use crate::clock::now_ms;
+use crate::hub::ConnId;
+use crate::hub::KillSwitch;
+use crate::hub::Listener;
+use crate::hub::Outbound;
+use crate::protocol::Command;
+use crate::protocol::Frame;
+use crate::protocol::MessageView;
+use crate::protocol::close;
+use crate::protocol::error_reply;
+use crate::protocol::ok_reply;
+use crate::protocol::salvage_id;
+use crate::ratelimit::TokenBucket;
+use crate::service::ApiError;
+use crate::service::Node;
+use crate::service::Session;
+
+/// Frames the writer sends before one flush.
+const FLUSH_EVERY: usize = 64;
+/// Rate-limited frames in a row after which the client is closed (1008).
+const ABUSE_AFTER: u32 = 1_000;
+/// tungstenite's own default is 128 KiB per socket, allocated up front.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
+
+/// Whether a browser origin may open a socket: listed, or the same host.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    host.is_some() && origin_host == host
+}
+
+/// Checks the upgrade request, then hands the socket to [`connection`].
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return ApiError::bad_request(format!("not a WebSocket upgrade: {}", e.body_text())).into_response(),
+    };
+    if !origin_allowed(&headers, &node.security.allowed_origins) {
+        return ApiError::forbidden("origin not allowed").into_response();
+    }
+    if node.hub.connection_count() >= node.limits.max_connections {
+        return ApiError::unavailable("too many connections on this node").into_response();
+    }
+    let session = match bearer(&headers).map(|t| node.authenticate(t)).transpose() {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let frame = node.limits.frame_bytes;
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(frame)
+        .max_frame_size(frame)
+        .on_upgrade(move |socket| connection(node, socket, session))
+}
+
+async fn close_with(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        close::NOT_AUTHENTICATED => "not authenticated",
+        close::TOKEN_REVOKED => "token revoked or expired",
+        close::TOO_LARGE => "frame too large",
+        close::INVALID_UTF8 => "invalid UTF-8",
+        close::POLICY => "policy violation",
+        close::TOO_SLOW => "too slow: resume with since",
+        close::RESTARTING => "server restarting: reconnect",
+        _ => "",
+    }
+}
+
+/// The close code for a read error, if it deserves one.
+fn read_error_code(e: axum::Error) -> Option<u16> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>().map(|b| *b) {
+        Ok(WsError::Capacity(_)) => Some(close::TOO_LARGE),
+        Ok(WsError::Utf8(_)) => Some(close::INVALID_UTF8),
+        Ok(WsError::Protocol(_)) => Some(1002),
+        _ => None,
+    }
+}
+
+/// Waits for the `auth` frame (unless the upgrade carried a token).
+async fn authenticate(
+    node: &Arc<Node>,
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+) -> Option<Session> {
+    let timeout = Duration::from_millis(node.limits.handshake_timeout_ms);
+    let first = tokio::time::timeout(timeout, stream.next()).await;
+    let text = match first {
+        Ok(Some(Ok(Message::Text(t)))) => t,
+        Ok(Some(Err(e))) => {
+            let code = read_error_code(e).unwrap_or(close::NOT_AUTHENTICATED);
+            close_with(sink, code, close_reason(code)).await;
+            return None;
+        }
+        _ => {
+            close_with(sink, close::NOT_AUTHENTICATED, "first frame must be auth").await;
+            return None;
+        }
+    };
+    let frame: Option<Frame> = serde_json::from_str(&text).ok();
+    let id = frame.as_ref().and_then(|f| f.id);
+    let session = match frame.map(Command::from_frame) {
+        Some(Ok(Command::Auth { token })) => node.authenticate(&token).ok(),
+        _ => None,
+    };
+    match session {
+        Some(s) => {
+            let reply = ok_reply(id, serde_json::json!({"username": &*s.username}));
+            sink.send(Message::Text(reply.into())).await.ok()?;
+            Some(s)
+        }
+        None => {
+            close_with(sink, close::NOT_AUTHENTICATED, "first frame must be a valid auth").await;
+            None
+        }
+    }
+}
+
+async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>) {
+    let (mut sink, mut stream) = socket.split();
+    let session = match session {
+        Some(s) => s,
+        None => match authenticate(&node, &mut sink, &mut stream).await {
+            Some(s) => s,
+            None => return,
+        },
+    };
+    let (tx, rx) = mpsc::channel(node.limits.outbound_queue);
+    let kill = Arc::new(KillSwitch::default());
+    let listener = Listener {
+        tx: tx.clone(),
+        kill: kill.clone(),
+        user: session.username.clone(),
+        token_hash: session.token_hash,
+        presence: true,
+    };
+    let (conn, change) = node.hub.connect(listener);
+    if let Some(change) = change {
+        node.announce_presence(change);
+    }
+    // A logout applied between authentication and registration found no
+    // socket to close; look again now that this one is registered.
+    if node.meta().session(&session.token_hash, now_ms()).is_none() {
+        kill.fire(close::TOKEN_REVOKED);
+    }
+    let writer = tokio::spawn(write_loop(node.log.clone(), sink, rx, kill.clone()));
+    let mut reader = Reader { node: node.clone(), session, conn, tx, kill: kill.clone(), bucket: None, refused: 0 };
+    reader.run(&mut stream).await;
+    kill.fire(1000);
+    let _ = writer.await;
+    if let Some(change) = node.hub.disconnect(conn) {
+        node.announce_presence(change);
+    }
+}
+
+async fn write_loop(
+    log: Arc<crate::rooms::RoomLog>,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    kill: Arc<KillSwitch>,
+) {
+    let mut delivery = Delivery::new(log);
+    let mut frames = Vec::new();
+    loop {
+        let item = tokio::select! {
+            biased;
+            code = kill.fired() => {
+                if code != 1000 {
+                    close_with(&mut sink, code, close_reason(code)).await;
+                } else {
+                    let _ = sink.close().await;
+                }
+                return;
+            }
+            item = rx.recv() => item,
+        };
+        let Some(item) = item else { return };
+        let mut next = Some(item);
+        let mut handled = 0;
+        while let Some(item) = next.take() {
+            if let Err(e) = delivery.handle(item, &mut frames) {
+                tracing::error!(error = %e, "cannot read the room log for delivery");
+                kill.fire(1011);
+                break;
+            }
+            while delivery.replaying() {
+                if delivery.replay_page(&mut frames).is_err() || !feed(&mut sink, &mut frames).await {
+                    kill.fire(1011);
+                    break;
+                }
+            }
+            if !feed(&mut sink, &mut frames).await {
+                return;
+            }
+            handled += 1;
+            if handled < FLUSH_EVERY {
+                next = rx.try_recv().ok();
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn feed(sink: &mut SplitSink<WebSocket, Message>, frames: &mut Vec<OutFrame>) -> bool {
+    for f in frames.drain(..) {
+        if sink.feed(Message::Text(f.json)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+struct Reader {
+    node: Arc<Node>,
+    session: Session,
+    conn: ConnId,
+    tx: mpsc::Sender<Outbound>,
+    kill: Arc<KillSwitch>,
+    bucket: Option<TokenBucket>,
+    refused: u32,
+}
+
+impl Reader {
+    async fn run(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+        loop {
+            let msg = tokio::select! {
+                _ = self.kill.fired() => return,
+                msg = stream.next() => msg,
+            };
+            match msg {
+                None | Some(Ok(Message::Close(_))) => return,
+                Some(Err(e)) => {
+                    if let Some(code) = read_error_code(e) {
+                        self.kill.fire(code);
+                    }
+                    return;
+                }
+                Some(Ok(Message::Text(text))) => self.command(&text).await,
+                Some(Ok(Message::Binary(_))) => {
+                    self.error(None, &ApiError::bad_request("binary frames are not part of the protocol")).await;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            }
+        }
+    }
+
+    async fn reply(&self, text: String) {
+        let _ = self.tx.send(Outbound::Reply(text.into())).await;
+    }
+
+    async fn error(&self, id: Option<u64>, e: &ApiError) {
+        self.reply(error_reply(id, e.code, &e.message, e.retry_after_ms)).await;
+    }
+
+    /// Takes a token from the connection's send bucket.
+    fn rate(&mut self) -> Result<(), ApiError> {
+        let now = now_ms();
+        let limits = &self.node.limits;
+        let bucket =
+            self.bucket.get_or_insert_with(|| TokenBucket::new(limits.send_rate_per_sec, limits.send_burst, now));
+        match bucket.take(now) {
+            Ok(()) => {
+                self.refused = 0;
+                Ok(())
+            }
+            Err(wait) => {
+                self.refused += 1;
+                if self.refused >= ABUSE_AFTER {
+                    tracing::warn!(user = %self.session.username, "closing a socket that ignores rate limiting");
+                    self.kill.fire(close::POLICY);
+                }
+                Err(ApiError::rate_limited(wait))
+            }
+        }
+    }
+
+    async fn command(&mut self, text: &str) {
+        let frame: Frame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                return self.error(salvage_id(text), &ApiError::bad_request(format!("invalid frame: {e}"))).await;
+            }
+        };
+        let id = frame.id;
+        let result = match Command::from_frame(frame) {
+            Ok(cmd) => self.execute(id, cmd).await,
+            Err(message) => Err(ApiError::bad_request(message)),
+        };
+        if let Err(e) = result {
+            self.error(id, &e).await;
+        }
+    }
+
+    async fn execute(&mut self, id: Option<u64>, cmd: Command) -> Result<(), ApiError> {
+        let node = self.node.clone();
+        let session = self.session.clone();
+        let s = &session;
+        match cmd {
+            Command::Auth { token } => {
+                let again = node.authenticate(&token)?;
+                if again.username != s.username {
+                    return Err(ApiError::bad_request("this socket is already authenticated as another user"));
+                }
+                self.reply(ok_reply(id, serde_json::json!({"username": &*s.username}))).await;
+            }
+            Command::Subscribe { room, since } => {
+                let r = node.readable_room(s, &room)?;
+                let hub = &node.hub;
+                if !hub.is_subscribed(self.conn, r.key)
+                    && hub.subscription_count(self.conn) >= node.limits.subscriptions_per_socket
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "at most {} subscriptions per socket",
+                        node.limits.subscriptions_per_socket
+                    )));
+                }
+                hub.subscribe(self.conn, r.key);
+                let start = Outbound::Start { room_key: r.key, room: r.id, since, ack: true, reply_id: id };
+                let _ = self.tx.send(start).await;
+            }
+            Command::Unsubscribe { room } => {
+                crate::service::check_room_id(&room)?;
+                let key = node.meta().rooms.get(&room).map(|r| r.info.key);
+                if let Some(key) = key {
+                    node.hub.unsubscribe(self.conn, key);
+                    let _ = self.tx.send(Outbound::End { room_key: key, removed: None }).await;
+                }
+                self.reply(ok_reply(id, serde_json::json!({}))).await;
+            }
+            Command::Send { room, body, client_id } => {
+                self.rate()?;
+                let r = node.check_send(s, &room, &body, &client_id)?;
+                let pending = node.submit_message(s, r, body, client_id).await?;
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let reply = match pending.await {
+                        Ok(a) => ok_reply(id, serde_json::json!({"seq": a.seq, "ts": a.ts})),
+                        Err(e) => error_reply(id, e.code, &e.message, e.retry_after_ms),
+                    };
+                    let _ = tx.send(Outbound::Reply(reply.into())).await;
+                });
+            }
+            Command::History { room, page, limit } => {
+                let messages = node.history(s, &room, page, limit)?;
+                let views: Vec<MessageView<'_>> = messages.iter().map(|m| MessageView::of(&room, m)).collect();
+                self.reply(ok_reply(id, serde_json::json!({"messages": views}))).await;
+            }
+            Command::Typing { room } => {
+                self.rate()?;
+                node.typing(s, &room)?;
+                self.reply(ok_reply(id, serde_json::json!({}))).await;
+            }
+            Command::Read { room, seq } => {
+                let s = s.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let reply = match node.mark_read(&s, &room, seq).await {
+                        Ok(()) => ok_reply(id, serde_json::json!({})),
+                        Err(e) => error_reply(id, e.code, &e.message, e.retry_after_ms),
+                    };
+                    let _ = tx.send(Outbound::Reply(reply.into())).await;
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(axum::http::header::HOST, host.parse().expect("host"));
+        if let Some(o) = origin {
+            h.insert(axum::http::header::ORIGIN, o.parse().expect("origin"));
+        }
+        h
+    }
+
+    #[test]
+    fn origins_are_checked_against_the_list_and_the_host() {
+        let allowed = vec!["http://chat.example".to_string()];
+        assert!(origin_allowed(&headers(None, "n:1"), &allowed));
+        assert!(origin_allowed(&headers(Some("http://chat.example"), "n:1"), &allowed));
+        assert!(origin_allowed(&headers(Some("http://n:1"), "n:1"), &allowed));
+        assert!(!origin_allowed(&headers(Some("http://evil.example"), "n:1"), &allowed));
+        assert!(origin_allowed(&headers(Some("http://evil.example"), "n:1"), &["*".to_string()]));
+    }
+
+    #[test]
+    fn close_codes_have_reasons() {
+        for code in [close::NOT_AUTHENTICATED, close::TOKEN_REVOKED, close::TOO_SLOW, close::RESTARTING] {
+            assert!(!close_reason(code).is_empty());
+        }
+    }
+}

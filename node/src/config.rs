@@ -1,0 +1,260 @@
+//! The cluster file (`cluster.example.toml`) and every tunable with its
+//! default. A node runs with no file at all; every section and field is
+//! optional.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::storage::EngineKind;
+
+/// Everything a node or the launcher reads from the cluster file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Cluster-wide settings.
+    pub cluster: ClusterSection,
+    /// The nodes of the cluster.
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeSection>,
+    /// Limits on what clients control.
+    pub limits: Limits,
+    /// Accounts, tokens and origins.
+    pub security: Security,
+    /// The balancer (read by `palaver balancer` and `palaver up`).
+    pub balancer: Option<toml::Value>,
+}
+
+/// Cluster-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Where node N keeps its files: `<data_dir>/node-N`.
+    pub data_dir: PathBuf,
+    /// The storage engine.
+    pub storage: EngineKind,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("data"), storage: EngineKind::Redb }
+    }
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Raft node id, never reused.
+    pub id: u64,
+    /// Address clients (and the balancer) connect to.
+    pub client: SocketAddr,
+    /// Address other nodes connect to (QUIC).
+    pub peer: SocketAddr,
+    /// Weight for the weighted balancing strategy.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Limits on everything a client controls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket message or frame, bytes (tungstenite's own default is 64 MiB).
+    pub frame_bytes: usize,
+    /// Largest HTTP request body, bytes.
+    pub body_bytes: usize,
+    /// Longest message body, characters.
+    pub message_chars: usize,
+    /// Rooms one socket may subscribe to.
+    pub subscriptions_per_socket: usize,
+    /// Events queued for one socket before it is closed as too slow (1013).
+    pub outbound_queue: usize,
+    /// Sends (and typing notices) per second per connection, sustained.
+    pub send_rate_per_sec: f64,
+    /// Sends allowed in a burst.
+    pub send_burst: f64,
+    /// Time allowed for the HTTP request head and the WebSocket `auth` frame.
+    pub handshake_timeout_ms: u64,
+    /// Login attempts per account per minute.
+    pub login_per_account_per_min: u32,
+    /// Login attempts per client address per minute.
+    pub login_per_address_per_min: u32,
+    /// Registrations per client address per minute.
+    pub register_per_address_per_min: u32,
+    /// Concurrent client connections per node.
+    pub max_connections: usize,
+    /// Longest a long poll may wait, ms.
+    pub max_poll_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            frame_bytes: 64 * 1024,
+            body_bytes: 64 * 1024,
+            message_chars: 4096,
+            subscriptions_per_socket: 256,
+            outbound_queue: 1024,
+            send_rate_per_sec: 20.0,
+            send_burst: 50.0,
+            handshake_timeout_ms: 10_000,
+            login_per_account_per_min: 10,
+            login_per_address_per_min: 60,
+            register_per_address_per_min: 30,
+            max_connections: 100_000,
+            max_poll_ms: 60_000,
+        }
+    }
+}
+
+/// Accounts, tokens and origins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// Origins allowed to open WebSockets. Requests without `Origin`
+    /// (non-browser clients) and same-origin requests are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// A token unused this long stops working.
+    pub token_idle_secs: u64,
+    /// A token stops working this long after login, used or not.
+    pub token_absolute_secs: u64,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            allowed_origins: vec!["http://127.0.0.1:8080".into(), "http://localhost:8080".into()],
+            token_idle_secs: 24 * 3600,
+            token_absolute_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// Why a cluster file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path} is not a valid cluster file: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<toml::de::Error>,
+    },
+    /// The values contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and checks a cluster file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
+            other => other,
+        })
+    }
+
+    /// Parses and checks cluster-file text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), source: Box::new(e) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: u64) -> Option<&NodeSection> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(ConfigError::Invalid("two [[node]] entries share an id".into()));
+        }
+        if ids.contains(&0) {
+            return Err(ConfigError::Invalid("node ids start at 1".into()));
+        }
+        let l = &self.limits;
+        if l.frame_bytes < 1024 || l.body_bytes < 1024 {
+            return Err(ConfigError::Invalid("frame_bytes and body_bytes must be at least 1024".into()));
+        }
+        if l.message_chars == 0 || l.outbound_queue == 0 || l.subscriptions_per_socket == 0 {
+            return Err(ConfigError::Invalid(
+                "message_chars, outbound_queue and subscriptions_per_socket must be positive".into(),
+            ));
+        }
+        if l.send_rate_per_sec <= 0.0 || l.send_burst < 1.0 {
+            return Err(ConfigError::Invalid("send_rate_per_sec must be positive and send_burst at least 1".into()));
+        }
+        if self.security.token_idle_secs == 0 || self.security.token_absolute_secs == 0 {
+            return Err(ConfigError::Invalid("token lifetimes must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let c = Config::parse("").expect("empty config");
+        assert_eq!(c.limits.frame_bytes, 65536);
+        assert_eq!(c.cluster.storage, EngineKind::Redb);
+        assert!(c.nodes.is_empty());
+    }
+
+    #[test]
+    fn nodes_and_engine_are_read() {
+        let c = Config::parse(
+            r#"
+            [cluster]
+            storage = "sled"
+            [[node]]
+            id = 1
+            client = "127.0.0.1:7101"
+            peer = "127.0.0.1:7201"
+            weight = 3
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!(c.cluster.storage, EngineKind::Sled);
+        assert_eq!(c.node(1).map(|n| n.weight), Some(3));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (text, needle) in [
+            ("[limits]\nframe_bytes = 10", "frame_bytes"),
+            ("[limits]\nno_such = 1", "no_such"),
+            ("[cluster]\nstorage = \"rocks\"", "rocks"),
+            (
+                "[[node]]\nid=1\nclient=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"\n[[node]]\nid=1\nclient=\"127.0.0.1:3\"\npeer=\"127.0.0.1:4\"",
+                "share an id",
+            ),
+        ] {
+            let err = Config::parse(text).expect_err(text).to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle}");
+        }
+    }
+}

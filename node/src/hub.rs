@@ -1,0 +1,392 @@
+//! Fan-out on this node: which local connection (WebSocket, SSE, long poll)
+//! listens to which room, local presence, and closing connections by token.
+//!
+//! An event is encoded once and its bytes shared by every recipient. Each
+//! connection has a bounded queue; a connection whose queue is full is closed
+//! as too slow (1013) rather than slowing the room. The hub knows nothing of
+//! the transports: it only pushes [`Outbound`] items and fires kill switches.
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU16;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
+use parking_lot::RwLock;
+use tokio::sync::Notify;
+use tokio::sync::mpsc;
+
+use crate::meta::TokenHash;
+use crate::protocol::close;
+
+/// A connection's id on this node.
+pub type ConnId = u64;
+
+/// An event for one room's listeners, encoded once.
+#[derive(Debug)]
+pub struct Event {
+    /// Room log key.
+    pub room_key: u64,
+    /// Room id.
+    pub room: Arc<str>,
+    /// The message's seq for `message` events, 0 for every other kind.
+    pub seq: u64,
+    /// The JSON text, shared by all recipients.
+    pub json: Utf8Bytes,
+    /// A user who must not receive it (the one typing).
+    pub except: Option<Arc<str>>,
+}
+
+/// What a connection's writer receives.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A room event.
+    Event(Arc<Event>),
+    /// A reply to one of the client's commands (WebSocket only).
+    Reply(Utf8Bytes),
+    /// Start delivering a room: answer `ok` with `last_seq`, replay after `since`.
+    Start {
+        /// Room log key.
+        room_key: u64,
+        /// Room id.
+        room: Arc<str>,
+        /// Replay messages after this seq.
+        since: Option<u64>,
+        /// Answer `ok` with `last_seq` (WebSocket subscribe).
+        ack: bool,
+        /// The subscribe command's id, for the reply.
+        reply_id: Option<u64>,
+    },
+    /// Stop delivering a room; `removed` carries the event to send, if any.
+    End {
+        /// Room log key.
+        room_key: u64,
+        /// The `removed` event, when the server ended it.
+        removed: Option<Utf8Bytes>,
+    },
+}
+
+/// Lets anyone close a connection with a WebSocket close code.
+#[derive(Debug, Default)]
+pub struct KillSwitch {
+    code: AtomicU16,
+    notify: Notify,
+}
+
+impl KillSwitch {
+    /// Asks the connection to close with `code`; the first code wins.
+    pub fn fire(&self, code: u16) {
+        if self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The close code, once fired.
+    pub fn code(&self) -> Option<u16> {
+        match self.code.load(Ordering::Acquire) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+
+    /// Waits until fired; returns the code.
+    pub async fn fired(&self) -> u16 {
+        loop {
+            if let Some(c) = self.code() {
+                return c;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// What the hub keeps of one connection.
+#[derive(Clone)]
+pub struct Listener {
+    /// The connection's queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Its kill switch.
+    pub kill: Arc<KillSwitch>,
+    /// Who is connected.
+    pub user: Arc<str>,
+    /// With which token.
+    pub token_hash: TokenHash,
+    /// Whether it counts for presence (long polls do not).
+    pub presence: bool,
+}
+
+struct Conn {
+    listener: Listener,
+    rooms: HashSet<u64>,
+}
+
+/// Presence transitions caused by a connection opening or closing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// The user's first connection on this node opened.
+    Online(Arc<str>),
+    /// The user's last connection on this node closed.
+    Offline(Arc<str>),
+}
+
+/// This node's listeners.
+#[derive(Default)]
+pub struct Hub {
+    next_id: AtomicU64,
+    conns: RwLock<HashMap<ConnId, Conn>>,
+    rooms: RwLock<HashMap<u64, Vec<(ConnId, Listener)>>>,
+    online: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a connection; says whether the user just came online here.
+    pub fn connect(&self, listener: Listener) -> (ConnId, Option<PresenceChange>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut change = None;
+        if listener.presence {
+            let mut online = self.online.lock();
+            let count = online.entry(listener.user.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                change = Some(PresenceChange::Online(listener.user.clone()));
+            }
+        }
+        self.conns.write().insert(id, Conn { listener, rooms: HashSet::new() });
+        metrics::gauge!("palaver_connections").increment(1.0);
+        (id, change)
+    }
+
+    /// Removes a connection and its subscriptions; says whether the user went offline here.
+    pub fn disconnect(&self, id: ConnId) -> Option<PresenceChange> {
+        let conn = self.conns.write().remove(&id)?;
+        metrics::gauge!("palaver_connections").decrement(1.0);
+        {
+            let mut rooms = self.rooms.write();
+            for room in &conn.rooms {
+                remove_listener(&mut rooms, *room, id);
+            }
+        }
+        if !conn.listener.presence {
+            return None;
+        }
+        let mut online = self.online.lock();
+        let count = online.get_mut(&conn.listener.user)?;
+        *count -= 1;
+        if *count == 0 {
+            online.remove(&conn.listener.user);
+            return Some(PresenceChange::Offline(conn.listener.user));
+        }
+        None
+    }
+
+    /// Whether `user` has a presence-bearing connection on this node.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.online.lock().contains_key(user)
+    }
+
+    /// The number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.read().len()
+    }
+
+    /// The number of rooms a connection listens to.
+    pub fn subscription_count(&self, id: ConnId) -> usize {
+        self.conns.read().get(&id).map_or(0, |c| c.rooms.len())
+    }
+
+    /// Whether a connection listens to a room.
+    pub fn is_subscribed(&self, id: ConnId, room_key: u64) -> bool {
+        self.conns.read().get(&id).is_some_and(|c| c.rooms.contains(&room_key))
+    }
+
+    /// Starts sending a room's events to a connection (idempotent).
+    pub fn subscribe(&self, id: ConnId, room_key: u64) -> bool {
+        let mut conns = self.conns.write();
+        let Some(conn) = conns.get_mut(&id) else { return false };
+        if conn.rooms.insert(room_key) {
+            self.rooms.write().entry(room_key).or_default().push((id, conn.listener.clone()));
+        }
+        true
+    }
+
+    /// Stops sending a room's events to a connection.
+    pub fn unsubscribe(&self, id: ConnId, room_key: u64) -> bool {
+        let mut conns = self.conns.write();
+        let removed = conns.get_mut(&id).is_some_and(|c| c.rooms.remove(&room_key));
+        if removed {
+            remove_listener(&mut self.rooms.write(), room_key, id);
+        }
+        removed
+    }
+
+    /// Queues an event for every listener of its room. A listener whose
+    /// queue is full is closed as too slow; the room never waits for it.
+    pub fn publish(&self, event: Event) {
+        let event = Arc::new(event);
+        let rooms = self.rooms.read();
+        let Some(listeners) = rooms.get(&event.room_key) else { return };
+        for (_, l) in listeners {
+            if event.except.as_deref().is_some_and(|u| u == &*l.user) {
+                continue;
+            }
+            if l.tx.try_send(Outbound::Event(event.clone())).is_err() {
+                l.kill.fire(close::TOO_SLOW);
+            }
+        }
+        metrics::counter!("palaver_deliveries_total").increment(listeners.len() as u64);
+    }
+
+    /// Ends `user`'s subscriptions to a room with a `removed` event.
+    pub fn remove_user_from_room(&self, user: &str, room_key: u64, removed: Utf8Bytes) {
+        let ids: Vec<(ConnId, Listener)> = {
+            let rooms = self.rooms.read();
+            let Some(listeners) = rooms.get(&room_key) else { return };
+            listeners.iter().filter(|(_, l)| &*l.user == user).cloned().collect()
+        };
+        for (id, l) in ids {
+            self.unsubscribe(id, room_key);
+            if l.tx.try_send(Outbound::End { room_key, removed: Some(removed.clone()) }).is_err() {
+                l.kill.fire(close::TOO_SLOW);
+            }
+        }
+    }
+
+    /// Ends every subscription to a room (deleted) with `event`.
+    pub fn close_room(&self, room_key: u64, event: Utf8Bytes) {
+        let listeners = self.rooms.write().remove(&room_key).unwrap_or_default();
+        let mut conns = self.conns.write();
+        for (id, l) in listeners {
+            if let Some(c) = conns.get_mut(&id) {
+                c.rooms.remove(&room_key);
+            }
+            if l.tx.try_send(Outbound::End { room_key, removed: Some(event.clone()) }).is_err() {
+                l.kill.fire(close::TOO_SLOW);
+            }
+        }
+    }
+
+    /// Closes every connection opened with a token.
+    pub fn close_token(&self, token_hash: &TokenHash, code: u16) -> usize {
+        let conns = self.conns.read();
+        let mut n = 0;
+        for c in conns.values().filter(|c| &c.listener.token_hash == token_hash) {
+            c.listener.kill.fire(code);
+            n += 1;
+        }
+        n
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self, code: u16) {
+        for c in self.conns.read().values() {
+            c.listener.kill.fire(code);
+        }
+    }
+}
+
+fn remove_listener(rooms: &mut HashMap<u64, Vec<(ConnId, Listener)>>, room_key: u64, id: ConnId) {
+    if let Some(list) = rooms.get_mut(&room_key) {
+        list.retain(|(c, _)| *c != id);
+        if list.is_empty() {
+            rooms.remove(&room_key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(user: &str, cap: usize, presence: bool) -> (Listener, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (Listener { tx, kill: Arc::default(), user: user.into(), token_hash: [user.len() as u8; 32], presence }, rx)
+    }
+
+    fn event(room_key: u64, seq: u64) -> Event {
+        Event { room_key, room: "r".into(), seq, json: Utf8Bytes::from_static("{}"), except: None }
+    }
+
+    #[test]
+    fn events_reach_subscribers_of_their_room_only() {
+        let hub = Hub::new();
+        let (a, mut rx_a) = listener("ann", 8, true);
+        let (b, mut rx_b) = listener("bob", 8, true);
+        let (ida, _) = hub.connect(a);
+        let (idb, _) = hub.connect(b);
+        hub.subscribe(ida, 1);
+        hub.subscribe(idb, 2);
+        hub.publish(event(1, 1));
+        assert!(matches!(rx_a.try_recv(), Ok(Outbound::Event(e)) if e.seq == 1));
+        assert!(rx_b.try_recv().is_err());
+        hub.unsubscribe(ida, 1);
+        hub.publish(event(1, 2));
+        assert!(rx_a.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_full_queue_closes_only_that_connection() {
+        let hub = Hub::new();
+        let (slow, _rx_slow) = listener("slow", 1, true);
+        let slow_kill = slow.kill.clone();
+        let (fast, mut rx_fast) = listener("fast", 8, true);
+        let (ids, _) = hub.connect(slow);
+        let (idf, _) = hub.connect(fast);
+        hub.subscribe(ids, 1);
+        hub.subscribe(idf, 1);
+        hub.publish(event(1, 1));
+        hub.publish(event(1, 2));
+        assert_eq!(slow_kill.code(), Some(close::TOO_SLOW));
+        assert!(rx_fast.try_recv().is_ok() && rx_fast.try_recv().is_ok());
+    }
+
+    #[test]
+    fn presence_counts_connections_per_user() {
+        let hub = Hub::new();
+        let (a1, _r1) = listener("ann", 1, true);
+        let (a2, _r2) = listener("ann", 1, true);
+        let (poll, _r3) = listener("ann", 1, false);
+        let (id1, c1) = hub.connect(a1);
+        assert_eq!(c1, Some(PresenceChange::Online("ann".into())));
+        let (id2, c2) = hub.connect(a2);
+        assert_eq!(c2, None);
+        let (id3, _) = hub.connect(poll);
+        assert_eq!(hub.disconnect(id3), None);
+        assert_eq!(hub.disconnect(id1), None);
+        assert!(hub.is_online("ann"));
+        assert_eq!(hub.disconnect(id2), Some(PresenceChange::Offline("ann".into())));
+        assert!(!hub.is_online("ann"));
+    }
+
+    #[test]
+    fn typing_skips_the_typist_and_tokens_close_their_connections() {
+        let hub = Hub::new();
+        let (a, mut rx_a) = listener("ann", 4, true);
+        let kill = a.kill.clone();
+        let token = a.token_hash;
+        let (id, _) = hub.connect(a);
+        hub.subscribe(id, 1);
+        hub.publish(Event { except: Some("ann".into()), ..event(1, 0) });
+        assert!(rx_a.try_recv().is_err());
+        assert_eq!(hub.close_token(&token, close::TOKEN_REVOKED), 1);
+        assert_eq!(kill.code(), Some(close::TOKEN_REVOKED));
+    }
+
+    #[test]
+    fn removing_a_user_ends_their_subscription_with_an_event() {
+        let hub = Hub::new();
+        let (a, mut rx_a) = listener("ann", 4, true);
+        let (id, _) = hub.connect(a);
+        hub.subscribe(id, 1);
+        hub.remove_user_from_room("ann", 1, Utf8Bytes::from_static("{\"type\":\"removed\"}"));
+        assert!(matches!(rx_a.try_recv(), Ok(Outbound::End { room_key: 1, removed: Some(_) })));
+        assert!(!hub.is_subscribed(id, 1));
+    }
+}

@@ -1,0 +1,21 @@
+//! One Palaver node: the client API (HTTP, WebSocket, SSE, long polling),
+//! cluster metadata applied through openraft, room logs, and storage.
+//!
+//! # Layout
+//! - [`permissions`]: who may do what in a room (pure).
+//! - [`meta`]: the metadata state machine (pure, deterministic).
+//! - [`storage`]: the engine trait and its redb and sled engines.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod hub;
+pub mod meta;
+pub mod permissions;
+pub mod protocol;
+pub mod raft;
+pub mod ratelimit;
+pub mod rooms;
+pub mod service;
+pub mod storage;

@@ -1,0 +1,280 @@
+//! [`Consensus`]: the handle the rest of the node uses to propose metadata
+//! commands, read the metadata, and watch the Raft group.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::Config;
+use openraft::ServerState;
+use openraft::SnapshotPolicy;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::error::ForwardToLeader;
+use openraft::error::InitializeError;
+use openraft::error::RaftError;
+use parking_lot::RwLock;
+use parking_lot::RwLockReadGuard;
+
+use super::log_store::LogStore;
+use super::network::PeerNetwork;
+use super::state_machine::EffectSink;
+use super::state_machine::MetaStateMachine;
+use super::types::MetaRaft;
+use super::types::PeerNode;
+use super::types::TypeConfig;
+use crate::meta::MetaCommand;
+use crate::meta::MetaReply;
+use crate::meta::MetaRequest;
+use crate::meta::MetaState;
+use crate::storage::Store;
+
+/// How this node takes part in the metadata Raft group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftSettings {
+    /// This node's id (never reused for another node).
+    pub node_id: u64,
+    /// This node's addresses.
+    pub node: PeerNode,
+    /// The initial cluster, this node included. The member with the smallest
+    /// id initialises the group on first start; the others wait for it.
+    /// Used only on a fresh store: later starts take the membership from the
+    /// log and snapshot.
+    pub members: BTreeMap<u64, PeerNode>,
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears no leader for a random time between these two
+    /// starts an election.
+    pub election_timeout: (Duration, Duration),
+    /// Take a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// How many log entries already in a snapshot are kept (a follower that
+    /// lags by less catches up from the log rather than a snapshot).
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl RaftSettings {
+    /// Settings with the default timing for this node and initial cluster.
+    pub fn new(node_id: u64, node: PeerNode, members: BTreeMap<u64, PeerNode>) -> Self {
+        Self {
+            node_id,
+            node,
+            members,
+            heartbeat_interval: Duration::from_millis(150),
+            election_timeout: (Duration::from_millis(800), Duration::from_millis(1600)),
+            snapshot_every: 5000,
+            logs_kept_after_snapshot: 1000,
+        }
+    }
+
+    fn openraft_config(&self) -> Result<Config, StartError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut config = Config {
+            cluster_name: "palaver-meta".to_string(),
+            heartbeat_interval: ms(self.heartbeat_interval),
+            election_timeout_min: ms(self.election_timeout.0),
+            election_timeout_max: ms(self.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            ..Config::default()
+        };
+        // A follower further behind than this gets a snapshot; it must exceed
+        // the snapshot interval or a snapshot could not close the gap.
+        config.replication_lag_threshold = config.replication_lag_threshold.max(self.snapshot_every.saturating_mul(2));
+        config.validate().map_err(|e| StartError::Config(e.to_string()))
+    }
+}
+
+/// Why [`Consensus::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The settings are inconsistent (timeouts, members).
+    #[error("invalid raft settings: {0}")]
+    Config(String),
+    /// The Raft store could not be read.
+    #[error("raft storage: {0}")]
+    Storage(#[from] std::io::Error),
+    /// openraft refused to start or initialise.
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// Why a proposal (or a wait) did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    /// This node is not the leader: the command was not appended; send it to
+    /// `leader` (id and addresses) if one is known.
+    #[error("not the metadata leader{}", match leader {
+        Some((id, node)) => format!(" (the leader is node {id} at {})", node.client_addr),
+        None => " (no leader known)".to_string(),
+    })]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<(u64, PeerNode)>,
+    },
+    /// Raft could not take the command (stopped, storage failure, leadership
+    /// lost after the command was appended, timeout); whether it was applied
+    /// is unknown when the message says so.
+    #[error("metadata consensus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A snapshot of the Raft group as this node sees it (for `/api/cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsensusMetrics {
+    /// This node's id.
+    pub node_id: u64,
+    /// Leader, follower, candidate, learner or shutdown.
+    pub role: ServerState,
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub current_leader: Option<u64>,
+    /// Index of the last entry in this node's log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry applied to the state.
+    pub last_applied: Option<u64>,
+    /// Index of the last entry in the latest snapshot.
+    pub snapshot: Option<u64>,
+    /// Every node of the current membership, voters and learners.
+    pub members: BTreeMap<u64, PeerNode>,
+}
+
+/// Initialises the group when the store is fresh and this node has the
+/// smallest id of the initial cluster (exactly one node may do it).
+async fn initialize_if_first(raft: &MetaRaft, settings: &RaftSettings) -> Result<(), StartError> {
+    let first = settings.members.keys().next() == Some(&settings.node_id);
+    if !first || raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
+        return Ok(());
+    }
+    match raft.initialize(settings.members.clone()).await {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(StartError::Raft(e.to_string())),
+    }
+}
+
+/// This node's handle on the metadata Raft group.
+#[derive(Clone)]
+pub struct Consensus {
+    raft: MetaRaft,
+    state: Arc<RwLock<MetaState>>,
+    store: Store,
+    node_id: u64,
+}
+
+impl std::fmt::Debug for Consensus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consensus").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+impl Consensus {
+    /// Starts Raft on `store` (the node's `raft.db`).
+    ///
+    /// On a fresh store the member with the smallest id initialises the group
+    /// with `members`; every other start simply resumes: openraft reads the
+    /// vote, the log and the committed index back, the state machine starts
+    /// from the stored snapshot, and the log is re-applied up to the
+    /// committed index before this returns.
+    pub async fn start<N: PeerNetwork>(
+        settings: RaftSettings,
+        store: Store,
+        network: N,
+        effects: EffectSink,
+    ) -> Result<Consensus, StartError> {
+        if settings.members.is_empty() {
+            return Err(StartError::Config("the initial cluster has no members".into()));
+        }
+        if settings.members.get(&settings.node_id).is_some_and(|n| *n != settings.node) {
+            return Err(StartError::Config(format!(
+                "node {} is listed in the cluster with other addresses",
+                settings.node_id
+            )));
+        }
+        let config = Arc::new(settings.openraft_config()?);
+        let log_store = LogStore::new(store.clone())?;
+        let sm = MetaStateMachine::open(store.clone(), effects)?;
+        let state = sm.state();
+        let raft = MetaRaft::new(settings.node_id, config, network, log_store, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if let Err(e) = initialize_if_first(&raft, &settings).await {
+            let _ = raft.shutdown().await;
+            return Err(e);
+        }
+        Ok(Consensus { raft, state, store, node_id: settings.node_id })
+    }
+
+    /// Proposes `cmd` with the proposer's clock `now` (unix ms) and waits
+    /// until it is committed and applied; answers what the state machine said.
+    pub async fn propose(&self, now: u64, cmd: MetaCommand) -> Result<MetaReply, ConsensusError> {
+        match self.raft.client_write(MetaRequest { now, cmd }).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ConsensusError::NotLeader { leader: self.leader_of(f) })
+            }
+            Err(e) => Err(ConsensusError::Unavailable(e.to_string())),
+        }
+    }
+
+    fn leader_of(&self, f: ForwardToLeader<TypeConfig>) -> Option<(u64, PeerNode)> {
+        let id = f.leader_id?;
+        let node = match f.leader_node {
+            Some(node) => node,
+            None => self.raft.metrics().borrow_watched().membership_config.nodes().find(|(n, _)| **n == id)?.1.clone(),
+        };
+        Some((id, node))
+    }
+
+    /// Reads the metadata as applied on this node (may trail the leader).
+    /// Do not hold the guard across an `await`.
+    pub fn state(&self) -> RwLockReadGuard<'_, MetaState> {
+        self.state.read()
+    }
+
+    /// Waits until this node knows a leader; answers its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ConsensusError> {
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map_err(|e| ConsensusError::Unavailable(e.to_string()))?;
+        metrics.current_leader.ok_or_else(|| ConsensusError::Unavailable("no leader".into()))
+    }
+
+    /// Role, leader, indexes and members, as this node sees them now.
+    pub fn metrics(&self) -> ConsensusMetrics {
+        let receiver = self.raft.metrics();
+        let m = receiver.borrow_watched();
+        ConsensusMetrics {
+            node_id: self.node_id,
+            role: m.state,
+            term: m.current_term,
+            current_leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|id| id.index),
+            snapshot: m.snapshot.map(|id| id.index),
+            members: m.membership_config.nodes().map(|(id, node)| (*id, node.clone())).collect(),
+        }
+    }
+
+    /// The openraft instance: for the peer network to deliver RPCs to, and
+    /// for administration (snapshots, membership changes).
+    pub fn raft(&self) -> &MetaRaft {
+        &self.raft
+    }
+
+    /// Stops Raft and makes everything it wrote durable.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("flushing the raft store at shutdown: {e}"),
+            Err(e) => tracing::warn!("flushing the raft store at shutdown: {e}"),
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Cluster metadata through openraft: the type configuration, the Raft log
+//! and state machine on the [`crate::storage::Engine`] trait, snapshots, and
+//! [`Consensus`], the handle the rest of the node uses.
+//!
+//! # Layout
+//! - [`types`]: [`TypeConfig`], [`PeerNode`], the storage encoding (postcard).
+//! - [`log_store`]: [`LogStore`], the log and the vote in trees `raft_log` and
+//!   `raft_state`.
+//! - [`state_machine`]: [`MetaStateMachine`], applying
+//!   [`crate::meta::MetaRequest`]s to [`crate::meta::MetaState`]; snapshots in
+//!   tree `raft_snapshot`.
+//! - [`network`]: the network plug point ([`PeerNetwork`]) and [`NoPeers`],
+//!   the stand-in until the QUIC network arrives with the cluster step.
+//! - [`handle`]: [`Consensus`], [`RaftSettings`], [`ConsensusError`].
+//!
+//! # Restart recovery
+//! Everything lives in one store (the node's `raft.db`). On start openraft
+//! reads the vote, the log bounds and the saved committed log id; the state
+//! machine loads the latest snapshot (state, last applied, membership); the
+//! log from the snapshot up to the committed index is re-applied; then the
+//! node resumes as a follower and the group elects a leader as usual.
+
+pub mod handle;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use handle::Consensus;
+pub use handle::ConsensusError;
+pub use handle::ConsensusMetrics;
+pub use handle::RaftSettings;
+pub use handle::StartError;
+pub use log_store::LogStore;
+pub use network::NoPeers;
+pub use network::PeerNetwork;
+pub use state_machine::EffectSink;
+pub use state_machine::MetaStateMachine;
+pub use types::MetaRaft;
+pub use types::PeerNode;
+pub use types::SnapshotData;
+pub use types::TypeConfig;

@@ -1,0 +1,271 @@
+//! The metadata state machine: applies committed [`MetaRequest`]s to the
+//! shared [`MetaState`], answers every entry, and keeps snapshots.
+//!
+//! The state itself lives in memory (it is small); what is durable is the Raft
+//! log, the committed log id (see [`super::LogStore`]) and the latest
+//! snapshot. On open the stored snapshot (if any) is loaded, and openraft then
+//! re-applies the log from the snapshot up to the saved committed index.
+//!
+//! Snapshot layout (tree `raft_snapshot`, written in one durable batch):
+//! - `meta`: postcard of `(last log id, last membership)`;
+//! - `data`: the snapshot bytes, postcard of `SnapshotFile { version,
+//!   last_applied, membership, state }`: self-describing, so a peer that
+//!   receives the bytes can check them against the meta it was sent.
+//!
+//! [`MetaRequest`]: crate::meta::MetaRequest
+
+use std::fmt::Debug;
+use std::io;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use futures_util::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use parking_lot::Mutex;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::types::LogId;
+use super::types::Snapshot;
+use super::types::SnapshotData;
+use super::types::SnapshotMeta;
+use super::types::StoredMembership;
+use super::types::TypeConfig;
+use super::types::blocking;
+use super::types::decode;
+use super::types::encode;
+use super::types::io_err;
+use crate::meta::MetaEffect;
+use crate::meta::MetaOk;
+use crate::meta::MetaState;
+use crate::storage::Batch;
+use crate::storage::Store;
+
+/// Tree holding the current snapshot.
+const SNAPSHOT: &str = "raft_snapshot";
+const KEY_META: &[u8] = b"meta";
+const KEY_DATA: &[u8] = b"data";
+/// Bumped when [`SnapshotFile`] changes shape.
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// Receives the effects of applied commands (close sockets, member events).
+///
+/// Called on the state machine's task after the state's write lock is
+/// released, once per applied entry that produced effects, before that
+/// entry's proposer gets its answer. It must not block: hand the effects to a
+/// channel or spawn. Entries re-applied on restart deliver their effects
+/// again, so consumers must tolerate repeats; installing a snapshot from the
+/// leader delivers none (the state is replaced wholesale).
+pub type EffectSink = Arc<dyn Fn(Vec<MetaEffect>) + Send + Sync>;
+
+/// The snapshot bytes.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile<S> {
+    version: u8,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    state: S,
+}
+
+/// The stored meta: `(last log id, last membership)`.
+type StoredMeta = (Option<LogId>, StoredMembership);
+
+/// Reads the current snapshot (meta and bytes) from the store.
+fn load_snapshot(store: &Store) -> io::Result<Option<Snapshot>> {
+    let meta = store.get(SNAPSHOT, KEY_META).map_err(io_err)?;
+    let data = store.get(SNAPSHOT, KEY_DATA).map_err(io_err)?;
+    match (meta, data) {
+        (Some(meta), Some(data)) => {
+            let (last_log_id, last_membership): StoredMeta = decode(SNAPSHOT, &meta)?;
+            Ok(Some(Snapshot { meta: SnapshotMeta { last_log_id, last_membership }, snapshot: data }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "raft_snapshot holds only half a snapshot")),
+    }
+}
+
+/// Decodes snapshot bytes and checks them against their meta.
+fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<MetaState> {
+    let file: SnapshotFile<MetaState> = decode(SNAPSHOT, data)?;
+    if file.version != SNAPSHOT_VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot format {} is not {SNAPSHOT_VERSION}", file.version),
+        ));
+    }
+    if file.last_applied != meta.last_log_id || file.membership != meta.last_membership {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its meta"));
+    }
+    Ok(file.state)
+}
+
+/// Stores `snapshot` durably as the current one. Unless `replace`, an older
+/// snapshot never overwrites a newer one (a build may finish after an install).
+///
+/// `lock` serialises every snapshot write of this store.
+fn save_snapshot(store: &Store, lock: &Mutex<()>, snapshot: &Snapshot, replace: bool) -> io::Result<()> {
+    let _guard = lock.lock();
+    if !replace && let Some(bytes) = store.get(SNAPSHOT, KEY_META).map_err(io_err)? {
+        let (current, _): StoredMeta = decode(SNAPSHOT, &bytes)?;
+        if current >= snapshot.meta.last_log_id {
+            return Ok(());
+        }
+    }
+    let meta: StoredMeta = (snapshot.meta.last_log_id, snapshot.meta.last_membership.clone());
+    let mut batch = Batch::new();
+    batch.put(SNAPSHOT, KEY_META, encode("snapshot meta", &meta)?);
+    batch.put(SNAPSHOT, KEY_DATA, snapshot.snapshot.clone());
+    store.write_durable(batch).map_err(io_err)
+}
+
+/// The metadata state machine openraft drives.
+pub struct MetaStateMachine {
+    state: Arc<RwLock<MetaState>>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    store: Store,
+    snapshot_lock: Arc<Mutex<()>>,
+    effects: EffectSink,
+}
+
+impl Debug for MetaStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaStateMachine")
+            .field("last_applied", &self.last_applied)
+            .field("membership", &self.membership)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetaStateMachine {
+    /// Opens the state machine over `store`, starting from the stored
+    /// snapshot if there is one (else from the empty state).
+    pub fn open(store: Store, effects: EffectSink) -> io::Result<Self> {
+        let (state, last_applied, membership) = match load_snapshot(&store)? {
+            Some(snap) => {
+                let state = decode_snapshot(&snap.meta, &snap.snapshot)?;
+                (state, snap.meta.last_log_id, snap.meta.last_membership)
+            }
+            None => (MetaState::default(), None, StoredMembership::default()),
+        };
+        Ok(Self {
+            state: Arc::new(RwLock::new(state)),
+            last_applied,
+            membership,
+            store,
+            snapshot_lock: Arc::new(Mutex::new(())),
+            effects,
+        })
+    }
+
+    /// The shared state, for local reads.
+    pub fn state(&self) -> Arc<RwLock<MetaState>> {
+        self.state.clone()
+    }
+}
+
+/// Builds one snapshot from a view taken when it was requested.
+pub struct MetaSnapshotBuilder {
+    /// The snapshot, encoded when the builder was made (so later applies do
+    /// not change it); an encoding failure is reported by `build_snapshot`.
+    snapshot: io::Result<Snapshot>,
+    store: Store,
+    snapshot_lock: Arc<Mutex<()>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MetaSnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let snapshot = std::mem::replace(&mut self.snapshot, Err(io::Error::other("snapshot already built")))?;
+        let store = self.store.clone();
+        let lock = self.snapshot_lock.clone();
+        blocking(move || {
+            save_snapshot(&store, &lock, &snapshot, false)?;
+            Ok(snapshot)
+        })
+        .await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MetaStateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = MetaSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let mut effects = Vec::new();
+            let reply = match &entry.payload {
+                EntryPayload::Normal(req) => {
+                    let mut state = self.state.write();
+                    state.apply(req, &mut effects)
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    Ok(MetaOk::Done)
+                }
+                EntryPayload::Blank => Ok(MetaOk::Done),
+            };
+            self.last_applied = Some(entry.log_id);
+            if !effects.is_empty() {
+                (self.effects)(effects);
+            }
+            // Every entry is answered, blank and membership ones too, or
+            // `client_write` would never return.
+            if let Some(responder) = responder {
+                responder.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let state = self.state.read();
+        let file = SnapshotFile {
+            version: SNAPSHOT_VERSION,
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            state: &*state,
+        };
+        let snapshot = encode("snapshot", &file).map(|data| Snapshot {
+            meta: SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone() },
+            snapshot: data,
+        });
+        drop(state);
+        MetaSnapshotBuilder { snapshot, store: self.store.clone(), snapshot_lock: self.snapshot_lock.clone() }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let state = decode_snapshot(meta, &snapshot)?;
+        let snapshot = Snapshot { meta: meta.clone(), snapshot };
+        let store = self.store.clone();
+        let lock = self.snapshot_lock.clone();
+        blocking(move || save_snapshot(&store, &lock, &snapshot, true)).await?;
+        *self.state.write() = state;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let store = self.store.clone();
+        let lock = self.snapshot_lock.clone();
+        blocking(move || {
+            let _guard = lock.lock();
+            load_snapshot(&store)
+        })
+        .await
+    }
+}

@@ -1,0 +1,121 @@
+//! How a room's messages and dedup entries are laid out in the store: keys
+//! that sort by (room, seq), and the postcard-encoded record. Pure.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::storage::StorageError;
+
+/// Tree of messages: key (room key, seq), value [`StoredMessage`].
+pub const MESSAGES: &str = "messages";
+/// Tree of idempotency entries: key (room key, sender, client id), value seq.
+pub const DEDUP: &str = "dedup";
+
+/// One message as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Sender's username.
+    pub from: String,
+    /// The text; `None` once deleted.
+    pub body: Option<String>,
+    /// When the owner accepted it (Unix ms).
+    pub ts: u64,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    /// The owner epoch under which it was written.
+    pub epoch: u64,
+}
+
+/// A message with its place in the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Position in the room, from 1, gapless.
+    pub seq: u64,
+    /// The stored fields.
+    pub stored: StoredMessage,
+}
+
+/// The store key of message `seq` in room `room_key`.
+pub fn message_key(room_key: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&room_key.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The (room key, seq) of a message key, if it is one.
+pub fn parse_message_key(key: &[u8]) -> Option<(u64, u64)> {
+    let room = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(key.get(8..16)?.try_into().ok()?);
+    Some((room, seq))
+}
+
+/// The store key of a dedup entry. The sender name cannot contain a zero
+/// byte, so the separator keeps (a, bc) and (ab, c) apart.
+pub fn dedup_key(room_key: u64, sender: &str, client_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + sender.len() + 1 + client_id.len());
+    k.extend_from_slice(&room_key.to_be_bytes());
+    k.extend_from_slice(sender.as_bytes());
+    k.push(0);
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+/// The first key of room `room_key`'s range in either tree.
+pub fn room_prefix(room_key: u64) -> [u8; 8] {
+    room_key.to_be_bytes()
+}
+
+/// The first key after room `room_key`'s range.
+pub fn room_end(room_key: u64) -> [u8; 8] {
+    room_key.saturating_add(1).to_be_bytes()
+}
+
+/// Encodes a record.
+pub fn encode(msg: &StoredMessage) -> Vec<u8> {
+    // Encoding plain structs of strings and integers cannot fail.
+    postcard::to_stdvec(msg).unwrap_or_default()
+}
+
+/// Decodes a record.
+pub fn decode(bytes: &[u8]) -> Result<StoredMessage, StorageError> {
+    postcard::from_bytes(bytes).map_err(|e| StorageError::Corrupt { tree: MESSAGES, message: e.to_string() })
+}
+
+/// Decodes a stored seq.
+pub fn decode_seq(bytes: &[u8]) -> Result<u64, StorageError> {
+    let arr: [u8; 8] =
+        bytes.try_into().map_err(|_| StorageError::Corrupt { tree: DEDUP, message: "seq is not 8 bytes".into() })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_keys_sort_by_room_then_seq() {
+        let mut keys = vec![message_key(2, 1), message_key(1, 300), message_key(1, 2), message_key(1, 256)];
+        keys.sort();
+        assert_eq!(keys, vec![message_key(1, 2), message_key(1, 256), message_key(1, 300), message_key(2, 1)]);
+        assert_eq!(parse_message_key(&message_key(7, 9)), Some((7, 9)));
+        assert_eq!(parse_message_key(b"short"), None);
+        assert!(room_prefix(1).as_slice() <= message_key(1, 0).as_slice());
+        assert!(message_key(1, u64::MAX).as_slice() < room_end(1).as_slice());
+    }
+
+    #[test]
+    fn dedup_keys_keep_sender_and_client_id_apart() {
+        assert_ne!(dedup_key(1, "ab", "c"), dedup_key(1, "a", "bc"));
+        assert_ne!(dedup_key(1, "a", "x"), dedup_key(2, "a", "x"));
+    }
+
+    #[test]
+    fn records_round_trip_and_garbage_is_an_error() {
+        let m = StoredMessage { from: "ann".into(), body: Some("hi".into()), ts: 5, client_id: "c1".into(), epoch: 1 };
+        assert_eq!(decode(&encode(&m)).expect("decode"), m);
+        assert!(decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(decode_seq(&[1, 2]).is_err());
+        assert_eq!(decode_seq(&7u64.to_be_bytes()).expect("seq"), 7);
+    }
+}

@@ -1,0 +1,329 @@
+//! The room-log writer: one thread that takes sends and deletes from every
+//! room, groups whatever is waiting into one atomic batch and one durable
+//! flush, and only then answers and publishes. Under load a flush serves
+//! many messages; alone, a send waits for exactly one flush.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use super::log::RoomLog;
+use super::record::DEDUP;
+use super::record::MESSAGES;
+use super::record::Message;
+use super::record::StoredMessage;
+use super::record::{self};
+use super::seq::Assignment;
+use super::seq::Sequencer;
+use crate::clock::now_ms;
+use crate::storage::Batch;
+use crate::storage::StorageError;
+
+/// Requests waiting beyond this many make senders wait (backpressure).
+const QUEUE: usize = 16_384;
+/// Most requests in one batch.
+const MAX_BATCH: usize = 2_048;
+
+/// The room a request is for, as the metadata describes it.
+#[derive(Debug, Clone)]
+pub struct RoomRef {
+    /// Room log key.
+    pub key: u64,
+    /// Room id, for events.
+    pub id: Arc<str>,
+    /// Owner epoch the message is written under.
+    pub epoch: u64,
+}
+
+/// The answer to a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The message's seq.
+    pub seq: u64,
+    /// When it was accepted.
+    pub ts: u64,
+    /// The (sender, client_id) was seen before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// What was committed, for fan-out.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// A new message.
+    Message {
+        /// Room id.
+        room: Arc<str>,
+        /// Room log key.
+        room_key: u64,
+        /// The message.
+        message: Message,
+    },
+    /// A message lost its body.
+    Deleted {
+        /// Room id.
+        room: Arc<str>,
+        /// Room log key.
+        room_key: u64,
+        /// Its seq.
+        seq: u64,
+    },
+}
+
+/// Why a write was not done.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The store failed; nothing of the batch was kept.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// The writer has stopped (the node is shutting down).
+    #[error("the room log writer has stopped")]
+    Stopped,
+    /// No message with that seq.
+    #[error("no such message")]
+    NotFound,
+    /// The actor may not delete that message.
+    #[error("only the sender or a moderator may delete a message")]
+    Forbidden,
+}
+
+impl From<StorageError> for WriteError {
+    fn from(e: StorageError) -> Self {
+        WriteError::Storage(e.to_string())
+    }
+}
+
+enum Request {
+    Append {
+        room: RoomRef,
+        from: String,
+        body: String,
+        client_id: String,
+        reply: oneshot::Sender<Result<Appended, WriteError>>,
+    },
+    Delete {
+        room: RoomRef,
+        seq: u64,
+        actor: String,
+        moderator: bool,
+        reply: oneshot::Sender<Result<String, WriteError>>,
+    },
+    Purge {
+        room_key: u64,
+    },
+}
+
+/// Hands requests to the writer thread.
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: mpsc::Sender<Request>,
+}
+
+/// Receives everything committed, in commit order.
+pub type Publisher = Arc<dyn Fn(Published) + Send + Sync>;
+
+impl LogWriter {
+    /// Starts the writer thread over `log`; `publish` sees every commit.
+    pub fn start(log: Arc<RoomLog>, publish: Publisher) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new().name("room-log-writer".into()).spawn(move || run(rx, &log, &publish))?;
+        Ok(Self { tx })
+    }
+
+    /// Appends a message (or finds it already there); answers after the flush.
+    pub async fn append(
+        &self,
+        room: RoomRef,
+        from: String,
+        body: String,
+        client_id: String,
+    ) -> Result<Appended, WriteError> {
+        self.submit_append(room, from, body, client_id).await?.await
+    }
+
+    /// Queues an append and returns the wait for its answer. Queuing is
+    /// ordered: two submits from one task are written in that order.
+    pub async fn submit_append(
+        &self,
+        room: RoomRef,
+        from: String,
+        body: String,
+        client_id: String,
+    ) -> Result<impl Future<Output = Result<Appended, WriteError>> + Send + 'static, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request::Append { room, from, body, client_id, reply }).await.map_err(|_| WriteError::Stopped)?;
+        Ok(async move { answer.await.map_err(|_| WriteError::Stopped)? })
+    }
+
+    /// Removes a message's body; answers the message's sender.
+    pub async fn delete(&self, room: RoomRef, seq: u64, actor: String, moderator: bool) -> Result<String, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request::Delete { room, seq, actor, moderator, reply }).await.map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Drops a deleted room's messages.
+    pub async fn purge(&self, room_key: u64) {
+        // A stopped writer means the node is going down; the purge is redone
+        // by nothing, but the room's key is never reused, so the rows are
+        // only dead weight.
+        let _ = self.tx.send(Request::Purge { room_key }).await;
+    }
+}
+
+enum Pending {
+    Append { reply: oneshot::Sender<Result<Appended, WriteError>>, result: Appended },
+    Delete { reply: oneshot::Sender<Result<String, WriteError>>, result: Result<String, WriteError> },
+}
+
+fn run(mut rx: mpsc::Receiver<Request>, log: &RoomLog, publish: &Publisher) {
+    let mut seqs = Sequencer::default();
+    let mut batch_requests = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch_requests.push(first);
+        while batch_requests.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch_requests.push(r),
+                Err(_) => break,
+            }
+        }
+        write_batch(batch_requests.drain(..), log, &mut seqs, publish);
+    }
+    tracing::debug!("room log writer stopped");
+}
+
+fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mut Sequencer, publish: &Publisher) {
+    let now = now_ms();
+    let mut batch = Batch::new();
+    let mut pending = Vec::new();
+    let mut published = Vec::new();
+    let mut raised: HashMap<u64, u64> = HashMap::new();
+    // ts of messages new in this batch, for duplicates within it.
+    let mut batch_ts: HashMap<(u64, u64), u64> = HashMap::new();
+    for req in requests {
+        match req {
+            Request::Append { room, from, body, client_id, reply } => {
+                match plan_append(log, seqs, &room, &from, &client_id) {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    Ok(Assignment::Duplicate(seq)) => {
+                        let ts = match batch_ts.get(&(room.key, seq)) {
+                            Some(ts) => *ts,
+                            None => log.get(room.key, seq).ok().flatten().map_or(now, |m| m.stored.ts),
+                        };
+                        pending.push(Pending::Append { reply, result: Appended { seq, ts, duplicate: true } });
+                    }
+                    Ok(Assignment::New(seq)) => {
+                        let stored = StoredMessage { from, body: Some(body), ts: now, client_id, epoch: room.epoch };
+                        batch.put(MESSAGES, record::message_key(room.key, seq).to_vec(), record::encode(&stored));
+                        batch.put(
+                            DEDUP,
+                            record::dedup_key(room.key, &stored.from, &stored.client_id),
+                            seq.to_be_bytes().to_vec(),
+                        );
+                        batch_ts.insert((room.key, seq), now);
+                        raised.insert(room.key, seq);
+                        pending.push(Pending::Append { reply, result: Appended { seq, ts: now, duplicate: false } });
+                        published.push(Published::Message {
+                            room: room.id,
+                            room_key: room.key,
+                            message: Message { seq, stored },
+                        });
+                    }
+                }
+            }
+            Request::Delete { room, seq, actor, moderator, reply } => {
+                let result = plan_delete(log, &room, seq, &actor, moderator, &mut batch);
+                if matches!(result, Ok((_, true))) {
+                    published.push(Published::Deleted { room: room.id.clone(), room_key: room.key, seq });
+                }
+                pending.push(Pending::Delete { reply, result: result.map(|(sender, _)| sender) });
+            }
+            Request::Purge { room_key } => {
+                let start = record::room_prefix(room_key).to_vec();
+                let end = Some(record::room_end(room_key).to_vec());
+                batch.delete_range(MESSAGES, start.clone(), end.clone());
+                batch.delete_range(DEDUP, start, end);
+                seqs.forget(room_key);
+                log.forget(room_key);
+            }
+        }
+    }
+    let stored = if batch.is_empty() { Ok(()) } else { log.store().write_durable(batch) };
+    match stored {
+        Ok(()) => {
+            seqs.commit();
+            for (room_key, seq) in raised {
+                log.raise(room_key, seq);
+            }
+            metrics::counter!("palaver_messages_stored_total").increment(published.len() as u64);
+            for p in published {
+                publish(p);
+            }
+            for p in pending {
+                match p {
+                    Pending::Append { reply, result } => {
+                        let _ = reply.send(Ok(result));
+                    }
+                    Pending::Delete { reply, result } => {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "room log batch failed; answering its sends with an error");
+            seqs.rollback();
+            let err = WriteError::from(e);
+            for p in pending {
+                match p {
+                    Pending::Append { reply, .. } => {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    Pending::Delete { reply, .. } => {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn plan_append(
+    log: &RoomLog,
+    seqs: &mut Sequencer,
+    room: &RoomRef,
+    from: &str,
+    client_id: &str,
+) -> Result<Assignment, WriteError> {
+    if !seqs.knows(room.key) {
+        seqs.load(room.key, log.last_seq(room.key)?);
+    }
+    let key = record::dedup_key(room.key, from, client_id);
+    let stored = log.deduped(room.key, from, client_id)?;
+    Ok(seqs.assign(room.key, &key, stored))
+}
+
+/// Plans a deletion: the message's sender, and whether anything changes
+/// (deleting a deleted message changes nothing and succeeds).
+fn plan_delete(
+    log: &RoomLog,
+    room: &RoomRef,
+    seq: u64,
+    actor: &str,
+    moderator: bool,
+    batch: &mut Batch,
+) -> Result<(String, bool), WriteError> {
+    let mut msg = log.get(room.key, seq)?.ok_or(WriteError::NotFound)?;
+    if msg.stored.from != actor && !moderator {
+        return Err(WriteError::Forbidden);
+    }
+    if msg.stored.body.is_none() {
+        return Ok((msg.stored.from, false));
+    }
+    msg.stored.body = None;
+    batch.put(MESSAGES, record::message_key(room.key, seq).to_vec(), record::encode(&msg.stored));
+    Ok((msg.stored.from, true))
+}

@@ -1,0 +1,185 @@
+//! Accounts and sessions: register, login, logout, tokens, tickets.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::Weak;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::ApiError;
+use super::Node;
+use crate::auth::random_token;
+use crate::auth::token_hash;
+use crate::auth::valid_password;
+use crate::auth::valid_username;
+use crate::clock::now_ms;
+use crate::meta::MetaCommand;
+use crate::meta::MetaOk;
+use crate::meta::TokenHash;
+use crate::meta::UserRole;
+
+/// How long a ticket for SSE or long polling stays valid.
+const TICKET_MS: u64 = 60_000;
+/// How often the leader drops expired sessions.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Who.
+    pub username: Arc<str>,
+    /// With which token (its hash).
+    pub token_hash: TokenHash,
+}
+
+/// The answer to a login.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginOk {
+    /// The bearer token; shown once, stored only as a hash.
+    pub token: String,
+    /// Who logged in.
+    pub username: String,
+    /// Absolute expiry (Unix ms).
+    pub expires_at: u64,
+}
+
+impl Node {
+    /// Makes an account; the first one of the cluster is the admin.
+    pub async fn register(&self, addr: IpAddr, username: String, password: String) -> Result<UserRole, ApiError> {
+        if !valid_username(&username) {
+            return Err(ApiError::bad_request("username must match ^[a-z0-9_.-]{3,32}$"));
+        }
+        if !valid_password(&password) {
+            return Err(ApiError::bad_request("password must be 8 to 128 characters"));
+        }
+        self.register_by_address.take(&addr, now_ms()).map_err(ApiError::rate_limited)?;
+        if self.meta().users.contains_key(&username) {
+            return Err(ApiError::new(crate::protocol::Code::Conflict, format!("username {username} is taken")));
+        }
+        let password_hash = self.passwords.hash(password).await?;
+        match self.propose(MetaCommand::Register { username: username.clone(), password_hash }).await? {
+            MetaOk::Registered(role) => {
+                tracing::info!(%username, role = role.as_str(), "account registered");
+                Ok(role)
+            }
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Checks a password and issues a token. Unknown user and wrong password
+    /// get the same answer after the same work.
+    pub async fn login(&self, addr: IpAddr, username: String, password: String) -> Result<LoginOk, ApiError> {
+        let now = now_ms();
+        self.login_by_address.take(&addr, now).map_err(ApiError::rate_limited)?;
+        self.login_by_account.take(&username, now).map_err(ApiError::rate_limited)?;
+        let hash = self.meta().users.get(&username).map(|u| u.password_hash.clone());
+        if !self.passwords.verify(hash, password).await? {
+            metrics::counter!("palaver_logins_failed_total").increment(1);
+            return Err(ApiError::unauthorized());
+        }
+        let token = random_token();
+        let expires_at = now + self.security.token_absolute_secs * 1000;
+        self.propose(MetaCommand::Login {
+            username: username.clone(),
+            token_hash: token_hash(&token),
+            expires_at,
+            idle_ms: self.security.token_idle_secs * 1000,
+        })
+        .await?;
+        tracing::info!(%username, "logged in");
+        Ok(LoginOk { token, username, expires_at })
+    }
+
+    /// Ends a session everywhere; its sockets close as the effect is applied.
+    pub async fn logout(&self, session: &Session) -> Result<(), ApiError> {
+        self.propose(MetaCommand::Logout { token_hash: session.token_hash }).await?;
+        tracing::info!(username = %session.username, "logged out");
+        Ok(())
+    }
+
+    /// The session behind a bearer token; records its use now and then.
+    pub fn authenticate(self: &Arc<Self>, token: &str) -> Result<Session, ApiError> {
+        self.session_for(token_hash(token))
+    }
+
+    fn session_for(self: &Arc<Self>, hash: TokenHash) -> Result<Session, ApiError> {
+        let now = now_ms();
+        let (username, last_seen) = {
+            let meta = self.meta();
+            let s = meta.session(&hash, now).ok_or_else(ApiError::unauthorized)?;
+            (Arc::<str>::from(s.username.as_str()), s.last_seen)
+        };
+        self.touch(hash, last_seen, now);
+        Ok(Session { username, token_hash: hash })
+    }
+
+    /// Records a token's use through Raft, at most once per interval, so the
+    /// idle expiry holds on every node without a write per request.
+    fn touch(self: &Arc<Self>, hash: TokenHash, last_seen: u64, now: u64) {
+        let interval = (self.security.token_idle_secs * 1000 / 4).clamp(250, 60_000);
+        if now.saturating_sub(last_seen) < interval {
+            return;
+        }
+        {
+            let mut touched = self.touched.lock();
+            if touched.get(&hash).is_some_and(|t| now.saturating_sub(*t) < interval) {
+                return;
+            }
+            touched.retain(|_, t| now.saturating_sub(*t) < interval);
+            touched.insert(hash, now);
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.propose(MetaCommand::Touch { token_hash: hash }).await {
+                tracing::debug!(error = %e.message, "token touch not recorded");
+            }
+        });
+    }
+
+    /// The caller's name and cluster role.
+    pub fn me(&self, session: &Session) -> Result<(String, UserRole), ApiError> {
+        let meta = self.meta();
+        let user = meta.users.get(&*session.username).ok_or_else(ApiError::unauthorized)?;
+        Ok((session.username.to_string(), user.role))
+    }
+
+    /// Issues a single-use ticket standing for the caller's session.
+    pub async fn ticket(&self, session: &Session) -> Result<String, ApiError> {
+        let ticket = random_token();
+        self.propose(MetaCommand::IssueTicket {
+            ticket_hash: token_hash(&ticket),
+            token_hash: session.token_hash,
+            expires_at: now_ms() + TICKET_MS,
+        })
+        .await?;
+        Ok(ticket)
+    }
+
+    /// Uses up a ticket; answers the session it stands for.
+    pub async fn redeem_ticket(&self, ticket: &str) -> Result<Session, ApiError> {
+        match self.propose(MetaCommand::RedeemTicket { ticket_hash: token_hash(ticket) }).await? {
+            MetaOk::Redeemed { username, token_hash } => Ok(Session { username: username.into(), token_hash }),
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+/// Drops expired sessions now and then (only the leader proposes, and only
+/// when something expired), which closes their sockets on every node.
+pub(super) async fn sweep_expired(node: Weak<Node>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        if node.consensus.metrics().current_leader != Some(node.id) {
+            continue;
+        }
+        let now = now_ms();
+        let expired = node.meta().sessions.values().any(|s| !s.valid_at(now))
+            || node.meta().tickets.values().any(|t| t.expires_at <= now);
+        if expired && let Err(e) = node.propose(MetaCommand::Sweep).await {
+            tracing::debug!(error = %e.message, "session sweep deferred");
+        }
+    }
+}

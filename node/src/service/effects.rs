@@ -1,0 +1,93 @@
+//! Reacts to applied metadata: closes the sockets of ended sessions, tells
+//! rooms about membership changes and ends the subscriptions of users who
+//! lost access, closes deleted rooms. Runs on every node for every entry,
+//! so a kick or a logout reaches the victim wherever it is connected.
+
+use std::sync::Arc;
+use std::sync::Weak;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::Node;
+use crate::hub::Event;
+use crate::hub::PresenceChange;
+use crate::meta::MemberChange;
+use crate::meta::MetaEffect;
+use crate::protocol::close;
+use crate::protocol::member_event;
+use crate::protocol::presence_event;
+use crate::protocol::removed_event;
+use crate::protocol::room_deleted_event;
+
+pub(super) async fn run(node: Weak<Node>, mut rx: UnboundedReceiver<Vec<MetaEffect>>) {
+    while let Some(effects) = rx.recv().await {
+        let Some(node) = node.upgrade() else { return };
+        for effect in effects {
+            node.react(effect).await;
+        }
+    }
+}
+
+impl Node {
+    async fn react(&self, effect: MetaEffect) {
+        match effect {
+            MetaEffect::SessionEnded { token_hash } => {
+                let closed = self.hub.close_token(&token_hash, close::TOKEN_REVOKED);
+                if closed > 0 {
+                    tracing::info!(closed, "closed the sockets of an ended session");
+                }
+            }
+            MetaEffect::MemberChanged { room, room_key, username, change, role, may_read } => {
+                let json = member_event(&room, &username, change, role);
+                self.hub.publish(Event {
+                    room_key,
+                    room: Arc::from(room.as_str()),
+                    seq: 0,
+                    json: json.into(),
+                    except: None,
+                });
+                if !may_read {
+                    let reason = match change {
+                        MemberChange::Kicked => "kicked",
+                        MemberChange::Banned => "banned",
+                        _ => "left",
+                    };
+                    self.hub.remove_user_from_room(&username, room_key, removed_event(&room, reason).into());
+                }
+            }
+            MetaEffect::RoomDeleted { room, room_key } => {
+                self.hub.close_room(room_key, room_deleted_event(&room).into());
+                self.writer.purge(room_key).await;
+                tracing::info!(%room, "room deleted");
+            }
+            MetaEffect::RoomAssigned { room, owner_node, epoch, .. } => {
+                tracing::info!(%room, owner_node, epoch, "room log owner changed");
+            }
+        }
+    }
+
+    /// Tells every room the user belongs to that they came online or went offline.
+    pub fn announce_presence(&self, change: PresenceChange) {
+        let (user, online) = match change {
+            PresenceChange::Online(u) => (u, true),
+            PresenceChange::Offline(u) => (u, false),
+        };
+        let rooms: Vec<(String, u64)> = self
+            .meta()
+            .rooms
+            .values()
+            .filter(|r| r.members.contains_key(&*user))
+            .map(|r| (r.info.id.clone(), r.info.key))
+            .collect();
+        for (room, room_key) in rooms {
+            let json = presence_event(&room, &user, online);
+            self.hub.publish(Event {
+                room_key,
+                room: Arc::from(room.as_str()),
+                seq: 0,
+                json: json.into(),
+                except: None,
+            });
+        }
+    }
+}

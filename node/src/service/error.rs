@@ -1,0 +1,116 @@
+//! The one error type every client-facing operation answers with, carrying
+//! the protocol code; transports turn it into HTTP bodies or `error` frames.
+
+use crate::auth::AuthError;
+use crate::meta::MetaError;
+use crate::protocol::Code;
+use crate::raft::ConsensusError;
+use crate::rooms::WriteError;
+use crate::storage::StorageError;
+
+/// A refused or failed client request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    /// The protocol code.
+    pub code: Code,
+    /// Human text.
+    pub message: String,
+    /// For `rate_limited`: when to try again.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a code and text.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retry_after_ms: None }
+    }
+
+    /// `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(Code::BadRequest, message)
+    }
+
+    /// `unauthorized`.
+    pub fn unauthorized() -> Self {
+        Self::new(Code::Unauthorized, "not authenticated")
+    }
+
+    /// `not_found`.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, format!("{} not found", what.into()))
+    }
+
+    /// `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(Code::Forbidden, message)
+    }
+
+    /// `too_large`.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(Code::TooLarge, message)
+    }
+
+    /// `rate_limited` with the wait.
+    pub fn rate_limited(retry_after_ms: u64) -> Self {
+        Self { code: Code::RateLimited, message: "too many requests".into(), retry_after_ms: Some(retry_after_ms) }
+    }
+
+    /// `unavailable`: transient, retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, message)
+    }
+
+    /// `internal`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, message)
+    }
+}
+
+impl From<MetaError> for ApiError {
+    fn from(e: MetaError) -> Self {
+        let code = match &e {
+            MetaError::NotFound(_) => Code::NotFound,
+            MetaError::Forbidden(_) => Code::Forbidden,
+            MetaError::Conflict(_) => Code::Conflict,
+            MetaError::BadRequest(_) => Code::BadRequest,
+            MetaError::Unauthorized => Code::Unauthorized,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<ConsensusError> for ApiError {
+    fn from(e: ConsensusError) -> Self {
+        tracing::warn!(error = %e, "metadata write failed");
+        Self::unavailable(format!("cluster metadata unavailable: {e}"))
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        tracing::error!(error = %e, "storage failed");
+        Self::internal("storage failed")
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NotFound => Self::not_found("message"),
+            WriteError::Forbidden => Self::forbidden(e.to_string()),
+            WriteError::Stopped => Self::unavailable("the node is shutting down"),
+            WriteError::Storage(_) => {
+                tracing::error!(error = %e, "room log write failed");
+                Self::unavailable("message store unavailable")
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        tracing::error!(error = %e, "password hashing failed");
+        Self::internal("password hashing failed")
+    }
+}

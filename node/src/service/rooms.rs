@@ -1,0 +1,251 @@
+//! Room management: create, list, join, leave, invite, moderation, roles,
+//! read markers, members, direct rooms, the audit trail.
+
+use serde::Serialize;
+
+use super::ApiError;
+use super::Node;
+use super::Session;
+use crate::auth::valid_room_id;
+use crate::auth::valid_username;
+use crate::clock::now_ms;
+use crate::meta::AuditEntry;
+use crate::meta::MetaCommand;
+use crate::meta::MetaOk;
+use crate::meta::Room;
+use crate::meta::RoomInfo;
+use crate::meta::RoomOp;
+use crate::permissions::Action;
+use crate::permissions::Role;
+use crate::permissions::Visibility;
+use crate::rooms::RoomRef;
+
+/// A room as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomView {
+    /// Id.
+    pub room: String,
+    /// Title.
+    pub title: String,
+    /// public, private or direct.
+    pub visibility: &'static str,
+    /// Owner's username.
+    pub owner: String,
+    /// Made at (Unix ms).
+    pub created_at: u64,
+    /// The newest message's seq (0: none yet).
+    pub last_seq: u64,
+    /// Messages after the caller's read marker (members only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+}
+
+/// A member as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    /// Room id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// Who.
+    pub username: String,
+    /// owner, moderator or member.
+    pub role: &'static str,
+    /// Connected anywhere (this node's view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+}
+
+/// Longest room title, characters.
+const MAX_TITLE: usize = 200;
+/// Longest mute, seconds (a year).
+const MAX_MUTE_SECS: u64 = 365 * 24 * 3600;
+
+/// Checks a room id from a path or frame (direct-room ids included).
+pub(crate) fn check_room_id(room: &str) -> Result<(), ApiError> {
+    let direct = room
+        .strip_prefix("dm:")
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(a, b)| valid_username(a) && valid_username(b) && a < b);
+    if valid_room_id(room) || direct {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("room must match ^[a-z0-9_-]{1,64}$"))
+    }
+}
+
+fn check_target(username: &str) -> Result<(), ApiError> {
+    if valid_username(username) { Ok(()) } else { Err(ApiError::bad_request("invalid username")) }
+}
+
+impl Node {
+    fn room_view(&self, room: &Room, caller: &str) -> Result<RoomView, ApiError> {
+        let last_seq = self.log.last_seq(room.info.key)?;
+        Ok(view(&room.info, last_seq, room.members.get(caller).map(|m| last_seq.saturating_sub(m.read_seq))))
+    }
+
+    /// Public rooms and the caller's rooms, by id.
+    pub fn list_rooms(&self, s: &Session) -> Result<Vec<RoomView>, ApiError> {
+        let meta = self.meta();
+        meta.rooms
+            .values()
+            .filter(|r| {
+                r.members.contains_key(&*s.username)
+                    || (r.info.visibility == Visibility::Public && !r.bans.contains(&*s.username))
+            })
+            .map(|r| self.room_view(r, &s.username))
+            .collect()
+    }
+
+    /// Makes a room; the caller becomes its owner.
+    pub async fn create_room(
+        &self,
+        s: &Session,
+        room: String,
+        title: Option<String>,
+        visibility: Option<String>,
+    ) -> Result<RoomView, ApiError> {
+        if !valid_room_id(&room) {
+            return Err(ApiError::bad_request("room must match ^[a-z0-9_-]{1,64}$"));
+        }
+        let title = title.unwrap_or_else(|| room.clone());
+        if title.chars().count() > MAX_TITLE {
+            return Err(ApiError::bad_request(format!("title is longer than {MAX_TITLE} characters")));
+        }
+        let visibility = match visibility.as_deref() {
+            None | Some("public") => Visibility::Public,
+            Some("private") => Visibility::Private,
+            Some(other) => return Err(ApiError::bad_request(format!("visibility {other:?} is not public or private"))),
+        };
+        let owner_node = self.id;
+        let cmd = MetaCommand::CreateRoom { actor: s.username.to_string(), room, title, visibility, owner_node };
+        match self.propose(cmd).await? {
+            MetaOk::Room(info) => {
+                tracing::info!(room = %info.id, owner = %s.username, "room created");
+                Ok(view(&info, 0, Some(0)))
+            }
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// One room, if the caller may see it.
+    pub fn get_room(&self, s: &Session, room: &str) -> Result<RoomView, ApiError> {
+        check_room_id(room)?;
+        let meta = self.meta();
+        let r = meta.authorize(&s.username, room, Action::Read)?;
+        self.room_view(r, &s.username)
+    }
+
+    /// Applies a room action through Raft.
+    pub async fn room_op(&self, s: &Session, room: &str, op: RoomOp) -> Result<(), ApiError> {
+        check_room_id(room)?;
+        match &op {
+            RoomOp::Invite(t) | RoomOp::Kick(t) | RoomOp::Ban(t) | RoomOp::Unban(t) | RoomOp::Unmute(t) => {
+                check_target(t)?
+            }
+            RoomOp::SetRole(t, _) | RoomOp::Mute(t, _) => check_target(t)?,
+            _ => {}
+        }
+        let cmd = MetaCommand::Room { actor: s.username.to_string(), room: room.to_string(), op: op.clone() };
+        self.propose(cmd).await?;
+        tracing::info!(room, actor = %s.username, ?op, "room action");
+        Ok(())
+    }
+
+    /// Joins a room; answers the new membership.
+    pub async fn join(&self, s: &Session, room: &str) -> Result<MemberView, ApiError> {
+        self.room_op(s, room, RoomOp::Join).await?;
+        Ok(MemberView { room: Some(room.to_string()), username: s.username.to_string(), role: "member", online: None })
+    }
+
+    /// Changes a member's role.
+    pub async fn set_role(&self, s: &Session, room: &str, target: String, role: &str) -> Result<(), ApiError> {
+        let role = match role {
+            "member" => Role::Member,
+            "moderator" => Role::Moderator,
+            "owner" => Role::Owner,
+            other => return Err(ApiError::bad_request(format!("role {other:?} is not owner, moderator or member"))),
+        };
+        self.room_op(s, room, RoomOp::SetRole(target, role)).await
+    }
+
+    /// Mutes a member for `seconds`.
+    pub async fn mute(&self, s: &Session, room: &str, target: String, seconds: u64) -> Result<(), ApiError> {
+        if seconds == 0 || seconds > MAX_MUTE_SECS {
+            return Err(ApiError::bad_request(format!("seconds must be 1 to {MAX_MUTE_SECS}")));
+        }
+        self.room_op(s, room, RoomOp::Mute(target, now_ms() + seconds * 1000)).await
+    }
+
+    /// Stores the caller's read marker.
+    pub async fn mark_read(&self, s: &Session, room: &str, seq: u64) -> Result<(), ApiError> {
+        check_room_id(room)?;
+        let key = self.meta().authorize(&s.username, room, Action::MarkRead)?.info.key;
+        let last = self.log.last_seq(key)?;
+        if seq > last {
+            return Err(ApiError::bad_request(format!("seq {seq} is past the room's last message ({last})")));
+        }
+        self.room_op(s, room, RoomOp::MarkRead(seq)).await
+    }
+
+    /// The members, with their presence.
+    pub fn members(&self, s: &Session, room: &str) -> Result<Vec<MemberView>, ApiError> {
+        check_room_id(room)?;
+        let meta = self.meta();
+        let r = meta.authorize(&s.username, room, Action::ListMembers)?;
+        Ok(r.members
+            .iter()
+            .map(|(name, m)| MemberView {
+                room: None,
+                username: name.clone(),
+                role: m.role.as_str(),
+                online: Some(self.is_online(name)),
+            })
+            .collect())
+    }
+
+    /// Whether a user is connected (this node's view; other nodes' presence
+    /// joins it when the cluster exchanges presence).
+    pub fn is_online(&self, username: &str) -> bool {
+        self.hub.is_online(username)
+    }
+
+    /// The moderation trail, oldest first.
+    pub fn audit(&self, s: &Session, room: &str) -> Result<Vec<AuditEntry>, ApiError> {
+        check_room_id(room)?;
+        Ok(self.meta().authorize(&s.username, room, Action::ReadAudit)?.audit.clone())
+    }
+
+    /// The direct room with `peer`, made on first use.
+    pub async fn open_direct(&self, s: &Session, peer: &str) -> Result<RoomView, ApiError> {
+        check_target(peer)?;
+        let cmd =
+            MetaCommand::OpenDirect { actor: s.username.to_string(), peer: peer.to_string(), owner_node: self.id };
+        match self.propose(cmd).await? {
+            MetaOk::Room(info) => {
+                let last_seq = self.log.last_seq(info.key)?;
+                Ok(view(&info, last_seq, None))
+            }
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The room the caller may read, as the log layer addresses it.
+    pub fn readable_room(&self, s: &Session, room: &str) -> Result<RoomRef, ApiError> {
+        check_room_id(room)?;
+        let meta = self.meta();
+        let r = meta.authorize(&s.username, room, Action::Read)?;
+        Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch })
+    }
+}
+
+fn view(info: &RoomInfo, last_seq: u64, unread: Option<u64>) -> RoomView {
+    RoomView {
+        room: info.id.clone(),
+        title: info.title.clone(),
+        visibility: info.visibility.as_str(),
+        owner: info.owner.clone(),
+        created_at: info.created_at,
+        last_seq,
+        unread,
+    }
+}
