@@ -160,14 +160,12 @@ impl Hub {
             }
         }
         self.conns.write().insert(id, Conn { listener, rooms: HashSet::new() });
-        metrics::gauge!("palaver_connections").increment(1.0);
         (id, change)
     }
 
     /// Removes a connection and its subscriptions; says whether the user went offline here.
     pub fn disconnect(&self, id: ConnId) -> Option<PresenceChange> {
         let conn = self.conns.write().remove(&id)?;
-        metrics::gauge!("palaver_connections").decrement(1.0);
         {
             let mut rooms = self.rooms.write();
             for room in &conn.rooms {

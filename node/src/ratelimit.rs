@@ -60,7 +60,12 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// `per_minute` attempts per minute per key, all of them usable at once.
     pub fn per_minute(per_minute: u32) -> Self {
         let burst = f64::from(per_minute.max(1));
-        Self { rate: burst / 60.0, burst, buckets: Mutex::new(HashMap::new()) }
+        Self::new(burst / 60.0, burst)
+    }
+
+    /// `rate` per second per key, `burst` at once.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, buckets: Mutex::new(HashMap::new()) }
     }
 
     /// Takes one attempt for `key`, or says how many ms to wait.

@@ -204,7 +204,7 @@ async fn next_event(mut st: SseState) -> Option<(Result<SseEvent, Infallible>, S
             }
             item = st.rx.recv() => item,
         };
-        let Some(item) = item else { return None };
+        let item = item?;
         if st.delivery.handle(item, &mut st.scratch).is_err() {
             st.done = true;
         }

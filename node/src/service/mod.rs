@@ -84,6 +84,8 @@ pub struct Node {
     login_by_account: KeyedLimiter<String>,
     login_by_address: KeyedLimiter<IpAddr>,
     register_by_address: KeyedLimiter<IpAddr>,
+    /// Sends over HTTP, per session (sockets have their own bucket).
+    http_sends: KeyedLimiter<TokenHash>,
     /// Tokens whose use was recently recorded through Raft, and when.
     touched: Mutex<HashMap<TokenHash, u64>>,
     metrics: PrometheusHandle,
@@ -171,6 +173,7 @@ impl Node {
             login_by_account: KeyedLimiter::per_minute(limits.login_per_account_per_min),
             login_by_address: KeyedLimiter::per_minute(limits.login_per_address_per_min),
             register_by_address: KeyedLimiter::per_minute(limits.register_per_address_per_min),
+            http_sends: KeyedLimiter::new(limits.send_rate_per_sec, limits.send_burst),
             limits,
             security: settings.security,
             consensus,
