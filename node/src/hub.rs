@@ -80,7 +80,7 @@ impl KillSwitch {
     /// Asks the connection to close with `code`; the first code wins.
     pub fn fire(&self, code: u16) {
         if self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.notify.notify_one();
+            self.notify.notify_waiters();
         }
     }
 
@@ -92,13 +92,17 @@ impl KillSwitch {
         }
     }
 
-    /// Waits until fired; returns the code.
+    /// Waits until fired; returns the code. Any number of tasks may wait.
     pub async fn fired(&self) -> u16 {
         loop {
+            // Registered before the check, so a fire between the two still wakes us.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if let Some(c) = self.code() {
                 return c;
             }
-            self.notify.notified().await;
+            notified.await;
         }
     }
 }
@@ -375,6 +379,25 @@ mod tests {
         assert!(rx_a.try_recv().is_err());
         assert_eq!(hub.close_token(&token, close::TOKEN_REVOKED), 1);
         assert_eq!(kill.code(), Some(close::TOKEN_REVOKED));
+    }
+
+    #[tokio::test]
+    async fn every_waiter_wakes_when_a_kill_switch_fires() {
+        let kill = Arc::new(KillSwitch::default());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let k = kill.clone();
+                tokio::spawn(async move { k.fired().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        kill.fire(close::TOO_SLOW);
+        kill.fire(close::POLICY);
+        for w in waiters {
+            let code =
+                tokio::time::timeout(std::time::Duration::from_secs(10), w).await.expect("woke").expect("joined");
+            assert_eq!(code, close::TOO_SLOW);
+        }
     }
 
     #[test]
