@@ -1,0 +1,458 @@
+//! The load-test harness: starts a real `palaver node` (release build) on
+//! 127.0.0.1 and drives it over WebSocket.
+//!
+//! ```text
+//! cargo bench --bench load -- [sends|fanout|connections|all] [--senders N] [--secs S]
+//!                             [--members M] [--conns C] [--users U]
+//! ```
+//!
+//! Scenarios:
+//! - `sends`: answered sends/s with 1 and with `--senders` concurrent
+//!   senders (each waits for its answer before sending again), with latency.
+//! - `fanout`: one room, `--members` subscribed sockets, one pipelined
+//!   sender; deliveries/s and end-to-end latency.
+//! - `connections`: `--conns` idle authenticated WebSockets, each subscribed
+//!   to one room; the node's RSS per connection.
+//!
+//! Every loop is bounded in count and time. Results print as a table and go
+//! to `target/bench-results/load.json`.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::io::BufReader;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use futures_util::SinkExt;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Options from the command line.
+struct Options {
+    scenario: String,
+    senders: usize,
+    secs: u64,
+    members: usize,
+    conns: usize,
+    users: usize,
+}
+
+fn options() -> Result<Options> {
+    let mut o = Options { scenario: "all".into(), senders: 50, secs: 10, members: 1000, conns: 10_000, users: 1000 };
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| -> Result<usize> {
+            args.next().with_context(|| format!("{name} needs a value"))?.parse().with_context(|| format!("{name}"))
+        };
+        match a.as_str() {
+            "--senders" => o.senders = value("--senders")?,
+            "--secs" => o.secs = value("--secs")? as u64,
+            "--members" => o.members = value("--members")?,
+            "--conns" => o.conns = value("--conns")?,
+            "--users" => o.users = value("--users")?,
+            s if !s.starts_with('-') => o.scenario = s.to_string(),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(o)
+}
+
+/// A node process for the duration of a scenario.
+struct NodeProcess {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            "[limits]\nsend_rate_per_sec = 1000000.0\nsend_burst = 1000000\nlogin_per_account_per_min = 1000000\n\
+             login_per_address_per_min = 1000000\nregister_per_address_per_min = 1000000\noutbound_queue = 65536\n",
+        )?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_palaver"))
+            .args(["node", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting palaver node")?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().context("node exited before it was ready")??;
+            if let Some(rest) = line.split("ready: http://").nth(1) {
+                break rest.split_whitespace().next().unwrap_or_default().to_string();
+            }
+        };
+        Ok(Self { child, addr, _dir: dir })
+    }
+
+    fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+        Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    }
+}
+
+/// HTTP calls the scenarios need.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Result<Value> {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{path}: {status} {text}");
+        }
+        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+    }
+
+    /// Registers and logs in `n` users concurrently; answers their tokens.
+    async fn users(self: &Arc<Self>, prefix: &str, n: usize) -> Result<Vec<String>> {
+        let gate = Arc::new(Semaphore::new(8));
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let api = self.clone();
+            let gate = gate.clone();
+            let name = format!("{prefix}user{i}");
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await?;
+                let creds = json!({"username": name, "password": "bench-password"});
+                api.post("/api/register", None, creds.clone()).await?;
+                let login = api.post("/api/login", None, creds).await?;
+                login["token"].as_str().map(str::to_string).context("no token")
+            }));
+        }
+        let mut tokens = Vec::with_capacity(n);
+        for t in tasks {
+            tokens.push(t.await??);
+        }
+        Ok(tokens)
+    }
+}
+
+async fn connect(addr: &str, token: &str) -> Result<Ws> {
+    let mut req = format!("ws://{addr}/ws").into_client_request()?;
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    Ok(ws)
+}
+
+/// Sends a command and waits for the reply with its id, skipping events.
+async fn call(ws: &mut Ws, frame: Value) -> Result<Value> {
+    let id = frame["id"].clone();
+    ws.send(Message::Text(frame.to_string().into())).await?;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.context("reply timed out")?;
+        let Some(Ok(Message::Text(t))) = msg else { bail!("socket ended: {msg:?}") };
+        let v: Value = serde_json::from_str(&t)?;
+        if v["id"] == id {
+            if v["type"] == "error" {
+                bail!("error reply: {v}");
+            }
+            return Ok(v);
+        }
+    }
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// One result row.
+struct Row {
+    scenario: String,
+    figure: String,
+    value: f64,
+    unit: &'static str,
+}
+
+async fn sends(node: &NodeProcess, api: &Arc<Api>, senders: usize, secs: u64, rows: &mut Vec<Row>) -> Result<()> {
+    let tokens = api.users(&format!("s{senders}x"), senders).await?;
+    let room = format!("sends{senders}");
+    api.post("/api/rooms", Some(&tokens[0]), json!({"room": room, "visibility": "public"})).await?;
+    for t in &tokens[1..] {
+        api.post(&format!("/api/rooms/{room}/join"), Some(t), json!({})).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let mut ws = connect(&node.addr, token).await?;
+        let room = room.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            let mut n = 0u64;
+            while Instant::now() < deadline && n < 10_000_000 {
+                let started = Instant::now();
+                let frame = json!({"type": "send", "id": n, "room": room, "body": "benchmark message", "client_id": format!("{i}-{n}")});
+                call(&mut ws, frame).await?;
+                h.record(started.elapsed().as_micros() as u64)?;
+                n += 1;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let name = format!("sends, {senders} sender(s)");
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "answered sends/s".into(),
+        value: all.len() as f64 / elapsed,
+        unit: "/s",
+    });
+    rows.push(Row { scenario: name.clone(), figure: "send latency p50".into(), value: pct(&all, 0.5), unit: "ms" });
+    rows.push(Row { scenario: name, figure: "send latency p99".into(), value: pct(&all, 0.99), unit: "ms" });
+    Ok(())
+}
+
+async fn fanout(
+    node: &NodeProcess,
+    api: &Arc<Api>,
+    members: usize,
+    users: usize,
+    secs: u64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let users = users.clamp(1, members);
+    let tokens = api.users("f", users).await?;
+    let room = "fanout";
+    api.post("/api/rooms", Some(&tokens[0]), json!({"room": room, "visibility": "public"})).await?;
+    for t in &tokens[1..] {
+        api.post(&format!("/api/rooms/{room}/join"), Some(t), json!({})).await?;
+    }
+    let epoch = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut receivers = Vec::new();
+    for i in 0..members {
+        let mut ws = connect(&node.addr, &tokens[i % users]).await?;
+        call(&mut ws, json!({"type": "subscribe", "id": 1, "room": room})).await?;
+        let received = received.clone();
+        let stop = stop.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.notified() => break,
+                    msg = ws.next() => msg,
+                };
+                let Some(Ok(Message::Text(t))) = msg else { break };
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "message" {
+                    received.fetch_add(1, Ordering::Relaxed);
+                    if let Some(sent) = v["body"].as_str().and_then(|b| b.parse::<u64>().ok()) {
+                        let now = epoch.elapsed().as_micros() as u64;
+                        h.record(now.saturating_sub(sent))?;
+                    }
+                }
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    // One sender, pipelined: at most `WINDOW` sends unanswered at a time.
+    const WINDOW: u64 = 64;
+    let sender = connect(&node.addr, &tokens[0]).await?;
+    let (mut tx, mut rx) = sender.split();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let (mut sent, mut answered) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        while sent - answered < WINDOW {
+            let body = epoch.elapsed().as_micros().to_string();
+            let frame =
+                json!({"type": "send", "id": sent, "room": room, "body": body, "client_id": format!("f{sent}")});
+            tx.send(Message::Text(frame.to_string().into())).await?;
+            sent += 1;
+        }
+        let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("sender timed out")?;
+        let Some(Ok(Message::Text(t))) = msg else { bail!("sender socket ended") };
+        let v: Value = serde_json::from_str(&t)?;
+        if v["type"] == "ok" {
+            answered += 1;
+        } else if v["type"] == "error" {
+            bail!("send failed: {v}");
+        }
+    }
+    // Collect the answers still in flight, then let deliveries land; bounded.
+    while answered < sent {
+        let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("sender timed out")?;
+        let Some(Ok(Message::Text(t))) = msg else { bail!("sender socket ended") };
+        if serde_json::from_str::<Value>(&t)?["type"] == "ok" {
+            answered += 1;
+        }
+    }
+    let expected = answered * members as u64;
+    let settle = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.notify_waiters();
+    let mut all = Histogram::<u64>::new(3)?;
+    for r in receivers {
+        r.abort();
+        if let Ok(Ok(h)) = r.await {
+            all.add(h)?;
+        }
+    }
+    let got = received.load(Ordering::Relaxed);
+    let name = format!("fanout, {members} members");
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "answered sends/s".into(),
+        value: answered as f64 / elapsed,
+        unit: "/s",
+    });
+    rows.push(Row { scenario: name.clone(), figure: "deliveries/s".into(), value: got as f64 / elapsed, unit: "/s" });
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "delivered of expected".into(),
+        value: got as f64 / expected.max(1) as f64 * 100.0,
+        unit: "%",
+    });
+    rows.push(Row { scenario: name.clone(), figure: "delivery latency p50".into(), value: pct(&all, 0.5), unit: "ms" });
+    rows.push(Row { scenario: name, figure: "delivery latency p99".into(), value: pct(&all, 0.99), unit: "ms" });
+    Ok(())
+}
+
+async fn connections(node: &NodeProcess, api: &Arc<Api>, conns: usize, rows: &mut Vec<Row>) -> Result<()> {
+    let tokens = api.users("c", 1).await?;
+    api.post("/api/rooms", Some(&tokens[0]), json!({"room": "idle", "visibility": "public"})).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = node.rss_kib()?;
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(conns);
+    let mut connect_times = Histogram::<u64>::new(3)?;
+    for _ in 0..conns {
+        let t = Instant::now();
+        let mut ws = connect(&node.addr, &tokens[0]).await?;
+        call(&mut ws, json!({"type": "subscribe", "id": 1, "room": "idle"})).await?;
+        connect_times.record(t.elapsed().as_micros() as u64)?;
+        sockets.push(ws);
+    }
+    let ramp = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = node.rss_kib()?;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / conns as f64;
+    let name = format!("connections, {conns} idle");
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "node RSS per connection".into(),
+        value: per / 1024.0,
+        unit: "KiB",
+    });
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "node RSS total".into(),
+        value: after as f64 / 1024.0,
+        unit: "MiB",
+    });
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "connect+subscribe p50".into(),
+        value: pct(&connect_times, 0.5),
+        unit: "ms",
+    });
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "connect+subscribe p99".into(),
+        value: pct(&connect_times, 0.99),
+        unit: "ms",
+    });
+    rows.push(Row { scenario: name, figure: "connections opened/s".into(), value: conns as f64 / ramp, unit: "/s" });
+    drop(sockets);
+    Ok(())
+}
+
+fn machine_load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn main() -> Result<()> {
+    let o = options()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        let scenarios: Vec<&str> = match o.scenario.as_str() {
+            "all" => vec!["sends", "fanout", "connections"],
+            s => vec![s],
+        };
+        for s in scenarios {
+            let node = NodeProcess::start()?;
+            let api = Arc::new(Api { http: reqwest::Client::new(), base: format!("http://{}", node.addr) });
+            eprintln!("running {s} (load average before: {})", machine_load());
+            match s {
+                "sends" => {
+                    sends(&node, &api, 1, o.secs, &mut rows).await?;
+                    sends(&node, &api, o.senders, o.secs, &mut rows).await?;
+                }
+                "fanout" => fanout(&node, &api, o.members, o.users, o.secs, &mut rows).await?,
+                "connections" => connections(&node, &api, o.conns, &mut rows).await?,
+                other => bail!("unknown scenario {other}: sends, fanout, connections or all"),
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    println!("{:<32} {:<28} {:>14}", "scenario", "figure", "value");
+    for r in &rows {
+        println!("{:<32} {:<28} {:>12.2} {}", r.scenario, r.figure, r.value, r.unit);
+    }
+    let json: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"scenario": r.scenario, "figure": r.figure, "value": r.value, "unit": r.unit}))
+        .collect();
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
+    std::fs::create_dir_all(&out)?;
+    let meta: HashMap<&str, Value> = HashMap::from([
+        ("load_average_after", json!(machine_load())),
+        ("cores", json!(std::thread::available_parallelism().map_or(0, |n| n.get()))),
+    ]);
+    std::fs::write(out.join("load.json"), serde_json::to_string_pretty(&json!({"rows": json, "machine": meta}))?)?;
+    eprintln!("results written to {}", out.join("load.json").display());
+    Ok(())
+}
