@@ -1,4 +1,9 @@
-//! Reading room logs, and the last seq of each room kept in memory.
+//! Reading room logs, and the committed seq of each room kept in memory.
+//!
+//! A node may store messages before they are committed (a replica holds the
+//! owner's records until a majority has them). Every read is capped at the
+//! room's committed seq, so nothing that could still be rolled back is ever
+//! shown to a client.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -16,7 +21,7 @@ use crate::storage::Store;
 /// Read access to the room logs, shared by every request handler.
 pub struct RoomLog {
     store: Store,
-    /// Last committed seq per room key. Only ever raised, so a reader that
+    /// Committed seq per room key. Only ever raised, so a reader that
     /// loaded an old value from the store can never lower it.
     last: RwLock<HashMap<u64, u64>>,
 }
@@ -32,11 +37,19 @@ impl RoomLog {
         &self.store
     }
 
-    /// The highest committed seq of a room (0 when empty).
+    /// The highest committed seq of a room (0 when empty). A room not seen
+    /// since start counts what is stored as committed.
     pub fn last_seq(&self, room_key: u64) -> Result<u64, StorageError> {
         if let Some(seq) = self.last.read().get(&room_key) {
             return Ok(*seq);
         }
+        let seq = self.stored_last(room_key)?;
+        self.raise(room_key, seq);
+        Ok(seq)
+    }
+
+    /// The highest seq stored here, committed or not.
+    pub fn stored_last(&self, room_key: u64) -> Result<u64, StorageError> {
         let start = record::message_key(room_key, 0);
         let end = record::room_end(room_key);
         let found = self.store.range(
@@ -46,9 +59,7 @@ impl RoomLog {
             Order::Descending,
             1,
         )?;
-        let seq = found.first().and_then(|(k, _)| record::parse_message_key(k)).map_or(0, |(_, s)| s);
-        self.raise(room_key, seq);
-        Ok(seq)
+        Ok(found.first().and_then(|(k, _)| record::parse_message_key(k)).map_or(0, |(_, s)| s))
     }
 
     /// Records that `seq` is committed in a room.
@@ -63,27 +74,31 @@ impl RoomLog {
         self.last.write().remove(&room_key);
     }
 
-    /// Messages with seq > `after`, ascending, at most `limit`.
+    /// Committed messages with seq > `after`, ascending, at most `limit`.
     pub fn after(&self, room_key: u64, after: u64, limit: usize) -> Result<Vec<Message>, StorageError> {
-        let start = record::message_key(room_key, after.saturating_add(1));
-        let end = record::room_end(room_key);
-        if after == u64::MAX {
+        let committed = self.last_seq(room_key)?;
+        if after >= committed {
             return Ok(Vec::new());
         }
-        self.scan(Bound::Included(&start[..]), Bound::Excluded(&end[..]), Order::Ascending, limit)
+        let start = record::message_key(room_key, after + 1);
+        let end = record::message_key(room_key, committed);
+        self.scan(Bound::Included(&start[..]), Bound::Included(&end[..]), Order::Ascending, limit)
     }
 
-    /// The newest `limit` messages with seq < `before`, ascending.
+    /// The newest `limit` committed messages with seq < `before`, ascending.
     pub fn before(&self, room_key: u64, before: u64, limit: usize) -> Result<Vec<Message>, StorageError> {
+        let committed = self.last_seq(room_key)?;
         let start = record::message_key(room_key, 0);
-        let end = record::message_key(room_key, before);
+        let end = record::message_key(room_key, before.min(committed.saturating_add(1)));
         let mut page = self.scan(Bound::Included(&start[..]), Bound::Excluded(&end[..]), Order::Descending, limit)?;
         page.reverse();
         Ok(page)
     }
 
-    /// Messages `from..=to` (used to fill a gap between replay and live events).
+    /// Committed messages `from..=to` (to fill a gap between replay and live
+    /// events, or to publish what a commit notice made visible).
     pub fn between(&self, room_key: u64, from: u64, to: u64) -> Result<Vec<Message>, StorageError> {
+        let to = to.min(self.last_seq(room_key)?);
         if from > to {
             return Ok(Vec::new());
         }
@@ -93,8 +108,8 @@ impl RoomLog {
         self.scan(Bound::Included(&start[..]), Bound::Included(&end[..]), Order::Ascending, limit)
     }
 
-    /// One message.
-    pub fn get(&self, room_key: u64, seq: u64) -> Result<Option<Message>, StorageError> {
+    /// One stored message, committed or not.
+    pub fn get_stored(&self, room_key: u64, seq: u64) -> Result<Option<Message>, StorageError> {
         match self.store.get(MESSAGES, &record::message_key(room_key, seq))? {
             Some(bytes) => Ok(Some(Message { seq, stored: record::decode(&bytes)? })),
             None => Ok(None),

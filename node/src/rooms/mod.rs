@@ -15,8 +15,13 @@ pub use record::Message;
 pub use record::StoredMessage;
 pub use seq::Sequencer;
 pub use writer::Appended;
+pub use writer::CommitAtOnce;
+pub use writer::FlushSink;
+pub use writer::FlushedBatch;
 pub use writer::LogWriter;
 pub use writer::Published;
+pub use writer::Publisher;
+pub use writer::Record;
 pub use writer::RoomRef;
 pub use writer::WriteError;
 

@@ -14,6 +14,20 @@ pub struct Sequencer {
     pending: HashMap<Vec<u8>, u64>,
 }
 
+/// The outcome of [`Sequencer::accept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// The record continues the log: store it.
+    Next,
+    /// Already stored here: skip it.
+    AlreadyStored,
+    /// Records are missing before it.
+    Gap {
+        /// The last seq stored here.
+        have: u64,
+    },
+}
+
 /// The outcome of [`Sequencer::assign`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Assignment {
@@ -51,6 +65,29 @@ impl Sequencer {
         *last += 1;
         self.pending.insert(dedup_key.to_vec(), *last);
         Assignment::New(*last)
+    }
+
+    /// Takes a replicated record with a seq the owner chose.
+    pub fn accept(&mut self, room_key: u64, seq: u64) -> Accept {
+        let last = self.last.entry(room_key).or_insert(0);
+        if seq <= *last {
+            return Accept::AlreadyStored;
+        }
+        if seq > *last + 1 {
+            return Accept::Gap { have: *last };
+        }
+        self.before_batch.entry(room_key).or_insert(*last);
+        *last = seq;
+        Accept::Next
+    }
+
+    /// Undoes this batch's progress in some rooms (a refused replica batch).
+    pub fn rollback_rooms(&mut self, rooms: impl Iterator<Item = u64>) {
+        for room in rooms {
+            if let Some(last) = self.before_batch.remove(&room) {
+                self.last.insert(room, last);
+            }
+        }
     }
 
     /// The batch was stored: its seqs are final.
@@ -94,6 +131,19 @@ mod tests {
         s.commit();
         assert_eq!(s.assign(1, b"x", Some(5)), Duplicate(5));
         assert_eq!(s.assign(1, b"y", None), New(6));
+    }
+
+    #[test]
+    fn replicated_records_continue_skip_or_report_a_gap() {
+        let mut s = Sequencer::default();
+        s.load(1, 3);
+        assert_eq!(s.accept(1, 2), Accept::AlreadyStored);
+        assert_eq!(s.accept(1, 4), Accept::Next);
+        assert_eq!(s.accept(1, 6), Accept::Gap { have: 4 });
+        s.rollback_rooms([1].into_iter());
+        assert_eq!(s.accept(1, 4), Accept::Next);
+        s.commit();
+        assert_eq!(s.assign(1, b"k", None), Assignment::New(5));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::record::MESSAGES;
 use super::record::Message;
 use super::record::StoredMessage;
 use super::record::{self};
+use super::seq::Accept;
 use super::seq::Assignment;
 use super::seq::Sequencer;
 use crate::clock::now_ms;
@@ -86,6 +87,17 @@ pub enum WriteError {
     /// The actor may not delete that message.
     #[error("only the sender or a moderator may delete a message")]
     Forbidden,
+    /// Replicated records skip ahead of what this node has stored.
+    #[error("room {room_key} has only up to seq {have} here")]
+    Gap {
+        /// The room.
+        room_key: u64,
+        /// Its last stored seq here.
+        have: u64,
+    },
+    /// Not enough nodes stored the batch in time.
+    #[error("not enough nodes confirmed the write in time")]
+    NotReplicated,
 }
 
 impl From<StorageError> for WriteError {
@@ -109,9 +121,29 @@ enum Request {
         moderator: bool,
         reply: oneshot::Sender<Result<String, WriteError>>,
     },
+    Replicated {
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<(), WriteError>>,
+    },
     Purge {
         room_key: u64,
     },
+}
+
+/// One message record as the owner wrote it, to be stored as-is by replicas
+/// (a new message, or a rewrite such as a deletion).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Room log key.
+    pub room_key: u64,
+    /// Room id, for events.
+    pub room: String,
+    /// The message's seq.
+    pub seq: u64,
+    /// The stored fields.
+    pub stored: StoredMessage,
+    /// True for a new message, false for a rewrite of an existing one.
+    pub new: bool,
 }
 
 /// Hands requests to the writer thread.
@@ -123,15 +155,97 @@ pub struct LogWriter {
 /// Receives everything committed, in commit order.
 pub type Publisher = Arc<dyn Fn(Published) + Send + Sync>;
 
+/// Decides when a flushed batch is committed: at once on a single node (or
+/// with the `local` ack policy), after a majority of nodes stored it in a
+/// cluster.
+pub trait FlushSink: Send + Sync + 'static {
+    /// A batch is durable on this node.
+    fn flushed(&self, batch: FlushedBatch);
+}
+
+/// Commits every batch as soon as it is durable here.
+pub struct CommitAtOnce {
+    /// Where committed events go.
+    pub log: Arc<RoomLog>,
+    /// Fan-out.
+    pub publish: Publisher,
+}
+
+impl FlushSink for CommitAtOnce {
+    fn flushed(&self, batch: FlushedBatch) {
+        batch.commit(&self.log, &self.publish);
+    }
+}
+
+/// A batch that is durable on this node and waits to be committed.
+pub struct FlushedBatch {
+    /// What replicas must store, in order.
+    pub records: Vec<Record>,
+    replies: Vec<Pending>,
+    published: Vec<Published>,
+    raised: HashMap<u64, u64>,
+}
+
+impl FlushedBatch {
+    /// Whether there is anything to replicate.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Makes the batch visible: raises each room's committed seq, publishes,
+    /// answers the senders.
+    pub fn commit(self, log: &RoomLog, publish: &Publisher) {
+        for (room_key, seq) in &self.raised {
+            log.raise(*room_key, *seq);
+        }
+        metrics::counter!("palaver_messages_committed_total").increment(self.published.len() as u64);
+        for p in self.published {
+            publish(p);
+        }
+        for p in self.replies {
+            match p {
+                Pending::Append { reply, result } => {
+                    let _ = reply.send(Ok(result));
+                }
+                Pending::Delete { reply, result } => {
+                    let _ = reply.send(result);
+                }
+                Pending::Replicated { reply } => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Answers every request of the batch with `err` (it may still commit
+    /// later; a retry with the same client_id then finds it).
+    pub fn fail(self, err: WriteError) {
+        for p in self.replies {
+            match p {
+                Pending::Append { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Pending::Delete { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Pending::Replicated { reply } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
 impl LogWriter {
-    /// Starts the writer thread over `log`; `publish` sees every commit.
-    pub fn start(log: Arc<RoomLog>, publish: Publisher) -> std::io::Result<Self> {
+    /// Starts the writer thread over `log`; `sink` decides when flushed
+    /// batches commit.
+    pub fn start(log: Arc<RoomLog>, sink: Arc<dyn FlushSink>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        std::thread::Builder::new().name("room-log-writer".into()).spawn(move || run(rx, &log, &publish))?;
+        std::thread::Builder::new().name("room-log-writer".into()).spawn(move || run(rx, &log, &*sink))?;
         Ok(Self { tx })
     }
 
-    /// Appends a message (or finds it already there); answers after the flush.
+    /// Appends a message (or finds it already there); answers after the commit.
     pub async fn append(
         &self,
         room: RoomRef,
@@ -163,6 +277,15 @@ impl LogWriter {
         answer.await.map_err(|_| WriteError::Stopped)?
     }
 
+    /// Stores records an owner sent (replica side); answers once durable.
+    /// New records must continue each room's log: a record past a gap is
+    /// refused with [`WriteError::Gap`], and one already stored is skipped.
+    pub async fn store_replicated(&self, records: Vec<Record>) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request::Replicated { records, reply }).await.map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
     /// Drops a deleted room's messages.
     pub async fn purge(&self, room_key: u64) {
         // A stopped writer means the node is going down; the purge is redone
@@ -175,9 +298,10 @@ impl LogWriter {
 enum Pending {
     Append { reply: oneshot::Sender<Result<Appended, WriteError>>, result: Appended },
     Delete { reply: oneshot::Sender<Result<String, WriteError>>, result: Result<String, WriteError> },
+    Replicated { reply: oneshot::Sender<Result<(), WriteError>> },
 }
 
-fn run(mut rx: mpsc::Receiver<Request>, log: &RoomLog, publish: &Publisher) {
+fn run(mut rx: mpsc::Receiver<Request>, log: &RoomLog, sink: &dyn FlushSink) {
     let mut seqs = Sequencer::default();
     let mut batch_requests = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -188,16 +312,17 @@ fn run(mut rx: mpsc::Receiver<Request>, log: &RoomLog, publish: &Publisher) {
                 Err(_) => break,
             }
         }
-        write_batch(batch_requests.drain(..), log, &mut seqs, publish);
+        write_batch(batch_requests.drain(..), log, &mut seqs, sink);
     }
     tracing::debug!("room log writer stopped");
 }
 
-fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mut Sequencer, publish: &Publisher) {
+fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mut Sequencer, sink: &dyn FlushSink) {
     let now = now_ms();
     let mut batch = Batch::new();
     let mut pending = Vec::new();
     let mut published = Vec::new();
+    let mut records = Vec::new();
     let mut raised: HashMap<u64, u64> = HashMap::new();
     // ts of messages new in this batch, for duplicates within it.
     let mut batch_ts: HashMap<(u64, u64), u64> = HashMap::new();
@@ -211,21 +336,23 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
                     Ok(Assignment::Duplicate(seq)) => {
                         let ts = match batch_ts.get(&(room.key, seq)) {
                             Some(ts) => *ts,
-                            None => log.get(room.key, seq).ok().flatten().map_or(now, |m| m.stored.ts),
+                            None => log.get_stored(room.key, seq).ok().flatten().map_or(now, |m| m.stored.ts),
                         };
                         pending.push(Pending::Append { reply, result: Appended { seq, ts, duplicate: true } });
                     }
                     Ok(Assignment::New(seq)) => {
                         let stored = StoredMessage { from, body: Some(body), ts: now, client_id, epoch: room.epoch };
-                        batch.put(MESSAGES, record::message_key(room.key, seq).to_vec(), record::encode(&stored));
-                        batch.put(
-                            DEDUP,
-                            record::dedup_key(room.key, &stored.from, &stored.client_id),
-                            seq.to_be_bytes().to_vec(),
-                        );
+                        put_record(&mut batch, room.key, seq, &stored, true);
                         batch_ts.insert((room.key, seq), now);
                         raised.insert(room.key, seq);
                         pending.push(Pending::Append { reply, result: Appended { seq, ts: now, duplicate: false } });
+                        records.push(Record {
+                            room_key: room.key,
+                            room: room.id.to_string(),
+                            seq,
+                            stored: stored.clone(),
+                            new: true,
+                        });
                         published.push(Published::Message {
                             room: room.id,
                             room_key: room.key,
@@ -236,10 +363,25 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
             }
             Request::Delete { room, seq, actor, moderator, reply } => {
                 let result = plan_delete(log, &room, seq, &actor, moderator, &mut batch);
-                if matches!(result, Ok((_, true))) {
+                if let Ok((_, Some(stored))) = &result {
+                    records.push(Record {
+                        room_key: room.key,
+                        room: room.id.to_string(),
+                        seq,
+                        stored: stored.clone(),
+                        new: false,
+                    });
                     published.push(Published::Deleted { room: room.id.clone(), room_key: room.key, seq });
                 }
                 pending.push(Pending::Delete { reply, result: result.map(|(sender, _)| sender) });
+            }
+            Request::Replicated { records: incoming, reply } => {
+                match plan_replicated(log, seqs, &incoming, &mut batch) {
+                    Ok(()) => pending.push(Pending::Replicated { reply }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Request::Purge { room_key } => {
                 let start = record::room_prefix(room_key).to_vec();
@@ -251,43 +393,26 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
             }
         }
     }
+    let flushed = FlushedBatch { records, replies: pending, published, raised };
     let stored = if batch.is_empty() { Ok(()) } else { log.store().write_durable(batch) };
     match stored {
         Ok(()) => {
             seqs.commit();
-            for (room_key, seq) in raised {
-                log.raise(room_key, seq);
-            }
-            metrics::counter!("palaver_messages_stored_total").increment(published.len() as u64);
-            for p in published {
-                publish(p);
-            }
-            for p in pending {
-                match p {
-                    Pending::Append { reply, result } => {
-                        let _ = reply.send(Ok(result));
-                    }
-                    Pending::Delete { reply, result } => {
-                        let _ = reply.send(result);
-                    }
-                }
-            }
+            metrics::counter!("palaver_room_log_flushes_total").increment(1);
+            sink.flushed(flushed);
         }
         Err(e) => {
-            tracing::error!(error = %e, "room log batch failed; answering its sends with an error");
+            tracing::error!(error = %e, "room log batch failed; answering its requests with an error");
             seqs.rollback();
-            let err = WriteError::from(e);
-            for p in pending {
-                match p {
-                    Pending::Append { reply, .. } => {
-                        let _ = reply.send(Err(err.clone()));
-                    }
-                    Pending::Delete { reply, .. } => {
-                        let _ = reply.send(Err(err.clone()));
-                    }
-                }
-            }
+            flushed.fail(WriteError::from(e));
         }
+    }
+}
+
+fn put_record(batch: &mut Batch, room_key: u64, seq: u64, stored: &StoredMessage, new: bool) {
+    batch.put(MESSAGES, record::message_key(room_key, seq).to_vec(), record::encode(stored));
+    if new {
+        batch.put(DEDUP, record::dedup_key(room_key, &stored.from, &stored.client_id), seq.to_be_bytes().to_vec());
     }
 }
 
@@ -299,15 +424,46 @@ fn plan_append(
     client_id: &str,
 ) -> Result<Assignment, WriteError> {
     if !seqs.knows(room.key) {
-        seqs.load(room.key, log.last_seq(room.key)?);
+        seqs.load(room.key, log.stored_last(room.key)?);
     }
     let key = record::dedup_key(room.key, from, client_id);
     let stored = log.deduped(room.key, from, client_id)?;
     Ok(seqs.assign(room.key, &key, stored))
 }
 
-/// Plans a deletion: the message's sender, and whether anything changes
-/// (deleting a deleted message changes nothing and succeeds).
+/// Plans storing an owner's records: skips what is already here, refuses a gap.
+fn plan_replicated(
+    log: &RoomLog,
+    seqs: &mut Sequencer,
+    records: &[Record],
+    batch: &mut Batch,
+) -> Result<(), WriteError> {
+    let mut planned = Vec::new();
+    for r in records {
+        if !seqs.knows(r.room_key) {
+            seqs.load(r.room_key, log.stored_last(r.room_key)?);
+        }
+        if r.new {
+            match seqs.accept(r.room_key, r.seq) {
+                Accept::Next => planned.push(r),
+                Accept::AlreadyStored => {}
+                Accept::Gap { have } => {
+                    seqs.rollback_rooms(records.iter().map(|r| r.room_key));
+                    return Err(WriteError::Gap { room_key: r.room_key, have });
+                }
+            }
+        } else {
+            planned.push(r);
+        }
+    }
+    for r in planned {
+        put_record(batch, r.room_key, r.seq, &r.stored, r.new);
+    }
+    Ok(())
+}
+
+/// Plans a deletion: the message's sender, and the rewritten record when
+/// anything changes (deleting a deleted message changes nothing and succeeds).
 fn plan_delete(
     log: &RoomLog,
     room: &RoomRef,
@@ -315,15 +471,15 @@ fn plan_delete(
     actor: &str,
     moderator: bool,
     batch: &mut Batch,
-) -> Result<(String, bool), WriteError> {
-    let mut msg = log.get(room.key, seq)?.ok_or(WriteError::NotFound)?;
+) -> Result<(String, Option<StoredMessage>), WriteError> {
+    let mut msg = log.get_stored(room.key, seq)?.ok_or(WriteError::NotFound)?;
     if msg.stored.from != actor && !moderator {
         return Err(WriteError::Forbidden);
     }
     if msg.stored.body.is_none() {
-        return Ok((msg.stored.from, false));
+        return Ok((msg.stored.from, None));
     }
     msg.stored.body = None;
-    batch.put(MESSAGES, record::message_key(room.key, seq).to_vec(), record::encode(&msg.stored));
-    Ok((msg.stored.from, true))
+    put_record(batch, room.key, seq, &msg.stored, false);
+    Ok((msg.stored.from.clone(), Some(msg.stored)))
 }

@@ -41,8 +41,10 @@ use crate::raft::Consensus;
 use crate::raft::PeerNode;
 use crate::raft::RaftSettings;
 use crate::ratelimit::KeyedLimiter;
+use crate::rooms::CommitAtOnce;
 use crate::rooms::LogWriter;
 use crate::rooms::Published;
+use crate::rooms::Publisher;
 use crate::rooms::RoomLog;
 use crate::storage::EngineKind;
 use crate::storage::{self};
@@ -144,7 +146,8 @@ impl Node {
         let hub = Arc::new(Hub::new());
         let log = Arc::new(RoomLog::new(rooms_store));
         let publish_hub = hub.clone();
-        let writer = LogWriter::start(log.clone(), Arc::new(move |p| publish_committed(&publish_hub, p)))
+        let publish: Publisher = Arc::new(move |p| publish_committed(&publish_hub, p));
+        let writer = LogWriter::start(log.clone(), Arc::new(CommitAtOnce { log: log.clone(), publish }))
             .map_err(|e| StartError::Setup(format!("cannot start the room log writer: {e}")))?;
         let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
         let node_info = settings.members.get(&settings.id).cloned().unwrap_or_default();
