@@ -5,13 +5,19 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::path::PathBuf;
+
+mod up;
 
 use anyhow::Context;
 use anyhow::Result;
 use clap::Parser;
 use clap::Subcommand;
 use palaver_node::config::Config;
+use palaver_node::peer::ensure_cluster_certs;
+use palaver_node::peer::load_identity;
+use palaver_node::service::ClusterSettings;
 use palaver_node::raft::PeerNode;
 use palaver_node::service::Node;
 use palaver_node::service::NodeSettings;
@@ -30,9 +36,13 @@ enum Command {
     /// Run one node. With no flags: a single-node chat server on
     /// 127.0.0.1:8080 keeping its data in ./palaver-data.
     Node(NodeArgs),
-    /// Run the local cluster described by the cluster file (this version:
-    /// its first node, serving clients on the public address 127.0.0.1:8080).
+    /// Run every node of the cluster file on this machine (creating the
+    /// cluster's certificates on first run), print where to connect, stream
+    /// their logs; Ctrl-C stops them all.
     Up(UpArgs),
+    /// Create the cluster CA and one certificate per node of the cluster
+    /// file in its tls_dir (existing files are kept).
+    Certs(UpArgs),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +65,10 @@ struct NodeArgs {
     /// Storage engine: redb (default) or sled.
     #[arg(long, value_name = "ENGINE")]
     storage: Option<String>,
+    /// Stop when standard input closes (used by `palaver up`, so nodes do
+    /// not outlive their launcher).
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 #[derive(clap::Args)]
@@ -81,7 +95,11 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Node(args) => run_node(args).await,
-            Command::Up(args) => up(args).await,
+            Command::Up(args) => {
+                make_certs(&args.config)?;
+                up::run(&args.config).await
+            }
+            Command::Certs(args) => make_certs(&args.config),
         }
     })
 }
@@ -91,61 +109,105 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let id = args.id.unwrap_or(1);
-    let section = match args.id {
-        Some(id) => Some(
-            config.node(id).with_context(|| format!("node {id} is not in the cluster file's [[node]] list"))?.clone(),
-        ),
-        None => None,
-    };
-    let listen = match (args.listen, &section) {
-        (Some(addr), _) => addr,
-        (None, Some(s)) => s.client,
-        (None, None) => DEFAULT_PUBLIC.parse().context("default address")?,
-    };
-    let data_dir = match (args.data_dir, args.id) {
-        (Some(dir), _) => dir,
-        (None, Some(id)) => config.cluster.data_dir.join(format!("node-{id}")),
-        (None, None) => PathBuf::from("palaver-data"),
-    };
     let storage = match args.storage.as_deref() {
         None => config.cluster.storage,
         Some("redb") => EngineKind::Redb,
         Some("sled") => EngineKind::Sled,
         Some(other) => anyhow::bail!("--storage {other}: expected redb or sled"),
     };
-    serve(id, listen, data_dir, storage, &config).await
+    let (settings, listen) = match args.id {
+        Some(id) => {
+            let me = config.node(id).with_context(|| format!("node {id} is not in the cluster file's [[node]] list"))?;
+            let data_dir = args.data_dir.unwrap_or_else(|| config.cluster.data_dir.join(format!("node-{id}")));
+            let tls = config.cluster.tls_dir();
+            let identity = load_identity(&tls.join("ca.pem"), &tls.join(format!("node-{id}.pem")), &tls.join(format!("node-{id}.key")))
+                .with_context(|| format!("loading node {id}'s certificate from {} (`palaver certs` makes them)", tls.display()))?;
+            let members: BTreeMap<u64, PeerNode> = config
+                .nodes
+                .iter()
+                .map(|n| (n.id, PeerNode { client_addr: n.client.to_string(), peer_addr: n.peer.to_string() }))
+                .collect();
+            let cluster = ClusterSettings {
+                bind: me.peer,
+                peers: config.nodes.iter().map(|n| (n.id, n.peer)).collect(),
+                identity,
+                ack: config.cluster.ack,
+            };
+            let settings = NodeSettings {
+                id,
+                data_dir,
+                storage,
+                limits: config.limits.clone(),
+                security: config.security.clone(),
+                members,
+                cluster: Some(cluster),
+            };
+            (settings, args.listen.unwrap_or(me.client))
+        }
+        None => {
+            let listen = match args.listen {
+                Some(addr) => addr,
+                None => DEFAULT_PUBLIC.parse().context("default address")?,
+            };
+            let settings = NodeSettings {
+                id: 1,
+                data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("palaver-data")),
+                storage,
+                limits: config.limits.clone(),
+                security: config.security.clone(),
+                members: BTreeMap::new(),
+                cluster: None,
+            };
+            (settings, listen)
+        }
+    };
+    serve(settings, listen, args.exit_with_parent).await
 }
 
-async fn up(args: UpArgs) -> Result<()> {
-    let config = Config::load(&args.config)?;
-    let first = config.nodes.first().with_context(|| format!("{} lists no [[node]]", args.config.display()))?;
-    let data_dir = config.cluster.data_dir.join(format!("node-{}", first.id));
-    let public: SocketAddr = DEFAULT_PUBLIC.parse().context("default address")?;
-    eprintln!("palaver up: starting node {} (data in {})", first.id, data_dir.display());
-    serve(first.id, public, data_dir, config.cluster.storage, &config).await
+fn make_certs(config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let ids: Vec<u64> = config.nodes.iter().map(|n| n.id).collect();
+    let dir = config.cluster.tls_dir();
+    ensure_cluster_certs(&dir, &ids).with_context(|| format!("creating certificates in {}", dir.display()))?;
+    Ok(())
 }
 
-async fn serve(id: u64, listen: SocketAddr, data_dir: PathBuf, storage: EngineKind, config: &Config) -> Result<()> {
+async fn serve(mut settings: NodeSettings, listen: SocketAddr, exit_with_parent: bool) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let peer = config.node(id).map(|n| n.peer.to_string()).unwrap_or_default();
-    let me = PeerNode { client_addr: addr.to_string(), peer_addr: peer };
-    let settings = NodeSettings {
-        id,
-        data_dir: data_dir.clone(),
-        storage,
-        limits: config.limits.clone(),
-        security: config.security.clone(),
-        members: BTreeMap::from([(id, me)]),
-    };
-    tracing::info!(id, %addr, data = %data_dir.display(), %storage, "starting node");
+    let id = settings.id;
+    if settings.cluster.is_none() {
+        let me = PeerNode { client_addr: addr.to_string(), peer_addr: String::new() };
+        settings.members = BTreeMap::from([(id, me)]);
+    }
+    tracing::info!(id, %addr, data = %settings.data_dir.display(), storage = %settings.storage, "starting node");
     let node = Node::start(settings).await.with_context(|| format!("node {id} failed to start"))?;
     println!("palaver node {id} ready: http://{addr} (WebSocket ws://{addr}/ws)");
-    palaver_node::api::serve(listener, node.clone(), shutdown_signal()).await;
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = parent_gone(exit_with_parent) => tracing::info!("launcher went away"),
+        }
+    };
+    palaver_node::api::serve(listener, node.clone(), stop).await;
     node.shutdown().await;
     tracing::info!(id, "node stopped");
     Ok(())
+}
+
+/// Resolves when standard input reaches its end, if asked to watch it.
+async fn parent_gone(watch: bool) {
+    if !watch {
+        return std::future::pending().await;
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

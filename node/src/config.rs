@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::cluster::AckPolicy;
 use crate::storage::EngineKind;
 
 /// Everything a node or the launcher reads from the cluster file.
@@ -35,11 +36,25 @@ pub struct ClusterSection {
     pub data_dir: PathBuf,
     /// The storage engine.
     pub storage: EngineKind,
+    /// When a send is answered: once a majority of nodes stored it, or once
+    /// its room's owner did.
+    pub ack: AckPolicy,
+    /// Where the cluster CA and node certificates are (`ca.pem`,
+    /// `node-N.pem`, `node-N.key`); default `<data_dir>/tls`. `palaver up`
+    /// and `palaver certs` create them there when absent.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("data"), storage: EngineKind::Redb }
+        Self { data_dir: PathBuf::from("data"), storage: EngineKind::Redb, ack: AckPolicy::Majority, tls_dir: None }
+    }
+}
+
+impl ClusterSection {
+    /// The folder of the cluster's certificates.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.tls_dir.clone().unwrap_or_else(|| self.data_dir.join("tls"))
     }
 }
 

@@ -194,6 +194,13 @@ impl Hub {
         self.online.lock().contains_key(user)
     }
 
+    /// Users with a presence-bearing connection here, sorted.
+    pub fn online_users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self.online.lock().keys().map(|u| u.to_string()).collect();
+        users.sort_unstable();
+        users
+    }
+
     /// The number of open connections.
     pub fn connection_count(&self) -> usize {
         self.conns.read().len()

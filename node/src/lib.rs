@@ -9,9 +9,11 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod meta;
+pub mod peer;
 pub mod permissions;
 pub mod protocol;
 pub mod raft;

@@ -140,6 +140,8 @@ pub fn check(standing: Standing, visibility: Visibility, admin: bool, action: Ac
         Standing::Banned => {
             return match action {
                 DeleteRoom | ReadAudit if admin => Ok(()),
+                // PROTOCOL.md: "A banned user's join gets forbidden", private rooms included.
+                Join => Err(Forbidden),
                 _ if hidden => Err(NotFound),
                 _ => Err(Forbidden),
             };
@@ -220,7 +222,7 @@ mod tests {
             Standing::Banned,
             &[(Join, Err(Denied::Forbidden)), (Read, Err(Denied::Forbidden))],
         );
-        check_all(Visibility::Private, Standing::Banned, &[(Join, Err(Denied::NotFound))]);
+        check_all(Visibility::Private, Standing::Banned, &[(Join, Err(Denied::Forbidden)), (Read, Err(Denied::NotFound))]);
     }
 
     #[test]

@@ -47,6 +47,21 @@ impl Code {
         }
     }
 
+    /// The code named `name` (`internal` for names this version does not know).
+    pub fn parse(name: &str) -> Code {
+        match name {
+            "bad_request" => Code::BadRequest,
+            "unauthorized" => Code::Unauthorized,
+            "forbidden" => Code::Forbidden,
+            "not_found" => Code::NotFound,
+            "conflict" => Code::Conflict,
+            "too_large" => Code::TooLarge,
+            "rate_limited" => Code::RateLimited,
+            "unavailable" => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+
     /// The HTTP status that goes with the code.
     pub fn status(self) -> u16 {
         match self {
@@ -381,6 +396,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&to_json(&MessageView::of("r", &deleted))).expect("json");
         assert_eq!(v["deleted"], true);
         assert!(v.get("body").is_none());
+        for code in [Code::BadRequest, Code::NotFound, Code::RateLimited, Code::Unavailable, Code::Internal] {
+            assert_eq!(Code::parse(code.as_str()), code);
+        }
         let e: serde_json::Value =
             serde_json::from_str(&error_reply(Some(4), Code::RateLimited, "slow down", Some(250))).expect("json");
         assert_eq!(e["code"], "rate_limited");

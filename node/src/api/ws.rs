@@ -48,6 +48,8 @@ use crate::service::Session;
 const FLUSH_EVERY: usize = 64;
 /// Rate-limited frames in a row after which the client is closed (1008).
 const ABUSE_AFTER: u32 = 1_000;
+/// How often an open socket records that its token is in use.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// tungstenite's own default is 128 KiB per socket, allocated up front.
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -269,9 +271,14 @@ struct Reader {
 
 impl Reader {
     async fn run(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
         loop {
             let msg = tokio::select! {
                 _ = self.kill.fired() => return,
+                _ = keep_alive.tick() => {
+                    self.node.keep_alive(&self.session);
+                    continue;
+                }
                 msg = stream.next() => msg,
             };
             match msg {

@@ -10,5 +10,7 @@
 //! publish member events) comes out as [`MetaEffect`]s.
 
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use state::*;

@@ -407,7 +407,8 @@ pub enum MetaEffect {
         change: MemberChange,
         /// The role after the change, for joined and role.
         role: Option<Role>,
-        /// Whether the user may still read the room (public rooms stay readable).
+        /// Whether the user's live subscriptions continue (false after a
+        /// kick or ban, and after leaving a room that is not public).
         may_read: bool,
     },
     /// A room is gone.
@@ -708,12 +709,10 @@ impl MetaState {
                 r.members.remove(t);
                 r.mutes.remove(t);
                 r.record(now, actor, "kick", t, None);
-                member_event(t, MemberChange::Kicked, None, public);
+                // PROTOCOL.md: a kick ends the user's live subscriptions, public rooms included.
+                member_event(t, MemberChange::Kicked, None, false);
             }
             RoomOp::Ban(t) => {
-                if t == actor {
-                    return Err(MetaError::BadRequest("cannot ban yourself".into()));
-                }
                 r.members.remove(t);
                 r.invites.remove(t);
                 r.mutes.remove(t);

@@ -60,8 +60,8 @@ impl RaftSettings {
             node_id,
             node,
             members,
-            heartbeat_interval: Duration::from_millis(150),
-            election_timeout: (Duration::from_millis(800), Duration::from_millis(1600)),
+            heartbeat_interval: Duration::from_millis(250),
+            election_timeout: (Duration::from_millis(1500), Duration::from_millis(3000)),
             snapshot_every: 5000,
             logs_kept_after_snapshot: 1000,
         }
@@ -208,8 +208,14 @@ impl Consensus {
     /// Proposes `cmd` with the proposer's clock `now` (unix ms) and waits
     /// until it is committed and applied; answers what the state machine said.
     pub async fn propose(&self, now: u64, cmd: MetaCommand) -> Result<MetaReply, ConsensusError> {
-        match self.raft.client_write(MetaRequest { now, cmd }).await {
-            Ok(response) => Ok(response.data),
+        Ok(self.propose_request(MetaRequest { now, cmd }).await?.0)
+    }
+
+    /// Proposes a request made on any node (this one, or a follower that
+    /// forwarded it); answers the reply and the log index it was applied at.
+    pub async fn propose_request(&self, req: MetaRequest) -> Result<(MetaReply, u64), ConsensusError> {
+        match self.raft.client_write(req).await {
+            Ok(response) => Ok((response.data, response.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ConsensusError::NotLeader { leader: self.leader_of(f) })
             }
@@ -241,6 +247,17 @@ impl Consensus {
             .await
             .map_err(|e| ConsensusError::Unavailable(e.to_string()))?;
         metrics.current_leader.ok_or_else(|| ConsensusError::Unavailable("no leader".into()))
+    }
+
+    /// Waits until this node has applied the log up to `index` (so a write
+    /// forwarded to the leader is visible to this node's local reads).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ConsensusError> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.last_applied.is_some_and(|id| id.index >= index), "the write is applied here")
+            .await
+            .map(|_| ())
+            .map_err(|e| ConsensusError::Unavailable(e.to_string()))
     }
 
     /// Role, leader, indexes and members, as this node sees them now.

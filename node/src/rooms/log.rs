@@ -108,6 +108,17 @@ impl RoomLog {
         self.scan(Bound::Included(&start[..]), Bound::Included(&end[..]), Order::Ascending, limit)
     }
 
+    /// Stored messages `from..=to`, committed or not, at most `limit` (an
+    /// owner serving a replica's gap).
+    pub fn stored_range(&self, room_key: u64, from: u64, to: u64, limit: usize) -> Result<Vec<Message>, StorageError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let start = record::message_key(room_key, from);
+        let end = record::message_key(room_key, to);
+        self.scan(Bound::Included(&start[..]), Bound::Included(&end[..]), Order::Ascending, limit)
+    }
+
     /// One stored message, committed or not.
     pub fn get_stored(&self, room_key: u64, seq: u64) -> Result<Option<Message>, StorageError> {
         match self.store.get(MESSAGES, &record::message_key(room_key, seq))? {

@@ -36,10 +36,12 @@ pub struct RoomRef {
     pub id: Arc<str>,
     /// Owner epoch the message is written under.
     pub epoch: u64,
+    /// The node that owns the room's log.
+    pub owner: u64,
 }
 
 /// The answer to a send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Appended {
     /// The message's seq.
     pub seq: u64,
@@ -183,7 +185,7 @@ pub struct FlushedBatch {
     pub records: Vec<Record>,
     replies: Vec<Pending>,
     published: Vec<Published>,
-    raised: HashMap<u64, u64>,
+    raised: HashMap<u64, (Arc<str>, u64)>,
 }
 
 impl FlushedBatch {
@@ -195,7 +197,7 @@ impl FlushedBatch {
     /// Makes the batch visible: raises each room's committed seq, publishes,
     /// answers the senders.
     pub fn commit(self, log: &RoomLog, publish: &Publisher) {
-        for (room_key, seq) in &self.raised {
+        for (room_key, (_, seq)) in &self.raised {
             log.raise(*room_key, *seq);
         }
         metrics::counter!("palaver_messages_committed_total").increment(self.published.len() as u64);
@@ -217,10 +219,10 @@ impl FlushedBatch {
         }
     }
 
-    /// Answers every request of the batch with `err` (it may still commit
-    /// later; a retry with the same client_id then finds it).
-    pub fn fail(self, err: WriteError) {
-        for p in self.replies {
+    /// Answers the batch's requests with `err` now; the batch itself stays
+    /// and may still commit (a retry with the same client_id then finds it).
+    pub fn fail_replies(&mut self, err: &WriteError) {
+        for p in self.replies.drain(..) {
             match p {
                 Pending::Append { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
@@ -233,6 +235,17 @@ impl FlushedBatch {
                 }
             }
         }
+    }
+
+    /// The rooms whose committed seq this batch raises: (key, id, seq).
+    pub fn raised_rooms(&self) -> impl Iterator<Item = (u64, String, u64)> + '_ {
+        self.raised.iter().map(|(k, (room, seq))| (*k, room.to_string(), *seq))
+    }
+
+    /// Answers every request of the batch with `err` (it may still commit
+    /// later; a retry with the same client_id then finds it).
+    pub fn fail(mut self, err: WriteError) {
+        self.fail_replies(&err);
     }
 }
 
@@ -323,7 +336,7 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
     let mut pending = Vec::new();
     let mut published = Vec::new();
     let mut records = Vec::new();
-    let mut raised: HashMap<u64, u64> = HashMap::new();
+    let mut raised: HashMap<u64, (Arc<str>, u64)> = HashMap::new();
     // ts of messages new in this batch, for duplicates within it.
     let mut batch_ts: HashMap<(u64, u64), u64> = HashMap::new();
     for req in requests {
@@ -344,7 +357,7 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
                         let stored = StoredMessage { from, body: Some(body), ts: now, client_id, epoch: room.epoch };
                         put_record(&mut batch, room.key, seq, &stored, true);
                         batch_ts.insert((room.key, seq), now);
-                        raised.insert(room.key, seq);
+                        raised.insert(room.key, (room.id.clone(), seq));
                         pending.push(Pending::Append { reply, result: Appended { seq, ts: now, duplicate: false } });
                         records.push(Record {
                             room_key: room.key,
@@ -399,6 +412,18 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
         Ok(()) => {
             seqs.commit();
             metrics::counter!("palaver_room_log_flushes_total").increment(1);
+            let mut flushed = flushed;
+            // A replica's store is answered once durable here: its commit is
+            // the owner's business, and it must not wait behind this node's
+            // own rooms.
+            flushed.replies.retain_mut(|p| match p {
+                Pending::Replicated { reply } => {
+                    let (done, _) = oneshot::channel();
+                    let _ = std::mem::replace(reply, done).send(Ok(()));
+                    false
+                }
+                _ => true,
+            });
             sink.flushed(flushed);
         }
         Err(e) => {
@@ -424,6 +449,8 @@ fn plan_append(
     client_id: &str,
 ) -> Result<Assignment, WriteError> {
     if !seqs.knows(room.key) {
+        // Fix the committed seq before this batch stores records past it.
+        log.last_seq(room.key)?;
         seqs.load(room.key, log.stored_last(room.key)?);
     }
     let key = record::dedup_key(room.key, from, client_id);

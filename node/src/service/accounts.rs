@@ -103,6 +103,16 @@ impl Node {
         self.session_for(token_hash(token))
     }
 
+    /// Records that a live connection still uses its token, so an open
+    /// socket does not expire as idle.
+    pub fn keep_alive(self: &Arc<Self>, s: &Session) {
+        let now = now_ms();
+        let last_seen = self.meta().session(&s.token_hash, now).map(|s| s.last_seen);
+        if let Some(last_seen) = last_seen {
+            self.touch(s.token_hash, last_seen, now);
+        }
+    }
+
     fn session_for(self: &Arc<Self>, hash: TokenHash) -> Result<Session, ApiError> {
         let now = now_ms();
         let (username, last_seen) = {

@@ -66,21 +66,36 @@ impl Node {
         }
     }
 
-    /// Tells every room the user belongs to that they came online or went offline.
+    /// Reacts to a user's first connection opening or last closing on this
+    /// node: the rooms hear of it unless another node already has them online.
     pub fn announce_presence(&self, change: PresenceChange) {
         let (user, online) = match change {
             PresenceChange::Online(u) => (u, true),
             PresenceChange::Offline(u) => (u, false),
         };
+        if let Some(cluster) = &self.cluster {
+            if cluster.presence.lock().online(&user) {
+                return;
+            }
+            cluster.broadcast(&crate::cluster::wire::Gossip::Presence {
+                online: self.hub.online_users(),
+                connections: self.hub.connection_count() as u64,
+            });
+        }
+        self.announce_presence_of(&user, online);
+    }
+
+    /// Tells every room `user` belongs to that they are now online or offline.
+    pub fn announce_presence_of(&self, user: &str, online: bool) {
         let rooms: Vec<(String, u64)> = self
             .meta()
             .rooms
             .values()
-            .filter(|r| r.members.contains_key(&*user))
+            .filter(|r| r.members.contains_key(user))
             .map(|r| (r.info.id.clone(), r.info.key))
             .collect();
         for (room, room_key) in rooms {
-            let json = presence_event(&room, &user, online);
+            let json = presence_event(&room, user, online);
             self.hub.publish(Event {
                 room_key,
                 room: Arc::from(room.as_str()),

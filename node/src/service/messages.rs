@@ -6,7 +6,17 @@ use super::ApiError;
 use super::Node;
 use super::Session;
 use super::rooms::check_room_id;
+use std::time::Duration;
+
 use crate::clock::now_ms;
+use crate::cluster::wire::ForwardedDelete;
+use crate::cluster::wire::RoomAnswer;
+use crate::cluster::wire::RoomCall;
+use crate::cluster::wire::decode;
+use crate::cluster::wire::encode;
+use crate::peer::Channel;
+use crate::protocol::Code;
+use crate::cluster::wire::ForwardedSend;
 use crate::hub::Event;
 use crate::meta::RoomOp;
 use crate::permissions::Action;
@@ -19,6 +29,12 @@ use crate::rooms::DEFAULT_PAGE;
 use crate::rooms::MAX_PAGE;
 use crate::rooms::Message;
 use crate::rooms::RoomRef;
+
+/// A send's answer, from this node's writer or from the room's owner.
+enum Wait<L> {
+    Local(L),
+    Remote(tokio::sync::oneshot::Receiver<Result<Appended, ApiError>>),
+}
 
 /// Longest client_id, characters.
 const MAX_CLIENT_ID: usize = 64;
@@ -43,7 +59,7 @@ impl Node {
         if r.muted(&s.username, now_ms()) {
             return Err(ApiError::forbidden("you are muted in this room"));
         }
-        Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch })
+        Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
     }
 
     /// Queues a checked send in order; the returned future answers once it
@@ -55,9 +71,20 @@ impl Node {
         body: String,
         client_id: String,
     ) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
-        let pending = self.writer.submit_append(room, s.username.to_string(), body, client_id).await?;
+        let wait = match &self.cluster {
+            Some(cluster) if room.owner != self.id => {
+                let send = ForwardedSend { id: 0, from: s.username.to_string(), room: room.id.to_string(), body, client_id };
+                Wait::Remote(cluster.forwarder.submit(room.owner, send).await?)
+            }
+            _ => Wait::Local(self.writer.submit_append(room, s.username.to_string(), body, client_id).await?),
+        };
         Ok(async move {
-            let appended = pending.await?;
+            let appended = match wait {
+                Wait::Local(pending) => pending.await?,
+                Wait::Remote(answer) => {
+                    answer.await.map_err(|_| ApiError::unavailable("the room's owner went away; retry"))??
+                }
+            };
             metrics::counter!("palaver_sends_total").increment(1);
             Ok(appended)
         })
@@ -87,9 +114,29 @@ impl Node {
             let meta = self.meta();
             let r = meta.authorize(&s.username, room, Action::DeleteMessage { own: true })?;
             let moderator = matches!(r.standing(&s.username), Standing::Member(role) if role >= Role::Moderator);
-            (RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch }, moderator)
+            (RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node }, moderator)
         };
-        let sender = self.writer.delete(r, seq, s.username.to_string(), moderator).await?;
+        let sender = match &self.cluster {
+            Some(cluster) if r.owner != self.id => {
+                let call = RoomCall::Delete(ForwardedDelete {
+                    actor: s.username.to_string(),
+                    moderator,
+                    room: room.to_string(),
+                    seq,
+                });
+                let bytes = cluster
+                    .endpoint
+                    .request(r.owner, Channel::Rooms, encode(&call), Duration::from_secs(10))
+                    .await
+                    .map_err(|e| ApiError::unavailable(format!("the room's owner is unreachable: {e}")))?;
+                match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
+                    RoomAnswer::Deleted(sender) => sender,
+                    RoomAnswer::Refused(code, message) => return Err(ApiError::new(Code::parse(&code), message)),
+                    RoomAnswer::Records(_) => return Err(ApiError::internal("unexpected answer to a delete")),
+                }
+            }
+            _ => self.writer.delete(r, seq, s.username.to_string(), moderator).await?,
+        };
         if sender != *s.username {
             self.room_op(s, room, RoomOp::AuditDelete { sender, seq }).await?;
         }
@@ -100,6 +147,13 @@ impl Node {
     pub fn typing(&self, s: &Session, room: &str) -> Result<(), ApiError> {
         check_room_id(room)?;
         let key = self.meta().authorize(&s.username, room, Action::Send)?.info.key;
+        if let Some(cluster) = &self.cluster {
+            cluster.broadcast(&crate::cluster::wire::Gossip::Typing {
+                room_key: key,
+                room: room.to_string(),
+                username: s.username.to_string(),
+            });
+        }
         let json = typing_event(room, &s.username);
         self.hub.publish(Event {
             room_key: key,

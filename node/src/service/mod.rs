@@ -11,6 +11,7 @@ mod rooms;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -27,6 +28,18 @@ pub use self::rooms::MemberView;
 pub use self::rooms::RoomView;
 pub(crate) use self::rooms::check_room_id;
 use crate::auth::Passwords;
+use crate::cluster::AckPolicy;
+use crate::cluster::Cluster;
+use crate::cluster::NodeSlot;
+use crate::cluster::raft_net::QuicRaftNetwork;
+use crate::cluster::wire::RaftAnswer;
+use crate::cluster::wire::RaftCall;
+use crate::meta::MetaRequest;
+use crate::peer::NodeIdentity;
+use crate::peer::PeerEndpoint;
+use crate::peer::PeerSettings;
+use crate::raft::ConsensusError;
+use crate::rooms::FlushSink;
 use crate::config::Limits;
 use crate::config::Security;
 use crate::hub::Event;
@@ -64,6 +77,21 @@ pub struct NodeSettings {
     pub security: Security,
     /// The cluster's initial members (this node alone for a single node).
     pub members: BTreeMap<u64, PeerNode>,
+    /// Peer transport settings; `None` for a node on its own.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How a node reaches its peers.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// UDP address for QUIC.
+    pub bind: SocketAddr,
+    /// Every node's peer address, this one included.
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// This node's certificate, key and the cluster CA.
+    pub identity: NodeIdentity,
+    /// When sends are answered.
+    pub ack: AckPolicy,
 }
 
 /// A running node's shared state.
@@ -91,6 +119,9 @@ pub struct Node {
     /// Tokens whose use was recently recorded through Raft, and when.
     touched: Mutex<HashMap<TokenHash, u64>>,
     metrics: PrometheusHandle,
+    publish: Publisher,
+    /// Peers, when this node is part of a cluster.
+    pub cluster: Option<Cluster>,
 }
 
 /// Why a node could not start.
@@ -111,6 +142,13 @@ pub enum StartError {
     #[error("{0}")]
     Setup(String),
 }
+
+/// How long a starting node waits for a metadata leader.
+const LEADER_WAIT: Duration = Duration::from_secs(60);
+/// Hops a metadata write may take looking for the leader.
+const FORWARD_ATTEMPTS: usize = 4;
+/// How long a forwarded metadata write may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -135,7 +173,8 @@ fn open_store(dir: &std::path::Path, name: &str, kind: EngineKind) -> Result<sto
 }
 
 impl Node {
-    /// Opens the stores, starts the log writer and Raft, and waits for a leader.
+    /// Opens the stores, joins the peers, starts the log writer and Raft,
+    /// and waits for a leader.
     pub async fn start(settings: NodeSettings) -> Result<Arc<Node>, StartError> {
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
             StartError::Setup(format!("cannot create data folder {}: {e}", settings.data_dir.display()))
@@ -147,30 +186,47 @@ impl Node {
         let log = Arc::new(RoomLog::new(rooms_store));
         let publish_hub = hub.clone();
         let publish: Publisher = Arc::new(move |p| publish_committed(&publish_hub, p));
-        let writer = LogWriter::start(log.clone(), Arc::new(CommitAtOnce { log: log.clone(), publish }))
+        let slot: NodeSlot = Arc::new(OnceLock::new());
+        let (cluster, flushed) = match &settings.cluster {
+            Some(cs) => {
+                let handler = Arc::new(crate::cluster::Handler { node: slot.clone() });
+                let endpoint =
+                    PeerEndpoint::bind(settings.id, cs.bind, &cs.identity, PeerSettings::default(), handler)
+                        .map_err(|e| StartError::Setup(format!("cannot open the peer address {}: {e}", cs.bind)))?;
+                let (sink, rx) = crate::cluster::replicator::sink();
+                (Some((Cluster::new(endpoint, &cs.peers, settings.id), cs.ack)), Some((sink, rx)))
+            }
+            None => (None, None),
+        };
+        let (sink, flushed_rx): (Arc<dyn FlushSink>, _) = match flushed {
+            Some((sink, rx)) => (Arc::new(sink), Some(rx)),
+            None => (Arc::new(CommitAtOnce { log: log.clone(), publish: publish.clone() }), None),
+        };
+        let writer = LogWriter::start(log.clone(), sink)
             .map_err(|e| StartError::Setup(format!("cannot start the room log writer: {e}")))?;
         let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+        let effects: crate::raft::EffectSink = Arc::new(move |effects| {
+            // The receiver lives as long as the node; after that nothing listens.
+            let _ = effects_tx.send(effects);
+        });
         let node_info = settings.members.get(&settings.id).cloned().unwrap_or_default();
         let raft_settings = RaftSettings::new(settings.id, node_info, settings.members.clone());
-        let consensus = Consensus::start(
-            raft_settings,
-            raft_store,
-            crate::raft::NoPeers,
-            Arc::new(move |effects| {
-                // The receiver lives as long as the node; after that nothing listens.
-                let _ = effects_tx.send(effects);
-            }),
-        )
-        .await
+        let consensus = match &cluster {
+            Some((c, _)) => {
+                let network = QuicRaftNetwork { endpoint: c.endpoint.clone() };
+                Consensus::start(raft_settings, raft_store, network, effects).await
+            }
+            None => Consensus::start(raft_settings, raft_store, crate::raft::NoPeers, effects).await,
+        }
         .map_err(|e| StartError::Consensus(e.to_string()))?;
         let consensus = Arc::new(consensus);
-        consensus
-            .wait_for_leader(Duration::from_secs(30))
-            .await
-            .map_err(|e| StartError::Consensus(format!("no leader: {e}")))?;
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let passwords = Passwords::new(parallel).map_err(|e| StartError::Setup(e.to_string()))?;
         let limits = settings.limits.clone();
+        let (cluster, ack) = match cluster {
+            Some((c, ack)) => (Some(c), ack),
+            None => (None, AckPolicy::Local),
+        };
         let node = Arc::new(Node {
             id: settings.id,
             login_by_account: KeyedLimiter::per_minute(limits.login_per_account_per_min),
@@ -180,16 +236,39 @@ impl Node {
             limits,
             security: settings.security,
             consensus,
-            log,
+            log: log.clone(),
             writer,
             hub,
             passwords,
             touched: Mutex::new(HashMap::new()),
             metrics,
+            publish: publish.clone(),
+            cluster,
         });
+        let _ = slot.set(Arc::downgrade(&node));
+        if let (Some(cluster), Some(rx)) = (&node.cluster, flushed_rx) {
+            let nodes = cluster.peers.len() + 1;
+            let needed = match ack {
+                AckPolicy::Majority => nodes / 2,
+                AckPolicy::Local => 0,
+            };
+            let endpoint = cluster.endpoint.clone();
+            let peers = cluster.peers.clone();
+            tokio::spawn(crate::cluster::replicator::run(endpoint, peers, needed, log, publish, rx));
+            tokio::spawn(crate::cluster::gossip_loop(Arc::downgrade(&node)));
+        }
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
         tokio::spawn(accounts::sweep_expired(Arc::downgrade(&node)));
+        node.consensus
+            .wait_for_leader(LEADER_WAIT)
+            .await
+            .map_err(|e| StartError::Consensus(format!("no metadata leader within {LEADER_WAIT:?}: {e}")))?;
         Ok(node)
+    }
+
+    /// Hands a committed event to local listeners.
+    pub fn publish(&self, p: Published) {
+        (self.publish)(p);
     }
 
     /// A read view of the metadata.
@@ -197,9 +276,59 @@ impl Node {
         self.consensus.state()
     }
 
-    /// Proposes a metadata command stamped with this node's clock.
+    /// Proposes a metadata command stamped with this node's clock. On a
+    /// follower the command travels to the leader, and the answer waits
+    /// until this node has applied it too, so the caller reads its own write.
     pub async fn propose(&self, cmd: MetaCommand) -> Result<MetaOk, ApiError> {
-        Ok(self.consensus.propose(crate::clock::now_ms(), cmd).await??)
+        let req = MetaRequest { now: crate::clock::now_ms(), cmd };
+        let mut leader = None;
+        for _ in 0..FORWARD_ATTEMPTS {
+            let target = match leader {
+                Some(id) if id != self.id => id,
+                _ => match self.consensus.propose_request(req.clone()).await {
+                    Ok((reply, _)) => return Ok(reply?),
+                    Err(ConsensusError::NotLeader { leader: Some((id, _)) }) if id != self.id => id,
+                    Err(ConsensusError::NotLeader { .. }) => {
+                        leader = self.consensus.wait_for_leader(Duration::from_secs(2)).await.ok();
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let Some(cluster) = &self.cluster else { return Err(ApiError::unavailable("no metadata leader")) };
+            let call = crate::cluster::wire::encode(&RaftCall::Forward(req.clone()));
+            let bytes = cluster
+                .endpoint
+                .request(target, crate::peer::Channel::Raft, call, FORWARD_TIMEOUT)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("metadata leader (node {target}) unreachable: {e}")))?;
+            match crate::cluster::wire::decode::<RaftAnswer>(&bytes).map_err(ApiError::internal)? {
+                RaftAnswer::Forwarded { reply, index } => {
+                    self.consensus.wait_applied(index, FORWARD_TIMEOUT).await?;
+                    return Ok(reply?);
+                }
+                RaftAnswer::NotLeader(next) => leader = next,
+                RaftAnswer::Refused(why) => return Err(ApiError::unavailable(why)),
+                other => return Err(ApiError::internal(format!("unexpected answer {other:?}"))),
+            }
+        }
+        Err(ApiError::unavailable("the metadata leader keeps changing; retry"))
+    }
+
+    /// Whether a user is connected to any node of the cluster.
+    pub fn is_online(&self, username: &str) -> bool {
+        self.hub.is_online(username) || self.cluster.as_ref().is_some_and(|c| c.presence.lock().online(username))
+    }
+
+    /// The node a new room's log goes to: spread by the room id's hash over
+    /// the current members.
+    pub fn place_room(&self, room: &str) -> u64 {
+        let members: Vec<u64> = self.consensus.metrics().members.keys().copied().collect();
+        if members.is_empty() {
+            return self.id;
+        }
+        let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        members[(hash % members.len() as u64) as usize]
     }
 
     /// The Prometheus text of this process's metrics.

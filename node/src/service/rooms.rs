@@ -116,7 +116,7 @@ impl Node {
             Some("private") => Visibility::Private,
             Some(other) => return Err(ApiError::bad_request(format!("visibility {other:?} is not public or private"))),
         };
-        let owner_node = self.id;
+        let owner_node = self.place_room(&room);
         let cmd = MetaCommand::CreateRoom { actor: s.username.to_string(), room, title, visibility, owner_node };
         match self.propose(cmd).await? {
             MetaOk::Room(info) => {
@@ -203,12 +203,6 @@ impl Node {
             .collect())
     }
 
-    /// Whether a user is connected (this node's view; other nodes' presence
-    /// joins it when the cluster exchanges presence).
-    pub fn is_online(&self, username: &str) -> bool {
-        self.hub.is_online(username)
-    }
-
     /// The moderation trail, oldest first.
     pub fn audit(&self, s: &Session, room: &str) -> Result<Vec<AuditEntry>, ApiError> {
         check_room_id(room)?;
@@ -234,7 +228,7 @@ impl Node {
         check_room_id(room)?;
         let meta = self.meta();
         let r = meta.authorize(&s.username, room, Action::Read)?;
-        Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch })
+        Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
     }
 }
 

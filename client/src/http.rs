@@ -1,0 +1,372 @@
+//! HTTP half of the protocol (§2, §3, §6 long polling): typed calls that
+//! check the documented status, and a raw escape hatch.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_json::json;
+
+use crate::error::Error;
+use crate::error::Result;
+use crate::error::clip;
+use crate::types::AuditEntry;
+use crate::types::Event;
+use crate::types::Login;
+use crate::types::Me;
+use crate::types::Member;
+use crate::types::Message;
+use crate::types::PollAnswer;
+use crate::types::Room;
+use crate::types::SendAck;
+use crate::types::Visibility;
+
+pub use reqwest::Method;
+
+/// How long an ordinary request may take before the client gives up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Extra time a long poll gets on top of its own `timeout_ms`.
+const POLL_GRACE: Duration = Duration::from_secs(30);
+
+/// An HTTP client for one server address, with or without a token.
+#[derive(Clone, Debug)]
+pub struct Http {
+    client: reqwest::Client,
+    addr: String,
+    base: String,
+    token: Option<String>,
+}
+
+/// A raw answer: status and body, for tests of odd inputs.
+#[derive(Clone, Debug)]
+pub struct Raw {
+    /// HTTP status.
+    pub status: u16,
+    /// Body parsed as JSON (`Value::Null` when empty or not JSON).
+    pub json: Value,
+    /// Body as text.
+    pub text: String,
+}
+
+impl Raw {
+    /// The protocol error code in the body, if it is a protocol error.
+    pub fn code(&self) -> Option<&str> {
+        self.json.get("error").and_then(|e| e.get("code")).and_then(Value::as_str)
+    }
+}
+
+impl Http {
+    /// A client for `addr` (`127.0.0.1:8080`; an `http://` prefix is accepted).
+    pub fn new(addr: &str) -> Result<Http> {
+        let addr = addr.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let client = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build()?;
+        Ok(Http { client, base: format!("http://{addr}"), addr, token: None })
+    }
+
+    /// The same client, sending `token` as Bearer.
+    pub fn with_token(&self, token: impl Into<String>) -> Http {
+        Http { token: Some(token.into()), ..self.clone() }
+    }
+
+    /// The same client, sending no token.
+    pub fn without_token(&self) -> Http {
+        Http { token: None, ..self.clone() }
+    }
+
+    /// The Bearer token sent, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// `host:port` of the server.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `http://host:port` of the server.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    // ----- raw -----
+
+    /// Sends any request with an optional JSON body; never fails on status.
+    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Raw> {
+        let mut req = self.builder(method, path);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        raw(req.send().await?).await
+    }
+
+    /// Sends any request with raw body bytes (say, malformed JSON); never
+    /// fails on status.
+    pub async fn request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<Vec<u8>>,
+    ) -> Result<Raw> {
+        let mut req = self.builder(method, path).body(body.into());
+        if let Some(ct) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        raw(req.send().await?).await
+    }
+
+    // ----- accounts (§2) -----
+
+    /// `POST /api/register`: 201, answers the username.
+    pub async fn register(&self, username: &str, password: &str) -> Result<String> {
+        let v: Value = self
+            .json(Method::POST, "/api/register", Some(&json!({"username": username, "password": password})), &[201])
+            .await?;
+        field_str(&v, "username")
+    }
+
+    /// `POST /api/login`: 200 with token.
+    pub async fn login(&self, username: &str, password: &str) -> Result<Login> {
+        self.json(Method::POST, "/api/login", Some(&json!({"username": username, "password": password})), &[200]).await
+    }
+
+    /// `POST /api/logout`: 204; this client's token stops working.
+    pub async fn logout(&self) -> Result<()> {
+        self.empty(Method::POST, "/api/logout", None).await
+    }
+
+    /// `GET /api/me`.
+    pub async fn me(&self) -> Result<Me> {
+        self.json(Method::GET, "/api/me", None, &[200]).await
+    }
+
+    /// `POST /api/ticket`: a one-time ticket for `/sse` or `/api/poll`.
+    // protocol is silent on the status: any 2xx is accepted.
+    pub async fn ticket(&self) -> Result<String> {
+        let v: Value = self.json(Method::POST, "/api/ticket", None, &[]).await?;
+        field_str(&v, "ticket")
+    }
+
+    // ----- rooms (§3) -----
+
+    /// `GET /api/rooms`: public rooms and the caller's rooms.
+    pub async fn rooms(&self) -> Result<Vec<Room>> {
+        self.json(Method::GET, "/api/rooms", None, &[200]).await
+    }
+
+    /// `POST /api/rooms`: 201 with the room; the caller becomes owner.
+    pub async fn create_room(&self, room: &str, title: &str, visibility: Visibility) -> Result<Room> {
+        let body = json!({"room": room, "title": title, "visibility": visibility.as_str()});
+        self.json(Method::POST, "/api/rooms", Some(&body), &[201]).await
+    }
+
+    /// `GET /api/rooms/{room}`.
+    pub async fn room(&self, room: &str) -> Result<Room> {
+        self.json(Method::GET, &format!("/api/rooms/{room}"), None, &[200]).await
+    }
+
+    /// `DELETE /api/rooms/{room}`: 204.
+    pub async fn delete_room(&self, room: &str) -> Result<()> {
+        self.empty(Method::DELETE, &format!("/api/rooms/{room}"), None).await
+    }
+
+    /// `POST /api/rooms/{room}/join`: 200 with the caller as member.
+    pub async fn join(&self, room: &str) -> Result<Member> {
+        self.json(Method::POST, &format!("/api/rooms/{room}/join"), None, &[200]).await
+    }
+
+    /// `POST /api/rooms/{room}/leave`: 204.
+    pub async fn leave(&self, room: &str) -> Result<()> {
+        self.empty(Method::POST, &format!("/api/rooms/{room}/leave"), None).await
+    }
+
+    /// `POST /api/rooms/{room}/invite`: 204.
+    pub async fn invite(&self, room: &str, username: &str) -> Result<()> {
+        self.user_action(room, "invite", username).await
+    }
+
+    /// `POST /api/rooms/{room}/kick`: 204.
+    pub async fn kick(&self, room: &str, username: &str) -> Result<()> {
+        self.user_action(room, "kick", username).await
+    }
+
+    /// `POST /api/rooms/{room}/ban`: 204.
+    pub async fn ban(&self, room: &str, username: &str) -> Result<()> {
+        self.user_action(room, "ban", username).await
+    }
+
+    /// `POST /api/rooms/{room}/unban`: 204.
+    pub async fn unban(&self, room: &str, username: &str) -> Result<()> {
+        self.user_action(room, "unban", username).await
+    }
+
+    /// `POST /api/rooms/{room}/role`: 204.
+    pub async fn set_role(&self, room: &str, username: &str, role: &str) -> Result<()> {
+        let body = json!({"username": username, "role": role});
+        self.empty(Method::POST, &format!("/api/rooms/{room}/role"), Some(&body)).await
+    }
+
+    /// `POST /api/rooms/{room}/mute` for `seconds`: 204.
+    pub async fn mute(&self, room: &str, username: &str, seconds: u64) -> Result<()> {
+        let body = json!({"username": username, "seconds": seconds});
+        self.empty(Method::POST, &format!("/api/rooms/{room}/mute"), Some(&body)).await
+    }
+
+    /// `POST /api/rooms/{room}/unmute`: 204.
+    pub async fn unmute(&self, room: &str, username: &str) -> Result<()> {
+        self.user_action(room, "unmute", username).await
+    }
+
+    /// `DELETE /api/rooms/{room}/messages/{seq}`: 204.
+    pub async fn delete_message(&self, room: &str, seq: u64) -> Result<()> {
+        self.empty(Method::DELETE, &format!("/api/rooms/{room}/messages/{seq}"), None).await
+    }
+
+    /// `GET /api/rooms/{room}/audit`: moderation actions, oldest first.
+    pub async fn audit(&self, room: &str) -> Result<Vec<AuditEntry>> {
+        self.json(Method::GET, &format!("/api/rooms/{room}/audit"), None, &[200]).await
+    }
+
+    /// `POST /api/rooms/{room}/read`: 204; stores the read marker.
+    pub async fn read(&self, room: &str, seq: u64) -> Result<()> {
+        self.empty(Method::POST, &format!("/api/rooms/{room}/read"), Some(&json!({"seq": seq}))).await
+    }
+
+    /// `GET /api/rooms/{room}/members`.
+    pub async fn members(&self, room: &str) -> Result<Vec<Member>> {
+        self.json(Method::GET, &format!("/api/rooms/{room}/members"), None, &[200]).await
+    }
+
+    /// `POST /api/dm/{username}`: the direct room with that user.
+    // protocol is silent on the status (created on first call): any 2xx.
+    pub async fn dm(&self, username: &str) -> Result<Room> {
+        self.json(Method::POST, &format!("/api/dm/{username}"), None, &[]).await
+    }
+
+    /// `GET .../messages?after=N[&limit=L]`: seq > N, ascending.
+    pub async fn messages_after(&self, room: &str, after: u64, limit: Option<u32>) -> Result<Vec<Message>> {
+        let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+        self.json(Method::GET, &format!("/api/rooms/{room}/messages?after={after}{limit}"), None, &[200]).await
+    }
+
+    /// `GET .../messages?before=N[&limit=L]`: the newest with seq < N, ascending.
+    pub async fn messages_before(&self, room: &str, before: u64, limit: Option<u32>) -> Result<Vec<Message>> {
+        let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+        self.json(Method::GET, &format!("/api/rooms/{room}/messages?before={before}{limit}"), None, &[200]).await
+    }
+
+    /// `POST /api/rooms/{room}/messages`: 201 once durable.
+    pub async fn post_message(&self, room: &str, body: &str, client_id: &str) -> Result<SendAck> {
+        let payload = json!({"body": body, "client_id": client_id});
+        self.json(Method::POST, &format!("/api/rooms/{room}/messages"), Some(&payload), &[201]).await
+    }
+
+    // ----- long polling (§6) -----
+
+    /// `GET /api/poll?since=..&timeout_ms=..` with this client's token.
+    pub async fn poll(&self, since: &str, timeout_ms: u64) -> Result<PollAnswer> {
+        self.poll_query(&format!("/api/poll?since={since}&timeout_ms={timeout_ms}"), timeout_ms, true).await
+    }
+
+    /// Like [`Http::poll`], authenticated by a one-time `ticket` instead.
+    pub async fn poll_with_ticket(&self, ticket: &str, since: &str, timeout_ms: u64) -> Result<PollAnswer> {
+        let path = format!("/api/poll?since={since}&timeout_ms={timeout_ms}&ticket={ticket}");
+        self.poll_query(&path, timeout_ms, false).await
+    }
+
+    async fn poll_query(&self, path: &str, timeout_ms: u64, bearer: bool) -> Result<PollAnswer> {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if bearer && let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req = req.timeout(Duration::from_millis(timeout_ms) + POLL_GRACE);
+        let bytes = checked(req.send().await?, &[200]).await?;
+        let v: Value = decode(&bytes)?;
+        let events = match v.get("events") {
+            Some(Value::Array(events)) => events.iter().cloned().map(Event::from_value).collect(),
+            _ => return Err(Error::Decode(format!("poll answer without events: {}", clip(&v.to_string())))),
+        };
+        let cursor = field_str(&v, "cursor")?;
+        Ok(PollAnswer { events, cursor })
+    }
+
+    // ----- plumbing -----
+
+    fn builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn user_action(&self, room: &str, action: &str, username: &str) -> Result<()> {
+        self.empty(Method::POST, &format!("/api/rooms/{room}/{action}"), Some(&json!({"username": username}))).await
+    }
+
+    /// A call answered by 204 and no body.
+    async fn empty(&self, method: Method, path: &str, body: Option<&Value>) -> Result<()> {
+        let mut req = self.builder(method, path);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        checked(req.send().await?, &[204]).await.map(drop)
+    }
+
+    /// A call answered by JSON; `ok` lists the accepted statuses (empty: any 2xx).
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        ok: &[u16],
+    ) -> Result<T> {
+        let mut req = self.builder(method, path);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        decode(&checked(req.send().await?, ok).await?)
+    }
+}
+
+/// Reads the body; a non-2xx status becomes the protocol error, a 2xx
+/// other than the expected ones a decode error.
+async fn checked(resp: reqwest::Response, ok: &[u16]) -> Result<Bytes> {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|secs| secs * 1000);
+    let body = resp.bytes().await?;
+    if !(200..300).contains(&status) {
+        return Err(Error::from_http(status, &body, retry_after));
+    }
+    if !ok.is_empty() && !ok.contains(&status) {
+        return Err(Error::Decode(format!(
+            "expected status {ok:?}, got {status}: {}",
+            clip(&String::from_utf8_lossy(&body))
+        )));
+    }
+    Ok(body)
+}
+
+async fn raw(resp: reqwest::Response) -> Result<Raw> {
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await?;
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Ok(Raw { status, json, text: String::from_utf8_lossy(&body).into_owned() })
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::Decode(format!("{e}: {}", clip(&String::from_utf8_lossy(body)))))
+}
+
+fn field_str(v: &Value, name: &str) -> Result<String> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| Error::Decode(format!("no string field {name:?} in {}", clip(&v.to_string()))))
+}

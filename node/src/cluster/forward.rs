@@ -1,0 +1,204 @@
+//! Sends made on a node that does not own the room travel to the owner on
+//! one ordered stream per owner, so a client's pipelined sends keep their
+//! order; the owner answers each by id as its batch commits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use quinn::RecvStream;
+use quinn::SendStream;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use super::replicator::STREAM_FORWARD;
+use super::wire::ForwardedAnswer;
+use super::wire::ForwardedSend;
+use super::wire::decode;
+use super::wire::encode;
+use crate::peer::Channel;
+use crate::peer::PeerEndpoint;
+use crate::peer::frame;
+use crate::protocol::Code;
+use crate::rooms::Appended;
+use crate::rooms::RoomRef;
+use crate::service::ApiError;
+use crate::service::Node;
+
+/// Sends queued per owner before callers wait.
+const QUEUE: usize = 4_096;
+/// Sends written in one frame at most.
+const FRAME_SENDS: usize = 256;
+
+type Answer = oneshot::Sender<Result<Appended, ApiError>>;
+
+/// Forwarded sends, one link per owner node.
+pub struct Forwarder {
+    endpoint: PeerEndpoint,
+    links: Mutex<HashMap<u64, mpsc::Sender<(ForwardedSend, Answer)>>>,
+}
+
+fn unavailable(owner: u64) -> ApiError {
+    ApiError::unavailable(format!("the room's owner (node {owner}) is unreachable; retry"))
+}
+
+impl Forwarder {
+    /// No links yet; they open on first use.
+    pub fn new(endpoint: PeerEndpoint) -> Self {
+        Self { endpoint, links: Mutex::new(HashMap::new()) }
+    }
+
+    /// Queues a send for `owner` in order; the receiver gets its answer.
+    pub async fn submit(
+        &self,
+        owner: u64,
+        send: ForwardedSend,
+    ) -> Result<oneshot::Receiver<Result<Appended, ApiError>>, ApiError> {
+        let tx = {
+            let mut links = self.links.lock();
+            match links.get(&owner) {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    tokio::spawn(link(self.endpoint.clone(), owner, rx));
+                    links.insert(owner, tx.clone());
+                    tx
+                }
+            }
+        };
+        let (answer, wait) = oneshot::channel();
+        tx.send((send, answer)).await.map_err(|_| unavailable(owner))?;
+        Ok(wait)
+    }
+}
+
+/// One stream to an owner: writes sends in order, matches answers by id.
+/// When the stream breaks, every unanswered send is told to retry and the
+/// link ends; the next send opens a new one.
+async fn link(endpoint: PeerEndpoint, owner: u64, mut rx: mpsc::Receiver<(ForwardedSend, Answer)>) {
+    let opened = async {
+        let (mut send, recv) = endpoint.open_stream(owner, Channel::Rooms).await.ok()?;
+        frame::write_frame(&mut send, &[STREAM_FORWARD]).await.ok()?;
+        Some((send, recv))
+    };
+    let Some((mut send, mut recv)) = opened.await else {
+        rx.close();
+        while let Some((_, answer)) = rx.recv().await {
+            let _ = answer.send(Err(unavailable(owner)));
+        }
+        return;
+    };
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<ForwardedAnswer>();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(bytes)) = frame::read_frame(&mut recv, frame::DEFAULT_MAX_FRAME).await {
+            let Ok(list) = decode::<Vec<ForwardedAnswer>>(&bytes) else { return };
+            for a in list {
+                if answers_tx.send(a).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut pending: HashMap<u64, Answer> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut frame_sends = Vec::new();
+    loop {
+        tokio::select! {
+            item = rx.recv() => {
+                let Some(first) = item else { break };
+                let mut item = Some(first);
+                while let Some((mut s, answer)) = item.take() {
+                    next_id += 1;
+                    s.id = next_id;
+                    pending.insert(next_id, answer);
+                    frame_sends.push(s);
+                    if frame_sends.len() < FRAME_SENDS {
+                        item = rx.try_recv().ok();
+                    }
+                }
+                if frame::write_frame(&mut send, &encode(&frame_sends)).await.is_err() {
+                    break;
+                }
+                frame_sends.clear();
+            }
+            answer = answers.recv() => {
+                let Some(a) = answer else { break };
+                if let Some(waiting) = pending.remove(&a.id) {
+                    let result = a.result.map_err(|(code, message)| ApiError::new(Code::parse(&code), message));
+                    let _ = waiting.send(result);
+                }
+            }
+        }
+    }
+    reader.abort();
+    tracing::info!(owner, unanswered = pending.len(), "forwarding stream to the room owner ended");
+    rx.close();
+    for (_, waiting) in pending.drain() {
+        let _ = waiting.send(Err(unavailable(owner)));
+    }
+    while let Some((_, answer)) = rx.recv().await {
+        let _ = answer.send(Err(unavailable(owner)));
+    }
+}
+
+/// Owner side: serves one forwarding stream from `peer`.
+pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: SendStream) {
+    let (out_tx, mut out_rx) = mpsc::channel::<ForwardedAnswer>(QUEUE);
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while let Some(first) = out_rx.recv().await {
+            batch.push(first);
+            while batch.len() < FRAME_SENDS {
+                match out_rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
+            if frame::write_frame(&mut send, &encode(&batch)).await.is_err() {
+                return;
+            }
+            batch.clear();
+        }
+    });
+    while let Ok(Some(bytes)) = frame::read_frame(&mut recv, frame::DEFAULT_MAX_FRAME).await {
+        let sends: Vec<ForwardedSend> = match decode(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "dropping a forwarding stream with a bad frame");
+                break;
+            }
+        };
+        for s in sends {
+            let id = s.id;
+            let result = accept(&node, s).await;
+            let out = out_tx.clone();
+            tokio::spawn(async move {
+                let result = match result {
+                    Ok(wait) => wait.await,
+                    Err(e) => Err(e),
+                };
+                let result = result.map_err(|e| (e.code.as_str().to_string(), e.message));
+                let _ = out.send(ForwardedAnswer { id, result }).await;
+            });
+        }
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// Queues a forwarded send in the local writer if this node owns the room.
+async fn accept(
+    node: &Arc<Node>,
+    s: ForwardedSend,
+) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
+    let room = {
+        let meta = node.meta();
+        let r = meta.rooms.get(&s.room).ok_or_else(|| ApiError::not_found(format!("room {}", s.room)))?;
+        if r.info.owner_node != node.id {
+            return Err(ApiError::unavailable(format!("room {} moved to node {}; retry", s.room, r.info.owner_node)));
+        }
+        RoomRef { key: r.info.key, id: s.room.as_str().into(), epoch: r.info.epoch, owner: node.id }
+    };
+    let pending = node.writer.submit_append(room, s.from, s.body, s.client_id).await?;
+    Ok(async move { Ok(pending.await?) })
+}

@@ -1,0 +1,283 @@
+//! What a node does with its peers: Raft over QUIC, metadata writes forwarded
+//! to the leader, room replication (owner and replica sides), sends forwarded
+//! to a room's owner, and presence and typing gossip.
+//!
+//! Everything here rides on [`crate::peer`] (the QUIC transport) and speaks
+//! the types of [`wire`]. The rules for rooms (seq, dedup, committed reads)
+//! stay in [`crate::rooms`]; this module only moves their records.
+
+pub mod forward;
+pub mod inflight;
+pub mod presence;
+pub mod raft_net;
+pub mod replica;
+pub mod replicator;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use quinn::RecvStream;
+use quinn::SendStream;
+use serde::Deserialize;
+use serde::Serialize;
+
+use self::presence::RemotePresence;
+use self::wire::Gossip;
+use self::wire::RaftAnswer;
+use self::wire::RaftCall;
+use self::wire::RoomAnswer;
+use self::wire::RoomCall;
+use self::wire::decode;
+use self::wire::encode;
+use crate::clock::now_ms;
+use crate::hub::Event;
+use crate::peer::Channel;
+use crate::peer::PeerEndpoint;
+use crate::peer::PeerHandler;
+use crate::peer::frame;
+use crate::protocol::typing_event;
+use crate::raft::ConsensusError;
+use crate::rooms::Record;
+use crate::rooms::RoomRef;
+use crate::service::ApiError;
+use crate::service::Node;
+
+/// When a room's send is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckPolicy {
+    /// Once a majority of nodes stored it (the default).
+    #[default]
+    Majority,
+    /// Once the owner stored it (faster; a message answered just before the
+    /// owner's disk dies can be lost).
+    Local,
+}
+
+/// How often presence is gossiped even when nothing changed.
+const GOSSIP_EVERY: Duration = Duration::from_secs(1);
+/// A node silent this long counts as gone (its users offline).
+const SILENT_MS: u64 = 3_500;
+/// Records answered per fetch at most.
+const FETCH_MAX: usize = 1_000;
+
+/// This node's view of and links to the other nodes.
+pub struct Cluster {
+    /// The QUIC transport.
+    pub endpoint: PeerEndpoint,
+    /// The other nodes' ids.
+    pub peers: Vec<u64>,
+    /// Room sends forwarded to owners.
+    pub forwarder: forward::Forwarder,
+    /// The other nodes' presence.
+    pub presence: Mutex<RemotePresence>,
+}
+
+/// The node a handler serves, set once the node is built.
+pub type NodeSlot = Arc<OnceLock<Weak<Node>>>;
+
+/// Receives everything peers send and hands it to the node.
+pub struct Handler {
+    /// The node, once started.
+    pub node: NodeSlot,
+}
+
+fn node_of(slot: &NodeSlot) -> Result<Arc<Node>, String> {
+    slot.get().and_then(Weak::upgrade).ok_or_else(|| "the node is starting or stopping".to_string())
+}
+
+/// Waits for a starting node (peers open streams as soon as they start).
+async fn wait_node(slot: &NodeSlot) -> Option<Arc<Node>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(w) = slot.get() {
+            return w.upgrade();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl PeerHandler for Handler {
+    fn request(&self, from: u64, channel: Channel, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let slot = self.node.clone();
+        async move {
+            let node = node_of(&slot)?;
+            match channel {
+                Channel::Raft => Ok(encode(&raft_call(&node, decode(&body)?).await)),
+                Channel::Rooms => Ok(encode(&room_call(&node, decode(&body)?).await)),
+                Channel::Gossip => {
+                    gossip(&node, from, decode(&body)?);
+                    Ok(Vec::new())
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn stream(&self, from: u64, channel: Channel, mut recv: RecvStream, send: SendStream) -> BoxFuture<'static, ()> {
+        let slot = self.node.clone();
+        async move {
+            let Some(node) = wait_node(&slot).await else { return };
+            if channel != Channel::Rooms {
+                tracing::warn!(from, ?channel, "unexpected stream channel");
+                return;
+            }
+            match frame::read_frame(&mut recv, 16).await {
+                Ok(Some(kind)) if kind == [replicator::STREAM_REPLICATION] => {
+                    replica::serve(node, from, recv, send).await;
+                }
+                Ok(Some(kind)) if kind == [replicator::STREAM_FORWARD] => forward::serve(node, from, recv, send).await,
+                other => tracing::warn!(from, ?other, "unknown room stream kind"),
+            }
+        }
+        .boxed()
+    }
+}
+
+async fn raft_call(node: &Node, call: RaftCall) -> RaftAnswer {
+    let raft = node.consensus.raft();
+    let refused = |e: &dyn std::fmt::Display| RaftAnswer::Refused(e.to_string());
+    match call {
+        RaftCall::Append(req) => raft.append_entries(req).await.map_or_else(|e| refused(&e), RaftAnswer::Append),
+        RaftCall::Vote(req) => raft.vote(req).await.map_or_else(|e| refused(&e), RaftAnswer::Vote),
+        RaftCall::PreVote(req) => raft.pre_vote(req).await.map_or_else(|e| refused(&e), RaftAnswer::Vote),
+        RaftCall::Snapshot { vote, meta, data } => {
+            let snapshot = openraft::storage::Snapshot { meta, snapshot: data };
+            raft.install_full_snapshot(vote, snapshot).await.map_or_else(|e| refused(&e), RaftAnswer::Snapshot)
+        }
+        RaftCall::Forward(req) => match node.consensus.propose_request(req).await {
+            Ok((reply, index)) => RaftAnswer::Forwarded { reply, index },
+            Err(ConsensusError::NotLeader { leader }) => RaftAnswer::NotLeader(leader.map(|(id, _)| id)),
+            Err(e) => refused(&e),
+        },
+    }
+}
+
+async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
+    match call {
+        RoomCall::Fetch { room_key, room, from, to } => {
+            let limit = usize::try_from(to.saturating_sub(from) + 1).unwrap_or(FETCH_MAX).min(FETCH_MAX);
+            match node.log.stored_range(room_key, from, to, limit) {
+                Ok(messages) => RoomAnswer::Records(
+                    messages
+                        .into_iter()
+                        .map(|m| Record { room_key, room: room.clone(), seq: m.seq, stored: m.stored, new: true })
+                        .collect(),
+                ),
+                Err(e) => RoomAnswer::Refused("internal".into(), e.to_string()),
+            }
+        }
+        RoomCall::Delete(d) => {
+            let room = {
+                let meta = node.meta();
+                match meta.rooms.get(&d.room) {
+                    Some(r) if r.info.owner_node == node.id => {
+                        RoomRef { key: r.info.key, id: d.room.as_str().into(), epoch: r.info.epoch, owner: node.id }
+                    }
+                    Some(r) => {
+                        return RoomAnswer::Refused(
+                            "unavailable".into(),
+                            format!("room moved to node {}", r.info.owner_node),
+                        );
+                    }
+                    None => return RoomAnswer::Refused("not_found".into(), format!("room {} not found", d.room)),
+                }
+            };
+            match node.writer.delete(room, d.seq, d.actor, d.moderator).await {
+                Ok(sender) => RoomAnswer::Deleted(sender),
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    RoomAnswer::Refused(e.code.as_str().into(), e.message)
+                }
+            }
+        }
+    }
+}
+
+fn gossip(node: &Arc<Node>, from: u64, g: Gossip) {
+    match g {
+        Gossip::Presence { online, connections } => {
+            let Some(cluster) = node.cluster.as_ref() else { return };
+            let changed = cluster.presence.lock().update(from, online, connections, now_ms());
+            for user in changed {
+                if !node.hub.is_online(&user) {
+                    node.announce_presence_of(&user, cluster.presence.lock().online(&user));
+                }
+            }
+        }
+        Gossip::Typing { room_key, room, username } => {
+            let json = typing_event(&room, &username);
+            node.hub.publish(Event {
+                room_key,
+                room: room.as_str().into(),
+                seq: 0,
+                json: json.into(),
+                except: Some(username.as_str().into()),
+            });
+        }
+    }
+}
+
+impl Cluster {
+    /// Binds the transport; the handler reaches the node through `slot`.
+    pub fn new(
+        endpoint: PeerEndpoint,
+        peer_addrs: &BTreeMap<u64, SocketAddr>,
+        self_id: u64,
+    ) -> Self {
+        let peers: Vec<u64> = peer_addrs.keys().copied().filter(|id| *id != self_id).collect();
+        endpoint.set_peers(peer_addrs.iter().filter(|(id, _)| **id != self_id).map(|(k, v)| (*k, *v)).collect());
+        Self {
+            forwarder: forward::Forwarder::new(endpoint.clone()),
+            endpoint,
+            peers,
+            presence: Mutex::new(RemotePresence::default()),
+        }
+    }
+
+    /// Tells every peer something, not waiting for answers.
+    pub fn broadcast(&self, g: &Gossip) {
+        let bytes = encode(g);
+        for peer in &self.peers {
+            let endpoint = self.endpoint.clone();
+            let bytes = bytes.clone();
+            let peer = *peer;
+            tokio::spawn(async move {
+                if let Err(e) = endpoint.request(peer, Channel::Gossip, bytes, Duration::from_secs(2)).await {
+                    tracing::debug!(peer, error = %e, "gossip not delivered");
+                }
+            });
+        }
+    }
+}
+
+/// Gossips this node's presence every second and expires silent nodes.
+pub async fn gossip_loop(node: Weak<Node>) {
+    let mut tick = tokio::time::interval(GOSSIP_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(cluster) = node.cluster.as_ref() else { return };
+        cluster.broadcast(&Gossip::Presence {
+            online: node.hub.online_users(),
+            connections: node.hub.connection_count() as u64,
+        });
+        let expired = cluster.presence.lock().expire(now_ms(), SILENT_MS);
+        for user in expired {
+            if !node.hub.is_online(&user) {
+                node.announce_presence_of(&user, false);
+            }
+        }
+    }
+}

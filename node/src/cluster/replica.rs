@@ -1,0 +1,161 @@
+//! The replica side of room replication: store what an owner sends (after
+//! checking its epoch), fill gaps from the owner, acknowledge, and publish to
+//! local listeners exactly what the owner says is committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::RecvStream;
+use quinn::SendStream;
+
+use super::wire::RoomAck;
+use super::wire::RoomAnswer;
+use super::wire::RoomBatch;
+use super::wire::RoomCall;
+use super::wire::decode;
+use super::wire::encode;
+use crate::peer::Channel;
+use crate::peer::frame;
+use crate::rooms::Published;
+use crate::rooms::Record;
+use crate::rooms::WriteError;
+use crate::service::Node;
+
+/// Records fetched per request when filling a gap.
+const FETCH_PAGE: u64 = 1_000;
+/// How long a gap fill may wait for the owner.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one replication stream from `owner` until it ends.
+pub async fn serve(node: Arc<Node>, owner: u64, mut recv: RecvStream, mut send: SendStream) {
+    loop {
+        let bytes = match frame::read_frame(&mut recv, frame::DEFAULT_MAX_FRAME).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::info!(owner, error = %e, "replication stream ended");
+                return;
+            }
+        };
+        let batches: Vec<RoomBatch> = match decode(&bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(owner, error = %e, "dropping a replication stream with a bad frame");
+                return;
+            }
+        };
+        let mut acks = Vec::new();
+        for b in batches {
+            if !b.records.is_empty() {
+                acks.push(match store(&node, owner, &b.records).await {
+                    Ok(()) => RoomAck::Stored(b.id),
+                    Err(why) => {
+                        tracing::warn!(owner, batch = b.id, %why, "refusing a replicated batch");
+                        RoomAck::Refused(b.id, why)
+                    }
+                });
+            }
+            for (room_key, room, seq) in b.commits {
+                commit(&node, owner, room_key, &room, seq).await;
+            }
+        }
+        if !acks.is_empty() && frame::write_frame(&mut send, &encode(&acks)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Refuses records written under an epoch older than the room's current one.
+fn check_epochs(node: &Node, records: &[Record]) -> Result<(), String> {
+    let meta = node.meta();
+    for r in records {
+        if let Some(room) = meta.rooms.get(&r.room)
+            && room.info.key == r.room_key
+            && r.stored.epoch < room.info.epoch
+        {
+            return Err(format!("record of room {} has epoch {} < {}", r.room, r.stored.epoch, room.info.epoch));
+        }
+    }
+    Ok(())
+}
+
+async fn store(node: &Arc<Node>, owner: u64, records: &[Record]) -> Result<(), String> {
+    check_epochs(node, records)?;
+    for r in records {
+        // Fix the committed seq before uncommitted records land behind it.
+        node.log.last_seq(r.room_key).map_err(|e| e.to_string())?;
+    }
+    for _ in 0..3 {
+        match node.writer.store_replicated(records.to_vec()).await {
+            Ok(()) => {
+                for r in records.iter().filter(|r| !r.new && r.stored.body.is_none()) {
+                    node.publish(Published::Deleted { room: r.room.as_str().into(), room_key: r.room_key, seq: r.seq });
+                }
+                return Ok(());
+            }
+            Err(WriteError::Gap { room_key, have }) => {
+                let Some(first) = records.iter().filter(|r| r.room_key == room_key && r.new).map(|r| r.seq).min()
+                else {
+                    return Err("gap reported for a room without new records".into());
+                };
+                let room = records.iter().find(|r| r.room_key == room_key).map(|r| r.room.clone()).unwrap_or_default();
+                fill(node, owner, room_key, &room, have + 1, first.saturating_sub(1)).await?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("the gap could not be filled".into())
+}
+
+/// Fetches records `from..=to` of a room from `owner` and stores them.
+async fn fill(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, from: u64, to: u64) -> Result<(), String> {
+    let Some(cluster) = node.cluster.as_ref() else { return Err("not in a cluster".into()) };
+    let mut next = from;
+    while next <= to {
+        let end = to.min(next + FETCH_PAGE - 1);
+        let call = RoomCall::Fetch { room_key, room: room.to_string(), from: next, to: end };
+        let bytes = cluster
+            .endpoint
+            .request(owner, Channel::Rooms, encode(&call), FETCH_TIMEOUT)
+            .await
+            .map_err(|e| format!("fetching from node {owner}: {e}"))?;
+        let records = match decode::<RoomAnswer>(&bytes)? {
+            RoomAnswer::Records(records) => records,
+            other => return Err(format!("node {owner} answered a fetch with {other:?}")),
+        };
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return Err(format!("node {owner} has no records {next}..={end} of room {room}"));
+        };
+        node.writer.store_replicated(records).await.map_err(|e| e.to_string())?;
+        next = last + 1;
+    }
+    Ok(())
+}
+
+/// Makes a room's records up to `seq` visible here and publishes them.
+async fn commit(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, seq: u64) {
+    let stored = match node.log.stored_last(room_key) {
+        Ok(s) => s,
+        Err(e) => return tracing::error!(error = %e, "cannot read the room log"),
+    };
+    if seq > stored
+        && let Err(e) = fill(node, owner, room_key, room, stored + 1, seq).await
+    {
+        tracing::warn!(room, error = %e, "cannot fetch committed records yet");
+    }
+    let (Ok(stored), Ok(old)) = (node.log.stored_last(room_key), node.log.last_seq(room_key)) else { return };
+    let new = seq.min(stored);
+    if new <= old {
+        return;
+    }
+    node.log.raise(room_key, new);
+    match node.log.between(room_key, old + 1, new) {
+        Ok(messages) => {
+            let room: Arc<str> = room.into();
+            for message in messages {
+                node.publish(Published::Message { room: room.clone(), room_key, message });
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read committed messages to publish"),
+    }
+}

@@ -1,0 +1,180 @@
+//! Everything nodes say to each other, as serde types encoded with postcard.
+//! Decoding treats the bytes as untrusted: the transport caps frame sizes
+//! before anything is allocated, and a value that does not decode is an error
+//! answered to the peer, never a panic.
+
+use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::meta::MetaReply;
+use crate::meta::MetaRequest;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::TypeConfig;
+use crate::raft::types::Vote;
+use crate::rooms::Appended;
+use crate::rooms::Record;
+
+/// A Raft RPC or a metadata write forwarded to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftCall {
+    /// AppendEntries.
+    Append(openraft::raft::AppendEntriesRequest<TypeConfig>),
+    /// RequestVote.
+    Vote(openraft::raft::VoteRequest<TypeConfig>),
+    /// Pre-vote.
+    PreVote(openraft::raft::VoteRequest<TypeConfig>),
+    /// A whole snapshot.
+    Snapshot {
+        /// The leader's vote.
+        vote: Vote,
+        /// What the snapshot covers.
+        meta: SnapshotMeta,
+        /// The state machine bytes.
+        data: Vec<u8>,
+    },
+    /// A metadata write proposed on a follower.
+    Forward(MetaRequest),
+}
+
+/// The answer to a [`RaftCall`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftAnswer {
+    /// To Append.
+    Append(openraft::raft::AppendEntriesResponse<TypeConfig>),
+    /// To Vote or PreVote.
+    Vote(openraft::raft::VoteResponse<TypeConfig>),
+    /// To Snapshot.
+    Snapshot(openraft::raft::SnapshotResponse<TypeConfig>),
+    /// To Forward: the reply and the log index it was applied at, so the
+    /// forwarding node can wait until it has applied that far itself.
+    Forwarded {
+        /// The state machine's reply.
+        reply: MetaReply,
+        /// Log index of the entry.
+        index: u64,
+    },
+    /// Not the leader (any more); the caller retries with the one named.
+    NotLeader(Option<u64>),
+    /// Raft refused the call.
+    Refused(String),
+}
+
+/// What an owner sends a replica on its ordered room stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomBatch {
+    /// The owner's batch id (acknowledged by id).
+    pub id: u64,
+    /// Records to store, in order.
+    pub records: Vec<Record>,
+    /// Rooms whose committed seq rose: (room key, room id, seq).
+    pub commits: Vec<(u64, String, u64)>,
+}
+
+/// A replica's answer on the room stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RoomAck {
+    /// Batch `id` is durable here.
+    Stored(u64),
+    /// Batch `id` was refused (gap not fillable, stale epoch): the owner
+    /// does not count it.
+    Refused(u64, String),
+}
+
+/// Requests about rooms, one per stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RoomCall {
+    /// Delete a message's body (answered with the sender's name).
+    Delete(ForwardedDelete),
+    /// Records `from..=to` of a room (a replica filling a gap).
+    Fetch {
+        /// Room key.
+        room_key: u64,
+        /// Room id.
+        room: String,
+        /// First seq.
+        from: u64,
+        /// Last seq.
+        to: u64,
+    },
+}
+
+/// The answer to a [`RoomCall`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RoomAnswer {
+    /// The records asked for (possibly fewer, from the start).
+    Records(Vec<Record>),
+    /// A deletion was done: the message's sender.
+    Deleted(String),
+    /// Refused: protocol code and text.
+    Refused(String, String),
+}
+
+/// A message deletion forwarded to the room's owner.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedDelete {
+    /// Who deletes.
+    pub actor: String,
+    /// Whether the actor moderates the room.
+    pub moderator: bool,
+    /// Room id.
+    pub room: String,
+    /// The message.
+    pub seq: u64,
+}
+
+/// A send forwarded to the room's owner on an ordered stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedSend {
+    /// Correlates the answer.
+    pub id: u64,
+    /// The sender (checked by the forwarding node).
+    pub from: String,
+    /// Room id.
+    pub room: String,
+    /// Text.
+    pub body: String,
+    /// Idempotency key.
+    pub client_id: String,
+}
+
+/// The owner's answer to a [`ForwardedSend`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedAnswer {
+    /// The send's id.
+    pub id: u64,
+    /// Seq and ts, or the protocol code and text of the refusal.
+    pub result: Result<Appended, (String, String)>,
+}
+
+/// Gossip between nodes: presence, typing, load.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Gossip {
+    /// Every user with a live connection on the sending node.
+    Presence {
+        /// Sorted usernames.
+        online: Vec<String>,
+        /// Open client connections on the node.
+        connections: u64,
+    },
+    /// Someone is typing in a room.
+    Typing {
+        /// Room key.
+        room_key: u64,
+        /// Room id.
+        room: String,
+        /// Who.
+        username: String,
+    },
+}
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain data structs encode infallibly into a Vec.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+/// Decodes a message from a peer.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("undecodable peer message: {e}"))
+}

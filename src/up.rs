@@ -1,0 +1,181 @@
+//! `palaver up`: the whole cluster of the cluster file on this machine.
+//!
+//! Each node is this same executable re-run as `palaver node --config FILE
+//! --id N`, so what runs locally is exactly what runs in a deployment. The
+//! launcher streams every node's output with a `[node N]` prefix, waits until
+//! each node is healthy and the cluster has a leader, prints where to
+//! connect, and on Ctrl-C stops the nodes (SIGTERM, then SIGKILL after a grace
+//! period). Nodes exit on their own if the launcher dies: their stdin is a
+//! pipe from it, and `--exit-with-parent` makes them stop when it closes.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use anyhow::Result;
+use palaver_node::config::Config;
+use tokio::io::AsyncBufReadExt;
+use tokio::io::BufReader;
+use tokio::process::Child;
+use tokio::process::Command;
+
+/// How long nodes get to become healthy.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long nodes get to stop after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+struct Launched {
+    id: u64,
+    child: Child,
+    /// Held open for the node's life: `Child::wait` would close it, and the
+    /// node stops when it closes.
+    _stdin: Option<tokio::process::ChildStdin>,
+}
+
+/// Starts every node of `config_path`, waits for them, and runs until Ctrl-C.
+pub async fn run(config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    anyhow::ensure!(!config.nodes.is_empty(), "{} lists no [[node]]", config_path.display());
+    let exe = std::env::current_exe().context("finding the palaver executable")?;
+    let mut nodes = Vec::new();
+    for n in &config.nodes {
+        let mut child = Command::new(&exe)
+            .arg("node")
+            .arg("--config")
+            .arg(config_path)
+            .arg("--id")
+            .arg(n.id.to_string())
+            .arg("--exit-with-parent")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting node {}", n.id))?;
+        forward_output(n.id, &mut child);
+        let stdin = child.stdin.take();
+        nodes.push(Launched { id: n.id, child, _stdin: stdin });
+    }
+    let ready = wait_healthy(&config);
+    tokio::select! {
+        result = ready => {
+            if let Err(e) = result {
+                stop(&mut nodes).await;
+                return Err(e);
+            }
+        }
+        _ = tokio::signal::ctrl_c() => {
+            stop(&mut nodes).await;
+            return Ok(());
+        }
+    }
+    println!();
+    println!("Palaver is up: {} node(s), data in {}", nodes.len(), config.cluster.data_dir.display());
+    for n in &config.nodes {
+        println!("  node {}: http://{}  (WebSocket ws://{}/ws)", n.id, n.client, n.client);
+    }
+    println!("Ctrl-C stops the cluster.");
+    println!();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            exited = first_exit(&mut nodes) => {
+                let (id, status) = exited;
+                eprintln!("palaver up: node {id} exited ({status}); Ctrl-C stops the others");
+                nodes.retain(|n| n.id != id);
+                if nodes.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    println!("palaver up: stopping");
+    stop(&mut nodes).await;
+    Ok(())
+}
+
+/// Copies a node's stdout and stderr to ours, line by line, with a prefix.
+fn forward_output(id: u64, child: &mut Child) {
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("[node {id}] {line}");
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[node {id}] {line}");
+            }
+        });
+    }
+}
+
+/// Polls every node's `/healthz` until all answer 200 (which needs a leader).
+async fn wait_healthy(config: &Config) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    for n in &config.nodes {
+        loop {
+            if healthz(&n.client.to_string()).await {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "node {} did not become healthy within {} s",
+                n.id,
+                START_TIMEOUT.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// One `GET /healthz` over a plain TCP connection (no HTTP client needed).
+async fn healthz(addr: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.ends_with(b"200"))
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+async fn first_exit(nodes: &mut [Launched]) -> (u64, String) {
+    if nodes.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let waits = nodes.iter_mut().map(|n| {
+        let id = n.id;
+        Box::pin(async move {
+            let status = n.child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string());
+            (id, status)
+        })
+    });
+    futures_util::future::select_all(waits).await.0
+}
+
+/// SIGTERM to every node, then SIGKILL to those still running after the grace.
+async fn stop(nodes: &mut [Launched]) {
+    for n in nodes.iter() {
+        if let Some(pid) = n.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+    }
+    for n in nodes.iter_mut() {
+        if tokio::time::timeout(STOP_GRACE, n.child.wait()).await.is_err() {
+            eprintln!("palaver up: node {} did not stop in time; killing it", n.id);
+            let _ = n.child.kill().await;
+        }
+    }
+}
