@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench load -- [sends|fanout|connections|all] [--senders N] [--secs S]
-//!                             [--members M] [--conns C] [--users U]
+//!                             [--members M] [--conns C] [--users U] [--rate R]
 //! ```
 //!
 //! Scenarios:
@@ -13,6 +13,10 @@
 //!   sender; deliveries/s and end-to-end latency.
 //! - `connections`: `--conns` idle authenticated WebSockets, each subscribed
 //!   to one room; the node's RSS per connection.
+//! - `cluster`: a three-node cluster; delivery latency at `--rate` msg/s to a
+//!   receiver on the sender's node and on the other nodes, then answered
+//!   sends/s with majority acks for 1 room and for 100 rooms (`--senders`
+//!   senders spread over the nodes, 16 sends in flight each).
 //!
 //! Every loop is bounded in count and time. Results print as a table and go
 //! to `target/bench-results/load.json`.
@@ -51,10 +55,12 @@ struct Options {
     members: usize,
     conns: usize,
     users: usize,
+    rate: u64,
 }
 
 fn options() -> Result<Options> {
-    let mut o = Options { scenario: "all".into(), senders: 50, secs: 10, members: 1000, conns: 10_000, users: 1000 };
+    let mut o =
+        Options { scenario: "all".into(), senders: 50, secs: 10, members: 1000, conns: 10_000, users: 1000, rate: 500 };
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> Result<usize> {
@@ -66,6 +72,7 @@ fn options() -> Result<Options> {
             "--members" => o.members = value("--members")?,
             "--conns" => o.conns = value("--conns")?,
             "--users" => o.users = value("--users")?,
+            "--rate" => o.rate = value("--rate")? as u64,
             s if !s.starts_with('-') => o.scenario = s.to_string(),
             other => bail!("unknown option {other}"),
         }
@@ -87,34 +94,99 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Client limits raised so the harness measures the server, not its limiter.
+const LIMITS: &str = "[limits]\nsend_rate_per_sec = 1000000.0\nsend_burst = 1000000\nlogin_per_account_per_min = 1000000\n\
+     login_per_address_per_min = 1000000\nregister_per_address_per_min = 1000000\noutbound_queue = 65536\n";
+
+fn spawn_node(args: &[&std::ffi::OsStr]) -> Result<(Child, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palaver"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting palaver node")?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep reading stdout so the node never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent && let Some(rest) = line.split("ready: http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(120)).context("node did not get ready")?;
+    Ok((child, addr))
+}
+
+/// A free 127.0.0.1 port for TCP and UDP alike (released before use).
+fn free_port() -> Result<u16> {
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port")
+}
+
 impl NodeProcess {
     fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("bench.toml");
-        std::fs::write(
-            &config,
-            "[limits]\nsend_rate_per_sec = 1000000.0\nsend_burst = 1000000\nlogin_per_account_per_min = 1000000\n\
-             login_per_address_per_min = 1000000\nregister_per_address_per_min = 1000000\noutbound_queue = 65536\n",
-        )?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palaver"))
-            .args(["node", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting palaver node")?;
-        let stdout = child.stdout.take().context("node stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines.next().context("node exited before it was ready")??;
-            if let Some(rest) = line.split("ready: http://").nth(1) {
-                break rest.split_whitespace().next().unwrap_or_default().to_string();
-            }
-        };
+        std::fs::write(&config, LIMITS)?;
+        let data = dir.path().join("data");
+        let args = [
+            "node".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ];
+        let (child, addr) = spawn_node(&args)?;
         Ok(Self { child, addr, _dir: dir })
+    }
+
+    /// Starts an `n`-node cluster; the first process keeps the folder alive.
+    fn start_cluster(n: u64) -> Result<Vec<Self>> {
+        let dir = tempfile::tempdir()?;
+        let mut config =
+            format!("[cluster]\ndata_dir = {:?}\ntls_dir = {:?}\n", dir.path().join("data"), dir.path().join("tls"));
+        for id in 1..=n {
+            config.push_str(&format!(
+                "[[node]]\nid = {id}\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
+                free_port()?,
+                free_port()?
+            ));
+        }
+        config.push_str(LIMITS);
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, config)?;
+        let status = Command::new(env!("CARGO_BIN_EXE_palaver")).arg("certs").arg("--config").arg(&path).status()?;
+        anyhow::ensure!(status.success(), "palaver certs failed");
+        let mut starting = Vec::new();
+        for id in 1..=n {
+            let path = path.clone();
+            starting.push(std::thread::spawn(move || {
+                let id = id.to_string();
+                let args = ["node".as_ref(), "--config".as_ref(), path.as_os_str(), "--id".as_ref(), id.as_ref()];
+                spawn_node(&args)
+            }));
+        }
+        let mut dir = Some(dir);
+        let mut nodes = Vec::new();
+        for s in starting {
+            let (child, addr) = s.join().map_err(|_| anyhow::anyhow!("starting thread panicked"))??;
+            let dir = dir.take().unwrap_or(tempfile::tempdir()?);
+            nodes.push(Self { child, addr, _dir: dir });
+        }
+        Ok(nodes)
     }
 
     fn rss_kib(&self) -> Result<u64> {
@@ -407,6 +479,144 @@ async fn connections(node: &NodeProcess, api: &Arc<Api>, conns: usize, rows: &mu
     Ok(())
 }
 
+/// Delivery latency at a steady rate, to a receiver on the sender's node and
+/// to receivers on the other nodes.
+async fn cluster_latency(nodes: &[NodeProcess], rate: u64, secs: u64, rows: &mut Vec<Row>) -> Result<()> {
+    let api = Arc::new(Api { http: reqwest::Client::new(), base: format!("http://{}", nodes[0].addr) });
+    let tokens = api.users("lat", 2).await?;
+    api.post("/api/rooms", Some(&tokens[0]), json!({"room": "latency", "visibility": "public"})).await?;
+    let epoch = Instant::now();
+    let mut receivers = Vec::new();
+    for node in nodes {
+        let mut ws = connect(&node.addr, &tokens[1]).await?;
+        call(&mut ws, json!({"type": "subscribe", "id": 1, "room": "latency"})).await?;
+        receivers.push(ws);
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for mut ws in receivers {
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            while let Ok(Some(Ok(Message::Text(t)))) =
+                tokio::time::timeout_at((deadline + Duration::from_secs(3)).into(), ws.next()).await
+            {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "message"
+                    && let Some(sent) = v["body"].as_str().and_then(|b| b.parse::<u64>().ok())
+                {
+                    h.record((epoch.elapsed().as_micros() as u64).saturating_sub(sent))?;
+                }
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let sender = connect(&nodes[0].addr, &tokens[0]).await?;
+    let (mut tx, mut rx) = sender.split();
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let body = epoch.elapsed().as_micros().to_string();
+        let frame = json!({"type": "send", "id": n, "room": "latency", "body": body, "client_id": format!("l{n}")});
+        tx.send(Message::Text(frame.to_string().into())).await?;
+        n += 1;
+    }
+    let mut hists = Vec::new();
+    for t in tasks {
+        hists.push(t.await??);
+    }
+    drain.abort();
+    let name = format!("cluster latency, {rate} msg/s");
+    let same = &hists[0];
+    let mut cross = Histogram::<u64>::new(3)?;
+    for h in &hists[1..] {
+        cross.add(h)?;
+    }
+    rows.push(Row { scenario: name.clone(), figure: "same-node p50".into(), value: pct(same, 0.5), unit: "ms" });
+    rows.push(Row { scenario: name.clone(), figure: "same-node p99".into(), value: pct(same, 0.99), unit: "ms" });
+    rows.push(Row { scenario: name.clone(), figure: "cross-node p50".into(), value: pct(&cross, 0.5), unit: "ms" });
+    rows.push(Row { scenario: name.clone(), figure: "cross-node p99".into(), value: pct(&cross, 0.99), unit: "ms" });
+    rows.push(Row {
+        scenario: name,
+        figure: "messages received".into(),
+        value: (same.len() + cross.len()) as f64,
+        unit: "",
+    });
+    Ok(())
+}
+
+/// Answered sends/s with majority acks: `senders` senders spread over the
+/// nodes, over `rooms` rooms.
+async fn cluster_sends(
+    nodes: &[NodeProcess],
+    rooms: usize,
+    senders: usize,
+    secs: u64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let api = Arc::new(Api { http: reqwest::Client::new(), base: format!("http://{}", nodes[0].addr) });
+    let tokens = api.users(&format!("cs{rooms}x"), senders).await?;
+    for r in 0..rooms {
+        api.post("/api/rooms", Some(&tokens[0]), json!({"room": format!("cs{rooms}-{r}"), "visibility": "public"}))
+            .await?;
+    }
+    for t in &tokens[1..] {
+        for r in 0..rooms {
+            api.post(&format!("/api/rooms/cs{rooms}-{r}/join"), Some(t), json!({})).await?;
+        }
+    }
+    const WINDOW: u64 = 16;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let ws = connect(&nodes[i % nodes.len()].addr, token).await?;
+        tasks.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let (mut sent, mut answered) = (0u64, 0u64);
+            let mut h = Histogram::<u64>::new(3)?;
+            let mut started: HashMap<u64, Instant> = HashMap::new();
+            while Instant::now() < deadline || answered < sent {
+                while sent - answered < WINDOW && Instant::now() < deadline {
+                    let room = format!("cs{rooms}-{}", (sent as usize + i) % rooms);
+                    let frame = json!({"type": "send", "id": sent, "room": room, "body": "x", "client_id": format!("{i}-{sent}")});
+                    started.insert(sent, Instant::now());
+                    tx.send(Message::Text(frame.to_string().into())).await?;
+                    sent += 1;
+                }
+                let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("answer timed out")?;
+                let Some(Ok(Message::Text(t))) = msg else { bail!("socket ended") };
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "ok" {
+                    answered += 1;
+                    if let Some(t0) = v["id"].as_u64().and_then(|id| started.remove(&id)) {
+                        h.record(t0.elapsed().as_micros() as u64)?;
+                    }
+                } else if v["type"] == "error" {
+                    bail!("send failed: {v}");
+                }
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let name = format!("cluster sends, {rooms} room(s)");
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "answered sends/s (majority)".into(),
+        value: all.len() as f64 / elapsed,
+        unit: "/s",
+    });
+    rows.push(Row { scenario: name.clone(), figure: "answer latency p50".into(), value: pct(&all, 0.5), unit: "ms" });
+    rows.push(Row { scenario: name, figure: "answer latency p99".into(), value: pct(&all, 0.99), unit: "ms" });
+    Ok(())
+}
+
 fn machine_load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -423,6 +633,14 @@ fn main() -> Result<()> {
             s => vec![s],
         };
         for s in scenarios {
+            if s == "cluster" {
+                let nodes = NodeProcess::start_cluster(3)?;
+                eprintln!("running cluster (load average before: {})", machine_load());
+                cluster_latency(&nodes, o.rate, o.secs, &mut rows).await?;
+                cluster_sends(&nodes, 1, o.senders, o.secs, &mut rows).await?;
+                cluster_sends(&nodes, 100, o.senders, o.secs, &mut rows).await?;
+                continue;
+            }
             let node = NodeProcess::start()?;
             let api = Arc::new(Api { http: reqwest::Client::new(), base: format!("http://{}", node.addr) });
             eprintln!("running {s} (load average before: {})", machine_load());
@@ -433,7 +651,7 @@ fn main() -> Result<()> {
                 }
                 "fanout" => fanout(&node, &api, o.members, o.users, o.secs, &mut rows).await?,
                 "connections" => connections(&node, &api, o.conns, &mut rows).await?,
-                other => bail!("unknown scenario {other}: sends, fanout, connections or all"),
+                other => bail!("unknown scenario {other}: sends, fanout, connections, cluster or all"),
             }
         }
         anyhow::Ok(())

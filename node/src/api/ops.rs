@@ -33,18 +33,32 @@ pub async fn cluster(State(node): State<Arc<Node>>, Authed(s): Authed) -> Result
         return Err(ApiError::forbidden("the cluster view is for admins"));
     }
     let m = node.consensus.metrics();
+    let now = crate::clock::now_ms();
+    let (alive, connections) = match &node.cluster {
+        Some(c) => {
+            let p = c.presence.lock();
+            (p.alive(now, crate::cluster::SILENT_MS), p.connections())
+        }
+        None => (Vec::new(), Default::default()),
+    };
     let nodes: Vec<_> = m
         .members
         .iter()
         .map(|(id, peer)| {
             let me = *id == node.id;
+            let up = me || alive.contains(id);
+            let raft_role = match (Some(*id) == m.current_leader, up) {
+                (true, _) => "leader",
+                (false, true) => "follower",
+                (false, false) => "unknown",
+            };
             json!({
                 "id": id,
                 "address": peer.client_addr,
                 "peer_address": peer.peer_addr,
-                "state": if me { "serving" } else { "unknown" },
-                "connections": if me { Some(node.hub.connection_count()) } else { None },
-                "raft_role": if Some(*id) == m.current_leader { "leader" } else if me { "follower" } else { "unknown" },
+                "state": if me { "serving" } else if up { "up" } else { "down" },
+                "connections": if me { Some(node.hub.connection_count() as u64) } else { connections.get(id).copied() },
+                "raft_role": raft_role,
             })
         })
         .collect();

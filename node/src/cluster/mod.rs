@@ -65,7 +65,7 @@ pub enum AckPolicy {
 /// How often presence is gossiped even when nothing changed.
 const GOSSIP_EVERY: Duration = Duration::from_secs(1);
 /// A node silent this long counts as gone (its users offline).
-const SILENT_MS: u64 = 3_500;
+pub const SILENT_MS: u64 = 3_500;
 /// Records answered per fetch at most.
 const FETCH_MAX: usize = 1_000;
 
