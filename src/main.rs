@@ -17,8 +17,8 @@ use clap::Subcommand;
 use palaver_node::config::Config;
 use palaver_node::peer::ensure_cluster_certs;
 use palaver_node::peer::load_identity;
-use palaver_node::service::ClusterSettings;
 use palaver_node::raft::PeerNode;
+use palaver_node::service::ClusterSettings;
 use palaver_node::service::Node;
 use palaver_node::service::NodeSettings;
 use palaver_node::storage::EngineKind;
@@ -117,11 +117,18 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     };
     let (settings, listen) = match args.id {
         Some(id) => {
-            let me = config.node(id).with_context(|| format!("node {id} is not in the cluster file's [[node]] list"))?;
+            let me =
+                config.node(id).with_context(|| format!("node {id} is not in the cluster file's [[node]] list"))?;
             let data_dir = args.data_dir.unwrap_or_else(|| config.cluster.data_dir.join(format!("node-{id}")));
             let tls = config.cluster.tls_dir();
-            let identity = load_identity(&tls.join("ca.pem"), &tls.join(format!("node-{id}.pem")), &tls.join(format!("node-{id}.key")))
-                .with_context(|| format!("loading node {id}'s certificate from {} (`palaver certs` makes them)", tls.display()))?;
+            let identity = load_identity(
+                &tls.join("ca.pem"),
+                &tls.join(format!("node-{id}.pem")),
+                &tls.join(format!("node-{id}.key")),
+            )
+            .with_context(|| {
+                format!("loading node {id}'s certificate from {} (`palaver certs` makes them)", tls.display())
+            })?;
             let members: BTreeMap<u64, PeerNode> = config
                 .nodes
                 .iter()

@@ -222,7 +222,11 @@ mod tests {
             Standing::Banned,
             &[(Join, Err(Denied::Forbidden)), (Read, Err(Denied::Forbidden))],
         );
-        check_all(Visibility::Private, Standing::Banned, &[(Join, Err(Denied::Forbidden)), (Read, Err(Denied::NotFound))]);
+        check_all(
+            Visibility::Private,
+            Standing::Banned,
+            &[(Join, Err(Denied::Forbidden)), (Read, Err(Denied::NotFound))],
+        );
     }
 
     #[test]

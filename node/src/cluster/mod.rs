@@ -231,11 +231,7 @@ fn gossip(node: &Arc<Node>, from: u64, g: Gossip) {
 
 impl Cluster {
     /// Binds the transport; the handler reaches the node through `slot`.
-    pub fn new(
-        endpoint: PeerEndpoint,
-        peer_addrs: &BTreeMap<u64, SocketAddr>,
-        self_id: u64,
-    ) -> Self {
+    pub fn new(endpoint: PeerEndpoint, peer_addrs: &BTreeMap<u64, SocketAddr>, self_id: u64) -> Self {
         let peers: Vec<u64> = peer_addrs.keys().copied().filter(|id| *id != self_id).collect();
         endpoint.set_peers(peer_addrs.iter().filter(|(id, _)| **id != self_id).map(|(k, v)| (*k, *v)).collect());
         Self {

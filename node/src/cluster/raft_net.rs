@@ -27,9 +27,9 @@ use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
 use crate::peer::PeerError;
 use crate::raft::PeerNode;
-use crate::raft::types::Snapshot;
 use crate::raft::SnapshotData;
 use crate::raft::TypeConfig;
+use crate::raft::types::Snapshot;
 use crate::raft::types::Vote;
 
 /// Snapshots may take longer than ordinary RPCs.
@@ -62,10 +62,11 @@ fn net_error(e: impl std::fmt::Display) -> NetworkError<TypeConfig> {
 
 impl QuicRaftClient {
     async fn call(&self, call: &RaftCall, timeout: Duration) -> Result<RaftAnswer, RPCError<TypeConfig>> {
-        let bytes = self.endpoint.request(self.target, Channel::Raft, encode(call), timeout).await.map_err(|e| match e {
-            PeerError::Remote(msg) => RPCError::Network(net_error(msg)),
-            other => RPCError::Unreachable(Unreachable::from_string(other.to_string())),
-        })?;
+        let bytes =
+            self.endpoint.request(self.target, Channel::Raft, encode(call), timeout).await.map_err(|e| match e {
+                PeerError::Remote(msg) => RPCError::Network(net_error(msg)),
+                other => RPCError::Unreachable(Unreachable::from_string(other.to_string())),
+            })?;
         decode::<RaftAnswer>(&bytes).map_err(|e| RPCError::Network(net_error(e)))
     }
 }

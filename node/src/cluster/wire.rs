@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use crate::meta::MetaReply;
 use crate::meta::MetaRequest;
-use crate::raft::types::SnapshotMeta;
 use crate::raft::TypeConfig;
+use crate::raft::types::SnapshotMeta;
 use crate::raft::types::Vote;
 use crate::rooms::Appended;
 use crate::rooms::Record;

@@ -10,18 +10,18 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::cluster::wire::ForwardedDelete;
+use crate::cluster::wire::ForwardedSend;
 use crate::cluster::wire::RoomAnswer;
 use crate::cluster::wire::RoomCall;
 use crate::cluster::wire::decode;
 use crate::cluster::wire::encode;
-use crate::peer::Channel;
-use crate::protocol::Code;
-use crate::cluster::wire::ForwardedSend;
 use crate::hub::Event;
 use crate::meta::RoomOp;
+use crate::peer::Channel;
 use crate::permissions::Action;
 use crate::permissions::Role;
 use crate::permissions::Standing;
+use crate::protocol::Code;
 use crate::protocol::Page;
 use crate::protocol::typing_event;
 use crate::rooms::Appended;
@@ -73,7 +73,8 @@ impl Node {
     ) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
         let wait = match &self.cluster {
             Some(cluster) if room.owner != self.id => {
-                let send = ForwardedSend { id: 0, from: s.username.to_string(), room: room.id.to_string(), body, client_id };
+                let send =
+                    ForwardedSend { id: 0, from: s.username.to_string(), room: room.id.to_string(), body, client_id };
                 Wait::Remote(cluster.forwarder.submit(room.owner, send).await?)
             }
             _ => Wait::Local(self.writer.submit_append(room, s.username.to_string(), body, client_id).await?),

@@ -34,27 +34,27 @@ use crate::cluster::NodeSlot;
 use crate::cluster::raft_net::QuicRaftNetwork;
 use crate::cluster::wire::RaftAnswer;
 use crate::cluster::wire::RaftCall;
-use crate::meta::MetaRequest;
-use crate::peer::NodeIdentity;
-use crate::peer::PeerEndpoint;
-use crate::peer::PeerSettings;
-use crate::raft::ConsensusError;
-use crate::rooms::FlushSink;
 use crate::config::Limits;
 use crate::config::Security;
 use crate::hub::Event;
 use crate::hub::Hub;
 use crate::meta::MetaCommand;
 use crate::meta::MetaOk;
+use crate::meta::MetaRequest;
 use crate::meta::MetaState;
 use crate::meta::TokenHash;
+use crate::peer::NodeIdentity;
+use crate::peer::PeerEndpoint;
+use crate::peer::PeerSettings;
 use crate::protocol::MessageView;
 use crate::protocol::to_json;
 use crate::raft::Consensus;
+use crate::raft::ConsensusError;
 use crate::raft::PeerNode;
 use crate::raft::RaftSettings;
 use crate::ratelimit::KeyedLimiter;
 use crate::rooms::CommitAtOnce;
+use crate::rooms::FlushSink;
 use crate::rooms::LogWriter;
 use crate::rooms::Published;
 use crate::rooms::Publisher;
@@ -190,9 +190,8 @@ impl Node {
         let (cluster, flushed) = match &settings.cluster {
             Some(cs) => {
                 let handler = Arc::new(crate::cluster::Handler { node: slot.clone() });
-                let endpoint =
-                    PeerEndpoint::bind(settings.id, cs.bind, &cs.identity, PeerSettings::default(), handler)
-                        .map_err(|e| StartError::Setup(format!("cannot open the peer address {}: {e}", cs.bind)))?;
+                let endpoint = PeerEndpoint::bind(settings.id, cs.bind, &cs.identity, PeerSettings::default(), handler)
+                    .map_err(|e| StartError::Setup(format!("cannot open the peer address {}: {e}", cs.bind)))?;
                 let (sink, rx) = crate::cluster::replicator::sink();
                 (Some((Cluster::new(endpoint, &cs.peers, settings.id), cs.ack)), Some((sink, rx)))
             }
