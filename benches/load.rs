@@ -64,7 +64,7 @@ fn options() -> Result<Options> {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> Result<usize> {
-            args.next().with_context(|| format!("{name} needs a value"))?.parse().with_context(|| format!("{name}"))
+            args.next().with_context(|| format!("{name} needs a value"))?.parse().with_context(|| name.to_string())
         };
         match a.as_str() {
             "--senders" => o.senders = value("--senders")?,
