@@ -70,6 +70,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/dm/{username}", post(http::open_direct))
         .route("/api/poll", get(poll::poll))
         .route("/api/cluster", get(ops::cluster))
+        .route("/api/cluster/members", get(ops::members))
+        .route("/api/cluster/drain", post(ops::drain))
         .route("/ws", get(ws::upgrade))
         .route("/sse", get(sse::stream))
         .route("/healthz", get(ops::healthz))

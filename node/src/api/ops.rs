@@ -14,12 +14,65 @@ use super::extract::Authed;
 use crate::service::ApiError;
 use crate::service::Node;
 
-/// 200 while the node serves: it knows a metadata leader.
+/// 200 while the node serves (it knows a metadata leader); the status says
+/// `draining` when the node should get no new clients.
 pub async fn healthz(State(node): State<Arc<Node>>) -> Response {
     let m = node.consensus.metrics();
-    let body = json!({"status": if m.current_leader.is_some() { "ok" } else { "no_leader" }, "node": node.id});
-    let status = if m.current_leader.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(body)).into_response()
+    let draining = node.meta().draining.contains(&node.id);
+    let (status, text) = match (m.current_leader.is_some(), draining) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+        (true, true) => (StatusCode::OK, "draining"),
+        (true, false) => (StatusCode::OK, "ok"),
+    };
+    (status, axum::Json(json!({"status": text, "node": node.id}))).into_response()
+}
+
+/// The nodes clients may be sent to, for the balancer: no secrets, no auth.
+pub async fn members(State(node): State<Arc<Node>>) -> Response {
+    let m = node.consensus.metrics();
+    let draining = node.meta().draining.clone();
+    let connections = node.cluster.as_ref().map(|c| c.presence.lock().connections()).unwrap_or_default();
+    let list: Vec<_> = m
+        .members
+        .iter()
+        .map(|(id, peer)| {
+            let conns =
+                if *id == node.id { Some(node.hub.connection_count() as u64) } else { connections.get(id).copied() };
+            json!({
+                "id": id,
+                "address": peer.client_addr,
+                "state": if draining.contains(id) { "draining" } else { "serving" },
+                "connections": conns,
+            })
+        })
+        .collect();
+    axum::Json(list).into_response()
+}
+
+/// `{"node","draining"}`.
+#[derive(serde::Deserialize)]
+pub struct DrainRequest {
+    node: u64,
+    draining: bool,
+}
+
+/// Marks a node draining or serving again (admin only).
+pub async fn drain(
+    State(node): State<Arc<Node>>,
+    Authed(s): Authed,
+    super::extract::Json(d): super::extract::Json<DrainRequest>,
+) -> Result<Response, ApiError> {
+    if !node.consensus.metrics().members.contains_key(&d.node) {
+        return Err(ApiError::not_found(format!("node {}", d.node)));
+    }
+    node.propose(crate::meta::MetaCommand::SetDraining {
+        actor: s.username.to_string(),
+        node: d.node,
+        draining: d.draining,
+    })
+    .await?;
+    tracing::info!(node = d.node, draining = d.draining, by = %s.username, "node drain state changed");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Prometheus text format.
@@ -56,7 +109,7 @@ pub async fn cluster(State(node): State<Arc<Node>>, Authed(s): Authed) -> Result
                 "id": id,
                 "address": peer.client_addr,
                 "peer_address": peer.peer_addr,
-                "state": if me { "serving" } else if up { "up" } else { "down" },
+                "state": if node.meta().draining.contains(id) { "draining" } else if me { "serving" } else if up { "up" } else { "down" },
                 "connections": if me { Some(node.hub.connection_count() as u64) } else { connections.get(id).copied() },
                 "raft_role": raft_role,
             })

@@ -44,17 +44,30 @@ pub async fn serve(node: Arc<Node>, owner: u64, mut recv: RecvStream, mut send: 
                 return;
             }
         };
-        let mut acks = Vec::new();
-        for b in batches {
-            if !b.records.is_empty() {
-                acks.push(match store(&node, owner, &b.records).await {
-                    Ok(()) => RoomAck::Stored(b.id),
-                    Err(why) => {
-                        tracing::warn!(owner, batch = b.id, %why, "refusing a replicated batch");
-                        RoomAck::Refused(b.id, why)
+        // One store (one flush) for the whole frame: the owner puts every
+        // batch that queued while the previous frame was in flight into it.
+        let ids: Vec<u64> = batches.iter().filter(|b| !b.records.is_empty()).map(|b| b.id).collect();
+        let records: Vec<Record> = batches.iter().flat_map(|b| b.records.iter().cloned()).collect();
+        let mut acks = Vec::with_capacity(ids.len());
+        if !records.is_empty() {
+            match store(&node, owner, &records).await {
+                Ok(()) => acks.extend(ids.iter().map(|id| RoomAck::Stored(*id))),
+                Err(why) => {
+                    // Find out which batches are at fault, one at a time.
+                    tracing::debug!(owner, %why, "a replicated frame failed whole; storing its batches one by one");
+                    for b in batches.iter().filter(|b| !b.records.is_empty()) {
+                        acks.push(match store(&node, owner, &b.records).await {
+                            Ok(()) => RoomAck::Stored(b.id),
+                            Err(why) => {
+                                tracing::warn!(owner, batch = b.id, %why, "refusing a replicated batch");
+                                RoomAck::Refused(b.id, why)
+                            }
+                        });
                     }
-                });
+                }
             }
+        }
+        for b in batches {
             for (room_key, room, seq) in b.commits {
                 commit(&node, owner, room_key, &room, seq).await;
             }

@@ -272,6 +272,15 @@ pub enum MetaCommand {
         /// What.
         op: RoomOp,
     },
+    /// Mark a node as draining (no new clients) or not.
+    SetDraining {
+        /// Who asks (must be the admin).
+        actor: String,
+        /// Which node.
+        node: NodeId,
+        /// Draining or serving.
+        draining: bool,
+    },
     /// Move a room's log to another node (fencing by epoch).
     AssignRoom {
         /// Which room.
@@ -444,6 +453,8 @@ pub struct MetaState {
     pub rooms: BTreeMap<String, Room>,
     /// The next room log key to hand out.
     pub next_room_key: u64,
+    /// Nodes that take no new clients (the balancer steers new ones away).
+    pub draining: BTreeSet<NodeId>,
 }
 
 /// The id of the direct room between two users.
@@ -577,6 +588,17 @@ impl MetaState {
                 Ok(MetaOk::Room(r))
             }
             MetaCommand::Room { actor, room, op } => self.apply_room(now, actor, room, op, effects),
+            MetaCommand::SetDraining { actor, node, draining } => {
+                if !self.is_admin(actor) {
+                    return Err(MetaError::Forbidden("draining a node is for admins".into()));
+                }
+                if *draining {
+                    self.draining.insert(*node);
+                } else {
+                    self.draining.remove(node);
+                }
+                Ok(MetaOk::Done)
+            }
             MetaCommand::AssignRoom { room, owner_node, epoch } => {
                 let r = self.rooms.get_mut(room).ok_or_else(|| MetaError::NotFound(format!("room {room}")))?;
                 if *epoch <= r.info.epoch {
