@@ -139,6 +139,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 peers: config.nodes.iter().map(|n| (n.id, n.peer)).collect(),
                 identity,
                 ack: config.cluster.ack,
+                failure_timeout_ms: config.cluster.failure_timeout_ms,
             };
             let settings = NodeSettings {
                 id,

@@ -39,6 +39,8 @@ pub struct ClusterSection {
     /// When a send is answered: once a majority of nodes stored it, or once
     /// its room's owner did.
     pub ack: AckPolicy,
+    /// A node silent this long (no gossip) loses its rooms to live nodes.
+    pub failure_timeout_ms: u64,
     /// Where the cluster CA and node certificates are (`ca.pem`,
     /// `node-N.pem`, `node-N.key`); default `<data_dir>/tls`. `palaver up`
     /// and `palaver certs` create them there when absent.
@@ -47,7 +49,13 @@ pub struct ClusterSection {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("data"), storage: EngineKind::Redb, ack: AckPolicy::Majority, tls_dir: None }
+        Self {
+            data_dir: PathBuf::from("data"),
+            storage: EngineKind::Redb,
+            ack: AckPolicy::Majority,
+            failure_timeout_ms: 3_000,
+            tls_dir: None,
+        }
     }
 }
 

@@ -197,6 +197,9 @@ async fn accept(
         if r.info.owner_node != node.id {
             return Err(ApiError::unavailable(format!("room {} moved to node {}; retry", s.room, r.info.owner_node)));
         }
+        if node.cluster.as_ref().is_some_and(|c| c.recovering.contains(r.info.key)) {
+            return Err(ApiError::unavailable(format!("room {} is moving to this node; retry", s.room)));
+        }
         RoomRef { key: r.info.key, id: s.room.as_str().into(), epoch: r.info.epoch, owner: node.id }
     };
     let pending = node.writer.submit_append(room, s.from, s.body, s.client_id).await?;

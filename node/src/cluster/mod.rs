@@ -6,6 +6,7 @@
 //! the types of [`wire`]. The rules for rooms (seq, dedup, committed reads)
 //! stay in [`crate::rooms`]; this module only moves their records.
 
+pub mod failover;
 pub mod forward;
 pub mod inflight;
 pub mod presence;
@@ -62,6 +63,8 @@ pub enum AckPolicy {
     Local,
 }
 
+/// How often an owner re-announces its rooms' committed seqs.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// How often presence is gossiped even when nothing changed.
 const GOSSIP_EVERY: Duration = Duration::from_secs(1);
 /// A node silent this long counts as gone (its users offline).
@@ -79,6 +82,10 @@ pub struct Cluster {
     pub forwarder: forward::Forwarder,
     /// The other nodes' presence.
     pub presence: Mutex<RemotePresence>,
+    /// Rooms this node is recovering as their new owner.
+    pub recovering: failover::Recovering,
+    /// Tells the replicator about commits to announce.
+    pub announce: tokio::sync::mpsc::UnboundedSender<replicator::Input>,
 }
 
 /// The node a handler serves, set once the node is built.
@@ -166,6 +173,10 @@ async fn raft_call(node: &Node, call: RaftCall) -> RaftAnswer {
 
 async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
     match call {
+        RoomCall::Tail { room_key } => match node.log.stored_last(room_key) {
+            Ok(seq) => RoomAnswer::Tail(seq),
+            Err(e) => RoomAnswer::Refused("internal".into(), e.to_string()),
+        },
         RoomCall::Fetch { room_key, room, from, to } => {
             let limit = usize::try_from(to.saturating_sub(from) + 1).unwrap_or(FETCH_MAX).min(FETCH_MAX);
             match node.log.stored_range(room_key, from, to, limit) {
@@ -230,8 +241,13 @@ fn gossip(node: &Arc<Node>, from: u64, g: Gossip) {
 }
 
 impl Cluster {
-    /// Binds the transport; the handler reaches the node through `slot`.
-    pub fn new(endpoint: PeerEndpoint, peer_addrs: &BTreeMap<u64, SocketAddr>, self_id: u64) -> Self {
+    /// Wraps the transport and points it at the other nodes.
+    pub fn new(
+        endpoint: PeerEndpoint,
+        peer_addrs: &BTreeMap<u64, SocketAddr>,
+        self_id: u64,
+        announce: tokio::sync::mpsc::UnboundedSender<replicator::Input>,
+    ) -> Self {
         let peers: Vec<u64> = peer_addrs.keys().copied().filter(|id| *id != self_id).collect();
         endpoint.set_peers(peer_addrs.iter().filter(|(id, _)| **id != self_id).map(|(k, v)| (*k, *v)).collect());
         Self {
@@ -239,6 +255,8 @@ impl Cluster {
             endpoint,
             peers,
             presence: Mutex::new(RemotePresence::default()),
+            recovering: failover::Recovering::default(),
+            announce,
         }
     }
 
@@ -254,6 +272,31 @@ impl Cluster {
                     tracing::debug!(peer, error = %e, "gossip not delivered");
                 }
             });
+        }
+    }
+}
+
+/// Re-announces the committed seq of every room this node owns now and
+/// then, so a replica that missed a notice (it was down, or a frame was
+/// dropped) catches up without waiting for the room's next message.
+pub async fn announce_loop(node: Weak<Node>) {
+    let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let owned: Vec<(u64, String)> = node
+            .meta()
+            .rooms
+            .values()
+            .filter(|r| r.info.owner_node == node.id)
+            .map(|r| (r.info.key, r.info.id.clone()))
+            .collect();
+        let commits: Vec<(u64, String, u64)> = owned
+            .into_iter()
+            .filter_map(|(key, room)| node.log.last_seq(key).ok().filter(|s| *s > 0).map(|s| (key, room, s)))
+            .collect();
+        if !commits.is_empty() {
+            node.announce_commits(commits);
         }
     }
 }

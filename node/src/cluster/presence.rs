@@ -17,6 +17,8 @@ struct Report {
 #[derive(Debug, Default)]
 pub struct RemotePresence {
     nodes: HashMap<u64, Report>,
+    /// When each node was last heard from, kept after it goes silent.
+    heard: HashMap<u64, u64>,
 }
 
 impl RemotePresence {
@@ -32,6 +34,7 @@ impl RemotePresence {
         let touched: Vec<String> = before.symmetric_difference(&after).cloned().collect();
         let was: Vec<bool> = touched.iter().map(|u| self.online(u)).collect();
         self.nodes.insert(node, Report { online: after, connections, heard_ms: now_ms });
+        self.heard.insert(node, now_ms);
         touched.into_iter().zip(was).filter(|(u, was)| self.online(u) != *was).map(|(u, _)| u).collect()
     }
 
@@ -45,10 +48,19 @@ impl RemotePresence {
             .collect();
         let mut changed = Vec::new();
         for id in silent {
+            let heard = self.heard.get(&id).copied();
             changed.extend(self.update(id, Vec::new(), 0, now_ms));
             self.nodes.remove(&id);
+            if let Some(h) = heard {
+                self.heard.insert(id, h);
+            }
         }
         changed
+    }
+
+    /// When `node` was last heard from, if ever.
+    pub fn last_heard(&self, node: u64) -> Option<u64> {
+        self.heard.get(&node).copied()
     }
 
     /// Open connections each node last reported.
@@ -97,6 +109,8 @@ mod tests {
         assert_eq!(p.expire(3_000, 3_000), names(&["ann"]));
         assert!(p.online("bob"));
         assert_eq!(p.alive(3_000, 3_000), vec![3]);
+        assert_eq!(p.last_heard(2), Some(0), "silence does not move the last word");
+        assert_eq!(p.last_heard(9), None);
         assert_eq!(p.connections().get(&3), Some(&1));
     }
 }

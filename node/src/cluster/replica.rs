@@ -121,7 +121,14 @@ async fn store(node: &Arc<Node>, owner: u64, records: &[Record]) -> Result<(), S
 }
 
 /// Fetches records `from..=to` of a room from `owner` and stores them.
-async fn fill(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, from: u64, to: u64) -> Result<(), String> {
+pub(crate) async fn fill(
+    node: &Arc<Node>,
+    owner: u64,
+    room_key: u64,
+    room: &str,
+    from: u64,
+    to: u64,
+) -> Result<(), String> {
     let Some(cluster) = node.cluster.as_ref() else { return Err("not in a cluster".into()) };
     let mut next = from;
     while next <= to {

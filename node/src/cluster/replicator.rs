@@ -25,6 +25,7 @@ use crate::peer::PeerEndpoint;
 use crate::peer::frame;
 use crate::rooms::FlushSink;
 use crate::rooms::FlushedBatch;
+use crate::rooms::LogWriter;
 use crate::rooms::Publisher;
 use crate::rooms::RoomLog;
 use crate::rooms::WriteError;
@@ -46,23 +47,34 @@ pub const STREAM_REPLICATION: u8 = 1;
 /// First frame of a room stream: forwarded sends.
 pub const STREAM_FORWARD: u8 = 2;
 
+/// What the replicator task takes in.
+pub enum Input {
+    /// A batch the log writer made durable here.
+    Flushed(FlushedBatch),
+    /// Committed seqs to tell the replicas about: (room key, room id, seq).
+    Announce(Vec<(u64, String, u64)>),
+}
+
 /// Hands flushed batches to the replicator task.
 pub struct ReplicatingSink {
-    tx: mpsc::UnboundedSender<FlushedBatch>,
+    tx: mpsc::UnboundedSender<Input>,
 }
 
 impl FlushSink for ReplicatingSink {
     fn flushed(&self, batch: FlushedBatch) {
-        if let Err(e) = self.tx.send(batch) {
-            e.0.fail(WriteError::Stopped);
+        if let Err(e) = self.tx.send(Input::Flushed(batch)) {
+            if let Input::Flushed(batch) = e.0 {
+                batch.fail(WriteError::Stopped);
+            }
         }
     }
 }
 
-/// Creates the sink and the receiver the replicator task reads.
-pub fn sink() -> (ReplicatingSink, mpsc::UnboundedReceiver<FlushedBatch>) {
+/// Creates the sink, a sender for announcements, and the receiver the
+/// replicator task reads.
+pub fn sink() -> (ReplicatingSink, mpsc::UnboundedSender<Input>, mpsc::UnboundedReceiver<Input>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (ReplicatingSink { tx }, rx)
+    (ReplicatingSink { tx: tx.clone() }, tx, rx)
 }
 
 /// Runs the owner side until the writer stops.
@@ -71,8 +83,9 @@ pub async fn run(
     peers: Vec<u64>,
     needed: usize,
     log: Arc<RoomLog>,
+    writer: LogWriter,
     publish: Publisher,
-    mut flushed: mpsc::UnboundedReceiver<FlushedBatch>,
+    mut input: mpsc::UnboundedReceiver<Input>,
 ) {
     let (ack_tx, mut acks) = mpsc::unbounded_channel::<(u64, RoomAck)>();
     let mut links: HashMap<u64, mpsc::Sender<RoomBatch>> = HashMap::new();
@@ -85,8 +98,17 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            batch = flushed.recv() => {
-                let Some(batch) = batch else { return };
+            item = input.recv() => {
+                let batch = match item {
+                    None => return,
+                    Some(Input::Flushed(batch)) => batch,
+                    Some(Input::Announce(commits)) => {
+                        for tx in links.values() {
+                            let _ = tx.try_send(RoomBatch { id: 0, records: Vec::new(), commits: commits.clone() });
+                        }
+                        continue;
+                    }
+                };
                 let records = batch.records.clone();
                 let id = inflight.push(batch, now_ms() + ANSWER_WITHIN_MS, records.is_empty());
                 if !records.is_empty() {
@@ -127,6 +149,7 @@ pub async fn run(
             continue;
         }
         let commits: Vec<(u64, String, u64)> = commits.into_iter().map(|(k, (r, s))| (k, r, s)).collect();
+        writer.persist_committed(commits.iter().map(|(k, _, s)| (*k, *s)).collect()).await;
         for tx in links.values() {
             let _ = tx.try_send(RoomBatch { id: 0, records: Vec::new(), commits: commits.clone() });
         }

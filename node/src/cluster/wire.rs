@@ -86,6 +86,11 @@ pub enum RoomAck {
 pub enum RoomCall {
     /// Delete a message's body (answered with the sender's name).
     Delete(ForwardedDelete),
+    /// The last seq this node stores for a room (a new owner recovering it).
+    Tail {
+        /// Room key.
+        room_key: u64,
+    },
     /// Records `from..=to` of a room (a replica filling a gap).
     Fetch {
         /// Room key.
@@ -106,6 +111,8 @@ pub enum RoomAnswer {
     Records(Vec<Record>),
     /// A deletion was done: the message's sender.
     Deleted(String),
+    /// The last seq stored here.
+    Tail(u64),
     /// Refused: protocol code and text.
     Refused(String, String),
 }

@@ -10,6 +10,7 @@ use std::ops::Bound;
 
 use parking_lot::RwLock;
 
+use super::record::COMMITTED;
 use super::record::DEDUP;
 use super::record::MESSAGES;
 use super::record::Message;
@@ -38,14 +39,22 @@ impl RoomLog {
     }
 
     /// The highest committed seq of a room (0 when empty). A room not seen
-    /// since start counts what is stored as committed.
+    /// since start begins at the committed seq last persisted.
     pub fn last_seq(&self, room_key: u64) -> Result<u64, StorageError> {
         if let Some(seq) = self.last.read().get(&room_key) {
             return Ok(*seq);
         }
-        let seq = self.stored_last(room_key)?;
+        let seq = match self.store.get(COMMITTED, &record::room_prefix(room_key))? {
+            Some(v) => record::decode_seq(&v)?,
+            None => 0,
+        };
         self.raise(room_key, seq);
         Ok(seq)
+    }
+
+    /// Every room's committed seq known in memory (for announcing them).
+    pub fn committed_rooms(&self) -> Vec<(u64, u64)> {
+        self.last.read().iter().map(|(k, s)| (*k, *s)).collect()
     }
 
     /// The highest seq stored here, committed or not.

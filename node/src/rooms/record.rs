@@ -10,6 +10,9 @@ use crate::storage::StorageError;
 pub const MESSAGES: &str = "messages";
 /// Tree of idempotency entries: key (room key, sender, client id), value seq.
 pub const DEDUP: &str = "dedup";
+/// Tree of committed seqs: key room key, value seq. Written after the fact,
+/// so it is a lower bound; an owner recovers the rest from its peers.
+pub const COMMITTED: &str = "committed";
 
 /// One message as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,18 @@ impl Sequencer {
         Accept::Next
     }
 
+    /// The last seq known for a room.
+    pub fn last(&self, room_key: u64) -> u64 {
+        self.last.get(&room_key).copied().unwrap_or(0)
+    }
+
+    /// Drops a room's records after `last` (a stale tail being replaced).
+    pub fn truncate(&mut self, room_key: u64, last: u64) {
+        let current = self.last.entry(room_key).or_insert(0);
+        self.before_batch.entry(room_key).or_insert(*current);
+        *current = (*current).min(last);
+    }
+
     /// Undoes this batch's progress in some rooms (a refused replica batch).
     pub fn rollback_rooms(&mut self, rooms: impl Iterator<Item = u64>) {
         for room in rooms {

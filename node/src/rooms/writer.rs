@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use super::log::RoomLog;
+use super::record::COMMITTED;
 use super::record::DEDUP;
 use super::record::MESSAGES;
 use super::record::Message;
@@ -130,6 +131,13 @@ enum Request {
     Purge {
         room_key: u64,
     },
+    Committed {
+        rooms: Vec<(u64, u64)>,
+    },
+    Reload {
+        room_key: u64,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// One message record as the owner wrote it, to be stored as-is by replicas
@@ -163,6 +171,12 @@ pub type Publisher = Arc<dyn Fn(Published) + Send + Sync>;
 pub trait FlushSink: Send + Sync + 'static {
     /// A batch is durable on this node.
     fn flushed(&self, batch: FlushedBatch);
+
+    /// Whether every batch commits as soon as it is flushed (then the
+    /// committed seqs are written in the same batch as the messages).
+    fn commits_at_once(&self) -> bool {
+        false
+    }
 }
 
 /// Commits every batch as soon as it is durable here.
@@ -176,6 +190,10 @@ pub struct CommitAtOnce {
 impl FlushSink for CommitAtOnce {
     fn flushed(&self, batch: FlushedBatch) {
         batch.commit(&self.log, &self.publish);
+    }
+
+    fn commits_at_once(&self) -> bool {
+        true
     }
 }
 
@@ -299,6 +317,22 @@ impl LogWriter {
         answer.await.map_err(|_| WriteError::Stopped)?
     }
 
+    /// Records rooms' committed seqs (written with the next batch).
+    pub async fn persist_committed(&self, rooms: Vec<(u64, u64)>) {
+        // A stopped writer means the node is going down; the committed seqs
+        // are recovered from the peers on the next start.
+        let _ = self.tx.send(Request::Committed { rooms }).await;
+    }
+
+    /// Forgets what the writer knows of a room's seq, so the next write
+    /// reads it from the store again (after this node took the room over).
+    pub async fn reload(&self, room_key: u64) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Request::Reload { room_key, done }).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
     /// Drops a deleted room's messages.
     pub async fn purge(&self, room_key: u64) {
         // A stopped writer means the node is going down; the purge is redone
@@ -396,14 +430,29 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
                     }
                 }
             }
+            Request::Committed { rooms } => {
+                for (room_key, seq) in rooms {
+                    batch.put(COMMITTED, record::room_prefix(room_key).to_vec(), seq.to_be_bytes().to_vec());
+                }
+            }
+            Request::Reload { room_key, done } => {
+                seqs.forget(room_key);
+                let _ = done.send(());
+            }
             Request::Purge { room_key } => {
                 let start = record::room_prefix(room_key).to_vec();
                 let end = Some(record::room_end(room_key).to_vec());
                 batch.delete_range(MESSAGES, start.clone(), end.clone());
                 batch.delete_range(DEDUP, start, end);
+                batch.delete(COMMITTED, record::room_prefix(room_key).to_vec());
                 seqs.forget(room_key);
                 log.forget(room_key);
             }
+        }
+    }
+    if sink.commits_at_once() {
+        for (room_key, (_, seq)) in &raised {
+            batch.put(COMMITTED, record::room_prefix(*room_key).to_vec(), seq.to_be_bytes().to_vec());
         }
     }
     let flushed = FlushedBatch { records, replies: pending, published, raised };
@@ -471,7 +520,24 @@ fn plan_replicated(
             seqs.load(r.room_key, log.stored_last(r.room_key)?);
         }
         if r.new {
-            match seqs.accept(r.room_key, r.seq) {
+            let mut outcome = seqs.accept(r.room_key, r.seq);
+            if outcome == Accept::AlreadyStored && stale_here(log, r)? {
+                // This node kept records an older owner never got a majority
+                // for; the new owner's history replaces them from here on.
+                let last = seqs.last(r.room_key);
+                for stale in log.stored_range(r.room_key, r.seq, last, usize::MAX)? {
+                    batch.delete(DEDUP, record::dedup_key(r.room_key, &stale.stored.from, &stale.stored.client_id));
+                }
+                batch.delete_range(
+                    MESSAGES,
+                    record::message_key(r.room_key, r.seq).to_vec(),
+                    Some(record::room_end(r.room_key).to_vec()),
+                );
+                tracing::warn!(room = %r.room, from = r.seq, to = last, "dropping a stale unanswered tail");
+                seqs.truncate(r.room_key, r.seq - 1);
+                outcome = seqs.accept(r.room_key, r.seq);
+            }
+            match outcome {
                 Accept::Next => planned.push(r),
                 Accept::AlreadyStored => {}
                 Accept::Gap { have } => {
@@ -487,6 +553,15 @@ fn plan_replicated(
         put_record(batch, r.room_key, r.seq, &r.stored, r.new);
     }
     Ok(())
+}
+
+/// Whether the record stored here at `r`'s seq is another message from an
+/// older owner epoch.
+fn stale_here(log: &RoomLog, r: &Record) -> Result<bool, WriteError> {
+    Ok(log.get_stored(r.room_key, r.seq)?.is_some_and(|old| {
+        old.stored.epoch < r.stored.epoch
+            && (old.stored.from != r.stored.from || old.stored.client_id != r.stored.client_id)
+    }))
 }
 
 /// Plans a deletion: the message's sender, and the rewritten record when

@@ -29,7 +29,7 @@ pub(super) async fn run(node: Weak<Node>, mut rx: UnboundedReceiver<Vec<MetaEffe
 }
 
 impl Node {
-    async fn react(&self, effect: MetaEffect) {
+    async fn react(self: &Arc<Self>, effect: MetaEffect) {
         match effect {
             MetaEffect::SessionEnded { token_hash } => {
                 let closed = self.hub.close_token(&token_hash, close::TOKEN_REVOKED);
@@ -60,8 +60,11 @@ impl Node {
                 self.writer.purge(room_key).await;
                 tracing::info!(%room, "room deleted");
             }
-            MetaEffect::RoomAssigned { room, owner_node, epoch, .. } => {
+            MetaEffect::RoomAssigned { room, room_key, owner_node, epoch } => {
                 tracing::info!(%room, owner_node, epoch, "room log owner changed");
+                if owner_node == self.id && self.cluster.is_some() {
+                    tokio::spawn(crate::cluster::failover::recover(self.clone(), room, room_key));
+                }
             }
         }
     }

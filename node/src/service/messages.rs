@@ -72,6 +72,9 @@ impl Node {
         client_id: String,
     ) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
         let wait = match &self.cluster {
+            Some(cluster) if room.owner == self.id && cluster.recovering.contains(room.key) => {
+                return Err(ApiError::unavailable("the room is moving to this node; retry"));
+            }
             Some(cluster) if room.owner != self.id => {
                 let send =
                     ForwardedSend { id: 0, from: s.username.to_string(), room: room.id.to_string(), body, client_id };
@@ -133,7 +136,9 @@ impl Node {
                 match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
                     RoomAnswer::Deleted(sender) => sender,
                     RoomAnswer::Refused(code, message) => return Err(ApiError::new(Code::parse(&code), message)),
-                    RoomAnswer::Records(_) => return Err(ApiError::internal("unexpected answer to a delete")),
+                    RoomAnswer::Records(_) | RoomAnswer::Tail(_) => {
+                        return Err(ApiError::internal("unexpected answer to a delete"));
+                    }
                 }
             }
             _ => self.writer.delete(r, seq, s.username.to_string(), moderator).await?,

@@ -92,6 +92,8 @@ pub struct ClusterSettings {
     pub identity: NodeIdentity,
     /// When sends are answered.
     pub ack: AckPolicy,
+    /// A node silent this long loses its rooms to live nodes.
+    pub failure_timeout_ms: u64,
 }
 
 /// A running node's shared state.
@@ -192,8 +194,8 @@ impl Node {
                 let handler = Arc::new(crate::cluster::Handler { node: slot.clone() });
                 let endpoint = PeerEndpoint::bind(settings.id, cs.bind, &cs.identity, PeerSettings::default(), handler)
                     .map_err(|e| StartError::Setup(format!("cannot open the peer address {}: {e}", cs.bind)))?;
-                let (sink, rx) = crate::cluster::replicator::sink();
-                (Some((Cluster::new(endpoint, &cs.peers, settings.id), cs.ack)), Some((sink, rx)))
+                let (sink, announce, rx) = crate::cluster::replicator::sink();
+                (Some((Cluster::new(endpoint, &cs.peers, settings.id, announce), cs.ack)), Some((sink, rx)))
             }
             None => (None, None),
         };
@@ -226,6 +228,7 @@ impl Node {
             Some((c, ack)) => (Some(c), ack),
             None => (None, AckPolicy::Local),
         };
+        let failure_timeout_ms = settings.cluster.as_ref().map_or(0, |c| c.failure_timeout_ms);
         let node = Arc::new(Node {
             id: settings.id,
             login_by_account: KeyedLimiter::per_minute(limits.login_per_account_per_min),
@@ -253,8 +256,11 @@ impl Node {
             };
             let endpoint = cluster.endpoint.clone();
             let peers = cluster.peers.clone();
-            tokio::spawn(crate::cluster::replicator::run(endpoint, peers, needed, log, publish, rx));
+            let writer = node.writer.clone();
+            tokio::spawn(crate::cluster::replicator::run(endpoint, peers, needed, log, writer, publish, rx));
             tokio::spawn(crate::cluster::gossip_loop(Arc::downgrade(&node)));
+            tokio::spawn(crate::cluster::announce_loop(Arc::downgrade(&node)));
+            tokio::spawn(crate::cluster::failover::watch(Arc::downgrade(&node), failure_timeout_ms));
         }
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
         tokio::spawn(accounts::sweep_expired(Arc::downgrade(&node)));
@@ -262,6 +268,9 @@ impl Node {
             .wait_for_leader(LEADER_WAIT)
             .await
             .map_err(|e| StartError::Consensus(format!("no metadata leader within {LEADER_WAIT:?}: {e}")))?;
+        if node.cluster.is_some() {
+            tokio::spawn(crate::cluster::failover::recover_owned(node.clone()));
+        }
         Ok(node)
     }
 
@@ -312,6 +321,25 @@ impl Node {
             }
         }
         Err(ApiError::unavailable("the metadata leader keeps changing; retry"))
+    }
+
+    /// Marks a room as being recovered by this node (its new owner).
+    pub fn begin_recovery(&self, room_key: u64) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.recovering.begin(room_key))
+    }
+
+    /// Ends a room's recovery.
+    pub fn end_recovery(&self, room_key: u64) {
+        if let Some(c) = &self.cluster {
+            c.recovering.end(room_key);
+        }
+    }
+
+    /// Tells the replicas that rooms are committed up to these seqs.
+    pub fn announce_commits(&self, commits: Vec<(u64, String, u64)>) {
+        if let Some(c) = &self.cluster {
+            let _ = c.announce.send(crate::cluster::replicator::Input::Announce(commits));
+        }
     }
 
     /// Whether a user is connected to any node of the cluster.

@@ -1,0 +1,274 @@
+//! Room ownership when nodes come and go.
+//!
+//! - The Raft leader watches the other nodes' gossip; a node silent longer
+//!   than the failure timeout loses its rooms to live nodes, each with its
+//!   epoch raised (fencing: replicas refuse the old owner's records).
+//! - A node that owns a room, because it just got it or because it just
+//!   started, recovers the room before taking sends: it asks a majority of
+//!   nodes (itself included) for the last seq they store, adopts the highest
+//!   (every answered message is on a majority, so on at least one of them),
+//!   fetches what it lacks, commits up to there and tells its peers.
+//!
+//! [`dead_owners`] and [`recovery_target`] are the pure decisions.
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::Weak;
+use std::time::Duration;
+
+use super::wire::RoomAnswer;
+use super::wire::RoomCall;
+use super::wire::decode;
+use super::wire::encode;
+use crate::clock::now_ms;
+use crate::meta::MetaCommand;
+use crate::peer::Channel;
+use crate::rooms::Published;
+use crate::service::Node;
+
+/// How often the leader looks for dead owners.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How long a tail query may take.
+const TAIL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the other nodes may still answer once a majority did.
+const MAJORITY_GRACE: Duration = Duration::from_millis(100);
+/// Pause between recovery attempts while no majority answers.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Rooms moved per watch round at most (the rest follow next round).
+const MOVES_PER_ROUND: usize = 256;
+
+/// Nodes that count as dead: not this one, and silent (or never heard)
+/// for `timeout_ms` since `since_ms` (when the watcher started).
+pub fn dead_nodes(
+    members: &[u64],
+    me: u64,
+    last_heard: impl Fn(u64) -> Option<u64>,
+    since_ms: u64,
+    now_ms: u64,
+    timeout_ms: u64,
+) -> Vec<u64> {
+    members
+        .iter()
+        .copied()
+        .filter(|id| *id != me)
+        .filter(|id| now_ms.saturating_sub(last_heard(*id).unwrap_or(0).max(since_ms)) >= timeout_ms)
+        .collect()
+}
+
+/// Rooms owned by dead nodes and where each goes: spread over the live
+/// nodes by the room key.
+pub fn dead_owners(
+    rooms: impl Iterator<Item = (String, u64, u64, u64)>,
+    dead: &[u64],
+    live: &[u64],
+) -> Vec<(String, u64, u64)> {
+    if live.is_empty() {
+        return Vec::new();
+    }
+    rooms
+        .filter(|(_, _, owner, _)| dead.contains(owner))
+        .map(|(room, key, _, epoch)| (room, live[(key % live.len() as u64) as usize], epoch + 1))
+        .collect()
+}
+
+/// The seq a recovering owner adopts, given what it stores and what the
+/// peers that answered store; `None` while fewer than a majority answered.
+pub fn recovery_target(mine: u64, answers: &[u64], cluster_size: usize) -> Option<u64> {
+    let answered = answers.len() + 1;
+    (answered > cluster_size / 2).then(|| answers.iter().copied().fold(mine, u64::max))
+}
+
+/// The leader's watch: moves the rooms of dead nodes to live ones.
+pub async fn watch(node: Weak<Node>, timeout_ms: u64) {
+    let started = now_ms();
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(cluster) = &node.cluster else { return };
+        let m = node.consensus.metrics();
+        if m.current_leader != Some(node.id) {
+            continue;
+        }
+        let members: Vec<u64> = m.members.keys().copied().collect();
+        let dead = {
+            let presence = cluster.presence.lock();
+            dead_nodes(&members, node.id, |id| presence.last_heard(id), started, now_ms(), timeout_ms)
+        };
+        if dead.is_empty() {
+            continue;
+        }
+        let live: Vec<u64> = members.iter().copied().filter(|id| !dead.contains(id)).collect();
+        let moves = {
+            let meta = node.meta();
+            let rooms = meta.rooms.values().map(|r| (r.info.id.clone(), r.info.key, r.info.owner_node, r.info.epoch));
+            dead_owners(rooms, &dead, &live)
+        };
+        for (room, owner_node, epoch) in moves.into_iter().take(MOVES_PER_ROUND) {
+            tracing::warn!(%room, owner_node, epoch, ?dead, "moving a room away from a silent node");
+            let cmd = MetaCommand::AssignRoom { room: room.clone(), owner_node, epoch };
+            if let Err(e) = node.propose(cmd).await {
+                tracing::info!(%room, error = %e.message, "room move not applied (yet)");
+            }
+        }
+    }
+}
+
+/// Recovers every room this node owns (at start).
+pub async fn recover_owned(node: Arc<Node>) {
+    let owned: Vec<(String, u64)> = {
+        let meta = node.meta();
+        meta.rooms.values().filter(|r| r.info.owner_node == node.id).map(|r| (r.info.id.clone(), r.info.key)).collect()
+    };
+    for (room, key) in owned {
+        recover(node.clone(), room, key).await;
+    }
+}
+
+/// Recovers one room this node now owns; sends to it wait (unavailable)
+/// until this is done.
+pub async fn recover(node: Arc<Node>, room: String, room_key: u64) {
+    if !node.begin_recovery(room_key) {
+        return;
+    }
+    let started = now_ms();
+    loop {
+        let still_owner = node.meta().rooms.get(&room).is_some_and(|r| r.info.owner_node == node.id);
+        if !still_owner {
+            break;
+        }
+        match try_recover(&node, &room, room_key).await {
+            Ok(seq) => {
+                tracing::info!(%room, seq, took_ms = now_ms() - started, "room recovered; taking sends");
+                break;
+            }
+            Err(why) => {
+                tracing::info!(%room, %why, "room recovery waiting for a majority");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+    node.end_recovery(room_key);
+}
+
+async fn try_recover(node: &Arc<Node>, room: &str, room_key: u64) -> Result<u64, String> {
+    let Some(cluster) = &node.cluster else { return Err("not in a cluster".into()) };
+    let mine = node.log.stored_last(room_key).map_err(|e| e.to_string())?;
+    let mut answers: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut asks: futures_util::stream::FuturesUnordered<_> = cluster
+        .peers
+        .iter()
+        .map(|peer| {
+            let endpoint = cluster.endpoint.clone();
+            let call = encode(&RoomCall::Tail { room_key });
+            let peer = *peer;
+            async move { (peer, endpoint.request(peer, Channel::Rooms, call, TAIL_TIMEOUT).await) }
+        })
+        .collect();
+    let size = cluster.peers.len() + 1;
+    // Once a majority answered, the rest get a moment more, not the timeout:
+    // a dead node must not slow the takeover.
+    let mut grace: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace {
+            Some(until) => match tokio::time::timeout_at(until, futures_util::StreamExt::next(&mut asks)).await {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            None => futures_util::StreamExt::next(&mut asks).await,
+        };
+        let Some((peer, answer)) = next else { break };
+        if let Ok(bytes) = answer
+            && let Ok(RoomAnswer::Tail(seq)) = decode::<RoomAnswer>(&bytes)
+        {
+            answers.insert(peer, seq);
+        }
+        if grace.is_none() && answers.len() + 1 > size / 2 {
+            grace = Some(tokio::time::Instant::now() + MAJORITY_GRACE);
+        }
+    }
+    let seqs: Vec<u64> = answers.values().copied().collect();
+    let target = recovery_target(mine, &seqs, cluster.peers.len() + 1)
+        .ok_or_else(|| format!("{} of {} nodes answered", seqs.len() + 1, cluster.peers.len() + 1))?;
+    if target > mine {
+        let (holder, _) = answers.iter().max_by_key(|(_, s)| **s).ok_or("no holder")?;
+        super::replica::fill(node, *holder, room_key, room, mine + 1, target).await?;
+    }
+    node.writer.reload(room_key).await;
+    let old = node.log.last_seq(room_key).map_err(|e| e.to_string())?;
+    if target > old {
+        node.log.raise(room_key, target);
+        let room_id: Arc<str> = room.into();
+        for message in node.log.between(room_key, old + 1, target).map_err(|e| e.to_string())? {
+            node.publish(Published::Message { room: room_id.clone(), room_key, message });
+        }
+    }
+    node.writer.persist_committed(vec![(room_key, target)]).await;
+    node.announce_commits(vec![(room_key, room.to_string(), target)]);
+    Ok(target)
+}
+
+/// The rooms being recovered on this node.
+#[derive(Debug, Default)]
+pub struct Recovering {
+    rooms: parking_lot::Mutex<HashSet<u64>>,
+}
+
+impl Recovering {
+    /// Marks a room; false if it was already being recovered.
+    pub fn begin(&self, room_key: u64) -> bool {
+        self.rooms.lock().insert(room_key)
+    }
+
+    /// Unmarks a room.
+    pub fn end(&self, room_key: u64) {
+        self.rooms.lock().remove(&room_key);
+    }
+
+    /// Whether a room is being recovered.
+    pub fn contains(&self, room_key: u64) -> bool {
+        self.rooms.lock().contains(&room_key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_dead_after_the_timeout_of_silence() {
+        let heard = |id: u64| match id {
+            2 => Some(10_000),
+            3 => Some(6_000),
+            _ => None,
+        };
+        assert_eq!(dead_nodes(&[1, 2, 3, 4], 1, heard, 0, 10_500, 3_000), vec![3, 4]);
+        // A watcher that just started gives everyone the full timeout.
+        assert_eq!(dead_nodes(&[1, 2, 3, 4], 1, heard, 9_000, 10_500, 3_000), Vec::<u64>::new());
+        assert_eq!(dead_nodes(&[1], 1, heard, 0, 99_000, 3_000), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn rooms_of_dead_nodes_move_to_live_ones_with_a_new_epoch() {
+        let rooms = vec![
+            ("a".to_string(), 10, 2, 1),
+            ("b".to_string(), 11, 1, 4),
+            ("c".to_string(), 12, 2, 7),
+            ("d".to_string(), 13, 3, 1),
+        ];
+        let moves = dead_owners(rooms.into_iter(), &[2], &[1, 3]);
+        assert_eq!(moves, vec![("a".to_string(), 1, 2), ("c".to_string(), 1, 8)]);
+        assert!(dead_owners(vec![("a".to_string(), 1, 2, 1)].into_iter(), &[2], &[]).is_empty());
+    }
+
+    #[test]
+    fn recovery_adopts_the_highest_seq_of_a_majority() {
+        assert_eq!(recovery_target(5, &[7], 3), Some(7));
+        assert_eq!(recovery_target(9, &[7, 3], 3), Some(9));
+        assert_eq!(recovery_target(5, &[], 3), None);
+        assert_eq!(recovery_target(5, &[], 1), Some(5));
+        assert_eq!(recovery_target(5, &[6], 5), None);
+        assert_eq!(recovery_target(5, &[6, 8], 5), Some(8));
+    }
+}
