@@ -43,6 +43,21 @@ enum Command {
     /// Create the cluster CA and one certificate per node of the cluster
     /// file in its tls_dir (existing files are kept).
     Certs(UpArgs),
+    /// Run the balancer: one public address in front of the cluster's nodes
+    /// (the `[balancer]` section and `[[node]]` list of the cluster file).
+    Balancer(BalancerArgs),
+}
+
+#[derive(clap::Args)]
+struct BalancerArgs {
+    /// Cluster file.
+    #[arg(long, value_name = "FILE", default_value = "cluster.example.toml")]
+    config: PathBuf,
+    /// How to pick a node for each new client connection: round-robin,
+    /// weighted (smooth weighted round-robin by the nodes' `weight`) or
+    /// least-connections (default: the file's `[balancer] strategy`).
+    #[arg(long, value_name = "STRATEGY")]
+    strategy: Option<palaver_balancer::Strategy>,
 }
 
 #[derive(clap::Args)]
@@ -100,6 +115,7 @@ fn main() -> Result<()> {
                 up::run(&args.config).await
             }
             Command::Certs(args) => make_certs(&args.config),
+            Command::Balancer(args) => run_balancer(args).await,
         }
     })
 }
@@ -170,6 +186,20 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         }
     };
     serve(settings, listen, args.exit_with_parent).await
+}
+
+async fn run_balancer(args: BalancerArgs) -> Result<()> {
+    let settings = palaver_balancer::BalancerSettings::load(&args.config, args.strategy)
+        .with_context(|| format!("reading the balancer settings from {}", args.config.display()))?;
+    let (public, admin) = palaver_balancer::bind(&settings).await.context("opening the balancer's addresses")?;
+    println!(
+        "palaver balancer ready: http://{} (admin http://{}), strategy {}",
+        public.local_addr()?,
+        admin.local_addr()?,
+        settings.strategy
+    );
+    palaver_balancer::run(settings, public, admin, shutdown_signal()).await.context("balancer")?;
+    Ok(())
 }
 
 fn make_certs(config_path: &Path) -> Result<()> {

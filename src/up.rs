@@ -3,8 +3,9 @@
 //! Each node is this same executable re-run as `palaver node --config FILE
 //! --id N`, so what runs locally is exactly what runs in a deployment. The
 //! launcher streams every node's output with a `[node N]` prefix, waits until
-//! each node is healthy and the cluster has a leader, prints where to
-//! connect, and on Ctrl-C stops the nodes (SIGTERM, then SIGKILL after a grace
+//! each node is healthy and the cluster has a leader, starts the balancer (in
+//! this process) on the public address, prints where to connect, and on
+//! Ctrl-C stops the balancer and then the nodes (SIGTERM, then SIGKILL after a grace
 //! period). Nodes exit on their own if the launcher dies: their stdin is a
 //! pipe from it, and `--exit-with-parent` makes them stop when it closes.
 
@@ -70,10 +71,22 @@ pub async fn run(config_path: &Path) -> Result<()> {
             return Ok(());
         }
     }
+    let balancer = match start_balancer(config_path).await {
+        Ok(b) => b,
+        Err(e) => {
+            stop(&mut nodes).await;
+            return Err(e);
+        }
+    };
     println!();
     println!("Palaver is up: {} node(s), data in {}", nodes.len(), config.cluster.data_dir.display());
+    println!(
+        "  clients connect to http://{}  (WebSocket ws://{}/ws), balanced {}",
+        balancer.public, balancer.public, balancer.strategy
+    );
+    println!("  balancer admin: http://{}/balancer/nodes", balancer.admin);
     for n in &config.nodes {
-        println!("  node {}: http://{}  (WebSocket ws://{}/ws)", n.id, n.client, n.client);
+        println!("  node {}: http://{}", n.id, n.client);
     }
     println!("Ctrl-C stops the cluster.");
     println!();
@@ -91,8 +104,38 @@ pub async fn run(config_path: &Path) -> Result<()> {
         }
     }
     println!("palaver up: stopping");
+    let _ = balancer.stop.send(());
+    let _ = balancer.task.await;
     stop(&mut nodes).await;
     Ok(())
+}
+
+/// The balancer running inside the launcher.
+struct Balancer {
+    public: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    strategy: palaver_balancer::Strategy,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the balancer of the cluster file in this process.
+async fn start_balancer(config_path: &Path) -> Result<Balancer> {
+    let settings = palaver_balancer::BalancerSettings::load(config_path, None)
+        .with_context(|| format!("reading the balancer settings from {}", config_path.display()))?;
+    let (public, admin) = palaver_balancer::bind(&settings).await.context("opening the balancer's addresses")?;
+    let (public_addr, admin_addr) = (public.local_addr()?, admin.local_addr()?);
+    let strategy = settings.strategy;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = palaver_balancer::run(settings, public, admin, shutdown).await {
+            eprintln!("palaver up: the balancer stopped: {e}");
+        }
+    });
+    Ok(Balancer { public: public_addr, admin: admin_addr, strategy, stop, task })
 }
 
 /// Copies a node's stdout and stderr to ours, line by line, with a prefix.

@@ -1,0 +1,274 @@
+//! The running balancer: the accept loop on the public address, one task
+//! per client connection (sniff, pick, connect with retry, relay), the
+//! health supervisor, the admin server, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin;
+use crate::assign;
+use crate::assign::FirstBytes;
+use crate::assign::Sniffed;
+use crate::config::BalancerSettings;
+use crate::config::ConfigError;
+use crate::health::Thresholds;
+use crate::health::Transition;
+use crate::meters::Meters;
+use crate::monitor;
+use crate::relay;
+use crate::relay::End;
+use crate::table::Pick;
+use crate::table::Purpose;
+use crate::table::Table;
+
+/// Why the balancer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BalancerError {
+    /// The settings are inconsistent.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// There is no node to send clients to, nor one to learn nodes from.
+    #[error("no nodes: the cluster file lists no [[node]]")]
+    NoNodes,
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the public and the admin address of `settings`.
+pub async fn bind(settings: &BalancerSettings) -> Result<(TcpListener, TcpListener), BalancerError> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| BalancerError::Bind { addr, source })
+    };
+    Ok((bind(settings.listen).await?, bind(settings.admin).await?))
+}
+
+/// State every task of one balancer shares.
+pub struct Shared {
+    /// The settings it runs with.
+    pub settings: BalancerSettings,
+    /// Nodes, health, counts and the strategy.
+    pub table: Mutex<Table>,
+    /// Metrics.
+    pub meters: Meters,
+}
+
+/// Runs a balancer on bound listeners until `shutdown` resolves; then stops
+/// accepting, lets relayed connections finish for up to `settings.grace`,
+/// closes what is left and returns.
+pub async fn run(
+    settings: BalancerSettings,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BalancerError> {
+    settings.validate()?;
+    if settings.nodes.is_empty() {
+        return Err(BalancerError::NoNodes);
+    }
+    let thresholds = Thresholds { down_after: settings.down_after, up_after: settings.up_after };
+    let table = Table::new(&settings.nodes, settings.strategy, thresholds);
+    let shared = Arc::new(Shared { table: Mutex::new(table), meters: Meters::new(), settings });
+    let local = listener.local_addr().ok();
+    tracing::info!(
+        listen = ?local,
+        admin = ?admin.local_addr().ok(),
+        strategy = %shared.settings.strategy,
+        nodes = shared.settings.nodes.len(),
+        "balancer running"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (close_tx, close_rx) = watch::channel(false);
+    let mut background = JoinSet::new();
+    background.spawn(monitor::supervise(shared.clone(), stop_rx));
+    background.spawn(admin::serve(admin, shared.clone()));
+
+    let limit = Arc::new(Semaphore::new(shared.settings.max_connections));
+    let mut conns = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    shared.meters.accepted.increment(1);
+                    match limit.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            conns.spawn(client(shared.clone(), stream, permit, close_rx.clone()));
+                        }
+                        Err(_) => {
+                            shared.meters.refused_full.increment(1);
+                            drop(stream);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a connection task failed");
+                }
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let open = conns.len();
+    tracing::info!(open, grace = ?shared.settings.grace, "balancer stopping: no new connections");
+    let finished = tokio::time::timeout(shared.settings.grace, async { while conns.join_next().await.is_some() {} });
+    if finished.await.is_err() {
+        let left = conns.len();
+        tracing::info!(left, "grace over: closing the remaining connections");
+        shared.meters.grace_closed.increment(left as u64);
+        let _ = close_tx.send(true);
+        // Each task ends at the signal; the bound only guards a stuck one.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), async { while conns.join_next().await.is_some() {} }).await;
+        conns.abort_all();
+    }
+    background.abort_all();
+    tracing::info!("balancer stopped");
+    Ok(())
+}
+
+/// One client connection, from accept to close.
+async fn client(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    mut close: watch::Receiver<bool>,
+) {
+    shared.meters.open.increment(1.0);
+    tokio::select! {
+        () = serve(&shared, &mut stream) => {}
+        _ = close.wait_for(|c| *c) => {}
+    }
+    shared.meters.open.decrement(1.0);
+}
+
+async fn serve(shared: &Shared, stream: &mut TcpStream) {
+    let settings = &shared.settings;
+    let _ = stream.set_nodelay(true);
+    let first = match assign::sniff(stream, settings.connect_timeout).await {
+        Ok(FirstBytes::Closed) | Err(_) => return,
+        Ok(FirstBytes::Decided(first)) => first,
+    };
+    if first.sniffed == Sniffed::Assign {
+        let pick = shared.table.lock().pick(Purpose::Assign, &[]);
+        shared.meters.assigns.increment(1);
+        let answer = assign::response(pick.map(|p| (p.id, p.addr)));
+        let _ = assign::answer(stream, &answer, settings.connect_timeout).await;
+        return;
+    }
+    let mut tried: Vec<u64> = Vec::new();
+    loop {
+        let Some(pick) = shared.table.lock().pick(Purpose::Relay, &tried) else {
+            shared.meters.refused_no_node.increment(1);
+            tracing::debug!(tried = ?tried, "no node for a client");
+            if first.http {
+                let _ = assign::answer(stream, &assign::response(None), settings.connect_timeout).await;
+            }
+            return;
+        };
+        let lease = Lease { shared, pick, armed: true };
+        match connect(pick.addr, settings.connect_timeout).await {
+            Ok(mut node) => {
+                shared.table.lock().connected(&pick);
+                match relay::relay(stream, &mut node, settings.idle_timeout).await {
+                    End::Idle => shared.meters.idle_closed.increment(1),
+                    End::Closed => {}
+                    End::Failed(e) => tracing::trace!(node = pick.id, error = %e, "relayed connection failed"),
+                }
+                drop(lease);
+                return;
+            }
+            Err(e) => {
+                lease.failed(e);
+                tried.push(pick.id);
+                shared.meters.retries.increment(1);
+            }
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no connect within {timeout:?}")))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A relay pick's claim on its node's active count, given back on drop
+/// (also when the task is aborted at shutdown).
+struct Lease<'a> {
+    shared: &'a Shared,
+    pick: Pick,
+    armed: bool,
+}
+
+impl Lease<'_> {
+    /// The connect failed: the node becomes suspect instead.
+    fn failed(mut self, error: std::io::Error) {
+        self.armed = false;
+        let flip = self.shared.table.lock().connect_failed(&self.pick, format!("connect: {error}"));
+        let (node, addr) = (self.pick.id, self.pick.addr);
+        match flip {
+            Some(Transition::WentDown) => tracing::warn!(node, %addr, %error, "node down (connects fail)"),
+            _ => tracing::info!(node, %addr, %error, "connect failed; node suspect, client retried elsewhere"),
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.table.lock().release(self.pick.id, self.pick.generation);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backend;
+
+    /// What one idle relayed connection costs in task state; the sockets'
+    /// kernel buffers are not the process's memory.
+    #[tokio::test]
+    async fn a_client_task_is_small() {
+        let settings = BalancerSettings {
+            nodes: vec![Backend { id: 1, addr: SocketAddr::from(([127, 0, 0, 1], 1)), weight: 1 }],
+            ..BalancerSettings::default()
+        };
+        let table = Table::new(&settings.nodes, settings.strategy, Thresholds { down_after: 1, up_after: 1 });
+        let shared = Arc::new(Shared { table: Mutex::new(table), meters: Meters::new(), settings });
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let stream = TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("permit");
+        let (_tx, rx) = watch::channel(false);
+        let task = client(shared, stream, permit, rx);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("client task future: {size} bytes");
+        assert!(size <= 2048, "a client task takes {size} bytes before any buffer");
+    }
+}
