@@ -13,6 +13,9 @@
 //!   sender; deliveries/s and end-to-end latency.
 //! - `connections`: `--conns` idle authenticated WebSockets, each subscribed
 //!   to one room; the node's RSS per connection.
+//! - `relay`: one node behind the balancer: answered sends/s and latency with
+//!   `--senders` senders direct and through the balancer, then `--conns`
+//!   idle connections through it and the balancer's RSS per connection.
 //! - `cluster`: a three-node cluster; delivery latency at `--rate` msg/s to a
 //!   receiver on the sender's node and on the other nodes, then answered
 //!   sends/s with majority acks for 1 room and for 100 rooms (`--senders`
@@ -153,6 +156,22 @@ impl NodeProcess {
         Ok(Self { child, addr, _dir: dir })
     }
 
+    /// Starts a balancer in front of one node.
+    fn start_balancer(node_addr: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("balancer.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[balancer]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndiscover = false\n\
+                 [[node]]\nid = 1\nclient = \"{node_addr}\"\npeer = \"127.0.0.1:9\"\n"
+            ),
+        )?;
+        let args = ["balancer".as_ref(), "--config".as_ref(), config.as_os_str()];
+        let (child, addr) = spawn_node(&args)?;
+        Ok(Self { child, addr, _dir: dir })
+    }
+
     /// Starts an `n`-node cluster; the first process keeps the folder alive.
     fn start_cluster(n: u64) -> Result<Vec<Self>> {
         let dir = tempfile::tempdir()?;
@@ -277,9 +296,17 @@ struct Row {
     unit: &'static str,
 }
 
-async fn sends(node: &NodeProcess, api: &Arc<Api>, senders: usize, secs: u64, rows: &mut Vec<Row>) -> Result<()> {
-    let tokens = api.users(&format!("s{senders}x"), senders).await?;
-    let room = format!("sends{senders}");
+async fn sends(
+    target: &str,
+    label: &str,
+    api: &Arc<Api>,
+    senders: usize,
+    secs: u64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let tag = label.replace(|c: char| !c.is_ascii_alphanumeric(), "").to_lowercase();
+    let tokens = api.users(&format!("s{senders}{tag}x"), senders).await?;
+    let room = format!("sends{senders}{tag}");
     api.post("/api/rooms", Some(&tokens[0]), json!({"room": room, "visibility": "public"})).await?;
     for t in &tokens[1..] {
         api.post(&format!("/api/rooms/{room}/join"), Some(t), json!({})).await?;
@@ -287,7 +314,7 @@ async fn sends(node: &NodeProcess, api: &Arc<Api>, senders: usize, secs: u64, ro
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
-        let mut ws = connect(&node.addr, token).await?;
+        let mut ws = connect(target, token).await?;
         let room = room.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3)?;
@@ -308,7 +335,7 @@ async fn sends(node: &NodeProcess, api: &Arc<Api>, senders: usize, secs: u64, ro
         all.add(t.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let name = format!("sends, {senders} sender(s)");
+    let name = format!("sends{label}, {senders} sender(s)");
     rows.push(Row {
         scenario: name.clone(),
         figure: "answered sends/s".into(),
@@ -430,38 +457,36 @@ async fn fanout(
     Ok(())
 }
 
-async fn connections(node: &NodeProcess, api: &Arc<Api>, conns: usize, rows: &mut Vec<Row>) -> Result<()> {
-    let tokens = api.users("c", 1).await?;
-    api.post("/api/rooms", Some(&tokens[0]), json!({"room": "idle", "visibility": "public"})).await?;
+async fn connections(
+    target: &str,
+    measured: &NodeProcess,
+    label: &str,
+    api: &Arc<Api>,
+    conns: usize,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let tokens = api.users(&format!("c{}", label.len()), 1).await?;
+    let room = format!("idle{}", label.len());
+    let _ = api.post("/api/rooms", Some(&tokens[0]), json!({"room": room, "visibility": "public"})).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = node.rss_kib()?;
+    let before = measured.rss_kib()?;
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(conns);
     let mut connect_times = Histogram::<u64>::new(3)?;
     for _ in 0..conns {
         let t = Instant::now();
-        let mut ws = connect(&node.addr, &tokens[0]).await?;
-        call(&mut ws, json!({"type": "subscribe", "id": 1, "room": "idle"})).await?;
+        let mut ws = connect(target, &tokens[0]).await?;
+        call(&mut ws, json!({"type": "subscribe", "id": 1, "room": room})).await?;
         connect_times.record(t.elapsed().as_micros() as u64)?;
         sockets.push(ws);
     }
     let ramp = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = node.rss_kib()?;
+    let after = measured.rss_kib()?;
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / conns as f64;
-    let name = format!("connections, {conns} idle");
-    rows.push(Row {
-        scenario: name.clone(),
-        figure: "node RSS per connection".into(),
-        value: per / 1024.0,
-        unit: "KiB",
-    });
-    rows.push(Row {
-        scenario: name.clone(),
-        figure: "node RSS total".into(),
-        value: after as f64 / 1024.0,
-        unit: "MiB",
-    });
+    let name = format!("connections{label}, {conns} idle");
+    rows.push(Row { scenario: name.clone(), figure: "RSS per connection".into(), value: per / 1024.0, unit: "KiB" });
+    rows.push(Row { scenario: name.clone(), figure: "RSS total".into(), value: after as f64 / 1024.0, unit: "MiB" });
     rows.push(Row {
         scenario: name.clone(),
         figure: "connect+subscribe p50".into(),
@@ -646,12 +671,19 @@ fn main() -> Result<()> {
             eprintln!("running {s} (load average before: {})", machine_load());
             match s {
                 "sends" => {
-                    sends(&node, &api, 1, o.secs, &mut rows).await?;
-                    sends(&node, &api, o.senders, o.secs, &mut rows).await?;
+                    sends(&node.addr, "", &api, 1, o.secs, &mut rows).await?;
+                    sends(&node.addr, "", &api, o.senders, o.secs, &mut rows).await?;
+                }
+                "relay" => {
+                    let balancer = NodeProcess::start_balancer(&node.addr)?;
+                    sends(&node.addr, " direct", &api, o.senders, o.secs, &mut rows).await?;
+                    sends(&balancer.addr, " via balancer", &api, o.senders, o.secs, &mut rows).await?;
+                    connections(&balancer.addr, &balancer, " via balancer (balancer RSS)", &api, o.conns, &mut rows)
+                        .await?;
                 }
                 "fanout" => fanout(&node, &api, o.members, o.users, o.secs, &mut rows).await?,
-                "connections" => connections(&node, &api, o.conns, &mut rows).await?,
-                other => bail!("unknown scenario {other}: sends, fanout, connections, cluster or all"),
+                "connections" => connections(&node.addr, &node, " (node RSS)", &api, o.conns, &mut rows).await?,
+                other => bail!("unknown scenario {other}: sends, fanout, connections, relay, cluster or all"),
             }
         }
         anyhow::Ok(())

@@ -93,6 +93,9 @@ struct UpArgs {
     config: PathBuf,
 }
 
+/// How long a stopping node may spend handing its rooms over.
+const HAND_OVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The address clients use when nothing else is said (PROTOCOL.md).
 const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
 
@@ -221,11 +224,15 @@ async fn serve(mut settings: NodeSettings, listen: SocketAddr, exit_with_parent:
     tracing::info!(id, %addr, data = %settings.data_dir.display(), storage = %settings.storage, "starting node");
     let node = Node::start(settings).await.with_context(|| format!("node {id} failed to start"))?;
     println!("palaver node {id} ready: http://{addr} (WebSocket ws://{addr}/ws)");
+    let handing = node.clone();
     let stop = async move {
         tokio::select! {
             _ = shutdown_signal() => {}
             _ = parent_gone(exit_with_parent) => tracing::info!("launcher went away"),
         }
+        // A planned stop loses no message and gives no client an error: the
+        // rooms move first, then clients are told to reconnect (1012).
+        palaver_node::cluster::failover::hand_over(&handing, HAND_OVER_WITHIN).await;
     };
     palaver_node::api::serve(listener, node.clone(), stop).await;
     node.shutdown().await;

@@ -448,7 +448,12 @@ pub fn free_node_specs(ids: &[u64]) -> Result<Vec<NodeSpec>> {
 
 /// The text of a cluster file: `[cluster]`, the `[[node]]` list, then the
 /// `[limits]` and `[security]` of `config`.
-pub fn cluster_toml(data_dir: &std::path::Path, tls_dir: &std::path::Path, nodes: &[NodeSpec], config: &Config) -> String {
+pub fn cluster_toml(
+    data_dir: &std::path::Path,
+    tls_dir: &std::path::Path,
+    nodes: &[NodeSpec],
+    config: &Config,
+) -> String {
     let mut text = format!(
         "[cluster]\ndata_dir = {:?}\ntls_dir = {:?}\nack = \"majority\"\n\n",
         data_dir.display().to_string(),

@@ -209,6 +209,46 @@ async fn try_recover(node: &Arc<Node>, room: &str, room_key: u64) -> Result<u64,
     Ok(target)
 }
 
+/// Before a planned stop: hands this node's rooms to live peers (each with a
+/// new epoch, so the new owners recover them from the nodes still up) and
+/// passes on Raft leadership, so the cluster takes no failure timeout.
+/// Bounded by `within`.
+pub async fn hand_over(node: &Arc<Node>, within: Duration) {
+    let Some(cluster) = &node.cluster else { return };
+    let work = async {
+        let live = cluster.presence.lock().alive(now_ms(), super::SILENT_MS);
+        if live.is_empty() {
+            tracing::warn!("no live peer to hand the rooms to; they move after the failure timeout");
+            return;
+        }
+        let moves: Vec<(String, u64, u64)> = {
+            let meta = node.meta();
+            meta.rooms
+                .values()
+                .filter(|r| r.info.owner_node == node.id)
+                .map(|r| (r.info.id.clone(), live[(r.info.key % live.len() as u64) as usize], r.info.epoch + 1))
+                .collect()
+        };
+        let count = moves.len();
+        for (room, owner_node, epoch) in moves {
+            if let Err(e) = node.propose(MetaCommand::AssignRoom { room: room.clone(), owner_node, epoch }).await {
+                tracing::warn!(%room, error = %e.message, "room not handed over");
+            }
+        }
+        tracing::info!(rooms = count, to = ?live, "rooms handed over before stopping");
+        if node.consensus.metrics().current_leader == Some(node.id) {
+            if let Err(e) = node.consensus.raft().trigger().transfer_leader(live[0]).await {
+                tracing::warn!(error = %e, "Raft leadership not passed on");
+            } else {
+                let _ = node.consensus.wait_for_leader(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    if tokio::time::timeout(within, work).await.is_err() {
+        tracing::warn!("hand-over took too long; stopping anyway");
+    }
+}
+
 /// The rooms being recovered on this node.
 #[derive(Debug, Default)]
 pub struct Recovering {

@@ -27,6 +27,8 @@ use crate::service::Node;
 
 /// Sends queued per owner before callers wait.
 const QUEUE: usize = 4_096;
+/// How long an owner waits to catch up with a forwarding node's metadata.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 /// Sends written in one frame at most.
 const FRAME_SENDS: usize = 256;
 
@@ -191,17 +193,32 @@ async fn accept(
     node: &Arc<Node>,
     s: ForwardedSend,
 ) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
-    let room = {
-        let meta = node.meta();
-        let r = meta.rooms.get(&s.room).ok_or_else(|| ApiError::not_found(format!("room {}", s.room)))?;
-        if r.info.owner_node != node.id {
-            return Err(ApiError::unavailable(format!("room {} moved to node {}; retry", s.room, r.info.owner_node)));
-        }
-        if node.cluster.as_ref().is_some_and(|c| c.recovering.contains(r.info.key)) {
-            return Err(ApiError::unavailable(format!("room {} is moving to this node; retry", s.room)));
-        }
-        RoomRef { key: r.info.key, id: s.room.as_str().into(), epoch: r.info.epoch, owner: node.id }
-    };
+    let room = owned_room(node, &s.room, s.applied).await?;
     let pending = node.writer.submit_append(room, s.from, s.body, s.client_id).await?;
     Ok(async move { Ok(pending.await?) })
+}
+
+/// The room as this node owns it. A node that does not see the room (or
+/// itself as its owner) yet first catches up with the metadata the
+/// forwarding node had applied.
+pub(super) async fn owned_room(node: &Arc<Node>, room: &str, applied: u64) -> Result<RoomRef, ApiError> {
+    let lookup = || -> Result<RoomRef, ApiError> {
+        let meta = node.meta();
+        let r = meta.rooms.get(room).ok_or_else(|| ApiError::not_found(format!("room {room}")))?;
+        if r.info.owner_node != node.id {
+            return Err(ApiError::unavailable(format!("room {room} moved to node {}; retry", r.info.owner_node)));
+        }
+        if node.cluster.as_ref().is_some_and(|c| c.recovering.contains(r.info.key)) {
+            return Err(ApiError::unavailable(format!("room {room} is moving to this node; retry")));
+        }
+        Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: node.id })
+    };
+    match lookup() {
+        Ok(r) => Ok(r),
+        Err(e) if e.code == Code::Unavailable && e.message.contains("moving") => Err(e),
+        Err(_) => {
+            node.consensus.wait_applied(applied, CATCH_UP).await?;
+            lookup()
+        }
+    }
 }

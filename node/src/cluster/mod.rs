@@ -47,7 +47,6 @@ use crate::peer::frame;
 use crate::protocol::typing_event;
 use crate::raft::ConsensusError;
 use crate::rooms::Record;
-use crate::rooms::RoomRef;
 use crate::service::ApiError;
 use crate::service::Node;
 
@@ -190,20 +189,9 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
             }
         }
         RoomCall::Delete(d) => {
-            let room = {
-                let meta = node.meta();
-                match meta.rooms.get(&d.room) {
-                    Some(r) if r.info.owner_node == node.id => {
-                        RoomRef { key: r.info.key, id: d.room.as_str().into(), epoch: r.info.epoch, owner: node.id }
-                    }
-                    Some(r) => {
-                        return RoomAnswer::Refused(
-                            "unavailable".into(),
-                            format!("room moved to node {}", r.info.owner_node),
-                        );
-                    }
-                    None => return RoomAnswer::Refused("not_found".into(), format!("room {} not found", d.room)),
-                }
+            let room = match forward::owned_room(node, &d.room, d.applied).await {
+                Ok(r) => r,
+                Err(e) => return RoomAnswer::Refused(e.code.as_str().into(), e.message),
             };
             match node.writer.delete(room, d.seq, d.actor, d.moderator).await {
                 Ok(sender) => RoomAnswer::Deleted(sender),

@@ -62,10 +62,10 @@ pub struct ReplicatingSink {
 
 impl FlushSink for ReplicatingSink {
     fn flushed(&self, batch: FlushedBatch) {
-        if let Err(e) = self.tx.send(Input::Flushed(batch)) {
-            if let Input::Flushed(batch) = e.0 {
-                batch.fail(WriteError::Stopped);
-            }
+        if let Err(e) = self.tx.send(Input::Flushed(batch))
+            && let Input::Flushed(batch) = e.0
+        {
+            batch.fail(WriteError::Stopped);
         }
     }
 }

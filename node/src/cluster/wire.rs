@@ -128,6 +128,8 @@ pub struct ForwardedDelete {
     pub room: String,
     /// The message.
     pub seq: u64,
+    /// The forwarding node's applied Raft index (see [`ForwardedSend`]).
+    pub applied: u64,
 }
 
 /// A send forwarded to the room's owner on an ordered stream.
@@ -143,6 +145,9 @@ pub struct ForwardedSend {
     pub body: String,
     /// Idempotency key.
     pub client_id: String,
+    /// The forwarding node's applied Raft index: an owner that does not know
+    /// the room yet waits until it has applied that far.
+    pub applied: u64,
 }
 
 /// The owner's answer to a [`ForwardedSend`].

@@ -76,8 +76,14 @@ impl Node {
                 return Err(ApiError::unavailable("the room is moving to this node; retry"));
             }
             Some(cluster) if room.owner != self.id => {
-                let send =
-                    ForwardedSend { id: 0, from: s.username.to_string(), room: room.id.to_string(), body, client_id };
+                let send = ForwardedSend {
+                    id: 0,
+                    from: s.username.to_string(),
+                    room: room.id.to_string(),
+                    body,
+                    client_id,
+                    applied: self.consensus.applied_index(),
+                };
                 Wait::Remote(cluster.forwarder.submit(room.owner, send).await?)
             }
             _ => Wait::Local(self.writer.submit_append(room, s.username.to_string(), body, client_id).await?),
@@ -127,6 +133,7 @@ impl Node {
                     moderator,
                     room: room.to_string(),
                     seq,
+                    applied: self.consensus.applied_index(),
                 });
                 let bytes = cluster
                     .endpoint
