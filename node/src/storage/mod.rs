@@ -16,9 +16,15 @@ use serde::Serialize;
 mod conformance;
 mod redb_engine;
 mod sled_engine;
+mod staged;
 
 pub use redb_engine::RedbEngine;
 pub use sled_engine::SledEngine;
+pub use staged::StagedEngine;
+
+/// Set (to anything) in tests to keep every write in memory until it is
+/// flushed, so killing the process loses exactly the unflushed writes.
+pub const LOSE_UNFLUSHED_ENV: &str = "PALAVER_TEST_LOSE_UNFLUSHED";
 
 /// A key or value as stored.
 pub type Bytes = Vec<u8>;
@@ -194,8 +200,13 @@ pub type Store = Arc<dyn Engine>;
 ///
 /// redb uses `path` as one file; sled as a directory.
 pub fn open(kind: EngineKind, path: &Path) -> Result<Store, StorageError> {
-    Ok(match kind {
+    let store: Store = match kind {
         EngineKind::Redb => Arc::new(RedbEngine::open(path)?),
         EngineKind::Sled => Arc::new(SledEngine::open(path)?),
-    })
+    };
+    if std::env::var_os(LOSE_UNFLUSHED_ENV).is_some() {
+        tracing::warn!(path = %path.display(), "test mode: unflushed writes die with the process");
+        return Ok(Arc::new(StagedEngine::new(store)));
+    }
+    Ok(store)
 }
