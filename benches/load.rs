@@ -650,6 +650,9 @@ fn machine_load() -> String {
 
 fn main() -> Result<()> {
     let o = options()?;
+    // Thousands of client sockets: one descriptor each.
+    let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, 1 << 20, 1 << 20);
+    let _ = rlimit::increase_nofile_limit(1 << 20);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut rows = Vec::new();
     runtime.block_on(async {

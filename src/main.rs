@@ -109,6 +109,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    raise_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         match cli.command {
@@ -252,6 +253,20 @@ async fn parent_gone(watch: bool) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+    }
+}
+
+/// Open files wanted: room for hundreds of thousands of connections.
+const WANTED_FILES: u64 = 1 << 20;
+
+/// Every client connection is a file descriptor (two through the balancer):
+/// raise the soft limit as far as the system lets this process.
+fn raise_file_limit() {
+    // Root may raise the hard limit too; everyone may raise the soft one to it.
+    let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, WANTED_FILES, WANTED_FILES);
+    match rlimit::increase_nofile_limit(WANTED_FILES) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }
 
