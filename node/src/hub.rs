@@ -47,6 +47,9 @@ pub enum Outbound {
     Event(Arc<Event>),
     /// A reply to one of the client's commands (WebSocket only).
     Reply(Utf8Bytes),
+    /// A keep-alive ping (WebSocket only), so idle sockets stay open through
+    /// the balancer and other middle boxes.
+    Ping,
     /// Start delivering a room: answer `ok` with `last_seq`, replay after `since`.
     Start {
         /// Room log key.

@@ -30,11 +30,13 @@ pub struct OutFrame {
     pub json: Utf8Bytes,
     /// For messages: the room and seq (SSE's `id:`).
     pub message: Option<(Arc<str>, u64)>,
+    /// A keep-alive ping instead of a text frame.
+    pub ping: bool,
 }
 
 impl OutFrame {
     fn plain(json: Utf8Bytes) -> Self {
-        Self { json, message: None }
+        Self { json, message: None, ping: false }
     }
 }
 
@@ -73,7 +75,7 @@ impl Delivery {
         let page = self.log.after(r.room_key, r.from, MAX_PAGE)?;
         for m in page.iter().take_while(|m| m.seq <= r.last) {
             let json = to_json(&MessageView::event(&r.room, m));
-            out.push(OutFrame { json: json.into(), message: Some((r.room.clone(), m.seq)) });
+            out.push(OutFrame { json: json.into(), message: Some((r.room.clone(), m.seq)), ping: false });
             r.from = m.seq;
         }
         if page.len() < MAX_PAGE || r.from >= r.last {
@@ -86,6 +88,7 @@ impl Delivery {
     pub fn handle(&mut self, item: Outbound, out: &mut Vec<OutFrame>) -> Result<(), StorageError> {
         match item {
             Outbound::Reply(json) => out.push(OutFrame::plain(json)),
+            Outbound::Ping => out.push(OutFrame { json: Utf8Bytes::from_static(""), message: None, ping: true }),
             Outbound::Event(event) => {
                 let Some(cursor) = self.cursors.get_mut(&event.room_key) else { return Ok(()) };
                 if event.seq == 0 {
@@ -98,11 +101,19 @@ impl Delivery {
                 if event.seq > *cursor + 1 {
                     for m in self.log.between(event.room_key, *cursor + 1, event.seq - 1)? {
                         let json = to_json(&MessageView::event(&event.room, &m));
-                        out.push(OutFrame { json: json.into(), message: Some((event.room.clone(), m.seq)) });
+                        out.push(OutFrame {
+                            json: json.into(),
+                            message: Some((event.room.clone(), m.seq)),
+                            ping: false,
+                        });
                     }
                 }
                 *cursor = event.seq;
-                out.push(OutFrame { json: event.json.clone(), message: Some((event.room.clone(), event.seq)) });
+                out.push(OutFrame {
+                    json: event.json.clone(),
+                    message: Some((event.room.clone(), event.seq)),
+                    ping: false,
+                });
             }
             Outbound::Start { room_key, room, since, ack, reply_id } => {
                 let last = self.log.last_seq(room_key)?;
@@ -114,7 +125,10 @@ impl Delivery {
                 if let Some(from) = since.filter(|s| *s < last) {
                     self.replays.push_back(Replay { room_key, room, from, last });
                 }
-                self.cursors.insert(room_key, last);
+                // A client may have seen more than this node has committed
+                // yet (it was on another node): nothing at or below its
+                // `since` is sent again.
+                self.cursors.insert(room_key, last.max(since.unwrap_or(0)));
             }
             Outbound::End { room_key, removed } => {
                 self.cursors.remove(&room_key);

@@ -32,6 +32,9 @@ use crate::service::ApiError;
 use crate::service::Node;
 use crate::service::Session;
 
+/// How often an open stream records that its token is in use.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
 /// The caller of an SSE or poll request: a Bearer header, or a ticket.
 pub(super) async fn session(node: &Arc<Node>, headers: &HeaderMap, q: &Query) -> Result<Session, ApiError> {
     if let Some(token) = bearer(headers) {
@@ -150,6 +153,21 @@ pub async fn stream(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query)
         since.extend(parse_cursors(id)?);
     }
     let (registration, rx) = Registration::open(&node, &s, &refs, &since, true);
+    // An open stream uses its token: record it now and then, until the
+    // stream is gone (its kill switch is then dropped).
+    let alive = Arc::downgrade(&registration.kill);
+    let keeper = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEEP_ALIVE);
+        loop {
+            tick.tick().await;
+            let Some(kill) = alive.upgrade() else { return };
+            if kill.code().is_some() {
+                return;
+            }
+            keeper.keep_alive(&s);
+        }
+    });
     let state = SseState {
         delivery: Delivery::new(node.log.clone()),
         registration,
@@ -172,6 +190,9 @@ struct SseState {
 }
 
 fn sse_event(f: OutFrame) -> SseEvent {
+    if f.ping {
+        return SseEvent::default().comment("ping");
+    }
     let event = SseEvent::default().data(f.json.as_str());
     match f.message {
         Some((room, seq)) => event.id(format!("{room}:{seq}")),

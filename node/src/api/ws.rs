@@ -252,7 +252,8 @@ async fn write_loop(
 
 async fn feed(sink: &mut SplitSink<WebSocket, Message>, frames: &mut Vec<OutFrame>) -> bool {
     for f in frames.drain(..) {
-        if sink.feed(Message::Text(f.json)).await.is_err() {
+        let msg = if f.ping { Message::Ping(bytes::Bytes::new()) } else { Message::Text(f.json) };
+        if sink.feed(msg).await.is_err() {
             return false;
         }
     }
@@ -277,6 +278,8 @@ impl Reader {
                 _ = self.kill.fired() => return,
                 _ = keep_alive.tick() => {
                     self.node.keep_alive(&self.session);
+                    // Full queue: the socket is already on its way out as too slow.
+                    let _ = self.tx.try_send(Outbound::Ping);
                     continue;
                 }
                 msg = stream.next() => msg,
