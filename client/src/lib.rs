@@ -10,6 +10,10 @@
 //!   socket behind the caller's back, so a `Ws` that is not called is a
 //!   slow consumer, which tests rely on.
 //! - [`Sse`]: an incremental `text/event-stream` reader (§6).
+//! - [`ResilientClient`]: a WebSocket session that outlives its
+//!   connections: reconnects with backoff and jitter, re-authenticates,
+//!   re-subscribes with `since`, resends unanswered sends with the same
+//!   `client_id`, and hands messages over in seq order without duplicates.
 //! - [`Error`]: one error type keeping the HTTP status, the protocol `code`
 //!   and `retry_after_ms`, and the WebSocket close code.
 //!
@@ -42,6 +46,7 @@
 
 mod error;
 mod http;
+mod resilient;
 mod sse;
 mod types;
 mod ws;
@@ -51,6 +56,15 @@ pub use error::Result;
 pub use http::Http;
 pub use http::Method;
 pub use http::Raw;
+pub use resilient::ClientEvent;
+pub use resilient::ClientEvents;
+pub use resilient::ClientStats;
+pub use resilient::Order;
+pub use resilient::ResilientClient;
+pub use resilient::ResilientOptions;
+pub use resilient::Sent;
+pub use resilient::backoff;
+pub use resilient::order;
 pub use sse::Sse;
 pub use sse::SseEvent;
 pub use sse::SseOptions;

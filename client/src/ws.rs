@@ -97,39 +97,7 @@ impl Ws {
     /// Connects with options. A refused upgrade (say 403 for a foreign
     /// `Origin`) is an error carrying its HTTP status.
     pub async fn connect_with(addr: &str, opts: WsOptions) -> Result<Ws> {
-        let addr = addr.trim_start_matches("http://").trim_start_matches("ws://").trim_end_matches('/');
-        let mut request = format!("ws://{addr}/ws").into_client_request()?;
-        if let Some(token) = &opts.bearer {
-            request.headers_mut().insert("authorization", header(&format!("Bearer {token}"))?);
-        }
-        if let Some(origin) = &opts.origin {
-            request.headers_mut().insert("origin", header(origin)?);
-        }
-        let target: SocketAddr = tokio::net::lookup_host(addr)
-            .await
-            .map_err(io)?
-            .next()
-            .ok_or_else(|| Error::Decode(format!("{addr} resolves to no address")))?;
-        let socket = if target.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(io)?;
-        if let Some(size) = opts.recv_buffer {
-            socket.set_recv_buffer_size(size).map_err(io)?;
-        }
-        let tcp = tokio::time::timeout(opts.timeout, socket.connect(target))
-            .await
-            .map_err(|_| Error::Timeout(format!("tcp connect to {addr}")))?
-            .map_err(io)?;
-        tcp.set_nodelay(true).map_err(io)?;
-        let handshake = tokio::time::timeout(opts.timeout, tokio_tungstenite::client_async(request, tcp))
-            .await
-            .map_err(|_| Error::Timeout(format!("websocket upgrade at {addr}")))?;
-        let (stream, _) = match handshake {
-            Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => {
-                let body = resp.body().clone().unwrap_or_default();
-                return Err(Error::from_http(resp.status().as_u16(), &body, None));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let stream = open(addr, &opts).await?;
         Ok(Ws {
             stream,
             next_id: 1,
@@ -462,6 +430,44 @@ impl Ws {
             }
             tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) | tungstenite::Message::Frame(_) => {}
         }
+    }
+}
+
+/// Opens `ws://addr/ws` (TCP connect and upgrade, each bounded by
+/// `opts.timeout`). A refused upgrade is an error carrying its HTTP status.
+pub(crate) async fn open(addr: &str, opts: &WsOptions) -> Result<WebSocketStream<TcpStream>> {
+    let addr = addr.trim_start_matches("http://").trim_start_matches("ws://").trim_end_matches('/');
+    let mut request = format!("ws://{addr}/ws").into_client_request()?;
+    if let Some(token) = &opts.bearer {
+        request.headers_mut().insert("authorization", header(&format!("Bearer {token}"))?);
+    }
+    if let Some(origin) = &opts.origin {
+        request.headers_mut().insert("origin", header(origin)?);
+    }
+    let target: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| Error::Decode(format!("{addr} resolves to no address")))?;
+    let socket = if target.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(io)?;
+    if let Some(size) = opts.recv_buffer {
+        socket.set_recv_buffer_size(size).map_err(io)?;
+    }
+    let tcp = tokio::time::timeout(opts.timeout, socket.connect(target))
+        .await
+        .map_err(|_| Error::Timeout(format!("tcp connect to {addr}")))?
+        .map_err(io)?;
+    tcp.set_nodelay(true).map_err(io)?;
+    let handshake = tokio::time::timeout(opts.timeout, tokio_tungstenite::client_async(request, tcp))
+        .await
+        .map_err(|_| Error::Timeout(format!("websocket upgrade at {addr}")))?;
+    match handshake {
+        Ok((stream, _)) => Ok(stream),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            Err(Error::from_http(resp.status().as_u16(), &body, None))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -640,6 +640,46 @@ impl NodeProcess {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (a `kill -s` name: `TERM`, `STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().with_context(|| format!("node {} is not running", self.id))?;
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(signal)
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill -s {signal} {pid} (node {}) failed: {status}", self.id);
+        Ok(())
+    }
+
+    /// Waits (polling, bounded by `timeout`) for the process to exit on its
+    /// own; answers its exit status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let start = Instant::now();
+        loop {
+            let Some(child) = self.child.as_mut() else { bail!("node {} is not running", self.id) };
+            if let Some(status) = child.try_wait().context("waiting for the node")? {
+                self.child = None;
+                self.stdin = None;
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return Ok(Some(status));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Kills the process (if running) and starts it again on the same file.
     pub fn relaunch(&mut self) -> Result<()> {
         self.kill();
@@ -853,6 +893,26 @@ impl Cluster {
                 self.procs[i].recent_logs()
             ),
         }
+    }
+
+    /// Sends `signal` (`TERM`, `STOP`, `CONT`, ...) to node `id`'s process.
+    pub fn signal(&self, id: u64, signal: &str) -> Result<()> {
+        let i = self.index(id);
+        self.procs[i].note(&format!("SIG{signal}"));
+        self.procs[i].signal(signal)
+    }
+
+    /// Waits (bounded by `timeout`) for node `id` to exit on its own (after
+    /// a SIGTERM, say); answers its exit status, `None` if it still runs.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let i = self.index(id);
+        self.procs[i].wait_exit(timeout).await
+    }
+
+    /// The process of node `id`, mutably.
+    pub fn process_mut(&mut self, id: u64) -> &mut NodeProcess {
+        let i = self.index(id);
+        &mut self.procs[i]
     }
 
     /// The process of node `id`.
