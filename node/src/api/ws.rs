@@ -44,6 +44,11 @@ use crate::service::ApiError;
 use crate::service::Node;
 use crate::service::Session;
 
+/// How long a closing socket's writer may take to deliver what is queued and
+/// the close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for the client's answer to our close frame.
+const CLOSE_READ: Duration = Duration::from_secs(2);
 /// Frames the writer sends before one flush.
 const FLUSH_EVERY: usize = 64;
 /// Rate-limited frames in a row after which the client is closed (1008).
@@ -194,10 +199,29 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
     let mut reader = Reader { node: node.clone(), session, conn, tx, kill: kill.clone(), bucket: None, refused: 0 };
     reader.run(&mut stream).await;
     kill.fire(1000);
-    let _ = writer.await;
+    // The hub forgets the socket now, so nothing more queues for it.
     if let Some(change) = node.hub.disconnect(conn) {
         node.announce_presence(change);
     }
+    // A client that reads nothing at all would keep the writer waiting
+    // forever on a full socket: it gets a bounded time to take the close.
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+        writer.abort();
+        return;
+    }
+    // Read until the client's own close frame (or a short timeout): closing
+    // the TCP connection with unread bytes from the client would make the
+    // kernel reset it, and a reset destroys the close frame (and any events)
+    // still unread on the client's side.
+    let _ = tokio::time::timeout(CLOSE_READ, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn write_loop(
