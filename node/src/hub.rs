@@ -40,36 +40,58 @@ pub struct Event {
     pub except: Option<Arc<str>>,
 }
 
-/// What a connection's writer receives.
+/// What a connection's writer receives. Every variant is one pointer wide
+/// (bigger ones are boxed): each socket's queue allocates its slots in
+/// blocks, and idle sockets are most sockets.
 #[derive(Debug)]
 pub enum Outbound {
     /// A room event.
     Event(Arc<Event>),
     /// A reply to one of the client's commands (WebSocket only).
-    Reply(Utf8Bytes),
+    Reply(Box<Utf8Bytes>),
     /// A keep-alive ping (WebSocket only), so idle sockets stay open through
     /// the balancer and other middle boxes.
     Ping,
     /// Start delivering a room: answer `ok` with `last_seq`, replay after `since`.
-    Start {
-        /// Room log key.
-        room_key: u64,
-        /// Room id.
-        room: Arc<str>,
-        /// Replay messages after this seq.
-        since: Option<u64>,
-        /// Answer `ok` with `last_seq` (WebSocket subscribe).
-        ack: bool,
-        /// The subscribe command's id, for the reply.
-        reply_id: Option<u64>,
-    },
-    /// Stop delivering a room; `removed` carries the event to send, if any.
-    End {
-        /// Room log key.
-        room_key: u64,
-        /// The `removed` event, when the server ended it.
-        removed: Option<Utf8Bytes>,
-    },
+    Start(Box<StartSub>),
+    /// Stop delivering a room.
+    End(Box<EndSub>),
+}
+
+impl Outbound {
+    /// A reply frame.
+    pub fn reply(text: impl Into<Utf8Bytes>) -> Self {
+        Outbound::Reply(Box::new(text.into()))
+    }
+
+    /// The end of a room's delivery, with the event to send, if any.
+    pub fn end(room_key: u64, removed: Option<Utf8Bytes>) -> Self {
+        Outbound::End(Box::new(EndSub { room_key, removed }))
+    }
+}
+
+/// See [`Outbound::Start`].
+#[derive(Debug)]
+pub struct StartSub {
+    /// Room log key.
+    pub room_key: u64,
+    /// Room id.
+    pub room: Arc<str>,
+    /// Replay messages after this seq.
+    pub since: Option<u64>,
+    /// Answer `ok` with `last_seq` (WebSocket subscribe).
+    pub ack: bool,
+    /// The subscribe command's id, for the reply.
+    pub reply_id: Option<u64>,
+}
+
+/// See [`Outbound::End`].
+#[derive(Debug)]
+pub struct EndSub {
+    /// Room log key.
+    pub room_key: u64,
+    /// The `removed` event, when the server ended it.
+    pub removed: Option<Utf8Bytes>,
 }
 
 /// Lets anyone close a connection with a WebSocket close code.
@@ -265,7 +287,7 @@ impl Hub {
         };
         for (id, l) in ids {
             self.unsubscribe(id, room_key);
-            if l.tx.try_send(Outbound::End { room_key, removed: Some(removed.clone()) }).is_err() {
+            if l.tx.try_send(Outbound::end(room_key, Some(removed.clone()))).is_err() {
                 l.kill.fire(close::TOO_SLOW);
             }
         }
@@ -279,7 +301,7 @@ impl Hub {
             if let Some(c) = conns.get_mut(&id) {
                 c.rooms.remove(&room_key);
             }
-            if l.tx.try_send(Outbound::End { room_key, removed: Some(event.clone()) }).is_err() {
+            if l.tx.try_send(Outbound::end(room_key, Some(event.clone()))).is_err() {
                 l.kill.fire(close::TOO_SLOW);
             }
         }
@@ -391,6 +413,11 @@ mod tests {
         assert_eq!(kill.code(), Some(close::TOKEN_REVOKED));
     }
 
+    #[test]
+    fn queue_items_stay_two_words_wide() {
+        assert!(std::mem::size_of::<Outbound>() <= 16, "{}", std::mem::size_of::<Outbound>());
+    }
+
     #[tokio::test]
     async fn every_waiter_wakes_when_a_kill_switch_fires() {
         let kill = Arc::new(KillSwitch::default());
@@ -417,7 +444,7 @@ mod tests {
         let (id, _) = hub.connect(a);
         hub.subscribe(id, 1);
         hub.remove_user_from_room("ann", 1, Utf8Bytes::from_static("{\"type\":\"removed\"}"));
-        assert!(matches!(rx_a.try_recv(), Ok(Outbound::End { room_key: 1, removed: Some(_) })));
+        assert!(matches!(rx_a.try_recv(), Ok(Outbound::End(e)) if e.room_key == 1 && e.removed.is_some()));
         assert!(!hub.is_subscribed(id, 1));
     }
 }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 
+use crate::hub::EndSub;
 use crate::hub::Outbound;
+use crate::hub::StartSub;
 use crate::protocol::MessageView;
 use crate::protocol::ok_reply;
 use crate::protocol::to_json;
@@ -87,7 +89,7 @@ impl Delivery {
     /// Appends to `out` the frames that `item` means for this connection.
     pub fn handle(&mut self, item: Outbound, out: &mut Vec<OutFrame>) -> Result<(), StorageError> {
         match item {
-            Outbound::Reply(json) => out.push(OutFrame::plain(json)),
+            Outbound::Reply(json) => out.push(OutFrame::plain(*json)),
             Outbound::Ping => out.push(OutFrame { json: Utf8Bytes::from_static(""), message: None, ping: true }),
             Outbound::Event(event) => {
                 let Some(cursor) = self.cursors.get_mut(&event.room_key) else { return Ok(()) };
@@ -115,7 +117,8 @@ impl Delivery {
                     ping: false,
                 });
             }
-            Outbound::Start { room_key, room, since, ack, reply_id } => {
+            Outbound::Start(start) => {
+                let StartSub { room_key, room, since, ack, reply_id } = *start;
                 let last = self.log.last_seq(room_key)?;
                 if ack {
                     out.push(OutFrame::plain(ok_reply(reply_id, serde_json::json!({"last_seq": last})).into()));
@@ -130,7 +133,8 @@ impl Delivery {
                 // `since` is sent again.
                 self.cursors.insert(room_key, last.max(since.unwrap_or(0)));
             }
-            Outbound::End { room_key, removed } => {
+            Outbound::End(end) => {
+                let EndSub { room_key, removed } = *end;
                 self.cursors.remove(&room_key);
                 self.replays.retain(|r| r.room_key != room_key);
                 if let Some(json) = removed {

@@ -58,11 +58,11 @@ impl Poll {
     fn take(&mut self, item: Outbound) {
         match item {
             Outbound::Event(e) if e.seq == 0 => self.events.push(e.json.as_str().to_string()),
-            Outbound::End { room_key, removed } => {
-                if let Some(i) = self.rooms.iter().position(|r| r.key == room_key) {
+            Outbound::End(end) => {
+                if let Some(i) = self.rooms.iter().position(|r| r.key == end.room_key) {
                     self.ended[i] = true;
                 }
-                if let Some(json) = removed {
+                if let Some(json) = end.removed {
                     self.events.push(json.as_str().to_string());
                 }
             }

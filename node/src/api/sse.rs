@@ -26,6 +26,7 @@ use crate::hub::ConnId;
 use crate::hub::KillSwitch;
 use crate::hub::Listener;
 use crate::hub::Outbound;
+use crate::hub::StartSub;
 use crate::protocol::close;
 use crate::rooms::RoomRef;
 use crate::service::ApiError;
@@ -111,13 +112,13 @@ impl Registration {
         }
         for r in rooms {
             node.hub.subscribe(conn, r.key);
-            let start = Outbound::Start {
+            let start = Outbound::Start(Box::new(StartSub {
                 room_key: r.key,
                 room: r.id.clone(),
                 since: since.get(&*r.id).copied(),
                 ack: false,
                 reply_id: None,
-            };
+            }));
             if tx.try_send(start).is_err() {
                 kill.fire(close::TOO_SLOW);
             }

@@ -32,6 +32,7 @@ use crate::hub::ConnId;
 use crate::hub::KillSwitch;
 use crate::hub::Listener;
 use crate::hub::Outbound;
+use crate::hub::StartSub;
 use crate::protocol::Command;
 use crate::protocol::Frame;
 use crate::protocol::MessageView;
@@ -56,7 +57,7 @@ const ABUSE_AFTER: u32 = 1_000;
 /// How often an open socket records that its token is in use.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// tungstenite's own default is 128 KiB per socket, allocated up front.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Whether a browser origin may open a socket: listed, or the same host.
@@ -326,7 +327,7 @@ impl Reader {
     }
 
     async fn reply(&self, text: String) {
-        let _ = self.tx.send(Outbound::Reply(text.into())).await;
+        let _ = self.tx.send(Outbound::reply(text)).await;
     }
 
     async fn error(&self, id: Option<u64>, e: &ApiError) {
@@ -396,7 +397,7 @@ impl Reader {
                     )));
                 }
                 hub.subscribe(self.conn, r.key);
-                let start = Outbound::Start { room_key: r.key, room: r.id, since, ack: true, reply_id: id };
+                let start = Outbound::Start(Box::new(StartSub { room_key: r.key, room: r.id, since, ack: true, reply_id: id }));
                 let _ = self.tx.send(start).await;
             }
             Command::Unsubscribe { room } => {
@@ -404,7 +405,7 @@ impl Reader {
                 let key = node.meta().rooms.get(&room).map(|r| r.info.key);
                 if let Some(key) = key {
                     node.hub.unsubscribe(self.conn, key);
-                    let _ = self.tx.send(Outbound::End { room_key: key, removed: None }).await;
+                    let _ = self.tx.send(Outbound::end(key, None)).await;
                 }
                 self.reply(ok_reply(id, serde_json::json!({}))).await;
             }
@@ -418,7 +419,7 @@ impl Reader {
                         Ok(a) => ok_reply(id, serde_json::json!({"seq": a.seq, "ts": a.ts})),
                         Err(e) => error_reply(id, e.code, &e.message, e.retry_after_ms),
                     };
-                    let _ = tx.send(Outbound::Reply(reply.into())).await;
+                    let _ = tx.send(Outbound::reply(reply)).await;
                 });
             }
             Command::History { room, page, limit } => {
@@ -439,7 +440,7 @@ impl Reader {
                         Ok(()) => ok_reply(id, serde_json::json!({})),
                         Err(e) => error_reply(id, e.code, &e.message, e.retry_after_ms),
                     };
-                    let _ = tx.send(Outbound::Reply(reply.into())).await;
+                    let _ = tx.send(Outbound::reply(reply)).await;
                 });
             }
         }

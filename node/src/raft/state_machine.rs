@@ -126,6 +126,9 @@ fn save_snapshot(store: &Store, lock: &Mutex<()>, snapshot: &Snapshot, replace: 
 /// The metadata state machine openraft drives.
 pub struct MetaStateMachine {
     state: Arc<RwLock<MetaState>>,
+    /// The last applied index, readable at once by the node (openraft's
+    /// metrics report it a moment later).
+    applied_index: Arc<std::sync::atomic::AtomicU64>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     store: Store,
@@ -155,6 +158,7 @@ impl MetaStateMachine {
         };
         Ok(Self {
             state: Arc::new(RwLock::new(state)),
+            applied_index: Arc::new(std::sync::atomic::AtomicU64::new(last_applied.map_or(0, |id| id.index))),
             last_applied,
             membership,
             store,
@@ -166,6 +170,11 @@ impl MetaStateMachine {
     /// The shared state, for local reads.
     pub fn state(&self) -> Arc<RwLock<MetaState>> {
         self.state.clone()
+    }
+
+    /// The last applied index, shared.
+    pub fn applied_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.applied_index.clone()
     }
 }
 
@@ -219,6 +228,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                 EntryPayload::Blank => Ok(MetaOk::Done),
             };
             self.last_applied = Some(entry.log_id);
+            self.applied_index.store(entry.log_id.index, std::sync::atomic::Ordering::Release);
             if !effects.is_empty() {
                 (self.effects)(effects);
             }
@@ -255,6 +265,8 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         blocking(move || save_snapshot(&store, &lock, &snapshot, true)).await?;
         *self.state.write() = state;
         self.last_applied = meta.last_log_id;
+        self.applied_index
+            .store(meta.last_log_id.map_or(0, |id| id.index), std::sync::atomic::Ordering::Release);
         self.membership = meta.last_membership.clone();
         Ok(())
     }
