@@ -159,7 +159,7 @@ pub async fn stream(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query)
     let alive = Arc::downgrade(&registration.kill);
     let keeper = node.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(KEEP_ALIVE);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
         loop {
             tick.tick().await;
             let Some(kill) = alive.upgrade() else { return };

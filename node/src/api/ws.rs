@@ -297,7 +297,7 @@ struct Reader {
 
 impl Reader {
     async fn run(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
-        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
         loop {
             let msg = tokio::select! {
                 _ = self.kill.fired() => return,
@@ -397,7 +397,8 @@ impl Reader {
                     )));
                 }
                 hub.subscribe(self.conn, r.key);
-                let start = Outbound::Start(Box::new(StartSub { room_key: r.key, room: r.id, since, ack: true, reply_id: id }));
+                let start =
+                    Outbound::Start(Box::new(StartSub { room_key: r.key, room: r.id, since, ack: true, reply_id: id }));
                 let _ = self.tx.send(start).await;
             }
             Command::Unsubscribe { room } => {

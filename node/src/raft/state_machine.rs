@@ -265,8 +265,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         blocking(move || save_snapshot(&store, &lock, &snapshot, true)).await?;
         *self.state.write() = state;
         self.last_applied = meta.last_log_id;
-        self.applied_index
-            .store(meta.last_log_id.map_or(0, |id| id.index), std::sync::atomic::Ordering::Release);
+        self.applied_index.store(meta.last_log_id.map_or(0, |id| id.index), std::sync::atomic::Ordering::Release);
         self.membership = meta.last_membership.clone();
         Ok(())
     }
