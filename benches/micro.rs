@@ -1,0 +1,222 @@
+//! Criterion micro-benchmarks of the hot pure paths: no sockets, no store,
+//! no threads.
+//!
+//! ```text
+//! cargo bench --bench micro                 # everything, about a minute
+//! cargo bench --bench micro -- wire/        # one group (a regex on the names)
+//! ```
+//!
+//! Groups:
+//! - `pick`: one pick of each balancer strategy among 3 and 100 nodes.
+//! - `event`: encoding a `message` event's JSON once, and what each further
+//!   delivery of it costs (a reference-count bump, never a re-encode).
+//! - `wire`: postcard encode/decode of a replication frame holding one
+//!   `RoomBatch` of 1, 64 and 256 records, and of a frame of 64 acks.
+//! - `seq`: the log writer's seq assignment with dedup for a batch of 1,000
+//!   sends (10% retries of an earlier send), in one room and over 100 rooms.
+//!
+//! Times are short on purpose (2-core machine): 300 ms warm-up, 1.5 s of
+//! measurement, 30 samples per benchmark.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::BenchmarkId;
+use criterion::Criterion;
+use criterion::Throughput;
+use criterion::criterion_group;
+use criterion::criterion_main;
+use palaver_balancer::Strategy;
+use palaver_balancer::select::Candidate;
+use palaver_balancer::select::selector;
+use palaver_node::cluster::wire::RoomAck;
+use palaver_node::cluster::wire::RoomBatch;
+use palaver_node::cluster::wire::decode;
+use palaver_node::cluster::wire::encode;
+use palaver_node::hub::Event;
+use palaver_node::protocol::MessageView;
+use palaver_node::protocol::to_json;
+use palaver_node::rooms::Message;
+use palaver_node::rooms::Record;
+use palaver_node::rooms::Sequencer;
+use palaver_node::rooms::StoredMessage;
+
+/// A typical chat line is about this long.
+const SHORT_BODY: usize = 100;
+/// A long paste.
+const LONG_BODY: usize = 4096;
+
+/// `len` bytes of plain ASCII text, words and spaces.
+fn body(len: usize) -> String {
+    "the quick brown fox jumps over the lazy dog ".chars().cycle().take(len).collect()
+}
+
+/// A stored message as the log writer makes it.
+fn stored(i: u64, body_len: usize) -> StoredMessage {
+    StoredMessage {
+        from: "annabelle".into(),
+        body: Some(body(body_len)),
+        ts: 1_795_000_000_000 + i,
+        client_id: format!("c-7f3a9e12-{i:08}"),
+        epoch: 3,
+    }
+}
+
+/// `n` nodes with ids 1..=n, weights 1..=5 and uneven connection counts.
+fn candidates(n: u64) -> Vec<Candidate> {
+    (1..=n)
+        .map(|id| Candidate { id, weight: 1 + (id % 5) as u32, active: (id * 37) % 50 + 10, eligible: true })
+        .collect()
+}
+
+/// One pick per iteration, with the strategy's memory carried over as in the
+/// balancer (the candidate list is rebuilt by the caller, not here).
+fn pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    for strategy in [Strategy::RoundRobin, Strategy::Weighted, Strategy::LeastConnections] {
+        for n in [3, 100] {
+            let list = candidates(n);
+            let mut s = selector(strategy);
+            group.bench_with_input(BenchmarkId::new(strategy.to_string(), n), &list, |b, list| {
+                b.iter(|| s.pick(black_box(list)));
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Encoding once per committed message, then sharing per delivery.
+fn event(c: &mut Criterion) {
+    let mut group = c.benchmark_group("event");
+    let room: Arc<str> = Arc::from("general");
+    for len in [SHORT_BODY, LONG_BODY] {
+        let message = Message { seq: 123_456, stored: stored(1, len) };
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_with_input(BenchmarkId::new("encode", len), &message, |b, m| {
+            b.iter(|| to_json(&MessageView::event(black_box(&room), black_box(m))));
+        });
+        let json = to_json(&MessageView::event(&room, &message));
+        let event =
+            Arc::new(Event { room_key: 7, room: room.clone(), seq: message.seq, json: json.into(), except: None });
+        group.throughput(Throughput::Elements(1));
+        // What the hub does per listener: one more handle on the same event.
+        group.bench_with_input(BenchmarkId::new("deliver-arc-event", len), &event, |b, e| {
+            b.iter(|| Arc::clone(black_box(e)));
+        });
+        // What a connection's writer does per frame: the JSON handle, no copy.
+        group.bench_with_input(BenchmarkId::new("deliver-utf8bytes", len), &event, |b, e| {
+            b.iter(|| black_box(e).json.clone());
+        });
+    }
+    group.finish();
+}
+
+/// A batch of `n` new 100-byte messages spread over 4 rooms, with one commit.
+fn batch(n: u64) -> RoomBatch {
+    let records = (0..n)
+        .map(|i| {
+            let room_key = 1 + i % 4;
+            Record {
+                room_key,
+                room: format!("room-{room_key}"),
+                seq: 1_000 + i,
+                stored: stored(i, SHORT_BODY),
+                new: true,
+            }
+        })
+        .collect();
+    RoomBatch { id: 9_001, records, commits: vec![(1, "room-1".into(), 999)] }
+}
+
+/// Replication frames as the replicator writes them (a list of batches, here
+/// one) and the replica's list of acks.
+fn wire(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wire");
+    for n in [1, 64, 256] {
+        let b = batch(n);
+        let frame = vec![&b];
+        let bytes = encode(&frame);
+        group.throughput(Throughput::Elements(n));
+        group.bench_with_input(BenchmarkId::new("encode-batch", n), &frame, |bench, f| {
+            bench.iter(|| encode(black_box(f)));
+        });
+        group.bench_with_input(BenchmarkId::new("decode-batch", n), &bytes, |bench, bytes| {
+            bench.iter(|| decode::<Vec<RoomBatch>>(black_box(bytes)).expect("a batch frame decodes"));
+        });
+    }
+    let acks: Vec<RoomAck> = (9_000..9_064).map(RoomAck::Stored).collect();
+    let bytes = encode(&acks);
+    group.throughput(Throughput::Elements(acks.len() as u64));
+    group.bench_with_input(BenchmarkId::new("encode-acks", acks.len()), &acks, |bench, a| {
+        bench.iter(|| encode(black_box(a)));
+    });
+    group.bench_with_input(BenchmarkId::new("decode-acks", acks.len()), &bytes, |bench, bytes| {
+        bench.iter(|| decode::<Vec<RoomAck>>(black_box(bytes)).expect("an ack frame decodes"));
+    });
+    group.finish();
+}
+
+/// The store's dedup key layout: room key, sender, a zero byte, client id.
+fn dedup_key(room_key: u64, sender: &str, client_id: &str) -> Vec<u8> {
+    let mut k = room_key.to_be_bytes().to_vec();
+    k.extend_from_slice(sender.as_bytes());
+    k.push(0);
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+/// 1,000 sends over `rooms` rooms; every tenth repeats the send five before
+/// it (a client retry within the batch, answered with the first seq).
+fn sends(rooms: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::with_capacity(1_000);
+    for i in 0..1_000u64 {
+        if i % 10 == 9 {
+            let again = out[(i - 5) as usize].clone();
+            out.push(again);
+        } else {
+            let room = 1 + i % rooms;
+            out.push((room, dedup_key(room, &format!("user{}", i % 50), &format!("c-7f3a9e12-{i:08}"))));
+        }
+    }
+    out
+}
+
+/// One writer batch: assign every send's seq, then commit. The sequencer
+/// lives on across iterations as in the writer (rooms loaded once, seqs
+/// keep rising, the batch's dedup entries dropped at commit).
+fn seq(c: &mut Criterion) {
+    let mut group = c.benchmark_group("seq");
+    for rooms in [1, 100] {
+        let list = sends(rooms);
+        let mut s = Sequencer::default();
+        for room in 1..=rooms {
+            s.load(room, 1_000);
+        }
+        group.throughput(Throughput::Elements(list.len() as u64));
+        group.bench_with_input(BenchmarkId::new("assign-1000", format!("{rooms}-rooms")), &list, |b, list| {
+            b.iter(|| {
+                for (room, key) in list {
+                    black_box(s.assign(*room, key, None));
+                }
+                s.commit();
+            });
+        });
+    }
+    group.finish();
+}
+
+/// Short runs: the whole file takes about a minute on 2 cores.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1_500))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = micro;
+    config = config();
+    targets = pick, event, wire, seq
+}
+criterion_main!(micro);
