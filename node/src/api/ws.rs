@@ -57,7 +57,7 @@ const ABUSE_AFTER: u32 = 1_000;
 /// How often an open socket records that its token is in use.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// tungstenite's own default is 128 KiB per socket, allocated up front.
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Whether a browser origin may open a socket: listed, or the same host.
@@ -317,7 +317,9 @@ impl Reader {
                     }
                     return;
                 }
-                Some(Ok(Message::Text(text))) => self.command(&text).await,
+                // Boxed: the command's state lives only while it runs, so an
+                // idle socket's task stays small.
+                Some(Ok(Message::Text(text))) => Box::pin(self.command(&text)).await,
                 Some(Ok(Message::Binary(_))) => {
                     self.error(None, &ApiError::bad_request("binary frames are not part of the protocol")).await;
                 }
