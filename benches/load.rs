@@ -1,38 +1,39 @@
-//! The load-test harness: starts a real `palaver node` (release build) on
-//! 127.0.0.1 and drives it over WebSocket.
+//! The load-test harness: starts real `palaver` processes (release build)
+//! and the peers of `benches/peers/` on 127.0.0.1, drives them over
+//! WebSocket from this process, and prints a table (also
+//! `target/bench-results/load.json` and SVG charts beside it).
 //!
 //! ```text
-//! cargo bench --bench load -- [sends|fanout|connections|all] [--senders N] [--secs S]
-//!                             [--members M] [--conns C] [--users U] [--rate R]
+//! benches/peers/setup.sh                       # once: npm packages, HAProxy
+//! cargo bench --bench load -- [SCENARIO…] [options]
 //! ```
 //!
-//! Scenarios:
-//! - `sends`: answered sends/s with 1 and with `--senders` concurrent
-//!   senders (each waits for its answer before sending again), with latency.
-//! - `fanout`: one room, `--members` subscribed sockets, one pipelined
-//!   sender; deliveries/s and end-to-end latency.
-//! - `connections`: `--conns` idle authenticated WebSockets, each subscribed
-//!   to one room; the node's RSS per connection.
-//! - `relay`: one node behind the balancer: answered sends/s and latency with
-//!   `--senders` senders direct and through the balancer, then `--conns`
-//!   idle connections through it and the balancer's RSS per connection.
-//! - `cluster`: a three-node cluster; delivery latency at `--rate` msg/s to a
-//!   receiver on the sender's node and on the other nodes, then answered
-//!   sends/s with majority acks for 1 room and for 100 rooms (`--senders`
-//!   senders spread over the nodes, 16 sends in flight each).
+//! Scenarios (`all` runs every one marked *):
+//! - `connections`*: idle WebSockets through the balancer in front of a
+//!   3-node cluster (RSS per connection of every node and of the balancer),
+//!   then many more straight to the nodes from load-generator shard
+//!   processes, each from its own 127.0.0.x source address.
+//! - `fanout`*: one room, `--members` receivers, `--publishers` senders at
+//!   each rate step (`--rate max` doubles until saturation), on Palaver (3
+//!   nodes behind the balancer, and one node) and on each peer (Node `ws`,
+//!   Socket.IO, the bare tokio-tungstenite server): deliveries/s and latency
+//!   percentiles per step, ratios Palaver / peer.
+//! - `idle`*: RSS per idle socket of a Palaver node and of every peer.
+//! - `rooms`*: `--rooms` rooms of `--room-members` receivers on a 3-node
+//!   cluster, rate steps as in `fanout`.
+//! - `durable`*: a 3-node cluster with majority acks: delivery latency at
+//!   `--latency-rate` msg/s, answered sends/s for 1 room and for 100 rooms.
+//! - `balancer`*: the same traffic straight to the nodes, through the
+//!   Palaver balancer under each strategy, and through HAProxy.
+//! - `sends`*: answered sends/s on one node with 1 and `--senders` senders.
+//! - `relay`, `cluster`: older names (one node behind the balancer; durable).
 //!
-//! Every loop is bounded in count and time. Results print as a table and go
-//! to `target/bench-results/load.json`.
+//! Servers run on core 0 and this generator on core 1 (`taskset`), unless
+//! `--no-pin`. Every loop is bounded in count and time.
 
 use std::collections::HashMap;
-use std::io::BufRead;
-use std::io::BufReader;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -46,565 +47,672 @@ use serde_json::Value;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+#[path = "peers/bare.rs"]
+mod bare;
+#[path = "harness.rs"]
+mod harness;
+#[path = "report.rs"]
+mod report;
+
+use harness::CpuMeter;
+use harness::Dial;
+use harness::FanoutRun;
+use harness::FanoutSpec;
+use harness::Idle;
+use harness::Proto;
+use harness::Server;
+use harness::Target;
+use harness::call;
+use harness::ms;
+use report::Row;
+use report::num;
+
+const USAGE: &str = "usage: cargo bench --bench load -- [all|connections|fanout|idle|rooms|durable|balancer|sends|relay|cluster]… \
+[--rate max|N[,N…]] [--members M] [--publishers P] [--step-secs S] [--drain-secs S] [--systems a,b] \
+[--conns C] [--direct-conns D] [--conn-rate R] [--idle N] [--rooms R] [--room-members K] \
+[--senders N] [--secs S] [--users U] [--latency-rate R] [--no-pin]";
+
+/// Every system of the fan-out comparison.
+const SYSTEMS: [&str; 5] = ["palaver-cluster", "palaver-node", "ws", "socketio", "bare"];
 
 /// Options from the command line.
 struct Options {
-    scenario: String,
+    scenarios: Vec<String>,
+    /// Offered sends/s per step; `None`: `max` (doubling to saturation).
+    rate: Option<Vec<f64>>,
+    members: usize,
+    publishers: usize,
+    step_secs: f64,
+    drain_secs: f64,
+    systems: Vec<String>,
+    conns: usize,
+    direct_conns: usize,
+    conn_rate: f64,
+    idle: usize,
+    rooms: usize,
+    room_members: usize,
     senders: usize,
     secs: u64,
-    members: usize,
-    conns: usize,
     users: usize,
-    rate: u64,
+    latency_rate: u64,
+    no_pin: bool,
 }
 
-fn options() -> Result<Options> {
-    let mut o =
-        Options { scenario: "all".into(), senders: 50, secs: 10, members: 1000, conns: 10_000, users: 1000, rate: 500 };
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| -> Result<usize> {
-            args.next().with_context(|| format!("{name} needs a value"))?.parse().with_context(|| name.to_string())
-        };
+fn options(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        scenarios: Vec::new(),
+        rate: None,
+        members: 1000,
+        publishers: 4,
+        step_secs: 3.0,
+        drain_secs: 3.0,
+        systems: SYSTEMS.iter().map(|s| s.to_string()).collect(),
+        conns: 9000,
+        direct_conns: 30_000,
+        conn_rate: 2000.0,
+        idle: 5000,
+        rooms: 1000,
+        room_members: 10,
+        senders: 50,
+        secs: 5,
+        users: 20,
+        latency_rate: 500,
+        no_pin: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value =
+            |name: &str| -> Result<String> { it.next().cloned().with_context(|| format!("{name} needs a value")) };
+        let n = |v: String, name: &str| -> Result<usize> { v.parse().with_context(|| format!("{name} {v}")) };
+        let f = |v: String, name: &str| -> Result<f64> { v.parse().with_context(|| format!("{name} {v}")) };
         match a.as_str() {
-            "--senders" => o.senders = value("--senders")?,
-            "--secs" => o.secs = value("--secs")? as u64,
-            "--members" => o.members = value("--members")?,
-            "--conns" => o.conns = value("--conns")?,
-            "--users" => o.users = value("--users")?,
-            "--rate" => o.rate = value("--rate")? as u64,
-            s if !s.starts_with('-') => o.scenario = s.to_string(),
-            other => bail!("unknown option {other}"),
+            "--rate" => {
+                let v = value(a)?;
+                o.rate = if v == "max" {
+                    None
+                } else {
+                    Some(
+                        v.split(',')
+                            .map(|r| r.parse::<f64>().with_context(|| format!("--rate {r}")))
+                            .collect::<Result<_>>()?,
+                    )
+                };
+            }
+            "--members" => o.members = n(value(a)?, a)?.max(1),
+            "--publishers" => o.publishers = n(value(a)?, a)?.max(1),
+            "--step-secs" => o.step_secs = f(value(a)?, a)?.clamp(0.5, 60.0),
+            "--drain-secs" => o.drain_secs = f(value(a)?, a)?.clamp(0.0, 60.0),
+            "--systems" => o.systems = value(a)?.split(',').map(str::to_string).collect(),
+            "--conns" => o.conns = n(value(a)?, a)?,
+            "--direct-conns" => o.direct_conns = n(value(a)?, a)?,
+            "--conn-rate" => o.conn_rate = f(value(a)?, a)?.max(1.0),
+            "--idle" => o.idle = n(value(a)?, a)?.max(1),
+            "--rooms" => o.rooms = n(value(a)?, a)?.max(1),
+            "--room-members" => o.room_members = n(value(a)?, a)?.max(1),
+            "--senders" => o.senders = n(value(a)?, a)?.max(1),
+            "--secs" => o.secs = n(value(a)?, a)?.clamp(1, 600) as u64,
+            "--users" => o.users = n(value(a)?, a)?.max(1),
+            "--latency-rate" => o.latency_rate = n(value(a)?, a)?.max(1) as u64,
+            "--no-pin" => o.no_pin = true,
+            "-h" | "--help" => bail!("{USAGE}"),
+            s if !s.starts_with('-') => o.scenarios.push(s.to_string()),
+            other => bail!("unknown option {other}\n{USAGE}"),
         }
+    }
+    for s in &o.systems {
+        anyhow::ensure!(SYSTEMS.contains(&s.as_str()), "unknown system {s} (expected {})", SYSTEMS.join(","));
+    }
+    if o.scenarios.is_empty() || o.scenarios.iter().any(|s| s == "all") {
+        o.scenarios = ["connections", "fanout", "idle", "rooms", "durable", "balancer", "sends"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     }
     Ok(o)
 }
 
-/// A node process for the duration of a scenario.
-struct NodeProcess {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
+/// Everything measured in this run.
+#[derive(Default)]
+struct Results {
+    rows: Vec<Row>,
+    fanout: Vec<FanoutRun>,
+    rooms: Option<FanoutRun>,
+    idle: Vec<Idle>,
+    /// (path, round trips/s, round-trip p99 ms, max deliveries/s, delivery p99 ms at 100k/s)
+    balancer: Vec<(String, f64, f64, f64, f64)>,
+    /// (process, KiB per connection)
+    conn_rss: Vec<(String, f64)>,
+    notes: Vec<String>,
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Results {
+    fn push(&mut self, scenario: &str, system: &str, figure: &str, value: f64, unit: &'static str, meter: &CpuMeter) {
+        self.rows.push(Row {
+            scenario: scenario.into(),
+            system: system.into(),
+            figure: figure.into(),
+            value,
+            unit,
+            load1: harness::load_average()[0],
+            other_cores: meter.other_cores(),
+        });
     }
-}
 
-/// Client limits raised so the harness measures the server, not its limiter.
-const LIMITS: &str = "[limits]\nsend_rate_per_sec = 1000000.0\nsend_burst = 1000000\nlogin_per_account_per_min = 1000000\n\
-     login_per_address_per_min = 1000000\nregister_per_address_per_min = 1000000\noutbound_queue = 65536\n";
+    fn note(&mut self, text: String) {
+        eprintln!("note: {text}");
+        self.notes.push(text);
+    }
 
-fn spawn_node(args: &[&std::ffi::OsStr]) -> Result<(Child, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palaver"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting palaver node")?;
-    let stdout = child.stdout.take().context("node stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keep reading stdout so the node never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent && let Some(rest) = line.split("ready: http://").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                sent = true;
+    fn fanout_rows(&mut self, scenario: &str, run: &FanoutRun) {
+        for s in &run.steps {
+            let step = format!("{scenario} @{}/s", num(s.offered_deliveries));
+            let row = |figure: &str, value: f64, unit: &'static str| Row {
+                scenario: step.clone(),
+                system: run.system.clone(),
+                figure: figure.into(),
+                value,
+                unit,
+                load1: s.load1,
+                other_cores: s.other_cores,
+            };
+            self.rows.push(row("deliveries/s", s.deliveries_per_sec, "/s"));
+            self.rows.push(row("sends/s", s.sends_per_sec, "/s"));
+            self.rows.push(row("delivered of owed", s.delivered as f64 * 100.0 / s.expected.max(1) as f64, "%"));
+            self.rows.push(row("latency p50", s.p50, "ms"));
+            self.rows.push(row("latency p99", s.p99, "ms"));
+            self.rows.push(row("latency p999", s.p999, "ms"));
+            self.rows.push(row("latency max", s.max, "ms"));
+            self.rows.push(row("CPU: system under test", s.server_cores, "core"));
+            self.rows.push(row("CPU: load generator", s.generator_cores, "core"));
+            if s.saturated {
+                self.rows.push(row(&format!("saturated: {}", s.why.chars().take(60).collect::<String>()), 1.0, ""));
             }
         }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(120)).context("node did not get ready")?;
-    Ok((child, addr))
-}
-
-/// A free 127.0.0.1 port for TCP and UDP alike (released before use).
-fn free_port() -> Result<u16> {
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
+        let last = run.steps.last();
+        self.rows.push(Row {
+            scenario: format!("{scenario} best"),
+            system: run.system.clone(),
+            figure: "max deliveries/s".into(),
+            value: run.best(),
+            unit: "/s",
+            load1: last.map_or(0.0, |s| s.load1),
+            other_cores: last.map_or(0.0, |s| s.other_cores),
+        });
+        if let Some(e) = &run.first_error {
+            self.note(format!("{}: first error reply to a send: {e}", run.system));
         }
-    }
-    bail!("no free port")
-}
-
-impl NodeProcess {
-    fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("bench.toml");
-        std::fs::write(&config, LIMITS)?;
-        let data = dir.path().join("data");
-        let args = [
-            "node".as_ref(),
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-        ];
-        let (child, addr) = spawn_node(&args)?;
-        Ok(Self { child, addr, _dir: dir })
-    }
-
-    /// Starts a balancer in front of one node.
-    fn start_balancer(node_addr: &str) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("balancer.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[balancer]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndiscover = false\n\
-                 [[node]]\nid = 1\nclient = \"{node_addr}\"\npeer = \"127.0.0.1:9\"\n"
-            ),
-        )?;
-        let args = ["balancer".as_ref(), "--config".as_ref(), config.as_os_str()];
-        let (child, addr) = spawn_node(&args)?;
-        Ok(Self { child, addr, _dir: dir })
-    }
-
-    /// Starts an `n`-node cluster; the first process keeps the folder alive.
-    fn start_cluster(n: u64) -> Result<Vec<Self>> {
-        let dir = tempfile::tempdir()?;
-        let mut config =
-            format!("[cluster]\ndata_dir = {:?}\ntls_dir = {:?}\n", dir.path().join("data"), dir.path().join("tls"));
-        for id in 1..=n {
-            config.push_str(&format!(
-                "[[node]]\nid = {id}\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
-                free_port()?,
-                free_port()?
-            ));
-        }
-        config.push_str(LIMITS);
-        let path = dir.path().join("cluster.toml");
-        std::fs::write(&path, config)?;
-        let status = Command::new(env!("CARGO_BIN_EXE_palaver")).arg("certs").arg("--config").arg(&path).status()?;
-        anyhow::ensure!(status.success(), "palaver certs failed");
-        let mut starting = Vec::new();
-        for id in 1..=n {
-            let path = path.clone();
-            starting.push(std::thread::spawn(move || {
-                let id = id.to_string();
-                let args = ["node".as_ref(), "--config".as_ref(), path.as_os_str(), "--id".as_ref(), id.as_ref()];
-                spawn_node(&args)
-            }));
-        }
-        let mut dir = Some(dir);
-        let mut nodes = Vec::new();
-        for s in starting {
-            let (child, addr) = s.join().map_err(|_| anyhow::anyhow!("starting thread panicked"))??;
-            let dir = dir.take().unwrap_or(tempfile::tempdir()?);
-            nodes.push(Self { child, addr, _dir: dir });
-        }
-        Ok(nodes)
-    }
-
-    fn rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-        Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
     }
 }
 
-/// HTTP calls the scenarios need.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Result<Value> {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            bail!("{path}: {status} {text}");
-        }
-        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    match args.first().map(String::as_str) {
+        Some("--serve-bare") => return bare::main(&args),
+        Some("--hold") => return harness::hold_main(&args),
+        _ => {}
     }
-
-    /// Registers and logs in `n` users concurrently; answers their tokens.
-    async fn users(self: &Arc<Self>, prefix: &str, n: usize) -> Result<Vec<String>> {
-        let gate = Arc::new(Semaphore::new(8));
-        let mut tasks = Vec::new();
-        for i in 0..n {
-            let api = self.clone();
-            let gate = gate.clone();
-            let name = format!("{prefix}user{i}");
-            tasks.push(tokio::spawn(async move {
-                let _permit = gate.acquire().await?;
-                let creds = json!({"username": name, "password": "bench-password"});
-                api.post("/api/register", None, creds.clone()).await?;
-                let login = api.post("/api/login", None, creds).await?;
-                login["token"].as_str().map(str::to_string).context("no token")
-            }));
-        }
-        let mut tokens = Vec::with_capacity(n);
-        for t in tasks {
-            tokens.push(t.await??);
-        }
-        Ok(tokens)
-    }
-}
-
-async fn connect(addr: &str, token: &str) -> Result<Ws> {
-    let mut req = format!("ws://{addr}/ws").into_client_request()?;
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
-    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
-    Ok(ws)
-}
-
-/// Sends a command and waits for the reply with its id, skipping events.
-async fn call(ws: &mut Ws, frame: Value) -> Result<Value> {
-    let id = frame["id"].clone();
-    ws.send(Message::Text(frame.to_string().into())).await?;
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.context("reply timed out")?;
-        let Some(Ok(Message::Text(t))) = msg else { bail!("socket ended: {msg:?}") };
-        let v: Value = serde_json::from_str(&t)?;
-        if v["id"] == id {
-            if v["type"] == "error" {
-                bail!("error reply: {v}");
+    let o = options(&args)?;
+    let nofile = harness::raise_nofile();
+    let pinned = !o.no_pin && harness::pin_generator();
+    let load_before = harness::load_average();
+    eprintln!(
+        "machine: {} cores ({}), load average {:.2} {:.2} {:.2}, open-files limit {nofile}; pinning: {}",
+        harness::machine_cores(),
+        harness::cpu_model(),
+        load_before[0],
+        load_before[1],
+        load_before[2],
+        if pinned { "servers on core 0, load generator on core 1" } else { "off" }
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut res = Results::default();
+    let started = Instant::now();
+    runtime.block_on(async {
+        for s in o.scenarios.clone() {
+            eprintln!("== {s} (load average {:.2})", harness::load_average()[0]);
+            match s.as_str() {
+                "connections" => connections(&o, &mut res).await?,
+                "fanout" => fanout(&o, &mut res).await?,
+                "idle" => idle(&o, &mut res).await?,
+                "rooms" => rooms(&o, &mut res).await?,
+                "durable" | "cluster" => durable(&o, &mut res).await?,
+                "balancer" => balancer(&o, &mut res).await?,
+                "sends" => sends_scenario(&o, &mut res).await?,
+                "relay" => relay(&o, &mut res).await?,
+                other => bail!("unknown scenario {other}\n{USAGE}"),
             }
-            return Ok(v);
         }
+        anyhow::Ok(())
+    })?;
+    let comparison = comparison(&res);
+    print!("{}", report::table(&res.rows));
+    if !comparison.is_empty() {
+        println!("\n{comparison}");
     }
-}
-
-fn pct(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
-
-/// One result row.
-struct Row {
-    scenario: String,
-    figure: String,
-    value: f64,
-    unit: &'static str,
-}
-
-async fn sends(
-    target: &str,
-    label: &str,
-    api: &Arc<Api>,
-    senders: usize,
-    secs: u64,
-    rows: &mut Vec<Row>,
-) -> Result<()> {
-    let tag = label.replace(|c: char| !c.is_ascii_alphanumeric(), "").to_lowercase();
-    let tokens = api.users(&format!("s{senders}{tag}x"), senders).await?;
-    let room = format!("sends{senders}{tag}");
-    api.post("/api/rooms", Some(&tokens[0]), json!({"room": room, "visibility": "public"})).await?;
-    for t in &tokens[1..] {
-        api.post(&format!("/api/rooms/{room}/join"), Some(t), json!({})).await?;
+    for n in &res.notes {
+        println!("note: {n}");
     }
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    write_outputs(&o, &res, pinned, load_before, started.elapsed().as_secs_f64())?;
+    Ok(())
+}
+
+fn exe() -> Result<PathBuf> {
+    std::env::current_exe().context("finding the bench binary")
+}
+
+// ---------------------------------------------------------------- palaver --
+
+/// A cluster's nodes with its users and rooms made; answers the tokens.
+async fn palaver_setup(nodes: &[Server], prefix: &str, users: usize, rooms: &[String]) -> Result<Vec<String>> {
+    let api = harness::Api::new(&nodes[0].addr);
+    let tokens = api.users(prefix, users).await?;
+    let gate = Arc::new(Semaphore::new(16));
     let mut tasks = Vec::new();
-    for (i, token) in tokens.iter().enumerate() {
-        let mut ws = connect(target, token).await?;
-        let room = room.clone();
+    for room in rooms {
+        let (api, gate, room, tokens) = (api.clone(), gate.clone(), room.clone(), tokens.clone());
         tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3)?;
-            let mut n = 0u64;
-            while Instant::now() < deadline && n < 10_000_000 {
-                let started = Instant::now();
-                let frame = json!({"type": "send", "id": n, "room": room, "body": "benchmark message", "client_id": format!("{i}-{n}")});
-                call(&mut ws, frame).await?;
-                h.record(started.elapsed().as_micros() as u64)?;
-                n += 1;
-            }
-            anyhow::Ok(h)
+            let _permit = gate.acquire().await?;
+            api.room(&room, &tokens[0], &tokens).await
         }));
     }
-    let started = Instant::now();
-    let mut all = Histogram::<u64>::new(3)?;
     for t in tasks {
-        all.add(t.await??)?;
+        t.await??;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let name = format!("sends{label}, {senders} sender(s)");
-    rows.push(Row {
-        scenario: name.clone(),
-        figure: "answered sends/s".into(),
-        value: all.len() as f64 / elapsed,
-        unit: "/s",
-    });
-    rows.push(Row { scenario: name.clone(), figure: "send latency p50".into(), value: pct(&all, 0.5), unit: "ms" });
-    rows.push(Row { scenario: name, figure: "send latency p99".into(), value: pct(&all, 0.99), unit: "ms" });
-    Ok(())
+    // Other nodes apply the Raft entries (sessions, rooms) a moment later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(tokens)
 }
 
-async fn fanout(
-    node: &NodeProcess,
-    api: &Arc<Api>,
-    members: usize,
-    users: usize,
-    secs: u64,
-    rows: &mut Vec<Row>,
-) -> Result<()> {
-    let users = users.clamp(1, members);
-    let tokens = api.users("f", users).await?;
-    let room = "fanout";
-    api.post("/api/rooms", Some(&tokens[0]), json!({"room": room, "visibility": "public"})).await?;
-    for t in &tokens[1..] {
-        api.post(&format!("/api/rooms/{room}/join"), Some(t), json!({})).await?;
-    }
-    let epoch = Instant::now();
-    let received = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let mut receivers = Vec::new();
-    for i in 0..members {
-        let mut ws = connect(&node.addr, &tokens[i % users]).await?;
-        call(&mut ws, json!({"type": "subscribe", "id": 1, "room": room})).await?;
-        let received = received.clone();
-        let stop = stop.clone();
-        receivers.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3)?;
-            loop {
-                let msg = tokio::select! {
-                    _ = stop.notified() => break,
-                    msg = ws.next() => msg,
-                };
-                let Some(Ok(Message::Text(t))) = msg else { break };
-                let v: Value = serde_json::from_str(&t)?;
-                if v["type"] == "message" {
-                    received.fetch_add(1, Ordering::Relaxed);
-                    if let Some(sent) = v["body"].as_str().and_then(|b| b.parse::<u64>().ok()) {
-                        let now = epoch.elapsed().as_micros() as u64;
-                        h.record(now.saturating_sub(sent))?;
-                    }
-                }
-            }
-            anyhow::Ok(h)
-        }));
-    }
-    // One sender, pipelined: at most `WINDOW` sends unanswered at a time.
-    const WINDOW: u64 = 64;
-    let sender = connect(&node.addr, &tokens[0]).await?;
-    let (mut tx, mut rx) = sender.split();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let started = Instant::now();
-    let (mut sent, mut answered) = (0u64, 0u64);
-    while Instant::now() < deadline {
-        while sent - answered < WINDOW {
-            let body = epoch.elapsed().as_micros().to_string();
-            let frame =
-                json!({"type": "send", "id": sent, "room": room, "body": body, "client_id": format!("f{sent}")});
-            tx.send(Message::Text(frame.to_string().into())).await?;
-            sent += 1;
-        }
-        let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("sender timed out")?;
-        let Some(Ok(Message::Text(t))) = msg else { bail!("sender socket ended") };
-        let v: Value = serde_json::from_str(&t)?;
-        if v["type"] == "ok" {
-            answered += 1;
-        } else if v["type"] == "error" {
-            bail!("send failed: {v}");
-        }
-    }
-    // Collect the answers still in flight, then let deliveries land; bounded.
-    while answered < sent {
-        let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("sender timed out")?;
-        let Some(Ok(Message::Text(t))) = msg else { bail!("sender socket ended") };
-        if serde_json::from_str::<Value>(&t)?["type"] == "ok" {
-            answered += 1;
-        }
-    }
-    let expected = answered * members as u64;
-    let settle = Instant::now() + Duration::from_secs(10);
-    while received.load(Ordering::Relaxed) < expected && Instant::now() < settle {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.notify_waiters();
-    let mut all = Histogram::<u64>::new(3)?;
-    for r in receivers {
-        r.abort();
-        if let Ok(Ok(h)) = r.await {
-            all.add(h)?;
-        }
-    }
-    let got = received.load(Ordering::Relaxed);
-    let name = format!("fanout, {members} members");
-    rows.push(Row {
-        scenario: name.clone(),
-        figure: "answered sends/s".into(),
-        value: answered as f64 / elapsed,
-        unit: "/s",
-    });
-    rows.push(Row { scenario: name.clone(), figure: "deliveries/s".into(), value: got as f64 / elapsed, unit: "/s" });
-    rows.push(Row {
-        scenario: name.clone(),
-        figure: "delivered of expected".into(),
-        value: got as f64 / expected.max(1) as f64 * 100.0,
-        unit: "%",
-    });
-    rows.push(Row { scenario: name.clone(), figure: "delivery latency p50".into(), value: pct(&all, 0.5), unit: "ms" });
-    rows.push(Row { scenario: name, figure: "delivery latency p99".into(), value: pct(&all, 0.99), unit: "ms" });
-    Ok(())
+fn palaver_target(system: &str, tokens: &[String], addrs: Vec<String>) -> Target {
+    let tokens = Arc::new(tokens.to_vec());
+    Target { system: system.into(), proto: Proto::Palaver { receivers: tokens.clone(), senders: tokens }, addrs }
 }
 
-async fn connections(
-    target: &str,
-    measured: &NodeProcess,
-    label: &str,
-    api: &Arc<Api>,
-    conns: usize,
-    rows: &mut Vec<Row>,
-) -> Result<()> {
-    let tokens = api.users(&format!("c{}", label.len()), 1).await?;
-    let room = format!("idle{}", label.len());
-    let _ = api.post("/api/rooms", Some(&tokens[0]), json!({"room": room, "visibility": "public"})).await;
+fn node_addrs(nodes: &[Server]) -> Vec<String> {
+    nodes.iter().map(|n| n.addr.clone()).collect()
+}
+
+// ------------------------------------------------------------ connections --
+
+async fn connections(o: &Options, res: &mut Results) -> Result<()> {
+    let hard = harness::nofile_hard();
+    // A relayed connection costs the balancer two descriptors.
+    let balancer_cap = (hard.saturating_sub(600) / 2) as usize;
+    let node_cap = hard.saturating_sub(1000) as usize;
+    let conns = o.conns.min(balancer_cap);
+    if conns < o.conns {
+        res.note(format!(
+            "connections through the balancer capped at {conns} (open-files hard limit {hard} per process, 2 per relayed connection)"
+        ));
+    }
+    // Phase 1: through the balancer, RSS of every process.
+    {
+        let nodes = harness::palaver_cluster(3, "conn-cluster")?;
+        let addrs = node_addrs(&nodes);
+        let balancer = harness::palaver_balancer(
+            &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
+            "round-robin",
+            "conn-balancer",
+        )?;
+        let tokens = palaver_setup(&nodes, "conn", 1, &["idle".to_string()]).await?;
+        let target = palaver_target("palaver-cluster", &tokens, vec![balancer.addr.clone()]);
+        let meter = CpuMeter::start();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before: Vec<u64> = nodes.iter().chain([&balancer]).map(|s| s.rss_kib()).collect::<Result<_>>()?;
+        eprintln!("  {conns} idle connections through the balancer at {}/s", o.conn_rate);
+        let d = Dial { src: None, read_buffer: 4096 };
+        let r = harness::ramp(&target, "idle", conns, o.conn_rate, d, Duration::from_secs(300)).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after: Vec<u64> = nodes.iter().chain([&balancer]).map(|s| s.rss_kib()).collect::<Result<_>>()?;
+        let active: HashMap<String, u64> = harness::balancer_active(&balancer)?.into_iter().collect();
+        let sc = format!("connections, {} via balancer", r.sockets.len());
+        for (i, node) in nodes.iter().enumerate() {
+            let held = active.get(&node.addr).copied().unwrap_or(0);
+            let per = after[i].saturating_sub(before[i]) as f64 / held.max(1) as f64;
+            res.push(&sc, &format!("node {} ({held} conns)", i + 1), "RSS per connection", per, "KiB", &meter);
+            res.conn_rss.push((format!("node {} (via balancer)", i + 1), per));
+        }
+        let held = r.sockets.len() as f64;
+        let per = after[3].saturating_sub(before[3]) as f64 / held.max(1.0);
+        res.push(&sc, "balancer", "RSS per relayed connection", per, "KiB", &meter);
+        res.conn_rss.push(("balancer".into(), per));
+        for (i, s) in nodes.iter().chain([&balancer]).enumerate() {
+            res.push(&sc, &s.label, "RSS total", after[i] as f64 / 1024.0, "MiB", &meter);
+        }
+        conn_time_rows(res, &sc, &r.times, held, r.failed, r.secs, &meter);
+        if let Some(e) = r.first_error {
+            res.note(format!("{sc}: {} failed, first: {e}", r.failed));
+        }
+        drop(r.sockets);
+    }
+    // Phase 2: many more, straight to the nodes, from shard processes.
+    if o.direct_conns == 0 {
+        return Ok(());
+    }
+    let direct = o.direct_conns.min(3 * node_cap);
+    if direct < o.direct_conns {
+        res.note(format!(
+            "direct connections capped at {direct} (3 nodes × {node_cap}: open-files hard limit {hard} per node)"
+        ));
+    }
+    let per_shard = node_cap.min(15_000);
+    let shards = direct.div_ceil(per_shard);
+    let nodes = harness::palaver_cluster(3, "conn-direct")?;
+    let tokens = palaver_setup(&nodes, "conn", 1, &["idle".to_string()]).await?;
+    let addrs = node_addrs(&nodes);
+    let meter = CpuMeter::start();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = measured.rss_kib()?;
-    let started = Instant::now();
-    let mut sockets = Vec::with_capacity(conns);
-    let mut connect_times = Histogram::<u64>::new(3)?;
-    for _ in 0..conns {
-        let t = Instant::now();
-        let mut ws = connect(target, &tokens[0]).await?;
-        call(&mut ws, json!({"type": "subscribe", "id": 1, "room": room})).await?;
-        connect_times.record(t.elapsed().as_micros() as u64)?;
-        sockets.push(ws);
+    let before: Vec<u64> = nodes.iter().map(|s| s.rss_kib()).collect::<Result<_>>()?;
+    eprintln!("  {direct} idle connections straight to the nodes, {shards} shard process(es), sources 127.0.0.2..");
+    let exe = exe()?;
+    let mut running = Vec::new();
+    for k in 0..shards {
+        let count = per_shard.min(direct - k * per_shard);
+        let src = std::net::Ipv4Addr::new(127, 0, 0, 2 + k as u8);
+        running.push(harness::Shard::start(&exe, &addrs, &tokens[0], "idle", count, o.conn_rate / shards as f64, src)?);
     }
-    let ramp = started.elapsed().as_secs_f64();
+    let mut times = harness::histogram();
+    let (mut held, mut failed) = (0u64, 0u64);
+    let within = Duration::from_secs_f64(direct as f64 / o.conn_rate + 120.0);
+    let t0 = Instant::now();
+    for s in &running {
+        let r = s.report(within)?;
+        held += r.held;
+        failed += r.failed;
+        times.add(&r.times)?;
+        if !r.first_error.is_empty() {
+            res.note(format!("a shard: {} failed, first: {}", r.failed, r.first_error));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = measured.rss_kib()?;
-    let per = (after.saturating_sub(before)) as f64 * 1024.0 / conns as f64;
-    let name = format!("connections{label}, {conns} idle");
-    rows.push(Row { scenario: name.clone(), figure: "RSS per connection".into(), value: per / 1024.0, unit: "KiB" });
-    rows.push(Row { scenario: name.clone(), figure: "RSS total".into(), value: after as f64 / 1024.0, unit: "MiB" });
-    rows.push(Row {
-        scenario: name.clone(),
-        figure: "connect+subscribe p50".into(),
-        value: pct(&connect_times, 0.5),
-        unit: "ms",
-    });
-    rows.push(Row {
-        scenario: name.clone(),
-        figure: "connect+subscribe p99".into(),
-        value: pct(&connect_times, 0.99),
-        unit: "ms",
-    });
-    rows.push(Row { scenario: name, figure: "connections opened/s".into(), value: conns as f64 / ramp, unit: "/s" });
-    drop(sockets);
+    let after: Vec<u64> = nodes.iter().map(|s| s.rss_kib()).collect::<Result<_>>()?;
+    let sc = format!("connections, {held} direct");
+    for (i, node) in nodes.iter().enumerate() {
+        let on_node = held / 3;
+        let per = after[i].saturating_sub(before[i]) as f64 / on_node.max(1) as f64;
+        res.push(&sc, &format!("node {} (~{on_node} conns)", i + 1), "RSS per connection", per, "KiB", &meter);
+        res.push(&sc, &node.label, "RSS total", after[i] as f64 / 1024.0, "MiB", &meter);
+        res.conn_rss.push((format!("node {} (direct)", i + 1), per));
+    }
+    res.push(&sc, "load generator", "shards (source addresses)", shards as f64, "", &meter);
+    conn_time_rows(res, &sc, &times, held as f64, failed, secs, &meter);
+    drop(running);
+    Ok(())
+}
+
+fn conn_time_rows(
+    res: &mut Results,
+    sc: &str,
+    times: &Histogram<u64>,
+    held: f64,
+    failed: u64,
+    secs: f64,
+    m: &CpuMeter,
+) {
+    res.push(sc, "palaver-cluster", "connect+subscribe p50", ms(times, 0.5), "ms", m);
+    res.push(sc, "palaver-cluster", "connect+subscribe p90", ms(times, 0.9), "ms", m);
+    res.push(sc, "palaver-cluster", "connect+subscribe p99", ms(times, 0.99), "ms", m);
+    res.push(sc, "palaver-cluster", "connect+subscribe max", times.max() as f64 / 1000.0, "ms", m);
+    res.push(sc, "palaver-cluster", "connections opened/s", held / secs.max(1e-3), "/s", m);
+    res.push(sc, "palaver-cluster", "connections failed", failed as f64, "", m);
+}
+
+// ----------------------------------------------------------------- fanout --
+
+/// Starts `system` and answers its target (and the processes to keep alive).
+async fn start_system(system: &str, o: &Options, room: &str) -> Result<(Target, Vec<Server>)> {
+    Ok(match system {
+        "palaver-cluster" => {
+            let nodes = harness::palaver_cluster(3, "fan-cluster")?;
+            let addrs = node_addrs(&nodes);
+            let b = harness::palaver_balancer(
+                &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
+                "round-robin",
+                "fan-balancer",
+            )?;
+            let tokens = palaver_setup(&nodes, "fan", o.users, &[room.to_string()]).await?;
+            let target = palaver_target(system, &tokens, vec![b.addr.clone()]);
+            let mut all = nodes;
+            all.push(b);
+            (target, all)
+        }
+        "palaver-node" => {
+            let node = harness::palaver_node("fan-node")?;
+            let tokens = palaver_setup(std::slice::from_ref(&node), "fan", o.users, &[room.to_string()]).await?;
+            (palaver_target(system, &tokens, vec![node.addr.clone()]), vec![node])
+        }
+        "ws" => {
+            let s = harness::node_peer("ws-server.js", "peer-ws")?;
+            (Target { system: system.into(), proto: Proto::Plain, addrs: vec![s.addr.clone()] }, vec![s])
+        }
+        "socketio" => {
+            let s = harness::node_peer("socketio-server.js", "peer-socketio")?;
+            (Target { system: system.into(), proto: Proto::SocketIo, addrs: vec![s.addr.clone()] }, vec![s])
+        }
+        "bare" | "bare-128k" => {
+            let buffer = if system == "bare" { 4096 } else { 128 * 1024 };
+            let s = harness::bare_peer(&exe()?, buffer, &format!("peer-{system}"))?;
+            (Target { system: system.into(), proto: Proto::Plain, addrs: vec![s.addr.clone()] }, vec![s])
+        }
+        other => bail!("unknown system {other}"),
+    })
+}
+
+fn peer_unavailable(system: &str) -> Option<String> {
+    match system {
+        "ws" | "socketio" => harness::node_peers_missing(),
+        _ => None,
+    }
+}
+
+async fn fanout(o: &Options, res: &mut Results) -> Result<()> {
+    let rates = o.rate.clone().unwrap_or_else(|| harness::doubling_rates(25_000.0, 3_200_000.0, o.members));
+    for system in &o.systems {
+        if let Some(why) = peer_unavailable(system) {
+            res.note(format!("fanout: {system} skipped: {why}"));
+            continue;
+        }
+        eprintln!("  {system}: {} receivers in one room, {} senders", o.members, o.publishers);
+        let (target, servers) = start_system(system, o, "fan").await?;
+        let spec = FanoutSpec {
+            rooms: 1,
+            members: o.members,
+            senders: o.publishers,
+            rates: rates.clone(),
+            step_secs: o.step_secs,
+            drain_secs: o.drain_secs,
+            stop_on_saturation: o.rate.is_none(),
+            room: "fan".into(),
+            parallel: 32,
+            dial: Dial::default(),
+        };
+        let run = harness::fanout(&target, &spec).await?;
+        res.fanout_rows(&format!("fanout {}", o.members), &run);
+        res.fanout.push(run);
+        drop(servers);
+    }
+    Ok(())
+}
+
+async fn idle(o: &Options, res: &mut Results) -> Result<()> {
+    let mut systems: Vec<String> = o.systems.iter().filter(|s| s.as_str() != "palaver-cluster").cloned().collect();
+    if systems.iter().any(|s| s == "bare") {
+        systems.push("bare-128k".into());
+    }
+    for system in &systems {
+        if let Some(why) = peer_unavailable(system) {
+            res.note(format!("idle: {system} skipped: {why}"));
+            continue;
+        }
+        let (target, servers) = start_system(system, o, "idle").await?;
+        eprintln!("  {system}: {} idle sockets", o.idle);
+        let i = harness::idle_rss(&servers[0], &target, "idle", o.idle, o.conn_rate).await?;
+        let sc = format!("idle, {} sockets", i.sockets);
+        let row = |figure: &str, value: f64, unit: &'static str| Row {
+            scenario: sc.clone(),
+            system: system.clone(),
+            figure: figure.into(),
+            value,
+            unit,
+            load1: i.load1,
+            other_cores: i.other_cores,
+        };
+        res.rows.push(row("RSS per idle socket", i.kib_per_socket, "KiB"));
+        res.rows.push(row("RSS total", i.rss_mib, "MiB"));
+        res.rows.push(row("connect p50", i.connect_p50, "ms"));
+        res.rows.push(row("connect p99", i.connect_p99, "ms"));
+        if i.failed > 0 {
+            res.rows.push(row("connections failed", i.failed as f64, ""));
+        }
+        res.idle.push(i);
+        drop(servers);
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ rooms --
+
+async fn rooms(o: &Options, res: &mut Results) -> Result<()> {
+    let hard = harness::nofile_hard() as usize;
+    let mut rooms = o.rooms;
+    while rooms * o.room_members + o.publishers > hard.saturating_sub(500) && rooms > 1 {
+        rooms -= 1;
+    }
+    if rooms < o.rooms {
+        res.note(format!("rooms: capped at {rooms} rooms (open-files hard limit {hard} for the load generator)"));
+    }
+    let nodes = harness::palaver_cluster(3, "rooms-cluster")?;
+    let names: Vec<String> = (0..rooms).map(|r| format!("r{r}")).collect();
+    eprintln!("  creating {rooms} rooms");
+    let tokens = palaver_setup(&nodes, "rm", o.users.min(10), &names).await?;
+    // Senders use the owner of every room; receivers straight to the nodes.
+    let target = Target {
+        system: "palaver-cluster".into(),
+        proto: Proto::Palaver { receivers: Arc::new(tokens.clone()), senders: Arc::new(vec![tokens[0].clone()]) },
+        addrs: node_addrs(&nodes),
+    };
+    let rates = o.rate.clone().unwrap_or_else(|| harness::doubling_rates(5_000.0, 320_000.0, o.room_members));
+    let spec = FanoutSpec {
+        rooms,
+        members: o.room_members,
+        senders: o.publishers.max(3),
+        rates,
+        step_secs: o.step_secs,
+        drain_secs: o.drain_secs,
+        stop_on_saturation: o.rate.is_none(),
+        room: "r".into(),
+        parallel: 64,
+        dial: Dial { src: None, read_buffer: 4096 },
+    };
+    eprintln!("  {} receivers ({rooms} rooms × {}) straight to the 3 nodes", rooms * o.room_members, o.room_members);
+    let run = harness::fanout(&target, &spec).await?;
+    res.fanout_rows(&format!("rooms {rooms}x{}", o.room_members), &run);
+    res.rooms = Some(run);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- durable --
+
+async fn durable(o: &Options, res: &mut Results) -> Result<()> {
+    let nodes = harness::palaver_cluster(3, "durable")?;
+    cluster_latency(&nodes, o.latency_rate, o.secs, res).await?;
+    cluster_sends(&nodes, 1, o.senders, o.secs, res).await?;
+    cluster_sends(&nodes, 100, o.senders, o.secs, res).await?;
     Ok(())
 }
 
 /// Delivery latency at a steady rate, to a receiver on the sender's node and
 /// to receivers on the other nodes.
-async fn cluster_latency(nodes: &[NodeProcess], rate: u64, secs: u64, rows: &mut Vec<Row>) -> Result<()> {
-    let api = Arc::new(Api { http: reqwest::Client::new(), base: format!("http://{}", nodes[0].addr) });
-    let tokens = api.users("lat", 2).await?;
-    api.post("/api/rooms", Some(&tokens[0]), json!({"room": "latency", "visibility": "public"})).await?;
+async fn cluster_latency(nodes: &[Server], rate: u64, secs: u64, res: &mut Results) -> Result<()> {
+    let tokens = palaver_setup(nodes, "lat", 2, &["latency".to_string()]).await?;
     let epoch = Instant::now();
     let mut receivers = Vec::new();
     for node in nodes {
-        let mut ws = connect(&node.addr, &tokens[1]).await?;
+        let mut ws = harness::dial(&node.addr, "/ws", Some(&tokens[1]), Dial::default()).await?;
         call(&mut ws, json!({"type": "subscribe", "id": 1, "room": "latency"})).await?;
         receivers.push(ws);
     }
+    let meter = CpuMeter::start();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for mut ws in receivers {
         tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3)?;
+            let mut h = harness::histogram();
             while let Ok(Some(Ok(Message::Text(t)))) =
                 tokio::time::timeout_at((deadline + Duration::from_secs(3)).into(), ws.next()).await
             {
-                let v: Value = serde_json::from_str(&t)?;
-                if v["type"] == "message"
-                    && let Some(sent) = v["body"].as_str().and_then(|b| b.parse::<u64>().ok())
-                {
-                    h.record((epoch.elapsed().as_micros() as u64).saturating_sub(sent))?;
+                if let Some((_, sent)) = harness::parse_stamp(&t) {
+                    h.saturating_record((epoch.elapsed().as_micros() as u64).saturating_sub(sent).max(1));
                 }
             }
-            anyhow::Ok(h)
+            h
         }));
     }
-    let sender = connect(&nodes[0].addr, &tokens[0]).await?;
+    let sender = harness::dial(&nodes[0].addr, "/ws", Some(&tokens[0]), Dial::default()).await?;
     let (mut tx, mut rx) = sender.split();
     let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    let nonce = harness::nonce();
     let mut n = 0u64;
     while Instant::now() < deadline {
         tick.tick().await;
-        let body = epoch.elapsed().as_micros().to_string();
-        let frame = json!({"type": "send", "id": n, "room": "latency", "body": body, "client_id": format!("l{n}")});
+        let body = format!("@0:{};", epoch.elapsed().as_micros());
+        let frame =
+            json!({"type": "send", "id": n, "room": "latency", "body": body, "client_id": format!("{nonce}-{n}")});
         tx.send(Message::Text(frame.to_string().into())).await?;
         n += 1;
     }
     let mut hists = Vec::new();
     for t in tasks {
-        hists.push(t.await??);
+        hists.push(t.await?);
     }
     drain.abort();
-    let name = format!("cluster latency, {rate} msg/s");
+    let sc = format!("durable latency @{rate} msg/s");
     let same = &hists[0];
-    let mut cross = Histogram::<u64>::new(3)?;
+    let mut cross = harness::histogram();
     for h in &hists[1..] {
         cross.add(h)?;
     }
-    rows.push(Row { scenario: name.clone(), figure: "same-node p50".into(), value: pct(same, 0.5), unit: "ms" });
-    rows.push(Row { scenario: name.clone(), figure: "same-node p99".into(), value: pct(same, 0.99), unit: "ms" });
-    rows.push(Row { scenario: name.clone(), figure: "cross-node p50".into(), value: pct(&cross, 0.5), unit: "ms" });
-    rows.push(Row { scenario: name.clone(), figure: "cross-node p99".into(), value: pct(&cross, 0.99), unit: "ms" });
-    rows.push(Row {
-        scenario: name,
-        figure: "messages received".into(),
-        value: (same.len() + cross.len()) as f64,
-        unit: "",
-    });
+    for (who, h) in [("same node", same), ("other nodes", &cross)] {
+        res.push(&sc, "palaver-cluster", &format!("{who} p50"), ms(h, 0.5), "ms", &meter);
+        res.push(&sc, "palaver-cluster", &format!("{who} p99"), ms(h, 0.99), "ms", &meter);
+        res.push(&sc, "palaver-cluster", &format!("{who} p999"), ms(h, 0.999), "ms", &meter);
+    }
+    res.push(
+        &sc,
+        "palaver-cluster",
+        "messages received of sent",
+        (same.len() + cross.len()) as f64 / (3 * n).max(1) as f64 * 100.0,
+        "%",
+        &meter,
+    );
     Ok(())
 }
 
 /// Answered sends/s with majority acks: `senders` senders spread over the
-/// nodes, over `rooms` rooms.
-async fn cluster_sends(
-    nodes: &[NodeProcess],
-    rooms: usize,
-    senders: usize,
-    secs: u64,
-    rows: &mut Vec<Row>,
-) -> Result<()> {
-    let api = Arc::new(Api { http: reqwest::Client::new(), base: format!("http://{}", nodes[0].addr) });
-    let tokens = api.users(&format!("cs{rooms}x"), senders).await?;
-    for r in 0..rooms {
-        api.post("/api/rooms", Some(&tokens[0]), json!({"room": format!("cs{rooms}-{r}"), "visibility": "public"}))
-            .await?;
-    }
-    for t in &tokens[1..] {
-        for r in 0..rooms {
-            api.post(&format!("/api/rooms/cs{rooms}-{r}/join"), Some(t), json!({})).await?;
-        }
-    }
+/// nodes, over `rooms` rooms, 16 sends in flight each.
+async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64, res: &mut Results) -> Result<()> {
+    let names: Vec<String> = (0..rooms).map(|r| format!("cs{rooms}-{r}")).collect();
+    let tokens = palaver_setup(nodes, &format!("cs{rooms}x"), senders, &names).await?;
     const WINDOW: u64 = 16;
+    let nonce = harness::nonce();
+    let meter = CpuMeter::start();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
-        let ws = connect(&nodes[i % nodes.len()].addr, token).await?;
+        let ws = harness::dial(&nodes[i % nodes.len()].addr, "/ws", Some(token), Dial::default()).await?;
+        let nonce = nonce.clone();
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             let (mut sent, mut answered) = (0u64, 0u64);
-            let mut h = Histogram::<u64>::new(3)?;
+            let mut h = harness::histogram();
             let mut started: HashMap<u64, Instant> = HashMap::new();
             while Instant::now() < deadline || answered < sent {
                 while sent - answered < WINDOW && Instant::now() < deadline {
                     let room = format!("cs{rooms}-{}", (sent as usize + i) % rooms);
-                    let frame = json!({"type": "send", "id": sent, "room": room, "body": "x", "client_id": format!("{i}-{sent}")});
+                    let frame = json!({"type": "send", "id": sent, "room": room, "body": "x", "client_id": format!("{nonce}-{i}-{sent}")});
                     started.insert(sent, Instant::now());
                     tx.send(Message::Text(frame.to_string().into())).await?;
                     sent += 1;
@@ -615,7 +723,7 @@ async fn cluster_sends(
                 if v["type"] == "ok" {
                     answered += 1;
                     if let Some(t0) = v["id"].as_u64().and_then(|id| started.remove(&id)) {
-                        h.record(t0.elapsed().as_micros() as u64)?;
+                        h.saturating_record(t0.elapsed().as_micros() as u64);
                     }
                 } else if v["type"] == "error" {
                     bail!("send failed: {v}");
@@ -625,87 +733,376 @@ async fn cluster_sends(
         }));
     }
     let started = Instant::now();
-    let mut all = Histogram::<u64>::new(3)?;
+    let mut all = harness::histogram();
     for t in tasks {
         all.add(t.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let name = format!("cluster sends, {rooms} room(s)");
-    rows.push(Row {
-        scenario: name.clone(),
-        figure: "answered sends/s (majority)".into(),
-        value: all.len() as f64 / elapsed,
-        unit: "/s",
-    });
-    rows.push(Row { scenario: name.clone(), figure: "answer latency p50".into(), value: pct(&all, 0.5), unit: "ms" });
-    rows.push(Row { scenario: name, figure: "answer latency p99".into(), value: pct(&all, 0.99), unit: "ms" });
+    let sc = format!("durable sends, {rooms} room(s)");
+    res.push(
+        &sc,
+        "palaver-cluster",
+        &format!("answered sends/s (majority, {senders} senders)"),
+        all.len() as f64 / elapsed,
+        "/s",
+        &meter,
+    );
+    res.push(&sc, "palaver-cluster", "answer latency p50", ms(&all, 0.5), "ms", &meter);
+    res.push(&sc, "palaver-cluster", "answer latency p99", ms(&all, 0.99), "ms", &meter);
+    res.push(&sc, "palaver-cluster", "answer latency p999", ms(&all, 0.999), "ms", &meter);
     Ok(())
 }
 
-fn machine_load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
+// ---------------------------------------------------------------- sends --
+
+/// Closed loop: `tokens.len()` senders (sender i on `addrs[i % len]`), each
+/// waiting for its answer before sending again. `typing` instead of `send`
+/// when `typing`: a round trip with little server work (no store, no
+/// replication), so a relay's own cost shows.
+async fn closed_loop(
+    addrs: &[String],
+    tokens: &[String],
+    room: &str,
+    secs: u64,
+    typing: bool,
+) -> Result<(f64, Histogram<u64>)> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let nonce = harness::nonce();
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let mut ws = harness::dial(&addrs[i % addrs.len()], "/ws", Some(token), Dial::default()).await?;
+        let room = room.to_string();
+        let nonce = nonce.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = harness::histogram();
+            let mut n = 0u64;
+            while Instant::now() < deadline && n < 10_000_000 {
+                let started = Instant::now();
+                let frame = if typing {
+                    json!({"type": "typing", "id": n, "room": room})
+                } else {
+                    json!({"type": "send", "id": n, "room": room, "body": "benchmark message", "client_id": format!("{nonce}-{i}-{n}")})
+                };
+                call(&mut ws, frame).await?;
+                h.saturating_record(started.elapsed().as_micros() as u64);
+                n += 1;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = harness::histogram();
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    Ok((all.len() as f64 / started.elapsed().as_secs_f64(), all))
 }
 
-fn main() -> Result<()> {
-    let o = options()?;
-    // Thousands of client sockets: one descriptor each.
-    let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, 1 << 20, 1 << 20);
-    let _ = rlimit::increase_nofile_limit(1 << 20);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let mut rows = Vec::new();
-    runtime.block_on(async {
-        let scenarios: Vec<&str> = match o.scenario.as_str() {
-            "all" => vec!["sends", "fanout", "connections"],
-            s => vec![s],
-        };
-        for s in scenarios {
-            if s == "cluster" {
-                let nodes = NodeProcess::start_cluster(3)?;
-                eprintln!("running cluster (load average before: {})", machine_load());
-                cluster_latency(&nodes, o.rate, o.secs, &mut rows).await?;
-                cluster_sends(&nodes, 1, o.senders, o.secs, &mut rows).await?;
-                cluster_sends(&nodes, 100, o.senders, o.secs, &mut rows).await?;
+async fn sends_scenario(o: &Options, res: &mut Results) -> Result<()> {
+    let node = harness::palaver_node("sends-node")?;
+    let nodes = std::slice::from_ref(&node);
+    let tokens = palaver_setup(nodes, "snd", o.senders, &["sends".to_string()]).await?;
+    for n in [1, o.senders] {
+        let meter = CpuMeter::start();
+        let (rate, h) = closed_loop(std::slice::from_ref(&node.addr), &tokens[..n], "sends", o.secs, false).await?;
+        let sc = format!("sends, {n} sender(s)");
+        res.push(&sc, "palaver-node", "answered sends/s", rate, "/s", &meter);
+        res.push(&sc, "palaver-node", "send latency p50", ms(&h, 0.5), "ms", &meter);
+        res.push(&sc, "palaver-node", "send latency p99", ms(&h, 0.99), "ms", &meter);
+    }
+    Ok(())
+}
+
+/// One node behind the balancer: closed-loop sends direct and relayed, then
+/// the balancer's RSS per idle relayed connection.
+async fn relay(o: &Options, res: &mut Results) -> Result<()> {
+    let node = harness::palaver_node("relay-node")?;
+    let balancer = harness::palaver_balancer(&[node.addr.as_str()], "round-robin", "relay-balancer")?;
+    let tokens = palaver_setup(std::slice::from_ref(&node), "rel", o.senders, &["relay".to_string()]).await?;
+    for (label, addr) in [("direct", &node.addr), ("via balancer", &balancer.addr)] {
+        let meter = CpuMeter::start();
+        let (rate, h) = closed_loop(std::slice::from_ref(addr), &tokens, "relay", o.secs, false).await?;
+        let sc = format!("relay, {} senders", o.senders);
+        res.push(&sc, label, "answered sends/s", rate, "/s", &meter);
+        res.push(&sc, label, "send latency p50", ms(&h, 0.5), "ms", &meter);
+        res.push(&sc, label, "send latency p99", ms(&h, 0.99), "ms", &meter);
+    }
+    let target = palaver_target("palaver-node", &tokens, vec![balancer.addr.clone()]);
+    let cap = (harness::nofile_hard().saturating_sub(600) / 2) as usize;
+    let i = harness::idle_rss(&balancer, &target, "relay", o.conns.min(cap), o.conn_rate).await?;
+    let meter = CpuMeter::start();
+    res.push(
+        &format!("relay, {} idle", i.sockets),
+        "balancer",
+        "RSS per relayed connection",
+        i.kib_per_socket,
+        "KiB",
+        &meter,
+    );
+    Ok(())
+}
+
+// --------------------------------------------------------------- balancer --
+
+async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
+    let nodes = harness::palaver_cluster(3, "bal-cluster")?;
+    let addrs = node_addrs(&nodes);
+    let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let tokens = palaver_setup(&nodes, "bal", o.senders.max(2), &["balrtt".to_string(), "balfan".to_string()]).await?;
+    let members = o.members.min(1000);
+    let rates = o.rate.clone().unwrap_or_else(|| harness::doubling_rates(100_000.0, 800_000.0, members));
+    let mut paths: Vec<String> = vec!["direct (spread over nodes)".into()];
+    for s in ["round-robin", "weighted", "least-connections"] {
+        paths.push(format!("palaver balancer {s}"));
+    }
+    paths.push("haproxy roundrobin".into());
+    let mut direct = (0.0, 0.0);
+    for name in &paths {
+        let server = if name.starts_with("palaver balancer") {
+            let strategy = name.rsplit(' ').next().unwrap_or("round-robin");
+            Some(harness::palaver_balancer(&addr_refs, strategy, &format!("bal-{strategy}"))?)
+        } else if name.starts_with("haproxy") {
+            if let Some(why) = harness::haproxy_missing() {
+                res.note(format!("balancer: HAProxy skipped: {why}"));
                 continue;
             }
-            let node = NodeProcess::start()?;
-            let api = Arc::new(Api { http: reqwest::Client::new(), base: format!("http://{}", node.addr) });
-            eprintln!("running {s} (load average before: {})", machine_load());
-            match s {
-                "sends" => {
-                    sends(&node.addr, "", &api, 1, o.secs, &mut rows).await?;
-                    sends(&node.addr, "", &api, o.senders, o.secs, &mut rows).await?;
-                }
-                "relay" => {
-                    let balancer = NodeProcess::start_balancer(&node.addr)?;
-                    sends(&node.addr, " direct", &api, o.senders, o.secs, &mut rows).await?;
-                    sends(&balancer.addr, " via balancer", &api, o.senders, o.secs, &mut rows).await?;
-                    connections(&balancer.addr, &balancer, " via balancer (balancer RSS)", &api, o.conns, &mut rows)
-                        .await?;
-                }
-                "fanout" => fanout(&node, &api, o.members, o.users, o.secs, &mut rows).await?,
-                "connections" => connections(&node.addr, &node, " (node RSS)", &api, o.conns, &mut rows).await?,
-                other => bail!("unknown scenario {other}: sends, fanout, connections, relay, cluster or all"),
-            }
+            Some(harness::haproxy(&addr_refs, "bal-haproxy")?)
+        } else {
+            None
+        };
+        let path_addrs = server.as_ref().map_or(addrs.clone(), |s| vec![s.addr.clone()]);
+        eprintln!("  {name}: {} closed-loop round trips, then fan-out to {members}", o.senders);
+        let meter = CpuMeter::start();
+        let (rate, h) = closed_loop(&path_addrs, &tokens[..o.senders], "balrtt", o.secs, true).await?;
+        let sc = format!("balancer, {} round-trippers", o.senders);
+        res.push(&sc, name, "round trips/s (typing)", rate, "/s", &meter);
+        res.push(&sc, name, "round trip p50", ms(&h, 0.5), "ms", &meter);
+        res.push(&sc, name, "round trip p99", ms(&h, 0.99), "ms", &meter);
+        let p99 = ms(&h, 0.99);
+        let target = palaver_target(name, &tokens, path_addrs);
+        let spec = FanoutSpec {
+            rooms: 1,
+            members,
+            senders: o.publishers,
+            rates: rates.clone(),
+            step_secs: o.step_secs,
+            drain_secs: o.drain_secs,
+            stop_on_saturation: o.rate.is_none(),
+            room: "balfan".into(),
+            parallel: 32,
+            dial: Dial::default(),
+        };
+        let run = harness::fanout(&target, &spec).await?;
+        let step = run.step_at(100_000.0).cloned().unwrap_or_default();
+        let sc2 = format!("balancer, fan-out {members}");
+        let row = |figure: &str, value: f64, unit: &'static str| Row {
+            scenario: sc2.clone(),
+            system: name.clone(),
+            figure: figure.into(),
+            value,
+            unit,
+            load1: step.load1,
+            other_cores: step.other_cores,
+        };
+        res.rows.push(row("max deliveries/s", run.best(), "/s"));
+        res.rows.push(row("delivery p50 @100k/s", step.p50, "ms"));
+        res.rows.push(row("delivery p99 @100k/s", step.p99, "ms"));
+        res.rows.push(row("delivery p999 @100k/s", step.p999, "ms"));
+        if server.is_none() {
+            direct = (p99, step.p99);
+        } else {
+            res.push(&sc, name, "added round-trip p99 vs direct", p99 - direct.0, "ms", &meter);
+            res.rows.push(row("added delivery p99 vs direct", step.p99 - direct.1, "ms"));
         }
-        anyhow::Ok(())
-    })?;
-    println!("{:<32} {:<28} {:>14}", "scenario", "figure", "value");
-    for r in &rows {
-        println!("{:<32} {:<28} {:>12.2} {}", r.scenario, r.figure, r.value, r.unit);
+        if let Some(s) = &server {
+            res.push(&sc, name, "relay RSS (after)", s.rss_kib()? as f64 / 1024.0, "MiB", &meter);
+        }
+        res.balancer.push((name.clone(), rate, p99, run.best(), step.p99));
+        drop(server);
     }
-    let json: Vec<Value> = rows
-        .iter()
-        .map(|r| json!({"scenario": r.scenario, "figure": r.figure, "value": r.value, "unit": r.unit}))
-        .collect();
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
+    Ok(())
+}
+
+// ------------------------------------------------------------- comparison --
+
+/// A figure of a system, by the system's name.
+type Figure<'a> = &'a dyn Fn(&str) -> f64;
+
+fn ratio(a: f64, b: f64) -> String {
+    if a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() { format!("{:.2}×", a / b) } else { "-".into() }
+}
+
+/// The side-by-side table of the fan-out and idle figures, and ratios.
+fn comparison(res: &Results) -> String {
+    if res.fanout.is_empty() && res.idle.is_empty() {
+        return String::new();
+    }
+    let common = 100_000.0;
+    let p99_at = |sys: &str| {
+        res.fanout.iter().find(|r| r.system == sys).and_then(|r| r.step_at(common)).map_or(f64::NAN, |s| s.p99)
+    };
+    let best = |sys: &str| res.fanout.iter().find(|r| r.system == sys).map_or(f64::NAN, FanoutRun::best);
+    let rss = |sys: &str| res.idle.iter().find(|i| i.system == sys).map_or(f64::NAN, |i| i.kib_per_socket);
+    let mut systems: Vec<String> = res.fanout.iter().map(|r| r.system.clone()).collect();
+    for i in &res.idle {
+        if !systems.contains(&i.system) {
+            systems.push(i.system.clone());
+        }
+    }
+    let members =
+        res.fanout.first().and_then(|r| r.steps.first()).map_or(0.0, |s| s.offered_deliveries / s.offered_sends);
+    let mut out = format!(
+        "Side by side, same run, same load (fan-out: {} receivers in one room; idle: RSS growth per idle socket)\n{:<18} {:>18} {:>18} {:>18}\n",
+        num(members),
+        "system",
+        "max deliveries/s",
+        "p99 @100k/s (ms)",
+        "KiB / idle socket"
+    );
+    for s in &systems {
+        let f = |v: f64| if v.is_finite() { num(v) } else { "-".into() };
+        out.push_str(&format!("{s:<18} {:>18} {:>18} {:>18}\n", f(best(s)), f(p99_at(s)), f(rss(s))));
+    }
+    let peers: Vec<&str> = ["ws", "socketio", "bare"].into_iter().filter(|p| systems.iter().any(|s| s == p)).collect();
+    if !peers.is_empty() {
+        out.push_str(&format!("\nRatios Palaver / peer\n{:<36}", "figure"));
+        for p in &peers {
+            out.push_str(&format!(" {:>12}", format!("vs {p}")));
+        }
+        out.push('\n');
+        let lines: [(&str, Figure, &str); 5] = [
+            ("max deliveries/s, 3 nodes + balancer", &best, "palaver-cluster"),
+            ("max deliveries/s, 1 node", &best, "palaver-node"),
+            ("p99 @100k/s, 3 nodes + balancer", &p99_at, "palaver-cluster"),
+            ("p99 @100k/s, 1 node", &p99_at, "palaver-node"),
+            ("RSS per idle socket, 1 node", &rss, "palaver-node"),
+        ];
+        for (label, f, ours) in lines {
+            out.push_str(&format!("{label:<36}"));
+            for p in &peers {
+                out.push_str(&format!(" {:>12}", ratio(f(ours), f(p))));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+// ----------------------------------------------------------------- output --
+
+fn run_json(r: &FanoutRun) -> Value {
+    json!({
+        "system": r.system, "receivers": r.receivers, "connect_secs": r.connect_secs,
+        "max_deliveries_per_sec": r.best(), "first_error": r.first_error,
+        "steps": r.steps.iter().map(|s| json!({
+            "offered_sends_per_sec": s.offered_sends, "offered_deliveries_per_sec": s.offered_deliveries,
+            "sent": s.sent, "sends_per_sec": s.sends_per_sec, "deliveries_per_sec": s.deliveries_per_sec,
+            "expected": s.expected, "delivered": s.delivered,
+            "latency_ms": {"p50": s.p50, "p99": s.p99, "p999": s.p999, "max": s.max},
+            "errors": s.errors, "receivers_closed": s.closed, "saturated": s.saturated, "why": s.why,
+            "load1": s.load1, "other_cores": s.other_cores, "generator_cores": s.generator_cores, "server_cores": s.server_cores,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn latency_panels(runs: &[&FanoutRun]) -> Vec<report::Panel> {
+    runs.iter()
+        .map(|r| report::Panel {
+            title: format!("{} (max {} deliveries/s)", r.system, num(r.best())),
+            x: r.steps.iter().map(|s| num(s.offered_deliveries)).collect(),
+            series: vec![
+                ("p50".into(), r.steps.iter().map(|s| s.p50).collect()),
+                ("p99".into(), r.steps.iter().map(|s| s.p99).collect()),
+                ("p99.9".into(), r.steps.iter().map(|s| s.p999).collect()),
+                ("max".into(), r.steps.iter().map(|s| s.max).collect()),
+            ],
+        })
+        .collect()
+}
+
+fn write_outputs(o: &Options, res: &Results, pinned: bool, load_before: [f64; 3], secs: f64) -> Result<()> {
+    let out = harness::results_dir();
     std::fs::create_dir_all(&out)?;
-    let meta: HashMap<&str, Value> = HashMap::from([
-        ("load_average_after", json!(machine_load())),
-        ("cores", json!(std::thread::available_parallelism().map_or(0, |n| n.get()))),
-    ]);
-    std::fs::write(out.join("load.json"), serde_json::to_string_pretty(&json!({"rows": json, "machine": meta}))?)?;
-    eprintln!("results written to {}", out.join("load.json").display());
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let doc = json!({
+        "machine": {
+            "cores": harness::machine_cores(),
+            "cpu": harness::cpu_model(),
+            "open_files_hard_limit": harness::nofile_hard(),
+            "pinning": if pinned { "servers on core 0, load generator on core 1 (taskset)" } else { "off" },
+            "load_average_before": load_before,
+            "load_average_after": harness::load_average(),
+        },
+        "unix_time": unix,
+        "run_secs": secs,
+        "scenarios": o.scenarios,
+        "rows": res.rows.iter().map(Row::json).collect::<Vec<_>>(),
+        "fanout": res.fanout.iter().map(run_json).collect::<Vec<_>>(),
+        "rooms": res.rooms.as_ref().map(run_json),
+        "idle": res.idle.iter().map(|i| json!({"system": i.system, "sockets": i.sockets, "kib_per_socket": i.kib_per_socket,
+            "rss_mib": i.rss_mib, "connect_p50_ms": i.connect_p50, "connect_p99_ms": i.connect_p99, "failed": i.failed,
+            "load1": i.load1, "other_cores": i.other_cores})).collect::<Vec<_>>(),
+        "balancer": res.balancer.iter().map(|b| json!({"path": b.0, "round_trips_per_sec": b.1, "round_trip_p99_ms": b.2,
+            "max_deliveries_per_sec": b.3, "delivery_p99_ms_at_100k": b.4})).collect::<Vec<_>>(),
+        "comparison": comparison(res),
+        "notes": res.notes,
+    });
+    std::fs::write(out.join("load.json"), serde_json::to_string_pretty(&doc)?)?;
+    let mut written = vec!["load.json".to_string()];
+    let mut svg = |name: &str, text: String| -> Result<()> {
+        std::fs::write(out.join(name), text)?;
+        written.push(name.to_string());
+        Ok(())
+    };
+    if !res.fanout.is_empty() {
+        let runs: Vec<&FanoutRun> = res.fanout.iter().collect();
+        svg(
+            "fanout-latency.svg",
+            report::line_panels(
+                "Fan-out, one room: end-to-end latency per rate step",
+                "offered deliveries/s",
+                "latency (ms, log)",
+                &latency_panels(&runs),
+            ),
+        )?;
+        let items: Vec<(String, f64)> = res.fanout.iter().map(|r| (r.system.clone(), r.best())).collect();
+        svg(
+            "fanout-throughput.svg",
+            report::bar_chart("Fan-out, one room: max deliveries/s per system", "/s", &items),
+        )?;
+    }
+    if let Some(r) = &res.rooms {
+        svg(
+            "rooms-latency.svg",
+            report::line_panels(
+                "Many rooms: end-to-end latency per rate step",
+                "offered deliveries/s",
+                "latency (ms, log)",
+                &latency_panels(&[r]),
+            ),
+        )?;
+    }
+    if !res.idle.is_empty() {
+        let items: Vec<(String, f64)> = res.idle.iter().map(|i| (i.system.clone(), i.kib_per_socket)).collect();
+        svg("idle-rss.svg", report::bar_chart("RSS per idle WebSocket", "KiB", &items))?;
+    }
+    if !res.conn_rss.is_empty() {
+        svg(
+            "connections-rss.svg",
+            report::bar_chart("Palaver cluster: RSS per idle connection", "KiB", &res.conn_rss),
+        )?;
+    }
+    if !res.balancer.is_empty() {
+        let trips: Vec<(String, f64)> = res.balancer.iter().map(|b| (b.0.clone(), b.1)).collect();
+        svg("balancer-roundtrips.svg", report::bar_chart("Closed-loop typing round trips/s per path", "/s", &trips))?;
+        let max: Vec<(String, f64)> = res.balancer.iter().map(|b| (b.0.clone(), b.3)).collect();
+        svg("balancer-throughput.svg", report::bar_chart("Fan-out: max deliveries/s per path", "/s", &max))?;
+        let p99: Vec<(String, f64)> = res.balancer.iter().map(|b| (b.0.clone(), b.4)).collect();
+        svg(
+            "balancer-latency.svg",
+            report::bar_chart("Fan-out delivery p99 per path (100k deliveries/s)", "ms", &p99),
+        )?;
+    }
+    eprintln!("results written to {}: {}", out.display(), written.join(", "));
     Ok(())
 }
