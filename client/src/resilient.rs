@@ -707,8 +707,17 @@ impl Driver {
         let key = self.next_send;
         self.next_send += 1;
         let now = Instant::now();
-        let send =
-            PendingSend { room, body, client_id, reply, attempts: 0, refusals: 0, created: now, due: now, in_flight: None };
+        let send = PendingSend {
+            room,
+            body,
+            client_id,
+            reply,
+            attempts: 0,
+            refusals: 0,
+            created: now,
+            due: now,
+            in_flight: None,
+        };
         self.sends.insert(key, send);
         key
     }
@@ -804,7 +813,8 @@ impl Driver {
                     if let Some(err) = api_error(&v, None) {
                         return Err(self.token_refused(err));
                     }
-                    if let (Some(name), Ok(mut u)) = (v.get("username").and_then(Value::as_str), self.shared.username.lock())
+                    if let (Some(name), Ok(mut u)) =
+                        (v.get("username").and_then(Value::as_str), self.shared.username.lock())
                     {
                         *u = Some(name.to_string());
                     }
@@ -939,8 +949,12 @@ impl Driver {
         }
         self.give_up_overdue();
         self.write_due_sends(s).await?;
-        let due_subs: Vec<String> =
-            self.subs.iter().filter(|(_, sub)| !sub.sent && sub.due.is_some_and(|d| d <= now)).map(|(r, _)| r.clone()).collect();
+        let due_subs: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| !sub.sent && sub.due.is_some_and(|d| d <= now))
+            .map(|(r, _)| r.clone())
+            .collect();
         for room in due_subs {
             self.write_subscribe(s, &room).await?;
         }
