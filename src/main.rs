@@ -242,18 +242,30 @@ async fn serve(mut settings: NodeSettings, listen: SocketAddr, exit_with_parent:
 }
 
 /// Resolves when standard input reaches its end, if asked to watch it.
+///
+/// The read runs on a plain thread, not tokio's blocking pool: the runtime
+/// waits for its blocking tasks when it shuts down, and a stdin read that
+/// never ends would keep a stopped node from exiting.
 async fn parent_gone(watch: bool) {
     if !watch {
         return std::future::pending().await;
     }
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 64];
-    loop {
-        match tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new().name("stdin-watch".into()).spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 64];
+        loop {
+            match std::io::Read::read(&mut stdin, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
         }
+        let _ = tx.send(());
+    });
+    if spawned.is_err() {
+        return std::future::pending().await;
     }
+    let _ = rx.await;
 }
 
 /// Open files wanted: room for hundreds of thousands of connections.
