@@ -81,10 +81,18 @@ pub fn recovery_target(mine: u64, answers: &[u64], cluster_size: usize) -> Optio
 
 /// The leader's watch: moves the rooms of dead nodes to live ones.
 pub async fn watch(node: Weak<Node>, timeout_ms: u64) {
-    let started = now_ms();
+    let mut started = now_ms();
+    let mut last_tick = started;
     let mut tick = tokio::time::interval(WATCH_EVERY);
     loop {
         tick.tick().await;
+        let now = now_ms();
+        // This process was paused (SIGSTOP, a long GC-like stall): its view
+        // of the others is stale, not their silence; start counting afresh.
+        if now.saturating_sub(last_tick) > 4 * WATCH_EVERY.as_millis() as u64 {
+            started = now;
+        }
+        last_tick = now;
         let Some(node) = node.upgrade() else { return };
         let Some(cluster) = &node.cluster else { return };
         let m = node.consensus.metrics();
@@ -154,6 +162,9 @@ pub async fn recover(node: Arc<Node>, room: String, room_key: u64) {
 
 async fn try_recover(node: &Arc<Node>, room: &str, room_key: u64) -> Result<u64, String> {
     let Some(cluster) = &node.cluster else { return Err("not in a cluster".into()) };
+    let my_epoch = node.meta().rooms.get(room).map_or(0, |r| r.info.epoch);
+    // Appends under an older epoch (a stale local tail) are refused from here on.
+    node.writer.fence(room_key, my_epoch).await;
     let mine = node.log.stored_last(room_key).map_err(|e| e.to_string())?;
     let mut answers: BTreeMap<u64, u64> = BTreeMap::new();
     let mut asks: futures_util::stream::FuturesUnordered<_> = cluster
@@ -180,8 +191,13 @@ async fn try_recover(node: &Arc<Node>, room: &str, room_key: u64) -> Result<u64,
         };
         let Some((peer, answer)) = next else { break };
         if let Ok(bytes) = answer
-            && let Ok(RoomAnswer::Tail(seq)) = decode::<RoomAnswer>(&bytes)
+            && let Ok(RoomAnswer::Tail { seq, owner, epoch }) = decode::<RoomAnswer>(&bytes)
         {
+            if epoch > my_epoch || (epoch == my_epoch && owner != node.id && owner != 0) {
+                // A peer knows of a later move: this node's metadata is
+                // behind (it just restarted); wait for Raft to catch up.
+                return Err(format!("node {peer} has the room at epoch {epoch} (owner {owner}); catching up"));
+            }
             answers.insert(peer, seq);
         }
         if grace.is_none() && answers.len() + 1 > size / 2 {
@@ -205,7 +221,7 @@ async fn try_recover(node: &Arc<Node>, room: &str, room_key: u64) -> Result<u64,
         }
     }
     node.writer.persist_committed(vec![(room_key, target)]).await;
-    node.announce_commits(vec![(room_key, room.to_string(), target)]);
+    node.announce_commits(vec![(room_key, room.to_string(), target, my_epoch)]);
     Ok(target)
 }
 

@@ -13,8 +13,18 @@ struct Waiting<T> {
     /// Needs no acknowledgement (nothing to replicate); still commits in order.
     free: bool,
     acks: BTreeSet<u64>,
+    refusals: BTreeSet<u64>,
     deadline_ms: u64,
     payload: T,
+}
+
+/// How a batch left the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled<T> {
+    /// A majority stored it.
+    Committed(T),
+    /// It can never reach a majority.
+    Dropped(T),
 }
 
 /// Batches in flight, oldest first.
@@ -22,14 +32,16 @@ struct Waiting<T> {
 pub struct Inflight<T> {
     /// Acknowledgements needed from peers (a majority minus this node).
     needed: usize,
+    /// How many peers there are.
+    peers: usize,
     next_id: u64,
     waiting: VecDeque<Waiting<T>>,
 }
 
 impl<T> Inflight<T> {
-    /// Waits for `needed` peer acknowledgements per batch.
-    pub fn new(needed: usize) -> Self {
-        Self { needed, next_id: 1, waiting: VecDeque::new() }
+    /// Waits for `needed` acknowledgements per batch out of `peers` peers.
+    pub fn new(needed: usize, peers: usize) -> Self {
+        Self { needed, peers, next_id: 1, waiting: VecDeque::new() }
     }
 
     /// Changes the requirement (the cluster grew or shrank).
@@ -42,7 +54,14 @@ impl<T> Inflight<T> {
     pub fn push(&mut self, payload: T, deadline_ms: u64, free: bool) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.waiting.push_back(Waiting { id, free, acks: BTreeSet::new(), deadline_ms, payload });
+        self.waiting.push_back(Waiting {
+            id,
+            free,
+            acks: BTreeSet::new(),
+            refusals: BTreeSet::new(),
+            deadline_ms,
+            payload,
+        });
         id
     }
 
@@ -53,12 +72,29 @@ impl<T> Inflight<T> {
         }
     }
 
-    /// Takes the batches that are now committed, in order.
-    pub fn committed(&mut self) -> Vec<T> {
+    /// Records that `peer` refused batch `id` (it was written under an
+    /// epoch the peer knows is over).
+    pub fn refuse(&mut self, id: u64, peer: u64) {
+        if let Some(w) = self.waiting.iter_mut().find(|w| w.id == id) {
+            w.refusals.insert(peer);
+        }
+    }
+
+    /// Takes the batches that are settled, in order: committed ones, and
+    /// ones too many peers refused to ever commit. A batch behind an
+    /// unsettled one waits, so seqs never commit out of order.
+    pub fn settled(&mut self) -> Vec<Settled<T>> {
         let mut done = Vec::new();
-        while self.waiting.front().is_some_and(|w| w.free || w.acks.len() >= self.needed) {
+        while let Some(w) = self.waiting.front() {
+            let outcome = if w.free || w.acks.len() >= self.needed {
+                Settled::Committed
+            } else if w.refusals.len() > self.peers.saturating_sub(self.needed) {
+                Settled::Dropped
+            } else {
+                break;
+            };
             if let Some(w) = self.waiting.pop_front() {
-                done.push(w.payload);
+                done.push(outcome(w.payload));
             }
         }
         done
@@ -95,57 +131,79 @@ impl<T> Inflight<T> {
 mod tests {
     use super::*;
 
+    fn committed<T>(f: &mut Inflight<T>) -> Vec<T> {
+        f.settled()
+            .into_iter()
+            .map(|s| match s {
+                Settled::Committed(t) => t,
+                Settled::Dropped(_) => panic!("a batch was dropped"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_refused_by_too_many_peers_is_dropped_in_order() {
+        let mut f = Inflight::new(1, 2);
+        let a = f.push("a", 100, false);
+        let b = f.push("b", 100, false);
+        f.refuse(a, 2);
+        assert!(f.settled().is_empty(), "one refusal leaves a majority possible");
+        f.ack(b, 3);
+        f.refuse(a, 3);
+        assert_eq!(f.settled(), vec![Settled::Dropped("a"), Settled::Committed("b")]);
+    }
+
     #[test]
     fn a_batch_commits_with_enough_acks_and_in_order() {
-        let mut f = Inflight::new(1);
+        let mut f = Inflight::new(1, 2);
         let a = f.push("a", 100, false);
         let b = f.push("b", 100, false);
         f.ack(b, 2);
-        assert!(f.committed().is_empty(), "b must wait for a");
+        assert!(committed(&mut f).is_empty(), "b must wait for a");
         f.ack(a, 3);
-        assert_eq!(f.committed(), vec!["a", "b"]);
+        assert_eq!(committed(&mut f), vec!["a", "b"]);
         assert!(f.is_empty());
     }
 
     #[test]
     fn a_free_batch_waits_only_for_the_batches_before_it() {
-        let mut f = Inflight::new(1);
+        let mut f = Inflight::new(1, 2);
         let a = f.push("a", 100, false);
         f.push("free", 100, true);
-        assert!(f.committed().is_empty());
+        assert!(committed(&mut f).is_empty());
         f.ack(a, 2);
-        assert_eq!(f.committed(), vec!["a", "free"]);
+        assert_eq!(committed(&mut f), vec!["a", "free"]);
         f.push("alone", 100, true);
-        assert_eq!(f.committed(), vec!["alone"]);
+        assert_eq!(committed(&mut f), vec!["alone"]);
     }
 
     #[test]
     fn acks_from_one_peer_count_once() {
-        let mut f = Inflight::new(2);
+        let mut f = Inflight::new(2, 2);
         let a = f.push("a", 100, false);
         f.ack(a, 2);
         f.ack(a, 2);
-        assert!(f.committed().is_empty());
+        assert!(committed(&mut f).is_empty());
         f.ack(a, 3);
-        assert_eq!(f.committed(), vec!["a"]);
+        assert_eq!(committed(&mut f), vec!["a"]);
     }
 
     #[test]
     fn needing_no_acks_commits_at_once() {
-        let mut f = Inflight::new(0);
+        let mut f = Inflight::new(0, 0);
         f.push("a", 100, false);
-        assert_eq!(f.committed(), vec!["a"]);
+        assert_eq!(committed(&mut f), vec!["a"]);
     }
 
     #[test]
     fn overdue_batches_are_reported_once_and_kept() {
-        let mut f = Inflight::new(1);
+        let mut f = Inflight::new(1, 2);
         let a = f.push("a", 100, false);
         assert!(f.overdue(99).is_empty());
         assert_eq!(f.overdue(100), vec![a]);
         assert!(f.overdue(200).is_empty());
         assert_eq!(f.len(), 1);
         f.ack(a, 2);
-        assert_eq!(f.committed(), vec!["a"]);
+        assert_eq!(committed(&mut f), vec!["a"]);
     }
 }

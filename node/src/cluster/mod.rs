@@ -173,7 +173,15 @@ async fn raft_call(node: &Node, call: RaftCall) -> RaftAnswer {
 async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
     match call {
         RoomCall::Tail { room_key } => match node.log.stored_last(room_key) {
-            Ok(seq) => RoomAnswer::Tail(seq),
+            Ok(seq) => {
+                let (owner, epoch) = node
+                    .meta()
+                    .rooms
+                    .values()
+                    .find(|r| r.info.key == room_key)
+                    .map_or((0, 0), |r| (r.info.owner_node, r.info.epoch));
+                RoomAnswer::Tail { seq, owner, epoch }
+            }
             Err(e) => RoomAnswer::Refused("internal".into(), e.to_string()),
         },
         RoomCall::Fetch { room_key, room, from, to } => {
@@ -272,16 +280,19 @@ pub async fn announce_loop(node: Weak<Node>) {
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
-        let owned: Vec<(u64, String)> = node
+        let owned: Vec<(u64, String, u64)> = node
             .meta()
             .rooms
             .values()
             .filter(|r| r.info.owner_node == node.id)
-            .map(|r| (r.info.key, r.info.id.clone()))
+            .map(|r| (r.info.key, r.info.id.clone(), r.info.epoch))
             .collect();
-        let commits: Vec<(u64, String, u64)> = owned
+        let commits: Vec<(u64, String, u64, u64)> = owned
             .into_iter()
-            .filter_map(|(key, room)| node.log.last_seq(key).ok().filter(|s| *s > 0).map(|s| (key, room, s)))
+            .filter(|(key, _, _)| !node.cluster.as_ref().is_some_and(|c| c.recovering.contains(*key)))
+            .filter_map(|(key, room, epoch)| {
+                node.log.last_seq(key).ok().filter(|s| *s > 0).map(|s| (key, room, s, epoch))
+            })
             .collect();
         if !commits.is_empty() {
             node.announce_commits(commits);

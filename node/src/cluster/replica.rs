@@ -68,8 +68,8 @@ pub async fn serve(node: Arc<Node>, owner: u64, mut recv: RecvStream, mut send: 
             }
         }
         for b in batches {
-            for (room_key, room, seq) in b.commits {
-                commit(&node, owner, room_key, &room, seq).await;
+            for (room_key, room, seq, epoch) in b.commits {
+                commit(&node, owner, room_key, &room, seq, epoch).await;
             }
         }
         if !acks.is_empty() && frame::write_frame(&mut send, &encode(&acks)).await.is_err() {
@@ -146,14 +146,22 @@ pub(crate) async fn fill(
         let Some(last) = records.last().map(|r| r.seq) else {
             return Err(format!("node {owner} has no records {next}..={end} of room {room}"));
         };
+        check_epochs(node, &records)?;
         node.writer.store_replicated(records).await.map_err(|e| e.to_string())?;
         next = last + 1;
     }
     Ok(())
 }
 
-/// Makes a room's records up to `seq` visible here and publishes them.
-async fn commit(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, seq: u64) {
+/// Makes a room's records up to `seq` visible here and publishes them. A
+/// notice from an owner whose epoch is over is ignored: what it committed
+/// is what its successor recovered.
+async fn commit(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, seq: u64, epoch: u64) {
+    let current = node.meta().rooms.get(room).filter(|r| r.info.key == room_key).map(|r| r.info.epoch);
+    if current.is_some_and(|e| epoch < e) {
+        tracing::debug!(room, epoch, ?current, "ignoring a commit notice from an earlier owner");
+        return;
+    }
     let stored = match node.log.stored_last(room_key) {
         Ok(s) => s,
         Err(e) => return tracing::error!(error = %e, "cannot read the room log"),

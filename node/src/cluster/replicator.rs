@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::inflight::Inflight;
+use super::inflight::Settled;
 use super::wire::RoomAck;
 use super::wire::RoomBatch;
 use super::wire::decode;
@@ -51,8 +52,8 @@ pub const STREAM_FORWARD: u8 = 2;
 pub enum Input {
     /// A batch the log writer made durable here.
     Flushed(FlushedBatch),
-    /// Committed seqs to tell the replicas about: (room key, room id, seq).
-    Announce(Vec<(u64, String, u64)>),
+    /// Committed seqs to tell the replicas about: (room key, room id, seq, epoch).
+    Announce(Vec<(u64, String, u64, u64)>),
 }
 
 /// Hands flushed batches to the replicator task.
@@ -94,7 +95,7 @@ pub async fn run(
         tokio::spawn(link(endpoint.clone(), *peer, rx, ack_tx.clone()));
         links.insert(*peer, tx);
     }
-    let mut inflight: Inflight<FlushedBatch> = Inflight::new(needed);
+    let mut inflight: Inflight<FlushedBatch> = Inflight::new(needed, peers.len());
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -122,7 +123,10 @@ pub async fn run(
                 let Some((peer, ack)) = ack else { return };
                 match ack {
                     RoomAck::Stored(id) => inflight.ack(id, peer),
-                    RoomAck::Refused(id, why) => tracing::warn!(peer, id, %why, "a replica refused a batch"),
+                    RoomAck::Refused(id, why) => {
+                        tracing::warn!(peer, id, %why, "a replica refused a batch");
+                        inflight.refuse(id, peer);
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -134,22 +138,32 @@ pub async fn run(
                 }
             }
         }
-        let committed = inflight.committed();
-        if committed.is_empty() {
+        let settled = inflight.settled();
+        if settled.is_empty() {
             continue;
         }
-        let mut commits: HashMap<u64, (String, u64)> = HashMap::new();
-        for batch in committed {
-            for (room_key, room, seq) in batch.raised_rooms() {
-                commits.insert(room_key, (room, seq));
+        let mut commits: HashMap<u64, (String, u64, u64)> = HashMap::new();
+        for outcome in settled {
+            match outcome {
+                Settled::Committed(batch) => {
+                    for (room_key, room, seq, epoch) in batch.raised_rooms() {
+                        commits.insert(room_key, (room, seq, epoch));
+                    }
+                    batch.commit(&log, &publish);
+                }
+                Settled::Dropped(batch) => {
+                    // Written here under an epoch that is over: never
+                    // visible; the new owner's history replaces it.
+                    tracing::warn!("a batch the replicas refused is dropped; its senders retry");
+                    batch.fail(WriteError::Moved);
+                }
             }
-            batch.commit(&log, &publish);
         }
         if commits.is_empty() {
             continue;
         }
-        let commits: Vec<(u64, String, u64)> = commits.into_iter().map(|(k, (r, s))| (k, r, s)).collect();
-        writer.persist_committed(commits.iter().map(|(k, _, s)| (*k, *s)).collect()).await;
+        let commits: Vec<(u64, String, u64, u64)> = commits.into_iter().map(|(k, (r, s, e))| (k, r, s, e)).collect();
+        writer.persist_committed_now(commits.iter().map(|(k, _, s, _)| (*k, *s)).collect());
         for tx in links.values() {
             let _ = tx.try_send(RoomBatch { id: 0, records: Vec::new(), commits: commits.clone() });
         }

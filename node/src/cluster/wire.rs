@@ -67,8 +67,9 @@ pub struct RoomBatch {
     pub id: u64,
     /// Records to store, in order.
     pub records: Vec<Record>,
-    /// Rooms whose committed seq rose: (room key, room id, seq).
-    pub commits: Vec<(u64, String, u64)>,
+    /// Rooms whose committed seq rose: (room key, room id, seq, the owner's
+    /// epoch). A replica ignores a notice from an epoch that is over.
+    pub commits: Vec<(u64, String, u64, u64)>,
 }
 
 /// A replica's answer on the room stream.
@@ -111,8 +112,16 @@ pub enum RoomAnswer {
     Records(Vec<Record>),
     /// A deletion was done: the message's sender.
     Deleted(String),
-    /// The last seq stored here.
-    Tail(u64),
+    /// The last seq stored here, and the room's owner and epoch as this
+    /// node's metadata has them.
+    Tail {
+        /// Last stored seq.
+        seq: u64,
+        /// Owner node.
+        owner: u64,
+        /// Owner epoch.
+        epoch: u64,
+    },
     /// Refused: protocol code and text.
     Refused(String, String),
 }

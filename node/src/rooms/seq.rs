@@ -8,6 +8,9 @@ use std::collections::HashMap;
 #[derive(Debug, Default)]
 pub struct Sequencer {
     last: HashMap<u64, u64>,
+    /// The highest owner epoch known per room: appends under an older one
+    /// are refused (the room moved).
+    fences: HashMap<u64, u64>,
     /// Rooms touched by the batch under way, with their last seq before it.
     before_batch: HashMap<u64, u64>,
     /// (room, dedup key) given a seq in the batch under way.
@@ -38,6 +41,17 @@ pub enum Assignment {
 }
 
 impl Sequencer {
+    /// Raises a room's epoch fence.
+    pub fn fence(&mut self, room_key: u64, epoch: u64) {
+        let f = self.fences.entry(room_key).or_insert(0);
+        *f = (*f).max(epoch);
+    }
+
+    /// A room's epoch fence (0: none).
+    pub fn fence_of(&self, room_key: u64) -> u64 {
+        self.fences.get(&room_key).copied().unwrap_or(0)
+    }
+
     /// Whether the room's last seq is known.
     pub fn knows(&self, room_key: u64) -> bool {
         self.last.contains_key(&room_key)
@@ -48,7 +62,8 @@ impl Sequencer {
         self.last.insert(room_key, last);
     }
 
-    /// Forgets a room (deleted).
+    /// Forgets a room's seq (deleted, or to be read from the store again);
+    /// its fence stays.
     pub fn forget(&mut self, room_key: u64) {
         self.last.remove(&room_key);
     }
@@ -156,6 +171,17 @@ mod tests {
         assert_eq!(s.accept(1, 4), Accept::Next);
         s.commit();
         assert_eq!(s.assign(1, b"k", None), Assignment::New(5));
+    }
+
+    #[test]
+    fn fences_only_rise() {
+        let mut s = Sequencer::default();
+        assert_eq!(s.fence_of(1), 0);
+        s.fence(1, 3);
+        s.fence(1, 2);
+        assert_eq!(s.fence_of(1), 3);
+        s.forget(1);
+        assert_eq!(s.fence_of(1), 3);
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub enum WriteError {
     /// Not enough nodes stored the batch in time.
     #[error("not enough nodes confirmed the write in time")]
     NotReplicated,
+    /// The room moved to another owner (or epoch) meanwhile.
+    #[error("the room moved to another node; retry")]
+    Moved,
 }
 
 impl From<StorageError> for WriteError {
@@ -137,6 +140,10 @@ enum Request {
     Reload {
         room_key: u64,
         done: oneshot::Sender<()>,
+    },
+    Fence {
+        room_key: u64,
+        epoch: u64,
     },
 }
 
@@ -203,7 +210,7 @@ pub struct FlushedBatch {
     pub records: Vec<Record>,
     replies: Vec<Pending>,
     published: Vec<Published>,
-    raised: HashMap<u64, (Arc<str>, u64)>,
+    raised: HashMap<u64, (Arc<str>, u64, u64)>,
 }
 
 impl FlushedBatch {
@@ -215,7 +222,7 @@ impl FlushedBatch {
     /// Makes the batch visible: raises each room's committed seq, publishes,
     /// answers the senders.
     pub fn commit(self, log: &RoomLog, publish: &Publisher) {
-        for (room_key, (_, seq)) in &self.raised {
+        for (room_key, (_, seq, _)) in &self.raised {
             log.raise(*room_key, *seq);
         }
         metrics::counter!("palaver_messages_committed_total").increment(self.published.len() as u64);
@@ -255,9 +262,9 @@ impl FlushedBatch {
         }
     }
 
-    /// The rooms whose committed seq this batch raises: (key, id, seq).
-    pub fn raised_rooms(&self) -> impl Iterator<Item = (u64, String, u64)> + '_ {
-        self.raised.iter().map(|(k, (room, seq))| (*k, room.to_string(), *seq))
+    /// The rooms whose committed seq this batch raises: (key, id, seq, epoch).
+    pub fn raised_rooms(&self) -> impl Iterator<Item = (u64, String, u64, u64)> + '_ {
+        self.raised.iter().map(|(k, (room, seq, epoch))| (*k, room.to_string(), *seq, *epoch))
     }
 
     /// Answers every request of the batch with `err` (it may still commit
@@ -317,6 +324,13 @@ impl LogWriter {
         answer.await.map_err(|_| WriteError::Stopped)?
     }
 
+    /// Records rooms' committed seqs with the next batch, without waiting:
+    /// if the writer's queue is full they are skipped (they are a lower
+    /// bound; an owner recovers the rest from its peers).
+    pub fn persist_committed_now(&self, rooms: Vec<(u64, u64)>) {
+        let _ = self.tx.try_send(Request::Committed { rooms });
+    }
+
     /// Records rooms' committed seqs (written with the next batch).
     pub async fn persist_committed(&self, rooms: Vec<(u64, u64)>) {
         // A stopped writer means the node is going down; the committed seqs
@@ -331,6 +345,12 @@ impl LogWriter {
         if self.tx.send(Request::Reload { room_key, done }).await.is_ok() {
             let _ = wait.await;
         }
+    }
+
+    /// Refuses from now on appends to a room under an epoch older than
+    /// `epoch` (the room moved, or moved here with a new epoch).
+    pub async fn fence(&self, room_key: u64, epoch: u64) {
+        let _ = self.tx.send(Request::Fence { room_key, epoch }).await;
     }
 
     /// Drops a deleted room's messages.
@@ -370,10 +390,15 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
     let mut pending = Vec::new();
     let mut published = Vec::new();
     let mut records = Vec::new();
-    let mut raised: HashMap<u64, (Arc<str>, u64)> = HashMap::new();
+    let mut raised: HashMap<u64, (Arc<str>, u64, u64)> = HashMap::new();
     // ts of messages new in this batch, for duplicates within it.
     let mut batch_ts: HashMap<(u64, u64), u64> = HashMap::new();
-    for req in requests {
+    // A newer owner's records go first: they raise the rooms' epoch fences,
+    // so a local append under an older epoch in the same batch is refused
+    // instead of taking the seq the new owner already gave out.
+    let (first, rest): (Vec<Request>, Vec<Request>) =
+        requests.partition(|r| matches!(r, Request::Replicated { .. } | Request::Fence { .. }));
+    for req in first.into_iter().chain(rest) {
         match req {
             Request::Append { room, from, body, client_id, reply } => {
                 match plan_append(log, seqs, &room, &from, &client_id) {
@@ -391,7 +416,7 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
                         let stored = StoredMessage { from, body: Some(body), ts: now, client_id, epoch: room.epoch };
                         put_record(&mut batch, room.key, seq, &stored, true);
                         batch_ts.insert((room.key, seq), now);
-                        raised.insert(room.key, (room.id.clone(), seq));
+                        raised.insert(room.key, (room.id.clone(), seq, room.epoch));
                         pending.push(Pending::Append { reply, result: Appended { seq, ts: now, duplicate: false } });
                         records.push(Record {
                             room_key: room.key,
@@ -439,6 +464,7 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
                 seqs.forget(room_key);
                 let _ = done.send(());
             }
+            Request::Fence { room_key, epoch } => seqs.fence(room_key, epoch),
             Request::Purge { room_key } => {
                 let start = record::room_prefix(room_key).to_vec();
                 let end = Some(record::room_end(room_key).to_vec());
@@ -451,7 +477,7 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
         }
     }
     if sink.commits_at_once() {
-        for (room_key, (_, seq)) in &raised {
+        for (room_key, (_, seq, _)) in &raised {
             batch.put(COMMITTED, record::room_prefix(*room_key).to_vec(), seq.to_be_bytes().to_vec());
         }
     }
@@ -497,6 +523,9 @@ fn plan_append(
     from: &str,
     client_id: &str,
 ) -> Result<Assignment, WriteError> {
+    if room.epoch < seqs.fence_of(room.key) {
+        return Err(WriteError::Moved);
+    }
     if !seqs.knows(room.key) {
         // Fix the committed seq before this batch stores records past it.
         log.last_seq(room.key)?;
@@ -516,6 +545,7 @@ fn plan_replicated(
 ) -> Result<(), WriteError> {
     let mut planned = Vec::new();
     for r in records {
+        seqs.fence(r.room_key, r.stored.epoch);
         if !seqs.knows(r.room_key) {
             seqs.load(r.room_key, log.stored_last(r.room_key)?);
         }
@@ -555,13 +585,13 @@ fn plan_replicated(
     Ok(())
 }
 
-/// Whether the record stored here at `r`'s seq is another message from an
-/// older owner epoch.
+/// Whether the record stored here at `r`'s seq came from an older owner
+/// epoch and differs (another message, or the same one written again with
+/// another ts): the newer owner's version wins everywhere.
 fn stale_here(log: &RoomLog, r: &Record) -> Result<bool, WriteError> {
-    Ok(log.get_stored(r.room_key, r.seq)?.is_some_and(|old| {
-        old.stored.epoch < r.stored.epoch
-            && (old.stored.from != r.stored.from || old.stored.client_id != r.stored.client_id)
-    }))
+    Ok(log
+        .get_stored(r.room_key, r.seq)?
+        .is_some_and(|old| old.stored.epoch < r.stored.epoch && old.stored != r.stored))
 }
 
 /// Plans a deletion: the message's sender, and the rewritten record when

@@ -62,6 +62,8 @@ impl Node {
             }
             MetaEffect::RoomAssigned { room, room_key, owner_node, epoch } => {
                 tracing::info!(%room, owner_node, epoch, "room log owner changed");
+                // Appends still queued here under the old epoch are refused.
+                self.writer.fence(room_key, epoch).await;
                 if owner_node == self.id && self.cluster.is_some() {
                     tokio::spawn(crate::cluster::failover::recover(self.clone(), room, room_key));
                 }

@@ -143,7 +143,7 @@ impl Node {
                 match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
                     RoomAnswer::Deleted(sender) => sender,
                     RoomAnswer::Refused(code, message) => return Err(ApiError::new(Code::parse(&code), message)),
-                    RoomAnswer::Records(_) | RoomAnswer::Tail(_) => {
+                    RoomAnswer::Records(_) | RoomAnswer::Tail { .. } => {
                         return Err(ApiError::internal("unexpected answer to a delete"));
                     }
                 }

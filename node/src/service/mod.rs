@@ -336,7 +336,7 @@ impl Node {
     }
 
     /// Tells the replicas that rooms are committed up to these seqs.
-    pub fn announce_commits(&self, commits: Vec<(u64, String, u64)>) {
+    pub fn announce_commits(&self, commits: Vec<(u64, String, u64, u64)>) {
         if let Some(c) = &self.cluster {
             let _ = c.announce.send(crate::cluster::replicator::Input::Announce(commits));
         }
