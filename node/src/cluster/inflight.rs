@@ -14,6 +14,8 @@ struct Waiting<T> {
     free: bool,
     acks: BTreeSet<u64>,
     refusals: BTreeSet<u64>,
+    /// Given up on: settles as dropped.
+    abandoned: bool,
     deadline_ms: u64,
     payload: T,
 }
@@ -59,6 +61,7 @@ impl<T> Inflight<T> {
             free,
             acks: BTreeSet::new(),
             refusals: BTreeSet::new(),
+            abandoned: false,
             deadline_ms,
             payload,
         });
@@ -80,6 +83,13 @@ impl<T> Inflight<T> {
         }
     }
 
+    /// Gives up on batch `id`: it settles as dropped (its rooms moved on).
+    pub fn abandon(&mut self, id: u64) {
+        if let Some(w) = self.waiting.iter_mut().find(|w| w.id == id) {
+            w.abandoned = true;
+        }
+    }
+
     /// Takes the batches that are settled, in order: committed ones, and
     /// ones too many peers refused to ever commit. A batch behind an
     /// unsettled one waits, so seqs never commit out of order.
@@ -88,7 +98,7 @@ impl<T> Inflight<T> {
         while let Some(w) = self.waiting.front() {
             let outcome = if w.free || w.acks.len() >= self.needed {
                 Settled::Committed
-            } else if w.refusals.len() > self.peers.saturating_sub(self.needed) {
+            } else if w.abandoned || w.refusals.len() > self.peers.saturating_sub(self.needed) {
                 Settled::Dropped
             } else {
                 break;
@@ -151,6 +161,9 @@ mod tests {
         f.ack(b, 3);
         f.refuse(a, 3);
         assert_eq!(f.settled(), vec![Settled::Dropped("a"), Settled::Committed("b")]);
+        let c = f.push("c", 100, false);
+        f.abandon(c);
+        assert_eq!(f.settled(), vec![Settled::Dropped("c")]);
     }
 
     #[test]

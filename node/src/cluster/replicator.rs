@@ -86,6 +86,7 @@ pub async fn run(
     log: Arc<RoomLog>,
     writer: LogWriter,
     publish: Publisher,
+    current_epoch: impl Fn(u64) -> u64 + Send + 'static,
     mut input: mpsc::UnboundedReceiver<Input>,
 ) {
     let (ack_tx, mut acks) = mpsc::unbounded_channel::<(u64, RoomAck)>();
@@ -131,9 +132,13 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 for id in inflight.overdue(now_ms()) {
-                    if let Some(batch) = inflight.payload_mut(id) {
-                        tracing::warn!(id, "no majority stored a batch in time; its senders are told to retry");
-                        batch.fail_replies(&WriteError::NotReplicated);
+                    let Some(batch) = inflight.payload_mut(id) else { continue };
+                    tracing::warn!(id, "no majority stored a batch in time; its senders are told to retry");
+                    batch.fail_replies(&WriteError::NotReplicated);
+                    // Written under an epoch that is over: it can never
+                    // commit, and must not hold up the batches behind it.
+                    if batch.epochs().any(|(room_key, epoch)| current_epoch(room_key) > epoch) {
+                        inflight.abandon(id);
                     }
                 }
             }

@@ -231,8 +231,16 @@ impl FlushedBatch {
         }
         for p in self.replies {
             match p {
-                Pending::Append { reply, result } => {
-                    let _ = reply.send(Ok(result));
+                Pending::Append { reply, result, room_key } => {
+                    // A retry found a seq this node stored but that is not
+                    // committed (still in flight, or a stale tail that a new
+                    // owner will replace): it is no answer yet.
+                    let committed = log.last_seq(room_key).unwrap_or(0);
+                    if result.duplicate && result.seq > committed {
+                        let _ = reply.send(Err(WriteError::NotReplicated));
+                    } else {
+                        let _ = reply.send(Ok(result));
+                    }
                 }
                 Pending::Delete { reply, result } => {
                     let _ = reply.send(result);
@@ -260,6 +268,11 @@ impl FlushedBatch {
                 }
             }
         }
+    }
+
+    /// The epoch each room of the batch was written under: (key, epoch).
+    pub fn epochs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.records.iter().map(|r| (r.room_key, r.stored.epoch))
     }
 
     /// The rooms whose committed seq this batch raises: (key, id, seq, epoch).
@@ -363,7 +376,7 @@ impl LogWriter {
 }
 
 enum Pending {
-    Append { reply: oneshot::Sender<Result<Appended, WriteError>>, result: Appended },
+    Append { reply: oneshot::Sender<Result<Appended, WriteError>>, result: Appended, room_key: u64 },
     Delete { reply: oneshot::Sender<Result<String, WriteError>>, result: Result<String, WriteError> },
     Replicated { reply: oneshot::Sender<Result<(), WriteError>> },
 }
@@ -410,14 +423,22 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
                             Some(ts) => *ts,
                             None => log.get_stored(room.key, seq).ok().flatten().map_or(now, |m| m.stored.ts),
                         };
-                        pending.push(Pending::Append { reply, result: Appended { seq, ts, duplicate: true } });
+                        pending.push(Pending::Append {
+                            reply,
+                            result: Appended { seq, ts, duplicate: true },
+                            room_key: room.key,
+                        });
                     }
                     Ok(Assignment::New(seq)) => {
                         let stored = StoredMessage { from, body: Some(body), ts: now, client_id, epoch: room.epoch };
                         put_record(&mut batch, room.key, seq, &stored, true);
                         batch_ts.insert((room.key, seq), now);
                         raised.insert(room.key, (room.id.clone(), seq, room.epoch));
-                        pending.push(Pending::Append { reply, result: Appended { seq, ts: now, duplicate: false } });
+                        pending.push(Pending::Append {
+                            reply,
+                            result: Appended { seq, ts: now, duplicate: false },
+                            room_key: room.key,
+                        });
                         records.push(Record {
                             room_key: room.key,
                             room: room.id.to_string(),

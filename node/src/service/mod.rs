@@ -257,7 +257,22 @@ impl Node {
             let endpoint = cluster.endpoint.clone();
             let peers = cluster.peers.clone();
             let writer = node.writer.clone();
-            tokio::spawn(crate::cluster::replicator::run(endpoint, peers, needed, log, writer, publish, rx));
+            let weak = Arc::downgrade(&node);
+            let current_epoch = move |room_key: u64| {
+                weak.upgrade().map_or(0, |n| {
+                    n.meta().rooms.values().find(|r| r.info.key == room_key).map_or(u64::MAX, |r| r.info.epoch)
+                })
+            };
+            tokio::spawn(crate::cluster::replicator::run(
+                endpoint,
+                peers,
+                needed,
+                log,
+                writer,
+                publish,
+                current_epoch,
+                rx,
+            ));
             tokio::spawn(crate::cluster::gossip_loop(Arc::downgrade(&node)));
             tokio::spawn(crate::cluster::announce_loop(Arc::downgrade(&node)));
             tokio::spawn(crate::cluster::failover::watch(Arc::downgrade(&node), failure_timeout_ms));
