@@ -78,17 +78,30 @@ pub fn sink() -> (ReplicatingSink, mpsc::UnboundedSender<Input>, mpsc::Unbounded
     (ReplicatingSink { tx: tx.clone() }, tx, rx)
 }
 
-/// Runs the owner side until the writer stops.
+/// What the owner side works with.
+pub struct Wiring {
+    /// The peer transport.
+    pub endpoint: PeerEndpoint,
+    /// The other nodes.
+    pub peers: Vec<u64>,
+    /// Acknowledgements a batch needs from peers.
+    pub needed: usize,
+    /// The room logs.
+    pub log: Arc<RoomLog>,
+    /// The log writer (to persist committed seqs).
+    pub writer: LogWriter,
+    /// Local fan-out.
+    pub publish: Publisher,
+}
+
+/// Runs the owner side until the writer stops; `current_epoch` says a
+/// room's epoch as the metadata has it now.
 pub async fn run(
-    endpoint: PeerEndpoint,
-    peers: Vec<u64>,
-    needed: usize,
-    log: Arc<RoomLog>,
-    writer: LogWriter,
-    publish: Publisher,
+    wiring: Wiring,
     current_epoch: impl Fn(u64) -> u64 + Send + 'static,
     mut input: mpsc::UnboundedReceiver<Input>,
 ) {
+    let Wiring { endpoint, peers, needed, log, writer, publish } = wiring;
     let (ack_tx, mut acks) = mpsc::unbounded_channel::<(u64, RoomAck)>();
     let mut links: HashMap<u64, mpsc::Sender<RoomBatch>> = HashMap::new();
     for peer in &peers {

@@ -263,16 +263,8 @@ impl Node {
                     n.meta().rooms.values().find(|r| r.info.key == room_key).map_or(u64::MAX, |r| r.info.epoch)
                 })
             };
-            tokio::spawn(crate::cluster::replicator::run(
-                endpoint,
-                peers,
-                needed,
-                log,
-                writer,
-                publish,
-                current_epoch,
-                rx,
-            ));
+            let wiring = crate::cluster::replicator::Wiring { endpoint, peers, needed, log, writer, publish };
+            tokio::spawn(crate::cluster::replicator::run(wiring, current_epoch, rx));
             tokio::spawn(crate::cluster::gossip_loop(Arc::downgrade(&node)));
             tokio::spawn(crate::cluster::announce_loop(Arc::downgrade(&node)));
             tokio::spawn(crate::cluster::failover::watch(Arc::downgrade(&node), failure_timeout_ms));
