@@ -126,7 +126,7 @@ fn batch(n: u64) -> RoomBatch {
             }
         })
         .collect();
-    RoomBatch { id: 9_001, records, commits: vec![(1, "room-1".into(), 999)] }
+    RoomBatch { id: 9_001, records, commits: vec![(1, "room-1".into(), 999, 1)] }
 }
 
 /// Replication frames as the replicator writes them (a list of batches, here
