@@ -4,12 +4,18 @@
 //!   than the failure timeout loses its rooms to live nodes, each with its
 //!   epoch raised (fencing: replicas refuse the old owner's records).
 //! - A node that owns a room, because it just got it or because it just
-//!   started, recovers the room before taking sends: it asks a majority of
-//!   nodes (itself included) for the last seq they store, adopts the highest
-//!   (every answered message is on a majority, so on at least one of them),
-//!   fetches what it lacks, commits up to there and tells its peers.
+//!   started, recovers the room before taking sends. Like a Raft leader
+//!   elected by a majority, it asks a majority of nodes (itself included)
+//!   for their log's tail and adopts the most recent log among them: the one
+//!   whose last record has the highest epoch, then the highest seq. Every
+//!   answered message is on a majority, so on at least one of them, and the
+//!   most recent log holds it. The new owner replaces its uncommitted tail
+//!   with that log, then writes the part not yet committed again under its
+//!   own epoch and commits it through a majority like new messages: an owner
+//!   only ever commits its own epoch's records, so an earlier owner's stale
+//!   tail can never be counted into a majority by mistake.
 //!
-//! [`dead_owners`] and [`recovery_target`] are the pure decisions.
+//! [`dead_owners`] and [`recovery_plan`] are the pure decisions.
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
@@ -25,6 +31,7 @@ use crate::clock::now_ms;
 use crate::meta::MetaCommand;
 use crate::peer::Channel;
 use crate::rooms::Published;
+use crate::rooms::RoomRef;
 use crate::service::Node;
 
 /// How often the leader looks for dead owners.
@@ -72,11 +79,52 @@ pub fn dead_owners(
         .collect()
 }
 
-/// The seq a recovering owner adopts, given what it stores and what the
-/// peers that answered store; `None` while fewer than a majority answered.
-pub fn recovery_target(mine: u64, answers: &[u64], cluster_size: usize) -> Option<u64> {
-    let answered = answers.len() + 1;
-    (answered > cluster_size / 2).then(|| answers.iter().copied().fold(mine, u64::max))
+/// What a node's log of a room looks like at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// Last stored seq.
+    pub seq: u64,
+    /// The epoch the last stored record was written under.
+    pub last_epoch: u64,
+    /// The highest seq known committed there.
+    pub committed: u64,
+}
+
+/// How a recovering owner brings its log up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryPlan {
+    /// The node whose log to adopt; `None`: this node's own.
+    pub source: Option<u64>,
+    /// Committed on some node already: final, visible at once.
+    pub committed: u64,
+    /// The adopted log's last seq.
+    pub target: u64,
+}
+
+/// Decides a recovery from this node's tail and the tails of the peers that
+/// answered; `None` while fewer than a majority answered.
+pub fn recovery_plan(mine: Tail, answers: &[(u64, Tail)], cluster_size: usize) -> Option<RecoveryPlan> {
+    if answers.len() + 1 <= cluster_size / 2 {
+        return None;
+    }
+    let committed = answers.iter().map(|(_, t)| t.committed).fold(mine.committed, u64::max);
+    // The most recent log; this node's own wins ties (nothing to fetch).
+    let recency = |t: &Tail| (t.last_epoch, t.seq);
+    let mut best: (Option<u64>, Tail) = (None, mine);
+    for (peer, tail) in answers {
+        if recency(tail) > recency(&best.1) {
+            best = (Some(*peer), *tail);
+        }
+    }
+    if best.1.seq < committed {
+        // Cannot happen while every node keeps its committed records; if it
+        // does, a log that reaches the committed seq is the safer source.
+        let (peer, tail) = answers.iter().max_by_key(|(_, t)| (t.committed, t.seq))?;
+        if tail.committed > mine.committed {
+            best = (Some(*peer), *tail);
+        }
+    }
+    Some(RecoveryPlan { source: best.0, committed, target: best.1.seq.max(committed) })
 }
 
 /// The leader's watch: moves the rooms of dead nodes to live ones.
@@ -160,13 +208,16 @@ pub async fn recover(node: Arc<Node>, room: String, room_key: u64) {
     node.end_recovery(room_key);
 }
 
+/// Records written again under the new epoch per batch at most.
+const RESTAMP_CHUNK: u64 = 1_000;
+
 async fn try_recover(node: &Arc<Node>, room: &str, room_key: u64) -> Result<u64, String> {
     let Some(cluster) = &node.cluster else { return Err("not in a cluster".into()) };
     let my_epoch = node.meta().rooms.get(room).map_or(0, |r| r.info.epoch);
     // Appends under an older epoch (a stale local tail) are refused from here on.
     node.writer.fence(room_key, my_epoch).await;
-    let mine = node.log.stored_last(room_key).map_err(|e| e.to_string())?;
-    let mut answers: BTreeMap<u64, u64> = BTreeMap::new();
+    let mine = local_tail(node, room_key)?;
+    let mut answers: BTreeMap<u64, Tail> = BTreeMap::new();
     let mut asks: futures_util::stream::FuturesUnordered<_> = cluster
         .peers
         .iter()
@@ -191,38 +242,63 @@ async fn try_recover(node: &Arc<Node>, room: &str, room_key: u64) -> Result<u64,
         };
         let Some((peer, answer)) = next else { break };
         if let Ok(bytes) = answer
-            && let Ok(RoomAnswer::Tail { seq, owner, epoch }) = decode::<RoomAnswer>(&bytes)
+            && let Ok(RoomAnswer::Tail { seq, last_epoch, committed, owner, epoch }) = decode::<RoomAnswer>(&bytes)
         {
             if epoch > my_epoch || (epoch == my_epoch && owner != node.id && owner != 0) {
                 // A peer knows of a later move: this node's metadata is
                 // behind (it just restarted); wait for Raft to catch up.
                 return Err(format!("node {peer} has the room at epoch {epoch} (owner {owner}); catching up"));
             }
-            answers.insert(peer, seq);
+            answers.insert(peer, Tail { seq, last_epoch, committed });
         }
         if grace.is_none() && answers.len() + 1 > size / 2 {
             grace = Some(tokio::time::Instant::now() + MAJORITY_GRACE);
         }
     }
-    let seqs: Vec<u64> = answers.values().copied().collect();
-    let target = recovery_target(mine, &seqs, cluster.peers.len() + 1)
-        .ok_or_else(|| format!("{} of {} nodes answered", seqs.len() + 1, cluster.peers.len() + 1))?;
-    if target > mine {
-        let (holder, _) = answers.iter().max_by_key(|(_, s)| **s).ok_or("no holder")?;
-        super::replica::fill(node, *holder, room_key, room, mine + 1, target).await?;
+    let answers: Vec<(u64, Tail)> = answers.into_iter().collect();
+    let plan = recovery_plan(mine, &answers, size)
+        .ok_or_else(|| format!("{} of {} nodes answered", answers.len() + 1, size))?;
+    if let Some(source) = plan.source {
+        // This node's uncommitted records are not the most recent log's.
+        node.writer.drop_tail(room_key, u64::MAX).await.map_err(|e| e.to_string())?;
+        let have = node.log.stored_last(room_key).map_err(|e| e.to_string())?;
+        if plan.target > have {
+            super::replica::fill(node, source, room_key, room, have + 1, plan.target).await?;
+        }
     }
     node.writer.reload(room_key).await;
+    let stored = node.log.stored_last(room_key).map_err(|e| e.to_string())?;
+    if stored < plan.target {
+        return Err(format!("holds up to seq {stored} of {} after fetching", plan.target));
+    }
+    // Committed on some node: final, visible here at once.
     let old = node.log.last_seq(room_key).map_err(|e| e.to_string())?;
-    if target > old {
-        node.log.raise(room_key, target);
+    if plan.committed > old {
+        node.log.raise(room_key, plan.committed);
         let room_id: Arc<str> = room.into();
-        for message in node.log.between(room_key, old + 1, target).map_err(|e| e.to_string())? {
+        for message in node.log.between(room_key, old + 1, plan.committed).map_err(|e| e.to_string())? {
             node.publish(Published::Message { room: room_id.clone(), room_key, message });
         }
     }
-    node.writer.persist_committed(vec![(room_key, target)]).await;
-    node.announce_commits(vec![(room_key, room.to_string(), target, my_epoch)]);
-    Ok(target)
+    // The rest is written again under this epoch and committed through a
+    // majority before the room takes sends.
+    let mut from = plan.committed.max(old) + 1;
+    while from <= plan.target {
+        let to = plan.target.min(from + RESTAMP_CHUNK - 1);
+        let room_ref = RoomRef { key: room_key, id: room.into(), epoch: my_epoch, owner: node.id };
+        node.writer.restamp(room_ref, from, to).await.map_err(|e| format!("seqs {from}..={to}: {e}"))?;
+        from = to + 1;
+    }
+    node.writer.persist_committed(vec![(room_key, plan.target)]).await;
+    node.announce_commits(vec![(room_key, room.to_string(), plan.target, my_epoch)]);
+    Ok(plan.target)
+}
+
+fn local_tail(node: &Node, room_key: u64) -> Result<Tail, String> {
+    let tail = node.log.stored_tail(room_key).map_err(|e| e.to_string())?;
+    let committed = node.log.last_seq(room_key).map_err(|e| e.to_string())?;
+    let (seq, last_epoch) = tail.map_or((0, 0), |m| (m.seq, m.stored.epoch));
+    Ok(Tail { seq, last_epoch, committed })
 }
 
 /// Before a planned stop: hands this node's rooms to live peers (each with a
@@ -318,13 +394,34 @@ mod tests {
         assert!(dead_owners(vec![("a".to_string(), 1, 2, 1)].into_iter(), &[2], &[]).is_empty());
     }
 
+    fn tail(seq: u64, last_epoch: u64, committed: u64) -> Tail {
+        Tail { seq, last_epoch, committed }
+    }
+
     #[test]
-    fn recovery_adopts_the_highest_seq_of_a_majority() {
-        assert_eq!(recovery_target(5, &[7], 3), Some(7));
-        assert_eq!(recovery_target(9, &[7, 3], 3), Some(9));
-        assert_eq!(recovery_target(5, &[], 3), None);
-        assert_eq!(recovery_target(5, &[], 1), Some(5));
-        assert_eq!(recovery_target(5, &[6], 5), None);
-        assert_eq!(recovery_target(5, &[6, 8], 5), Some(8));
+    fn recovery_waits_for_a_majority() {
+        assert_eq!(recovery_plan(tail(5, 1, 5), &[], 3), None);
+        assert_eq!(recovery_plan(tail(5, 1, 5), &[(2, tail(6, 1, 6))], 5), None);
+        let alone = recovery_plan(tail(5, 1, 4), &[], 1);
+        assert_eq!(alone, Some(RecoveryPlan { source: None, committed: 4, target: 5 }));
+    }
+
+    #[test]
+    fn recovery_adopts_the_log_with_the_latest_epoch_then_the_longest() {
+        // Same epoch: the longer log.
+        let plan = recovery_plan(tail(5, 1, 3), &[(2, tail(7, 1, 4))], 3);
+        assert_eq!(plan, Some(RecoveryPlan { source: Some(2), committed: 4, target: 7 }));
+        // A shorter log from a later owner beats a longer stale one.
+        let plan = recovery_plan(tail(81, 2, 80), &[(2, tail(80, 3, 80)), (3, tail(79, 1, 79))], 3);
+        assert_eq!(plan, Some(RecoveryPlan { source: Some(2), committed: 80, target: 80 }));
+        // Ties stay with this node's own log.
+        let plan = recovery_plan(tail(9, 2, 7), &[(3, tail(9, 2, 8))], 3);
+        assert_eq!(plan, Some(RecoveryPlan { source: None, committed: 8, target: 9 }));
+    }
+
+    #[test]
+    fn recovery_never_adopts_a_log_short_of_a_committed_seq() {
+        let plan = recovery_plan(tail(3, 5, 3), &[(2, tail(10, 4, 10))], 3);
+        assert_eq!(plan, Some(RecoveryPlan { source: Some(2), committed: 10, target: 10 }));
     }
 }

@@ -106,18 +106,30 @@ async fn store(node: &Arc<Node>, owner: u64, records: &[Record]) -> Result<(), S
                 }
                 return Ok(());
             }
-            Err(WriteError::Gap { room_key, have }) => {
+            Err(WriteError::Gap { room_key, .. }) => {
                 let Some(first) = records.iter().filter(|r| r.room_key == room_key && r.new).map(|r| r.seq).min()
                 else {
                     return Err("gap reported for a room without new records".into());
                 };
+                let epoch = records.iter().filter(|r| r.room_key == room_key).map(|r| r.stored.epoch).max();
+                // What this node holds past its committed seq may be an
+                // earlier owner's; the fill must build on the sender's log.
+                drop_older_tail(node, room_key, epoch.unwrap_or(0)).await?;
+                let have = node.log.stored_last(room_key).map_err(|e| e.to_string())?;
                 let room = records.iter().find(|r| r.room_key == room_key).map(|r| r.room.clone()).unwrap_or_default();
-                fill(node, owner, room_key, &room, have + 1, first.saturating_sub(1)).await?;
+                if have + 1 < first {
+                    fill(node, owner, room_key, &room, have + 1, first - 1).await?;
+                }
             }
+            Err(WriteError::StaleTail { room_key, epoch }) => drop_older_tail(node, room_key, epoch).await?,
             Err(e) => return Err(e.to_string()),
         }
     }
     Err("the gap could not be filled".into())
+}
+
+async fn drop_older_tail(node: &Node, room_key: u64, epoch: u64) -> Result<(), String> {
+    node.writer.drop_tail(room_key, epoch).await.map_err(|e| format!("dropping a stale tail: {e}"))
 }
 
 /// Fetches records `from..=to` of a room from `owner` and stores them.
@@ -146,7 +158,9 @@ pub(crate) async fn fill(
         let Some(last) = records.last().map(|r| r.seq) else {
             return Err(format!("node {owner} has no records {next}..={end} of room {room}"));
         };
-        check_epochs(node, &records)?;
+        // No epoch check here: a fill comes from the room's current owner
+        // (or, in a recovery, from the most recent log of a majority), and
+        // records of earlier epochs are part of that log.
         node.writer.store_replicated(records).await.map_err(|e| e.to_string())?;
         next = last + 1;
     }
@@ -162,10 +176,19 @@ async fn commit(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, seq: u6
         tracing::debug!(room, epoch, ?current, "ignoring a commit notice from an earlier owner");
         return;
     }
-    let stored = match node.log.stored_last(room_key) {
-        Ok(s) => s,
-        Err(e) => return tracing::error!(error = %e, "cannot read the room log"),
+    let (tail, committed) = match (node.log.stored_tail(room_key), node.log.last_seq(room_key)) {
+        (Ok(t), Ok(c)) => (t, c),
+        (Err(e), _) | (_, Err(e)) => return tracing::error!(error = %e, "cannot read the room log"),
     };
+    let mut stored = tail.as_ref().map_or(0, |m| m.seq);
+    // Uncommitted records from an earlier owner are not necessarily the
+    // ones this owner committed: drop them and fetch the owner's.
+    if stored > committed && tail.is_some_and(|m| m.stored.epoch < epoch) {
+        if let Err(e) = drop_older_tail(node, room_key, epoch).await {
+            return tracing::warn!(room, error = %e, "cannot drop a stale tail yet");
+        }
+        stored = node.log.stored_last(room_key).unwrap_or(committed);
+    }
     if seq > stored
         && let Err(e) = fill(node, owner, room_key, room, stored + 1, seq).await
     {
@@ -177,6 +200,8 @@ async fn commit(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, seq: u6
         return;
     }
     node.log.raise(room_key, new);
+    // A lower bound that saves a restart from re-fetching what is final.
+    node.writer.persist_committed_now(vec![(room_key, new)]);
     match node.log.between(room_key, old + 1, new) {
         Ok(messages) => {
             let room: Arc<str> = room.into();

@@ -112,11 +112,16 @@ pub enum RoomAnswer {
     Records(Vec<Record>),
     /// A deletion was done: the message's sender.
     Deleted(String),
-    /// The last seq stored here, and the room's owner and epoch as this
-    /// node's metadata has them.
+    /// The last seq stored here and the epoch it was written under, the
+    /// committed seq, and the room's owner and epoch as this node's
+    /// metadata has them.
     Tail {
         /// Last stored seq.
         seq: u64,
+        /// The owner epoch of the last stored record (0: none).
+        last_epoch: u64,
+        /// The highest seq known committed here.
+        committed: u64,
         /// Owner node.
         owner: u64,
         /// Owner epoch.

@@ -59,6 +59,13 @@ impl RoomLog {
 
     /// The highest seq stored here, committed or not.
     pub fn stored_last(&self, room_key: u64) -> Result<u64, StorageError> {
+        Ok(self.stored_tail(room_key)?.map_or(0, |m| m.seq))
+    }
+
+    /// The last message stored here, committed or not: its seq and the
+    /// owner epoch it was written under tell a recovering owner how far and
+    /// how recent this node's log is.
+    pub fn stored_tail(&self, room_key: u64) -> Result<Option<Message>, StorageError> {
         let start = record::message_key(room_key, 0);
         let end = record::room_end(room_key);
         let found = self.store.range(
@@ -68,7 +75,14 @@ impl RoomLog {
             Order::Descending,
             1,
         )?;
-        Ok(found.first().and_then(|(k, _)| record::parse_message_key(k)).map_or(0, |(_, s)| s))
+        match found.first() {
+            Some((k, v)) => {
+                let (_, seq) = record::parse_message_key(k)
+                    .ok_or_else(|| StorageError::Corrupt { tree: MESSAGES, message: "short key".into() })?;
+                Ok(Some(Message { seq, stored: record::decode(v)? }))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Records that `seq` is committed in a room.

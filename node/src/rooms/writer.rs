@@ -104,6 +104,15 @@ pub enum WriteError {
     /// The room moved to another owner (or epoch) meanwhile.
     #[error("the room moved to another node; retry")]
     Moved,
+    /// This node's uncommitted records of a room came from an owner older
+    /// than the one now sending: they must go before anything is stored.
+    #[error("room {room_key} holds records here from an owner older than epoch {epoch}")]
+    StaleTail {
+        /// The room.
+        room_key: u64,
+        /// The sending owner's epoch.
+        epoch: u64,
+    },
 }
 
 impl From<StorageError> for WriteError {
@@ -144,6 +153,17 @@ enum Request {
     Fence {
         room_key: u64,
         epoch: u64,
+    },
+    DropTail {
+        room_key: u64,
+        older_than: u64,
+        reply: oneshot::Sender<Result<(), WriteError>>,
+    },
+    Restamp {
+        room: RoomRef,
+        from: u64,
+        to: u64,
+        reply: oneshot::Sender<Result<(), WriteError>>,
     },
 }
 
@@ -245,7 +265,7 @@ impl FlushedBatch {
                 Pending::Delete { reply, result } => {
                     let _ = reply.send(result);
                 }
-                Pending::Replicated { reply } => {
+                Pending::Replicated { reply } | Pending::Restamped { reply } => {
                     let _ = reply.send(Ok(()));
                 }
             }
@@ -263,7 +283,7 @@ impl FlushedBatch {
                 Pending::Delete { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
-                Pending::Replicated { reply } => {
+                Pending::Replicated { reply } | Pending::Restamped { reply } => {
                     let _ = reply.send(Err(err.clone()));
                 }
             }
@@ -366,6 +386,27 @@ impl LogWriter {
         let _ = self.tx.send(Request::Fence { room_key, epoch }).await;
     }
 
+    /// Drops this node's uncommitted records of a room from the first one
+    /// written under an epoch older than `older_than` (`u64::MAX`: all of
+    /// them): a newer owner's log replaces them.
+    pub async fn drop_tail(&self, room_key: u64, older_than: u64) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request::DropTail { room_key, older_than, reply }).await.map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Rewrites records `from..=to` of a room this node now owns under the
+    /// room's new epoch and replicates them like new ones; answers once a
+    /// majority stored them and they are committed. A recovering owner does
+    /// this with the tail it adopted, so that what it commits is its own
+    /// epoch's writing (Raft's rule: an owner only commits by counting
+    /// copies of its own epoch's records).
+    pub async fn restamp(&self, room: RoomRef, from: u64, to: u64) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request::Restamp { room, from, to, reply }).await.map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
     /// Drops a deleted room's messages.
     pub async fn purge(&self, room_key: u64) {
         // A stopped writer means the node is going down; the purge is redone
@@ -379,6 +420,7 @@ enum Pending {
     Append { reply: oneshot::Sender<Result<Appended, WriteError>>, result: Appended, room_key: u64 },
     Delete { reply: oneshot::Sender<Result<String, WriteError>>, result: Result<String, WriteError> },
     Replicated { reply: oneshot::Sender<Result<(), WriteError>> },
+    Restamped { reply: oneshot::Sender<Result<(), WriteError>> },
 }
 
 fn run(mut rx: mpsc::Receiver<Request>, log: &RoomLog, sink: &dyn FlushSink) {
@@ -406,12 +448,14 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
     let mut raised: HashMap<u64, (Arc<str>, u64, u64)> = HashMap::new();
     // ts of messages new in this batch, for duplicates within it.
     let mut batch_ts: HashMap<(u64, u64), u64> = HashMap::new();
-    // A newer owner's records go first: they raise the rooms' epoch fences,
-    // so a local append under an older epoch in the same batch is refused
+    // Dropped tails go first, so they see the store as the writer does. A
+    // newer owner's records go next: they raise the rooms' epoch fences, so
+    // a local append under an older epoch in the same batch is refused
     // instead of taking the seq the new owner already gave out.
+    let (drops, others): (Vec<Request>, Vec<Request>) = requests.partition(|r| matches!(r, Request::DropTail { .. }));
     let (first, rest): (Vec<Request>, Vec<Request>) =
-        requests.partition(|r| matches!(r, Request::Replicated { .. } | Request::Fence { .. }));
-    for req in first.into_iter().chain(rest) {
+        others.into_iter().partition(|r| matches!(r, Request::Replicated { .. } | Request::Fence { .. }));
+    for req in drops.into_iter().chain(first).chain(rest) {
         match req {
             Request::Append { room, from, body, client_id, reply } => {
                 match plan_append(log, seqs, &room, &from, &client_id) {
@@ -486,6 +530,33 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
                 let _ = done.send(());
             }
             Request::Fence { room_key, epoch } => seqs.fence(room_key, epoch),
+            Request::DropTail { room_key, older_than, reply } => {
+                match plan_drop_tail(log, seqs, room_key, older_than, &mut batch) {
+                    Ok(()) => pending.push(Pending::Replicated { reply }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Request::Restamp { room, from, to, reply } => match plan_restamp(log, &room, from, to, &mut batch) {
+                Ok(messages) => {
+                    for message in messages {
+                        records.push(Record {
+                            room_key: room.key,
+                            room: room.id.to_string(),
+                            seq: message.seq,
+                            stored: message.stored.clone(),
+                            new: true,
+                        });
+                        published.push(Published::Message { room: room.id.clone(), room_key: room.key, message });
+                    }
+                    raised.insert(room.key, (room.id.clone(), to, room.epoch));
+                    pending.push(Pending::Restamped { reply });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Request::Purge { room_key } => {
                 let start = record::room_prefix(room_key).to_vec();
                 let end = Some(record::room_end(room_key).to_vec());
@@ -557,7 +628,9 @@ fn plan_append(
     Ok(seqs.assign(room.key, &key, stored))
 }
 
-/// Plans storing an owner's records: skips what is already here, refuses a gap.
+/// Plans storing an owner's records: skips what is already here or
+/// committed, refuses a gap, and refuses to build on (or keep) records of an
+/// older owner that the sending owner's log may not have.
 fn plan_replicated(
     log: &RoomLog,
     seqs: &mut Sequencer,
@@ -565,40 +638,48 @@ fn plan_replicated(
     batch: &mut Batch,
 ) -> Result<(), WriteError> {
     let mut planned = Vec::new();
+    let mut fences: HashMap<u64, u64> = HashMap::new();
+    let refuse = |seqs: &mut Sequencer, e: WriteError| {
+        seqs.rollback_rooms(records.iter().map(|r| r.room_key));
+        Err(e)
+    };
     for r in records {
-        seqs.fence(r.room_key, r.stored.epoch);
+        if !r.new {
+            planned.push(r);
+            continue;
+        }
+        let committed = log.last_seq(r.room_key)?;
+        if r.seq <= committed {
+            // Committed records are final here; a newer owner's copy of one
+            // differs at most in the epoch stamp.
+            continue;
+        }
+        let epoch = r.stored.epoch;
+        let newer_owner = epoch > seqs.fence_of(r.room_key) && !fences.contains_key(&r.room_key);
+        let fence = fences.entry(r.room_key).or_insert(0);
+        *fence = (*fence).max(epoch);
         if !seqs.knows(r.room_key) {
             seqs.load(r.room_key, log.stored_last(r.room_key)?);
         }
-        if r.new {
-            let mut outcome = seqs.accept(r.room_key, r.seq);
-            if outcome == Accept::AlreadyStored && stale_here(log, r)? {
-                // This node kept records an older owner never got a majority
-                // for; the new owner's history replaces them from here on.
-                let last = seqs.last(r.room_key);
-                for stale in log.stored_range(r.room_key, r.seq, last, usize::MAX)? {
-                    batch.delete(DEDUP, record::dedup_key(r.room_key, &stale.stored.from, &stale.stored.client_id));
+        let stale = WriteError::StaleTail { room_key: r.room_key, epoch };
+        match seqs.accept(r.room_key, r.seq) {
+            Accept::Next => {
+                let prev = r.seq - 1;
+                if newer_owner && prev > committed && written_before(log, r.room_key, prev, epoch)? {
+                    return refuse(seqs, stale);
                 }
-                batch.delete_range(
-                    MESSAGES,
-                    record::message_key(r.room_key, r.seq).to_vec(),
-                    Some(record::room_end(r.room_key).to_vec()),
-                );
-                tracing::warn!(room = %r.room, from = r.seq, to = last, "dropping a stale unanswered tail");
-                seqs.truncate(r.room_key, r.seq - 1);
-                outcome = seqs.accept(r.room_key, r.seq);
+                planned.push(r);
             }
-            match outcome {
-                Accept::Next => planned.push(r),
-                Accept::AlreadyStored => {}
-                Accept::Gap { have } => {
-                    seqs.rollback_rooms(records.iter().map(|r| r.room_key));
-                    return Err(WriteError::Gap { room_key: r.room_key, have });
+            Accept::AlreadyStored => {
+                if stale_here(log, r)? {
+                    return refuse(seqs, stale);
                 }
             }
-        } else {
-            planned.push(r);
+            Accept::Gap { have } => return refuse(seqs, WriteError::Gap { room_key: r.room_key, have }),
         }
+    }
+    for (room_key, epoch) in fences {
+        seqs.fence(room_key, epoch);
     }
     for r in planned {
         put_record(batch, r.room_key, r.seq, &r.stored, r.new);
@@ -606,13 +687,72 @@ fn plan_replicated(
     Ok(())
 }
 
+/// Whether the stored record at `seq` was written under an epoch older than
+/// `epoch` (false when it is not in the store yet: then it is in the batch
+/// under way, from the same owner).
+fn written_before(log: &RoomLog, room_key: u64, seq: u64, epoch: u64) -> Result<bool, WriteError> {
+    Ok(log.get_stored(room_key, seq)?.is_some_and(|m| m.stored.epoch < epoch))
+}
+
 /// Whether the record stored here at `r`'s seq came from an older owner
 /// epoch and differs (another message, or the same one written again with
-/// another ts): the newer owner's version wins everywhere.
+/// another ts or stamp): the newer owner's version wins everywhere.
 fn stale_here(log: &RoomLog, r: &Record) -> Result<bool, WriteError> {
     Ok(log
         .get_stored(r.room_key, r.seq)?
         .is_some_and(|old| old.stored.epoch < r.stored.epoch && old.stored != r.stored))
+}
+
+/// Plans dropping a room's uncommitted records from the first one written
+/// under an epoch older than `older_than`.
+fn plan_drop_tail(
+    log: &RoomLog,
+    seqs: &mut Sequencer,
+    room_key: u64,
+    older_than: u64,
+    batch: &mut Batch,
+) -> Result<(), WriteError> {
+    let committed = log.last_seq(room_key)?;
+    let last = log.stored_last(room_key)?;
+    if last <= committed {
+        return Ok(());
+    }
+    let tail = log.stored_range(room_key, committed + 1, last, usize::MAX)?;
+    let Some(from) = tail.iter().find(|m| m.stored.epoch < older_than).map(|m| m.seq) else { return Ok(()) };
+    for stale in tail.iter().filter(|m| m.seq >= from) {
+        batch.delete(DEDUP, record::dedup_key(room_key, &stale.stored.from, &stale.stored.client_id));
+    }
+    batch.delete_range(
+        MESSAGES,
+        record::message_key(room_key, from).to_vec(),
+        Some(record::room_end(room_key).to_vec()),
+    );
+    tracing::warn!(room_key, from, to = last, older_than, "dropping an uncommitted tail from an earlier owner");
+    seqs.load(room_key, last);
+    seqs.truncate(room_key, from - 1);
+    Ok(())
+}
+
+/// Plans rewriting records `from..=to` under the room's epoch: the messages
+/// as they will be replicated.
+fn plan_restamp(
+    log: &RoomLog,
+    room: &RoomRef,
+    from: u64,
+    to: u64,
+    batch: &mut Batch,
+) -> Result<Vec<Message>, WriteError> {
+    let mut messages = log.stored_range(room.key, from, to, usize::MAX)?;
+    let complete = messages.len() as u64 == to.saturating_sub(from) + 1
+        && messages.iter().zip(from..).all(|(m, seq)| m.seq == seq);
+    if !complete {
+        return Err(WriteError::Storage(format!("records {from}..={to} of room {} are not all here", room.key)));
+    }
+    for m in &mut messages {
+        m.stored.epoch = room.epoch;
+        put_record(batch, room.key, m.seq, &m.stored, false);
+    }
+    Ok(messages)
 }
 
 /// Plans a deletion: the message's sender, and the rewritten record when
@@ -633,6 +773,111 @@ fn plan_delete(
         return Ok((msg.stored.from, None));
     }
     msg.stored.body = None;
+    // Stamped with the current epoch, so replicas take the rewrite of a
+    // message an earlier owner wrote.
+    msg.stored.epoch = room.epoch;
     put_record(batch, room.key, seq, &msg.stored, false);
     Ok((msg.stored.from.clone(), Some(msg.stored)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::storage::EngineKind;
+
+    /// A writer over a fresh redb store that commits at once, recording
+    /// what it publishes.
+    fn writer() -> (tempfile::TempDir, Arc<RoomLog>, LogWriter, Arc<Mutex<Vec<u64>>>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::storage::open(EngineKind::Redb, &dir.path().join("rooms.redb")).expect("store");
+        let log = Arc::new(RoomLog::new(store));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let published = seen.clone();
+        let publish: Publisher = Arc::new(move |p| {
+            if let Published::Message { message, .. } = p {
+                published.lock().expect("lock").push(message.seq);
+            }
+        });
+        let writer =
+            LogWriter::start(log.clone(), Arc::new(CommitAtOnce { log: log.clone(), publish })).expect("writer");
+        (dir, log, writer, seen)
+    }
+
+    fn record(seq: u64, epoch: u64, body: &str) -> Record {
+        let stored = StoredMessage {
+            from: "ann".into(),
+            body: Some(body.into()),
+            ts: seq,
+            client_id: format!("{body}-{epoch}"),
+            epoch,
+        };
+        Record { room_key: 7, room: "r".into(), seq, stored, new: true }
+    }
+
+    fn bodies(log: &RoomLog) -> Vec<(u64, String, u64)> {
+        log.stored_range(7, 1, u64::MAX, usize::MAX)
+            .expect("read")
+            .into_iter()
+            .map(|m| (m.seq, m.stored.body.unwrap_or_default(), m.stored.epoch))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_newer_owner_does_not_build_on_an_older_owners_uncommitted_tail() {
+        let (_dir, log, writer, _) = writer();
+        writer.store_replicated(vec![record(1, 1, "a"), record(2, 1, "b")]).await.expect("stored");
+        log.raise(7, 1);
+        // Seq 3 from the owner of epoch 2 would follow seq 2 of epoch 1,
+        // which that owner may not have.
+        let refused = writer.store_replicated(vec![record(3, 2, "c")]).await;
+        assert!(matches!(refused, Err(WriteError::StaleTail { room_key: 7, epoch: 2 })), "{refused:?}");
+        writer.drop_tail(7, 2).await.expect("dropped");
+        assert_eq!(bodies(&log), vec![(1, "a".into(), 1)]);
+        // The dropped record's idempotency entry went with it.
+        assert_eq!(log.deduped(7, "ann", "b-1").expect("read"), None);
+        let gap = writer.store_replicated(vec![record(3, 2, "c")]).await;
+        assert!(matches!(gap, Err(WriteError::Gap { room_key: 7, have: 1 })), "{gap:?}");
+        writer.store_replicated(vec![record(2, 2, "b2"), record(3, 2, "c")]).await.expect("stored");
+        assert_eq!(bodies(&log), vec![(1, "a".into(), 1), (2, "b2".into(), 2), (3, "c".into(), 2)]);
+    }
+
+    #[tokio::test]
+    async fn a_differing_copy_from_a_newer_owner_is_refused_until_the_tail_is_dropped() {
+        let (_dir, log, writer, _) = writer();
+        writer.store_replicated(vec![record(1, 1, "a"), record(2, 1, "b")]).await.expect("stored");
+        let refused = writer.store_replicated(vec![record(2, 3, "x")]).await;
+        assert!(matches!(refused, Err(WriteError::StaleTail { .. })), "{refused:?}");
+        writer.drop_tail(7, 3).await.expect("dropped");
+        writer.store_replicated(vec![record(1, 3, "a"), record(2, 3, "x")]).await.expect("stored");
+        assert_eq!(bodies(&log), vec![(1, "a".into(), 3), (2, "x".into(), 3)]);
+    }
+
+    #[tokio::test]
+    async fn committed_records_are_final_and_never_dropped() {
+        let (_dir, log, writer, _) = writer();
+        writer.store_replicated(vec![record(1, 1, "a"), record(2, 1, "b")]).await.expect("stored");
+        log.raise(7, 2);
+        // A newer owner's copy of a committed record is skipped, not a conflict.
+        writer.store_replicated(vec![record(2, 4, "b")]).await.expect("skipped");
+        writer.drop_tail(7, u64::MAX).await.expect("nothing to drop");
+        assert_eq!(bodies(&log), vec![(1, "a".into(), 1), (2, "b".into(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn restamping_rewrites_the_epoch_and_commits_the_range() {
+        let (_dir, log, writer, seen) = writer();
+        writer.store_replicated(vec![record(1, 1, "a"), record(2, 1, "b"), record(3, 2, "c")]).await.expect("stored");
+        log.raise(7, 1);
+        let room = RoomRef { key: 7, id: "r".into(), epoch: 5, owner: 1 };
+        writer.restamp(room.clone(), 2, 3).await.expect("restamped");
+        assert_eq!(bodies(&log), vec![(1, "a".into(), 1), (2, "b".into(), 5), (3, "c".into(), 5)]);
+        assert_eq!(log.last_seq(7).expect("read"), 3);
+        assert_eq!(*seen.lock().expect("lock"), vec![2, 3]);
+        // A range that is not all here is an error, not a partial rewrite.
+        assert!(matches!(writer.restamp(room, 3, 4).await, Err(WriteError::Storage(_))));
+        // The idempotency entries still point at the same seqs.
+        assert_eq!(log.deduped(7, "ann", "c-2").expect("read"), Some(3));
+    }
 }

@@ -100,7 +100,9 @@ impl From<WriteError> for ApiError {
             WriteError::NotFound => Self::not_found("message"),
             WriteError::Forbidden => Self::forbidden(e.to_string()),
             WriteError::Stopped => Self::unavailable("the node is shutting down"),
-            WriteError::NotReplicated | WriteError::Gap { .. } | WriteError::Moved => Self::unavailable(e.to_string()),
+            WriteError::NotReplicated | WriteError::Gap { .. } | WriteError::StaleTail { .. } | WriteError::Moved => {
+                Self::unavailable(e.to_string())
+            }
             WriteError::Storage(_) => {
                 tracing::error!(error = %e, "room log write failed");
                 Self::unavailable("message store unavailable")
