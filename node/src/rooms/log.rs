@@ -52,11 +52,6 @@ impl RoomLog {
         Ok(seq)
     }
 
-    /// Every room's committed seq known in memory (for announcing them).
-    pub fn committed_rooms(&self) -> Vec<(u64, u64)> {
-        self.last.read().iter().map(|(k, s)| (*k, *s)).collect()
-    }
-
     /// The highest seq stored here, committed or not.
     pub fn stored_last(&self, room_key: u64) -> Result<u64, StorageError> {
         Ok(self.stored_tail(room_key)?.map_or(0, |m| m.seq))
