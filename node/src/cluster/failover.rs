@@ -104,7 +104,8 @@ pub struct RecoveryPlan {
 /// Decides a recovery from this node's tail and the tails of the peers that
 /// answered; `None` while fewer than a majority answered.
 pub fn recovery_plan(mine: Tail, answers: &[(u64, Tail)], cluster_size: usize) -> Option<RecoveryPlan> {
-    if answers.len() + 1 <= cluster_size / 2 {
+    // A majority: this node and at least half of the others.
+    if answers.len() < cluster_size / 2 {
         return None;
     }
     let committed = answers.iter().map(|(_, t)| t.committed).fold(mine.committed, u64::max);
