@@ -169,8 +169,14 @@ async fn answered_messages_survive_every_node_losing_its_unflushed_writes() -> R
 
     let _nodes = start_all(&config, &ids).await?;
     for i in 0..3 {
-        let http =
-            Http::new(&addr(i))?.with_token(Http::new(&addr(i))?.login("sender", "durable-password").await?.token);
+        // A login is a metadata write; right after a cold start the leader
+        // may still change once or twice (503): poll for it.
+        let anon = Http::new(&addr(i))?;
+        let login = common::eventually(&format!("a login on node {}", i + 1), Duration::from_secs(30), async || {
+            Ok(anon.login("sender", "durable-password").await.ok())
+        })
+        .await?;
+        let http = anon.with_token(login.token);
         for room in ["alpha", "beta"] {
             let want: Vec<&(String, String, u64)> = answered.iter().filter(|(r, _, _)| r == room).collect();
             let max = want.iter().map(|(_, _, s)| *s).max().unwrap_or(0);
