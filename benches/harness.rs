@@ -223,6 +223,21 @@ impl CpuMeter {
     }
 }
 
+/// Waits (at most `limit`) until the servers this harness started are
+/// nearly idle, so one measurement does not pay for the backlog of the one
+/// before it on the same servers; answers how long it waited.
+pub async fn settle(limit: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let meter = CpuMeter::start();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if meter.read().servers < 0.05 {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
 // -------------------------------------------------------------- processes --
 
 /// A server process for the duration of a measurement; killed on drop.

@@ -871,7 +871,12 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
             None
         };
         let path_addrs = server.as_ref().map_or(addrs.clone(), |s| vec![s.addr.clone()]);
-        eprintln!("  {name}: {} closed-loop round trips, then fan-out to {members}", o.senders);
+        let waited = harness::settle(Duration::from_secs(20)).await;
+        eprintln!(
+            "  {name}: {} closed-loop round trips, then fan-out to {members} (servers idle after {:.1} s)",
+            o.senders,
+            waited.as_secs_f64()
+        );
         let meter = CpuMeter::start();
         let (rate, h) = closed_loop(&path_addrs, &tokens[..o.senders], "balrtt", o.secs, true).await?;
         let sc = format!("balancer, {} round-trippers", o.senders);
