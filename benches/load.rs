@@ -73,11 +73,52 @@ const USAGE: &str = "usage: cargo bench --bench load -- [all|connections|fanout|
 [--conns C] [--direct-conns D] [--conn-rate R] [--idle N] [--rooms R] [--room-members K] \
 [--senders N] [--secs S] [--users U] [--latency-rate R] [--no-pin]";
 
+/// What `--help` prints: the usage and what each option does.
+const HELP: &str = "\
+Palaver's load-test harness: starts release-build Palaver nodes, clusters and
+balancers and the peers (Node ws, Socket.IO, a bare tokio-tungstenite server,
+HAProxy) on 127.0.0.1, drives them over WebSocket and prints a table; JSON and
+SVG charts go to target/bench-results/. Peers need `benches/peers/setup.sh`
+once. See benches/README.md.
+
+scenarios (default: all of the first seven, in this order):
+  connections   idle WebSockets through the balancer, then straight to the nodes
+  fanout        one room, --members receivers, --publishers senders, rate steps
+  idle          RSS per idle socket on a node and on each peer
+  rooms         --rooms rooms of --room-members receivers on a 3-node cluster
+  durable       majority-acked sends: latency, then answered sends/s (1 and 100 rooms)
+  balancer      direct vs the Palaver balancer (each strategy) vs HAProxy
+  sends         one node: answered sends/s with 1 and --senders senders
+  relay         one node, direct vs through the balancer (older)
+  cluster       same as durable (older name)
+
+options:
+  --rate max|N[,N...]   sends/s per step, or max: double until saturated (max)
+  --members M           fan-out receivers (1000)
+  --publishers P        fan-out senders (4)
+  --step-secs S         seconds per rate step (3)
+  --drain-secs S        seconds to wait for owed deliveries after a step (3)
+  --systems a,b         fan-out systems: palaver-cluster,palaver-node,ws,socketio,bare
+  --conns C             connections through the balancer (9000)
+  --direct-conns D      connections straight to the nodes (30000)
+  --conn-rate R         connections opened per second (2000)
+  --idle N              idle sockets per system (5000)
+  --rooms R             rooms in the rooms scenario (1000)
+  --room-members K      receivers per room (10)
+  --senders N           closed-loop senders (50)
+  --secs S              seconds per closed-loop measurement (5)
+  --users U             accounts the fan-out receivers log in as (20)
+  --latency-rate R      msg/s of the durable latency measurement (500)
+  --no-pin              do not pin servers to core 0 and the generator to core 1
+  -h, --help            this text";
+
 /// Every system of the fan-out comparison.
 const SYSTEMS: [&str; 5] = ["palaver-cluster", "palaver-node", "ws", "socketio", "bare"];
 
 /// Options from the command line.
 struct Options {
+    /// Print the help and stop.
+    help: bool,
     scenarios: Vec<String>,
     /// Offered sends/s per step; `None`: `max` (doubling to saturation).
     rate: Option<Vec<f64>>,
@@ -101,6 +142,7 @@ struct Options {
 
 fn options(args: &[String]) -> Result<Options> {
     let mut o = Options {
+        help: false,
         scenarios: Vec::new(),
         rate: None,
         members: 1000,
@@ -155,7 +197,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--users" => o.users = n(value(a)?, a)?.max(1),
             "--latency-rate" => o.latency_rate = n(value(a)?, a)?.max(1) as u64,
             "--no-pin" => o.no_pin = true,
-            "-h" | "--help" => bail!("{USAGE}"),
+            "-h" | "--help" => o.help = true,
             s if !s.starts_with('-') => o.scenarios.push(s.to_string()),
             other => bail!("unknown option {other}\n{USAGE}"),
         }
@@ -253,6 +295,10 @@ fn main() -> Result<()> {
         _ => {}
     }
     let o = options(&args)?;
+    if o.help {
+        println!("{HELP}\n\n{USAGE}");
+        return Ok(());
+    }
     let nofile = harness::raise_nofile();
     let pinned = !o.no_pin && harness::pin_generator();
     let load_before = harness::load_average();
