@@ -1001,10 +1001,10 @@ fn comparison(res: &Results) -> String {
         }
     }
     let members =
-        res.fanout.first().and_then(|r| r.steps.first()).map_or(0.0, |s| s.offered_deliveries / s.offered_sends);
+        res.fanout.first().and_then(|r| r.steps.first()).map_or(0, |s| (s.offered_deliveries / s.offered_sends) as u64);
     let mut out = format!(
         "Side by side, same run, same load (fan-out: {} receivers in one room; idle: RSS growth per idle socket)\n{:<18} {:>18} {:>18} {:>18}\n",
-        num(members),
+        num(members as f64).split('.').next().unwrap_or("0"),
         "system",
         "max deliveries/s",
         "p99 @100k/s (ms)",
