@@ -645,7 +645,15 @@ fn plan_replicated(
     };
     for r in records {
         if !r.new {
-            planned.push(r);
+            // A rewrite (a deletion) of a record this node does not hold yet
+            // would leave a hole past its log's end; the record comes later,
+            // rewritten, with the owner's log.
+            if !seqs.knows(r.room_key) {
+                seqs.load(r.room_key, log.stored_last(r.room_key)?);
+            }
+            if r.seq <= seqs.last(r.room_key) {
+                planned.push(r);
+            }
             continue;
         }
         let committed = log.last_seq(r.room_key)?;
@@ -863,6 +871,22 @@ mod tests {
         writer.store_replicated(vec![record(2, 4, "b")]).await.expect("skipped");
         writer.drop_tail(7, u64::MAX).await.expect("nothing to drop");
         assert_eq!(bodies(&log), vec![(1, "a".into(), 1), (2, "b".into(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_of_a_record_not_held_here_leaves_no_hole() {
+        let (_dir, log, writer, _) = writer();
+        writer.store_replicated(vec![record(1, 1, "a")]).await.expect("stored");
+        let mut deleted = record(3, 1, "c");
+        deleted.new = false;
+        deleted.stored.body = None;
+        writer.store_replicated(vec![deleted]).await.expect("skipped");
+        assert_eq!(log.stored_last(7).expect("read"), 1);
+        let mut deleted = record(1, 1, "a");
+        deleted.new = false;
+        deleted.stored.body = None;
+        writer.store_replicated(vec![deleted]).await.expect("stored");
+        assert_eq!(bodies(&log), vec![(1, String::new(), 1)]);
     }
 
     #[tokio::test]
