@@ -295,7 +295,8 @@ async fn try_recover(node: &Arc<Node>, room: &str, room_key: u64) -> Result<u64,
     Ok(plan.target)
 }
 
-fn local_tail(node: &Node, room_key: u64) -> Result<Tail, String> {
+/// The end of this node's copy of a room's log.
+pub(crate) fn local_tail(node: &Node, room_key: u64) -> Result<Tail, String> {
     let tail = node.log.stored_tail(room_key).map_err(|e| e.to_string())?;
     let committed = node.log.last_seq(room_key).map_err(|e| e.to_string())?;
     let (seq, last_epoch) = tail.map_or((0, 0), |m| (m.seq, m.stored.epoch));

@@ -172,9 +172,8 @@ async fn raft_call(node: &Node, call: RaftCall) -> RaftAnswer {
 
 async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
     match call {
-        RoomCall::Tail { room_key } => match (node.log.stored_tail(room_key), node.log.last_seq(room_key)) {
-            (Ok(tail), Ok(committed)) => {
-                let (seq, last_epoch) = tail.map_or((0, 0), |m| (m.seq, m.stored.epoch));
+        RoomCall::Tail { room_key } => match failover::local_tail(node, room_key) {
+            Ok(failover::Tail { seq, last_epoch, committed }) => {
                 let (owner, epoch) = node
                     .meta()
                     .rooms
@@ -183,7 +182,7 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
                     .map_or((0, 0), |r| (r.info.owner_node, r.info.epoch));
                 RoomAnswer::Tail { seq, last_epoch, committed, owner, epoch }
             }
-            (Err(e), _) | (_, Err(e)) => RoomAnswer::Refused("internal".into(), e.to_string()),
+            Err(e) => RoomAnswer::Refused("internal".into(), e),
         },
         RoomCall::Fetch { room_key, room, from, to } => {
             let limit = usize::try_from(to.saturating_sub(from) + 1).unwrap_or(FETCH_MAX).min(FETCH_MAX);

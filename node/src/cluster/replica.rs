@@ -67,10 +67,15 @@ pub async fn serve(node: Arc<Node>, owner: u64, mut recv: RecvStream, mut send: 
                 }
             }
         }
+        let mut raised = Vec::new();
         for b in batches {
             for (room_key, room, seq, epoch) in b.commits {
-                commit(&node, owner, room_key, &room, seq, epoch).await;
+                raised.extend(commit(&node, owner, room_key, &room, seq, epoch).await.map(|seq| (room_key, seq)));
             }
+        }
+        if !raised.is_empty() {
+            // A lower bound that saves a restart from re-fetching what is final.
+            node.writer.persist_committed_now(raised);
         }
         if !acks.is_empty() && frame::write_frame(&mut send, &encode(&acks)).await.is_err() {
             return;
@@ -167,41 +172,45 @@ pub(crate) async fn fill(
     Ok(())
 }
 
-/// Makes a room's records up to `seq` visible here and publishes them. A
-/// notice from an owner whose epoch is over is ignored: what it committed
-/// is what its successor recovered.
-async fn commit(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, seq: u64, epoch: u64) {
+/// Makes a room's records up to `seq` visible here and publishes them;
+/// answers the room's new committed seq if it rose. A notice from an owner
+/// whose epoch is over is ignored: what it committed is what its successor
+/// recovered.
+async fn commit(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, seq: u64, epoch: u64) -> Option<u64> {
     let current = node.meta().rooms.get(room).filter(|r| r.info.key == room_key).map(|r| r.info.epoch);
     if current.is_some_and(|e| epoch < e) {
         tracing::debug!(room, epoch, ?current, "ignoring a commit notice from an earlier owner");
-        return;
+        return None;
     }
     let (tail, committed) = match (node.log.stored_tail(room_key), node.log.last_seq(room_key)) {
         (Ok(t), Ok(c)) => (t, c),
-        (Err(e), _) | (_, Err(e)) => return tracing::error!(error = %e, "cannot read the room log"),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot read the room log");
+            return None;
+        }
     };
     let mut stored = tail.as_ref().map_or(0, |m| m.seq);
     // Uncommitted records from an earlier owner are not necessarily the
     // ones this owner committed: drop them and fetch the owner's.
     if stored > committed && tail.is_some_and(|m| m.stored.epoch < epoch) {
         if let Err(e) = drop_older_tail(node, room_key, epoch).await {
-            return tracing::warn!(room, error = %e, "cannot drop a stale tail yet");
+            tracing::warn!(room, error = %e, "cannot drop a stale tail yet");
+            return None;
         }
         stored = node.log.stored_last(room_key).unwrap_or(committed);
     }
-    if seq > stored
-        && let Err(e) = fill(node, owner, room_key, room, stored + 1, seq).await
-    {
-        tracing::warn!(room, error = %e, "cannot fetch committed records yet");
+    if seq > stored {
+        if let Err(e) = fill(node, owner, room_key, room, stored + 1, seq).await {
+            tracing::warn!(room, error = %e, "cannot fetch committed records yet");
+        }
+        stored = node.log.stored_last(room_key).unwrap_or(stored);
     }
-    let (Ok(stored), Ok(old)) = (node.log.stored_last(room_key), node.log.last_seq(room_key)) else { return };
+    let Ok(old) = node.log.last_seq(room_key) else { return None };
     let new = seq.min(stored);
     if new <= old {
-        return;
+        return None;
     }
     node.log.raise(room_key, new);
-    // A lower bound that saves a restart from re-fetching what is final.
-    node.writer.persist_committed_now(vec![(room_key, new)]);
     match node.log.between(room_key, old + 1, new) {
         Ok(messages) => {
             let room: Arc<str> = room.into();
@@ -211,4 +220,5 @@ async fn commit(node: &Arc<Node>, owner: u64, room_key: u64, room: &str, seq: u6
         }
         Err(e) => tracing::error!(error = %e, "cannot read committed messages to publish"),
     }
+    Some(new)
 }

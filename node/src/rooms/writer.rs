@@ -455,6 +455,14 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
     let (drops, others): (Vec<Request>, Vec<Request>) = requests.partition(|r| matches!(r, Request::DropTail { .. }));
     let (first, rest): (Vec<Request>, Vec<Request>) =
         others.into_iter().partition(|r| matches!(r, Request::Replicated { .. } | Request::Fence { .. }));
+    // Committed seqs are a lower bound (a restart recovers the rest from
+    // the peers), so a batch of nothing else needs no fsync of its own: the
+    // next durable batch carries it to disk.
+    let durable = drops
+        .iter()
+        .chain(&first)
+        .chain(&rest)
+        .any(|r| !matches!(r, Request::Committed { .. } | Request::Fence { .. } | Request::Reload { .. }));
     for req in drops.into_iter().chain(first).chain(rest) {
         match req {
             Request::Append { room, from, body, client_id, reply } => {
@@ -574,7 +582,11 @@ fn write_batch(requests: impl Iterator<Item = Request>, log: &RoomLog, seqs: &mu
         }
     }
     let flushed = FlushedBatch { records, replies: pending, published, raised };
-    let stored = if batch.is_empty() { Ok(()) } else { log.store().write_durable(batch) };
+    let stored = match (batch.is_empty(), durable) {
+        (true, _) => Ok(()),
+        (false, true) => log.store().write_durable(batch),
+        (false, false) => log.store().write(batch),
+    };
     match stored {
         Ok(()) => {
             seqs.commit();
@@ -644,13 +656,13 @@ fn plan_replicated(
         Err(e)
     };
     for r in records {
+        if !seqs.knows(r.room_key) {
+            seqs.load(r.room_key, log.stored_last(r.room_key)?);
+        }
         if !r.new {
             // A rewrite (a deletion) of a record this node does not hold yet
             // would leave a hole past its log's end; the record comes later,
             // rewritten, with the owner's log.
-            if !seqs.knows(r.room_key) {
-                seqs.load(r.room_key, log.stored_last(r.room_key)?);
-            }
             if r.seq <= seqs.last(r.room_key) {
                 planned.push(r);
             }
@@ -666,9 +678,6 @@ fn plan_replicated(
         let newer_owner = epoch > seqs.fence_of(r.room_key) && !fences.contains_key(&r.room_key);
         let fence = fences.entry(r.room_key).or_insert(0);
         *fence = (*fence).max(epoch);
-        if !seqs.knows(r.room_key) {
-            seqs.load(r.room_key, log.stored_last(r.room_key)?);
-        }
         let stale = WriteError::StaleTail { room_key: r.room_key, epoch };
         match seqs.accept(r.room_key, r.seq) {
             Accept::Next => {
