@@ -64,6 +64,16 @@ impl Http {
         Ok(Http { client, base: format!("http://{addr}"), addr, token: None })
     }
 
+    /// A client for `addr` that opens a new connection for every request, as
+    /// many browsers and mobile clients effectively do behind a balancer:
+    /// each request may reach another node.
+    pub fn unpooled(addr: &str) -> Result<Http> {
+        let addr = addr.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let client =
+            reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).pool_max_idle_per_host(0).build()?;
+        Ok(Http { client, base: format!("http://{addr}"), addr, token: None })
+    }
+
     /// The same client, sending `token` as Bearer.
     pub fn with_token(&self, token: impl Into<String>) -> Http {
         Http { token: Some(token.into()), ..self.clone() }

@@ -99,6 +99,15 @@ pub struct Limits {
     pub subscriptions_per_socket: usize,
     /// Events queued for one socket before it is closed as too slow (1013).
     pub outbound_queue: usize,
+    /// Bytes queued for one socket (WebSocket, SSE, long poll) before it is
+    /// closed as too slow (1013); the socket's own replies wait for room.
+    pub outbound_bytes: usize,
+    /// Largest history page, bytes of JSON: a longer page is cut short and
+    /// says where to continue.
+    pub history_page_bytes: usize,
+    /// A socket that takes none of what is written to it for this long is
+    /// closed (1013 on a WebSocket).
+    pub write_timeout_ms: u64,
     /// Sends (and typing notices) per second per connection, sustained.
     pub send_rate_per_sec: f64,
     /// Sends allowed in a burst.
@@ -125,6 +134,9 @@ impl Default for Limits {
             message_chars: 4096,
             subscriptions_per_socket: 256,
             outbound_queue: 1024,
+            outbound_bytes: 1024 * 1024,
+            history_page_bytes: 256 * 1024,
+            write_timeout_ms: 30_000,
             send_rate_per_sec: 20.0,
             send_burst: 50.0,
             handshake_timeout_ms: 10_000,
@@ -224,6 +236,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "message_chars, outbound_queue and subscriptions_per_socket must be positive".into(),
             ));
+        }
+        if l.history_page_bytes < 8 * 1024 || l.outbound_bytes < l.history_page_bytes {
+            return Err(ConfigError::Invalid(
+                "history_page_bytes must be at least 8192 and outbound_bytes at least history_page_bytes".into(),
+            ));
+        }
+        if l.write_timeout_ms == 0 {
+            return Err(ConfigError::Invalid("write_timeout_ms must be positive".into()));
         }
         if l.send_rate_per_sec <= 0.0 || l.send_burst < 1.0 {
             return Err(ConfigError::Invalid("send_rate_per_sec must be positive and send_burst at least 1".into()));

@@ -2,8 +2,9 @@
 //! listens to which room, local presence, and closing connections by token.
 //!
 //! An event is encoded once and its bytes shared by every recipient. Each
-//! connection has a bounded queue; a connection whose queue is full is closed
-//! as too slow (1013) rather than slowing the room. The hub knows nothing of
+//! connection's queue is bounded in items and in bytes ([`QueueBudget`]); a
+//! connection whose queue is full is closed as too slow (1013) rather than
+//! slowing the room. The hub knows nothing of
 //! the transports: it only pushes [`Outbound`] items and fires kill switches.
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU16;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 
 use axum::extract::ws::Utf8Bytes;
@@ -59,6 +61,17 @@ pub enum Outbound {
 }
 
 impl Outbound {
+    /// The bytes this item stands for in its connection's budget.
+    pub fn size(&self) -> usize {
+        match self {
+            Outbound::Event(e) => e.json.len(),
+            Outbound::Reply(r) => r.len(),
+            Outbound::Ping => 0,
+            Outbound::Start(s) => s.room.len(),
+            Outbound::End(e) => e.removed.as_ref().map_or(0, |r| r.len()),
+        }
+    }
+
     /// A reply frame.
     pub fn reply(text: impl Into<Utf8Bytes>) -> Self {
         Outbound::Reply(Box::new(text.into()))
@@ -92,6 +105,68 @@ pub struct EndSub {
     pub room_key: u64,
     /// The `removed` event, when the server ended it.
     pub removed: Option<Utf8Bytes>,
+}
+
+/// The bytes queued for one connection and not yet taken by its writer,
+/// against a limit: the hub refuses events past it (and closes the
+/// connection as too slow), the connection's own replies wait for room.
+#[derive(Debug)]
+pub struct QueueBudget {
+    queued: AtomicUsize,
+    limit: usize,
+    drained: Notify,
+}
+
+impl QueueBudget {
+    /// An empty queue allowed `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self { queued: AtomicUsize::new(0), limit, drained: Notify::new() }
+    }
+
+    /// Counts `n` more bytes if they fit; false (nothing counted) if not.
+    pub fn try_charge(&self, n: usize) -> bool {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q == 0 || q.saturating_add(n) <= self.limit).then_some(q.saturating_add(n))
+            })
+            .is_ok()
+    }
+
+    /// Counts `n` more bytes whatever the limit (small control items).
+    pub fn charge(&self, n: usize) {
+        self.queued.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Waits until `n` more bytes fit (an empty queue always takes one
+    /// item), then counts them; false when they do not fit within `timeout`.
+    pub async fn reserve(&self, n: usize, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.try_charge(n) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// The writer took `n` bytes off the queue.
+    pub fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let _ = self.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| Some(q.saturating_sub(n)));
+        self.drained.notify_waiters();
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
 }
 
 /// Lets anyone close a connection with a WebSocket close code.
@@ -139,12 +214,30 @@ pub struct Listener {
     pub tx: mpsc::Sender<Outbound>,
     /// Its kill switch.
     pub kill: Arc<KillSwitch>,
+    /// The bytes its queue holds, against its limit.
+    pub budget: Arc<QueueBudget>,
     /// Who is connected.
     pub user: Arc<str>,
     /// With which token.
     pub token_hash: TokenHash,
     /// Whether it counts for presence (long polls do not).
     pub presence: bool,
+}
+
+impl Listener {
+    /// Queues an item without waiting; a queue full in items or bytes closes
+    /// the connection as too slow (it resumes with `since`).
+    pub fn offer(&self, item: Outbound) {
+        let size = item.size();
+        if !self.budget.try_charge(size) {
+            self.kill.fire(close::TOO_SLOW);
+            return;
+        }
+        if self.tx.try_send(item).is_err() {
+            self.budget.release(size);
+            self.kill.fire(close::TOO_SLOW);
+        }
+    }
 }
 
 struct Conn {
@@ -271,9 +364,7 @@ impl Hub {
             if event.except.as_deref().is_some_and(|u| u == &*l.user) {
                 continue;
             }
-            if l.tx.try_send(Outbound::Event(event.clone())).is_err() {
-                l.kill.fire(close::TOO_SLOW);
-            }
+            l.offer(Outbound::Event(event.clone()));
         }
         metrics::counter!("palaver_deliveries_total").increment(listeners.len() as u64);
     }
@@ -287,9 +378,7 @@ impl Hub {
         };
         for (id, l) in ids {
             self.unsubscribe(id, room_key);
-            if l.tx.try_send(Outbound::end(room_key, Some(removed.clone()))).is_err() {
-                l.kill.fire(close::TOO_SLOW);
-            }
+            l.offer(Outbound::end(room_key, Some(removed.clone())));
         }
     }
 
@@ -301,9 +390,7 @@ impl Hub {
             if let Some(c) = conns.get_mut(&id) {
                 c.rooms.remove(&room_key);
             }
-            if l.tx.try_send(Outbound::end(room_key, Some(event.clone()))).is_err() {
-                l.kill.fire(close::TOO_SLOW);
-            }
+            l.offer(Outbound::end(room_key, Some(event.clone())));
         }
     }
 
@@ -341,7 +428,18 @@ mod tests {
 
     fn listener(user: &str, cap: usize, presence: bool) -> (Listener, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(cap);
-        (Listener { tx, kill: Arc::default(), user: user.into(), token_hash: [user.len() as u8; 32], presence }, rx)
+        let budget = Arc::new(QueueBudget::new(1 << 20));
+        (
+            Listener {
+                tx,
+                kill: Arc::default(),
+                budget,
+                user: user.into(),
+                token_hash: [user.len() as u8; 32],
+                presence,
+            },
+            rx,
+        )
     }
 
     fn event(room_key: u64, seq: u64) -> Event {
@@ -379,6 +477,45 @@ mod tests {
         hub.publish(event(1, 2));
         assert_eq!(slow_kill.code(), Some(close::TOO_SLOW));
         assert!(rx_fast.try_recv().is_ok() && rx_fast.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_queue_full_in_bytes_closes_only_that_connection() {
+        let hub = Hub::new();
+        let (mut small, _rx_small) = listener("small", 64, true);
+        small.budget = Arc::new(QueueBudget::new(10));
+        let small_kill = small.kill.clone();
+        let (big, mut rx_big) = listener("big", 64, true);
+        let (ids, _) = hub.connect(small);
+        let (idb, _) = hub.connect(big);
+        hub.subscribe(ids, 1);
+        hub.subscribe(idb, 1);
+        let json = Utf8Bytes::from("x".repeat(8));
+        hub.publish(Event { json: json.clone(), ..event(1, 1) });
+        assert_eq!(small_kill.code(), None, "the first 8 bytes fit in 10");
+        hub.publish(Event { json, ..event(1, 2) });
+        assert_eq!(small_kill.code(), Some(close::TOO_SLOW), "16 bytes do not");
+        assert!(rx_big.try_recv().is_ok() && rx_big.try_recv().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_reply_waits_for_the_writer_to_drain_the_budget() {
+        let budget = Arc::new(QueueBudget::new(100));
+        assert!(budget.try_charge(60));
+        assert!(!budget.try_charge(60), "60 + 60 is past 100");
+        let waiter = {
+            let b = budget.clone();
+            tokio::spawn(async move { b.reserve(60, std::time::Duration::from_secs(30)).await })
+        };
+        tokio::task::yield_now().await;
+        budget.release(60);
+        let got =
+            tokio::time::timeout(std::time::Duration::from_secs(30), waiter).await.expect("in time").expect("task");
+        assert!(got);
+        assert_eq!(budget.queued(), 60);
+        assert!(!budget.reserve(60, std::time::Duration::from_millis(10)).await, "no drain: times out");
+        budget.release(60);
+        assert!(budget.reserve(500, std::time::Duration::from_millis(10)).await, "an empty queue takes one big item");
     }
 
     #[test]

@@ -1018,3 +1018,53 @@ fn sweep_stale(parent: &std::path::Path) {
         }
     }
 }
+
+/// A balancer running in this test process in front of a cluster's nodes
+/// (round-robin unless told otherwise), stopped when dropped.
+pub struct Balancer {
+    /// The public address clients use.
+    pub addr: std::net::SocketAddr,
+    /// The admin address (`/balancer/nodes`).
+    pub admin: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::result::Result<(), palaver_balancer::BalancerError>>>,
+}
+
+impl Balancer {
+    /// Starts a balancer over `cluster`'s nodes with `strategy`.
+    pub async fn start(cluster: &Cluster, strategy: palaver_balancer::Strategy) -> Result<Balancer> {
+        let nodes =
+            cluster.specs().iter().map(|s| palaver_balancer::Backend { id: s.id, addr: s.client, weight: 1 }).collect();
+        let settings = palaver_balancer::BalancerSettings {
+            strategy,
+            nodes,
+            discover: false,
+            ..palaver_balancer::BalancerSettings::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(palaver_balancer::run(settings, listener, admin, async move {
+            let _ = rx.await;
+        }));
+        Ok(Balancer { addr, admin: admin_addr, stop: Some(tx), task: Some(task) })
+    }
+
+    /// An HTTP client of the public address that opens a connection per
+    /// request, so consecutive requests reach different nodes.
+    pub fn http(&self) -> Http {
+        Http::unpooled(&self.addr.to_string()).expect("an HTTP client for 127.0.0.1 can always be built")
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

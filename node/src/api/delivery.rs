@@ -21,9 +21,13 @@ use crate::hub::StartSub;
 use crate::protocol::MessageView;
 use crate::protocol::ok_reply;
 use crate::protocol::to_json;
-use crate::rooms::MAX_PAGE;
 use crate::rooms::RoomLog;
 use crate::storage::StorageError;
+
+/// Messages read from the store per replay page: a page is held in memory
+/// until the socket took it, so it stays small (64 messages of at most
+/// 4,096 characters each).
+const REPLAY_PAGE: usize = 64;
 
 /// One frame to send.
 #[derive(Debug, Clone)]
@@ -64,9 +68,10 @@ impl Delivery {
         Self { log, cursors: HashMap::new(), replays: VecDeque::new() }
     }
 
-    /// Whether replayed history is still to be sent. The caller sends it,
-    /// a page at a time, before taking its next item, so live events wait
-    /// behind the replay and memory stays bounded by one page.
+    /// Whether replayed history is still to be sent (a `since` replay, or a
+    /// gap before a live message). The caller sends it, a page at a time,
+    /// before taking its next item, so live events wait behind the replay
+    /// and memory stays bounded by one page.
     pub fn replaying(&self) -> bool {
         !self.replays.is_empty()
     }
@@ -74,13 +79,13 @@ impl Delivery {
     /// Appends the next page of the oldest pending replay to `out`.
     pub fn replay_page(&mut self, out: &mut Vec<OutFrame>) -> Result<(), StorageError> {
         let Some(r) = self.replays.front_mut() else { return Ok(()) };
-        let page = self.log.after(r.room_key, r.from, MAX_PAGE)?;
+        let page = self.log.after(r.room_key, r.from, REPLAY_PAGE)?;
         for m in page.iter().take_while(|m| m.seq <= r.last) {
             let json = to_json(&MessageView::event(&r.room, m));
             out.push(OutFrame { json: json.into(), message: Some((r.room.clone(), m.seq)), ping: false });
             r.from = m.seq;
         }
-        if page.len() < MAX_PAGE || r.from >= r.last {
+        if page.len() < REPLAY_PAGE || r.from >= r.last {
             self.replays.pop_front();
         }
         Ok(())
@@ -101,14 +106,16 @@ impl Delivery {
                     return Ok(());
                 }
                 if event.seq > *cursor + 1 {
-                    for m in self.log.between(event.room_key, *cursor + 1, event.seq - 1)? {
-                        let json = to_json(&MessageView::event(&event.room, &m));
-                        out.push(OutFrame {
-                            json: json.into(),
-                            message: Some((event.room.clone(), m.seq)),
-                            ping: false,
-                        });
-                    }
+                    // Past a gap: read the gap and this message from the store,
+                    // a page at a time like any replay (the store has them all).
+                    self.replays.push_back(Replay {
+                        room_key: event.room_key,
+                        room: event.room.clone(),
+                        from: *cursor,
+                        last: event.seq,
+                    });
+                    *cursor = event.seq;
+                    return Ok(());
                 }
                 *cursor = event.seq;
                 out.push(OutFrame {

@@ -33,7 +33,7 @@ impl FromRequestParts<Arc<Node>> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-        Ok(Authed(node.authenticate(token)?))
+        Ok(Authed(node.authenticate(token).await?))
     }
 }
 

@@ -98,7 +98,7 @@ pub async fn logout(State(node): State<Arc<Node>>, Authed(s): Authed) -> Answer 
 }
 
 pub async fn me(State(node): State<Arc<Node>>, Authed(s): Authed) -> Answer {
-    let (username, role) = node.me(&s)?;
+    let (username, role) = node.me(&s).await?;
     ok(json!({"username": username, "role": role.as_str()}))
 }
 
@@ -108,7 +108,7 @@ pub async fn ticket(State(node): State<Arc<Node>>, Authed(s): Authed) -> Answer 
 }
 
 pub async fn list_rooms(State(node): State<Arc<Node>>, Authed(s): Authed) -> Answer {
-    ok(json!(node.list_rooms(&s)?))
+    ok(json!(node.list_rooms(&s).await?))
 }
 
 pub async fn create_room(State(node): State<Arc<Node>>, Authed(s): Authed, Json(r): Json<NewRoom>) -> Answer {
@@ -117,7 +117,7 @@ pub async fn create_room(State(node): State<Arc<Node>>, Authed(s): Authed, Json(
 }
 
 pub async fn get_room(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
-    ok(json!(node.get_room(&s, &room)?))
+    ok(json!(node.get_room(&s, &room).await?))
 }
 
 pub async fn delete_room(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
@@ -215,11 +215,11 @@ pub async fn read(
 }
 
 pub async fn members(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
-    ok(json!(node.members(&s, &room)?))
+    ok(json!(node.members(&s, &room).await?))
 }
 
 pub async fn audit(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
-    let entries = node.audit(&s, &room)?;
+    let entries = node.audit(&s, &room).await?;
     let list: Vec<serde_json::Value> = entries
         .iter()
         .map(|e| {
@@ -245,9 +245,19 @@ pub async fn history(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room
         (None, None) => Page::Before(u64::MAX),
     };
     let limit = q.number("limit")?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
-    let messages = node.history(&s, &room, page, limit)?;
-    let views: Vec<MessageView<'_>> = messages.iter().map(|m| MessageView::of(&room, m)).collect();
-    ok(json!(views))
+    let page = node.history(&s, &room, page, limit).await?;
+    let views: Vec<MessageView<'_>> = page.messages.iter().map(|m| MessageView::of(&room, m)).collect();
+    let mut response = axum::Json(json!(views)).into_response();
+    // A page cut short at the byte cap says where the rest starts.
+    let next = match page.next {
+        Some(Page::After(n)) => Some(format!("after={n}")),
+        Some(Page::Before(n)) => Some(format!("before={n}")),
+        None => None,
+    };
+    if let Some(value) = next.and_then(|v| axum::http::HeaderValue::from_str(&v).ok()) {
+        response.headers_mut().insert("x-next-page", value);
+    }
+    Ok(response)
 }
 
 pub async fn post_message(

@@ -82,9 +82,10 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
 
 /// Nodes, Raft roles and the room → owner assignment (admin only).
 pub async fn cluster(State(node): State<Arc<Node>>, Authed(s): Authed) -> Result<Response, ApiError> {
-    if !node.meta().is_admin(&s.username) {
-        return Err(ApiError::forbidden("the cluster view is for admins"));
-    }
+    node.read(|meta| {
+        if meta.is_admin(&s.username) { Ok(()) } else { Err(ApiError::forbidden("the cluster view is for admins")) }
+    })
+    .await?;
     let m = node.consensus.metrics();
     let now = crate::clock::now_ms();
     let (alive, connections) = match &node.cluster {

@@ -98,7 +98,7 @@ pub async fn poll(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query) -
             }
         }
     }
-    let rooms = readable(&node, &s, &names).map_err(|e| {
+    let rooms = readable(&node, &s, &names).await.map_err(|e| {
         if names.is_empty() { ApiError::bad_request("since must name the rooms: since=a:12,b:40") } else { e }
     })?;
     let wait = q.number("timeout_ms")?.unwrap_or(DEFAULT_WAIT_MS).min(node.limits.max_poll_ms);
@@ -127,6 +127,9 @@ pub async fn poll(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query) -
             }
             item = tokio::time::timeout_at(deadline, rx.recv()) => item,
         };
+        if let Ok(Some(item)) = &item {
+            registration.budget.release(item.size());
+        }
         match item {
             Ok(Some(Outbound::Event(e))) if e.seq > 0 => {}
             Ok(Some(item)) => poll.take(item),
@@ -137,6 +140,7 @@ pub async fn poll(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query) -
             // Gather what arrives right behind the first event into the same answer.
             let gather_until = tokio::time::Instant::now() + GATHER;
             while let Ok(Some(item)) = tokio::time::timeout_at(gather_until, rx.recv()).await {
+                registration.budget.release(item.size());
                 poll.take(item);
             }
             poll.collect_messages(&node)?;

@@ -26,6 +26,7 @@ use crate::hub::ConnId;
 use crate::hub::KillSwitch;
 use crate::hub::Listener;
 use crate::hub::Outbound;
+use crate::hub::QueueBudget;
 use crate::hub::StartSub;
 use crate::protocol::close;
 use crate::rooms::RoomRef;
@@ -39,7 +40,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// The caller of an SSE or poll request: a Bearer header, or a ticket.
 pub(super) async fn session(node: &Arc<Node>, headers: &HeaderMap, q: &Query) -> Result<Session, ApiError> {
     if let Some(token) = bearer(headers) {
-        return node.authenticate(token);
+        return node.authenticate(token).await;
     }
     match q.0.get("ticket") {
         Some(ticket) => node.redeem_ticket(ticket).await,
@@ -62,7 +63,7 @@ pub(super) fn parse_cursors(text: &str) -> Result<Vec<(String, u64)>, ApiError> 
 }
 
 /// Checks that the caller may read each room, within the subscription limit.
-pub(super) fn readable(node: &Node, s: &Session, rooms: &[String]) -> Result<Vec<RoomRef>, ApiError> {
+pub(super) async fn readable(node: &Node, s: &Session, rooms: &[String]) -> Result<Vec<RoomRef>, ApiError> {
     if rooms.is_empty() {
         return Err(ApiError::bad_request("name at least one room"));
     }
@@ -72,7 +73,11 @@ pub(super) fn readable(node: &Node, s: &Session, rooms: &[String]) -> Result<Vec
             node.limits.subscriptions_per_socket
         )));
     }
-    rooms.iter().map(|r| node.readable_room(s, r)).collect()
+    let mut refs = Vec::with_capacity(rooms.len());
+    for r in rooms {
+        refs.push(node.readable_room(s, r).await?);
+    }
+    Ok(refs)
 }
 
 /// A registered connection; unregisters (and announces presence) on drop.
@@ -80,6 +85,9 @@ pub(super) struct Registration {
     pub node: Arc<Node>,
     pub conn: ConnId,
     pub kill: Arc<KillSwitch>,
+    /// The bytes the connection's queue holds; whoever takes an item off
+    /// the queue releases its size.
+    pub budget: Arc<QueueBudget>,
 }
 
 impl Registration {
@@ -96,9 +104,11 @@ impl Registration {
         // needs room for them on top of the usual limit.
         let (tx, rx) = mpsc::channel(node.limits.outbound_queue + rooms.len());
         let kill = Arc::new(KillSwitch::default());
+        let budget = Arc::new(QueueBudget::new(node.limits.outbound_bytes));
         let listener = Listener {
             tx: tx.clone(),
             kill: kill.clone(),
+            budget: budget.clone(),
             user: s.username.clone(),
             token_hash: s.token_hash,
             presence,
@@ -119,11 +129,12 @@ impl Registration {
                 ack: false,
                 reply_id: None,
             }));
+            budget.charge(start.size());
             if tx.try_send(start).is_err() {
                 kill.fire(close::TOO_SLOW);
             }
         }
-        (Self { node: node.clone(), conn, kill }, rx)
+        (Self { node: node.clone(), conn, kill, budget }, rx)
     }
 }
 
@@ -144,7 +155,7 @@ pub async fn stream(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query)
             rooms.push(r.to_string());
         }
     }
-    let refs = readable(&node, &s, &rooms)?;
+    let refs = readable(&node, &s, &rooms).await?;
     let mut since: HashMap<String, u64> = HashMap::new();
     if let Some(text) = q.0.get("since") {
         since.extend(parse_cursors(text)?);
@@ -227,7 +238,10 @@ async fn next_event(mut st: SseState) -> Option<(Result<SseEvent, Infallible>, S
             item = st.rx.recv() => item,
         };
         let item = item?;
-        if st.delivery.handle(item, &mut st.scratch).is_err() {
+        let size = item.size();
+        let handled = st.delivery.handle(item, &mut st.scratch);
+        st.registration.budget.release(size);
+        if handled.is_err() {
             st.done = true;
         }
         st.frames.extend(st.scratch.drain(..));

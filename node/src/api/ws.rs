@@ -32,10 +32,12 @@ use crate::hub::ConnId;
 use crate::hub::KillSwitch;
 use crate::hub::Listener;
 use crate::hub::Outbound;
+use crate::hub::QueueBudget;
 use crate::hub::StartSub;
 use crate::protocol::Command;
 use crate::protocol::Frame;
 use crate::protocol::MessageView;
+use crate::protocol::Page;
 use crate::protocol::close;
 use crate::protocol::error_reply;
 use crate::protocol::ok_reply;
@@ -88,9 +90,12 @@ pub async fn upgrade(
     if node.hub.connection_count() >= node.limits.max_connections {
         return ApiError::unavailable("too many connections on this node").into_response();
     }
-    let session = match bearer(&headers).map(|t| node.authenticate(t)).transpose() {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
+    let session = match bearer(&headers) {
+        Some(t) => match node.authenticate(t).await {
+            Ok(s) => Some(s),
+            Err(e) => return e.into_response(),
+        },
+        None => None,
     };
     let frame = node.limits.frame_bytes;
     ws.read_buffer_size(READ_BUFFER)
@@ -153,7 +158,15 @@ async fn authenticate(
     let frame: Option<Frame> = serde_json::from_str(&text).ok();
     let id = frame.as_ref().and_then(|f| f.id);
     let session = match frame.map(Command::from_frame) {
-        Some(Ok(Command::Auth { token })) => node.authenticate(&token).ok(),
+        Some(Ok(Command::Auth { token })) => match node.authenticate(&token).await {
+            Ok(s) => Some(s),
+            Err(e) if e.code == crate::protocol::Code::Unavailable => {
+                // Not a bad token: this node cannot check it now. Reconnect elsewhere.
+                close_with(sink, close::RESTARTING, close_reason(close::RESTARTING)).await;
+                return None;
+            }
+            Err(_) => None,
+        },
         _ => None,
     };
     match session {
@@ -180,9 +193,11 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
     };
     let (tx, rx) = mpsc::channel(node.limits.outbound_queue);
     let kill = Arc::new(KillSwitch::default());
+    let budget = Arc::new(QueueBudget::new(node.limits.outbound_bytes));
     let listener = Listener {
         tx: tx.clone(),
         kill: kill.clone(),
+        budget: budget.clone(),
         user: session.username.clone(),
         token_hash: session.token_hash,
         presence: true,
@@ -196,8 +211,10 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
     if node.meta().session(&session.token_hash, now_ms()).is_none() {
         kill.fire(close::TOKEN_REVOKED);
     }
-    let writer = tokio::spawn(write_loop(node.log.clone(), sink, rx, kill.clone()));
-    let mut reader = Reader { node: node.clone(), session, conn, tx, kill: kill.clone(), bucket: None, refused: 0 };
+    let write_timeout = Duration::from_millis(node.limits.write_timeout_ms);
+    let writer = tokio::spawn(write_loop(node.log.clone(), sink, rx, kill.clone(), budget.clone(), write_timeout));
+    let mut reader =
+        Reader { node: node.clone(), session, conn, tx, kill: kill.clone(), budget, bucket: None, refused: 0 };
     reader.run(&mut stream).await;
     kill.fire(1000);
     // The hub forgets the socket now, so nothing more queues for it.
@@ -230,6 +247,8 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     kill: Arc<KillSwitch>,
+    budget: Arc<QueueBudget>,
+    write_timeout: Duration,
 ) {
     let mut delivery = Delivery::new(log);
     let mut frames = Vec::new();
@@ -247,32 +266,61 @@ async fn write_loop(
             item = rx.recv() => item,
         };
         let Some(item) = item else { return };
-        let mut next = Some(item);
-        let mut handled = 0;
-        while let Some(item) = next.take() {
-            if let Err(e) = delivery.handle(item, &mut frames) {
-                tracing::error!(error = %e, "cannot read the room log for delivery");
+        // A client that stops reading fills its socket buffer; it gets
+        // `write_timeout` to take a round of frames, then it is closed.
+        let round = write_round(&mut delivery, &mut sink, &mut rx, item, &mut frames, &kill, &budget);
+        match tokio::time::timeout(write_timeout, round).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => {
+                tracing::info!(
+                    queued = budget.queued(),
+                    "closing a WebSocket that takes nothing for {write_timeout:?}"
+                );
+                kill.fire(close::TOO_SLOW);
+                return;
+            }
+        }
+    }
+}
+
+/// Sends `first` and whatever else is queued (up to [`FLUSH_EVERY`] items),
+/// then flushes; false when the socket is gone.
+async fn write_round(
+    delivery: &mut Delivery,
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    first: Outbound,
+    frames: &mut Vec<OutFrame>,
+    kill: &KillSwitch,
+    budget: &QueueBudget,
+) -> bool {
+    let mut next = Some(first);
+    let mut handled = 0;
+    while let Some(item) = next.take() {
+        let size = item.size();
+        let handled_ok = delivery.handle(item, frames);
+        budget.release(size);
+        if let Err(e) = handled_ok {
+            tracing::error!(error = %e, "cannot read the room log for delivery");
+            kill.fire(1011);
+            break;
+        }
+        while delivery.replaying() {
+            if delivery.replay_page(frames).is_err() || !feed(sink, frames).await {
                 kill.fire(1011);
                 break;
             }
-            while delivery.replaying() {
-                if delivery.replay_page(&mut frames).is_err() || !feed(&mut sink, &mut frames).await {
-                    kill.fire(1011);
-                    break;
-                }
-            }
-            if !feed(&mut sink, &mut frames).await {
-                return;
-            }
-            handled += 1;
-            if handled < FLUSH_EVERY {
-                next = rx.try_recv().ok();
-            }
         }
-        if sink.flush().await.is_err() {
-            return;
+        if !feed(sink, frames).await {
+            return false;
+        }
+        handled += 1;
+        if handled < FLUSH_EVERY {
+            next = rx.try_recv().ok();
         }
     }
+    sink.flush().await.is_ok()
 }
 
 async fn feed(sink: &mut SplitSink<WebSocket, Message>, frames: &mut Vec<OutFrame>) -> bool {
@@ -285,12 +333,23 @@ async fn feed(sink: &mut SplitSink<WebSocket, Message>, frames: &mut Vec<OutFram
     true
 }
 
+/// Queues a small item (an answer, a subscription start or end), counted in
+/// the budget but never refused by it: only events and big replies are.
+async fn queue(tx: &mpsc::Sender<Outbound>, budget: &QueueBudget, item: Outbound) {
+    let size = item.size();
+    budget.charge(size);
+    if tx.send(item).await.is_err() {
+        budget.release(size);
+    }
+}
+
 struct Reader {
     node: Arc<Node>,
     session: Session,
     conn: ConnId,
     tx: mpsc::Sender<Outbound>,
     kill: Arc<KillSwitch>,
+    budget: Arc<QueueBudget>,
     bucket: Option<TokenBucket>,
     refused: u32,
 }
@@ -328,8 +387,20 @@ impl Reader {
         }
     }
 
+    /// Queues a reply once the socket's byte budget has room for it: a
+    /// client that asks for more than it reads stops being read, and one
+    /// that reads nothing within the write timeout is closed as too slow.
     async fn reply(&self, text: String) {
-        let _ = self.tx.send(Outbound::reply(text)).await;
+        let timeout = Duration::from_millis(self.node.limits.write_timeout_ms);
+        if !self.budget.reserve(text.len(), timeout).await {
+            self.kill.fire(close::TOO_SLOW);
+            return;
+        }
+        let item = Outbound::reply(text);
+        let size = item.size();
+        if self.tx.send(item).await.is_err() {
+            self.budget.release(size);
+        }
     }
 
     async fn error(&self, id: Option<u64>, e: &ApiError) {
@@ -381,14 +452,14 @@ impl Reader {
         let s = &session;
         match cmd {
             Command::Auth { token } => {
-                let again = node.authenticate(&token)?;
+                let again = node.authenticate(&token).await?;
                 if again.username != s.username {
                     return Err(ApiError::bad_request("this socket is already authenticated as another user"));
                 }
                 self.reply(ok_reply(id, serde_json::json!({"username": &*s.username}))).await;
             }
             Command::Subscribe { room, since } => {
-                let r = node.readable_room(s, &room)?;
+                let r = node.readable_room(s, &room).await?;
                 let hub = &node.hub;
                 if !hub.is_subscribed(self.conn, r.key)
                     && hub.subscription_count(self.conn) >= node.limits.subscriptions_per_socket
@@ -401,49 +472,56 @@ impl Reader {
                 hub.subscribe(self.conn, r.key);
                 let start =
                     Outbound::Start(Box::new(StartSub { room_key: r.key, room: r.id, since, ack: true, reply_id: id }));
-                let _ = self.tx.send(start).await;
+                queue(&self.tx, &self.budget, start).await;
             }
             Command::Unsubscribe { room } => {
                 crate::service::check_room_id(&room)?;
                 let key = node.meta().rooms.get(&room).map(|r| r.info.key);
                 if let Some(key) = key {
                     node.hub.unsubscribe(self.conn, key);
-                    let _ = self.tx.send(Outbound::end(key, None)).await;
+                    queue(&self.tx, &self.budget, Outbound::end(key, None)).await;
                 }
                 self.reply(ok_reply(id, serde_json::json!({}))).await;
             }
             Command::Send { room, body, client_id } => {
                 self.rate()?;
-                let r = node.check_send(s, &room, &body, &client_id)?;
+                let r = node.check_send(s, &room, &body, &client_id).await?;
                 let pending = node.submit_message(s, r, body, client_id).await?;
-                let tx = self.tx.clone();
+                let (tx, budget) = (self.tx.clone(), self.budget.clone());
                 tokio::spawn(async move {
                     let reply = match pending.await {
                         Ok(a) => ok_reply(id, serde_json::json!({"seq": a.seq, "ts": a.ts})),
                         Err(e) => error_reply(id, e.code, &e.message, e.retry_after_ms),
                     };
-                    let _ = tx.send(Outbound::reply(reply)).await;
+                    queue(&tx, &budget, Outbound::reply(reply)).await;
                 });
             }
             Command::History { room, page, limit } => {
-                let messages = node.history(s, &room, page, limit)?;
-                let views: Vec<MessageView<'_>> = messages.iter().map(|m| MessageView::of(&room, m)).collect();
-                self.reply(ok_reply(id, serde_json::json!({"messages": views}))).await;
+                let page = node.history(s, &room, page, limit).await?;
+                let views: Vec<MessageView<'_>> = page.messages.iter().map(|m| MessageView::of(&room, m)).collect();
+                let mut answer = serde_json::json!({"messages": views});
+                // A page cut short at the byte cap says where the rest starts.
+                match page.next {
+                    Some(Page::After(n)) => answer["next"] = serde_json::json!({"after": n}),
+                    Some(Page::Before(n)) => answer["next"] = serde_json::json!({"before": n}),
+                    None => {}
+                }
+                self.reply(ok_reply(id, answer)).await;
             }
             Command::Typing { room } => {
                 self.rate()?;
-                node.typing(s, &room)?;
+                node.typing(s, &room).await?;
                 self.reply(ok_reply(id, serde_json::json!({}))).await;
             }
             Command::Read { room, seq } => {
                 let s = s.clone();
-                let tx = self.tx.clone();
+                let (tx, budget) = (self.tx.clone(), self.budget.clone());
                 tokio::spawn(async move {
                     let reply = match node.mark_read(&s, &room, seq).await {
                         Ok(()) => ok_reply(id, serde_json::json!({})),
                         Err(e) => error_reply(id, e.code, &e.message, e.retry_after_ms),
                     };
-                    let _ = tx.send(Outbound::reply(reply)).await;
+                    queue(&tx, &budget, Outbound::reply(reply)).await;
                 });
             }
         }

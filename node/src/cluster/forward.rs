@@ -194,6 +194,12 @@ async fn accept(
     s: ForwardedSend,
 ) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
     let room = owned_room(node, &s.room, s.applied).await?;
+    // Checked again where the send is ordered: a mute or kick the forwarding
+    // node had not applied yet still stops it here.
+    if node.consensus.applied_index() < s.applied {
+        node.consensus.wait_applied(s.applied, CATCH_UP).await?;
+    }
+    crate::service::may_send(&node.meta(), &s.from, &s.room)?;
     let pending = node.writer.submit_append(room, s.from, s.body, s.client_id).await?;
     Ok(async move { Ok(pending.await?) })
 }

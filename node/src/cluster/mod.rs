@@ -155,7 +155,15 @@ async fn raft_call(node: &Node, call: RaftCall) -> RaftAnswer {
     let raft = node.consensus.raft();
     let refused = |e: &dyn std::fmt::Display| RaftAnswer::Refused(e.to_string());
     match call {
-        RaftCall::Append(req) => raft.append_entries(req).await.map_or_else(|e| refused(&e), RaftAnswer::Append),
+        RaftCall::Append(req) => match raft.append_entries(req).await {
+            Ok(answer) => {
+                if answer.is_success() {
+                    node.consensus.note_leader_contact();
+                }
+                RaftAnswer::Append(answer)
+            }
+            Err(e) => refused(&e),
+        },
         RaftCall::Vote(req) => raft.vote(req).await.map_or_else(|e| refused(&e), RaftAnswer::Vote),
         RaftCall::PreVote(req) => raft.pre_vote(req).await.map_or_else(|e| refused(&e), RaftAnswer::Vote),
         RaftCall::Snapshot { vote, meta, data } => {
@@ -167,11 +175,26 @@ async fn raft_call(node: &Node, call: RaftCall) -> RaftAnswer {
             Err(ConsensusError::NotLeader { leader }) => RaftAnswer::NotLeader(leader.map(|(id, _)| id)),
             Err(e) => refused(&e),
         },
+        RaftCall::ReadIndex => match node.consensus.read_index(crate::service::LEASE).await {
+            Ok(index) => RaftAnswer::ReadIndex(index),
+            Err(ConsensusError::NotLeader { leader }) => RaftAnswer::NotLeader(leader.map(|(id, _)| id)),
+            Err(e) => refused(&e),
+        },
+        RaftCall::AwaitApplied(index) => {
+            match node.consensus.wait_applied(index, crate::service::AWAIT_APPLIED).await {
+                Ok(()) => RaftAnswer::Applied,
+                Err(e) => refused(&e),
+            }
+        }
     }
 }
 
 async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
     match call {
+        RoomCall::Committed { room_key } => match node.log.last_seq(room_key) {
+            Ok(seq) => RoomAnswer::Committed(seq),
+            Err(e) => RoomAnswer::Refused("internal".into(), e.to_string()),
+        },
         RoomCall::Tail { room_key } => match failover::local_tail(node, room_key) {
             Ok(failover::Tail { seq, last_epoch, committed }) => {
                 let (owner, epoch) = node
@@ -201,7 +224,26 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
                 Ok(r) => r,
                 Err(e) => return RoomAnswer::Refused(e.code.as_str().into(), e.message),
             };
-            match node.writer.delete(room, d.seq, d.actor, d.moderator).await {
+            // The actor's standing is decided here, where the delete is ordered.
+            if node.consensus.applied_index() < d.applied
+                && let Err(e) = node.consensus.wait_applied(d.applied, Duration::from_secs(5)).await
+            {
+                let e = ApiError::from(e);
+                return RoomAnswer::Refused(e.code.as_str().into(), e.message);
+            }
+            let moderator =
+                match node.meta().authorize(&d.actor, &d.room, crate::permissions::Action::DeleteMessage { own: true })
+                {
+                    Ok(r) => matches!(
+                        r.standing(&d.actor),
+                        crate::permissions::Standing::Member(role) if role >= crate::permissions::Role::Moderator
+                    ),
+                    Err(e) => {
+                        let e = ApiError::from(e);
+                        return RoomAnswer::Refused(e.code.as_str().into(), e.message);
+                    }
+                };
+            match node.writer.delete(room, d.seq, d.actor, moderator).await {
                 Ok(sender) => RoomAnswer::Deleted(sender),
                 Err(e) => {
                     let e = ApiError::from(e);

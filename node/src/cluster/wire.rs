@@ -35,6 +35,13 @@ pub enum RaftCall {
     },
     /// A metadata write proposed on a follower.
     Forward(MetaRequest),
+    /// A follower catching up before it answers from its metadata: the
+    /// leader answers its ReadIndex.
+    ReadIndex,
+    /// A node that answered a write revoking access waits until every peer
+    /// has applied the log this far (or a timeout), so no node grants what
+    /// was revoked after the answer.
+    AwaitApplied(u64),
 }
 
 /// The answer to a [`RaftCall`].
@@ -54,6 +61,10 @@ pub enum RaftAnswer {
         /// Log index of the entry.
         index: u64,
     },
+    /// To ReadIndex: the log index a read must have applied.
+    ReadIndex(u64),
+    /// To AwaitApplied: this node has applied the log that far.
+    Applied,
     /// Not the leader (any more); the caller retries with the one named.
     NotLeader(Option<u64>),
     /// Raft refused the call.
@@ -87,6 +98,12 @@ pub enum RoomAck {
 pub enum RoomCall {
     /// Delete a message's body (answered with the sender's name).
     Delete(ForwardedDelete),
+    /// The room's committed seq on its owner (a node answering a read
+    /// waits until its own copy has it).
+    Committed {
+        /// Room key.
+        room_key: u64,
+    },
     /// The last seq this node stores for a room (a new owner recovering it).
     Tail {
         /// Room key.
@@ -112,6 +129,8 @@ pub enum RoomAnswer {
     Records(Vec<Record>),
     /// A deletion was done: the message's sender.
     Deleted(String),
+    /// The committed seq asked for.
+    Committed(u64),
     /// The last seq stored here and the epoch it was written under, the
     /// committed seq, and the room's owner and epoch as this node's
     /// metadata has them.
@@ -136,8 +155,6 @@ pub enum RoomAnswer {
 pub struct ForwardedDelete {
     /// Who deletes.
     pub actor: String,
-    /// Whether the actor moderates the room.
-    pub moderator: bool,
     /// Room id.
     pub room: String,
     /// The message.

@@ -292,6 +292,27 @@ pub enum MetaCommand {
     },
 }
 
+impl MetaCommand {
+    /// Whether applying this takes a right away from someone (a session, a
+    /// membership, a role, the right to send): such a write is answered only
+    /// once no node can grant the right any more.
+    pub fn revokes_access(&self) -> bool {
+        match self {
+            MetaCommand::Logout { .. } | MetaCommand::Sweep => true,
+            MetaCommand::Room { op, .. } => matches!(
+                op,
+                RoomOp::Delete
+                    | RoomOp::Leave
+                    | RoomOp::Kick(_)
+                    | RoomOp::Ban(_)
+                    | RoomOp::SetRole(..)
+                    | RoomOp::Mute(..)
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Actions inside one room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoomOp {

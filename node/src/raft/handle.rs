@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::Config;
+use openraft::LinearizerOption;
 use openraft::ServerState;
 use openraft::SnapshotPolicy;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::error::ForwardToLeader;
 use openraft::error::InitializeError;
+use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 use parking_lot::RwLock;
 use parking_lot::RwLockReadGuard;
@@ -158,7 +160,15 @@ async fn initialize_if_first(raft: &MetaRaft, settings: &RaftSettings) -> Result
 pub struct Consensus {
     raft: MetaRaft,
     state: Arc<RwLock<MetaState>>,
-    applied: Arc<std::sync::atomic::AtomicU64>,
+    applied: Arc<super::state_machine::AppliedIndex>,
+    /// When this node last accepted AppendEntries from a leader (ms since
+    /// `epoch`; 0: never): a follower that heard from its leader recently
+    /// cannot be missing a write acknowledged longer ago than that.
+    leader_contact: Arc<std::sync::atomic::AtomicU64>,
+    epoch: std::time::Instant,
+    /// The longest lease a leader may read under: two thirds of the
+    /// shortest election timeout.
+    max_lease: Duration,
     store: Store,
     node_id: u64,
 }
@@ -204,7 +214,16 @@ impl Consensus {
             let _ = raft.shutdown().await;
             return Err(e);
         }
-        Ok(Consensus { raft, state, applied, store, node_id: settings.node_id })
+        Ok(Consensus {
+            raft,
+            state,
+            applied,
+            leader_contact: Arc::default(),
+            epoch: std::time::Instant::now(),
+            max_lease: settings.election_timeout.0 * 2 / 3,
+            store,
+            node_id: settings.node_id,
+        })
     }
 
     /// Proposes `cmd` with the proposer's clock `now` (unix ms) and waits
@@ -254,21 +273,67 @@ impl Consensus {
     /// Waits until this node has applied the log up to `index` (so a write
     /// forwarded to the leader is visible to this node's local reads).
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ConsensusError> {
-        if self.applied_index() >= index {
-            return Ok(());
+        if self.applied.wait_for(index, timeout).await {
+            Ok(())
+        } else {
+            Err(ConsensusError::Unavailable(format!(
+                "log index {index} not applied here within {timeout:?} (applied: {})",
+                self.applied_index()
+            )))
         }
-        self.raft
-            .wait(Some(timeout))
-            .metrics(|m| m.last_applied.is_some_and(|id| id.index >= index), "the write is applied here")
-            .await
-            .map(|_| ())
-            .map_err(|e| ConsensusError::Unavailable(e.to_string()))
     }
 
     /// The index of the last log entry applied here, at once (openraft's
     /// metrics may report it a moment later).
     pub fn applied_index(&self) -> u64 {
-        self.applied.load(std::sync::atomic::Ordering::Acquire)
+        self.applied.get()
+    }
+
+    /// Records that a leader's AppendEntries (a heartbeat included) was accepted.
+    pub fn note_leader_contact(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        self.leader_contact.store(ms, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this node's metadata is known to be recent: it leads and a
+    /// quorum acknowledged it within `lease`, or it follows and accepted
+    /// AppendEntries from the leader within `lease`. A node alone in its
+    /// group is always fresh. A node that is not fresh may lack writes the
+    /// leader has acknowledged; it must catch up ([`Consensus::read_index`])
+    /// before answering from its state.
+    pub fn is_fresh(&self, lease: Duration) -> bool {
+        let receiver = self.raft.metrics();
+        let m = receiver.borrow_watched();
+        match m.state {
+            ServerState::Leader => {
+                m.membership_config.membership().voter_ids().all(|id| id == self.node_id)
+                    || m.last_quorum_acked.as_ref().is_some_and(|at| openraft::Instant::elapsed(&**at) < lease)
+            }
+            ServerState::Follower | ServerState::Learner => {
+                let last = self.leader_contact.load(std::sync::atomic::Ordering::Acquire);
+                let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                last > 0 && now.saturating_sub(last) < u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)
+            }
+            ServerState::Candidate | ServerState::Shutdown => false,
+        }
+    }
+
+    /// On the leader: answers the log index every read must have applied to
+    /// see every write acknowledged before this call (Raft's ReadIndex).
+    /// Leadership is confirmed by a quorum acknowledgement of an RPC sent
+    /// less than `lease` ago (a heartbeat round when there is none): no
+    /// follower votes for another leader within its election timeout of
+    /// hearing from this one, so the lease is capped below the shortest
+    /// election timeout.
+    pub async fn read_index(&self, lease: Duration) -> Result<u64, ConsensusError> {
+        let option = LinearizerOption::new(Some(lease.min(self.max_lease)), true);
+        match self.raft.get_read_linearizer(option).await {
+            Ok(linearizer) => Ok(linearizer.read_log_id().index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(ConsensusError::NotLeader { leader: self.leader_of(f) })
+            }
+            Err(e) => Err(ConsensusError::Unavailable(e.to_string())),
+        }
     }
 
     /// Role, leader, indexes and members, as this node sees them now.

@@ -128,7 +128,7 @@ pub struct MetaStateMachine {
     state: Arc<RwLock<MetaState>>,
     /// The last applied index, readable at once by the node (openraft's
     /// metrics report it a moment later).
-    applied_index: Arc<std::sync::atomic::AtomicU64>,
+    applied_index: Arc<AppliedIndex>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     store: Store,
@@ -158,7 +158,7 @@ impl MetaStateMachine {
         };
         Ok(Self {
             state: Arc::new(RwLock::new(state)),
-            applied_index: Arc::new(std::sync::atomic::AtomicU64::new(last_applied.map_or(0, |id| id.index))),
+            applied_index: Arc::new(AppliedIndex::new(last_applied.map_or(0, |id| id.index))),
             last_applied,
             membership,
             store,
@@ -173,8 +173,50 @@ impl MetaStateMachine {
     }
 
     /// The last applied index, shared.
-    pub fn applied_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+    pub fn applied_index(&self) -> Arc<AppliedIndex> {
         self.applied_index.clone()
+    }
+}
+
+/// The last applied log index: read at once, and awaited by requests that
+/// must see a given write (openraft's metrics report it a moment later).
+#[derive(Debug, Default)]
+pub struct AppliedIndex {
+    index: std::sync::atomic::AtomicU64,
+    raised: tokio::sync::Notify,
+}
+
+impl AppliedIndex {
+    /// Starts at `index`.
+    pub fn new(index: u64) -> Self {
+        Self { index: std::sync::atomic::AtomicU64::new(index), raised: tokio::sync::Notify::new() }
+    }
+
+    /// The index now.
+    pub fn get(&self) -> u64 {
+        self.index.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set(&self, index: u64) {
+        self.index.store(index, std::sync::atomic::Ordering::Release);
+        self.raised.notify_waiters();
+    }
+
+    /// Waits until the index reaches `index`; false after `timeout`.
+    pub async fn wait_for(&self, index: u64, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so a raise between the two still wakes us.
+            let raised = self.raised.notified();
+            tokio::pin!(raised);
+            raised.as_mut().enable();
+            if self.get() >= index {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, raised).await.is_err() {
+                return false;
+            }
+        }
     }
 }
 
@@ -228,7 +270,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                 EntryPayload::Blank => Ok(MetaOk::Done),
             };
             self.last_applied = Some(entry.log_id);
-            self.applied_index.store(entry.log_id.index, std::sync::atomic::Ordering::Release);
+            self.applied_index.set(entry.log_id.index);
             if !effects.is_empty() {
                 (self.effects)(effects);
             }
@@ -265,7 +307,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         blocking(move || save_snapshot(&store, &lock, &snapshot, true)).await?;
         *self.state.write() = state;
         self.last_applied = meta.last_log_id;
-        self.applied_index.store(meta.last_log_id.map_or(0, |id| id.index), std::sync::atomic::Ordering::Release);
+        self.applied_index.set(meta.last_log_id.map_or(0, |id| id.index));
         self.membership = meta.last_membership.clone();
         Ok(())
     }

@@ -25,12 +25,14 @@ pub struct RoomLog {
     /// Committed seq per room key. Only ever raised, so a reader that
     /// loaded an old value from the store can never lower it.
     last: RwLock<HashMap<u64, u64>>,
+    /// Woken whenever a committed seq rises.
+    raised: tokio::sync::Notify,
 }
 
 impl RoomLog {
     /// Wraps the room-log store.
     pub fn new(store: Store) -> Self {
-        Self { store, last: RwLock::new(HashMap::new()) }
+        Self { store, last: RwLock::new(HashMap::new()), raised: tokio::sync::Notify::new() }
     }
 
     /// The store, for the writer.
@@ -84,7 +86,28 @@ impl RoomLog {
     pub(crate) fn raise(&self, room_key: u64, seq: u64) {
         let mut last = self.last.write();
         let entry = last.entry(room_key).or_insert(0);
-        *entry = (*entry).max(seq);
+        if seq > *entry {
+            *entry = seq;
+            drop(last);
+            self.raised.notify_waiters();
+        }
+    }
+
+    /// Waits until a room's committed seq reaches `seq`; false after `timeout`.
+    pub async fn wait_committed(&self, room_key: u64, seq: u64, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so a raise between the two still wakes us.
+            let raised = self.raised.notified();
+            tokio::pin!(raised);
+            raised.as_mut().enable();
+            if self.last_seq(room_key).is_ok_and(|s| s >= seq) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, raised).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Forgets a deleted room's cached seq.

@@ -73,7 +73,15 @@ impl Node {
         let now = now_ms();
         self.login_by_address.take(&addr, now).map_err(ApiError::rate_limited)?;
         self.login_by_account.take(&username, now).map_err(ApiError::rate_limited)?;
-        let hash = self.meta().users.get(&username).map(|u| u.password_hash.clone());
+        // An account registered elsewhere a moment ago must not look unknown here.
+        let hash = match self
+            .read(|meta| meta.users.get(&username).map(|u| u.password_hash.clone()).ok_or_else(ApiError::unauthorized))
+            .await
+        {
+            Ok(hash) => Some(hash),
+            Err(e) if e.code == crate::protocol::Code::Unauthorized => None,
+            Err(e) => return Err(e),
+        };
         if !self.passwords.verify(hash, password).await? {
             metrics::counter!("palaver_logins_failed_total").increment(1);
             return Err(ApiError::unauthorized());
@@ -99,8 +107,8 @@ impl Node {
     }
 
     /// The session behind a bearer token; records its use now and then.
-    pub fn authenticate(self: &Arc<Self>, token: &str) -> Result<Session, ApiError> {
-        self.session_for(token_hash(token))
+    pub async fn authenticate(self: &Arc<Self>, token: &str) -> Result<Session, ApiError> {
+        self.session_for(token_hash(token)).await
     }
 
     /// Records that a live connection still uses its token, so an open
@@ -113,13 +121,14 @@ impl Node {
         }
     }
 
-    fn session_for(self: &Arc<Self>, hash: TokenHash) -> Result<Session, ApiError> {
+    async fn session_for(self: &Arc<Self>, hash: TokenHash) -> Result<Session, ApiError> {
         let now = now_ms();
-        let (username, last_seen) = {
-            let meta = self.meta();
-            let s = meta.session(&hash, now).ok_or_else(ApiError::unauthorized)?;
-            (Arc::<str>::from(s.username.as_str()), s.last_seen)
-        };
+        let (username, last_seen) = self
+            .read(|meta| {
+                let s = meta.session(&hash, now).ok_or_else(ApiError::unauthorized)?;
+                Ok((Arc::<str>::from(s.username.as_str()), s.last_seen))
+            })
+            .await?;
         self.touch(hash, last_seen, now);
         Ok(Session { username, token_hash: hash })
     }
@@ -148,10 +157,11 @@ impl Node {
     }
 
     /// The caller's name and cluster role.
-    pub fn me(&self, session: &Session) -> Result<(String, UserRole), ApiError> {
-        let meta = self.meta();
-        let user = meta.users.get(&*session.username).ok_or_else(ApiError::unauthorized)?;
-        Ok((session.username.to_string(), user.role))
+    pub async fn me(&self, session: &Session) -> Result<(String, UserRole), ApiError> {
+        let role = self
+            .read(|meta| meta.users.get(&*session.username).map(|u| u.role).ok_or_else(ApiError::unauthorized))
+            .await?;
+        Ok((session.username.to_string(), role))
     }
 
     /// Issues a single-use ticket standing for the caller's session.

@@ -36,6 +36,40 @@ enum Wait<L> {
     Remote(tokio::sync::oneshot::Receiver<Result<Appended, ApiError>>),
 }
 
+/// Messages read from the store at a time while filling a history page.
+const HISTORY_CHUNK: usize = 64;
+
+/// A history page and, when it was cut short at the byte cap, the cursor
+/// of the rest.
+#[derive(Debug)]
+pub struct HistoryPage {
+    /// The messages, ascending.
+    pub messages: Vec<Message>,
+    /// Where the next page starts (`after` or `before` as asked).
+    pub next: Option<Page>,
+}
+
+/// Adds messages to a page until its JSON reaches the byte cap.
+struct PageFill<'a> {
+    room: &'a str,
+    cap: usize,
+    bytes: usize,
+    messages: Vec<Message>,
+}
+
+impl PageFill<'_> {
+    /// Adds `m` unless the page is full (a page always takes its first).
+    fn take(&mut self, m: Message) -> bool {
+        let size = crate::protocol::to_json(&crate::protocol::MessageView::of(self.room, &m)).len() + 1;
+        if !self.messages.is_empty() && self.bytes + size > self.cap {
+            return false;
+        }
+        self.bytes += size;
+        self.messages.push(m);
+        true
+    }
+}
+
 /// Longest client_id, characters.
 const MAX_CLIENT_ID: usize = 64;
 
@@ -43,7 +77,7 @@ impl Node {
     /// Checks a send against the limits and the caller's rights; answers the
     /// room to write to. Separate from the write so a WebSocket can check in
     /// order and then wait for the answer without blocking its next frame.
-    pub fn check_send(&self, s: &Session, room: &str, body: &str, client_id: &str) -> Result<RoomRef, ApiError> {
+    pub async fn check_send(&self, s: &Session, room: &str, body: &str, client_id: &str) -> Result<RoomRef, ApiError> {
         check_room_id(room)?;
         if body.is_empty() {
             return Err(ApiError::bad_request("body must not be empty"));
@@ -54,12 +88,7 @@ impl Node {
         if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID {
             return Err(ApiError::bad_request(format!("client_id must be 1 to {MAX_CLIENT_ID} characters")));
         }
-        let meta = self.meta();
-        let r = meta.authorize(&s.username, room, Action::Send)?;
-        if r.muted(&s.username, now_ms()) {
-            return Err(ApiError::forbidden("you are muted in this room"));
-        }
-        Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
+        self.read(|meta| may_send(meta, &s.username, room)).await
     }
 
     /// Queues a checked send in order; the returned future answers once it
@@ -102,35 +131,79 @@ impl Node {
 
     /// Checks and stores a send made over HTTP (rate limited per session).
     pub async fn send(&self, s: &Session, room: &str, body: String, client_id: String) -> Result<Appended, ApiError> {
-        let r = self.check_send(s, room, &body, &client_id)?;
+        let r = self.check_send(s, room, &body, &client_id).await?;
         self.http_sends.take(&s.token_hash, now_ms()).map_err(ApiError::rate_limited)?;
         self.submit_message(s, r, body, client_id).await?.await
     }
 
-    /// A page of history.
-    pub fn history(&self, s: &Session, room: &str, page: Page, limit: Option<usize>) -> Result<Vec<Message>, ApiError> {
-        let r = self.readable_room(s, room)?;
+    /// A page of history, with every message answered as sent anywhere
+    /// before this call; cut short at `history_page_bytes` of JSON (never
+    /// below one message), with the cursor that continues it.
+    pub async fn history(
+        &self,
+        s: &Session,
+        room: &str,
+        page: Page,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage, ApiError> {
+        let r = self.readable_room(s, room).await?;
+        self.catch_up_room(&r).await?;
         let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let mut fill = PageFill { room, cap: self.limits.history_page_bytes, bytes: 0, messages: Vec::new() };
         Ok(match page {
-            Page::After(n) => self.log.after(r.key, n, limit)?,
-            Page::Before(n) => self.log.before(r.key, n, limit)?,
+            Page::After(mut cursor) => {
+                while fill.messages.len() < limit {
+                    let chunk = self.log.after(r.key, cursor, HISTORY_CHUNK.min(limit - fill.messages.len()))?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    for m in chunk {
+                        let seq = m.seq;
+                        if !fill.take(m) {
+                            return Ok(HistoryPage { messages: fill.messages, next: Some(Page::After(cursor)) });
+                        }
+                        cursor = seq;
+                    }
+                }
+                HistoryPage { messages: fill.messages, next: None }
+            }
+            Page::Before(mut cursor) => {
+                let mut next = None;
+                'pages: while fill.messages.len() < limit {
+                    let chunk = self.log.before(r.key, cursor, HISTORY_CHUNK.min(limit - fill.messages.len()))?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    for m in chunk.into_iter().rev() {
+                        let seq = m.seq;
+                        if !fill.take(m) {
+                            next = Some(Page::Before(cursor));
+                            break 'pages;
+                        }
+                        cursor = seq;
+                    }
+                }
+                fill.messages.reverse();
+                HistoryPage { messages: fill.messages, next }
+            }
         })
     }
 
     /// Deletes a message's body (its sender, or a moderator or owner).
     pub async fn delete_message(&self, s: &Session, room: &str, seq: u64) -> Result<(), ApiError> {
         check_room_id(room)?;
-        let (r, moderator) = {
-            let meta = self.meta();
-            let r = meta.authorize(&s.username, room, Action::DeleteMessage { own: true })?;
-            let moderator = matches!(r.standing(&s.username), Standing::Member(role) if role >= Role::Moderator);
-            (RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node }, moderator)
-        };
+        let (r, moderator) = self
+            .read(|meta| {
+                let r = meta.authorize(&s.username, room, Action::DeleteMessage { own: true })?;
+                let moderator = matches!(r.standing(&s.username), Standing::Member(role) if role >= Role::Moderator);
+                let r = RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node };
+                Ok((r, moderator))
+            })
+            .await?;
         let sender = match &self.cluster {
             Some(cluster) if r.owner != self.id => {
                 let call = RoomCall::Delete(ForwardedDelete {
                     actor: s.username.to_string(),
-                    moderator,
                     room: room.to_string(),
                     seq,
                     applied: self.consensus.applied_index(),
@@ -143,7 +216,7 @@ impl Node {
                 match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
                     RoomAnswer::Deleted(sender) => sender,
                     RoomAnswer::Refused(code, message) => return Err(ApiError::new(Code::parse(&code), message)),
-                    RoomAnswer::Records(_) | RoomAnswer::Tail { .. } => {
+                    RoomAnswer::Records(_) | RoomAnswer::Tail { .. } | RoomAnswer::Committed(_) => {
                         return Err(ApiError::internal("unexpected answer to a delete"));
                     }
                 }
@@ -157,9 +230,9 @@ impl Node {
     }
 
     /// Tells the room's other listeners that the caller is typing.
-    pub fn typing(&self, s: &Session, room: &str) -> Result<(), ApiError> {
+    pub async fn typing(&self, s: &Session, room: &str) -> Result<(), ApiError> {
         check_room_id(room)?;
-        let key = self.meta().authorize(&s.username, room, Action::Send)?.info.key;
+        let key = self.read(|meta| Ok(meta.authorize(&s.username, room, Action::Send)?.info.key)).await?;
         if let Some(cluster) = &self.cluster {
             cluster.broadcast(&crate::cluster::wire::Gossip::Typing {
                 room_key: key,
@@ -177,4 +250,15 @@ impl Node {
         });
         Ok(())
     }
+}
+
+/// Whether `username` may send to `room` now: a member (or whoever the room's
+/// visibility lets send) who is not muted. Checked where the send arrives and
+/// again where it is ordered (the room's owner).
+pub(crate) fn may_send(meta: &crate::meta::MetaState, username: &str, room: &str) -> Result<RoomRef, ApiError> {
+    let r = meta.authorize(username, room, Action::Send)?;
+    if r.muted(username, now_ms()) {
+        return Err(ApiError::forbidden("you are muted in this room"));
+    }
+    Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
 }

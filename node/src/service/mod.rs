@@ -3,6 +3,7 @@
 //! call these operations and only translate their answers.
 
 mod accounts;
+mod consistency;
 mod effects;
 mod error;
 mod messages;
@@ -23,7 +24,13 @@ use parking_lot::Mutex;
 
 pub use self::accounts::LoginOk;
 pub use self::accounts::Session;
+pub use self::consistency::AWAIT_APPLIED;
+pub use self::consistency::CatchUpReason;
+pub use self::consistency::LEASE;
+pub use self::consistency::ReadBarrier;
 pub use self::error::ApiError;
+pub use self::messages::HistoryPage;
+pub(crate) use self::messages::may_send;
 pub use self::rooms::MemberView;
 pub use self::rooms::RoomView;
 pub(crate) use self::rooms::check_room_id;
@@ -122,6 +129,8 @@ pub struct Node {
     touched: Mutex<HashMap<TokenHash, u64>>,
     metrics: PrometheusHandle,
     publish: Publisher,
+    /// Shares the ReadIndex round trips of catch-ups.
+    barrier: ReadBarrier,
     /// Peers, when this node is part of a cluster.
     pub cluster: Option<Cluster>,
 }
@@ -229,6 +238,7 @@ impl Node {
             None => (None, AckPolicy::Local),
         };
         let failure_timeout_ms = settings.cluster.as_ref().map_or(0, |c| c.failure_timeout_ms);
+        let barrier = ReadBarrier::new(consensus.clone(), cluster.as_ref().map(|c| c.endpoint.clone()), settings.id);
         let node = Arc::new(Node {
             id: settings.id,
             login_by_account: KeyedLimiter::per_minute(limits.login_per_account_per_min),
@@ -245,6 +255,7 @@ impl Node {
             touched: Mutex::new(HashMap::new()),
             metrics,
             publish: publish.clone(),
+            barrier,
             cluster,
         });
         let _ = slot.set(Arc::downgrade(&node));
@@ -294,14 +305,27 @@ impl Node {
     /// Proposes a metadata command stamped with this node's clock. On a
     /// follower the command travels to the leader, and the answer waits
     /// until this node has applied it too, so the caller reads its own write.
+    /// A command that revokes access is answered only once every node has
+    /// applied it (see [`consistency`]).
     pub async fn propose(&self, cmd: MetaCommand) -> Result<MetaOk, ApiError> {
+        let revokes = cmd.revokes_access();
+        let (reply, index) = self.propose_indexed(cmd).await?;
+        if revokes && reply.is_ok() {
+            self.await_everywhere(index).await;
+        }
+        Ok(reply?)
+    }
+
+    /// Proposes a command; answers the state machine's reply and the log
+    /// index it was applied at (applied here too).
+    async fn propose_indexed(&self, cmd: MetaCommand) -> Result<(crate::meta::MetaReply, u64), ApiError> {
         let req = MetaRequest { now: crate::clock::now_ms(), cmd };
         let mut leader = None;
         for _ in 0..FORWARD_ATTEMPTS {
             let target = match leader {
                 Some(id) if id != self.id => id,
                 _ => match self.consensus.propose_request(req.clone()).await {
-                    Ok((reply, _)) => return Ok(reply?),
+                    Ok(answer) => return Ok(answer),
                     Err(ConsensusError::NotLeader { leader: Some((id, _)) }) if id != self.id => id,
                     Err(ConsensusError::NotLeader { .. }) => {
                         leader = self.consensus.wait_for_leader(Duration::from_secs(2)).await.ok();
@@ -320,7 +344,7 @@ impl Node {
             match crate::cluster::wire::decode::<RaftAnswer>(&bytes).map_err(ApiError::internal)? {
                 RaftAnswer::Forwarded { reply, index } => {
                     self.consensus.wait_applied(index, FORWARD_TIMEOUT).await?;
-                    return Ok(reply?);
+                    return Ok((reply, index));
                 }
                 RaftAnswer::NotLeader(next) => leader = next,
                 RaftAnswer::Refused(why) => return Err(ApiError::unavailable(why)),

@@ -84,16 +84,18 @@ impl Node {
     }
 
     /// Public rooms and the caller's rooms, by id.
-    pub fn list_rooms(&self, s: &Session) -> Result<Vec<RoomView>, ApiError> {
-        let meta = self.meta();
-        meta.rooms
-            .values()
-            .filter(|r| {
-                r.members.contains_key(&*s.username)
-                    || (r.info.visibility == Visibility::Public && !r.bans.contains(&*s.username))
-            })
-            .map(|r| self.room_view(r, &s.username))
-            .collect()
+    pub async fn list_rooms(&self, s: &Session) -> Result<Vec<RoomView>, ApiError> {
+        self.read(|meta| {
+            meta.rooms
+                .values()
+                .filter(|r| {
+                    r.members.contains_key(&*s.username)
+                        || (r.info.visibility == Visibility::Public && !r.bans.contains(&*s.username))
+                })
+                .map(|r| self.room_view(r, &s.username))
+                .collect()
+        })
+        .await
     }
 
     /// Makes a room; the caller becomes its owner.
@@ -128,11 +130,9 @@ impl Node {
     }
 
     /// One room, if the caller may see it.
-    pub fn get_room(&self, s: &Session, room: &str) -> Result<RoomView, ApiError> {
+    pub async fn get_room(&self, s: &Session, room: &str) -> Result<RoomView, ApiError> {
         check_room_id(room)?;
-        let meta = self.meta();
-        let r = meta.authorize(&s.username, room, Action::Read)?;
-        self.room_view(r, &s.username)
+        self.read(|meta| self.room_view(meta.authorize(&s.username, room, Action::Read)?, &s.username)).await
     }
 
     /// Applies a room action through Raft.
@@ -179,7 +179,7 @@ impl Node {
     /// Stores the caller's read marker.
     pub async fn mark_read(&self, s: &Session, room: &str, seq: u64) -> Result<(), ApiError> {
         check_room_id(room)?;
-        let key = self.meta().authorize(&s.username, room, Action::MarkRead)?.info.key;
+        let key = self.read(|meta| Ok(meta.authorize(&s.username, room, Action::MarkRead)?.info.key)).await?;
         let last = self.log.last_seq(key)?;
         if seq > last {
             return Err(ApiError::bad_request(format!("seq {seq} is past the room's last message ({last})")));
@@ -188,25 +188,27 @@ impl Node {
     }
 
     /// The members, with their presence.
-    pub fn members(&self, s: &Session, room: &str) -> Result<Vec<MemberView>, ApiError> {
+    pub async fn members(&self, s: &Session, room: &str) -> Result<Vec<MemberView>, ApiError> {
         check_room_id(room)?;
-        let meta = self.meta();
-        let r = meta.authorize(&s.username, room, Action::ListMembers)?;
-        Ok(r.members
-            .iter()
-            .map(|(name, m)| MemberView {
-                room: None,
-                username: name.clone(),
-                role: m.role.as_str(),
-                online: Some(self.is_online(name)),
+        let members: Vec<(String, &'static str)> = self
+            .read(|meta| {
+                let r = meta.authorize(&s.username, room, Action::ListMembers)?;
+                Ok(r.members.iter().map(|(name, m)| (name.clone(), m.role.as_str())).collect())
+            })
+            .await?;
+        Ok(members
+            .into_iter()
+            .map(|(name, role)| {
+                let online = Some(self.is_online(&name));
+                MemberView { room: None, username: name, role, online }
             })
             .collect())
     }
 
     /// The moderation trail, oldest first.
-    pub fn audit(&self, s: &Session, room: &str) -> Result<Vec<AuditEntry>, ApiError> {
+    pub async fn audit(&self, s: &Session, room: &str) -> Result<Vec<AuditEntry>, ApiError> {
         check_room_id(room)?;
-        Ok(self.meta().authorize(&s.username, room, Action::ReadAudit)?.audit.clone())
+        self.read(|meta| Ok(meta.authorize(&s.username, room, Action::ReadAudit)?.audit.clone())).await
     }
 
     /// The direct room with `peer`, made on first use.
@@ -224,11 +226,13 @@ impl Node {
     }
 
     /// The room the caller may read, as the log layer addresses it.
-    pub fn readable_room(&self, s: &Session, room: &str) -> Result<RoomRef, ApiError> {
+    pub async fn readable_room(&self, s: &Session, room: &str) -> Result<RoomRef, ApiError> {
         check_room_id(room)?;
-        let meta = self.meta();
-        let r = meta.authorize(&s.username, room, Action::Read)?;
-        Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
+        self.read(|meta| {
+            let r = meta.authorize(&s.username, room, Action::Read)?;
+            Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
+        })
+        .await
     }
 }
 
