@@ -310,6 +310,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_and_states_the_defaults() {
+        let c = Config::parse(include_str!("../../cluster.example.toml")).expect("cluster.example.toml");
+        let (l, d) = (&c.limits, Limits::default());
+        assert_eq!((l.password_hash_queue, l.max_fragments), (d.password_hash_queue, d.max_fragments));
+        assert_eq!(l.password_hash_parallel, d.password_hash_parallel, "left to its default there");
+        assert_eq!(c.security.allowed_origins, Security::default().allowed_origins);
+        assert_eq!(c.security.public_url, None);
+    }
+
+    #[test]
     fn new_limits_and_origins_are_read() {
         let c = Config::parse(
             r#"
