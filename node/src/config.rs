@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::api::origin::OriginPolicy;
 use crate::cluster::AckPolicy;
 use crate::storage::EngineKind;
 
@@ -124,7 +125,20 @@ pub struct Limits {
     pub max_connections: usize,
     /// Longest a long poll may wait, ms.
     pub max_poll_ms: u64,
+    /// Password hashes computed at once on this node: one worker thread and
+    /// one 19 MiB argon2 buffer each. Default: the number of cores.
+    pub password_hash_parallel: usize,
+    /// Password checks (login, register) waiting for a worker; beyond that
+    /// they get 503 `unavailable` with `retry_after_ms` at once.
+    pub password_hash_queue: usize,
+    /// Frames one fragmented WebSocket message may span (close 1008 beyond).
+    pub max_fragments: usize,
 }
+
+/// Most password workers a node may be given: each holds 19 MiB.
+const MAX_PASSWORD_HASH_PARALLEL: usize = 256;
+/// Longest password queue: each waiting call holds a request and a password.
+const MAX_PASSWORD_HASH_QUEUE: usize = 65_536;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -145,6 +159,11 @@ impl Default for Limits {
             register_per_address_per_min: 30,
             max_connections: 100_000,
             max_poll_ms: 60_000,
+            password_hash_parallel: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(MAX_PASSWORD_HASH_PARALLEL),
+            password_hash_queue: 64,
+            max_fragments: 64,
         }
     }
 }
@@ -153,9 +172,13 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Security {
-    /// Origins allowed to open WebSockets. Requests without `Origin`
-    /// (non-browser clients) and same-origin requests are always allowed.
+    /// Origins (`scheme://host[:port]`, or `"*"` for any) allowed to open
+    /// WebSockets. Requests without `Origin` (non-browser clients) are
+    /// always allowed; the `Host` header plays no part.
     pub allowed_origins: Vec<String>,
+    /// The URL browsers reach the cluster at (`https://chat.example.com`);
+    /// its origin is allowed too.
+    pub public_url: Option<String>,
     /// A token unused this long stops working.
     pub token_idle_secs: u64,
     /// A token stops working this long after login, used or not.
@@ -166,6 +189,7 @@ impl Default for Security {
     fn default() -> Self {
         Self {
             allowed_origins: vec!["http://127.0.0.1:8080".into(), "http://localhost:8080".into()],
+            public_url: None,
             token_idle_secs: 24 * 3600,
             token_absolute_secs: 30 * 24 * 3600,
         }
@@ -248,9 +272,24 @@ impl Config {
         if l.send_rate_per_sec <= 0.0 || l.send_burst < 1.0 {
             return Err(ConfigError::Invalid("send_rate_per_sec must be positive and send_burst at least 1".into()));
         }
+        if !(1..=MAX_PASSWORD_HASH_PARALLEL).contains(&l.password_hash_parallel) {
+            return Err(ConfigError::Invalid(format!(
+                "password_hash_parallel must be from 1 to {MAX_PASSWORD_HASH_PARALLEL}"
+            )));
+        }
+        if !(1..=MAX_PASSWORD_HASH_QUEUE).contains(&l.password_hash_queue) {
+            return Err(ConfigError::Invalid(format!(
+                "password_hash_queue must be from 1 to {MAX_PASSWORD_HASH_QUEUE}"
+            )));
+        }
+        if l.max_fragments == 0 {
+            return Err(ConfigError::Invalid("max_fragments must be positive".into()));
+        }
         if self.security.token_idle_secs == 0 || self.security.token_absolute_secs == 0 {
             return Err(ConfigError::Invalid("token lifetimes must be positive".into()));
         }
+        OriginPolicy::new(&self.security.allowed_origins, self.security.public_url.as_deref())
+            .map_err(|e| ConfigError::Invalid(format!("[security] allowed_origins or public_url: {e}")))?;
         Ok(())
     }
 }
@@ -263,6 +302,11 @@ mod tests {
     fn an_empty_file_gives_the_defaults() {
         let c = Config::parse("").expect("empty config");
         assert_eq!(c.limits.frame_bytes, 65536);
+        assert_eq!(c.limits.password_hash_queue, 64);
+        assert_eq!(c.limits.max_fragments, 64);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(c.limits.password_hash_parallel, cores.min(MAX_PASSWORD_HASH_PARALLEL));
+        assert_eq!(c.security.public_url, None);
         assert_eq!(c.cluster.storage, EngineKind::Redb);
         assert!(c.nodes.is_empty());
     }
@@ -286,11 +330,51 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_and_states_the_defaults() {
+        let c = Config::parse(include_str!("../../cluster.example.toml")).expect("cluster.example.toml");
+        let (l, d) = (&c.limits, Limits::default());
+        assert_eq!((l.password_hash_queue, l.max_fragments), (d.password_hash_queue, d.max_fragments));
+        assert_eq!(l.password_hash_parallel, d.password_hash_parallel, "left to its default there");
+        assert_eq!(c.security.allowed_origins, Security::default().allowed_origins);
+        assert_eq!(c.security.public_url, None);
+    }
+
+    #[test]
+    fn new_limits_and_origins_are_read() {
+        let c = Config::parse(
+            r#"
+            [limits]
+            password_hash_parallel = 3
+            password_hash_queue = 10
+            max_fragments = 8
+            [security]
+            allowed_origins = ["*", "HTTPS://Chat.Example.com/"]
+            public_url = "https://chat.example.com"
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!((c.limits.password_hash_parallel, c.limits.password_hash_queue, c.limits.max_fragments), (3, 10, 8));
+        assert_eq!(c.security.public_url.as_deref(), Some("https://chat.example.com"));
+    }
+
+    #[test]
     fn mistakes_are_named() {
         for (text, needle) in [
             ("[limits]\nframe_bytes = 10", "frame_bytes"),
             ("[limits]\nno_such = 1", "no_such"),
             ("[cluster]\nstorage = \"rocks\"", "rocks"),
+            ("[limits]\npassword_hash_parallel = 0", "password_hash_parallel"),
+            ("[limits]\npassword_hash_parallel = 100000", "password_hash_parallel"),
+            ("[limits]\npassword_hash_queue = 0", "password_hash_queue"),
+            ("[limits]\nmax_fragments = 0", "max_fragments"),
+            (
+                "[security]\nallowed_origins = [\"https://ok.example\", \"https://chat.example/app\"]",
+                "https://chat.example/app",
+            ),
+            ("[security]\nallowed_origins = [\"null\"]", "\"null\""),
+            ("[security]\nallowed_origins = [\"chat.example:8080\"]", "chat.example:8080"),
+            ("[security]\npublic_url = \"https://chat.example/\"\nallowed_origins = [\"ftp://x\"]", "ftp://x"),
+            ("[security]\npublic_url = \"chat.example\"", "chat.example"),
             (
                 "[[node]]\nid=1\nclient=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"\n[[node]]\nid=1\nclient=\"127.0.0.1:3\"\npeer=\"127.0.0.1:4\"",
                 "share an id",

@@ -173,6 +173,11 @@ impl Node {
         &self.addr
     }
 
+    /// The node process's id, while it runs (to read its /proc entries).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// An HTTP client without a token.
     pub fn http(&self) -> Http {
         Http::new(&self.addr).expect("an HTTP client for 127.0.0.1 can always be built")

@@ -6,10 +6,12 @@ mod delivery;
 mod extract;
 mod http;
 mod ops;
+pub mod origin;
 mod poll;
 mod server;
 mod sse;
 mod ws;
+pub mod ws_guard;
 
 use std::sync::Arc;
 

@@ -62,18 +62,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// Whether a browser origin may open a socket: listed, or the same host.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(axum::http::header::ORIGIN) else { return true };
-    let Ok(origin) = origin.to_str() else { return false };
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
-        return true;
-    }
-    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-    host.is_some() && origin_host == host
-}
-
 /// Checks the upgrade request, then hands the socket to [`connection`].
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
@@ -84,7 +72,8 @@ pub async fn upgrade(
         Ok(ws) => ws,
         Err(e) => return ApiError::bad_request(format!("not a WebSocket upgrade: {}", e.body_text())).into_response(),
     };
-    if !origin_allowed(&headers, &node.security.allowed_origins) {
+    let origin = headers.get(axum::http::header::ORIGIN).map(|o| o.as_bytes());
+    if !super::origin::allowed(origin, &node.security.allowed_origins, node.security.public_url.as_deref()) {
         return ApiError::forbidden("origin not allowed").into_response();
     }
     if node.hub.connection_count() >= node.limits.max_connections {
@@ -532,25 +521,6 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(axum::http::header::HOST, host.parse().expect("host"));
-        if let Some(o) = origin {
-            h.insert(axum::http::header::ORIGIN, o.parse().expect("origin"));
-        }
-        h
-    }
-
-    #[test]
-    fn origins_are_checked_against_the_list_and_the_host() {
-        let allowed = vec!["http://chat.example".to_string()];
-        assert!(origin_allowed(&headers(None, "n:1"), &allowed));
-        assert!(origin_allowed(&headers(Some("http://chat.example"), "n:1"), &allowed));
-        assert!(origin_allowed(&headers(Some("http://n:1"), "n:1"), &allowed));
-        assert!(!origin_allowed(&headers(Some("http://evil.example"), "n:1"), &allowed));
-        assert!(origin_allowed(&headers(Some("http://evil.example"), "n:1"), &["*".to_string()]));
-    }
 
     #[test]
     fn close_codes_have_reasons() {

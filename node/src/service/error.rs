@@ -16,7 +16,7 @@ pub struct ApiError {
     pub code: Code,
     /// Human text.
     pub message: String,
-    /// For `rate_limited`: when to try again.
+    /// For `rate_limited`, and `unavailable` when the node can tell: when to try again.
     pub retry_after_ms: Option<u64>,
 }
 
@@ -113,7 +113,18 @@ impl From<WriteError> for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        tracing::error!(error = %e, "password hashing failed");
-        Self::internal("password hashing failed")
+        match e {
+            // Expected under a login storm: counted in metrics, not logged per request.
+            AuthError::Busy { retry_after_ms } => Self {
+                code: Code::Unavailable,
+                message: "too many password checks in progress on this node".into(),
+                retry_after_ms: Some(retry_after_ms),
+            },
+            AuthError::Worker => Self::unavailable("the node is shutting down"),
+            AuthError::Hash(_) => {
+                tracing::error!(error = %e, "password hashing failed");
+                Self::internal("password hashing failed")
+            }
+        }
     }
 }

@@ -230,8 +230,8 @@ impl Node {
         }
         .map_err(|e| StartError::Consensus(e.to_string()))?;
         let consensus = Arc::new(consensus);
-        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let passwords = Passwords::new(parallel).map_err(|e| StartError::Setup(e.to_string()))?;
+        let passwords = Passwords::new(settings.limits.password_hash_parallel, settings.limits.password_hash_queue)
+            .map_err(|e| StartError::Setup(e.to_string()))?;
         let limits = settings.limits.clone();
         let (cluster, ack) = match cluster {
             Some((c, ack)) => (Some(c), ack),
