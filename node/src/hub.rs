@@ -15,11 +15,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 
-use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use parking_lot::RwLock;
 use tokio::sync::Notify;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::meta::TokenHash;
 use crate::protocol::close;

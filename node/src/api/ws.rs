@@ -9,24 +9,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Request;
 use axum::extract::State;
-use axum::extract::ws::CloseFrame;
-use axum::extract::ws::Message;
-use axum::extract::ws::Utf8Bytes;
-use axum::extract::ws::WebSocket;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::http::HeaderMap;
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use futures_util::SinkExt;
 use futures_util::StreamExt;
 use futures_util::stream::SplitSink;
+use futures_util::stream::SplitStream;
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::delivery::Delivery;
 use super::delivery::OutFrame;
 use super::extract::bearer;
+use super::ws_guard::GuardedIo;
+use super::ws_guard::Recorded;
+use super::ws_guard::Violation;
 use crate::clock::now_ms;
 use crate::hub::ConnId;
 use crate::hub::KillSwitch;
@@ -62,24 +70,53 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// Checks the upgrade request, then hands the socket to [`connection`].
-pub async fn upgrade(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => return ApiError::bad_request(format!("not a WebSocket upgrade: {}", e.body_text())).into_response(),
+/// The upgraded connection, its client→server frames checked by the guard.
+type WebSocket = WebSocketStream<GuardedIo<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// Whether the request asks for a WebSocket (RFC 6455 §4.2.1); answers the
+/// `Sec-WebSocket-Key`.
+fn upgrade_key(req: &Request) -> Result<&HeaderValue, &'static str> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
-    let origin = headers.get(axum::http::header::ORIGIN).map(|o| o.as_bytes());
+    if req.method() != axum::http::Method::GET {
+        return Err("a WebSocket upgrade is a GET");
+    }
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err("Connection: upgrade and Upgrade: websocket are required");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    headers.get(header::SEC_WEBSOCKET_KEY).ok_or("Sec-WebSocket-Key is missing")
+}
+
+/// Checks the upgrade request, answers 101, then hands the socket to
+/// [`connection`]. The upgrade is done here rather than by axum so that the
+/// raw connection can be wrapped in the frame guard before tungstenite reads
+/// it (tungstenite does not limit fragments per message).
+pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    let accept = match upgrade_key(&req) {
+        Ok(key) => tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        Err(why) => return ApiError::bad_request(format!("not a WebSocket upgrade: {why}")).into_response(),
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return ApiError::bad_request("this connection cannot be upgraded").into_response();
+    };
+    let headers = req.headers();
+    let origin = headers.get(header::ORIGIN).map(|o| o.as_bytes());
     if !super::origin::allowed(origin, &node.security.allowed_origins, node.security.public_url.as_deref()) {
         return ApiError::forbidden("origin not allowed").into_response();
     }
     if node.hub.connection_count() >= node.limits.max_connections {
         return ApiError::unavailable("too many connections on this node").into_response();
     }
-    let session = match bearer(&headers) {
+    let session = match bearer(headers) {
         Some(t) => match node.authenticate(t).await {
             Ok(s) => Some(s),
             Err(e) => return e.into_response(),
@@ -87,15 +124,37 @@ pub async fn upgrade(
         None => None,
     };
     let frame = node.limits.frame_bytes;
-    ws.read_buffer_size(READ_BUFFER)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(frame)
-        .max_frame_size(frame)
-        .on_upgrade(move |socket| connection(node, socket, session))
+        .max_message_size(Some(frame))
+        .max_frame_size(Some(frame));
+    let max_fragments = node.limits.max_fragments;
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let io = GuardedIo::new(TokioIo::new(upgraded), max_fragments);
+        let recorded = io.recorded();
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        connection(node, socket, session, recorded).await;
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
 }
 
 async fn close_with(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
     let _ = sink.send(Message::Close(Some(frame))).await;
     let _ = sink.close().await;
 }
@@ -114,12 +173,13 @@ fn close_reason(code: u16) -> &'static str {
 }
 
 /// The close code for a read error, if it deserves one.
-fn read_error_code(e: axum::Error) -> Option<u16> {
+fn read_error_code(e: &tokio_tungstenite::tungstenite::Error, recorded: &Recorded) -> Option<u16> {
     use tokio_tungstenite::tungstenite::Error as WsError;
-    match e.into_inner().downcast::<WsError>().map(|b| *b) {
-        Ok(WsError::Capacity(_)) => Some(close::TOO_LARGE),
-        Ok(WsError::Utf8(_)) => Some(close::INVALID_UTF8),
-        Ok(WsError::Protocol(_)) => Some(1002),
+    match e {
+        WsError::Capacity(_) => Some(close::TOO_LARGE),
+        WsError::Utf8(_) => Some(close::INVALID_UTF8),
+        WsError::Protocol(_) => Some(1002),
+        WsError::Io(io) => Violation::from_io(io).or_else(|| recorded.get()).map(|v| v.close_code()),
         _ => None,
     }
 }
@@ -128,14 +188,15 @@ fn read_error_code(e: axum::Error) -> Option<u16> {
 async fn authenticate(
     node: &Arc<Node>,
     sink: &mut SplitSink<WebSocket, Message>,
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut SplitStream<WebSocket>,
+    recorded: &Recorded,
 ) -> Option<Session> {
     let timeout = Duration::from_millis(node.limits.handshake_timeout_ms);
     let first = tokio::time::timeout(timeout, stream.next()).await;
     let text = match first {
         Ok(Some(Ok(Message::Text(t)))) => t,
         Ok(Some(Err(e))) => {
-            let code = read_error_code(e).unwrap_or(close::NOT_AUTHENTICATED);
+            let code = read_error_code(&e, recorded).unwrap_or(close::NOT_AUTHENTICATED);
             close_with(sink, code, close_reason(code)).await;
             return None;
         }
@@ -171,11 +232,11 @@ async fn authenticate(
     }
 }
 
-async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>) {
+async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>, recorded: Recorded) {
     let (mut sink, mut stream) = socket.split();
     let session = match session {
         Some(s) => s,
-        None => match authenticate(&node, &mut sink, &mut stream).await {
+        None => match authenticate(&node, &mut sink, &mut stream, &recorded).await {
             Some(s) => s,
             None => return,
         },
@@ -202,8 +263,17 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
     }
     let write_timeout = Duration::from_millis(node.limits.write_timeout_ms);
     let writer = tokio::spawn(write_loop(node.log.clone(), sink, rx, kill.clone(), budget.clone(), write_timeout));
-    let mut reader =
-        Reader { node: node.clone(), session, conn, tx, kill: kill.clone(), budget, bucket: None, refused: 0 };
+    let mut reader = Reader {
+        node: node.clone(),
+        session,
+        conn,
+        tx,
+        kill: kill.clone(),
+        budget,
+        recorded,
+        bucket: None,
+        refused: 0,
+    };
     reader.run(&mut stream).await;
     kill.fire(1000);
     // The hub forgets the socket now, so nothing more queues for it.
@@ -339,12 +409,13 @@ struct Reader {
     tx: mpsc::Sender<Outbound>,
     kill: Arc<KillSwitch>,
     budget: Arc<QueueBudget>,
+    recorded: Recorded,
     bucket: Option<TokenBucket>,
     refused: u32,
 }
 
 impl Reader {
-    async fn run(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    async fn run(&mut self, stream: &mut SplitStream<WebSocket>) {
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
         loop {
             let msg = tokio::select! {
@@ -360,7 +431,7 @@ impl Reader {
             match msg {
                 None | Some(Ok(Message::Close(_))) => return,
                 Some(Err(e)) => {
-                    if let Some(code) = read_error_code(e) {
+                    if let Some(code) = read_error_code(&e, &self.recorded) {
                         self.kill.fire(code);
                     }
                     return;
@@ -371,7 +442,7 @@ impl Reader {
                 Some(Ok(Message::Binary(_))) => {
                     self.error(None, &ApiError::bad_request("binary frames are not part of the protocol")).await;
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
             }
         }
     }
