@@ -425,6 +425,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_states_the_defaults() {
+        let s = parse(include_str!("../../cluster.example.toml"), None).expect("the example parses");
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!(BalancerSettings { nodes: Vec::new(), ..s }, BalancerSettings::default());
+    }
+
+    #[test]
     fn the_command_line_strategy_wins() {
         let s = parse("[balancer]\nstrategy = \"weighted\"\n", Some(Strategy::LeastConnections)).expect("valid");
         assert_eq!(s.strategy, Strategy::LeastConnections);

@@ -363,6 +363,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_and_states_the_defaults() {
+        let c = Config::parse(include_str!("../../cluster.example.toml")).expect("the example parses");
+        let (l, d) = (&c.limits, Limits::default());
+        assert_eq!(
+            (l.handshake_timeout_ms, l.write_timeout_ms, l.max_connections, l.max_connections_per_address),
+            (d.handshake_timeout_ms, d.write_timeout_ms, d.max_connections, d.max_connections_per_address)
+        );
+        let (s, d) = (&c.security, Security::default());
+        assert_eq!((&s.trusted_proxies, s.metrics_public, s.ops_token.is_none()), (&d.trusted_proxies, true, true));
+    }
+
+    #[test]
     fn nodes_and_engine_are_read() {
         let c = Config::parse(
             r#"
