@@ -342,6 +342,36 @@ async fn one_address_stops_at_its_cap_while_health_answers_and_descriptors_come_
     Ok(())
 }
 
+#[tokio::test]
+async fn websockets_keep_their_place_under_the_per_address_cap_after_the_upgrade() -> Result<()> {
+    let node = Node::start_with(Config {
+        handshake_timeout_ms: 20_000,
+        max_connections_per_address: Some(2),
+        ..Config::default()
+    })
+    .await?;
+    let addr: SocketAddr = node.addr().parse()?;
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let s = connect_from([127, 0, 0, 2], addr).await?;
+        let (ws, answer) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(format!("ws://{addr}/ws"), s))
+            .await
+            .context("upgrade timed out")??;
+        assert_eq!(answer.status().as_u16(), 101);
+        sockets.push(ws);
+    }
+    // Their HTTP part is over, the sockets are not: a third is refused.
+    let mut third = connect_from([127, 0, 0, 2], addr).await?;
+    assert_eq!(healthz_on(&mut third).await?, None, "two upgraded sockets still count");
+    drop(sockets);
+    eventually("the places come back when the sockets close", WAIT, async || {
+        let mut s = connect_from([127, 0, 0, 2], addr).await?;
+        Ok(healthz_on(&mut s).await?.filter(|status| *status == 200))
+    })
+    .await?;
+    Ok(())
+}
+
 // ----- the client's address behind the balancer -----
 
 #[tokio::test]

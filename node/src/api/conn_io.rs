@@ -10,6 +10,11 @@
 //! transport. Why a timer only while stalled: tens of thousands of idle
 //! sockets must stay cheap, so a connection whose writes progress (or
 //! that writes nothing) holds no timer at all.
+//!
+//! It also carries what the connection holds under the accept loop's caps
+//! (`H`): hyper's connection future ends at a WebSocket upgrade, but this
+//! IO lives on inside the upgraded socket, so the places are given back
+//! only when the socket itself closes.
 
 use std::future::Future;
 use std::io;
@@ -24,20 +29,23 @@ use tokio::io::ReadBuf;
 use tokio::time::Sleep;
 
 /// A byte stream whose writes fail once the peer has taken nothing for the
-/// write timeout.
-pub struct ConnIo<T> {
+/// write timeout; `H` is dropped with it.
+pub struct ConnIo<T, H = ()> {
     inner: T,
     write_timeout: Duration,
     /// Running while the socket is full; `None` otherwise.
     stalled: Option<Pin<Box<Sleep>>>,
     /// The deadline passed once already (counted once, failed ever after).
     expired: bool,
+    /// Held for the connection's life, never read.
+    _held: H,
 }
 
-impl<T> ConnIo<T> {
-    /// Wraps `inner`; writes fail after `write_timeout` without progress.
-    pub fn new(inner: T, write_timeout: Duration) -> Self {
-        Self { inner, write_timeout, stalled: None, expired: false }
+impl<T, H> ConnIo<T, H> {
+    /// Wraps `inner`, holding `held` until dropped; writes fail after
+    /// `write_timeout` without progress.
+    pub fn new(inner: T, write_timeout: Duration, held: H) -> Self {
+        Self { inner, write_timeout, stalled: None, expired: false, _held: held }
     }
 
     /// Called when the inner write is pending: starts the timer if needed
@@ -74,13 +82,13 @@ impl<T> ConnIo<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
+impl<T: AsyncRead + Unpin, H: Unpin> AsyncRead for ConnIo<T, H> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
+impl<T: AsyncWrite + Unpin, H: Unpin> AsyncWrite for ConnIo<T, H> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.expired {
@@ -142,7 +150,7 @@ mod tests {
     async fn a_peer_that_never_reads_fails_the_write_after_the_timeout() {
         let (server, _client) = pair().await;
         let timeout = Duration::from_millis(300);
-        let mut io = ConnIo::new(server, timeout);
+        let mut io = ConnIo::new(server, timeout, ());
         let chunk = vec![7u8; 64 * 1024];
         let started = Instant::now();
         let mut written = 0usize;
@@ -167,7 +175,7 @@ mod tests {
     async fn a_slow_reader_that_keeps_reading_is_never_cut() {
         let (server, mut client) = pair().await;
         let timeout = Duration::from_millis(400);
-        let mut io = ConnIo::new(server, timeout);
+        let mut io = ConnIo::new(server, timeout, ());
         let total = 8 * 1024 * 1024;
         let reader = tokio::spawn(async move {
             let mut got = 0usize;
@@ -194,7 +202,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_holds_no_timer() {
         let (server, mut client) = pair().await;
-        let mut io = ConnIo::new(server, Duration::from_millis(100));
+        let mut io = ConnIo::new(server, Duration::from_millis(100), ());
         io.write_all(b"hello").await.expect("write");
         assert!(io.stalled.is_none());
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -86,7 +86,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
         let per_address = per_address.clone();
         let refusals = refusals.clone();
         tokio::spawn(async move {
-            let (addr, _slot) = match early_slot {
+            let (addr, slot) = match early_slot {
                 Some(slot) => (peer, slot),
                 None => {
                     let addr = match tokio::time::timeout(head_timeout, client_address(&mut stream, peer)).await {
@@ -114,12 +114,15 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(addr));
                 router.clone().oneshot(req)
             });
+            // The places under the caps go with the IO: after a WebSocket
+            // upgrade it lives on in the socket, past this task.
+            let io = ConnIo::new(stream, write_timeout, (permit, slot));
             // hyper's header timeout also runs while a keep-alive connection
             // waits for its next request, so an idle one closes too.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(head_timeout)
-                .serve_connection(TokioIo::new(ConnIo::new(stream, write_timeout)), service)
+                .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -133,7 +136,6 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
                     let _ = tokio::time::timeout(GRACE, conn).await;
                 }
             }
-            drop(permit);
         });
     }
     tracing::info!("stopping: closing client connections");
