@@ -379,7 +379,8 @@ fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> 
 
 /// Client limits raised so the harness measures the server, not its limiter.
 pub const LIMITS: &str = "[limits]\nsend_rate_per_sec = 1000000.0\nsend_burst = 1000000\nlogin_per_account_per_min = 1000000\n\
-     login_per_address_per_min = 1000000\nregister_per_address_per_min = 1000000\noutbound_queue = 65536\n";
+     login_per_address_per_min = 1000000\nregister_per_address_per_min = 1000000\noutbound_queue = 65536\n\
+     max_connections_per_address = 1000000\n";
 
 /// How long a Palaver process may take to print its ready line.
 const READY: Duration = Duration::from_secs(120);
@@ -465,7 +466,8 @@ pub fn palaver_balancer(nodes: &[&str], strategy: &str, label: &str) -> Result<S
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("balancer.toml");
     let mut text = String::from(
-        "[balancer]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndiscover = false\nhealth_interval_ms = 500\n",
+        "[balancer]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndiscover = false\nhealth_interval_ms = 500\n\
+         max_connections_per_address = 1000000\n",
     );
     for (i, n) in nodes.iter().enumerate() {
         text.push_str(&format!("[[node]]\nid = {}\nclient = \"{n}\"\n", i + 1));

@@ -15,6 +15,8 @@ use anyhow::Result;
 use clap::Parser;
 use clap::Subcommand;
 use palaver_node::config::Config;
+use palaver_node::config::OPS_TOKEN_ENV;
+use palaver_node::config::OpsToken;
 use palaver_node::peer::ensure_cluster_certs;
 use palaver_node::peer::load_identity;
 use palaver_node::raft::PeerNode;
@@ -116,7 +118,7 @@ fn main() -> Result<()> {
             Command::Node(args) => run_node(args).await,
             Command::Up(args) => {
                 make_certs(&args.config)?;
-                up::run(&args.config).await
+                up::run(&args.config, ops_token_from_env()?).await
             }
             Command::Certs(args) => make_certs(&args.config),
             Command::Balancer(args) => run_balancer(args).await,
@@ -125,10 +127,13 @@ fn main() -> Result<()> {
 }
 
 async fn run_node(args: NodeArgs) -> Result<()> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if let Some(token) = ops_token_from_env()? {
+        config.security.ops_token = Some(OpsToken::new(token).with_context(|| format!("${OPS_TOKEN_ENV}"))?);
+    }
     let storage = match args.storage.as_deref() {
         None => config.cluster.storage,
         Some("redb") => EngineKind::Redb,
@@ -193,8 +198,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
 }
 
 async fn run_balancer(args: BalancerArgs) -> Result<()> {
-    let settings = palaver_balancer::BalancerSettings::load(&args.config, args.strategy)
+    let mut settings = palaver_balancer::BalancerSettings::load(&args.config, args.strategy)
         .with_context(|| format!("reading the balancer settings from {}", args.config.display()))?;
+    if let Some(token) = ops_token_from_env()? {
+        settings.ops_token = Some(palaver_balancer::OpsToken::new(token).with_context(|| format!("${OPS_TOKEN_ENV}"))?);
+    }
     let (public, admin) = palaver_balancer::bind(&settings).await.context("opening the balancer's addresses")?;
     println!(
         "palaver balancer ready: http://{} (admin http://{}), strategy {}",
@@ -204,6 +212,17 @@ async fn run_balancer(args: BalancerArgs) -> Result<()> {
     );
     palaver_balancer::run(settings, public, admin, shutdown_signal()).await.context("balancer")?;
     Ok(())
+}
+
+/// `PALAVER_OPS_TOKEN`, when set and not empty: it overrides the cluster
+/// file's `[security] ops_token` (a secret is easier kept out of a file).
+fn ops_token_from_env() -> Result<Option<String>> {
+    match std::env::var(OPS_TOKEN_ENV) {
+        Ok(t) if t.is_empty() => Ok(None),
+        Ok(t) => Ok(Some(t)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("${OPS_TOKEN_ENV}")),
+    }
 }
 
 fn make_certs(config_path: &Path) -> Result<()> {

@@ -8,6 +8,12 @@
 //! Ctrl-C stops the balancer and then the nodes (SIGTERM, then SIGKILL after a grace
 //! period). Nodes exit on their own if the launcher dies: their stdin is a
 //! pipe from it, and `--exit-with-parent` makes them stop when it closes.
+//!
+//! The cluster's operations token (member list, private metrics, the
+//! balancer's admin address) is `PALAVER_OPS_TOKEN`, else the file's
+//! `[security] ops_token`, else one made on first run and kept in
+//! `<data_dir>/ops-token` (mode 0600); the nodes get it in their
+//! environment, the balancer in its settings.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -16,6 +22,8 @@ use std::time::Duration;
 use anyhow::Context;
 use anyhow::Result;
 use palaver_node::config::Config;
+use palaver_node::config::OPS_TOKEN_ENV;
+use palaver_node::config::OpsToken;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::BufReader;
 use tokio::process::Child;
@@ -34,10 +42,19 @@ struct Launched {
     _stdin: Option<tokio::process::ChildStdin>,
 }
 
-/// Starts every node of `config_path`, waits for them, and runs until Ctrl-C.
-pub async fn run(config_path: &Path) -> Result<()> {
+/// Starts every node of `config_path`, waits for them, and runs until
+/// Ctrl-C. `env_token`: `PALAVER_OPS_TOKEN`, if set.
+pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
     let config = Config::load(config_path)?;
     anyhow::ensure!(!config.nodes.is_empty(), "{} lists no [[node]]", config_path.display());
+    let (ops_token, token_from) = match (env_token, &config.security.ops_token) {
+        (Some(t), _) => (OpsToken::new(t).with_context(|| format!("${OPS_TOKEN_ENV}"))?, format!("${OPS_TOKEN_ENV}")),
+        (None, Some(t)) => (t.clone(), format!("[security] ops_token in {}", config_path.display())),
+        (None, None) => {
+            let path = config.cluster.data_dir.join("ops-token");
+            (ops_token_file(&path)?, path.display().to_string())
+        }
+    };
     let exe = std::env::current_exe().context("finding the palaver executable")?;
     let mut nodes = Vec::new();
     for n in &config.nodes {
@@ -48,6 +65,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
             .arg("--id")
             .arg(n.id.to_string())
             .arg("--exit-with-parent")
+            .env(OPS_TOKEN_ENV, ops_token.expose())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -71,7 +89,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
             return Ok(());
         }
     }
-    let balancer = match start_balancer(config_path).await {
+    let balancer = match start_balancer(config_path, &ops_token).await {
         Ok(b) => b,
         Err(e) => {
             stop(&mut nodes).await;
@@ -85,6 +103,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         balancer.public, balancer.public, balancer.strategy
     );
     println!("  balancer admin: http://{}/balancer/nodes", balancer.admin);
+    println!("  ops token (Authorization: Bearer, for the admin address and /api/cluster/members): {token_from}");
     for n in &config.nodes {
         println!("  node {}: http://{}", n.id, n.client);
     }
@@ -120,9 +139,10 @@ struct Balancer {
 }
 
 /// Starts the balancer of the cluster file in this process.
-async fn start_balancer(config_path: &Path) -> Result<Balancer> {
-    let settings = palaver_balancer::BalancerSettings::load(config_path, None)
+async fn start_balancer(config_path: &Path, ops_token: &OpsToken) -> Result<Balancer> {
+    let mut settings = palaver_balancer::BalancerSettings::load(config_path, None)
         .with_context(|| format!("reading the balancer settings from {}", config_path.display()))?;
+    settings.ops_token = Some(palaver_balancer::OpsToken::new(ops_token.expose())?);
     let (public, admin) = palaver_balancer::bind(&settings).await.context("opening the balancer's addresses")?;
     let (public_addr, admin_addr) = (public.local_addr()?, admin.local_addr()?);
     let strategy = settings.strategy;
@@ -136,6 +156,46 @@ async fn start_balancer(config_path: &Path) -> Result<Balancer> {
         }
     });
     Ok(Balancer { public: public_addr, admin: admin_addr, strategy, stop, task })
+}
+
+/// The token kept in `path`, made (random, 256 bits) and written there
+/// with mode 0600 when the file does not exist yet; an existing file that
+/// others could read is narrowed to 0600.
+fn ops_token_file(path: &Path) -> Result<OpsToken> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            restrict(path)?;
+            return OpsToken::new(text.trim()).with_context(|| format!("the ops token in {}", path.display()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = palaver_node::auth::random_token();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(OpsToken::new(token)?)
+}
+
+/// Makes `path` readable by its owner only.
+fn restrict(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("restricting {} to its owner", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies a node's stdout and stderr to ours, line by line, with a prefix.
@@ -220,5 +280,32 @@ async fn stop(nodes: &mut [Launched]) {
             eprintln!("palaver up: node {} did not stop in time; killing it", n.id);
             let _ = n.child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ops_token_is_made_once_kept_private_and_reused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path: std::path::PathBuf = dir.path().join("data").join("ops-token");
+        let made = ops_token_file(&path).expect("made");
+        assert!(made.expose().len() >= 43, "a 256-bit token");
+        let again = ops_token_file(&path).expect("read back");
+        assert!(again.matches(made.expose()), "the same token on the next run");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            ops_token_file(&path).expect("read back");
+            let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "an existing token file is narrowed");
+        }
+        std::fs::write(&path, "short\n").expect("write");
+        assert!(ops_token_file(&path).is_err(), "a token too short to be safe is refused");
     }
 }

@@ -8,7 +8,10 @@
 //! A fake node answers `/healthz` and `/api/cluster/members` like a node,
 //! any other HTTP request with `backend N`, and the line `hello` with
 //! `backend N` followed by an echo of everything after it, so a client
-//! knows which node it reached and can hold a connection open.
+//! knows which node it reached and can hold a connection open. A fake
+//! takes the PROXY v2 header the balancer writes first (and keeps the
+//! client address it names) and remembers the `Authorization` of member
+//! list requests.
 
 mod common;
 
@@ -62,6 +65,12 @@ struct FakeState {
     members: Mutex<Option<Value>>,
     /// `hello` connections received.
     hellos: AtomicUsize,
+    /// `/healthz` requests answered.
+    checks: AtomicUsize,
+    /// The client address of the last PROXY header received.
+    proxied: Mutex<Option<SocketAddr>>,
+    /// `Authorization` of the last member-list request (`""` when absent).
+    members_auth: Mutex<Option<String>>,
 }
 
 /// A fake node on 127.0.0.1 port 0.
@@ -81,6 +90,9 @@ impl Fake {
             health: Mutex::new((200, "ok".into())),
             members: Mutex::new(None),
             hellos: AtomicUsize::new(0),
+            checks: AtomicUsize::new(0),
+            proxied: Mutex::new(None),
+            members_auth: Mutex::new(None),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -116,6 +128,14 @@ impl Fake {
         self.state.hellos.load(Ordering::SeqCst)
     }
 
+    fn proxied(&self) -> Option<SocketAddr> {
+        *self.state.proxied.lock().expect("lock")
+    }
+
+    fn members_auth(&self) -> Option<String> {
+        self.state.members_auth.lock().expect("lock").clone()
+    }
+
     /// Stops listening and drops every connection; returns once done.
     async fn kill(&mut self) {
         if let Some(task) = self.task.take() {
@@ -138,7 +158,38 @@ fn member(fake: &Fake, state: &str, connections: Option<u64>) -> Value {
     json!({"id": fake.id, "address": fake.addr.to_string(), "state": state, "connections": connections})
 }
 
+/// The PROXY v2 signature.
+const PROXY_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Reads a PROXY v2 header if the connection starts with one (TCP over
+/// IPv4 or IPv6 only): the client address it names.
+async fn take_proxy_header(s: &mut TcpStream) -> Result<Option<SocketAddr>> {
+    let mut first = [0u8; 1];
+    if s.peek(&mut first).await? == 0 || first[0] != b'\r' {
+        return Ok(None);
+    }
+    let mut fixed = [0u8; 16];
+    s.read_exact(&mut fixed).await?;
+    anyhow::ensure!(fixed[..12] == PROXY_SIGNATURE && fixed[12] == 0x21, "bad PROXY header {fixed:?}");
+    let mut block = vec![0u8; usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))];
+    s.read_exact(&mut block).await?;
+    Ok(match (fixed[13], block.len()) {
+        (0x11, 12) => {
+            let ip = std::net::Ipv4Addr::new(block[0], block[1], block[2], block[3]);
+            Some(SocketAddr::new(ip.into(), u16::from_be_bytes([block[8], block[9]])))
+        }
+        (0x21, 36) => {
+            let octets: [u8; 16] = block[..16].try_into()?;
+            Some(SocketAddr::new(std::net::Ipv6Addr::from(octets).into(), u16::from_be_bytes([block[32], block[33]])))
+        }
+        other => bail!("unexpected PROXY family/length {other:?}"),
+    })
+}
+
 async fn fake_conn(state: Arc<FakeState>, mut s: TcpStream) -> Result<()> {
+    if let Some(client) = take_proxy_header(&mut s).await? {
+        *state.proxied.lock().expect("lock") = Some(client);
+    }
     let first = read_line(&mut s).await?;
     if first == "hello" {
         state.hellos.fetch_add(1, Ordering::SeqCst);
@@ -154,14 +205,26 @@ async fn fake_conn(state: Arc<FakeState>, mut s: TcpStream) -> Result<()> {
         }
     }
     // An HTTP request: read the rest of the head.
+    let mut auth = String::new();
     loop {
-        if read_line(&mut s).await?.trim_end_matches('\r').is_empty() {
+        let line = read_line(&mut s).await?;
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
             break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("authorization")
+        {
+            auth = value.trim().to_string();
         }
     }
     let path = first.split(' ').nth(1).unwrap_or_default().to_string();
+    if path == "/api/cluster/members" {
+        *state.members_auth.lock().expect("lock") = Some(auth);
+    }
     let (code, body) = match path.as_str() {
         "/healthz" => {
+            state.checks.fetch_add(1, Ordering::SeqCst);
             let (code, status) = state.health.lock().expect("lock").clone();
             (code, json!({"status": status, "node": state.id}).to_string())
         }
@@ -202,6 +265,17 @@ async fn read_line(s: &mut TcpStream) -> Result<String> {
 /// the id of the node it reached.
 async fn hello(addr: SocketAddr) -> Result<(TcpStream, u64)> {
     let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.context("connect timed out")??;
+    s.write_all(b"hello\n").await?;
+    let line = tokio::time::timeout(WAIT, read_line(&mut s)).await.context("no answer to hello")??;
+    let id = line.strip_prefix("backend ").and_then(|n| n.parse().ok()).with_context(|| format!("answer {line:?}"))?;
+    Ok((s, id))
+}
+
+/// Like [`hello`], from the source address `ip` (any of 127/8 works on Linux).
+async fn hello_from(addr: SocketAddr, ip: [u8; 4]) -> Result<(TcpStream, u64)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((ip, 0)))?;
+    let mut s = tokio::time::timeout(WAIT, socket.connect(addr)).await.context("connect timed out")??;
     s.write_all(b"hello\n").await?;
     let line = tokio::time::timeout(WAIT, read_line(&mut s)).await.context("no answer to hello")??;
     let id = line.strip_prefix("backend ").and_then(|n| n.parse().ok()).with_context(|| format!("answer {line:?}"))?;
@@ -272,6 +346,12 @@ impl Lb {
 
     async fn get(&self, path: &str) -> Result<(u16, String)> {
         let r = self.http.get(format!("http://{}{path}", self.admin)).send().await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    }
+
+    /// `GET path` on the admin address with `Authorization: Bearer <token>`.
+    async fn get_with(&self, path: &str, token: &str) -> Result<(u16, String)> {
+        let r = self.http.get(format!("http://{}{path}", self.admin)).bearer_auth(token).send().await?;
         Ok((r.status().as_u16(), r.text().await?))
     }
 
@@ -608,6 +688,87 @@ async fn max_connections_is_enforced() -> Result<()> {
     assert!(metrics.contains("palaver_balancer_refused_total{reason=\"max_connections\"} 1"), "{metrics}");
     drop(held.pop());
     eventually("a slot frees up", WAIT, async || Ok(hello(lb.addr).await.ok().map(|_| ()))).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn max_connections_per_address_is_enforced() -> Result<()> {
+    let fake = Fake::start(1).await?;
+    let lb = Lb::start(BalancerSettings {
+        max_connections_per_address: 2,
+        ..settings(Strategy::RoundRobin, vec![fake.backend(1)])
+    })
+    .await?;
+    let held = [hello_from(lb.addr, [127, 0, 0, 6]).await?, hello_from(lb.addr, [127, 0, 0, 6]).await?];
+    let refused = hello_from(lb.addr, [127, 0, 0, 6]).await;
+    assert!(refused.is_err(), "a third connection from 127.0.0.6 got through");
+    let (_other, id) = hello_from(lb.addr, [127, 0, 0, 7]).await.context("127.0.0.7 has its own count")?;
+    assert_eq!(id, 1);
+    let (_, metrics) = lb.get("/metrics").await?;
+    assert!(metrics.contains("palaver_balancer_refused_total{reason=\"per_address\"} 1"), "{metrics}");
+    drop(held);
+    eventually("127.0.0.6 gets a slot back", WAIT, async || {
+        Ok(hello_from(lb.addr, [127, 0, 0, 6]).await.ok().map(|_| ()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_node_gets_the_clients_address_in_a_proxy_header() -> Result<()> {
+    let fake = Fake::start(1).await?;
+    let lb = Lb::start(settings(Strategy::RoundRobin, vec![fake.backend(1)])).await?;
+    let (s, _) = hello_from(lb.addr, [127, 0, 0, 8]).await?;
+    assert_eq!(fake.proxied(), Some(s.local_addr()?), "the header names the client's address and port");
+    // Health checks are the balancer's own: no header.
+    fake.state.proxied.lock().expect("lock").take();
+    let checked = fake.state.checks.load(Ordering::SeqCst);
+    eventually("two more health checks", WAIT, async || {
+        Ok((fake.state.checks.load(Ordering::SeqCst) >= checked + 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(fake.proxied(), None);
+
+    // Switched off, the node gets the client's bytes alone.
+    let fake2 = Fake::start(2).await?;
+    let lb2 =
+        Lb::start(BalancerSettings { proxy_protocol: false, ..settings(Strategy::RoundRobin, vec![fake2.backend(1)]) })
+            .await?;
+    let (mut s2, id) = hello_from(lb2.addr, [127, 0, 0, 8]).await?;
+    assert_eq!(id, 2);
+    echo(&mut s2, "no header before hello").await?;
+    assert_eq!(fake2.proxied(), None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_an_ops_token_the_admin_address_wants_it_and_discovery_sends_it() -> Result<()> {
+    let token = "balancer-test-ops-token-0123";
+    let fakes = [Fake::start(1).await?, Fake::start(2).await?];
+    let list = json!([member(&fakes[0], "serving", Some(4)), member(&fakes[1], "serving", None)]);
+    for f in &fakes {
+        f.set_members(list.clone());
+    }
+    let lb = Lb::start(BalancerSettings {
+        ops_token: Some(palaver_balancer::OpsToken::new(token)?),
+        ..settings(Strategy::RoundRobin, vec![fakes[0].backend(1)])
+    })
+    .await?;
+    for path in ["/balancer/nodes", "/metrics"] {
+        assert_eq!(lb.get(path).await?.0, 401, "{path} without the token");
+        assert_eq!(lb.get_with(path, "balancer-test-ops-token-0124").await?.0, 401, "{path} with a wrong token");
+        assert_eq!(lb.get_with(path, token).await?.0, 200, "{path} with the token");
+    }
+    assert_eq!(lb.get("/healthz").await?.0, 200, "health stays open");
+    let n2 = eventually("node 2 learnt from the member list", WAIT, async || {
+        let (status, text) = lb.get_with("/balancer/nodes", token).await?;
+        anyhow::ensure!(status == 200, "status {status}");
+        let list: Vec<Value> = serde_json::from_str(&text)?;
+        Ok(list.into_iter().find(|n| n["id"] == 2))
+    })
+    .await?;
+    assert_eq!(n2["discovered"], true);
+    assert_eq!(fakes[0].members_auth(), Some(format!("Bearer {token}")), "discovery sends the token");
     Ok(())
 }
 

@@ -1,7 +1,11 @@
 //! The operations address: `GET /balancer/nodes` (the node table as JSON),
 //! `GET /metrics` (Prometheus text) and `GET /healthz`.
 //!
-//! Read-only views of the shared state; nothing here changes routing.
+//! Read-only views of the shared state; nothing here changes routing. With
+//! an ops token configured, every path but `/healthz` needs
+//! `Authorization: Bearer <token>` (401 otherwise): the table names every
+//! node's address and load. `/healthz` stays open for liveness checks; it
+//! tells only how many nodes are usable.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -64,6 +68,11 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             error(StatusCode::NOT_FOUND, "not_found", "path not found")
         };
     }
+    if path != "/healthz" && known.contains(&path) && !authorized(shared, req) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "the ops token is required");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
     match path {
         "/balancer/nodes" => {
             let views = shared.table.lock().views();
@@ -84,6 +93,20 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "path not found"),
     }
+}
+
+/// Whether the request may see the admin views: always without an ops
+/// token configured, otherwise only with `Authorization: Bearer <token>`.
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let Some(token) = &shared.settings.ops_token else { return true };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    presented.is_some_and(|t| token.matches(t))
 }
 
 /// One node of `/balancer/nodes`.

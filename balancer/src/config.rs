@@ -93,6 +93,55 @@ pub struct BalancerSettings {
     pub grace: Duration,
     /// Learn nodes from the cluster (`GET /api/cluster/members`).
     pub discover: bool,
+    /// Write a PROXY protocol v2 header to the node before a relayed
+    /// client's bytes, so the node sees the client's address.
+    pub proxy_protocol: bool,
+    /// Client connections open at once from one IP address; more are
+    /// closed on accept.
+    pub max_connections_per_address: usize,
+    /// The cluster's operations token (`[security] ops_token`): required on
+    /// the admin address (except `/healthz`) and sent with member discovery.
+    pub ops_token: Option<OpsToken>,
+}
+
+/// Shortest operations token accepted (as the nodes require).
+pub const OPS_TOKEN_MIN_LEN: usize = 16;
+
+/// A shared secret for the operations endpoints. Its `Debug` form does not
+/// show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OpsToken(String);
+
+impl OpsToken {
+    /// Checks a token: at least [`OPS_TOKEN_MIN_LEN`] visible ASCII characters.
+    pub fn new(token: impl Into<String>) -> Result<Self, ConfigError> {
+        let token = token.into();
+        if token.len() < OPS_TOKEN_MIN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::Invalid {
+                field: "ops_token",
+                reason: format!("must be at least {OPS_TOKEN_MIN_LEN} visible ASCII characters, without spaces"),
+            });
+        }
+        Ok(Self(token))
+    }
+
+    /// The token itself, to send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token, in time independent of where
+    /// they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for OpsToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OpsToken(<redacted>)")
+    }
 }
 
 /// Public address when the cluster file says nothing.
@@ -116,6 +165,9 @@ impl Default for BalancerSettings {
             idle_timeout: Duration::from_secs(300),
             grace: Duration::from_secs(10),
             discover: true,
+            proxy_protocol: true,
+            max_connections_per_address: 1000,
+            ops_token: None,
         }
     }
 }
@@ -175,6 +227,16 @@ struct BalancerSection {
     idle_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
     discover: Option<bool>,
+    proxy_protocol: Option<bool>,
+    max_connections_per_address: Option<usize>,
+}
+
+/// What the balancer reads of the `[security]` section (the rest is the
+/// nodes').
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SecuritySection {
+    ops_token: Option<String>,
 }
 
 /// One `[[node]]` entry; fields meant for the nodes themselves are ignored.
@@ -206,6 +268,12 @@ impl BalancerSettings {
             }
             None => Vec::new(),
         };
+        let security: SecuritySection = match value.get("security") {
+            Some(v) => {
+                v.clone().try_into().map_err(|e| ConfigError::Section { section: "security", source: Box::new(e) })?
+            }
+            None => SecuritySection::default(),
+        };
         let d = BalancerSettings::default();
         let strategy = match (strategy_override, &section.strategy) {
             (Some(s), _) => s,
@@ -226,6 +294,9 @@ impl BalancerSettings {
             idle_timeout: ms(section.idle_timeout_ms, d.idle_timeout),
             grace: ms(section.grace_ms, d.grace),
             discover: section.discover.unwrap_or(d.discover),
+            proxy_protocol: section.proxy_protocol.unwrap_or(d.proxy_protocol),
+            max_connections_per_address: section.max_connections_per_address.unwrap_or(d.max_connections_per_address),
+            ops_token: security.ops_token.map(OpsToken::new).transpose()?,
         };
         settings.validate()?;
         Ok(settings)
@@ -251,6 +322,9 @@ impl BalancerSettings {
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
+        }
+        if self.max_connections_per_address == 0 {
+            return invalid("max_connections_per_address", "must be at least 1");
         }
         for (field, value) in [
             ("health_interval_ms", self.health_interval),
@@ -306,6 +380,11 @@ mod tests {
             idle_timeout_ms = 400
             grace_ms = 500
             discover = false
+            proxy_protocol = false
+            max_connections_per_address = 9
+            [security]
+            ops_token = "0123456789abcdef-ops"
+            allowed_origins = ["http://x"]
             [[node]]
             id = 1
             client = "127.0.0.1:7101"
@@ -335,8 +414,21 @@ mod tests {
             idle_timeout: Duration::from_millis(400),
             grace: Duration::from_millis(500),
             discover: false,
+            proxy_protocol: false,
+            max_connections_per_address: 9,
+            ops_token: Some(OpsToken::new("0123456789abcdef-ops").expect("token")),
         };
         assert_eq!(s, expected);
+        assert!(!format!("{s:?}").contains("abcdef"), "Debug shows the token");
+        let token = s.ops_token.expect("token");
+        assert!(token.matches("0123456789abcdef-ops") && !token.matches("0123456789abcdef-opS"));
+    }
+
+    #[test]
+    fn the_example_file_states_the_defaults() {
+        let s = parse(include_str!("../../cluster.example.toml"), None).expect("the example parses");
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!(BalancerSettings { nodes: Vec::new(), ..s }, BalancerSettings::default());
     }
 
     #[test]
@@ -363,6 +455,9 @@ mod tests {
             ("[balancer]\nlisten = \"nowhere\"\n", "[balancer]"),
             ("[balancer]\nlisen = \"127.0.0.1:1\"\n", "[balancer]"),
             ("[[node]]\nid = 1\n", "[node]"),
+            ("[balancer]\nmax_connections_per_address = 0\n", "max_connections_per_address"),
+            ("[security]\nops_token = \"short\"\n", "ops_token"),
+            ("[security]\nops_token = 5\n", "[security]"),
             ("[[node]]\nid = 1\nclient = \"127.0.0.1:1\"\n[[node]]\nid = 1\nclient = \"127.0.0.1:2\"\n", "twice"),
         ];
         for (text, needle) in cases {

@@ -19,6 +19,9 @@
 //! - [`table`]: the node table (health, draining, counts) and the one
 //!   strategy instance. No I/O.
 //! - `probe`, `monitor`: HTTP checks of the nodes and the member list.
+//! - [`proxy`]: the PROXY protocol v2 header a node gets before a relayed
+//!   client's bytes, naming the client's address. No I/O.
+//! - `per_address`: open connections per client address, capped.
 //! - `relay`, `assign`: the byte pipe, and the first-bytes switch.
 //! - `server`, `admin`, `meters`: [`run`], the operations endpoints and
 //!   Prometheus metrics.
@@ -32,7 +35,9 @@ pub mod config;
 pub mod health;
 mod meters;
 mod monitor;
+mod per_address;
 mod probe;
+pub mod proxy;
 mod relay;
 pub mod select;
 mod server;
@@ -41,6 +46,7 @@ pub mod table;
 pub use config::Backend;
 pub use config::BalancerSettings;
 pub use config::ConfigError;
+pub use config::OpsToken;
 pub use config::Strategy;
 pub use server::BalancerError;
 pub use server::bind;

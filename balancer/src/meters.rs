@@ -28,6 +28,9 @@ pub struct Meters {
     pub accepted: Counter,
     /// Client connections closed on accept: `max_connections` reached.
     pub refused_full: Counter,
+    /// Client connections closed on accept: their address's
+    /// `max_connections_per_address` reached.
+    pub refused_per_address: Counter,
     /// Client connections no node could take.
     pub refused_no_node: Counter,
     /// Connects retried on another node after a failure.
@@ -75,6 +78,7 @@ impl Meters {
         Meters {
             accepted: counter("palaver_balancer_accepted_total", &[]),
             refused_full: counter("palaver_balancer_refused_total", &[("reason", "max_connections")]),
+            refused_per_address: counter("palaver_balancer_refused_total", &[("reason", "per_address")]),
             refused_no_node: counter("palaver_balancer_refused_total", &[("reason", "no_node")]),
             retries: counter("palaver_balancer_connect_retries_total", &[]),
             assigns: counter("palaver_balancer_assign_total", &[]),

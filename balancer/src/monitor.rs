@@ -26,6 +26,7 @@ pub async fn supervise(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut running: HashMap<(u64, u64), AbortHandle> = HashMap::new();
     let mut tick = tokio::time::interval(settings.health_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut warned_refused = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -46,7 +47,7 @@ pub async fn supervise(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 .or_insert_with(|| loops.spawn(probe_loop(shared.clone(), id, generation, addr)));
         }
         if settings.discover {
-            poll_members(&shared).await;
+            poll_members(&shared, &mut warned_refused).await;
         }
     }
     // Dropping the set stops every probe loop.
@@ -72,9 +73,11 @@ fn probe_timeout(shared: &Shared) -> Duration {
     shared.settings.connect_timeout
 }
 
-async fn poll_members(shared: &Shared) {
+/// One look at the member list; a refusal (a missing or wrong ops token)
+/// is a configuration mistake, logged as a warning once per `warned`.
+async fn poll_members(shared: &Shared, warned: &mut bool) {
     let Some(source) = shared.table.lock().members_source() else { return };
-    match probe::members(source, probe_timeout(shared)).await {
+    match probe::members(source, shared.settings.ops_token.as_ref(), probe_timeout(shared)).await {
         Ok(list) => {
             let change = shared.table.lock().apply_members(&list);
             for id in change.added {
@@ -84,6 +87,10 @@ async fn poll_members(shared: &Shared) {
             for id in change.removed {
                 tracing::info!(node = id, from = %source, "node left the cluster");
             }
+        }
+        Err(e @ probe::ProbeError::Refused(_)) if !*warned => {
+            *warned = true;
+            tracing::warn!(from = %source, error = %e, "member list refused; only configured nodes are used");
         }
         Err(e) => tracing::debug!(from = %source, error = %e, "member list unavailable"),
     }

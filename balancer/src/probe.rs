@@ -1,5 +1,7 @@
-//! Asking a node: `GET /healthz` and `GET /api/cluster/members` over a
-//! fresh TCP connection, HTTP/1.1 with `Connection: close`.
+//! Asking a node: `GET /healthz` and `GET /api/cluster/members` (with the
+//! ops token, which nodes require there) over a fresh TCP connection,
+//! HTTP/1.1 with `Connection: close`. No PROXY header: a node takes these
+//! connections for what they are, the balancer's own.
 //!
 //! A tiny client on purpose: one request, a bounded answer, one timeout
 //! for all of it. The parsing is a pure function, tested without sockets;
@@ -13,6 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::config::OpsToken;
 use crate::health::Probe;
 use crate::health::classify;
 use crate::table::Member;
@@ -35,21 +38,31 @@ pub enum ProbeError {
     /// The answer is larger than the balancer reads.
     #[error("answer larger than {MAX_ANSWER} bytes")]
     TooLarge,
+    /// The node refused the member list: the ops token is missing or wrong.
+    #[error("status {0}: the node wants the cluster's ops token ([security] ops_token or PALAVER_OPS_TOKEN)")]
+    Refused(u16),
     /// The member list is not the expected JSON.
     #[error("unreadable member list: {0}")]
     Members(String),
 }
 
-/// `GET path` on `addr`; answers the status and body.
-pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), ProbeError> {
-    tokio::time::timeout(timeout, get_inner(addr, path)).await.map_err(|_| ProbeError::Timeout(timeout))?
+/// `GET path` on `addr`, with `Authorization: Bearer <bearer>` if given;
+/// answers the status and body.
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&OpsToken>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), ProbeError> {
+    tokio::time::timeout(timeout, get_inner(addr, path, bearer)).await.map_err(|_| ProbeError::Timeout(timeout))?
 }
 
-async fn get_inner(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>), ProbeError> {
+async fn get_inner(addr: SocketAddr, path: &str, bearer: Option<&OpsToken>) -> Result<(u16, Vec<u8>), ProbeError> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    let auth = bearer.map(|t| format!("Authorization: Bearer {}\r\n", t.expose())).unwrap_or_default();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: palaver-balancer\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: palaver-balancer\r\nAccept: application/json\r\n{auth}Connection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
@@ -68,7 +81,7 @@ async fn get_inner(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>), Probe
 
 /// One health check of the node at `addr`.
 pub async fn health(addr: SocketAddr, timeout: Duration) -> Probe {
-    match get(addr, "/healthz", timeout).await {
+    match get(addr, "/healthz", None, timeout).await {
         Ok((status, body)) => classify(status, &body),
         Err(e) => Probe::Failed(e.to_string()),
     }
@@ -87,10 +100,13 @@ struct MemberWire {
     connections: Option<u64>,
 }
 
-/// The member list of the node at `addr`. Entries whose address does not
-/// resolve are skipped (and logged).
-pub async fn members(addr: SocketAddr, timeout: Duration) -> Result<Vec<Member>, ProbeError> {
-    let (status, body) = get(addr, "/api/cluster/members", timeout).await?;
+/// The member list of the node at `addr`, asked with the ops token.
+/// Entries whose address does not resolve are skipped (and logged).
+pub async fn members(addr: SocketAddr, token: Option<&OpsToken>, timeout: Duration) -> Result<Vec<Member>, ProbeError> {
+    let (status, body) = get(addr, "/api/cluster/members", token, timeout).await?;
+    if status == 401 || status == 403 {
+        return Err(ProbeError::Refused(status));
+    }
     if status != 200 {
         return Err(ProbeError::Members(format!("status {status}")));
     }

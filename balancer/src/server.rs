@@ -1,5 +1,6 @@
-//! The running balancer: the accept loop on the public address, one task
-//! per client connection (sniff, pick, connect with retry, relay), the
+//! The running balancer: the accept loop on the public address (with caps
+//! on connections in all and per client address), one task per client
+//! connection (sniff, pick, connect with retry, PROXY header, relay), the
 //! health supervisor, the admin server, and graceful shutdown.
 
 use std::future::Future;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -25,6 +27,9 @@ use crate::health::Thresholds;
 use crate::health::Transition;
 use crate::meters::Meters;
 use crate::monitor;
+use crate::per_address::PerAddress;
+use crate::per_address::Slot;
+use crate::proxy;
 use crate::relay;
 use crate::relay::End;
 use crate::table::Pick;
@@ -99,23 +104,26 @@ pub async fn run(
     background.spawn(admin::serve(admin, shared.clone()));
 
     let limit = Arc::new(Semaphore::new(shared.settings.max_connections));
+    let per_address = PerAddress::new(shared.settings.max_connections_per_address);
     let mut conns = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     shared.meters.accepted.increment(1);
-                    match limit.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            conns.spawn(client(shared.clone(), stream, permit, close_rx.clone()));
-                        }
-                        Err(_) => {
-                            shared.meters.refused_full.increment(1);
-                            drop(stream);
-                        }
-                    }
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        shared.meters.refused_full.increment(1);
+                        drop(stream);
+                        continue;
+                    };
+                    let Some(slot) = per_address.claim(peer.ip()) else {
+                        shared.meters.refused_per_address.increment(1);
+                        drop(stream);
+                        continue;
+                    };
+                    conns.spawn(client(shared.clone(), stream, peer, (permit, slot), close_rx.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin.
@@ -150,24 +158,35 @@ pub async fn run(
     Ok(())
 }
 
-/// One client connection, from accept to close.
+/// One client connection, from accept to close; `_held` are its places
+/// under the connection caps, given back when it ends.
 async fn client(
     shared: Arc<Shared>,
     mut stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
+    peer: SocketAddr,
+    _held: (OwnedSemaphorePermit, Slot),
     mut close: watch::Receiver<bool>,
 ) {
     shared.meters.open.increment(1.0);
     tokio::select! {
-        () = serve(&shared, &mut stream) => {}
+        () = serve(&shared, &mut stream, peer) => {}
         _ = close.wait_for(|c| *c) => {}
     }
     shared.meters.open.decrement(1.0);
 }
 
-async fn serve(shared: &Shared, stream: &mut TcpStream) {
+async fn serve(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) {
     let settings = &shared.settings;
     let _ = stream.set_nodelay(true);
+    // The client's address and the one it connected to, for the node.
+    let header = match (settings.proxy_protocol, stream.local_addr()) {
+        (true, Ok(local)) => Some(proxy::Header::new(peer, local)),
+        (true, Err(e)) => {
+            tracing::debug!(error = %e, "client socket without a local address");
+            return;
+        }
+        (false, _) => None,
+    };
     let first = match assign::sniff(stream, settings.connect_timeout).await {
         Ok(FirstBytes::Closed) | Err(_) => return,
         Ok(FirstBytes::Decided(first)) => first,
@@ -190,7 +209,7 @@ async fn serve(shared: &Shared, stream: &mut TcpStream) {
             return;
         };
         let lease = Lease { shared, pick, armed: true };
-        match connect(pick.addr, settings.connect_timeout).await {
+        match connect(pick.addr, settings.connect_timeout, header.as_ref()).await {
             Ok(mut node) => {
                 shared.table.lock().connected(&pick);
                 match relay::relay(stream, &mut node, settings.idle_timeout).await {
@@ -210,12 +229,21 @@ async fn serve(shared: &Shared, stream: &mut TcpStream) {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// Connects to a node and writes the PROXY header, if any, before anything
+/// of the client's: a node that cannot take even that counts as a failed
+/// connect, and the client is tried on another node.
+async fn connect(addr: SocketAddr, timeout: Duration, header: Option<&proxy::Header>) -> std::io::Result<TcpStream> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        if let Some(h) = header {
+            stream.write_all(h.as_bytes()).await?;
+        }
+        Ok(stream)
+    };
+    tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no connect within {timeout:?}")))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no connect within {timeout:?}")))?
 }
 
 /// A relay pick's claim on its node's active count, given back on drop
@@ -264,9 +292,11 @@ mod tests {
         let shared = Arc::new(Shared { table: Mutex::new(table), meters: Meters::new(), settings });
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let stream = TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let peer = stream.local_addr().expect("addr");
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("permit");
+        let slot = PerAddress::new(1).claim(peer.ip()).expect("slot");
         let (_tx, rx) = watch::channel(false);
-        let task = client(shared, stream, permit, rx);
+        let task = client(shared, stream, peer, (permit, slot), rx);
         let size = std::mem::size_of_val(&task);
         eprintln!("client task future: {size} bytes");
         assert!(size <= 2048, "a client task takes {size} bytes before any buffer");

@@ -2,6 +2,9 @@
 //! default. A node runs with no file at all; every section and field is
 //! optional.
 
+use std::net::IpAddr;
+use std::net::Ipv4Addr;
+use std::net::Ipv6Addr;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
@@ -106,15 +109,18 @@ pub struct Limits {
     /// Largest history page, bytes of JSON: a longer page is cut short and
     /// says where to continue.
     pub history_page_bytes: usize,
-    /// A socket that takes none of what is written to it for this long is
-    /// closed (1013 on a WebSocket).
-    pub write_timeout_ms: u64,
     /// Sends (and typing notices) per second per connection, sustained.
     pub send_rate_per_sec: f64,
     /// Sends allowed in a burst.
     pub send_burst: f64,
-    /// Time allowed for the HTTP request head and the WebSocket `auth` frame.
+    /// Time allowed for the HTTP request head (and between two requests on
+    /// a keep-alive connection), a JSON request body, a PROXY header and
+    /// the WebSocket `auth` frame.
     pub handshake_timeout_ms: u64,
+    /// A connection whose peer takes no byte of what the node writes for
+    /// this long is closed (HTTP answers, SSE streams; WebSockets with
+    /// 1013).
+    pub write_timeout_ms: u64,
     /// Login attempts per account per minute.
     pub login_per_account_per_min: u32,
     /// Login attempts per client address per minute.
@@ -123,6 +129,9 @@ pub struct Limits {
     pub register_per_address_per_min: u32,
     /// Concurrent client connections per node.
     pub max_connections: usize,
+    /// Concurrent client connections per client IP address (behind the
+    /// balancer, the client's own, from its PROXY header).
+    pub max_connections_per_address: usize,
     /// Longest a long poll may wait, ms.
     pub max_poll_ms: u64,
     /// Password hashes computed at once on this node: one worker thread and
@@ -150,14 +159,15 @@ impl Default for Limits {
             outbound_queue: 1024,
             outbound_bytes: 1024 * 1024,
             history_page_bytes: 256 * 1024,
-            write_timeout_ms: 30_000,
             send_rate_per_sec: 20.0,
             send_burst: 50.0,
             handshake_timeout_ms: 10_000,
+            write_timeout_ms: 30_000,
             login_per_account_per_min: 10,
             login_per_address_per_min: 60,
             register_per_address_per_min: 30,
             max_connections: 100_000,
+            max_connections_per_address: 1000,
             max_poll_ms: 60_000,
             password_hash_parallel: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
@@ -183,6 +193,16 @@ pub struct Security {
     pub token_idle_secs: u64,
     /// A token stops working this long after login, used or not.
     pub token_absolute_secs: u64,
+    /// Peers whose PROXY protocol v2 header (the balancer's) is believed:
+    /// the client address it names counts for every per-address limit.
+    /// From any other peer a header is never honoured.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// The operations token: `Authorization: Bearer <it>` opens
+    /// `/api/cluster/members` (and `/metrics` when not public) as an
+    /// admin's token does. `PALAVER_OPS_TOKEN` overrides the file.
+    pub ops_token: Option<OpsToken>,
+    /// `/metrics` answers without credentials.
+    pub metrics_public: bool,
 }
 
 impl Default for Security {
@@ -192,7 +212,61 @@ impl Default for Security {
             public_url: None,
             token_idle_secs: 24 * 3600,
             token_absolute_secs: 30 * 24 * 3600,
+            trusted_proxies: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            ops_token: None,
+            metrics_public: true,
         }
+    }
+}
+
+/// The environment variable that overrides `[security] ops_token`.
+pub const OPS_TOKEN_ENV: &str = "PALAVER_OPS_TOKEN";
+/// Shortest operations token accepted.
+pub const OPS_TOKEN_MIN_LEN: usize = 16;
+
+/// A shared secret for the operations endpoints. Its `Debug` form does not
+/// show it, so a logged config leaks nothing.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct OpsToken(String);
+
+impl OpsToken {
+    /// Checks a token: at least [`OPS_TOKEN_MIN_LEN`] visible ASCII
+    /// characters (it travels in a header).
+    pub fn new(token: impl Into<String>) -> Result<Self, ConfigError> {
+        let token = token.into();
+        if token.len() < OPS_TOKEN_MIN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::Invalid(format!(
+                "ops_token must be at least {OPS_TOKEN_MIN_LEN} visible ASCII characters, without spaces"
+            )));
+        }
+        Ok(Self(token))
+    }
+
+    /// The token itself, to send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token, in time independent of where
+    /// they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl TryFrom<String> for OpsToken {
+    type Error = ConfigError;
+
+    fn try_from(token: String) -> Result<Self, Self::Error> {
+        OpsToken::new(token)
+    }
+}
+
+impl std::fmt::Debug for OpsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpsToken(<redacted>)")
     }
 }
 
@@ -266,9 +340,6 @@ impl Config {
                 "history_page_bytes must be at least 8192 and outbound_bytes at least history_page_bytes".into(),
             ));
         }
-        if l.write_timeout_ms == 0 {
-            return Err(ConfigError::Invalid("write_timeout_ms must be positive".into()));
-        }
         if l.send_rate_per_sec <= 0.0 || l.send_burst < 1.0 {
             return Err(ConfigError::Invalid("send_rate_per_sec must be positive and send_burst at least 1".into()));
         }
@@ -284,6 +355,14 @@ impl Config {
         }
         if l.max_fragments == 0 {
             return Err(ConfigError::Invalid("max_fragments must be positive".into()));
+        }
+        if l.handshake_timeout_ms == 0 || l.write_timeout_ms == 0 {
+            return Err(ConfigError::Invalid("handshake_timeout_ms and write_timeout_ms must be positive".into()));
+        }
+        if l.max_connections == 0 || l.max_connections_per_address == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections and max_connections_per_address must be positive".into(),
+            ));
         }
         if self.security.token_idle_secs == 0 || self.security.token_absolute_secs == 0 {
             return Err(ConfigError::Invalid("token lifetimes must be positive".into()));
@@ -312,6 +391,54 @@ mod tests {
     }
 
     #[test]
+    fn connection_settings_are_read_and_the_token_is_not_shown() {
+        let c = Config::default();
+        assert_eq!((c.limits.write_timeout_ms, c.limits.max_connections_per_address), (30_000, 1000));
+        assert_eq!(
+            c.security.trusted_proxies,
+            ["127.0.0.1".parse::<IpAddr>().expect("ip"), "::1".parse().expect("ip")]
+        );
+        assert!(c.security.ops_token.is_none() && c.security.metrics_public);
+        let c = Config::parse(
+            r#"
+            [limits]
+            write_timeout_ms = 500
+            max_connections_per_address = 7
+            [security]
+            trusted_proxies = ["10.0.0.5"]
+            ops_token = "0123456789abcdef-secret"
+            metrics_public = false
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!((c.limits.write_timeout_ms, c.limits.max_connections_per_address), (500, 7));
+        assert_eq!(c.security.trusted_proxies, ["10.0.0.5".parse::<IpAddr>().expect("ip")]);
+        assert!(!c.security.metrics_public);
+        let token = c.security.ops_token.clone().expect("a token");
+        assert!(token.matches("0123456789abcdef-secret"));
+        assert!(!token.matches("0123456789abcdef-secreT") && !token.matches("0123456789abcdef"));
+        assert!(!format!("{:?}", c.security).contains("secret"), "Debug shows the token");
+    }
+
+    #[test]
+    fn the_example_file_parses_and_states_the_defaults() {
+        let c = Config::parse(include_str!("../../cluster.example.toml")).expect("the example parses");
+        let (l, d) = (&c.limits, Limits::default());
+        assert_eq!(
+            (l.handshake_timeout_ms, l.write_timeout_ms, l.max_connections, l.max_connections_per_address),
+            (d.handshake_timeout_ms, d.write_timeout_ms, d.max_connections, d.max_connections_per_address)
+        );
+        assert_eq!(
+            (l.password_hash_queue, l.max_fragments, l.outbound_bytes, l.history_page_bytes),
+            (d.password_hash_queue, d.max_fragments, d.outbound_bytes, d.history_page_bytes)
+        );
+        assert_eq!(l.password_hash_parallel, d.password_hash_parallel, "left to its default there");
+        let (s, d) = (&c.security, Security::default());
+        assert_eq!((&s.trusted_proxies, s.metrics_public, s.ops_token.is_none()), (&d.trusted_proxies, true, true));
+        assert_eq!((&s.allowed_origins, &s.public_url), (&d.allowed_origins, &None));
+    }
+
+    #[test]
     fn nodes_and_engine_are_read() {
         let c = Config::parse(
             r#"
@@ -327,16 +454,6 @@ mod tests {
         .expect("valid config");
         assert_eq!(c.cluster.storage, EngineKind::Sled);
         assert_eq!(c.node(1).map(|n| n.weight), Some(3));
-    }
-
-    #[test]
-    fn the_example_file_parses_and_states_the_defaults() {
-        let c = Config::parse(include_str!("../../cluster.example.toml")).expect("cluster.example.toml");
-        let (l, d) = (&c.limits, Limits::default());
-        assert_eq!((l.password_hash_queue, l.max_fragments), (d.password_hash_queue, d.max_fragments));
-        assert_eq!(l.password_hash_parallel, d.password_hash_parallel, "left to its default there");
-        assert_eq!(c.security.allowed_origins, Security::default().allowed_origins);
-        assert_eq!(c.security.public_url, None);
     }
 
     #[test]
@@ -375,6 +492,11 @@ mod tests {
             ("[security]\nallowed_origins = [\"chat.example:8080\"]", "chat.example:8080"),
             ("[security]\npublic_url = \"https://chat.example/\"\nallowed_origins = [\"ftp://x\"]", "ftp://x"),
             ("[security]\npublic_url = \"chat.example\"", "chat.example"),
+            ("[limits]\nwrite_timeout_ms = 0", "write_timeout_ms"),
+            ("[limits]\nmax_connections_per_address = 0", "max_connections_per_address"),
+            ("[security]\nops_token = \"short\"", "ops_token"),
+            ("[security]\nops_token = \"has a space in it, see\"", "ops_token"),
+            ("[security]\ntrusted_proxies = [\"balancer.local\"]", "trusted_proxies"),
             (
                 "[[node]]\nid=1\nclient=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"\n[[node]]\nid=1\nclient=\"127.0.0.1:3\"\npeer=\"127.0.0.1:4\"",
                 "share an id",

@@ -21,6 +21,8 @@ pub enum Code {
     NotFound,
     /// 409.
     Conflict,
+    /// 408: the request body did not arrive in time; the connection closes.
+    Timeout,
     /// 413.
     TooLarge,
     /// 429, with `retry_after_ms`.
@@ -40,6 +42,7 @@ impl Code {
             Code::Forbidden => "forbidden",
             Code::NotFound => "not_found",
             Code::Conflict => "conflict",
+            Code::Timeout => "timeout",
             Code::TooLarge => "too_large",
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
@@ -55,6 +58,7 @@ impl Code {
             "forbidden" => Code::Forbidden,
             "not_found" => Code::NotFound,
             "conflict" => Code::Conflict,
+            "timeout" => Code::Timeout,
             "too_large" => Code::TooLarge,
             "rate_limited" => Code::RateLimited,
             "unavailable" => Code::Unavailable,
@@ -70,6 +74,7 @@ impl Code {
             Code::Forbidden => 403,
             Code::NotFound => 404,
             Code::Conflict => 409,
+            Code::Timeout => 408,
             Code::TooLarge => 413,
             Code::RateLimited => 429,
             Code::Unavailable => 503,
@@ -396,7 +401,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&to_json(&MessageView::of("r", &deleted))).expect("json");
         assert_eq!(v["deleted"], true);
         assert!(v.get("body").is_none());
-        for code in [Code::BadRequest, Code::NotFound, Code::RateLimited, Code::Unavailable, Code::Internal] {
+        for code in
+            [Code::BadRequest, Code::NotFound, Code::Timeout, Code::RateLimited, Code::Unavailable, Code::Internal]
+        {
             assert_eq!(Code::parse(code.as_str()), code);
         }
         let e: serde_json::Value =

@@ -65,6 +65,16 @@ pub struct Config {
     pub token_idle_secs: u64,
     /// Absolute lifetime of a token.
     pub token_absolute_secs: u64,
+    /// `[limits] write_timeout_ms`, when set.
+    pub write_timeout_ms: Option<u64>,
+    /// `[limits] max_connections_per_address`, when set.
+    pub max_connections_per_address: Option<u64>,
+    /// `[security] trusted_proxies`, when set.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// `[security] ops_token`, when set.
+    pub ops_token: Option<String>,
+    /// `[security] metrics_public`, when set.
+    pub metrics_public: Option<bool>,
 }
 
 impl Default for Config {
@@ -85,6 +95,11 @@ impl Default for Config {
             allowed_origins: vec![ALLOWED_ORIGIN.to_string()],
             token_idle_secs: 86400,
             token_absolute_secs: 2592000,
+            write_timeout_ms: None,
+            max_connections_per_address: None,
+            trusted_proxies: None,
+            ops_token: None,
+            metrics_public: None,
         }
     }
 }
@@ -96,6 +111,25 @@ impl Config {
     /// The TOML text of the config file.
     pub fn to_toml(&self) -> String {
         let origins: Vec<String> = self.allowed_origins.iter().map(|o| format!("{o:?}")).collect();
+        // Optional keys go last in their section; absent ones keep the node's defaults.
+        let mut limits = String::new();
+        if let Some(ms) = self.write_timeout_ms {
+            limits.push_str(&format!("write_timeout_ms = {ms}\n"));
+        }
+        if let Some(n) = self.max_connections_per_address {
+            limits.push_str(&format!("max_connections_per_address = {n}\n"));
+        }
+        let mut security = String::new();
+        if let Some(list) = &self.trusted_proxies {
+            let ips: Vec<String> = list.iter().map(|ip| format!("{ip:?}")).collect();
+            security.push_str(&format!("trusted_proxies = [{}]\n", ips.join(", ")));
+        }
+        if let Some(token) = &self.ops_token {
+            security.push_str(&format!("ops_token = {token:?}\n"));
+        }
+        if let Some(public) = self.metrics_public {
+            security.push_str(&format!("metrics_public = {public}\n"));
+        }
         format!(
             "[limits]\n\
              frame_bytes = {}\n\
@@ -109,11 +143,13 @@ impl Config {
              login_per_account_per_min = {}\n\
              login_per_address_per_min = {}\n\
              register_per_address_per_min = {}\n\
+             {}\
              \n\
              [security]\n\
              allowed_origins = [{}]\n\
              token_idle_secs = {}\n\
-             token_absolute_secs = {}\n",
+             token_absolute_secs = {}\n\
+             {}",
             self.frame_bytes,
             self.body_bytes,
             self.message_chars,
@@ -125,9 +161,11 @@ impl Config {
             self.login_per_account_per_min,
             self.login_per_address_per_min,
             self.register_per_address_per_min,
+            limits,
             origins.join(", "),
             self.token_idle_secs,
             self.token_absolute_secs,
+            security,
         )
     }
 }

@@ -1,10 +1,12 @@
 //! Request extractors that answer in the protocol's error format: the
-//! authenticated caller, JSON bodies, query strings, the client address.
+//! authenticated caller, operations access, JSON bodies (with a deadline),
+//! query strings, the client address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::extract::FromRequest;
@@ -37,7 +39,38 @@ impl FromRequestParts<Arc<Node>> for Authed {
     }
 }
 
-/// The client's IP address (the TCP peer).
+/// Access to the operations endpoints: `Authorization: Bearer` with the
+/// cluster's ops token, or with the session token of an admin.
+pub struct Ops;
+
+impl FromRequestParts<Arc<Node>> for Ops {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
+        check_ops(&parts.headers, node).await.map(|()| Ops)
+    }
+}
+
+/// Whether `headers` carry operations access (see [`Ops`]): 401 without a
+/// token or with one that is neither; 403 for a user who is not an admin.
+pub async fn check_ops(headers: &HeaderMap, node: &Arc<Node>) -> Result<(), ApiError> {
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    if node.security.ops_token.as_ref().is_some_and(|t| t.matches(token)) {
+        return Ok(());
+    }
+    let session = node.authenticate(token).await?;
+    node.read(|meta| {
+        if meta.is_admin(&session.username) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("the operations endpoints are for admins and the ops token"))
+        }
+    })
+    .await
+}
+
+/// The client's IP address: the TCP peer, or behind a trusted proxy the
+/// address its PROXY header names (set by the accept loop).
 pub struct ClientAddr(pub IpAddr);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
@@ -49,14 +82,21 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-/// A JSON body: `bad_request` when malformed, `too_large` past the limit.
+/// A JSON body: `bad_request` when malformed, `too_large` past the limit,
+/// `timeout` (408, and the connection closes) when it has not fully arrived
+/// within `handshake_timeout_ms`, so a client cannot hold a connection by
+/// announcing a body it never sends.
 pub struct Json<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<Node>> for Json<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
+        let wait = Duration::from_millis(node.limits.handshake_timeout_ms);
+        let read = tokio::time::timeout(wait, axum::body::Bytes::from_request(req, node)).await.map_err(|_| {
+            ApiError::timeout(format!("the request body did not arrive within {} ms", wait.as_millis()))
+        })?;
+        let bytes = read.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large("request body is too large")
             } else {

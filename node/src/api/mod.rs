@@ -2,12 +2,15 @@
 //! polling, plus the accept loop. They translate requests into
 //! [`crate::service`] calls and answers back; no rules live here.
 
+mod admission;
+mod conn_io;
 mod delivery;
 mod extract;
 mod http;
 mod ops;
 pub mod origin;
 mod poll;
+pub mod proxy_protocol;
 mod server;
 mod sse;
 mod ws;
@@ -39,6 +42,13 @@ impl IntoResponse for ApiError {
         } else {
             (status, axum::Json(serde_json::json!({"error": error}))).into_response()
         };
+        if self.code == crate::protocol::Code::Timeout {
+            // The rest of the request may still come, or never: hyper
+            // closes the connection after this answer instead of reading on.
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
         response.extensions_mut().insert(self);
         response
     }

@@ -1,9 +1,11 @@
-//! Operations endpoints (PROTOCOL.md §7): health, Prometheus metrics, and the
-//! cluster view for admins.
+//! Operations endpoints (PROTOCOL.md §7): health (open), Prometheus metrics
+//! (open unless `metrics_public = false`), the member list (ops token or
+//! admin), and the cluster view for admins.
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -11,6 +13,8 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::extract::Authed;
+use super::extract::Ops;
+use super::extract::check_ops;
 use crate::service::ApiError;
 use crate::service::Node;
 
@@ -27,8 +31,9 @@ pub async fn healthz(State(node): State<Arc<Node>>) -> Response {
     (status, axum::Json(json!({"status": text, "node": node.id}))).into_response()
 }
 
-/// The nodes clients may be sent to, for the balancer: no secrets, no auth.
-pub async fn members(State(node): State<Arc<Node>>) -> Response {
+/// The nodes clients may be sent to, for the balancer (which sends the ops
+/// token) and admins.
+pub async fn members(State(node): State<Arc<Node>>, _: Ops) -> Response {
     let m = node.consensus.metrics();
     let draining = node.meta().draining.clone();
     let connections = node.cluster.as_ref().map(|c| c.presence.lock().connections()).unwrap_or_default();
@@ -75,9 +80,13 @@ pub async fn drain(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Prometheus text format.
-pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.render_metrics()).into_response()
+/// Prometheus text format; with `metrics_public = false`, for the ops
+/// token and admins only.
+pub async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !node.security.metrics_public {
+        check_ops(&headers, &node).await?;
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.render_metrics()).into_response())
 }
 
 /// Nodes, Raft roles and the room → owner assignment (admin only).

@@ -46,6 +46,11 @@ impl ApiError {
         Self::new(Code::Forbidden, message)
     }
 
+    /// `timeout`: a request body that did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(Code::Timeout, message)
+    }
+
     /// `too_large`.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(Code::TooLarge, message)
