@@ -109,7 +109,8 @@ pub struct Limits {
     /// Largest history page, bytes of JSON: a longer page is cut short and
     /// says where to continue.
     pub history_page_bytes: usize,
-    /// Sends (and typing notices) per second per connection, sustained.
+    /// Sends (and typing notices) per second per user, sustained, across all
+    /// of the user's connections and nodes.
     pub send_rate_per_sec: f64,
     /// Sends allowed in a burst.
     pub send_burst: f64,
@@ -121,12 +122,22 @@ pub struct Limits {
     /// this long is closed (HTTP answers, SSE streams; WebSockets with
     /// 1013).
     pub write_timeout_ms: u64,
-    /// Login attempts per account per minute.
+    /// Failed logins per (account, client address) per minute before that
+    /// pair gets 429; past as many failures cluster-wide, an account's login
+    /// attempts are slowed down (never refused).
     pub login_per_account_per_min: u32,
-    /// Login attempts per client address per minute.
+    /// Failed logins per client address per minute (any account, known or
+    /// not) before that address gets 429.
     pub login_per_address_per_min: u32,
     /// Registrations per client address per minute.
     pub register_per_address_per_min: u32,
+    /// Tickets (SSE, long poll) one user may take per minute.
+    pub tickets_per_user_per_min: u32,
+    /// Rooms one user may create per minute.
+    pub rooms_per_user_per_min: u32,
+    /// Other metadata writes (join, leave, invite, moderation, roles, direct
+    /// rooms, deletions) one user may make per minute.
+    pub writes_per_user_per_min: u32,
     /// Concurrent client connections per node.
     pub max_connections: usize,
     /// Concurrent client connections per client IP address (behind the
@@ -166,6 +177,9 @@ impl Default for Limits {
             login_per_account_per_min: 10,
             login_per_address_per_min: 60,
             register_per_address_per_min: 30,
+            tickets_per_user_per_min: 30,
+            rooms_per_user_per_min: 10,
+            writes_per_user_per_min: 120,
             max_connections: 100_000,
             max_connections_per_address: 1000,
             max_poll_ms: 60_000,
@@ -339,6 +353,15 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "history_page_bytes must be at least 8192 and outbound_bytes at least history_page_bytes".into(),
             ));
+        }
+        if l.login_per_account_per_min == 0
+            || l.login_per_address_per_min == 0
+            || l.register_per_address_per_min == 0
+            || l.tickets_per_user_per_min == 0
+            || l.rooms_per_user_per_min == 0
+            || l.writes_per_user_per_min == 0
+        {
+            return Err(ConfigError::Invalid("the per-minute limits must be positive".into()));
         }
         if l.send_rate_per_sec <= 0.0 || l.send_burst < 1.0 {
             return Err(ConfigError::Invalid("send_rate_per_sec must be positive and send_burst at least 1".into()));

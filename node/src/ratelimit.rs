@@ -6,6 +6,24 @@ use std::collections::HashMap;
 use std::hash::Hash;
 
 use parking_lot::Mutex;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A use of the cluster that counts against a per-user (or per-account)
+/// limit on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Usage {
+    /// A message sent or a typing notice.
+    Send,
+    /// A failed login (counted per account).
+    FailedLogin,
+    /// A ticket issued.
+    Ticket,
+    /// A room created.
+    Room,
+    /// Any other metadata write.
+    Write,
+}
 
 /// A token bucket: `burst` tokens, refilled at `rate` per second.
 #[derive(Debug, Clone)]
@@ -39,6 +57,25 @@ impl TokenBucket {
         }
     }
 
+    /// Whether a token is available now (nothing is taken), or how many ms
+    /// until one is.
+    pub fn check(&mut self, now_ms: u64) -> Result<(), u64> {
+        self.refill(now_ms);
+        if self.tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil().max(1.0) as u64)
+        }
+    }
+
+    /// Takes `n` tokens whether or not they are there: the bucket may go
+    /// into debt, at most one burst deep (uses counted elsewhere, such as on
+    /// another node, slow this bucket down without blocking forever).
+    pub fn charge(&mut self, n: f64, now_ms: u64) {
+        self.refill(now_ms);
+        self.tokens = (self.tokens - n).max(-self.burst);
+    }
+
     /// True when the bucket has refilled completely (it can be forgotten).
     pub fn is_full(&mut self, now_ms: u64) -> bool {
         self.refill(now_ms);
@@ -70,11 +107,29 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 
     /// Takes one attempt for `key`, or says how many ms to wait.
     pub fn take(&self, key: &K, now_ms: u64) -> Result<(), u64> {
+        self.with(key, now_ms, |b| b.take(now_ms))
+    }
+
+    /// Whether `key` has an attempt left (none is taken), or how many ms to wait.
+    pub fn check(&self, key: &K, now_ms: u64) -> Result<(), u64> {
+        let mut buckets = self.buckets.lock();
+        match buckets.get_mut(key) {
+            Some(b) => b.check(now_ms),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts `n` attempts made elsewhere against `key` (see [`TokenBucket::charge`]).
+    pub fn charge(&self, key: &K, n: u32, now_ms: u64) {
+        self.with(key, now_ms, |b| b.charge(f64::from(n), now_ms));
+    }
+
+    fn with<T>(&self, key: &K, now_ms: u64, f: impl FnOnce(&mut TokenBucket) -> T) -> T {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= SWEEP_AT && !buckets.contains_key(key) {
             buckets.retain(|_, b| !b.is_full(now_ms));
         }
-        buckets.entry(key.clone()).or_insert_with(|| TokenBucket::new(self.rate, self.burst, now_ms)).take(now_ms)
+        f(buckets.entry(key.clone()).or_insert_with(|| TokenBucket::new(self.rate, self.burst, now_ms)))
     }
 }
 
@@ -93,6 +148,17 @@ mod tests {
         assert_eq!(b.take(100), Ok(()));
         assert!(!b.is_full(100));
         assert!(b.is_full(1000));
+    }
+
+    #[test]
+    fn a_check_takes_nothing_and_a_charge_can_go_into_debt() {
+        let l = KeyedLimiter::new(1.0, 2.0);
+        assert!(l.check(&"a", 0).is_ok(), "an unknown key has its burst");
+        l.charge(&"a", 5, 0);
+        assert_eq!(l.check(&"a", 0), Err(3000), "charged 5 of 2: two deep in debt, three seconds to one token");
+        assert!(l.take(&"a", 2_000).is_err());
+        assert!(l.take(&"a", 3_000).is_ok());
+        assert!(l.check(&"b", 0).is_ok() && l.check(&"b", 0).is_ok(), "checks take nothing");
     }
 
     #[test]

@@ -50,10 +50,10 @@ use crate::protocol::close;
 use crate::protocol::error_reply;
 use crate::protocol::ok_reply;
 use crate::protocol::salvage_id;
-use crate::ratelimit::TokenBucket;
 use crate::service::ApiError;
 use crate::service::Node;
 use crate::service::Session;
+use crate::service::Usage;
 
 /// How long a closing socket's writer may take to deliver what is queued and
 /// the close frame.
@@ -64,6 +64,8 @@ const CLOSE_READ: Duration = Duration::from_secs(2);
 const FLUSH_EVERY: usize = 64;
 /// Rate-limited frames in a row after which the client is closed (1008).
 const ABUSE_AFTER: u32 = 1_000;
+/// Read markers one socket may have waiting for their write.
+const READS_IN_FLIGHT: usize = 16;
 /// How often an open socket records that its token is in use.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// tungstenite's own default is 128 KiB per socket, allocated up front.
@@ -271,7 +273,7 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
         kill: kill.clone(),
         budget,
         recorded,
-        bucket: None,
+        reads: Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT)),
         refused: 0,
     };
     reader.run(&mut stream).await;
@@ -410,7 +412,8 @@ struct Reader {
     kill: Arc<KillSwitch>,
     budget: Arc<QueueBudget>,
     recorded: Recorded,
-    bucket: Option<TokenBucket>,
+    /// Read markers waiting for their write.
+    reads: Arc<tokio::sync::Semaphore>,
     refused: u32,
 }
 
@@ -467,24 +470,22 @@ impl Reader {
         self.reply(error_reply(id, e.code, &e.message, e.retry_after_ms)).await;
     }
 
-    /// Takes a token from the connection's send bucket.
+    /// Takes one send from the user's quota (shared by all of the user's
+    /// sockets, here and on other nodes); a socket that keeps sending past
+    /// it is closed.
     fn rate(&mut self) -> Result<(), ApiError> {
-        let now = now_ms();
-        let limits = &self.node.limits;
-        let bucket =
-            self.bucket.get_or_insert_with(|| TokenBucket::new(limits.send_rate_per_sec, limits.send_burst, now));
-        match bucket.take(now) {
+        match self.node.quotas.take(Usage::Send, &self.session.username, now_ms()) {
             Ok(()) => {
                 self.refused = 0;
                 Ok(())
             }
-            Err(wait) => {
+            Err(e) => {
                 self.refused += 1;
                 if self.refused >= ABUSE_AFTER {
                     tracing::warn!(user = %self.session.username, "closing a socket that ignores rate limiting");
                     self.kill.fire(close::POLICY);
                 }
-                Err(ApiError::rate_limited(wait))
+                Err(e)
             }
         }
     }
@@ -574,9 +575,13 @@ impl Reader {
                 self.reply(ok_reply(id, serde_json::json!({}))).await;
             }
             Command::Read { room, seq } => {
+                // Markers are written once a second; a client may have a few
+                // waiting, and one that sends more waits before it is read.
+                let Ok(permit) = self.reads.clone().acquire_owned().await else { return Ok(()) };
                 let s = s.clone();
                 let (tx, budget) = (self.tx.clone(), self.budget.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let reply = match node.mark_read(&s, &room, seq).await {
                         Ok(()) => ok_reply(id, serde_json::json!({})),
                         Err(e) => error_reply(id, e.code, &e.message, e.retry_after_ms),

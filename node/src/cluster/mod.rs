@@ -265,6 +265,7 @@ fn gossip(node: &Arc<Node>, from: u64, g: Gossip) {
                 }
             }
         }
+        Gossip::Usage { counts } => node.quotas.charge_remote(&counts, now_ms()),
         Gossip::Typing { room_key, room, username } => {
             let json = typing_event(&room, &username);
             node.hub.publish(Event {
@@ -353,6 +354,10 @@ pub async fn gossip_loop(node: Weak<Node>) {
             online: node.hub.online_users(),
             connections: node.hub.connection_count() as u64,
         });
+        let counts = node.quotas.drain_tally();
+        if !counts.is_empty() {
+            cluster.broadcast(&Gossip::Usage { counts });
+        }
         let expired = cluster.presence.lock().expire(now_ms(), SILENT_MS);
         for user in expired {
             if !node.hub.is_online(&user) {

@@ -200,6 +200,12 @@ pub enum Gossip {
         /// Open client connections on the node.
         connections: u64,
     },
+    /// What this node admitted since its last report, per user (or per
+    /// account, for failed logins), so per-user limits hold cluster-wide.
+    Usage {
+        /// (what, whose, how many).
+        counts: Vec<(crate::ratelimit::Usage, String, u32)>,
+    },
     /// Someone is typing in a room.
     Typing {
         /// Room key.

@@ -272,6 +272,12 @@ pub enum MetaCommand {
         /// What.
         op: RoomOp,
     },
+    /// Store many members' read markers at once (coalesced on the node
+    /// that took them: at most one write per second carries them all).
+    ReadMarkers {
+        /// Whose marker, in which room, at which seq; the latest wins.
+        markers: Vec<ReadMarker>,
+    },
     /// Mark a node as draining (no new clients) or not.
     SetDraining {
         /// Who asks (must be the admin).
@@ -311,6 +317,17 @@ impl MetaCommand {
             _ => false,
         }
     }
+}
+
+/// One member's read marker in one room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMarker {
+    /// The member.
+    pub user: String,
+    /// The room id.
+    pub room: String,
+    /// The highest seq they read.
+    pub seq: u64,
 }
 
 /// Actions inside one room.
@@ -609,6 +626,16 @@ impl MetaState {
                 Ok(MetaOk::Room(r))
             }
             MetaCommand::Room { actor, room, op } => self.apply_room(now, actor, room, op, effects),
+            MetaCommand::ReadMarkers { markers } => {
+                // Checked here, where it is ordered: a marker of someone who
+                // left in the meantime is dropped.
+                for m in markers {
+                    if let Some(member) = self.rooms.get_mut(&m.room).and_then(|r| r.members.get_mut(&m.user)) {
+                        member.read_seq = m.seq;
+                    }
+                }
+                Ok(MetaOk::Done)
+            }
             MetaCommand::SetDraining { actor, node, draining } => {
                 if !self.is_admin(actor) {
                     return Err(MetaError::Forbidden("draining a node is for admins".into()));

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::ApiError;
 use super::Node;
+use super::Usage;
 use crate::auth::random_token;
 use crate::auth::token_hash;
 use crate::auth::valid_password;
@@ -53,7 +54,7 @@ impl Node {
         if !valid_password(&password) {
             return Err(ApiError::bad_request("password must be 8 to 128 characters"));
         }
-        self.register_by_address.take(&addr, now_ms()).map_err(ApiError::rate_limited)?;
+        self.quotas.take_register(addr, now_ms())?;
         if self.meta().users.contains_key(&username) {
             return Err(ApiError::new(crate::protocol::Code::Conflict, format!("username {username} is taken")));
         }
@@ -71,8 +72,11 @@ impl Node {
     /// get the same answer after the same work.
     pub async fn login(&self, addr: IpAddr, username: String, password: String) -> Result<LoginOk, ApiError> {
         let now = now_ms();
-        self.login_by_address.take(&addr, now).map_err(ApiError::rate_limited)?;
-        self.login_by_account.take(&username, now).map_err(ApiError::rate_limited)?;
+        // Counted under one key for every name that cannot exist, so junk
+        // names cost no memory.
+        let account = if valid_username(&username) { username.as_str() } else { "" };
+        self.quotas.check_login(account, addr, now)?;
+        let _attempt = self.quotas.slow_down(account, now).await;
         // An account registered elsewhere a moment ago must not look unknown here.
         let hash = match self
             .read(|meta| meta.users.get(&username).map(|u| u.password_hash.clone()).ok_or_else(ApiError::unauthorized))
@@ -84,6 +88,7 @@ impl Node {
         };
         if !self.passwords.verify(hash, password).await? {
             metrics::counter!("palaver_logins_failed_total").increment(1);
+            self.quotas.login_failed(account, addr, now_ms());
             return Err(ApiError::unauthorized());
         }
         let token = random_token();
@@ -166,6 +171,7 @@ impl Node {
 
     /// Issues a single-use ticket standing for the caller's session.
     pub async fn ticket(&self, session: &Session) -> Result<String, ApiError> {
+        self.quotas.take(Usage::Ticket, &session.username, now_ms())?;
         let ticket = random_token();
         self.propose(MetaCommand::IssueTicket {
             ticket_hash: token_hash(&ticket),

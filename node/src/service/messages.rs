@@ -132,7 +132,7 @@ impl Node {
     /// Checks and stores a send made over HTTP (rate limited per session).
     pub async fn send(&self, s: &Session, room: &str, body: String, client_id: String) -> Result<Appended, ApiError> {
         let r = self.check_send(s, room, &body, &client_id).await?;
-        self.http_sends.take(&s.token_hash, now_ms()).map_err(ApiError::rate_limited)?;
+        self.quotas.take(super::Usage::Send, &s.username, now_ms())?;
         self.submit_message(s, r, body, client_id).await?.await
     }
 

@@ -7,11 +7,12 @@ mod consistency;
 mod effects;
 mod error;
 mod messages;
+mod quotas;
+mod read_markers;
 mod rooms;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub use self::consistency::ReadBarrier;
 pub use self::error::ApiError;
 pub use self::messages::HistoryPage;
 pub(crate) use self::messages::may_send;
+pub use self::quotas::Quotas;
+pub use self::quotas::Usage;
 pub use self::rooms::MemberView;
 pub use self::rooms::RoomView;
 pub(crate) use self::rooms::check_room_id;
@@ -59,7 +62,6 @@ use crate::raft::Consensus;
 use crate::raft::ConsensusError;
 use crate::raft::PeerNode;
 use crate::raft::RaftSettings;
-use crate::ratelimit::KeyedLimiter;
 use crate::rooms::CommitAtOnce;
 use crate::rooms::FlushSink;
 use crate::rooms::LogWriter;
@@ -120,17 +122,16 @@ pub struct Node {
     /// Local listeners.
     pub hub: Arc<Hub>,
     passwords: Passwords,
-    login_by_account: KeyedLimiter<String>,
-    login_by_address: KeyedLimiter<IpAddr>,
-    register_by_address: KeyedLimiter<IpAddr>,
-    /// Sends over HTTP, per session (sockets have their own bucket).
-    http_sends: KeyedLimiter<TokenHash>,
+    /// What one user, account or address may make the cluster do.
+    pub quotas: Quotas,
     /// Tokens whose use was recently recorded through Raft, and when.
     touched: Mutex<HashMap<TokenHash, u64>>,
     metrics: PrometheusHandle,
     publish: Publisher,
     /// Shares the ReadIndex round trips of catch-ups.
     barrier: ReadBarrier,
+    /// Read markers waiting for their (coalesced) write.
+    read_markers: Arc<read_markers::ReadMarkers>,
     /// Peers, when this node is part of a cluster.
     pub cluster: Option<Cluster>,
 }
@@ -241,10 +242,7 @@ impl Node {
         let barrier = ReadBarrier::new(consensus.clone(), cluster.as_ref().map(|c| c.endpoint.clone()), settings.id);
         let node = Arc::new(Node {
             id: settings.id,
-            login_by_account: KeyedLimiter::per_minute(limits.login_per_account_per_min),
-            login_by_address: KeyedLimiter::per_minute(limits.login_per_address_per_min),
-            register_by_address: KeyedLimiter::per_minute(limits.register_per_address_per_min),
-            http_sends: KeyedLimiter::new(limits.send_rate_per_sec, limits.send_burst),
+            quotas: Quotas::new(&limits, cluster.is_some()),
             limits,
             security: settings.security,
             consensus,
@@ -256,6 +254,7 @@ impl Node {
             metrics,
             publish: publish.clone(),
             barrier,
+            read_markers: Arc::default(),
             cluster,
         });
         let _ = slot.set(Arc::downgrade(&node));
@@ -281,6 +280,7 @@ impl Node {
             tokio::spawn(crate::cluster::failover::watch(Arc::downgrade(&node), failure_timeout_ms));
         }
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
+        tokio::spawn(read_markers::run(node.read_markers.clone(), Arc::downgrade(&node)));
         tokio::spawn(accounts::sweep_expired(Arc::downgrade(&node)));
         node.consensus
             .wait_for_leader(LEADER_WAIT)
@@ -395,8 +395,10 @@ impl Node {
         self.metrics.render()
     }
 
-    /// Stops Raft; connections must have been closed by the caller.
+    /// Stores the read markers still waiting, then stops Raft; connections
+    /// must have been closed by the caller.
     pub async fn shutdown(&self) {
+        self.read_markers.flush(self).await;
         self.consensus.shutdown().await;
     }
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::ApiError;
 use super::Node;
 use super::Session;
+use super::Usage;
 use crate::auth::valid_room_id;
 use crate::auth::valid_username;
 use crate::clock::now_ms;
@@ -118,6 +119,7 @@ impl Node {
             Some("private") => Visibility::Private,
             Some(other) => return Err(ApiError::bad_request(format!("visibility {other:?} is not public or private"))),
         };
+        self.quotas.take(Usage::Room, &s.username, now_ms())?;
         let owner_node = self.place_room(&room);
         let cmd = MetaCommand::CreateRoom { actor: s.username.to_string(), room, title, visibility, owner_node };
         match self.propose(cmd).await? {
@@ -145,6 +147,7 @@ impl Node {
             RoomOp::SetRole(t, _) | RoomOp::Mute(t, _) => check_target(t)?,
             _ => {}
         }
+        self.quotas.take(Usage::Write, &s.username, now_ms())?;
         let cmd = MetaCommand::Room { actor: s.username.to_string(), room: room.to_string(), op: op.clone() };
         self.propose(cmd).await?;
         tracing::info!(room, actor = %s.username, ?op, "room action");
@@ -179,12 +182,24 @@ impl Node {
     /// Stores the caller's read marker.
     pub async fn mark_read(&self, s: &Session, room: &str, seq: u64) -> Result<(), ApiError> {
         check_room_id(room)?;
-        let key = self.read(|meta| Ok(meta.authorize(&s.username, room, Action::MarkRead)?.info.key)).await?;
-        let last = self.log.last_seq(key)?;
+        let r = self
+            .read(|meta| {
+                let r = meta.authorize(&s.username, room, Action::MarkRead)?;
+                Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
+            })
+            .await?;
+        if seq > self.log.last_seq(r.key)? {
+            // The reader may have seen it on a node further ahead.
+            self.catch_up_room(&r).await?;
+        }
+        let last = self.log.last_seq(r.key)?;
         if seq > last {
             return Err(ApiError::bad_request(format!("seq {seq} is past the room's last message ({last})")));
         }
-        self.room_op(s, room, RoomOp::MarkRead(seq)).await
+        self.read_markers
+            .submit(&s.username, room, seq)
+            .await
+            .map_err(|_| ApiError::unavailable("the node is shutting down"))?
     }
 
     /// The members, with their presence.
@@ -214,6 +229,7 @@ impl Node {
     /// The direct room with `peer`, made on first use.
     pub async fn open_direct(&self, s: &Session, peer: &str) -> Result<RoomView, ApiError> {
         check_target(peer)?;
+        self.quotas.take(Usage::Write, &s.username, now_ms())?;
         let cmd =
             MetaCommand::OpenDirect { actor: s.username.to_string(), peer: peer.to_string(), owner_node: self.id };
         match self.propose(cmd).await? {
