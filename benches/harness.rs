@@ -379,7 +379,8 @@ fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> 
 
 /// Client limits raised so the harness measures the server, not its limiter.
 pub const LIMITS: &str = "[limits]\nsend_rate_per_sec = 1000000.0\nsend_burst = 1000000\nlogin_per_account_per_min = 1000000\n\
-     login_per_address_per_min = 1000000\nregister_per_address_per_min = 1000000\noutbound_queue = 65536\n\
+     login_per_address_per_min = 1000000\nregister_per_address_per_min = 1000000\n\
+     tickets_per_user_per_min = 1000000\nrooms_per_user_per_min = 1000000\nwrites_per_user_per_min = 1000000\noutbound_queue = 65536\noutbound_bytes = 67108864\n\
      max_connections_per_address = 1000000\n";
 
 /// How long a Palaver process may take to print its ready line.

@@ -15,8 +15,14 @@ use serde::Serialize;
 pub enum Usage {
     /// A message sent or a typing notice.
     Send,
-    /// A failed login (counted per account).
+    /// A failed login, counted per account.
     FailedLogin,
+    /// A failed login, counted per (account, client address).
+    FailedLoginPair,
+    /// A failed login, counted per client address.
+    FailedLoginAddress,
+    /// A registration, counted per client address.
+    Register,
     /// A ticket issued.
     Ticket,
     /// A room created.
@@ -76,6 +82,12 @@ impl TokenBucket {
         self.tokens = (self.tokens - n).max(-self.burst);
     }
 
+    /// Gives back one token taken for something that turned out not to count.
+    pub fn refund(&mut self, now_ms: u64) {
+        self.refill(now_ms);
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
     /// True when the bucket has refilled completely (it can be forgotten).
     pub fn is_full(&mut self, now_ms: u64) -> bool {
         self.refill(now_ms);
@@ -122,6 +134,13 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// Counts `n` attempts made elsewhere against `key` (see [`TokenBucket::charge`]).
     pub fn charge(&self, key: &K, n: u32, now_ms: u64) {
         self.with(key, now_ms, |b| b.charge(f64::from(n), now_ms));
+    }
+
+    /// Gives back one attempt taken for `key` (it turned out not to count).
+    pub fn refund(&self, key: &K, now_ms: u64) {
+        if let Some(b) = self.buckets.lock().get_mut(key) {
+            b.refund(now_ms);
+        }
     }
 
     fn with<T>(&self, key: &K, now_ms: u64, f: impl FnOnce(&mut TokenBucket) -> T) -> T {

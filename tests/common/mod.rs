@@ -75,6 +75,11 @@ pub struct Config {
     pub ops_token: Option<String>,
     /// `[security] metrics_public`, when set.
     pub metrics_public: Option<bool>,
+    /// Per-user quotas per minute: tickets, room creations, other
+    /// metadata writes (raised by default so ordinary tests never trip them).
+    pub user_quotas_per_min: (u64, u64, u64),
+    /// More `[limits]` settings, as `key = value` TOML.
+    pub extra_limits: Vec<String>,
 }
 
 impl Default for Config {
@@ -100,6 +105,8 @@ impl Default for Config {
             trusted_proxies: None,
             ops_token: None,
             metrics_public: None,
+            user_quotas_per_min: (1_000_000, 1_000_000, 1_000_000),
+            extra_limits: Vec::new(),
         }
     }
 }
@@ -113,6 +120,14 @@ impl Config {
         let origins: Vec<String> = self.allowed_origins.iter().map(|o| format!("{o:?}")).collect();
         // Optional keys go last in their section; absent ones keep the node's defaults.
         let mut limits = String::new();
+        let (tickets, rooms, writes) = self.user_quotas_per_min;
+        limits.push_str(&format!(
+            "tickets_per_user_per_min = {tickets}\nrooms_per_user_per_min = {rooms}\nwrites_per_user_per_min = {writes}\n"
+        ));
+        for line in &self.extra_limits {
+            limits.push_str(line);
+            limits.push('\n');
+        }
         if let Some(ms) = self.write_timeout_ms {
             limits.push_str(&format!("write_timeout_ms = {ms}\n"));
         }

@@ -77,19 +77,18 @@ impl Node {
         let account = if valid_username(&username) { username.as_str() } else { "" };
         self.quotas.check_login(account, addr, now)?;
         let _attempt = self.quotas.slow_down(account, now).await;
-        // An account registered elsewhere a moment ago must not look unknown here.
-        let hash = match self
-            .read(|meta| meta.users.get(&username).map(|u| u.password_hash.clone()).ok_or_else(ApiError::unauthorized))
-            .await
-        {
-            Ok(hash) => Some(hash),
-            Err(e) if e.code == crate::protocol::Code::Unauthorized => None,
-            Err(e) => return Err(e),
-        };
-        if !self.passwords.verify(hash, password).await? {
-            metrics::counter!("palaver_logins_failed_total").increment(1);
-            self.quotas.login_failed(account, addr, now_ms());
-            return Err(ApiError::unauthorized());
+        match self.password_matches(&username, password).await {
+            Ok(true) => self.quotas.login_ok(account, addr, now_ms()),
+            Ok(false) => {
+                metrics::counter!("palaver_logins_failed_total").increment(1);
+                self.quotas.login_failed(account, addr, now_ms());
+                return Err(ApiError::unauthorized());
+            }
+            Err(e) => {
+                // Not a failed guess (a busy hasher, no leader): nothing counts.
+                self.quotas.login_ok(account, addr, now_ms());
+                return Err(e);
+            }
         }
         let token = random_token();
         let expires_at = now + self.security.token_absolute_secs * 1000;
@@ -102,6 +101,20 @@ impl Node {
         .await?;
         tracing::info!(%username, "logged in");
         Ok(LoginOk { token, username, expires_at })
+    }
+
+    /// Whether `password` is `username`'s; an unknown user costs the same.
+    async fn password_matches(&self, username: &str, password: String) -> Result<bool, ApiError> {
+        // An account registered elsewhere a moment ago must not look unknown here.
+        let hash = match self
+            .read(|meta| meta.users.get(username).map(|u| u.password_hash.clone()).ok_or_else(ApiError::unauthorized))
+            .await
+        {
+            Ok(hash) => Some(hash),
+            Err(e) if e.code == crate::protocol::Code::Unauthorized => None,
+            Err(e) => return Err(e),
+        };
+        Ok(self.passwords.verify(hash, password).await?)
     }
 
     /// Ends a session everywhere; its sockets close as the effect is applied.

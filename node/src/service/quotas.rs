@@ -37,11 +37,12 @@ const TALLY_MAX: usize = 10_000;
 /// waits until this one is dropped, and then some.
 pub type SlowedAttempt = tokio::sync::OwnedMutexGuard<Option<tokio::time::Instant>>;
 
-/// The limiters of one node.
+/// The limiters of one node. Every key is a string: a username, an account
+/// name, a client address, or both, so that any count can cross nodes.
 pub struct Quotas {
-    register_by_address: KeyedLimiter<IpAddr>,
-    failed_by_address: KeyedLimiter<IpAddr>,
-    failed_by_pair: KeyedLimiter<(String, IpAddr)>,
+    register_by_address: KeyedLimiter<String>,
+    failed_by_address: KeyedLimiter<String>,
+    failed_by_pair: KeyedLimiter<String>,
     failed_by_account: KeyedLimiter<String>,
     sends: KeyedLimiter<String>,
     tickets: KeyedLimiter<String>,
@@ -56,6 +57,11 @@ pub struct Quotas {
 
 fn limited(wait_ms: u64) -> ApiError {
     ApiError::rate_limited(wait_ms)
+}
+
+/// The key of an (account, address) pair.
+fn pair(account: &str, addr: IpAddr) -> String {
+    format!("{account} {addr}")
 }
 
 impl Quotas {
@@ -80,6 +86,9 @@ impl Quotas {
         match usage {
             Usage::Send => &self.sends,
             Usage::FailedLogin => &self.failed_by_account,
+            Usage::FailedLoginPair => &self.failed_by_pair,
+            Usage::FailedLoginAddress => &self.failed_by_address,
+            Usage::Register => &self.register_by_address,
             Usage::Ticket => &self.tickets,
             Usage::Room => &self.rooms,
             Usage::Write => &self.writes,
@@ -96,31 +105,44 @@ impl Quotas {
         }
     }
 
-    /// Takes one `usage` for `user`, or `rate_limited` with the wait.
-    pub fn take(&self, usage: Usage, user: &str, now_ms: u64) -> Result<(), ApiError> {
-        self.limiter(usage).take(&user.to_string(), now_ms).map_err(limited)?;
-        self.count(usage, user);
+    /// Takes one `usage` for `key` (a username), or `rate_limited` with the wait.
+    pub fn take(&self, usage: Usage, key: &str, now_ms: u64) -> Result<(), ApiError> {
+        self.limiter(usage).take(&key.to_string(), now_ms).map_err(limited)?;
+        self.count(usage, key);
         Ok(())
     }
 
     /// Takes one registration for `addr`.
     pub fn take_register(&self, addr: IpAddr, now_ms: u64) -> Result<(), ApiError> {
-        self.register_by_address.take(&addr, now_ms).map_err(limited)
+        self.take(Usage::Register, &addr.to_string(), now_ms)
     }
 
-    /// Before a login's password check: refused when `addr` failed too
-    /// often, or `addr` failed too often for this account.
+    /// Before a login's password check: takes one failure from the
+    /// address's and the pair's allowance (given back if the password
+    /// matches, [`Quotas::login_ok`]), so concurrent guesses cannot slip past
+    /// the limit; refused when either is spent.
     pub fn check_login(&self, account: &str, addr: IpAddr, now_ms: u64) -> Result<(), ApiError> {
-        self.failed_by_address.check(&addr, now_ms).map_err(limited)?;
-        self.failed_by_pair.check(&(account.to_string(), addr), now_ms).map_err(limited)
+        let (addr_key, pair_key) = (addr.to_string(), pair(account, addr));
+        self.failed_by_address.take(&addr_key, now_ms).map_err(limited)?;
+        if let Err(wait) = self.failed_by_pair.take(&pair_key, now_ms) {
+            self.failed_by_address.refund(&addr_key, now_ms);
+            return Err(limited(wait));
+        }
+        Ok(())
     }
 
-    /// After a failed login: counts it for the address, the pair and the
-    /// account (the last cluster-wide).
+    /// After a login whose password matched: the attempt was no failure.
+    pub fn login_ok(&self, account: &str, addr: IpAddr, now_ms: u64) {
+        self.failed_by_address.refund(&addr.to_string(), now_ms);
+        self.failed_by_pair.refund(&pair(account, addr), now_ms);
+    }
+
+    /// After a failed login: counts it for the account here, and for the
+    /// address, the pair and the account on every other node (by gossip).
     pub fn login_failed(&self, account: &str, addr: IpAddr, now_ms: u64) {
-        let _ = self.failed_by_address.take(&addr, now_ms);
-        let _ = self.failed_by_pair.take(&(account.to_string(), addr), now_ms);
         let _ = self.failed_by_account.take(&account.to_string(), now_ms);
+        self.count(Usage::FailedLoginAddress, &addr.to_string());
+        self.count(Usage::FailedLoginPair, &pair(account, addr));
         self.count(Usage::FailedLogin, account);
     }
 
@@ -163,6 +185,7 @@ impl Quotas {
         for (usage, key, n) in counts {
             self.limiter(*usage).charge(key, *n, now_ms);
         }
+        metrics::counter!("palaver_quota_remote_charges_total").increment(counts.len() as u64);
     }
 }
 
@@ -193,9 +216,13 @@ mod tests {
         }
         assert!(l.check_login("ann", ip(1), 0).is_err(), "the pair is out of attempts");
         assert!(l.check_login("ann", ip(2), 0).is_ok(), "the owner elsewhere is not locked out");
+        l.login_ok("ann", ip(2), 0);
         assert!(l.check_login("bob", ip(1), 0).is_ok(), "other accounts from the address still may");
-        l.login_failed("x1", ip(1), 0);
-        l.login_failed("x2", ip(1), 0);
+        l.login_ok("bob", ip(1), 0);
+        for name in ["x1", "x2"] {
+            assert!(l.check_login(name, ip(1), 0).is_ok());
+            l.login_failed(name, ip(1), 0);
+        }
         assert!(l.check_login("bob", ip(1), 0).is_err(), "five failures from one address, any names");
         assert!(l.check_login("bob", ip(1), 60_000).is_ok(), "a minute later the address may again");
     }
