@@ -20,4 +20,5 @@ pub mod raft;
 pub mod ratelimit;
 pub mod rooms;
 pub mod service;
+pub mod shards;
 pub mod storage;
