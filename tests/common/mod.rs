@@ -75,6 +75,14 @@ pub struct Config {
     pub ops_token: Option<String>,
     /// `[security] metrics_public`, when set.
     pub metrics_public: Option<bool>,
+    /// `[limits] outbound_bytes` (queued bytes per connection before 1013), when set.
+    pub outbound_bytes: Option<u64>,
+    /// `[limits] history_page_bytes` (JSON bytes of one history page), when set.
+    pub history_page_bytes: Option<u64>,
+    /// `[limits] max_fragments` (frames of one fragmented WebSocket message), when set.
+    pub max_fragments: Option<u64>,
+    /// `[security] public_url` (its origin may open WebSockets), when set.
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -100,6 +108,10 @@ impl Default for Config {
             trusted_proxies: None,
             ops_token: None,
             metrics_public: None,
+            outbound_bytes: None,
+            history_page_bytes: None,
+            max_fragments: None,
+            public_url: None,
         }
     }
 }
@@ -119,6 +131,15 @@ impl Config {
         if let Some(n) = self.max_connections_per_address {
             limits.push_str(&format!("max_connections_per_address = {n}\n"));
         }
+        if let Some(n) = self.outbound_bytes {
+            limits.push_str(&format!("outbound_bytes = {n}\n"));
+        }
+        if let Some(n) = self.history_page_bytes {
+            limits.push_str(&format!("history_page_bytes = {n}\n"));
+        }
+        if let Some(n) = self.max_fragments {
+            limits.push_str(&format!("max_fragments = {n}\n"));
+        }
         let mut security = String::new();
         if let Some(list) = &self.trusted_proxies {
             let ips: Vec<String> = list.iter().map(|ip| format!("{ip:?}")).collect();
@@ -129,6 +150,9 @@ impl Config {
         }
         if let Some(public) = self.metrics_public {
             security.push_str(&format!("metrics_public = {public}\n"));
+        }
+        if let Some(url) = &self.public_url {
+            security.push_str(&format!("public_url = {url:?}\n"));
         }
         format!(
             "[limits]\n\
