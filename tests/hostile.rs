@@ -44,8 +44,8 @@ use common::WAIT;
 use common::eventually;
 use futures_util::SinkExt;
 use futures_util::StreamExt;
-use palaver_client::Http;
 use palaver_client::History;
+use palaver_client::Http;
 use palaver_client::Visibility;
 use palaver_client::Ws;
 use palaver_client::WsOptions;
@@ -258,7 +258,11 @@ async fn raw_upgrade(addr: &str, headers: &[(&str, &str)]) -> Result<(TcpStream,
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
             ensure!(head.len() < 16 * 1024, "an answer head over 16 KiB");
-            ensure!(s.read(&mut byte).await? == 1, "closed before the end of the head: {:?}", String::from_utf8_lossy(&head));
+            ensure!(
+                s.read(&mut byte).await? == 1,
+                "closed before the end of the head: {:?}",
+                String::from_utf8_lossy(&head)
+            );
             head.push(byte[0]);
         }
         Ok(())
@@ -348,8 +352,8 @@ async fn read_until_close(r: &mut (impl AsyncRead + Unpin), within: Duration) ->
 // ----- 1. a signed-in socket that never reads -----
 
 #[tokio::test]
-async fn a_signed_in_socket_that_asks_for_history_and_never_reads_is_closed_and_the_node_keeps_its_memory()
--> Result<()> {
+async fn a_signed_in_socket_that_asks_for_history_and_never_reads_is_closed_and_the_node_keeps_its_memory() -> Result<()>
+{
     const MESSAGES: usize = 1_000;
     const BODY_CHARS: usize = 4_000;
     const HISTORY_COMMANDS: usize = 60;
@@ -361,8 +365,7 @@ async fn a_signed_in_socket_that_asks_for_history_and_never_reads_is_closed_and_
     let node_addr: SocketAddr = node.addr().parse()?;
     let alice = node.user("alice").await?;
     alice.http.create_room("big", "Big", Visibility::Public).await?;
-    let bodies: Vec<String> =
-        (0..MESSAGES).map(|i| format!("{i:05}-{}", "x".repeat(BODY_CHARS - 6))).collect();
+    let bodies: Vec<String> = (0..MESSAGES).map(|i| format!("{i:05}-{}", "x".repeat(BODY_CHARS - 6))).collect();
     let filling = Instant::now();
     let mut ws = node.ws(&alice).await?;
     let last = fill(&mut ws, "big", &bodies, 100).await?;
@@ -555,7 +558,12 @@ async fn ws_page(ws: &mut Ws, room: &str, at: Cursor) -> Result<Page> {
 /// Walks the room from `start` with each page's cursor until a page has
 /// none, checking every page against the cap; answers the pages in the
 /// order fetched.
-async fn walk(what: &str, cap: usize, start: Cursor, mut fetch: impl AsyncFnMut(Cursor) -> Result<Page>) -> Result<Vec<Page>> {
+async fn walk(
+    what: &str,
+    cap: usize,
+    start: Cursor,
+    mut fetch: impl AsyncFnMut(Cursor) -> Result<Page>,
+) -> Result<Vec<Page>> {
     let mut pages: Vec<Page> = Vec::new();
     let mut at = start;
     // Bounded: far more pages than the room can fill.
@@ -652,24 +660,24 @@ async fn history_pages_are_cut_at_the_byte_cap_and_their_cursor_walks_the_whole_
 
     let client = reqwest::Client::builder().no_proxy().timeout(WAIT).build()?;
     let (addr, token) = (node.addr().to_string(), alice.token.clone());
-    let forward = walk("HTTP forward", CAP, Cursor::After(0), async |at| {
-        http_page(&client, &addr, &token, "paged", at).await
-    })
-    .await?;
+    let forward =
+        walk("HTTP forward", CAP, Cursor::After(0), async |at| http_page(&client, &addr, &token, "paged", at).await)
+            .await?;
     let sizes: Vec<usize> = forward.iter().map(|p| p.messages.iter().map(counted_size).sum()).collect();
     let giant_alone = forward.iter().any(|p| p.messages.len() == 1 && p.messages[0]["seq"] == GIANT as u64);
     let room_bytes: usize = sizes.iter().sum();
     let http_forward = check_walk("HTTP forward", CAP, forward, true, &bodies)?;
-    let backward = walk("HTTP backward", CAP, Cursor::Newest, async |at| {
-        http_page(&client, &addr, &token, "paged", at).await
+    let backward =
+        walk("HTTP backward", CAP, Cursor::Newest, async |at| http_page(&client, &addr, &token, "paged", at).await)
+            .await?;
+    let http_backward = check_walk("HTTP backward", CAP, backward, false, &bodies)?;
+    let ws_forward =
+        walk("WebSocket forward", CAP, Cursor::After(0), async |at| ws_page(&mut ws, "paged", at).await).await?;
+    let ws_forward = check_walk("WebSocket forward", CAP, ws_forward, true, &bodies)?;
+    let ws_backward = walk("WebSocket backward", CAP, Cursor::Before(MESSAGES as u64 + 1), async |at| {
+        ws_page(&mut ws, "paged", at).await
     })
     .await?;
-    let http_backward = check_walk("HTTP backward", CAP, backward, false, &bodies)?;
-    let ws_forward = walk("WebSocket forward", CAP, Cursor::After(0), async |at| ws_page(&mut ws, "paged", at).await).await?;
-    let ws_forward = check_walk("WebSocket forward", CAP, ws_forward, true, &bodies)?;
-    let ws_backward =
-        walk("WebSocket backward", CAP, Cursor::Before(MESSAGES as u64 + 1), async |at| ws_page(&mut ws, "paged", at).await)
-            .await?;
     let ws_backward = check_walk("WebSocket backward", CAP, ws_backward, false, &bodies)?;
     // A page cut by its limit, not by bytes, has no cursor.
     let short = http_page(&client, &addr, &token, "paged", Cursor::After(0)).await?;
@@ -726,7 +734,8 @@ async fn an_sse_client_that_never_reads_is_disconnected_and_the_node_keeps_its_m
     s.write_all(request.as_bytes()).await?;
     let inode = node_socket(pid, node_addr, local).await?;
     // An SSE stream counts for presence: once sid is online, it is registered.
-    eventually("the SSE stream is open", WAIT, async || Ok(online(&alice.http, "busy", "sid").await?.then_some(()))).await?;
+    eventually("the SSE stream is open", WAIT, async || Ok(online(&alice.http, "busy", "sid").await?.then_some(())))
+        .await?;
 
     let sampler = RssPeak::start(pid);
     let flooding = Instant::now();
@@ -856,7 +865,8 @@ async fn a_message_of_100000_empty_continuation_frames_is_closed_with_1008() -> 
         }
     }
     let wrote_in = started.elapsed();
-    let (code, texts) = tokio::time::timeout(WAIT + Duration::from_secs(5), reader).await.context("the reader hung")??;
+    let (code, texts) =
+        tokio::time::timeout(WAIT + Duration::from_secs(5), reader).await.context("the reader hung")??;
     let closed_in = started.elapsed();
     let cpu = cpu_ticks(pid)?.saturating_sub(cpu_before);
     drop(w);
@@ -1055,5 +1065,71 @@ async fn a_subscriber_that_never_reads_gets_1013_while_a_reading_one_gets_every_
     for ((seq, body), sent) in rita_got.iter().zip(&bodies) {
         ensure!(body == sent, "seq {seq} has another body");
     }
+    Ok(())
+}
+
+// ----- 7. a subscriber that stops reading, then the room goes quiet -----
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_closed_after_the_write_timeout_though_the_room_goes_quiet() -> Result<()> {
+    const WRITE_TIMEOUT_MS: u64 = 2_000;
+    const BODY_CHARS: usize = 30_000;
+    let node = Node::start_with(Config {
+        message_chars: BODY_CHARS as u64,
+        write_timeout_ms: Some(WRITE_TIMEOUT_MS),
+        // A budget the events below cannot fill: only the write timeout
+        // can close this socket.
+        outbound_bytes: Some(64 * 1024 * 1024),
+        outbound_queue: 100_000,
+        ..Config::default()
+    })
+    .await?;
+    let pid = node.pid().context("pid")?;
+    let alice = node.user("alice").await?;
+    alice.http.create_room("quiet", "Quiet", Visibility::Public).await?;
+    let slug = node.user("slug").await?;
+    slug.http.join("quiet").await?;
+    let mut sender = node.ws(&alice).await?;
+    let fds_before = fd_count(pid)?;
+
+    let opts = WsOptions { recv_buffer: Some(SMALL_RCVBUF), ..WsOptions::default() };
+    let mut slow = Ws::connect_with(node.addr(), opts).await?;
+    slow.auth(&slug.token).await?;
+    slow.subscribe("quiet", None).await?;
+    let inode = node_socket(pid, node.addr().parse()?, slow.local_addr()?).await?;
+    // Enough to fill the kernel's buffers and stall the node's writer, far
+    // from the budget; then nothing more.
+    let event_bytes = BODY_CHARS + 200;
+    let messages = (tcp_wmem_max() + 1024 * 1024) / event_bytes + 1;
+    for i in 0..messages {
+        sender.send("quiet", &format!("{i:05}-{}", "q".repeat(BODY_CHARS - 6)), &format!("q{i}")).await?;
+    }
+    let started = Instant::now();
+    let deadline = Duration::from_millis(WRITE_TIMEOUT_MS) + CLOSE_MARGIN;
+    let offline = eventually("the stalled subscriber is let go", deadline, async || {
+        Ok((!online(&alice.http, "quiet", "slug").await?).then_some(started.elapsed()))
+    })
+    .await;
+    let closed =
+        eventually("the node closes its socket", deadline, async || Ok((!holds_socket(pid, inode)?).then_some(())))
+            .await;
+    let took = started.elapsed();
+    let fds_after = eventually("the node's descriptors come back", WAIT, async || {
+        let n = fd_count(pid)?;
+        Ok((n <= fds_before).then_some(n))
+    })
+    .await;
+    eprintln!(
+        "a subscriber that stopped reading after {messages} events ({} bytes) of a room that then went quiet: \
+         offline after {:?}, its socket closed {took:?} after the last event (write timeout {WRITE_TIMEOUT_MS} ms); \
+         fds before {fds_before}, after {fds_after:?}",
+        messages * event_bytes,
+        offline.as_ref().ok(),
+    );
+    offline.context("the stalled subscriber is still online")?;
+    closed.with_context(|| {
+        format!("the node still holds the stalled subscriber's socket {took:?} after the last event")
+    })?;
+    fds_after?;
     Ok(())
 }
