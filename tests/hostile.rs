@@ -712,6 +712,9 @@ async fn an_sse_client_that_never_reads_is_disconnected_and_the_node_keeps_its_m
         message_chars: BODY_CHARS as u64,
         outbound_bytes: Some(64 * 1024),
         history_page_bytes: Some(16 * 1024),
+        // Far above the waits below: the idle keep-alive timer of a
+        // connection whose answer is complete must not be what cuts it.
+        handshake_timeout_ms: 120_000,
         ..Config::default()
     })
     .await?;
@@ -740,7 +743,11 @@ async fn an_sse_client_that_never_reads_is_disconnected_and_the_node_keeps_its_m
     let sampler = RssPeak::start(pid);
     let flooding = Instant::now();
     let bodies: Vec<String> = (0..MESSAGES).map(|i| format!("{i:05}-{}", "s".repeat(BODY_CHARS - 6))).collect();
-    fill(&mut sender, "busy", &bodies, 20).await?;
+    // One at a time, so each event is published alone and the stream takes
+    // it while it can: the stream stalls on the full socket before its
+    // queue overflows, and only the write timeout can end it. (A burst
+    // past the budget would end the stream at once, its answer complete.)
+    fill(&mut sender, "busy", &bodies, 1).await?;
     let flood_took = flooding.elapsed();
     let started = Instant::now();
     let deadline = Duration::from_millis(WRITE_TIMEOUT_MS) + CLOSE_MARGIN;
