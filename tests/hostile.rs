@@ -20,6 +20,8 @@
 //!   the allow-list and `public_url`; `Host` plays no part.
 //! - A subscriber of a busy room that never reads is closed with 1013 once
 //!   its byte budget is full, while a reading subscriber gets every message.
+//! - A subscriber that stops reading is let go after the write timeout even
+//!   when its room then goes quiet (no later event to find it full).
 //!
 //! Linux only (it reads /proc). Every wait is bounded in time and count.
 
