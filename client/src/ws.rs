@@ -359,6 +359,12 @@ impl Ws {
         self.closed.is_some()
     }
 
+    /// The client's end of the TCP connection (to find the server's end of
+    /// it, say in `/proc/net/tcp`).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.stream.get_ref().local_addr().map_err(io)
+    }
+
     // ----- plumbing -----
 
     fn closed_error(&self) -> Option<Error> {

@@ -80,6 +80,14 @@ pub struct Config {
     pub user_quotas_per_min: (u64, u64, u64),
     /// More `[limits]` settings, as `key = value` TOML.
     pub extra_limits: Vec<String>,
+    /// `[limits] outbound_bytes` (queued bytes per connection before 1013), when set.
+    pub outbound_bytes: Option<u64>,
+    /// `[limits] history_page_bytes` (JSON bytes of one history page), when set.
+    pub history_page_bytes: Option<u64>,
+    /// `[limits] max_fragments` (frames of one fragmented WebSocket message), when set.
+    pub max_fragments: Option<u64>,
+    /// `[security] public_url` (its origin may open WebSockets), when set.
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -107,6 +115,10 @@ impl Default for Config {
             metrics_public: None,
             user_quotas_per_min: (1_000_000, 1_000_000, 1_000_000),
             extra_limits: Vec::new(),
+            outbound_bytes: None,
+            history_page_bytes: None,
+            max_fragments: None,
+            public_url: None,
         }
     }
 }
@@ -134,6 +146,15 @@ impl Config {
         if let Some(n) = self.max_connections_per_address {
             limits.push_str(&format!("max_connections_per_address = {n}\n"));
         }
+        if let Some(n) = self.outbound_bytes {
+            limits.push_str(&format!("outbound_bytes = {n}\n"));
+        }
+        if let Some(n) = self.history_page_bytes {
+            limits.push_str(&format!("history_page_bytes = {n}\n"));
+        }
+        if let Some(n) = self.max_fragments {
+            limits.push_str(&format!("max_fragments = {n}\n"));
+        }
         let mut security = String::new();
         if let Some(list) = &self.trusted_proxies {
             let ips: Vec<String> = list.iter().map(|ip| format!("{ip:?}")).collect();
@@ -144,6 +165,9 @@ impl Config {
         }
         if let Some(public) = self.metrics_public {
             security.push_str(&format!("metrics_public = {public}\n"));
+        }
+        if let Some(url) = &self.public_url {
+            security.push_str(&format!("public_url = {url:?}\n"));
         }
         format!(
             "[limits]\n\

@@ -332,7 +332,16 @@ async fn write_loop(
         let round = write_round(&mut delivery, &mut sink, &mut rx, item, &mut frames, &kill, &budget);
         match tokio::time::timeout(write_timeout, round).await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => {
+                // The socket failed a write: the connection's IO gave up on
+                // a peer that took nothing for `write_timeout` (its timer may
+                // run out in the same tick as this round's, and is polled
+                // first), or the peer is gone. The reader must stop too, or
+                // a socket whose room goes quiet is held until the client
+                // sends something.
+                kill.fire(close::TOO_SLOW);
+                return;
+            }
             Err(_) => {
                 tracing::info!(
                     queued = budget.queued(),
@@ -422,6 +431,8 @@ impl Reader {
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
         loop {
             let msg = tokio::select! {
+                // A closing socket reads no further command.
+                biased;
                 _ = self.kill.fired() => return,
                 _ = keep_alive.tick() => {
                     self.node.keep_alive(&self.session);
@@ -455,7 +466,13 @@ impl Reader {
     /// that reads nothing within the write timeout is closed as too slow.
     async fn reply(&self, text: String) {
         let timeout = Duration::from_millis(self.node.limits.write_timeout_ms);
-        if !self.budget.reserve(text.len(), timeout).await {
+        // A socket closed meanwhile (its writer gave up) waits no longer.
+        let reserved = tokio::select! {
+            biased;
+            _ = self.kill.fired() => false,
+            reserved = self.budget.reserve(text.len(), timeout) => reserved,
+        };
+        if !reserved {
             self.kill.fire(close::TOO_SLOW);
             return;
         }
