@@ -18,7 +18,9 @@ use openraft::error::RaftError;
 use parking_lot::RwLock;
 use parking_lot::RwLockReadGuard;
 
+use super::log_store::Flusher;
 use super::log_store::LogStore;
+use super::log_store::Space;
 use super::network::PeerNetwork;
 use super::state_machine::EffectSink;
 use super::state_machine::MetaStateMachine;
@@ -169,6 +171,8 @@ pub struct Consensus {
     /// The longest lease a leader may read under: two thirds of the
     /// shortest election timeout.
     max_lease: Duration,
+    /// Flushes this node's Raft store for every group in it.
+    flusher: Flusher,
     store: Store,
     node_id: u64,
 }
@@ -203,7 +207,8 @@ impl Consensus {
             )));
         }
         let config = Arc::new(settings.openraft_config()?);
-        let log_store = LogStore::new(store.clone())?;
+        let flusher = Flusher::start(store.clone())?;
+        let log_store = LogStore::<TypeConfig>::new(store.clone(), Space::meta(), flusher.clone());
         let sm = MetaStateMachine::open(store.clone(), effects)?;
         let state = sm.state();
         let applied = sm.applied_index();
@@ -221,6 +226,7 @@ impl Consensus {
             leader_contact: Arc::default(),
             epoch: std::time::Instant::now(),
             max_lease: settings.election_timeout.0 * 2 / 3,
+            flusher,
             store,
             node_id: settings.node_id,
         })
@@ -287,6 +293,12 @@ impl Consensus {
     /// metrics may report it a moment later).
     pub fn applied_index(&self) -> u64 {
         self.applied.get()
+    }
+
+    /// The Raft store's flusher, shared with the room-log shards' logs so
+    /// one flush makes every group's appends durable.
+    pub fn flusher(&self) -> Flusher {
+        self.flusher.clone()
     }
 
     /// Records that a leader's AppendEntries (a heartbeat included) was accepted.

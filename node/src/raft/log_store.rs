@@ -1,37 +1,45 @@
-//! The Raft log and the Raft hard state (vote, committed, last purged) on a
-//! [`Store`].
+//! A Raft log and its hard state (vote, committed, last purged) in one
+//! namespace ([`Space`]) of a [`Store`], for any openraft type config: the
+//! metadata group and every room-log shard keep their logs side by side in
+//! the node's Raft store, and one [`Flusher`] makes all of them durable
+//! together.
 //!
-//! Layout:
-//! - tree `raft_log`: key = log index as 8 big-endian bytes (so byte order is
-//!   index order), value = the postcard-encoded [`Entry`];
-//! - tree `raft_state`: keys `vote`, `committed`, `purged`, postcard values.
+//! Layout, per space: tree `<log>`: key = the space's prefix + log index as 8
+//! big-endian bytes (so byte order is index order), value = the
+//! postcard-encoded entry; tree `<state>`: keys prefix + `vote`,
+//! `committed`, `purged`, postcard values. The metadata group's space has
+//! an empty prefix in trees `raft_log` and `raft_state`.
 //!
 //! Durability: `append` writes its entries in one atomic batch before it
-//! returns (so they are readable at once) and hands the flush callback to a
-//! flusher thread, which calls [`crate::storage::Engine::flush`] once for every
-//! callback queued meanwhile (group commit) and only then reports the entries
-//! as persisted. `save_vote` is durable before it returns. `committed`,
-//! truncation and purge are written without their own fsync: the next flush
-//! covers them, and losing one in a crash is harmless to Raft (a lower
-//! committed is re-learned from the leader, un-truncated entries are
-//! truncated again, un-purged entries are purged again).
+//! returns (so they are readable at once) and hands the flush callback to the
+//! store's flusher thread, which calls [`crate::storage::Engine::flush`] once
+//! for every callback queued meanwhile, from any group (group commit), and
+//! only then reports the entries as persisted. `save_vote` is durable before
+//! it returns. `committed`, truncation and purge are written without their
+//! own fsync: the next flush covers them, and losing one in a crash is
+//! harmless to Raft (a lower committed is re-learned from the leader,
+//! un-truncated entries are truncated again, un-purged entries are purged
+//! again).
 
 use std::fmt::Debug;
 use std::io;
+use std::marker::PhantomData;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::sync::Arc;
 use std::sync::mpsc;
 
 use openraft::LogState;
 use openraft::OptionalSend;
 use openraft::RaftLogReader;
+use openraft::RaftTypeConfig;
+use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
+use openraft::type_config::alias::LogIdOf;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use super::types::Entry;
-use super::types::LogId;
-use super::types::TypeConfig;
-use super::types::Vote;
 use super::types::blocking;
 use super::types::decode;
 use super::types::encode;
@@ -40,10 +48,6 @@ use crate::storage::Batch;
 use crate::storage::Order;
 use crate::storage::Store;
 
-/// Tree of log entries.
-const LOG: &str = "raft_log";
-/// Tree of the hard state.
-const STATE: &str = "raft_state";
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
@@ -51,80 +55,168 @@ const KEY_PURGED: &[u8] = b"purged";
 /// Entries read per call of `limited_get_log_entries` (replication batches).
 const READ_LIMIT: usize = 1024;
 
-fn index_key(index: u64) -> Vec<u8> {
-    index.to_be_bytes().to_vec()
+/// Where one Raft group keeps its log and hard state in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    log: &'static str,
+    state: &'static str,
+    prefix: Vec<u8>,
 }
 
-fn key_index(key: &[u8]) -> io::Result<u64> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("{LOG}: key of {} bytes, want 8", key.len()))
-    })?;
-    Ok(u64::from_be_bytes(bytes))
-}
+impl Space {
+    /// The metadata group's space (trees `raft_log`, `raft_state`, no prefix).
+    pub fn meta() -> Self {
+        Self { log: "raft_log", state: "raft_state", prefix: Vec::new() }
+    }
 
-/// The Raft log storage of one node (a cheap handle: clones share the store
-/// and the flusher thread).
-#[derive(Clone)]
-pub struct LogStore {
-    store: Store,
-    flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
-}
+    /// A room-log shard's space: trees `shard_log` and `shard_state`, keys
+    /// prefixed by the shard's number.
+    pub fn shard(shard: u32) -> Self {
+        Self { log: "shard_log", state: "shard_state", prefix: shard.to_be_bytes().to_vec() }
+    }
 
-impl Debug for LogStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("engine", &self.store.name()).finish_non_exhaustive()
+    fn index_key(&self, index: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 8);
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(&index.to_be_bytes());
+        k
+    }
+
+    fn state_key(&self, name: &[u8]) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(name);
+        k
+    }
+
+    /// The first key after every key of this space (unbounded for the empty
+    /// prefix, which owns its trees alone).
+    fn end(&self) -> Bound<Vec<u8>> {
+        let mut end = self.prefix.clone();
+        // Increment as a big-endian number; all-0xff has no successor.
+        while let Some(last) = end.pop() {
+            if last < u8::MAX {
+                end.push(last + 1);
+                return Bound::Excluded(end);
+            }
+        }
+        Bound::Unbounded
+    }
+
+    fn key_index(&self, key: &[u8]) -> io::Result<u64> {
+        let bytes: [u8; 8] =
+            key.strip_prefix(self.prefix.as_slice()).and_then(|k| k.try_into().ok()).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: key of {} bytes is not this group's", self.log, key.len()),
+                )
+            })?;
+        Ok(u64::from_be_bytes(bytes))
     }
 }
 
-impl LogStore {
-    /// Opens the log over `store` and starts its flusher thread (which ends
-    /// when the last clone of this handle is dropped).
-    pub fn new(store: Store) -> io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
-        let flush_store = store.clone();
+type FlushDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// The flusher thread of one store: every append of every group queues its
+/// callback here, and one flush serves all that were queued before it.
+#[derive(Clone)]
+pub struct Flusher(mpsc::Sender<FlushDone>);
+
+impl Flusher {
+    /// Starts the thread; it ends when the last clone is dropped.
+    pub fn start(store: Store) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<FlushDone>();
         std::thread::Builder::new().name("raft-log-flush".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
                 // Everything queued so far was written before this flush starts.
                 let waiting: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
-                let result = flush_store.flush();
-                for callback in waiting {
-                    callback.io_completed(match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(io::Error::other(e.to_string())),
-                    });
+                let result = store.flush().map_err(|e| e.to_string());
+                for done in waiting {
+                    done(result.clone());
                 }
             }
         })?;
-        Ok(Self { store, flusher: tx })
+        Ok(Self(tx))
     }
 
-    fn get_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.store.get(STATE, key).map_err(io_err)? {
-            Some(bytes) => Ok(Some(decode(STATE, &bytes)?)),
+    fn after_next_flush(&self, done: FlushDone) {
+        if let Err(mpsc::SendError(done)) = self.0.send(done) {
+            done(Err("the raft log flusher thread is gone".into()));
+        }
+    }
+}
+
+/// The Raft log storage of one group on one node (a cheap handle: clones
+/// share the store and the flusher).
+pub struct LogStore<C> {
+    store: Store,
+    space: Arc<Space>,
+    flusher: Flusher,
+    types: PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), space: self.space.clone(), flusher: self.flusher.clone(), types: PhantomData }
+    }
+}
+
+impl<C> Debug for LogStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("engine", &self.store.name())
+            .field("space", &self.space)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+    C::Vote: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
+    /// The log of the group in `space` over `store`, flushed by `flusher`
+    /// (the store's one flusher).
+    pub fn new(store: Store, space: Space, flusher: Flusher) -> Self {
+        Self { store, space: Arc::new(space), flusher, types: PhantomData }
+    }
+
+    fn get_state<T: DeserializeOwned>(&self, name: &[u8]) -> io::Result<Option<T>> {
+        match self.store.get(self.space.state, &self.space.state_key(name)).map_err(io_err)? {
+            Some(bytes) => Ok(Some(decode(self.space.state, &bytes)?)),
             None => Ok(None),
         }
     }
 
-    fn read_range(&self, start: Bound<u64>, end: Bound<u64>, limit: usize) -> io::Result<Vec<Entry>> {
-        let start = start.map(index_key);
-        let end = end.map(index_key);
-        let rows = self.store.range(LOG, as_slice(&start), as_slice(&end), Order::Ascending, limit).map_err(io_err)?;
-        let mut entries = Vec::with_capacity(rows.len());
+    fn read_range(&self, start: Bound<u64>, end: Bound<u64>, limit: usize) -> io::Result<Vec<C::Entry>> {
+        let space = &self.space;
+        let start = match start {
+            Bound::Unbounded => Bound::Included(space.index_key(0)),
+            other => other.map(|i| space.index_key(i)),
+        };
+        let end = match end {
+            Bound::Unbounded => space.end(),
+            other => other.map(|i| space.index_key(i)),
+        };
+        let rows =
+            self.store.range(space.log, as_slice(&start), as_slice(&end), Order::Ascending, limit).map_err(io_err)?;
+        let mut entries: Vec<C::Entry> = Vec::with_capacity(rows.len());
         for (key, value) in rows {
-            let index = key_index(&key)?;
-            let entry: Entry = decode(LOG, &value)?;
-            if entry.log_id.index != index {
+            let index = space.key_index(&key)?;
+            let entry: C::Entry = decode(space.log, &value)?;
+            if entry.index() != index {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{LOG}: entry {} stored under index {index}", entry.log_id),
+                    format!("{}: entry of index {} stored under index {index}", space.log, entry.index()),
                 ));
             }
-            if let Some(prev) = entries.last().map(|e: &Entry| e.log_id.index)
+            if let Some(prev) = entries.last().map(RaftEntry::index)
                 && prev + 1 != index
             {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{LOG}: hole between index {prev} and {index}"),
+                    format!("{}: hole between index {prev} and {index}", space.log),
                 ));
             }
             entries.push(entry);
@@ -162,98 +254,128 @@ fn bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(Bound<u64>, Bound<u64>)> 
     Some((start, end))
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C> RaftLogReader<C> for LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+    C::Vote: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
+    ) -> Result<Vec<C::Entry>, io::Error> {
         let Some((start, end)) = bounds(&range) else {
             return Ok(Vec::new());
         };
         self.read_range(start, end, usize::MAX)
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+    async fn read_vote(&mut self) -> Result<Option<C::Vote>, io::Error> {
         self.get_state(KEY_VOTE)
     }
 
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<C::Entry>, io::Error> {
         self.read_range(Bound::Included(start), Bound::Excluded(end), READ_LIMIT)
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C> RaftLogStorage<C> for LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+    C::Vote: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged_log_id: Option<LogId> = self.get_state(KEY_PURGED)?;
-        let last = match self.store.last(LOG).map_err(io_err)? {
-            Some((_, value)) => Some(decode::<Entry>(LOG, &value)?.log_id),
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let last_purged_log_id: Option<LogIdOf<C>> = self.get_state(KEY_PURGED)?;
+        let space = &self.space;
+        let start = space.index_key(0);
+        let end = space.end();
+        let last = self
+            .store
+            .range(space.log, Bound::Included(start.as_slice()), as_slice(&end), Order::Descending, 1)
+            .map_err(io_err)?;
+        let last = match last.first() {
+            Some((_, value)) => Some(decode::<C::Entry>(space.log, value)?.log_id()),
             None => None,
         };
-        Ok(LogState { last_log_id: last.or(last_purged_log_id), last_purged_log_id })
+        Ok(LogState { last_log_id: last.or(last_purged_log_id.clone()), last_purged_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+    async fn save_vote(&mut self, vote: &C::Vote) -> Result<(), io::Error> {
         let mut batch = Batch::new();
-        batch.put(STATE, KEY_VOTE, encode("vote", vote)?);
+        batch.put(self.space.state, self.space.state_key(KEY_VOTE), encode("vote", vote)?);
         let store = self.store.clone();
         blocking(move || store.write_durable(batch).map_err(io_err)).await
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let mut batch = Batch::new();
+        let key = self.space.state_key(KEY_COMMITTED);
         match committed {
-            Some(id) => batch.put(STATE, KEY_COMMITTED, encode("committed", &id)?),
-            None => batch.delete(STATE, KEY_COMMITTED),
+            Some(id) => batch.put(self.space.state, key, encode("committed", &id)?),
+            None => batch.delete(self.space.state, key),
         }
         self.write(batch).await
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
         self.get_state(KEY_COMMITTED)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = Batch::new();
         for entry in entries {
-            batch.put(LOG, index_key(entry.log_id.index), encode("log entry", &entry)?);
+            batch.put(self.space.log, self.space.index_key(entry.index()), encode("log entry", &entry)?);
         }
         self.write(batch).await?;
         // Readable now; durable once the flusher has run a flush after this point.
-        if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {
-            callback.io_completed(Err(io::Error::other("the raft log flusher thread is gone")));
-        }
+        self.flusher.after_next_flush(Box::new(move |result| {
+            callback.io_completed(result.map_err(io::Error::other));
+        }));
         Ok(())
     }
 
-    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let from = match last_log_id {
-            Some(id) => match id.index.checked_add(1) {
+            Some(id) => match id.index().checked_add(1) {
                 Some(next) => next,
                 None => return Ok(()),
             },
             None => 0,
         };
         let mut batch = Batch::new();
-        batch.delete_range(LOG, index_key(from), None);
+        let end = match self.space.end() {
+            Bound::Excluded(e) => Some(e),
+            _ => None,
+        };
+        batch.delete_range(self.space.log, self.space.index_key(from), end);
         self.write(batch).await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         // One atomic batch: the purge mark and the removal never disagree.
         let mut batch = Batch::new();
-        batch.put(STATE, KEY_PURGED, encode("purged log id", &log_id)?);
-        let end = log_id.index.checked_add(1).map(index_key);
-        batch.delete_range(LOG, index_key(0), end);
+        batch.put(self.space.state, self.space.state_key(KEY_PURGED), encode("purged log id", &log_id)?);
+        let end = match log_id.index().checked_add(1) {
+            Some(next) => Some(self.space.index_key(next)),
+            None => match self.space.end() {
+                Bound::Excluded(e) => Some(e),
+                _ => None,
+            },
+        };
+        batch.delete_range(self.space.log, self.space.index_key(0), end);
         self.write(batch).await
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! # Layout
 //! - [`types`]: [`TypeConfig`], [`PeerNode`], the storage encoding (postcard).
-//! - [`log_store`]: [`LogStore`], the log and the vote in trees `raft_log` and
-//!   `raft_state`.
+//! - [`log_store`]: [`LogStore`], any group's log and vote in its [`Space`] of
+//!   the store (the metadata group: trees `raft_log` and `raft_state`), and
+//!   the [`Flusher`] all groups share.
 //! - [`state_machine`]: [`MetaStateMachine`], applying
 //!   [`crate::meta::MetaRequest`]s to [`crate::meta::MetaState`]; snapshots in
 //!   tree `raft_snapshot`.
@@ -34,7 +35,9 @@ pub use handle::ConsensusError;
 pub use handle::ConsensusMetrics;
 pub use handle::RaftSettings;
 pub use handle::StartError;
+pub use log_store::Flusher;
 pub use log_store::LogStore;
+pub use log_store::Space;
 pub use network::NoPeers;
 pub use network::PeerNetwork;
 pub use state_machine::EffectSink;
