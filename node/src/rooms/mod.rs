@@ -6,7 +6,7 @@
 //! callback.
 
 mod log;
-mod record;
+pub(crate) mod record;
 mod seq;
 mod writer;
 

@@ -1,5 +1,20 @@
 //! Room logs on Raft shards (issue [4/6], being built): a fixed number of
-//! shards, each a Raft group on `rf` of the cluster's nodes. So far only the
-//! pure placement; the groups themselves come next.
+//! shards, each a Raft group on `rf` of the cluster's nodes.
+//!
+//! # Layout
+//! - [`placement`]: a room's shard, a shard's replicas, balanced leaders (pure).
+//! - [`types`]: what a shard's log carries ([`types::ShardBatch`]) and answers.
+//! - [`machine`]: the state machine: room logs applied from the shard's log.
+//! - [`snapshot`]: snapshots as files, built and installed as streams.
+//!
+//! The logs themselves live in the node's Raft store next to the metadata
+//! group's ([`crate::raft::LogStore`] in a [`crate::raft::Space::shard`]).
+//! Not wired into the node yet.
 
+pub mod machine;
 pub mod placement;
+pub mod snapshot;
+pub mod types;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! A shard's state machine: the room logs of the shard's rooms, applied from
+//! its Raft log. Applying a [`ShardBatch`] assigns each new message the next
+//! seq of its room (so seqs are gapless and equal on every replica), answers
+//! a repeated (sender, client_id) with the original seq, and removes bodies.
+//!
+//! Storage: the node's room-log store, in the layout [`crate::rooms::RoomLog`]
+//! reads (messages keyed by (room, seq), dedup entries, committed seqs), plus
+//! tree `shard_rooms` (shard, room key → room id) and tree `shard_applied`
+//! (shard → last applied log id and membership), written in one batch per
+//! `apply` call. Those writes are not flushed: the Raft log is durable, so a
+//! crash loses at most applies that are replayed from it on restart (the
+//! applied mark is in the same atomic batch as what it covers).
+//!
+//! Snapshots are files ([`super::snapshot`]): fuzzy, taken while applies go
+//! on, and consistent because every operation is idempotent when replayed
+//! over a state that may already contain it.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use futures_util::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use parking_lot::Mutex;
+
+use super::placement::ShardId;
+use super::snapshot;
+use super::snapshot::SnapshotFile;
+use super::types::Entry;
+use super::types::LogId;
+use super::types::OpResult;
+use super::types::ShardBatch;
+use super::types::ShardOp;
+use super::types::ShardResults;
+use super::types::ShardTypes;
+use super::types::SnapshotMeta;
+use super::types::StoredMembership;
+use crate::raft::types::blocking;
+use crate::raft::types::decode;
+use crate::raft::types::encode;
+use crate::raft::types::io_err;
+use crate::rooms::Message;
+use crate::rooms::Published;
+use crate::rooms::Publisher;
+use crate::rooms::RoomLog;
+use crate::rooms::StoredMessage;
+use crate::rooms::record;
+use crate::storage::Batch;
+use crate::storage::Store;
+
+/// Tree of the rooms each shard holds: key shard + room key, value room id.
+pub(crate) const SHARD_ROOMS: &str = "shard_rooms";
+/// Tree of each shard's applied state: key shard, value [`Applied`].
+pub(crate) const SHARD_APPLIED: &str = "shard_applied";
+
+/// The key of a room in [`SHARD_ROOMS`].
+pub(crate) fn shard_room_key(shard: ShardId, room_key: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&shard.to_be_bytes());
+    k[4..].copy_from_slice(&room_key.to_be_bytes());
+    k
+}
+
+/// What `shard_applied` keeps per shard.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Applied {
+    /// The last applied log id.
+    pub last: Option<LogId>,
+    /// The membership as of it.
+    pub membership: StoredMembership,
+}
+
+/// Messages and dedup entries written by the apply under way, not yet in
+/// the store.
+#[derive(Default)]
+struct Pending {
+    messages: HashMap<(u64, u64), StoredMessage>,
+    dedup: HashMap<Vec<u8>, u64>,
+}
+
+/// One shard's state machine on this node.
+pub struct ShardStateMachine {
+    shard: ShardId,
+    store: Store,
+    log: Arc<RoomLog>,
+    publish: Publisher,
+    applied: Applied,
+    /// Last seq per room of this shard (loaded from the store on first use).
+    last: HashMap<u64, u64>,
+    snapshots: PathBuf,
+    /// The newest snapshot built or installed: its meta and file.
+    current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+}
+
+impl std::fmt::Debug for ShardStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStateMachine").field("shard", &self.shard).field("applied", &self.applied.last).finish()
+    }
+}
+
+impl ShardStateMachine {
+    /// Opens shard `shard`'s state over the room-log store (`log` reads the
+    /// same store); snapshots live in `snapshots`; committed messages and
+    /// deletions go to `publish`.
+    pub fn open(
+        shard: ShardId,
+        store: Store,
+        log: Arc<RoomLog>,
+        snapshots: PathBuf,
+        publish: Publisher,
+    ) -> io::Result<Self> {
+        std::fs::create_dir_all(&snapshots)?;
+        snapshot::resume_install(&store, shard, &snapshots)?;
+        let applied = match store.get(SHARD_APPLIED, &shard.to_be_bytes()).map_err(io_err)? {
+            Some(bytes) => decode(SHARD_APPLIED, &bytes)?,
+            None => Applied::default(),
+        };
+        let current = snapshot::load_current(&store, shard, &snapshots)?;
+        Ok(Self {
+            shard,
+            store,
+            log,
+            publish,
+            applied,
+            last: HashMap::new(),
+            snapshots,
+            current: Arc::new(Mutex::new(current)),
+        })
+    }
+
+    fn last_seq(&mut self, room_key: u64) -> io::Result<u64> {
+        if let Some(seq) = self.last.get(&room_key) {
+            return Ok(*seq);
+        }
+        let seq = self.log.stored_last(room_key).map_err(io_err)?;
+        self.last.insert(room_key, seq);
+        Ok(seq)
+    }
+
+    fn message(&self, pending: &Pending, room_key: u64, seq: u64) -> io::Result<Option<StoredMessage>> {
+        if let Some(m) = pending.messages.get(&(room_key, seq)) {
+            return Ok(Some(m.clone()));
+        }
+        Ok(self.log.get_stored(room_key, seq).map_err(io_err)?.map(|m| m.stored))
+    }
+
+    fn apply_op(
+        &mut self,
+        ts: u64,
+        op: &ShardOp,
+        pending: &mut Pending,
+        batch: &mut Batch,
+        out: &mut Vec<Published>,
+    ) -> io::Result<OpResult> {
+        match op {
+            ShardOp::Send { room_key, room, from, body, client_id } => {
+                let dedup = record::dedup_key(*room_key, from, client_id);
+                let seen = match pending.dedup.get(&dedup) {
+                    Some(seq) => Some(*seq),
+                    None => self.log.deduped(*room_key, from, client_id).map_err(io_err)?,
+                };
+                if let Some(seq) = seen {
+                    let ts = self.message(pending, *room_key, seq)?.map_or(0, |m| m.ts);
+                    return Ok(OpResult::Duplicate { seq, ts });
+                }
+                let seq = self.last_seq(*room_key)? + 1;
+                self.last.insert(*room_key, seq);
+                let stored = StoredMessage {
+                    from: from.clone(),
+                    body: Some(body.clone()),
+                    ts,
+                    client_id: client_id.clone(),
+                    epoch: 0,
+                };
+                batch.put(record::MESSAGES, record::message_key(*room_key, seq).to_vec(), record::encode(&stored));
+                batch.put(record::DEDUP, dedup.clone(), seq.to_be_bytes().to_vec());
+                batch.put(record::COMMITTED, record::room_prefix(*room_key).to_vec(), seq.to_be_bytes().to_vec());
+                batch.put(SHARD_ROOMS, shard_room_key(self.shard, *room_key).to_vec(), room.as_bytes().to_vec());
+                pending.dedup.insert(dedup, seq);
+                pending.messages.insert((*room_key, seq), stored.clone());
+                out.push(Published::Message {
+                    room: room.as_str().into(),
+                    room_key: *room_key,
+                    message: Message { seq, stored },
+                });
+                Ok(OpResult::Stored { seq, ts })
+            }
+            ShardOp::Delete { room_key, room, seq, actor, moderator } => {
+                let Some(mut stored) = self.message(pending, *room_key, *seq)? else {
+                    return Ok(OpResult::NotFound);
+                };
+                if stored.from != *actor && !moderator {
+                    return Ok(OpResult::Forbidden);
+                }
+                if stored.body.is_some() {
+                    stored.body = None;
+                    batch.put(record::MESSAGES, record::message_key(*room_key, *seq).to_vec(), record::encode(&stored));
+                    pending.messages.insert((*room_key, *seq), stored.clone());
+                    out.push(Published::Deleted { room: room.as_str().into(), room_key: *room_key, seq: *seq });
+                }
+                Ok(OpResult::Deleted { sender: stored.from })
+            }
+            ShardOp::Drop { room_key } => {
+                drop_room(batch, self.shard, *room_key);
+                self.last.remove(room_key);
+                pending.messages.retain(|(r, _), _| r != room_key);
+                pending.dedup.retain(|k, _| !k.starts_with(&record::room_prefix(*room_key)));
+                Ok(OpResult::Dropped)
+            }
+        }
+    }
+
+    fn apply_batch(
+        &mut self,
+        b: &ShardBatch,
+        pending: &mut Pending,
+        batch: &mut Batch,
+        out: &mut Vec<Published>,
+    ) -> io::Result<ShardResults> {
+        if b.shard != self.shard {
+            tracing::error!(shard = self.shard, entry_shard = b.shard, "a shard log holds another shard's entry");
+            return Ok(ShardResults(vec![OpResult::Nothing; b.ops.len()]));
+        }
+        let mut results = Vec::with_capacity(b.ops.len());
+        for op in &b.ops {
+            results.push(self.apply_op(b.ts, op, pending, batch, out)?);
+        }
+        Ok(ShardResults(results))
+    }
+}
+
+impl ShardStateMachine {
+    /// Applies entries in order, writes what they did in one batch, raises
+    /// the rooms' committed seqs and publishes the events; answers each
+    /// entry's results.
+    pub(crate) async fn apply_entries(&mut self, entries: Vec<Entry>) -> io::Result<Vec<ShardResults>> {
+        let mut pending = Pending::default();
+        let mut batch = Batch::new();
+        let mut published = Vec::new();
+        let mut answers = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let results = match &entry.payload {
+                EntryPayload::Normal(b) => self.apply_batch(b, &mut pending, &mut batch, &mut published)?,
+                EntryPayload::Membership(m) => {
+                    self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    ShardResults::default()
+                }
+                EntryPayload::Blank => ShardResults::default(),
+            };
+            self.applied.last = Some(entry.log_id);
+            answers.push(results);
+        }
+        batch.put(SHARD_APPLIED, self.shard.to_be_bytes().to_vec(), encode("shard applied state", &self.applied)?);
+        let store = self.store.clone();
+        blocking(move || store.write(batch).map_err(io_err)).await?;
+        // Visible in the store now: readers may see it, and the events go out.
+        for p in published {
+            if let Published::Message { room_key, message, .. } = &p {
+                self.log.raise(*room_key, message.seq);
+            }
+            (self.publish)(p);
+        }
+        Ok(answers)
+    }
+}
+
+/// Adds to `batch` the removal of a room's log and its place in the shard.
+pub(crate) fn drop_room(batch: &mut Batch, shard: ShardId, room_key: u64) {
+    let (start, end) = (record::room_prefix(room_key).to_vec(), record::room_end(room_key).to_vec());
+    batch.delete_range(record::MESSAGES, start.clone(), Some(end.clone()));
+    batch.delete_range(record::DEDUP, start.clone(), Some(end));
+    batch.delete(record::COMMITTED, start);
+    batch.delete(SHARD_ROOMS, shard_room_key(shard, room_key).to_vec());
+}
+
+impl RaftStateMachine<ShardTypes> for ShardStateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = snapshot::Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.applied.last, self.applied.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<ShardTypes>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch.push(entry);
+            responders.push(responder);
+        }
+        let results = self.apply_entries(batch).await?;
+        // Every entry is answered, blank and membership ones too, or
+        // `client_write` would never return.
+        for (responder, results) in responders.into_iter().zip(results) {
+            if let Some(responder) = responder {
+                responder.send(results);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let meta = SnapshotMeta { last_log_id: self.applied.last, last_membership: self.applied.membership.clone() };
+        snapshot::Builder::new(self.shard, self.store.clone(), self.snapshots.clone(), meta, self.current.clone())
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        let store = self.store.clone();
+        let (shard, dir, file_meta) = (self.shard, self.snapshots.clone(), meta.clone());
+        let rooms = blocking(move || snapshot::install(&store, shard, &dir, &file_meta, snapshot)).await?;
+        self.applied = Applied { last: meta.last_log_id, membership: meta.last_membership.clone() };
+        self.last.clear();
+        *self.current.lock() = snapshot::load_current(&self.store, self.shard, &self.snapshots)?;
+        // Local subscribers learn of what arrived by a live event past
+        // their cursor: their delivery fills the gap from the store.
+        for (room_key, room, last) in rooms {
+            self.log.raise(room_key, last);
+            if let Some(message) = self.log.get_stored(room_key, last).map_err(io_err)? {
+                (self.publish)(Published::Message { room: room.into(), room_key, message });
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::type_config::alias::SnapshotOf<ShardTypes, SnapshotFile>>, io::Error> {
+        let current = self.current.lock().clone();
+        match current {
+            Some((meta, path)) => Ok(Some(openraft::type_config::alias::SnapshotOf::<ShardTypes, SnapshotFile> {
+                meta,
+                snapshot: SnapshotFile::open(path)?,
+            })),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<ShardTypes> for snapshot::Builder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::type_config::alias::SnapshotOf<ShardTypes, SnapshotFile>, io::Error> {
+        let builder = self.take()?;
+        blocking(move || builder.build()).await
+    }
+}
