@@ -126,6 +126,16 @@ impl PeerHandler for Handler {
                     gossip(&node, from, decode(&body)?);
                     Ok(Vec::new())
                 }
+                // Shard groups are not served yet (issue [4/6] wires them in).
+                Channel::Shards => {
+                    let call: crate::shards::network::ShardCall = decode(&body)?;
+                    let shard = match call {
+                        crate::shards::network::ShardCall::Append(s, _)
+                        | crate::shards::network::ShardCall::Vote(s, _)
+                        | crate::shards::network::ShardCall::PreVote(s, _) => s,
+                    };
+                    Ok(encode(&crate::shards::network::ShardAnswer::NoGroup(shard)))
+                }
             }
         }
         .boxed()

@@ -70,11 +70,13 @@ pub enum Channel {
     Rooms = 2,
     /// Presence and other gossip.
     Gossip = 3,
+    /// The room-log shards' Raft RPCs and snapshot streams.
+    Shards = 4,
 }
 
 impl Channel {
     /// Every channel.
-    pub const ALL: [Channel; 3] = [Channel::Raft, Channel::Rooms, Channel::Gossip];
+    pub const ALL: [Channel; 4] = [Channel::Raft, Channel::Rooms, Channel::Gossip, Channel::Shards];
 
     /// The channel with this wire value.
     pub fn from_u8(value: u8) -> Option<Self> {
@@ -82,6 +84,7 @@ impl Channel {
             1 => Some(Self::Raft),
             2 => Some(Self::Rooms),
             3 => Some(Self::Gossip),
+            4 => Some(Self::Shards),
             _ => None,
         }
     }

@@ -6,12 +6,14 @@
 //! - [`types`]: what a shard's log carries ([`types::ShardBatch`]) and answers.
 //! - [`machine`]: the state machine: room logs applied from the shard's log.
 //! - [`snapshot`]: snapshots as files, built and installed as streams.
+//! - [`network`]: shard RPCs and snapshot streams over QUIC.
 //!
 //! The logs themselves live in the node's Raft store next to the metadata
 //! group's ([`crate::raft::LogStore`] in a [`crate::raft::Space::shard`]).
 //! Not wired into the node yet.
 
 pub mod machine;
+pub mod network;
 pub mod placement;
 pub mod snapshot;
 pub mod types;

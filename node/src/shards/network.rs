@@ -1,0 +1,272 @@
+//! The shards' Raft traffic over the QUIC transport: one request per RPC on
+//! the [`Channel::Shards`] channel, the shard's number in each, and
+//! snapshots streamed from their file on a stream of their own (so a large
+//! snapshot never holds up another shard's heartbeat).
+//!
+//! This module knows frames and shard numbers, not what a shard holds: the
+//! receiving side hands each call to a [`ShardRpcs`] implementation.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use quinn::RecvStream;
+use quinn::SendStream;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+
+use super::placement::ShardId;
+use super::snapshot::SnapshotFile;
+use super::types::ShardTypes;
+use super::types::SnapshotMeta;
+use super::types::Vote;
+use crate::cluster::wire::decode;
+use crate::cluster::wire::encode;
+use crate::peer::Channel;
+use crate::peer::PeerEndpoint;
+use crate::peer::PeerError;
+use crate::peer::frame;
+use crate::raft::PeerNode;
+
+/// A whole snapshot may take this long to cross.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Bytes per snapshot chunk frame.
+const CHUNK: usize = 256 * 1024;
+
+/// A Raft RPC to one shard's group on the receiving node.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ShardCall {
+    /// AppendEntries.
+    Append(ShardId, AppendEntriesRequest<ShardTypes>),
+    /// RequestVote.
+    Vote(ShardId, VoteRequest<ShardTypes>),
+    /// Pre-vote.
+    PreVote(ShardId, VoteRequest<ShardTypes>),
+}
+
+/// The answer to a [`ShardCall`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ShardAnswer {
+    /// To Append.
+    Append(AppendEntriesResponse<ShardTypes>),
+    /// To Vote or PreVote.
+    Vote(VoteResponse<ShardTypes>),
+    /// To a snapshot stream.
+    Snapshot(SnapshotResponse<ShardTypes>),
+    /// The receiving node has no group for that shard (yet, or any more).
+    NoGroup(ShardId),
+    /// Raft refused the call.
+    Refused(String),
+}
+
+/// What comes first on a snapshot stream; the file's bytes follow in
+/// frames, then an empty frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// The shard.
+    pub shard: ShardId,
+    /// The leader's vote.
+    pub vote: Vote,
+    /// What the snapshot covers.
+    pub meta: SnapshotMeta,
+    /// The file's length in bytes.
+    pub len: u64,
+}
+
+/// The receiving side: the node's shard groups.
+pub trait ShardRpcs: Send + Sync + 'static {
+    /// Handles one RPC.
+    fn call(&self, call: ShardCall) -> BoxFuture<'static, ShardAnswer>;
+    /// A file to receive shard `shard`'s snapshot into.
+    fn snapshot_file(&self, shard: ShardId) -> io::Result<(SnapshotFile, std::fs::File)>;
+    /// Installs a received snapshot.
+    fn install(&self, header: SnapshotHeader, file: SnapshotFile) -> BoxFuture<'static, ShardAnswer>;
+}
+
+/// Makes a client per (shard, target node).
+#[derive(Clone)]
+pub struct ShardNetwork {
+    /// The peer transport.
+    pub endpoint: PeerEndpoint,
+    /// The shard this factory serves.
+    pub shard: ShardId,
+}
+
+/// One shard's Raft RPCs to one node.
+pub struct ShardClient {
+    endpoint: PeerEndpoint,
+    shard: ShardId,
+    target: u64,
+}
+
+impl RaftNetworkFactory<ShardTypes> for ShardNetwork {
+    type Network = ShardClient;
+
+    async fn new_client(&mut self, target: u64, _node: &PeerNode) -> Self::Network {
+        ShardClient { endpoint: self.endpoint.clone(), shard: self.shard, target }
+    }
+}
+
+fn net_error(e: impl std::fmt::Display) -> NetworkError<ShardTypes> {
+    NetworkError::from_string(e.to_string())
+}
+
+fn rpc_error(e: PeerError) -> RPCError<ShardTypes> {
+    match e {
+        PeerError::Remote(msg) => RPCError::Network(net_error(msg)),
+        other => RPCError::Unreachable(Unreachable::from_string(other.to_string())),
+    }
+}
+
+impl ShardClient {
+    async fn call(&self, call: &ShardCall, timeout: Duration) -> Result<ShardAnswer, RPCError<ShardTypes>> {
+        let bytes =
+            self.endpoint.request(self.target, Channel::Shards, encode(call), timeout).await.map_err(rpc_error)?;
+        decode::<ShardAnswer>(&bytes).map_err(|e| RPCError::Network(net_error(e)))
+    }
+
+    async fn send_snapshot(&self, vote: Vote, meta: SnapshotMeta, path: PathBuf) -> Result<ShardAnswer, String> {
+        let mut file =
+            tokio::fs::File::open(&path).await.map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let len = file.metadata().await.map_err(|e| e.to_string())?.len();
+        let (mut send, mut recv) =
+            self.endpoint.open_stream(self.target, Channel::Shards).await.map_err(|e| e.to_string())?;
+        let header = SnapshotHeader { shard: self.shard, vote, meta, len };
+        frame::write_frame(&mut send, &encode(&header)).await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            frame::write_frame(&mut send, &buf[..n]).await.map_err(|e| e.to_string())?;
+        }
+        frame::write_frame(&mut send, &[]).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let answer = frame::read_frame(&mut recv, frame::DEFAULT_MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the stream ended without an answer")?;
+        decode::<ShardAnswer>(&answer)
+    }
+}
+
+fn unexpected(answer: ShardAnswer) -> RPCError<ShardTypes> {
+    RPCError::Network(net_error(format!("unexpected shard answer: {answer:?}")))
+}
+
+impl RaftNetworkV2<ShardTypes> for ShardClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<ShardTypes>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<ShardTypes>, RPCError<ShardTypes>> {
+        match self.call(&ShardCall::Append(self.shard, rpc), option.hard_ttl()).await? {
+            ShardAnswer::Append(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<ShardTypes>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<ShardTypes>, RPCError<ShardTypes>> {
+        match self.call(&ShardCall::Vote(self.shard, rpc), option.hard_ttl()).await? {
+            ShardAnswer::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<ShardTypes>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<ShardTypes>, RPCError<ShardTypes>> {
+        match self.call(&ShardCall::PreVote(self.shard, rpc), option.hard_ttl()).await? {
+            ShardAnswer::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::type_config::alias::SnapshotOf<ShardTypes, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<ShardTypes>, StreamingError<ShardTypes>> {
+        let path = snapshot.snapshot.path().to_path_buf();
+        let sent = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.send_snapshot(vote, snapshot.meta, path));
+        let answer = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            answer = sent => answer,
+        };
+        match answer {
+            Ok(Ok(ShardAnswer::Snapshot(r))) => Ok(r),
+            Ok(Ok(other)) => Err(StreamingError::Network(net_error(format!("unexpected shard answer: {other:?}")))),
+            Ok(Err(e)) => Err(StreamingError::Unreachable(Unreachable::from_string(e))),
+            Err(_) => Err(StreamingError::Unreachable(Unreachable::from_string("snapshot transfer timed out"))),
+        }
+    }
+}
+
+/// Receives one snapshot stream: the header, the file's bytes (never more
+/// than the header announced), then hands it to `rpcs` and answers.
+pub async fn serve_snapshot(rpcs: &dyn ShardRpcs, mut recv: RecvStream, mut send: SendStream) {
+    let answer = match receive(rpcs, &mut recv).await {
+        Ok((header, file)) => rpcs.install(header, file).await,
+        Err(e) => ShardAnswer::Refused(e),
+    };
+    if frame::write_frame(&mut send, &encode(&answer)).await.is_ok() {
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    }
+}
+
+async fn receive(rpcs: &dyn ShardRpcs, recv: &mut RecvStream) -> Result<(SnapshotHeader, SnapshotFile), String> {
+    let header = frame::read_frame(recv, frame::DEFAULT_MAX_FRAME)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("an empty snapshot stream")?;
+    let header: SnapshotHeader = decode(&header)?;
+    let (file, out) = rpcs.snapshot_file(header.shard).map_err(|e| e.to_string())?;
+    let mut out = tokio::fs::File::from_std(out);
+    let mut received = 0u64;
+    loop {
+        let chunk =
+            frame::read_frame(recv, CHUNK).await.map_err(|e| e.to_string())?.ok_or("the snapshot was cut short")?;
+        if chunk.is_empty() {
+            break;
+        }
+        received += chunk.len() as u64;
+        if received > header.len {
+            return Err(format!("more than the {} bytes announced", header.len));
+        }
+        out.write_all(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    if received != header.len {
+        return Err(format!("{received} of {} bytes arrived", header.len));
+    }
+    out.sync_all().await.map_err(|e| e.to_string())?;
+    Ok((header, file))
+}
