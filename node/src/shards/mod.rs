@@ -7,11 +7,13 @@
 //! - [`machine`]: the state machine: room logs applied from the shard's log.
 //! - [`snapshot`]: snapshots as files, built and installed as streams.
 //! - [`network`]: shard RPCs and snapshot streams over QUIC.
+//! - [`host`]: the groups this node takes part in: open, serve, close.
 //!
 //! The logs themselves live in the node's Raft store next to the metadata
 //! group's ([`crate::raft::LogStore`] in a [`crate::raft::Space::shard`]).
 //! Not wired into the node yet.
 
+pub mod host;
 pub mod machine;
 pub mod network;
 pub mod placement;

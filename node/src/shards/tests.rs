@@ -227,3 +227,219 @@ mod machine {
         assert!(!b.published.lock().is_empty(), "local subscribers hear of what the snapshot brought");
     }
 }
+
+mod groups {
+    //! Shard groups of real hosts over QUIC on 127.0.0.1: replication,
+    //! leader loss, a new replica catching up from a snapshot, a replica set
+    //! changed while writes go on.
+
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+    use std::time::Instant;
+
+    use futures_util::FutureExt;
+    use futures_util::future::BoxFuture;
+    use openraft::async_runtime::watch::WatchReceiver;
+    use quinn::RecvStream;
+    use quinn::SendStream;
+    use tempfile::TempDir;
+
+    use crate::cluster::wire::decode;
+    use crate::cluster::wire::encode;
+    use crate::peer::Channel;
+    use crate::peer::NodeIdentity;
+    use crate::peer::PeerEndpoint;
+    use crate::peer::PeerHandler;
+    use crate::peer::PeerSettings;
+    use crate::peer::generate_cluster;
+    use crate::raft::Flusher;
+    use crate::raft::PeerNode;
+    use crate::rooms::RoomLog;
+    use crate::shards::host::HostParts;
+    use crate::shards::host::ShardHost;
+    use crate::shards::host::ShardRaft;
+    use crate::shards::host::ShardSettings;
+    use crate::shards::network::ShardCall;
+    use crate::shards::network::ShardRpcs;
+    use crate::shards::network::serve_snapshot;
+    use crate::shards::types::OpResult;
+    use crate::shards::types::ShardBatch;
+    use crate::shards::types::ShardOp;
+    use crate::storage;
+    use crate::storage::EngineKind;
+
+    const WAIT: Duration = Duration::from_secs(30);
+    const SHARD: u32 = 5;
+
+    /// Routes the shard channel to the host once it exists.
+    #[derive(Default)]
+    struct Route(OnceLock<Arc<ShardHost>>);
+
+    impl PeerHandler for Route {
+        fn request(&self, _from: u64, channel: Channel, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+            let host = self.0.get().cloned();
+            async move {
+                let host = host.ok_or("starting")?;
+                if channel != Channel::Shards {
+                    return Err("only shards here".into());
+                }
+                let call: ShardCall = decode(&body)?;
+                Ok(encode(&host.call(call).await))
+            }
+            .boxed()
+        }
+
+        fn stream(&self, _from: u64, _channel: Channel, recv: RecvStream, send: SendStream) -> BoxFuture<'static, ()> {
+            let host = self.0.get().cloned();
+            async move {
+                if let Some(host) = host {
+                    serve_snapshot(&*host, recv, send).await;
+                }
+            }
+            .boxed()
+        }
+    }
+
+    struct Member {
+        host: Arc<ShardHost>,
+        log: Arc<RoomLog>,
+        endpoint: PeerEndpoint,
+        _dir: TempDir,
+    }
+
+    fn settings() -> ShardSettings {
+        ShardSettings {
+            heartbeat: Duration::from_millis(100),
+            election: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every: 20,
+            keep_after_snapshot: 5,
+        }
+    }
+
+    fn member(id: u64, identity: &NodeIdentity) -> Member {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raft_store = storage::open(EngineKind::Redb, &dir.path().join("raft.db")).expect("raft store");
+        let rooms = storage::open(EngineKind::Redb, &dir.path().join("rooms.db")).expect("rooms store");
+        let log = Arc::new(RoomLog::new(rooms.clone()));
+        let route = Arc::new(Route::default());
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let endpoint = PeerEndpoint::bind(id, addr, identity, PeerSettings::default(), route.clone()).expect("bind");
+        let host = ShardHost::new(HostParts {
+            me: id,
+            raft_store: raft_store.clone(),
+            flusher: Flusher::start(raft_store).expect("flusher"),
+            rooms,
+            log: log.clone(),
+            snapshots: dir.path().join("snapshots"),
+            publish: Arc::new(|_| {}),
+            endpoint: endpoint.clone(),
+            settings: settings(),
+        });
+        let _ = route.0.set(host.clone());
+        Member { host, log, endpoint, _dir: dir }
+    }
+
+    fn node(m: &Member) -> PeerNode {
+        PeerNode { client_addr: String::new(), peer_addr: m.endpoint.local_addr().to_string() }
+    }
+
+    fn introduce(members: &[&Member]) {
+        let map: BTreeMap<u64, SocketAddr> =
+            members.iter().map(|m| (m.endpoint.node_id(), m.endpoint.local_addr())).collect();
+        for m in members {
+            m.endpoint.set_peers(map.clone());
+        }
+    }
+
+    async fn leader(members: &[&Member]) -> ShardRaft {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for m in members {
+                if let Some(raft) = m.host.get(SHARD)
+                    && raft.metrics().borrow_watched().current_leader == Some(m.host.me())
+                {
+                    return raft;
+                }
+            }
+            assert!(Instant::now() < deadline, "no shard leader within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn write(raft: &ShardRaft, from: u64, n: u64) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for i in from..from + n {
+            let op = ShardOp::Send {
+                room_key: 1,
+                room: "r".into(),
+                from: "ann".into(),
+                body: format!("m{i}"),
+                client_id: format!("c{i}"),
+            };
+            let answer = raft.client_write(ShardBatch { shard: SHARD, ts: i, ops: vec![op] }).await.expect("write");
+            match answer.data.0.first() {
+                Some(OpResult::Stored { seq, .. }) => seqs.push(*seq),
+                other => panic!("unexpected result {other:?}"),
+            }
+        }
+        seqs
+    }
+
+    async fn same_log(members: &[&Member], last: u64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let logs: Vec<Vec<(u64, Option<String>)>> = members
+                .iter()
+                .map(|m| m.log.after(1, 0, 10_000).expect("read").into_iter().map(|x| (x.seq, x.stored.body)).collect())
+                .collect();
+            let done = logs.iter().all(|l| l.len() as u64 == last && *l == logs[0]);
+            if done {
+                assert!(logs[0].iter().enumerate().all(|(i, (seq, _))| *seq == i as u64 + 1), "gapless");
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas differ: {:?}", logs.iter().map(Vec::len).collect::<Vec<_>>());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_replicates_survives_its_leader_and_takes_a_new_replica_from_a_snapshot() {
+        let (_ca, ids) = generate_cluster(&[1, 2, 3, 4]).expect("certs");
+        let ms: Vec<Member> = ids.iter().map(|(id, identity)| member(*id, identity)).collect();
+        let all: Vec<&Member> = ms.iter().collect();
+        introduce(&all);
+        let first: BTreeMap<u64, PeerNode> = ms[..3].iter().map(|m| (m.host.me(), node(m))).collect();
+        for (i, m) in ms[..3].iter().enumerate() {
+            m.host.open(SHARD, (i == 0).then(|| first.clone())).await.expect("open");
+        }
+        let three = [&ms[0], &ms[1], &ms[2]];
+        let raft = leader(&three).await;
+        assert_eq!(write(&raft, 0, 30).await, (1..=30).collect::<Vec<u64>>(), "gapless seqs from the leader");
+        same_log(&three, 30).await;
+
+        // The leader goes; another takes over and the seqs go on.
+        let old = raft.metrics().borrow_watched().current_leader.expect("a leader");
+        let gone = ms.iter().position(|m| m.host.me() == old).expect("leader is a member");
+        ms[gone].host.close(SHARD).await;
+        let rest: Vec<&Member> = ms[..3].iter().filter(|m| m.host.me() != old).collect();
+        let raft = leader(&rest).await;
+        assert_eq!(write(&raft, 30, 10).await, (31..=40).collect::<Vec<u64>>());
+        same_log(&rest, 40).await;
+
+        // A fourth node joins: it catches up (the log was purged past a
+        // snapshot, so from the snapshot) and replaces the lost one.
+        ms[3].host.open(SHARD, None).await.expect("open the new replica");
+        raft.add_learner(4, node(&ms[3]), true).await.expect("add learner");
+        let voters: std::collections::BTreeSet<u64> = rest.iter().map(|m| m.host.me()).chain([4]).collect();
+        raft.change_membership(voters, false).await.expect("change membership");
+        let raft = leader(&[rest[0], rest[1], &ms[3]]).await;
+        assert_eq!(write(&raft, 40, 5).await, (41..=45).collect::<Vec<u64>>());
+        same_log(&[rest[0], rest[1], &ms[3]], 45).await;
+        for m in &ms {
+            m.host.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The shard groups this node takes part in: opening a shard's Raft group
+//! (its log in the node's Raft store, its state machine over the room-log
+//! store, its network over QUIC), serving peers' RPCs to it, closing it.
+//!
+//! The host does not decide which shards live here; placement and
+//! membership changes come from the metadata group through the caller.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use openraft::Config;
+use openraft::SnapshotPolicy;
+use openraft::error::InitializeError;
+use openraft::error::RaftError;
+use parking_lot::RwLock;
+
+use super::machine::ShardStateMachine;
+use super::network::ShardAnswer;
+use super::network::ShardCall;
+use super::network::ShardNetwork;
+use super::network::ShardRpcs;
+use super::network::SnapshotHeader;
+use super::placement::ShardId;
+use super::snapshot::SnapshotFile;
+use super::types::ShardTypes;
+use crate::peer::PeerEndpoint;
+use crate::raft::Flusher;
+use crate::raft::LogStore;
+use crate::raft::PeerNode;
+use crate::raft::Space;
+use crate::rooms::Publisher;
+use crate::rooms::RoomLog;
+use crate::storage::Store;
+
+/// One shard's Raft group on this node.
+pub type ShardRaft = openraft::Raft<ShardTypes, ShardStateMachine>;
+
+/// Timing and sizes of the shard groups.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// How often a shard leader sends heartbeats.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a random time between these two
+    /// starts an election.
+    pub election: (Duration, Duration),
+    /// Take a snapshot after this many entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries already in a snapshot kept for followers that lag a little.
+    pub keep_after_snapshot: u64,
+}
+
+impl Default for ShardSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(250),
+            election: (Duration::from_millis(1500), Duration::from_millis(3000)),
+            snapshot_every: 20_000,
+            keep_after_snapshot: 5_000,
+        }
+    }
+}
+
+impl ShardSettings {
+    fn openraft_config(&self, shard: ShardId) -> Result<Config, ShardError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut config = Config {
+            cluster_name: format!("palaver-shard-{shard}"),
+            heartbeat_interval: ms(self.heartbeat),
+            election_timeout_min: ms(self.election.0),
+            election_timeout_max: ms(self.election.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            ..Config::default()
+        };
+        // A follower further behind than this gets a snapshot; it must exceed
+        // the snapshot interval or a snapshot could not close the gap.
+        config.replication_lag_threshold = config.replication_lag_threshold.max(self.snapshot_every.saturating_mul(2));
+        config.validate().map_err(|e| ShardError::Raft(e.to_string()))
+    }
+}
+
+/// Why a shard group could not be opened or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// Its storage could not be read.
+    #[error("shard storage: {0}")]
+    Storage(#[from] std::io::Error),
+    /// openraft refused.
+    #[error("shard raft: {0}")]
+    Raft(String),
+}
+
+/// Everything the host needs from the node.
+pub struct HostParts {
+    /// This node's id.
+    pub me: u64,
+    /// The node's Raft store (every group's log lives in it).
+    pub raft_store: Store,
+    /// The Raft store's one flusher.
+    pub flusher: Flusher,
+    /// The room-log store.
+    pub rooms: Store,
+    /// Reads of the room-log store.
+    pub log: Arc<RoomLog>,
+    /// Where shard snapshots are kept.
+    pub snapshots: PathBuf,
+    /// Where applied messages and deletions go.
+    pub publish: Publisher,
+    /// The peer transport.
+    pub endpoint: PeerEndpoint,
+    /// Timing.
+    pub settings: ShardSettings,
+}
+
+/// The shard groups of this node.
+pub struct ShardHost {
+    parts: HostParts,
+    groups: RwLock<BTreeMap<ShardId, ShardRaft>>,
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl ShardHost {
+    /// A host with no group open yet.
+    pub fn new(parts: HostParts) -> Arc<Self> {
+        Arc::new(Self { parts, groups: RwLock::new(BTreeMap::new()), opening: tokio::sync::Mutex::new(()) })
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> u64 {
+        self.parts.me
+    }
+
+    /// The shard's group here, if open.
+    pub fn get(&self, shard: ShardId) -> Option<ShardRaft> {
+        self.groups.read().get(&shard).cloned()
+    }
+
+    /// The shards open here.
+    pub fn open_shards(&self) -> BTreeSet<ShardId> {
+        self.groups.read().keys().copied().collect()
+    }
+
+    /// Opens the shard's group here (or answers the open one). With
+    /// `initial`, a group whose store is fresh is initialised with those
+    /// members: exactly one node may do that for a new shard. Without, the
+    /// group waits to be added by its leader (a new replica).
+    pub async fn open(
+        &self,
+        shard: ShardId,
+        initial: Option<BTreeMap<u64, PeerNode>>,
+    ) -> Result<ShardRaft, ShardError> {
+        let _one_at_a_time = self.opening.lock().await;
+        if let Some(raft) = self.get(shard) {
+            return Ok(raft);
+        }
+        let p = &self.parts;
+        let config = Arc::new(p.settings.openraft_config(shard)?);
+        let log = LogStore::<ShardTypes>::new(p.raft_store.clone(), Space::shard(shard), p.flusher.clone());
+        let sm =
+            ShardStateMachine::open(shard, p.rooms.clone(), p.log.clone(), p.snapshots.clone(), p.publish.clone())?;
+        let network = ShardNetwork { endpoint: p.endpoint.clone(), shard };
+        let raft = ShardRaft::new(p.me, config, network, log, sm).await.map_err(|e| ShardError::Raft(e.to_string()))?;
+        if let Some(members) = initial {
+            let fresh = !raft.is_initialized().await.map_err(|e| ShardError::Raft(e.to_string()))?;
+            if fresh {
+                match raft.initialize(members).await {
+                    Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(e) => {
+                        let _ = raft.shutdown().await;
+                        return Err(ShardError::Raft(e.to_string()));
+                    }
+                }
+            }
+        }
+        self.groups.write().insert(shard, raft.clone());
+        tracing::debug!(shard, "shard group open");
+        Ok(raft)
+    }
+
+    /// Stops the shard's group here (its data stays until it is dropped).
+    pub async fn close(&self, shard: ShardId) {
+        let raft = self.groups.write().remove(&shard);
+        if let Some(raft) = raft
+            && let Err(e) = raft.shutdown().await
+        {
+            tracing::warn!(shard, error = %e, "shard group shutdown");
+        }
+    }
+
+    /// Stops every group.
+    pub async fn shutdown(&self) {
+        for shard in self.open_shards() {
+            self.close(shard).await;
+        }
+    }
+}
+
+fn refused(e: impl std::fmt::Display) -> ShardAnswer {
+    ShardAnswer::Refused(e.to_string())
+}
+
+impl ShardRpcs for ShardHost {
+    fn call(&self, call: ShardCall) -> BoxFuture<'static, ShardAnswer> {
+        let shard = match &call {
+            ShardCall::Append(s, _) | ShardCall::Vote(s, _) | ShardCall::PreVote(s, _) => *s,
+        };
+        let Some(raft) = self.get(shard) else {
+            return futures_util::future::ready(ShardAnswer::NoGroup(shard)).boxed();
+        };
+        async move {
+            match call {
+                ShardCall::Append(_, req) => raft.append_entries(req).await.map_or_else(refused, ShardAnswer::Append),
+                ShardCall::Vote(_, req) => raft.vote(req).await.map_or_else(refused, ShardAnswer::Vote),
+                ShardCall::PreVote(_, req) => raft.pre_vote(req).await.map_or_else(refused, ShardAnswer::Vote),
+            }
+        }
+        .boxed()
+    }
+
+    fn snapshot_file(&self, shard: ShardId) -> std::io::Result<(SnapshotFile, std::fs::File)> {
+        SnapshotFile::incoming(&self.parts.snapshots, shard)
+    }
+
+    fn install(&self, header: SnapshotHeader, file: SnapshotFile) -> BoxFuture<'static, ShardAnswer> {
+        let Some(raft) = self.get(header.shard) else {
+            let _ = std::fs::remove_file(file.path());
+            return futures_util::future::ready(ShardAnswer::NoGroup(header.shard)).boxed();
+        };
+        async move {
+            let snapshot = openraft::type_config::alias::SnapshotOf::<ShardTypes, SnapshotFile> {
+                meta: header.meta,
+                snapshot: file,
+            };
+            raft.install_full_snapshot(header.vote, snapshot).await.map_or_else(refused, ShardAnswer::Snapshot)
+        }
+        .boxed()
+    }
+}
