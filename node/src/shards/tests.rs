@@ -369,7 +369,9 @@ mod groups {
         }
     }
 
-    async fn write(raft: &ShardRaft, from: u64, n: u64) -> Vec<u64> {
+    /// Sends `n` messages through whichever member leads, retrying (with
+    /// the same client_id, as a client would) while leadership moves.
+    async fn write(members: &[&Member], from: u64, n: u64) -> Vec<u64> {
         let mut seqs = Vec::new();
         for i in from..from + n {
             let op = ShardOp::Send {
@@ -379,9 +381,19 @@ mod groups {
                 body: format!("m{i}"),
                 client_id: format!("c{i}"),
             };
-            let answer = raft.client_write(ShardBatch { shard: SHARD, ts: i, ops: vec![op] }).await.expect("write");
+            let deadline = Instant::now() + WAIT;
+            let answer = loop {
+                let raft = leader(members).await;
+                match raft.client_write(ShardBatch { shard: SHARD, ts: i, ops: vec![op.clone()] }).await {
+                    Ok(answer) => break answer,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "write {i} failed until the deadline: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            };
             match answer.data.0.first() {
-                Some(OpResult::Stored { seq, .. }) => seqs.push(*seq),
+                Some(OpResult::Stored { seq, .. } | OpResult::Duplicate { seq, .. }) => seqs.push(*seq),
                 other => panic!("unexpected result {other:?}"),
             }
         }
@@ -417,7 +429,7 @@ mod groups {
         }
         let three = [&ms[0], &ms[1], &ms[2]];
         let raft = leader(&three).await;
-        assert_eq!(write(&raft, 0, 30).await, (1..=30).collect::<Vec<u64>>(), "gapless seqs from the leader");
+        assert_eq!(write(&three, 0, 30).await, (1..=30).collect::<Vec<u64>>(), "gapless seqs from the leader");
         same_log(&three, 30).await;
 
         // The leader goes; another takes over and the seqs go on.
@@ -425,8 +437,8 @@ mod groups {
         let gone = ms.iter().position(|m| m.host.me() == old).expect("leader is a member");
         ms[gone].host.close(SHARD).await;
         let rest: Vec<&Member> = ms[..3].iter().filter(|m| m.host.me() != old).collect();
+        assert_eq!(write(&rest, 30, 10).await, (31..=40).collect::<Vec<u64>>());
         let raft = leader(&rest).await;
-        assert_eq!(write(&raft, 30, 10).await, (31..=40).collect::<Vec<u64>>());
         same_log(&rest, 40).await;
 
         // A fourth node joins: it catches up (the log was purged past a
@@ -435,8 +447,7 @@ mod groups {
         raft.add_learner(4, node(&ms[3]), true).await.expect("add learner");
         let voters: std::collections::BTreeSet<u64> = rest.iter().map(|m| m.host.me()).chain([4]).collect();
         raft.change_membership(voters, false).await.expect("change membership");
-        let raft = leader(&[rest[0], rest[1], &ms[3]]).await;
-        assert_eq!(write(&raft, 40, 5).await, (41..=45).collect::<Vec<u64>>());
+        assert_eq!(write(&[rest[0], rest[1], &ms[3]], 40, 5).await, (41..=45).collect::<Vec<u64>>());
         same_log(&[rest[0], rest[1], &ms[3]], 45).await;
         for m in &ms {
             m.host.shutdown().await;
