@@ -15,6 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 
+use palaver_protocol::close;
 use parking_lot::Mutex;
 use parking_lot::RwLock;
 use tokio::sync::Notify;
@@ -22,7 +23,6 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::meta::TokenHash;
-use crate::protocol::close;
 
 /// A connection's id on this node.
 pub type ConnId = u64;
