@@ -46,7 +46,6 @@ use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
 use crate::peer::PeerHandler;
 use crate::peer::frame;
-use crate::protocol::to_json;
 use crate::raft::ConsensusError;
 use crate::rooms::Record;
 use crate::service::ApiError;
@@ -269,14 +268,8 @@ fn gossip(node: &Arc<Node>, from: u64, g: Gossip) {
         }
         Gossip::Usage { counts } => node.quotas.charge_remote(&counts, now_ms()),
         Gossip::Typing { room_key, room, username } => {
-            let json = to_json(&ServerEvent::Typing { room: room.as_str(), username: username.as_str() });
-            node.hub.publish(Event {
-                room_key,
-                room: room.as_str().into(),
-                seq: 0,
-                json: json.into(),
-                except: Some(username.as_str().into()),
-            });
+            let typing = ServerEvent::Typing { room: room.as_str(), username: username.as_str() };
+            node.hub.publish(Event::notice(room_key, &typing, Some(username.as_str().into())));
         }
     }
 }

@@ -37,15 +37,8 @@ impl Node {
                 }
             }
             MetaEffect::MemberChanged { room, room_key, username, change, role, may_read } => {
-                let json =
-                    to_json(&ServerEvent::Member { room: room.as_str(), username: username.as_str(), change, role });
-                self.hub.publish(Event {
-                    room_key,
-                    room: Arc::from(room.as_str()),
-                    seq: 0,
-                    json: json.into(),
-                    except: None,
-                });
+                let member = ServerEvent::Member { room: room.as_str(), username: username.as_str(), change, role };
+                self.hub.publish(Event::notice(room_key, &member, None));
                 if !may_read {
                     let reason = match change {
                         MemberChange::Kicked => Removal::Kicked,
@@ -101,14 +94,8 @@ impl Node {
             .map(|r| (r.info.id.clone(), r.info.key))
             .collect();
         for (room, room_key) in rooms {
-            let json = to_json(&ServerEvent::Presence { room: room.as_str(), username: user, online });
-            self.hub.publish(Event {
-                room_key,
-                room: Arc::from(room.as_str()),
-                seq: 0,
-                json: json.into(),
-                except: None,
-            });
+            let presence = ServerEvent::Presence { room: room.as_str(), username: user, online };
+            self.hub.publish(Event::notice(room_key, &presence, None));
         }
     }
 }

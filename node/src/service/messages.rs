@@ -4,7 +4,6 @@ use palaver_protocol::Code;
 use palaver_protocol::Page;
 use palaver_protocol::Role;
 use palaver_protocol::ServerEvent;
-use std::sync::Arc;
 
 use super::ApiError;
 use super::Node;
@@ -241,14 +240,8 @@ impl Node {
                 username: s.username.to_string(),
             });
         }
-        let json = to_json(&ServerEvent::Typing { room, username: &*s.username });
-        self.hub.publish(Event {
-            room_key: key,
-            room: Arc::from(room),
-            seq: 0,
-            json: json.into(),
-            except: Some(s.username.clone()),
-        });
+        let typing = ServerEvent::Typing { room, username: &*s.username };
+        self.hub.publish(Event::notice(key, &typing, Some(s.username.clone())));
         Ok(())
     }
 }

@@ -55,7 +55,6 @@ use crate::peer::NodeIdentity;
 use crate::peer::PeerEndpoint;
 use crate::peer::PeerSettings;
 use crate::protocol::message_event;
-use crate::protocol::to_json;
 use crate::raft::Consensus;
 use crate::raft::ConsensusError;
 use crate::raft::PeerNode;
@@ -409,8 +408,7 @@ fn publish_committed(hub: &Hub, p: Published) {
             hub.publish(Event { room_key, seq: message.seq, room, json: json.into(), except: None });
         }
         Published::Deleted { room, room_key, seq } => {
-            let json = to_json(&ServerEvent::Deleted { room: &*room, seq });
-            hub.publish(Event { room_key, seq: 0, room, json: json.into(), except: None });
+            hub.publish(Event::notice(room_key, &ServerEvent::Deleted { room: &room, seq }, None));
         }
     }
 }
