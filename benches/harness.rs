@@ -35,8 +35,17 @@ use futures_util::SinkExt;
 use futures_util::StreamExt;
 use futures_util::stream::SplitSink;
 use hdrhistogram::Histogram;
+use palaver_protocol::Command as PalaverCommand;
+use palaver_protocol::Credentials;
+use palaver_protocol::Done;
+use palaver_protocol::FrameId;
+use palaver_protocol::Login;
+use palaver_protocol::NewRoom;
+use palaver_protocol::Reply;
+use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -596,9 +605,18 @@ impl Api {
         Arc::new(Self { http: reqwest::Client::new(), base: format!("http://{addr}") })
     }
 
-    /// POSTs a JSON body; answers the JSON reply (null when empty).
-    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Result<Value> {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+    /// POSTs a JSON body (none when `None`); answers the JSON reply
+    /// (null when empty).
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -608,7 +626,7 @@ impl Api {
         if !status.is_success() {
             bail!("{path}: {status} {text}");
         }
-        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+        Ok(serde_json::from_str(if text.is_empty() { "null" } else { &text })?)
     }
 
     /// Registers and logs in `n` users (8 at a time); answers their tokens.
@@ -621,10 +639,10 @@ impl Api {
             let name = format!("{prefix}{i}");
             tasks.push(tokio::spawn(async move {
                 let _permit = gate.acquire().await?;
-                let creds = json!({"username": name, "password": "bench-password"});
-                api.post("/api/register", None, creds.clone()).await?;
-                let login = api.post("/api/login", None, creds).await?;
-                login["token"].as_str().map(str::to_string).context("no token")
+                let creds = Credentials { username: name.as_str(), password: "bench-password" };
+                api.post::<_, Value>("/api/register", None, Some(&creds)).await?;
+                let login: Login = api.post("/api/login", None, Some(&creds)).await?;
+                anyhow::Ok(login.token)
             }));
         }
         let mut tokens = Vec::with_capacity(n);
@@ -636,9 +654,10 @@ impl Api {
 
     /// Creates public `room` owned by `owner`; every other token joins it.
     pub async fn room(&self, room: &str, owner: &str, members: &[String]) -> Result<()> {
-        self.post("/api/rooms", Some(owner), json!({"room": room, "visibility": "public"})).await?;
+        let new = NewRoom { room, title: None, visibility: Some("public") };
+        self.post::<_, Value>("/api/rooms", Some(owner), Some(&new)).await?;
         for t in members.iter().filter(|t| t.as_str() != owner) {
-            self.post(&format!("/api/rooms/{room}/join"), Some(t), json!({})).await?;
+            self.post::<(), Value>(&format!("/api/rooms/{room}/join"), Some(t), None).await?;
         }
         Ok(())
     }
@@ -681,11 +700,21 @@ pub async fn dial(addr: &str, path: &str, bearer: Option<&str>, d: Dial) -> Resu
     Ok(ws)
 }
 
+/// A Palaver command frame with the client's `id`.
+pub fn palaver_frame(id: u64, cmd: PalaverCommand) -> Message {
+    // A frame is strings and numbers: encoding cannot fail.
+    Message::Text(serde_json::to_string(&cmd.frame(Some(id))).unwrap_or_default().into())
+}
+
+/// Whether a Palaver frame is an `error` reply.
+pub fn is_error(text: &str) -> bool {
+    matches!(serde_json::from_str::<Reply<Done>>(text), Ok(Reply::Error { .. }))
+}
+
 /// Sends a Palaver command and waits for the reply with its id, skipping
 /// events (30 s at most).
-pub async fn call(ws: &mut Ws, frame: Value) -> Result<Value> {
-    let id = frame["id"].clone();
-    ws.send(Message::Text(frame.to_string().into())).await?;
+pub async fn call(ws: &mut Ws, id: u64, cmd: PalaverCommand) -> Result<Value> {
+    ws.send(palaver_frame(id, cmd)).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let msg = tokio::time::timeout_at(deadline.into(), ws.next()).await.context("reply timed out")?;
@@ -695,8 +724,8 @@ pub async fn call(ws: &mut Ws, frame: Value) -> Result<Value> {
         }
         let Some(Ok(Message::Text(t))) = msg else { bail!("socket ended: {msg:?}") };
         let v: Value = serde_json::from_str(&t)?;
-        if v["id"] == id {
-            if v["type"] == "error" {
+        if FrameId::deserialize(&v).ok().and_then(|f| f.id) == Some(id) {
+            if is_error(&t) {
                 bail!("error reply: {v}");
             }
             return Ok(v);
@@ -767,7 +796,7 @@ impl Target {
         match &self.proto {
             Proto::Palaver { receivers, .. } => {
                 let mut ws = dial(addr, "/ws", Some(&receivers[i % receivers.len()]), d).await?;
-                call(&mut ws, json!({"type": "subscribe", "id": 1, "room": room})).await?;
+                call(&mut ws, 1, PalaverCommand::Subscribe { room: room.to_string(), since: None }).await?;
                 Ok(ws)
             }
             Proto::Plain => dial(addr, "/", None, d).await,
@@ -798,7 +827,8 @@ impl Target {
     fn frame(&self, j: usize, n: u64, room: &str, stamp: &str, nonce: &str) -> Message {
         let text = match &self.proto {
             Proto::Palaver { .. } => {
-                format!(r#"{{"type":"send","id":{n},"room":"{room}","body":"{stamp}","client_id":"{nonce}-{j}-{n}"}}"#)
+                let (room, body, client_id) = (room.to_string(), stamp.to_string(), format!("{nonce}-{j}-{n}"));
+                return palaver_frame(n, PalaverCommand::Send { room, body, client_id });
             }
             Proto::Plain => {
                 let head = format!(r#"{{"type":"message","room":"{room}","from":"bench","body":"{stamp}","pad":""#);
@@ -1200,7 +1230,7 @@ async fn drain_sender(mut rx: futures_util::stream::SplitStream<Ws>, sink: Sink,
             if sink.lock().await.send(Message::Text("3".into())).await.is_err() {
                 break;
             }
-        } else if t.starts_with(r#"{"type":"error""#) {
+        } else if t.contains(r#""type":"error""#) && is_error(&t) {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             let mut first = shared.first_error.lock().unwrap_or_else(|e| e.into_inner());
             first.get_or_insert_with(|| t.to_string());

@@ -43,6 +43,9 @@ use anyhow::bail;
 use futures_util::SinkExt;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
+use palaver_protocol::Command;
+use palaver_protocol::Done;
+use palaver_protocol::Reply;
 use serde_json::Value;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -677,7 +680,7 @@ async fn cluster_latency(nodes: &[Server], rate: u64, secs: u64, res: &mut Resul
     let mut receivers = Vec::new();
     for node in nodes {
         let mut ws = harness::dial(&node.addr, "/ws", Some(&tokens[1]), Dial::default()).await?;
-        call(&mut ws, json!({"type": "subscribe", "id": 1, "room": "latency"})).await?;
+        call(&mut ws, 1, Command::Subscribe { room: "latency".into(), since: None }).await?;
         receivers.push(ws);
     }
     let meter = CpuMeter::start();
@@ -705,9 +708,8 @@ async fn cluster_latency(nodes: &[Server], rate: u64, secs: u64, res: &mut Resul
     while Instant::now() < deadline {
         tick.tick().await;
         let body = format!("@0:{};", epoch.elapsed().as_micros());
-        let frame =
-            json!({"type": "send", "id": n, "room": "latency", "body": body, "client_id": format!("{nonce}-{n}")});
-        tx.send(Message::Text(frame.to_string().into())).await?;
+        let send = Command::Send { room: "latency".into(), body, client_id: format!("{nonce}-{n}") };
+        tx.send(harness::palaver_frame(n, send)).await?;
         n += 1;
     }
     let mut hists = Vec::new();
@@ -758,21 +760,22 @@ async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64
             while Instant::now() < deadline || answered < sent {
                 while sent - answered < WINDOW && Instant::now() < deadline {
                     let room = format!("cs{rooms}-{}", (sent as usize + i) % rooms);
-                    let frame = json!({"type": "send", "id": sent, "room": room, "body": "x", "client_id": format!("{nonce}-{i}-{sent}")});
+                    let send = Command::Send { room, body: "x".into(), client_id: format!("{nonce}-{i}-{sent}") };
                     started.insert(sent, Instant::now());
-                    tx.send(Message::Text(frame.to_string().into())).await?;
+                    tx.send(harness::palaver_frame(sent, send)).await?;
                     sent += 1;
                 }
                 let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("answer timed out")?;
                 let Some(Ok(Message::Text(t))) = msg else { bail!("socket ended") };
-                let v: Value = serde_json::from_str(&t)?;
-                if v["type"] == "ok" {
-                    answered += 1;
-                    if let Some(t0) = v["id"].as_u64().and_then(|id| started.remove(&id)) {
-                        h.saturating_record(t0.elapsed().as_micros() as u64);
+                match serde_json::from_str::<Reply<Done>>(&t) {
+                    Ok(Reply::Ok { id, .. }) => {
+                        answered += 1;
+                        if let Some(t0) = id.and_then(|id| started.remove(&id)) {
+                            h.saturating_record(t0.elapsed().as_micros() as u64);
+                        }
                     }
-                } else if v["type"] == "error" {
-                    bail!("send failed: {v}");
+                    Ok(Reply::Error { .. }) => bail!("send failed: {t}"),
+                    Err(_) => {}
                 }
             }
             anyhow::Ok(h)
@@ -824,12 +827,13 @@ async fn closed_loop(
             let mut n = 0u64;
             while Instant::now() < deadline && n < 10_000_000 {
                 let started = Instant::now();
-                let frame = if typing {
-                    json!({"type": "typing", "id": n, "room": room})
+                let cmd = if typing {
+                    Command::Typing { room: room.clone() }
                 } else {
-                    json!({"type": "send", "id": n, "room": room, "body": "benchmark message", "client_id": format!("{nonce}-{i}-{n}")})
+                    let client_id = format!("{nonce}-{i}-{n}");
+                    Command::Send { room: room.clone(), body: "benchmark message".into(), client_id }
                 };
-                call(&mut ws, frame).await?;
+                call(&mut ws, n, cmd).await?;
                 h.saturating_record(started.elapsed().as_micros() as u64);
                 n += 1;
             }

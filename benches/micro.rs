@@ -35,8 +35,7 @@ use palaver_node::cluster::wire::RoomBatch;
 use palaver_node::cluster::wire::decode;
 use palaver_node::cluster::wire::encode;
 use palaver_node::hub::Event;
-use palaver_node::protocol::MessageView;
-use palaver_node::protocol::to_json;
+use palaver_node::protocol::message_event;
 use palaver_node::rooms::Message;
 use palaver_node::rooms::Record;
 use palaver_node::rooms::Sequencer;
@@ -94,9 +93,9 @@ fn event(c: &mut Criterion) {
         let message = Message { seq: 123_456, stored: stored(1, len) };
         group.throughput(Throughput::Bytes(len as u64));
         group.bench_with_input(BenchmarkId::new("encode", len), &message, |b, m| {
-            b.iter(|| to_json(&MessageView::event(black_box(&room), black_box(m))));
+            b.iter(|| message_event(black_box(&room), black_box(m)));
         });
-        let json = to_json(&MessageView::event(&room, &message));
+        let json = message_event(&room, &message);
         let event =
             Arc::new(Event { room_key: 7, room: room.clone(), seq: message.seq, json: json.into(), except: None });
         group.throughput(Throughput::Elements(1));

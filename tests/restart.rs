@@ -117,7 +117,7 @@ async fn answered_messages_and_metadata_survive_sigkill() -> Result<()> {
         ("Secret", Visibility::Private, Some("alice"))
     );
     let roles: BTreeMap<String, String> =
-        alice.http.members("lobby").await?.into_iter().map(|m| (m.username, m.role)).collect();
+        alice.http.members("lobby").await?.into_iter().map(|m| (m.username, m.role.to_string())).collect();
     assert_eq!(roles.get("alice").map(String::as_str), Some("owner"));
     assert_eq!(roles.get("bob").map(String::as_str), Some("moderator"));
     assert!(!roles.contains_key("dave"));

@@ -1,6 +1,11 @@
 //! The client's one error type: protocol errors keep what the server said
 //! (status, `code`, `retry_after_ms`); transport failures keep their cause.
 
+use palaver_protocol::Done;
+use palaver_protocol::ErrorBody;
+use palaver_protocol::HttpError;
+use palaver_protocol::Reply;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// What a client call returns.
@@ -16,6 +21,7 @@ pub enum Error {
         /// HTTP status; `None` for a WebSocket reply.
         status: Option<u16>,
         /// Protocol code: `bad_request`, `not_found`, `rate_limited`, ...
+        /// (a code the protocol crate does not know reads as `internal`).
         code: String,
         /// Human text from the server.
         message: String,
@@ -125,21 +131,16 @@ impl From<tokio_tungstenite::tungstenite::Error> for Error {
 
 /// Reads a protocol error out of an HTTP body (`{"error":{...}}`) or a
 /// WebSocket reply (`{"type":"error",...}`).
-// protocol is silent on where `retry_after_ms` sits: accepted inside the
-// error object and next to it.
 pub(crate) fn api_error(v: &Value, status: Option<u16>) -> Option<Error> {
-    let (inner, outer) = match v.get("error") {
-        Some(inner @ Value::Object(_)) => (inner, v),
-        _ if v.get("type").and_then(Value::as_str) == Some("error") => (v, v),
-        _ => return None,
+    let error = match HttpError::deserialize(v) {
+        Ok(body) => body.error,
+        Err(_) => match Reply::<Done>::deserialize(v) {
+            Ok(Reply::Error { error, .. }) => error,
+            _ => return None,
+        },
     };
-    let code = inner.get("code").and_then(Value::as_str)?.to_string();
-    let message = inner.get("message").and_then(Value::as_str).unwrap_or_default().to_string();
-    let retry_after_ms = inner
-        .get("retry_after_ms")
-        .and_then(Value::as_u64)
-        .or_else(|| outer.get("retry_after_ms").and_then(Value::as_u64));
-    Some(Error::Api { status, code, message, retry_after_ms })
+    let ErrorBody { code, message, retry_after_ms } = error;
+    Some(Error::Api { status, code: code.to_string(), message, retry_after_ms })
 }
 
 /// Keeps error texts readable when a body is large.

@@ -4,9 +4,18 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use palaver_protocol::Credentials;
+use palaver_protocol::Mute;
+use palaver_protocol::NewMessage;
+use palaver_protocol::NewRoom;
+use palaver_protocol::ReadMarker;
+use palaver_protocol::Registered;
+use palaver_protocol::RoleChange;
+use palaver_protocol::Ticket;
+use palaver_protocol::UserTarget;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use serde_json::json;
 
 use crate::error::Error;
 use crate::error::Result;
@@ -28,6 +37,8 @@ pub use reqwest::Method;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Extra time a long poll gets on top of its own `timeout_ms`.
 const POLL_GRACE: Duration = Duration::from_secs(30);
+/// The body of a request that sends none.
+const NO_BODY: Option<&()> = None;
 
 /// An HTTP client for one server address, with or without a token.
 #[derive(Clone, Debug)]
@@ -130,65 +141,64 @@ impl Http {
 
     /// `POST /api/register`: 201, answers the username.
     pub async fn register(&self, username: &str, password: &str) -> Result<String> {
-        let v: Value = self
-            .json(Method::POST, "/api/register", Some(&json!({"username": username, "password": password})), &[201])
-            .await?;
-        field_str(&v, "username")
+        let body = Credentials { username, password };
+        let answer: Registered = self.json(Method::POST, "/api/register", Some(&body), &[201]).await?;
+        Ok(answer.username)
     }
 
     /// `POST /api/login`: 200 with token.
     pub async fn login(&self, username: &str, password: &str) -> Result<Login> {
-        self.json(Method::POST, "/api/login", Some(&json!({"username": username, "password": password})), &[200]).await
+        self.json(Method::POST, "/api/login", Some(&Credentials { username, password }), &[200]).await
     }
 
     /// `POST /api/logout`: 204; this client's token stops working.
     pub async fn logout(&self) -> Result<()> {
-        self.empty(Method::POST, "/api/logout", None).await
+        self.empty(Method::POST, "/api/logout", NO_BODY).await
     }
 
     /// `GET /api/me`.
     pub async fn me(&self) -> Result<Me> {
-        self.json(Method::GET, "/api/me", None, &[200]).await
+        self.json(Method::GET, "/api/me", NO_BODY, &[200]).await
     }
 
     /// `POST /api/ticket`: a one-time ticket for `/sse` or `/api/poll`.
     // protocol is silent on the status: any 2xx is accepted.
     pub async fn ticket(&self) -> Result<String> {
-        let v: Value = self.json(Method::POST, "/api/ticket", None, &[]).await?;
-        field_str(&v, "ticket")
+        let answer: Ticket = self.json(Method::POST, "/api/ticket", NO_BODY, &[]).await?;
+        Ok(answer.ticket)
     }
 
     // ----- rooms (§3) -----
 
     /// `GET /api/rooms`: public rooms and the caller's rooms.
     pub async fn rooms(&self) -> Result<Vec<Room>> {
-        self.json(Method::GET, "/api/rooms", None, &[200]).await
+        self.json(Method::GET, "/api/rooms", NO_BODY, &[200]).await
     }
 
     /// `POST /api/rooms`: 201 with the room; the caller becomes owner.
     pub async fn create_room(&self, room: &str, title: &str, visibility: Visibility) -> Result<Room> {
-        let body = json!({"room": room, "title": title, "visibility": visibility.as_str()});
+        let body = NewRoom { room, title: Some(title), visibility: Some(visibility.as_str()) };
         self.json(Method::POST, "/api/rooms", Some(&body), &[201]).await
     }
 
     /// `GET /api/rooms/{room}`.
     pub async fn room(&self, room: &str) -> Result<Room> {
-        self.json(Method::GET, &format!("/api/rooms/{room}"), None, &[200]).await
+        self.json(Method::GET, &format!("/api/rooms/{room}"), NO_BODY, &[200]).await
     }
 
     /// `DELETE /api/rooms/{room}`: 204.
     pub async fn delete_room(&self, room: &str) -> Result<()> {
-        self.empty(Method::DELETE, &format!("/api/rooms/{room}"), None).await
+        self.empty(Method::DELETE, &format!("/api/rooms/{room}"), NO_BODY).await
     }
 
     /// `POST /api/rooms/{room}/join`: 200 with the caller as member.
     pub async fn join(&self, room: &str) -> Result<Member> {
-        self.json(Method::POST, &format!("/api/rooms/{room}/join"), None, &[200]).await
+        self.json(Method::POST, &format!("/api/rooms/{room}/join"), NO_BODY, &[200]).await
     }
 
     /// `POST /api/rooms/{room}/leave`: 204.
     pub async fn leave(&self, room: &str) -> Result<()> {
-        self.empty(Method::POST, &format!("/api/rooms/{room}/leave"), None).await
+        self.empty(Method::POST, &format!("/api/rooms/{room}/leave"), NO_BODY).await
     }
 
     /// `POST /api/rooms/{room}/invite`: 204.
@@ -213,13 +223,13 @@ impl Http {
 
     /// `POST /api/rooms/{room}/role`: 204.
     pub async fn set_role(&self, room: &str, username: &str, role: &str) -> Result<()> {
-        let body = json!({"username": username, "role": role});
+        let body = RoleChange { username, role };
         self.empty(Method::POST, &format!("/api/rooms/{room}/role"), Some(&body)).await
     }
 
     /// `POST /api/rooms/{room}/mute` for `seconds`: 204.
     pub async fn mute(&self, room: &str, username: &str, seconds: u64) -> Result<()> {
-        let body = json!({"username": username, "seconds": seconds});
+        let body = Mute { username, seconds };
         self.empty(Method::POST, &format!("/api/rooms/{room}/mute"), Some(&body)).await
     }
 
@@ -230,45 +240,45 @@ impl Http {
 
     /// `DELETE /api/rooms/{room}/messages/{seq}`: 204.
     pub async fn delete_message(&self, room: &str, seq: u64) -> Result<()> {
-        self.empty(Method::DELETE, &format!("/api/rooms/{room}/messages/{seq}"), None).await
+        self.empty(Method::DELETE, &format!("/api/rooms/{room}/messages/{seq}"), NO_BODY).await
     }
 
     /// `GET /api/rooms/{room}/audit`: moderation actions, oldest first.
     pub async fn audit(&self, room: &str) -> Result<Vec<AuditEntry>> {
-        self.json(Method::GET, &format!("/api/rooms/{room}/audit"), None, &[200]).await
+        self.json(Method::GET, &format!("/api/rooms/{room}/audit"), NO_BODY, &[200]).await
     }
 
     /// `POST /api/rooms/{room}/read`: 204; stores the read marker.
     pub async fn read(&self, room: &str, seq: u64) -> Result<()> {
-        self.empty(Method::POST, &format!("/api/rooms/{room}/read"), Some(&json!({"seq": seq}))).await
+        self.empty(Method::POST, &format!("/api/rooms/{room}/read"), Some(&ReadMarker { seq })).await
     }
 
     /// `GET /api/rooms/{room}/members`.
     pub async fn members(&self, room: &str) -> Result<Vec<Member>> {
-        self.json(Method::GET, &format!("/api/rooms/{room}/members"), None, &[200]).await
+        self.json(Method::GET, &format!("/api/rooms/{room}/members"), NO_BODY, &[200]).await
     }
 
     /// `POST /api/dm/{username}`: the direct room with that user.
     // protocol is silent on the status (created on first call): any 2xx.
     pub async fn dm(&self, username: &str) -> Result<Room> {
-        self.json(Method::POST, &format!("/api/dm/{username}"), None, &[]).await
+        self.json(Method::POST, &format!("/api/dm/{username}"), NO_BODY, &[]).await
     }
 
     /// `GET .../messages?after=N[&limit=L]`: seq > N, ascending.
     pub async fn messages_after(&self, room: &str, after: u64, limit: Option<u32>) -> Result<Vec<Message>> {
         let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
-        self.json(Method::GET, &format!("/api/rooms/{room}/messages?after={after}{limit}"), None, &[200]).await
+        self.json(Method::GET, &format!("/api/rooms/{room}/messages?after={after}{limit}"), NO_BODY, &[200]).await
     }
 
     /// `GET .../messages?before=N[&limit=L]`: the newest with seq < N, ascending.
     pub async fn messages_before(&self, room: &str, before: u64, limit: Option<u32>) -> Result<Vec<Message>> {
         let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
-        self.json(Method::GET, &format!("/api/rooms/{room}/messages?before={before}{limit}"), None, &[200]).await
+        self.json(Method::GET, &format!("/api/rooms/{room}/messages?before={before}{limit}"), NO_BODY, &[200]).await
     }
 
     /// `POST /api/rooms/{room}/messages`: 201 once durable.
     pub async fn post_message(&self, room: &str, body: &str, client_id: &str) -> Result<SendAck> {
-        let payload = json!({"body": body, "client_id": client_id});
+        let payload = NewMessage { body: Some(body), client_id: Some(client_id) };
         self.json(Method::POST, &format!("/api/rooms/{room}/messages"), Some(&payload), &[201]).await
     }
 
@@ -292,13 +302,8 @@ impl Http {
         }
         req = req.timeout(Duration::from_millis(timeout_ms) + POLL_GRACE);
         let bytes = checked(req.send().await?, &[200]).await?;
-        let v: Value = decode(&bytes)?;
-        let events = match v.get("events") {
-            Some(Value::Array(events)) => events.iter().cloned().map(Event::from_value).collect(),
-            _ => return Err(Error::Decode(format!("poll answer without events: {}", clip(&v.to_string())))),
-        };
-        let cursor = field_str(&v, "cursor")?;
-        Ok(PollAnswer { events, cursor })
+        let answer: palaver_protocol::PollAnswer<Value> = decode(&bytes)?;
+        Ok(PollAnswer { events: answer.events.into_iter().map(Event::from_value).collect(), cursor: answer.cursor })
     }
 
     // ----- plumbing -----
@@ -312,11 +317,11 @@ impl Http {
     }
 
     async fn user_action(&self, room: &str, action: &str, username: &str) -> Result<()> {
-        self.empty(Method::POST, &format!("/api/rooms/{room}/{action}"), Some(&json!({"username": username}))).await
+        self.empty(Method::POST, &format!("/api/rooms/{room}/{action}"), Some(&UserTarget { username })).await
     }
 
     /// A call answered by 204 and no body.
-    async fn empty(&self, method: Method, path: &str, body: Option<&Value>) -> Result<()> {
+    async fn empty<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<()> {
         let mut req = self.builder(method, path);
         if let Some(body) = body {
             req = req.json(body);
@@ -325,11 +330,11 @@ impl Http {
     }
 
     /// A call answered by JSON; `ok` lists the accepted statuses (empty: any 2xx).
-    async fn json<T: DeserializeOwned>(
+    async fn json<T: DeserializeOwned, B: Serialize>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
         ok: &[u16],
     ) -> Result<T> {
         let mut req = self.builder(method, path);
@@ -372,11 +377,4 @@ async fn raw(resp: reqwest::Response) -> Result<Raw> {
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| Error::Decode(format!("{e}: {}", clip(&String::from_utf8_lossy(body)))))
-}
-
-fn field_str(v: &Value, name: &str) -> Result<String> {
-    v.get(name)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| Error::Decode(format!("no string field {name:?} in {}", clip(&v.to_string()))))
 }

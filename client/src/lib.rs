@@ -17,8 +17,9 @@
 //! - [`Error`]: one error type keeping the HTTP status, the protocol `code`
 //!   and `retry_after_ms`, and the WebSocket close code.
 //!
-//! The client knows only the wire protocol: nothing about how a node stores
-//! or routes anything, and no TLS.
+//! The client knows only the wire protocol, as `palaver_protocol` defines
+//! it (most of the types here are that crate's, re-exported): nothing
+//! about how a node stores or routes anything, and no TLS.
 //!
 //! ```no_run
 //! # async fn demo() -> palaver_client::Result<()> {

@@ -55,8 +55,12 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use futures_util::StreamExt;
+use palaver_protocol::Authenticated;
+use palaver_protocol::Command;
+use palaver_protocol::SendAck;
+use palaver_protocol::Subscribed;
+use palaver_protocol::close;
 use serde_json::Value;
-use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -71,11 +75,10 @@ use crate::http::Http;
 use crate::types::Event;
 use crate::types::Message;
 use crate::ws::WsOptions;
+use crate::ws::command_text;
+use crate::ws::ok_answer;
+use crate::ws::reply_id;
 
-/// Close code: not authenticated.
-const CLOSE_NOT_AUTHENTICATED: u16 = 4001;
-/// Close code: token revoked or expired.
-const CLOSE_TOKEN_REVOKED: u16 = 4003;
 /// How often the connection task looks at timers.
 const TICK: Duration = Duration::from_millis(50);
 /// A session that lasted this long resets the reconnect backoff.
@@ -613,7 +616,7 @@ impl Driver {
                     if ended.closing {
                         break "closed".to_string();
                     }
-                    if matches!(ended.close_code, Some(CLOSE_NOT_AUTHENTICATED | CLOSE_TOKEN_REVOKED)) {
+                    if matches!(ended.close_code, Some(close::NOT_AUTHENTICATED | close::TOKEN_REVOKED)) {
                         if self.opts.credentials.is_none() {
                             let e = Error::Closed { code: ended.close_code, reason: ended.reason };
                             break format!("the token stopped working and there are no credentials: {e}");
@@ -786,7 +789,7 @@ impl Driver {
         let token = self.token.clone().unwrap_or_default();
         let ws_opts = WsOptions { timeout: self.opts.connect_timeout, ..WsOptions::default() };
         let mut ws = crate::ws::open(&self.opts.addr, &ws_opts).await.map_err(ConnectError::Transient)?;
-        let auth = json!({"type": "auth", "id": 1, "token": token}).to_string();
+        let auth = command_text(Command::Auth { token }, 1);
         let deadline = Instant::now() + self.opts.connect_timeout;
         let sent = tokio::time::timeout_at(deadline, ws.send(tungstenite::Message::text(auth))).await;
         if !matches!(sent, Ok(Ok(()))) {
@@ -807,16 +810,14 @@ impl Driver {
             match frame {
                 tungstenite::Message::Text(text) => {
                     let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-                    if v.get("id").and_then(Value::as_u64) != Some(1) {
+                    if reply_id(&v) != Some(1) {
                         continue;
                     }
                     if let Some(err) = api_error(&v, None) {
                         return Err(self.token_refused(err));
                     }
-                    if let (Some(name), Ok(mut u)) =
-                        (v.get("username").and_then(Value::as_str), self.shared.username.lock())
-                    {
-                        *u = Some(name.to_string());
+                    if let (Some(auth), Ok(mut u)) = (ok_answer::<Authenticated>(&v), self.shared.username.lock()) {
+                        *u = Some(auth.username);
                     }
                     let now = Instant::now();
                     return Ok(Session { ws, next_id: 2, waiting: HashMap::new(), last_heard: now, last_ping: now });
@@ -827,7 +828,7 @@ impl Driver {
                         None => (None, "closed without a code".to_string()),
                     };
                     let err = Error::Closed { code, reason };
-                    if code == Some(CLOSE_NOT_AUTHENTICATED) || code == Some(CLOSE_TOKEN_REVOKED) {
+                    if code == Some(close::NOT_AUTHENTICATED) || code == Some(close::TOKEN_REVOKED) {
                         return Err(self.token_refused(err));
                     }
                     return Err(ConnectError::Transient(err));
@@ -918,7 +919,7 @@ impl Driver {
                         let known = self.subs.contains_key(&room);
                         self.drop_sub(&room);
                         if known {
-                            self.write(&mut s, json!({"type": "unsubscribe", "room": room}), Waiting::Other).await.map(drop)
+                            self.write(&mut s, Command::Unsubscribe { room }, Waiting::Other).await.map(drop)
                         } else {
                             Ok(())
                         }
@@ -973,7 +974,7 @@ impl Driver {
 
     async fn write_send(&mut self, s: &mut Session, key: u64) -> std::result::Result<(), Ended> {
         let Some(p) = self.sends.get(&key) else { return Ok(()) };
-        let cmd = json!({"type": "send", "room": p.room, "body": p.body, "client_id": p.client_id});
+        let cmd = Command::Send { room: p.room.clone(), body: p.body.clone(), client_id: p.client_id.clone() };
         let id = self.write(s, cmd, Waiting::Send(key)).await?;
         if let Some(p) = self.sends.get_mut(&key) {
             if p.attempts > 0 {
@@ -987,10 +988,7 @@ impl Driver {
 
     async fn write_subscribe(&mut self, s: &mut Session, room: &str) -> std::result::Result<(), Ended> {
         let Some(sub) = self.subs.get(room) else { return Ok(()) };
-        let mut cmd = json!({"type": "subscribe", "room": room});
-        if let Some(last) = sub.last {
-            cmd["since"] = json!(last);
-        }
+        let cmd = Command::Subscribe { room: room.to_string(), since: sub.last };
         self.write(s, cmd, Waiting::Subscribe(room.to_string())).await?;
         if let Some(sub) = self.subs.get_mut(room) {
             sub.sent = true;
@@ -1000,11 +998,10 @@ impl Driver {
     }
 
     /// Writes a command with the next id; answers the id.
-    async fn write(&mut self, s: &mut Session, mut cmd: Value, waiting: Waiting) -> std::result::Result<u64, Ended> {
+    async fn write(&mut self, s: &mut Session, cmd: Command, waiting: Waiting) -> std::result::Result<u64, Ended> {
         let id = s.next_id;
         s.next_id += 1;
-        cmd["id"] = json!(id);
-        self.write_frame(s, tungstenite::Message::text(cmd.to_string())).await?;
+        self.write_frame(s, tungstenite::Message::text(command_text(cmd, id))).await?;
         s.waiting.insert(id, (waiting, Instant::now()));
         Ok(id)
     }
@@ -1022,7 +1019,7 @@ impl Driver {
             self.emit(ClientEvent::Event(Event::Other(Value::String(text.to_string()))));
             return Ok(());
         };
-        match v.get("id").and_then(Value::as_u64) {
+        match reply_id(&v) {
             Some(id) => {
                 if let Some((waiting, _)) = s.waiting.remove(&id) {
                     self.on_reply(waiting, &v);
@@ -1046,14 +1043,13 @@ impl Driver {
         p.in_flight = None;
         match api_error(v, None) {
             None => {
-                let (seq, ts) = (v.get("seq").and_then(Value::as_u64), v.get("ts").and_then(Value::as_u64));
                 let Some(p) = self.sends.remove(&key) else { return };
-                let answer = match (seq, ts) {
-                    (Some(seq), Some(ts)) => {
+                let answer = match ok_answer::<SendAck>(v) {
+                    Some(SendAck { seq, ts }) => {
                         bump(&self.shared.counters.answered);
                         Ok(Sent { seq, ts, client_id: p.client_id, attempts: p.attempts })
                     }
-                    _ => {
+                    None => {
                         bump(&self.shared.counters.failed);
                         Err(Error::Decode(format!("a send's ok without seq and ts: {v}")))
                     }
@@ -1087,7 +1083,7 @@ impl Driver {
         let Some(sub) = self.subs.get_mut(room) else { return };
         match api_error(v, None) {
             None => {
-                let last_seq = v.get("last_seq").and_then(Value::as_u64).unwrap_or(0);
+                let last_seq = ok_answer::<Subscribed>(v).map_or(0, |s| s.last_seq);
                 sub.attempts = 0;
                 if sub.last.is_none() {
                     sub.last = Some(last_seq);

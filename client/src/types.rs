@@ -1,147 +1,25 @@
-//! Wire types of PROTOCOL.md as the client reads them. Fields the protocol
-//! names are required; anything else the server adds lands in `extra`.
+//! Wire types as the client reads them: the protocol crate's own types
+//! (`palaver_protocol`), re-exported, and [`Event`], which adds to the
+//! protocol's server events what a reader also meets on an event stream:
+//! an `error` reply without a usable `id`, and frames the protocol does not
+//! describe.
 
+pub use palaver_protocol::AuditEntry;
+use palaver_protocol::Done;
+pub use palaver_protocol::Login;
+pub use palaver_protocol::Me;
+pub use palaver_protocol::Member;
+pub use palaver_protocol::Message;
+use palaver_protocol::Reply;
+pub use palaver_protocol::Room;
+pub use palaver_protocol::SendAck;
+use palaver_protocol::ServerEvent;
+pub use palaver_protocol::Visibility;
 use serde::Deserialize;
-use serde::Serialize;
-use serde_json::Map;
 use serde_json::Value;
 
-/// Answer of `POST /api/login`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Login {
-    /// Bearer token.
-    pub token: String,
-    /// The account's name.
-    pub username: String,
-    /// When the token stops working at the latest (Unix ms).
-    pub expires_at: u64,
-}
-
-/// Answer of `GET /api/me`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Me {
-    /// The account's name.
-    pub username: String,
-    /// `admin` or `user`.
-    pub role: String,
-}
-
-/// Who may see a room and how one joins it.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// Anyone may see and join.
-    Public,
-    /// Members and invited users only.
-    Private,
-    /// A direct-message room of two users.
-    Direct,
-}
-
-impl Visibility {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Visibility::Public => "public",
-            Visibility::Private => "private",
-            Visibility::Direct => "direct",
-        }
-    }
-}
-
-/// A room (§3).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Room {
-    /// Room id.
-    pub room: String,
-    /// Title.
-    #[serde(default)]
-    pub title: String,
-    /// Visibility.
-    pub visibility: Visibility,
-    /// Owner's username (a direct room may have none).
-    #[serde(default)]
-    pub owner: Option<String>,
-    /// Creation time (Unix ms).
-    pub created_at: u64,
-    /// Seq of the room's newest message (0 when empty).
-    pub last_seq: u64,
-    /// Unread count, shown by `GET /api/rooms` for rooms with a read marker.
-    #[serde(default)]
-    pub unread: Option<u64>,
-    /// Fields the protocol does not name.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// A room member (`join` answer and `members` entries).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Member {
-    /// Username.
-    pub username: String,
-    /// `owner`, `moderator` or `member`.
-    pub role: String,
-    /// Whether the user has a live connection (in `members` answers).
-    #[serde(default)]
-    pub online: Option<bool>,
-    /// Fields the protocol does not name.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// A stored message (§4).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Message {
-    /// Room id.
-    pub room: String,
-    /// Position in the room, from 1, without gaps.
-    pub seq: u64,
-    /// Sender's username.
-    pub from: String,
-    /// Text; gone (absent, null or empty) once deleted.
-    #[serde(default)]
-    pub body: Option<String>,
-    /// Time stored (Unix ms).
-    pub ts: u64,
-    /// The sender's idempotency key.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// True once deleted.
-    #[serde(default)]
-    pub deleted: bool,
-}
-
-/// Answer to a send: where the message landed.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub struct SendAck {
-    /// The message's seq.
-    pub seq: u64,
-    /// Its timestamp (Unix ms).
-    pub ts: u64,
-}
-
-/// One entry of `GET /api/rooms/{room}/audit`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct AuditEntry {
-    /// When (Unix ms).
-    pub ts: u64,
-    /// Who acted.
-    pub actor: String,
-    /// What was done.
-    pub action: String,
-    /// To whom (or what).
-    #[serde(default)]
-    pub target: Option<String>,
-}
-
-/// Answer of `GET /api/poll`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PollAnswer {
-    /// Events after the cursors, in order.
-    pub events: Vec<Event>,
-    /// Cursors to pass as `since` next time (`a:13,b:40`).
-    pub cursor: String,
-}
+/// Answer of `GET /api/poll`, its events read as [`Event`]s.
+pub type PollAnswer = palaver_protocol::PollAnswer<Event>;
 
 /// A server event (a frame without `id`, an SSE `data`, a poll event).
 #[derive(Clone, Debug, PartialEq)]
@@ -179,7 +57,7 @@ pub enum Event {
     Removed {
         /// Room id.
         room: String,
-        /// Why.
+        /// Why: `kicked`, `banned` or `left`.
         reason: Option<String>,
     },
     /// A message was deleted.
@@ -206,59 +84,32 @@ pub enum Event {
     Other(Value),
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum WireEvent {
-    Message(Message),
-    Presence {
-        room: String,
-        username: String,
-        online: bool,
-    },
-    Typing {
-        room: String,
-        username: String,
-    },
-    Member {
-        room: String,
-        username: String,
-        change: String,
-        #[serde(default)]
-        role: Option<String>,
-    },
-    Removed {
-        room: String,
-        #[serde(default)]
-        reason: Option<String>,
-    },
-    Deleted {
-        room: String,
-        seq: u64,
-    },
-    RoomDeleted {
-        room: String,
-    },
-    Error {
-        code: String,
-        #[serde(default)]
-        message: String,
-    },
+impl From<ServerEvent> for Event {
+    fn from(e: ServerEvent) -> Event {
+        match e {
+            ServerEvent::Message(m) => Event::Message(m),
+            ServerEvent::Presence { room, username, online } => Event::Presence { room, username, online },
+            ServerEvent::Typing { room, username } => Event::Typing { room, username },
+            ServerEvent::Member { room, username, change, role } => {
+                Event::Member { room, username, change: change.to_string(), role: role.map(|r| r.to_string()) }
+            }
+            ServerEvent::Removed { room, reason } => Event::Removed { room, reason: Some(reason.to_string()) },
+            ServerEvent::Deleted { room, seq } => Event::Deleted { room, seq },
+            ServerEvent::RoomDeleted { room } => Event::RoomDeleted { room },
+        }
+    }
 }
 
 impl Event {
     /// Reads an event; a shape the protocol does not describe becomes
     /// [`Event::Other`].
     pub fn from_value(v: Value) -> Event {
-        match WireEvent::deserialize(&v) {
-            Ok(WireEvent::Message(m)) => Event::Message(m),
-            Ok(WireEvent::Presence { room, username, online }) => Event::Presence { room, username, online },
-            Ok(WireEvent::Typing { room, username }) => Event::Typing { room, username },
-            Ok(WireEvent::Member { room, username, change, role }) => Event::Member { room, username, change, role },
-            Ok(WireEvent::Removed { room, reason }) => Event::Removed { room, reason },
-            Ok(WireEvent::Deleted { room, seq }) => Event::Deleted { room, seq },
-            Ok(WireEvent::RoomDeleted { room }) => Event::RoomDeleted { room },
-            Ok(WireEvent::Error { code, message }) => Event::Error { code, message },
-            Err(_) => Event::Other(v),
+        if let Ok(e) = ServerEvent::deserialize(&v) {
+            return e.into();
+        }
+        match Reply::<Done>::deserialize(&v) {
+            Ok(Reply::Error { error, .. }) => Event::Error { code: error.code.to_string(), message: error.message },
+            _ => Event::Other(v),
         }
     }
 

@@ -11,6 +11,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::StreamExt;
+use palaver_protocol::Authenticated;
+use palaver_protocol::Command;
+use palaver_protocol::Done;
+use palaver_protocol::FrameId;
+use palaver_protocol::HistoryPage;
+pub use palaver_protocol::Page as History;
+use palaver_protocol::Reply;
+use palaver_protocol::Subscribed;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::json;
 use tokio::net::TcpSocket;
@@ -50,15 +60,6 @@ impl Default for WsOptions {
     fn default() -> Self {
         WsOptions { bearer: None, origin: None, recv_buffer: None, timeout: Duration::from_secs(30) }
     }
-}
-
-/// Which part of a room's history to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum History {
-    /// Messages with seq < N, the newest of them.
-    Before(u64),
-    /// Messages with seq > N, the oldest of them.
-    After(u64),
 }
 
 /// A WebSocket client speaking §5.
@@ -117,29 +118,24 @@ impl Ws {
 
     /// `auth`: answers the username.
     pub async fn auth(&mut self, token: &str) -> Result<String> {
-        let v = self.call(json!({"type": "auth", "token": token})).await?;
-        str_field(&v, "username")
+        let id = self.start_command(Command::Auth { token: token.to_string() }).await?;
+        self.answer::<Authenticated>(id).await.map(|a| a.username)
     }
 
     /// `subscribe`, optionally replaying from `since`: answers `last_seq`.
     pub async fn subscribe(&mut self, room: &str, since: Option<u64>) -> Result<u64> {
         let id = self.start_subscribe(room, since).await?;
-        let v = self.reply(id).await?;
-        u64_field(&v, "last_seq")
+        self.answer::<Subscribed>(id).await.map(|s| s.last_seq)
     }
 
     /// Sends `subscribe` without waiting; answers the command id.
     pub async fn start_subscribe(&mut self, room: &str, since: Option<u64>) -> Result<u64> {
-        let mut cmd = json!({"type": "subscribe", "room": room});
-        if let Some(since) = since {
-            cmd["since"] = json!(since);
-        }
-        self.start(cmd).await
+        self.start_command(Command::Subscribe { room: room.to_string(), since }).await
     }
 
     /// `unsubscribe`.
     pub async fn unsubscribe(&mut self, room: &str) -> Result<()> {
-        self.call(json!({"type": "unsubscribe", "room": room})).await.map(drop)
+        self.command(Command::Unsubscribe { room: room.to_string() }).await
     }
 
     /// `send`: answers seq and ts once the message is durable.
@@ -150,42 +146,53 @@ impl Ws {
 
     /// Sends `send` without waiting; answers the command id for [`Ws::send_ack`].
     pub async fn start_send(&mut self, room: &str, body: &str, client_id: &str) -> Result<u64> {
-        self.start(json!({"type": "send", "room": room, "body": body, "client_id": client_id})).await
+        let (room, body, client_id) = (room.to_string(), body.to_string(), client_id.to_string());
+        self.start_command(Command::Send { room, body, client_id }).await
     }
 
     /// Waits for the reply to a `send` started earlier.
     pub async fn send_ack(&mut self, id: u64) -> Result<SendAck> {
-        let v = self.reply(id).await?;
-        Ok(SendAck { seq: u64_field(&v, "seq")?, ts: u64_field(&v, "ts")? })
+        self.answer::<SendAck>(id).await
     }
 
     /// `history` before or after a seq.
     pub async fn history(&mut self, room: &str, at: History, limit: Option<u32>) -> Result<Vec<Message>> {
-        let mut cmd = json!({"type": "history", "room": room});
-        match at {
-            History::Before(n) => cmd["before"] = json!(n),
-            History::After(n) => cmd["after"] = json!(n),
-        }
-        if let Some(limit) = limit {
-            cmd["limit"] = json!(limit);
-        }
-        let v = self.call(cmd).await?;
-        let messages = v.get("messages").cloned().unwrap_or(Value::Null);
-        serde_json::from_value(messages.clone())
-            .map_err(|e| Error::Decode(format!("history messages: {e}: {}", clip(&messages.to_string()))))
+        let limit = limit.map(|l| l as usize);
+        let id = self.start_command(Command::History { room: room.to_string(), page: at, limit }).await?;
+        self.answer::<HistoryPage>(id).await.map(|page| page.messages)
     }
 
     /// `typing`.
     pub async fn typing(&mut self, room: &str) -> Result<()> {
-        self.call(json!({"type": "typing", "room": room})).await.map(drop)
+        self.command(Command::Typing { room: room.to_string() }).await
     }
 
     /// `read`: stores the read marker.
     pub async fn read(&mut self, room: &str, seq: u64) -> Result<()> {
-        self.call(json!({"type": "read", "room": room, "seq": seq})).await.map(drop)
+        self.command(Command::Read { room: room.to_string(), seq }).await
     }
 
     // ----- generic commands and pipelining -----
+
+    /// Sends a command with the next id without waiting; answers the id.
+    async fn start_command(&mut self, command: Command) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_text(&command_text(command, id)).await?;
+        Ok(id)
+    }
+
+    /// Sends a command whose reply answers nothing more, and waits for it.
+    async fn command(&mut self, command: Command) -> Result<()> {
+        let id = self.start_command(command).await?;
+        self.answer::<Done>(id).await.map(drop)
+    }
+
+    /// Waits for the reply carrying `id` and reads its answer.
+    async fn answer<T: DeserializeOwned>(&mut self, id: u64) -> Result<T> {
+        let v = self.reply(id).await?;
+        ok_answer(&v).ok_or_else(|| Error::Decode(format!("the reply to command {id}: {}", clip(&v.to_string()))))
+    }
 
     /// Sends a command (an object; its `id` is set here) and waits for its
     /// reply. An `error` reply is an [`Error::Api`].
@@ -417,7 +424,7 @@ impl Ws {
                         return;
                     }
                 };
-                match v.get("id").and_then(Value::as_u64) {
+                match reply_id(&v) {
                     Some(id) => {
                         self.replies.insert(id, v);
                     }
@@ -485,15 +492,22 @@ fn io(e: std::io::Error) -> Error {
     Error::Ws(Box::new(tungstenite::Error::Io(e)))
 }
 
-fn str_field(v: &Value, name: &str) -> Result<String> {
-    v.get(name)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| Error::Decode(format!("no string field {name:?} in {}", clip(&v.to_string()))))
+/// A command's frame with the client's `id`, as text.
+pub(crate) fn command_text(command: Command, id: u64) -> String {
+    // A frame is strings and numbers: encoding cannot fail.
+    serde_json::to_string(&command.frame(Some(id))).unwrap_or_default()
 }
 
-fn u64_field(v: &Value, name: &str) -> Result<u64> {
-    v.get(name)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| Error::Decode(format!("no integer field {name:?} in {}", clip(&v.to_string()))))
+/// The `id` of a reply; `None` for an event (or an error to a frame
+/// without a readable `id`).
+pub(crate) fn reply_id(v: &Value) -> Option<u64> {
+    FrameId::deserialize(v).ok().and_then(|f| f.id)
+}
+
+/// The answer of an `ok` reply, if `v` is one with an answer of type `T`.
+pub(crate) fn ok_answer<T: DeserializeOwned>(v: &Value) -> Option<T> {
+    match Reply::<T>::deserialize(v) {
+        Ok(Reply::Ok { answer, .. }) => Some(answer),
+        _ => None,
+    }
 }

@@ -15,6 +15,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 
+use palaver_protocol::ServerEvent;
+use palaver_protocol::close;
 use parking_lot::Mutex;
 use parking_lot::RwLock;
 use tokio::sync::Notify;
@@ -22,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::meta::TokenHash;
-use crate::protocol::close;
+use crate::protocol::to_json;
 
 /// A connection's id on this node.
 pub type ConnId = u64;
@@ -40,6 +42,14 @@ pub struct Event {
     pub json: Utf8Bytes,
     /// A user who must not receive it (the one typing).
     pub except: Option<Arc<str>>,
+}
+
+impl Event {
+    /// A room event other than a message (presence, typing, member,
+    /// deleted), encoded here once for every listener but `except`.
+    pub fn notice(room_key: u64, event: &ServerEvent<&str>, except: Option<Arc<str>>) -> Event {
+        Event { room_key, room: Arc::from(event.room()), seq: 0, json: to_json(event).into(), except }
+    }
 }
 
 /// What a connection's writer receives. Every variant is one pointer wide

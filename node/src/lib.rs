@@ -1,6 +1,9 @@
 //! One Palaver node: the client API (HTTP, WebSocket, SSE, long polling),
 //! cluster metadata applied through openraft, room logs, and storage.
 //!
+//! The client wire format (shapes, names, codes) is `palaver_protocol`'s;
+//! [`protocol`] only encodes it.
+//!
 //! # Layout
 //! - [`permissions`]: who may do what in a room (pure).
 //! - [`meta`]: the metadata state machine (pure, deterministic).

@@ -1,55 +1,10 @@
 //! Who may do what in a room: one pure function of the actor's standing, the
 //! room's visibility and the action. No state, no I/O; the metadata state
-//! machine and the read paths both ask it.
+//! machine and the read paths both ask it. Roles and visibilities are the
+//! protocol's ([`palaver_protocol::Role`], [`palaver_protocol::Visibility`]).
 
-use serde::Deserialize;
-use serde::Serialize;
-
-/// A room's visibility.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// Listed; anyone may read and join.
-    Public,
-    /// Invite-only; invisible to outsiders.
-    Private,
-    /// A two-person direct-message room.
-    Direct,
-}
-
-impl Visibility {
-    /// The protocol's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Visibility::Public => "public",
-            Visibility::Private => "private",
-            Visibility::Direct => "direct",
-        }
-    }
-}
-
-/// A member's role; ordered so that a higher role compares greater.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// An ordinary member.
-    Member,
-    /// May invite and moderate members.
-    Moderator,
-    /// Created the room (or was given it); may do everything.
-    Owner,
-}
-
-impl Role {
-    /// The protocol's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Member => "member",
-            Role::Moderator => "moderator",
-            Role::Owner => "owner",
-        }
-    }
-}
+use palaver_protocol::Role;
+use palaver_protocol::Visibility;
 
 /// Where the actor stands with respect to a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,14 +13,14 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use palaver_protocol::Subscribed;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::hub::EndSub;
 use crate::hub::Outbound;
 use crate::hub::StartSub;
-use crate::protocol::MessageView;
+use crate::protocol::message_event;
 use crate::protocol::ok_reply;
-use crate::protocol::to_json;
 use crate::rooms::RoomLog;
 use crate::storage::StorageError;
 
@@ -81,7 +81,7 @@ impl Delivery {
         let Some(r) = self.replays.front_mut() else { return Ok(()) };
         let page = self.log.after(r.room_key, r.from, REPLAY_PAGE)?;
         for m in page.iter().take_while(|m| m.seq <= r.last) {
-            let json = to_json(&MessageView::event(&r.room, m));
+            let json = message_event(&r.room, m);
             out.push(OutFrame { json: json.into(), message: Some((r.room.clone(), m.seq)), ping: false });
             r.from = m.seq;
         }
@@ -128,7 +128,7 @@ impl Delivery {
                 let StartSub { room_key, room, since, ack, reply_id } = *start;
                 let last = self.log.last_seq(room_key)?;
                 if ack {
-                    out.push(OutFrame::plain(ok_reply(reply_id, serde_json::json!({"last_seq": last})).into()));
+                    out.push(OutFrame::plain(ok_reply(reply_id, Subscribed { last_seq: last }).into()));
                 }
                 // A re-subscribe replaces any replay still pending for the room.
                 self.replays.retain(|r| r.room_key != room_key);

@@ -6,8 +6,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::json;
+use palaver_protocol::Credentials;
+use palaver_protocol::Mute;
+use palaver_protocol::NewMessage;
+use palaver_protocol::NewRoom;
+use palaver_protocol::Page;
+use palaver_protocol::ReadMarker;
+use palaver_protocol::Registered;
+use palaver_protocol::RoleChange;
+use palaver_protocol::SendAck;
+use palaver_protocol::Ticket;
+use palaver_protocol::UserTarget;
+use serde::Serialize;
 
 use super::extract::Authed;
 use super::extract::ClientAddr;
@@ -15,67 +25,21 @@ use super::extract::Json;
 use super::extract::Path;
 use super::extract::Query;
 use crate::meta::RoomOp;
-use crate::protocol::MessageView;
-use crate::protocol::Page;
 use crate::service::ApiError;
 use crate::service::Node;
 
 type Answer = Result<Response, ApiError>;
 
-fn ok(value: serde_json::Value) -> Answer {
+fn ok(value: impl Serialize) -> Answer {
     Ok(axum::Json(value).into_response())
+}
+
+fn created(value: impl Serialize) -> Answer {
+    Ok((StatusCode::CREATED, axum::Json(value)).into_response())
 }
 
 fn no_content() -> Answer {
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `{"username","password"}`.
-#[derive(Deserialize)]
-pub struct Credentials {
-    username: String,
-    password: String,
-}
-
-/// `{"username"}` (invite, kick, ban, unban, unmute).
-#[derive(Deserialize)]
-pub struct Target {
-    username: String,
-}
-
-/// `{"username","role"}`.
-#[derive(Deserialize)]
-pub struct RoleChange {
-    username: String,
-    role: String,
-}
-
-/// `{"username","seconds"}`.
-#[derive(Deserialize)]
-pub struct MuteRequest {
-    username: String,
-    seconds: u64,
-}
-
-/// `{"seq"}`.
-#[derive(Deserialize)]
-pub struct ReadMarker {
-    seq: u64,
-}
-
-/// `{"room","title","visibility"}`.
-#[derive(Deserialize)]
-pub struct NewRoom {
-    room: String,
-    title: Option<String>,
-    visibility: Option<String>,
-}
-
-/// `{"body","client_id"}`.
-#[derive(Deserialize)]
-pub struct NewMessage {
-    body: Option<String>,
-    client_id: Option<String>,
 }
 
 pub async fn register(
@@ -84,12 +48,11 @@ pub async fn register(
     Json(c): Json<Credentials>,
 ) -> Answer {
     node.register(addr, c.username.clone(), c.password).await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"username": c.username}))).into_response())
+    created(Registered { username: c.username })
 }
 
 pub async fn login(State(node): State<Arc<Node>>, ClientAddr(addr): ClientAddr, Json(c): Json<Credentials>) -> Answer {
-    let answer = node.login(addr, c.username, c.password).await?;
-    ok(json!(answer))
+    ok(node.login(addr, c.username, c.password).await?)
 }
 
 pub async fn logout(State(node): State<Arc<Node>>, Authed(s): Authed) -> Answer {
@@ -98,26 +61,23 @@ pub async fn logout(State(node): State<Arc<Node>>, Authed(s): Authed) -> Answer 
 }
 
 pub async fn me(State(node): State<Arc<Node>>, Authed(s): Authed) -> Answer {
-    let (username, role) = node.me(&s).await?;
-    ok(json!({"username": username, "role": role.as_str()}))
+    ok(node.me(&s).await?)
 }
 
 pub async fn ticket(State(node): State<Arc<Node>>, Authed(s): Authed) -> Answer {
-    let ticket = node.ticket(&s).await?;
-    ok(json!({"ticket": ticket}))
+    ok(Ticket { ticket: node.ticket(&s).await? })
 }
 
 pub async fn list_rooms(State(node): State<Arc<Node>>, Authed(s): Authed) -> Answer {
-    ok(json!(node.list_rooms(&s).await?))
+    ok(node.list_rooms(&s).await?)
 }
 
 pub async fn create_room(State(node): State<Arc<Node>>, Authed(s): Authed, Json(r): Json<NewRoom>) -> Answer {
-    let room = node.create_room(&s, r.room, r.title, r.visibility).await?;
-    Ok((StatusCode::CREATED, axum::Json(json!(room))).into_response())
+    created(node.create_room(&s, r.room, r.title, r.visibility).await?)
 }
 
 pub async fn get_room(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
-    ok(json!(node.get_room(&s, &room).await?))
+    ok(node.get_room(&s, &room).await?)
 }
 
 pub async fn delete_room(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
@@ -126,7 +86,7 @@ pub async fn delete_room(State(node): State<Arc<Node>>, Authed(s): Authed, Path(
 }
 
 pub async fn join(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
-    ok(json!(node.join(&s, &room).await?))
+    ok(node.join(&s, &room).await?)
 }
 
 pub async fn leave(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
@@ -138,7 +98,7 @@ pub async fn invite(
     State(node): State<Arc<Node>>,
     Authed(s): Authed,
     Path(room): Path<String>,
-    Json(t): Json<Target>,
+    Json(t): Json<UserTarget>,
 ) -> Answer {
     node.room_op(&s, &room, RoomOp::Invite(t.username)).await?;
     no_content()
@@ -148,7 +108,7 @@ pub async fn kick(
     State(node): State<Arc<Node>>,
     Authed(s): Authed,
     Path(room): Path<String>,
-    Json(t): Json<Target>,
+    Json(t): Json<UserTarget>,
 ) -> Answer {
     node.room_op(&s, &room, RoomOp::Kick(t.username)).await?;
     no_content()
@@ -158,7 +118,7 @@ pub async fn ban(
     State(node): State<Arc<Node>>,
     Authed(s): Authed,
     Path(room): Path<String>,
-    Json(t): Json<Target>,
+    Json(t): Json<UserTarget>,
 ) -> Answer {
     node.room_op(&s, &room, RoomOp::Ban(t.username)).await?;
     no_content()
@@ -168,7 +128,7 @@ pub async fn unban(
     State(node): State<Arc<Node>>,
     Authed(s): Authed,
     Path(room): Path<String>,
-    Json(t): Json<Target>,
+    Json(t): Json<UserTarget>,
 ) -> Answer {
     node.room_op(&s, &room, RoomOp::Unban(t.username)).await?;
     no_content()
@@ -188,7 +148,7 @@ pub async fn mute(
     State(node): State<Arc<Node>>,
     Authed(s): Authed,
     Path(room): Path<String>,
-    Json(m): Json<MuteRequest>,
+    Json(m): Json<Mute>,
 ) -> Answer {
     node.mute(&s, &room, m.username, m.seconds).await?;
     no_content()
@@ -198,7 +158,7 @@ pub async fn unmute(
     State(node): State<Arc<Node>>,
     Authed(s): Authed,
     Path(room): Path<String>,
-    Json(t): Json<Target>,
+    Json(t): Json<UserTarget>,
 ) -> Answer {
     node.room_op(&s, &room, RoomOp::Unmute(t.username)).await?;
     no_content()
@@ -215,26 +175,15 @@ pub async fn read(
 }
 
 pub async fn members(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
-    ok(json!(node.members(&s, &room).await?))
+    ok(node.members(&s, &room).await?)
 }
 
 pub async fn audit(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
-    let entries = node.audit(&s, &room).await?;
-    let list: Vec<serde_json::Value> = entries
-        .iter()
-        .map(|e| {
-            let mut v = json!({"ts": e.ts, "actor": e.actor, "action": e.action, "target": e.target});
-            if let Some(d) = &e.detail {
-                v["detail"] = d.as_str().into();
-            }
-            v
-        })
-        .collect();
-    ok(json!(list))
+    ok(node.audit(&s, &room).await?)
 }
 
 pub async fn open_direct(State(node): State<Arc<Node>>, Authed(s): Authed, Path(peer): Path<String>) -> Answer {
-    ok(json!(node.open_direct(&s, &peer).await?))
+    ok(node.open_direct(&s, &peer).await?)
 }
 
 pub async fn history(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>, q: Query) -> Answer {
@@ -242,12 +191,12 @@ pub async fn history(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room
         (Some(_), Some(_)) => return Err(ApiError::bad_request("use after or before, not both")),
         (Some(a), None) => Page::After(a),
         (None, Some(b)) => Page::Before(b),
-        (None, None) => Page::Before(u64::MAX),
+        (None, None) => Page::NEWEST,
     };
     let limit = q.number("limit")?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
     let page = node.history(&s, &room, page, limit).await?;
-    let views: Vec<MessageView<'_>> = page.messages.iter().map(|m| MessageView::of(&room, m)).collect();
-    let mut response = axum::Json(json!(views)).into_response();
+    let views: Vec<_> = page.messages.iter().map(|m| crate::protocol::message(&room, m)).collect();
+    let mut response = axum::Json(views).into_response();
     // A page cut short at the byte cap says where the rest starts.
     let next = match page.next {
         Some(Page::After(n)) => Some(format!("after={n}")),
@@ -269,7 +218,7 @@ pub async fn post_message(
     let body = m.body.unwrap_or_default();
     let client_id = m.client_id.unwrap_or_default();
     let appended = node.send(&s, &room, body, client_id).await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"seq": appended.seq, "ts": appended.ts}))).into_response())
+    created(SendAck { seq: appended.seq, ts: appended.ts })
 }
 
 pub async fn delete_message(

@@ -24,6 +24,8 @@ use axum::response::Response;
 use axum::routing::delete;
 use axum::routing::get;
 use axum::routing::post;
+use palaver_protocol::Code;
+use palaver_protocol::HttpError;
 pub use server::serve;
 
 use crate::service::ApiError;
@@ -33,16 +35,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = axum::http::StatusCode::from_u16(self.code.status())
             .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-        let mut error = serde_json::json!({"code": self.code.as_str(), "message": self.message});
+        let body = axum::Json(HttpError { error: self.body() });
         let mut response = if let Some(ms) = self.retry_after_ms {
-            error["retry_after_ms"] = ms.into();
             let secs = ms.div_ceil(1000).to_string();
-            (status, [(axum::http::header::RETRY_AFTER, secs)], axum::Json(serde_json::json!({"error": error})))
-                .into_response()
+            (status, [(axum::http::header::RETRY_AFTER, secs)], body).into_response()
         } else {
-            (status, axum::Json(serde_json::json!({"error": error}))).into_response()
+            (status, body).into_response()
         };
-        if self.code == crate::protocol::Code::Timeout {
+        if self.code == Code::Timeout {
             // The rest of the request may still come, or never: hyper
             // closes the connection after this answer instead of reading on.
             response

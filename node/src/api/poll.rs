@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::http::header;
 use axum::response::IntoResponse;
 use axum::response::Response;
+use palaver_protocol::PollAnswer;
+use palaver_protocol::ServerEvent;
+use palaver_protocol::close;
+use serde_json::value::RawValue;
+use serde_json::value::to_raw_value;
 
 use super::extract::Query;
 use super::sse::Registration;
@@ -19,9 +23,7 @@ use super::sse::parse_cursors;
 use super::sse::readable;
 use super::sse::session;
 use crate::hub::Outbound;
-use crate::protocol::MessageView;
-use crate::protocol::close;
-use crate::protocol::to_json;
+use crate::protocol::message;
 use crate::rooms::MAX_PAGE;
 use crate::rooms::RoomRef;
 use crate::service::ApiError;
@@ -35,7 +37,8 @@ const GATHER: Duration = Duration::from_millis(5);
 struct Poll {
     rooms: Vec<RoomRef>,
     cursors: Vec<u64>,
-    events: Vec<String>,
+    /// The events, encoded.
+    events: Vec<Box<RawValue>>,
     /// Rooms whose subscription ended while waiting (no more reads).
     ended: Vec<bool>,
 }
@@ -48,22 +51,30 @@ impl Poll {
                 continue;
             }
             for m in node.log.after(r.key, self.cursors[i], MAX_PAGE)? {
-                self.events.push(to_json(&MessageView::event(&r.id, &m)));
+                let event = ServerEvent::Message(message(&r.id, &m));
+                self.events.push(to_raw_value(&event).map_err(|e| ApiError::internal(e.to_string()))?);
                 self.cursors[i] = m.seq;
             }
         }
         Ok(())
     }
 
+    /// Adds an event the hub carries already encoded (as valid JSON).
+    fn push(&mut self, json: &str) {
+        if let Ok(raw) = RawValue::from_string(json.to_string()) {
+            self.events.push(raw);
+        }
+    }
+
     fn take(&mut self, item: Outbound) {
         match item {
-            Outbound::Event(e) if e.seq == 0 => self.events.push(e.json.as_str().to_string()),
+            Outbound::Event(e) if e.seq == 0 => self.push(e.json.as_str()),
             Outbound::End(end) => {
                 if let Some(i) = self.rooms.iter().position(|r| r.key == end.room_key) {
                     self.ended[i] = true;
                 }
                 if let Some(json) = end.removed {
-                    self.events.push(json.as_str().to_string());
+                    self.push(json.as_str());
                 }
             }
             // Messages are read from the store; starts and replies do not apply.
@@ -74,12 +85,7 @@ impl Poll {
     fn answer(self) -> Response {
         let cursor: Vec<String> =
             self.rooms.iter().zip(&self.cursors).map(|(r, seq)| format!("{}:{seq}", r.id)).collect();
-        let body = format!(
-            "{{\"events\":[{}],\"cursor\":{}}}",
-            self.events.join(","),
-            serde_json::Value::from(cursor.join(","))
-        );
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        axum::Json(PollAnswer { events: self.events, cursor: cursor.join(",") }).into_response()
     }
 }
 

@@ -15,6 +15,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::rt::TokioTimer;
+use palaver_protocol::close;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
@@ -28,7 +29,6 @@ use super::admission::RefusalLog;
 use super::conn_io::ConnIo;
 use super::proxy_protocol;
 use super::proxy_protocol::Prefix;
-use crate::protocol::close;
 use crate::service::Node;
 
 /// How long open HTTP requests may run on after the stop signal.

@@ -15,6 +15,8 @@ use axum::response::Response;
 use axum::response::sse::Event as SseEvent;
 use axum::response::sse::KeepAlive;
 use axum::response::sse::Sse;
+use palaver_protocol::StreamClosed;
+use palaver_protocol::close;
 use tokio::sync::mpsc;
 
 use super::delivery::Delivery;
@@ -28,7 +30,7 @@ use crate::hub::Listener;
 use crate::hub::Outbound;
 use crate::hub::QueueBudget;
 use crate::hub::StartSub;
-use crate::protocol::close;
+use crate::protocol::to_json;
 use crate::rooms::RoomRef;
 use crate::service::ApiError;
 use crate::service::Node;
@@ -232,7 +234,7 @@ async fn next_event(mut st: SseState) -> Option<(Result<SseEvent, Infallible>, S
             biased;
             code = kill.fired() => {
                 st.done = true;
-                let data = serde_json::json!({"type": "closed", "code": code}).to_string();
+                let data = to_json(&StreamClosed { code });
                 return Some((Ok(SseEvent::default().event("close").data(data)), st));
             }
             item = st.rx.recv() => item,

@@ -21,6 +21,14 @@ use futures_util::StreamExt;
 use futures_util::stream::SplitSink;
 use futures_util::stream::SplitStream;
 use hyper_util::rt::TokioIo;
+use palaver_protocol::Authenticated;
+use palaver_protocol::Code;
+use palaver_protocol::Command;
+use palaver_protocol::Done;
+use palaver_protocol::Frame;
+use palaver_protocol::HistoryPage;
+use palaver_protocol::SendAck;
+use palaver_protocol::close;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -42,11 +50,6 @@ use crate::hub::Listener;
 use crate::hub::Outbound;
 use crate::hub::QueueBudget;
 use crate::hub::StartSub;
-use crate::protocol::Command;
-use crate::protocol::Frame;
-use crate::protocol::MessageView;
-use crate::protocol::Page;
-use crate::protocol::close;
 use crate::protocol::error_reply;
 use crate::protocol::ok_reply;
 use crate::protocol::salvage_id;
@@ -180,7 +183,7 @@ fn read_error_code(e: &tokio_tungstenite::tungstenite::Error, recorded: &Recorde
     match e {
         WsError::Capacity(_) => Some(close::TOO_LARGE),
         WsError::Utf8(_) => Some(close::INVALID_UTF8),
-        WsError::Protocol(_) => Some(1002),
+        WsError::Protocol(_) => Some(close::PROTOCOL_ERROR),
         WsError::Io(io) => Violation::from_io(io).or_else(|| recorded.get()).map(|v| v.close_code()),
         _ => None,
     }
@@ -212,7 +215,7 @@ async fn authenticate(
     let session = match frame.map(Command::from_frame) {
         Some(Ok(Command::Auth { token })) => match node.authenticate(&token).await {
             Ok(s) => Some(s),
-            Err(e) if e.code == crate::protocol::Code::Unavailable => {
+            Err(e) if e.code == Code::Unavailable => {
                 // Not a bad token: this node cannot check it now. Reconnect elsewhere.
                 close_with(sink, close::RESTARTING, close_reason(close::RESTARTING)).await;
                 return None;
@@ -223,7 +226,7 @@ async fn authenticate(
     };
     match session {
         Some(s) => {
-            let reply = ok_reply(id, serde_json::json!({"username": &*s.username}));
+            let reply = ok_reply(id, Authenticated { username: &*s.username });
             sink.send(Message::Text(reply.into())).await.ok()?;
             Some(s)
         }
@@ -277,7 +280,7 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
         refused: 0,
     };
     reader.run(&mut stream).await;
-    kill.fire(1000);
+    kill.fire(close::NORMAL);
     // The hub forgets the socket now, so nothing more queues for it.
     if let Some(change) = node.hub.disconnect(conn) {
         node.announce_presence(change);
@@ -317,7 +320,7 @@ async fn write_loop(
         let item = tokio::select! {
             biased;
             code = kill.fired() => {
-                if code != 1000 {
+                if code != close::NORMAL {
                     close_with(&mut sink, code, close_reason(code)).await;
                 } else {
                     let _ = sink.close().await;
@@ -373,12 +376,12 @@ async fn write_round(
         budget.release(size);
         if let Err(e) = handled_ok {
             tracing::error!(error = %e, "cannot read the room log for delivery");
-            kill.fire(1011);
+            kill.fire(close::SERVER_ERROR);
             break;
         }
         while delivery.replaying() {
             if delivery.replay_page(frames).is_err() || !feed(sink, frames).await {
-                kill.fire(1011);
+                kill.fire(close::SERVER_ERROR);
                 break;
             }
         }
@@ -484,7 +487,7 @@ impl Reader {
     }
 
     async fn error(&self, id: Option<u64>, e: &ApiError) {
-        self.reply(error_reply(id, e.code, &e.message, e.retry_after_ms)).await;
+        self.reply(error_reply(id, e)).await;
     }
 
     /// Takes one send from the user's quota (shared by all of the user's
@@ -517,7 +520,7 @@ impl Reader {
         let id = frame.id;
         let result = match Command::from_frame(frame) {
             Ok(cmd) => self.execute(id, cmd).await,
-            Err(message) => Err(ApiError::bad_request(message)),
+            Err(e) => Err(ApiError::bad_request(e.to_string())),
         };
         if let Err(e) = result {
             self.error(id, &e).await;
@@ -534,7 +537,7 @@ impl Reader {
                 if again.username != s.username {
                     return Err(ApiError::bad_request("this socket is already authenticated as another user"));
                 }
-                self.reply(ok_reply(id, serde_json::json!({"username": &*s.username}))).await;
+                self.reply(ok_reply(id, Authenticated { username: &*s.username })).await;
             }
             Command::Subscribe { room, since } => {
                 let r = node.readable_room(s, &room).await?;
@@ -559,7 +562,7 @@ impl Reader {
                     node.hub.unsubscribe(self.conn, key);
                     queue(&self.tx, &self.budget, Outbound::end(key, None)).await;
                 }
-                self.reply(ok_reply(id, serde_json::json!({}))).await;
+                self.reply(ok_reply(id, Done {})).await;
             }
             Command::Send { room, body, client_id } => {
                 self.rate()?;
@@ -568,28 +571,22 @@ impl Reader {
                 let (tx, budget) = (self.tx.clone(), self.budget.clone());
                 tokio::spawn(async move {
                     let reply = match pending.await {
-                        Ok(a) => ok_reply(id, serde_json::json!({"seq": a.seq, "ts": a.ts})),
-                        Err(e) => error_reply(id, e.code, &e.message, e.retry_after_ms),
+                        Ok(a) => ok_reply(id, SendAck { seq: a.seq, ts: a.ts }),
+                        Err(e) => error_reply(id, &e),
                     };
                     queue(&tx, &budget, Outbound::reply(reply)).await;
                 });
             }
             Command::History { room, page, limit } => {
                 let page = node.history(s, &room, page, limit).await?;
-                let views: Vec<MessageView<'_>> = page.messages.iter().map(|m| MessageView::of(&room, m)).collect();
-                let mut answer = serde_json::json!({"messages": views});
                 // A page cut short at the byte cap says where the rest starts.
-                match page.next {
-                    Some(Page::After(n)) => answer["next"] = serde_json::json!({"after": n}),
-                    Some(Page::Before(n)) => answer["next"] = serde_json::json!({"before": n}),
-                    None => {}
-                }
-                self.reply(ok_reply(id, answer)).await;
+                let messages = page.messages.iter().map(|m| crate::protocol::message(&room, m)).collect();
+                self.reply(ok_reply(id, HistoryPage { messages, next: page.next })).await;
             }
             Command::Typing { room } => {
                 self.rate()?;
                 node.typing(s, &room).await?;
-                self.reply(ok_reply(id, serde_json::json!({}))).await;
+                self.reply(ok_reply(id, Done {})).await;
             }
             Command::Read { room, seq } => {
                 // Markers are written once a second; a client may have a few
@@ -600,8 +597,8 @@ impl Reader {
                 tokio::spawn(async move {
                     let _permit = permit;
                     let reply = match node.mark_read(&s, &room, seq).await {
-                        Ok(()) => ok_reply(id, serde_json::json!({})),
-                        Err(e) => error_reply(id, e.code, &e.message, e.retry_after_ms),
+                        Ok(()) => ok_reply(id, Done {}),
+                        Err(e) => error_reply(id, &e),
                     };
                     queue(&tx, &budget, Outbound::reply(reply)).await;
                 });

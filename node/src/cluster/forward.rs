@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use palaver_protocol::Code;
 use parking_lot::Mutex;
 use quinn::RecvStream;
 use quinn::SendStream;
@@ -19,7 +20,6 @@ use super::wire::encode;
 use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
 use crate::peer::frame;
-use crate::protocol::Code;
 use crate::rooms::Appended;
 use crate::rooms::RoomRef;
 use crate::service::ApiError;

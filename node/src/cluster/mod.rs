@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use palaver_protocol::Role;
+use palaver_protocol::ServerEvent;
 use parking_lot::Mutex;
 use quinn::RecvStream;
 use quinn::SendStream;
@@ -44,7 +46,6 @@ use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
 use crate::peer::PeerHandler;
 use crate::peer::frame;
-use crate::protocol::typing_event;
 use crate::raft::ConsensusError;
 use crate::rooms::Record;
 use crate::service::ApiError;
@@ -246,7 +247,7 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
                 {
                     Ok(r) => matches!(
                         r.standing(&d.actor),
-                        crate::permissions::Standing::Member(role) if role >= crate::permissions::Role::Moderator
+                        crate::permissions::Standing::Member(role) if role >= Role::Moderator
                     ),
                     Err(e) => {
                         let e = ApiError::from(e);
@@ -277,14 +278,8 @@ fn gossip(node: &Arc<Node>, from: u64, g: Gossip) {
         }
         Gossip::Usage { counts } => node.quotas.charge_remote(&counts, now_ms()),
         Gossip::Typing { room_key, room, username } => {
-            let json = typing_event(&room, &username);
-            node.hub.publish(Event {
-                room_key,
-                room: room.as_str().into(),
-                seq: 0,
-                json: json.into(),
-                except: Some(username.as_str().into()),
-            });
+            let typing = ServerEvent::Typing { room: room.as_str(), username: username.as_str() };
+            node.hub.publish(Event::notice(room_key, &typing, Some(username.as_str().into())));
         }
     }
 }

@@ -7,11 +7,14 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
+use palaver_protocol::MemberChange;
+use palaver_protocol::Role;
+use palaver_protocol::UserRole;
+use palaver_protocol::Visibility;
+
 use crate::permissions::Action;
 use crate::permissions::Denied;
-use crate::permissions::Role;
 use crate::permissions::Standing;
-use crate::permissions::Visibility;
 use crate::permissions::{self};
 
 /// SHA-256 of a bearer token or ticket: the only form in which tokens are kept.
@@ -22,26 +25,6 @@ pub type NodeId = u64;
 
 /// How many moderation entries a room keeps; older ones are dropped first.
 pub const AUDIT_CAP: usize = 10_000;
-
-/// A cluster-wide role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UserRole {
-    /// The cluster administrator (the first account registered).
-    Admin,
-    /// Everyone else.
-    User,
-}
-
-impl UserRole {
-    /// The protocol's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UserRole::Admin => "admin",
-            UserRole::User => "user",
-        }
-    }
-}
 
 /// An account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,35 +387,6 @@ pub enum MetaError {
 
 /// The state machine's answer to one command.
 pub type MetaReply = Result<MetaOk, MetaError>;
-
-/// A change of membership, as the `member` event names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberChange {
-    /// Became a member.
-    Joined,
-    /// Left on their own.
-    Left,
-    /// Removed by a moderator.
-    Kicked,
-    /// Banned by a moderator.
-    Banned,
-    /// Role changed.
-    Role,
-}
-
-impl MemberChange {
-    /// The protocol's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberChange::Joined => "joined",
-            MemberChange::Left => "left",
-            MemberChange::Kicked => "kicked",
-            MemberChange::Banned => "banned",
-            MemberChange::Role => "role",
-        }
-    }
-}
 
 /// What the live connections must do because a command was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]

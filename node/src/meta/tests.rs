@@ -5,12 +5,15 @@
 //! Every state here is built through `apply` only, from commands, the way a
 //! node builds it from the Raft log. Each group has one table-driven `check`.
 
+use palaver_protocol::MemberChange;
+use palaver_protocol::Role;
+use palaver_protocol::UserRole;
+use palaver_protocol::Visibility;
+
 use super::*;
 use crate::permissions::Action;
 use crate::permissions::Denied;
-use crate::permissions::Role;
 use crate::permissions::Standing;
-use crate::permissions::Visibility;
 use crate::permissions::{self};
 
 /// A time well away from zero, so that "before" and "after" both exist.
@@ -1464,6 +1467,31 @@ mod determinism {
             }
         }
         assert_eq!(seen, [true; 4], "the log never held sessions, tickets, mutes and extra rooms");
+    }
+
+    /// Roles and visibilities are `palaver_protocol`'s; the logs and snapshots
+    /// written before they moved there store them by variant index.
+    #[test]
+    fn stored_protocol_enums_keep_their_variant_indices() {
+        fn index<T: serde::Serialize>(v: &T) -> Vec<u8> {
+            postcard::to_stdvec(v).expect("encodes")
+        }
+        let visibilities = [Visibility::Public, Visibility::Private, Visibility::Direct];
+        let roles = [Role::Member, Role::Moderator, Role::Owner];
+        let user_roles = [UserRole::Admin, UserRole::User];
+        for (i, bytes) in visibilities
+            .iter()
+            .map(index)
+            .chain(roles.iter().map(index))
+            .chain(user_roles.iter().map(index))
+            .enumerate()
+        {
+            let expected = [0, 1, 2, 0, 1, 2, 0, 1][i];
+            assert_eq!(bytes, [expected], "variant {i}");
+        }
+        let member = Member { role: Role::Owner, read_seq: 7 };
+        assert_eq!(index(&member), [2, 7]);
+        assert_eq!(postcard::from_bytes::<Member>(&[1, 3]).ok(), Some(Member { role: Role::Moderator, read_seq: 3 }));
     }
 
     #[test]

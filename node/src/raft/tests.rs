@@ -13,6 +13,8 @@ use openraft::storage::RaftLogStorage;
 use openraft::testing::log::StoreBuilder;
 use openraft::testing::log::Suite;
 use openraft::type_config::TypeConfigExt;
+use palaver_protocol::UserRole;
+use palaver_protocol::Visibility;
 use parking_lot::Mutex;
 use tempfile::TempDir;
 
@@ -20,8 +22,6 @@ use super::*;
 use crate::meta::MetaCommand;
 use crate::meta::MetaEffect;
 use crate::meta::MetaOk;
-use crate::meta::UserRole;
-use crate::permissions::Visibility;
 use crate::storage;
 use crate::storage::Batch;
 use crate::storage::EngineKind;

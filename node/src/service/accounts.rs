@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
 
-use serde::Serialize;
+use palaver_protocol::Code;
+use palaver_protocol::Login;
+use palaver_protocol::Me;
+use palaver_protocol::UserRole;
 
 use super::ApiError;
 use super::Node;
@@ -18,7 +21,6 @@ use crate::clock::now_ms;
 use crate::meta::MetaCommand;
 use crate::meta::MetaOk;
 use crate::meta::TokenHash;
-use crate::meta::UserRole;
 
 /// How long a ticket for SSE or long polling stays valid.
 const TICKET_MS: u64 = 60_000;
@@ -34,17 +36,6 @@ pub struct Session {
     pub token_hash: TokenHash,
 }
 
-/// The answer to a login.
-#[derive(Debug, Clone, Serialize)]
-pub struct LoginOk {
-    /// The bearer token; shown once, stored only as a hash.
-    pub token: String,
-    /// Who logged in.
-    pub username: String,
-    /// Absolute expiry (Unix ms).
-    pub expires_at: u64,
-}
-
 impl Node {
     /// Makes an account; the first one of the cluster is the admin.
     pub async fn register(&self, addr: IpAddr, username: String, password: String) -> Result<UserRole, ApiError> {
@@ -56,7 +47,7 @@ impl Node {
         }
         self.quotas.take_register(addr, now_ms())?;
         if self.meta().users.contains_key(&username) {
-            return Err(ApiError::new(crate::protocol::Code::Conflict, format!("username {username} is taken")));
+            return Err(ApiError::new(Code::Conflict, format!("username {username} is taken")));
         }
         let password_hash = self.passwords.hash(password).await?;
         match self.propose(MetaCommand::Register { username: username.clone(), password_hash }).await? {
@@ -70,7 +61,7 @@ impl Node {
 
     /// Checks a password and issues a token. Unknown user and wrong password
     /// get the same answer after the same work.
-    pub async fn login(&self, addr: IpAddr, username: String, password: String) -> Result<LoginOk, ApiError> {
+    pub async fn login(&self, addr: IpAddr, username: String, password: String) -> Result<Login, ApiError> {
         let now = now_ms();
         // Counted under one key for every name that cannot exist, so junk
         // names cost no memory.
@@ -100,7 +91,7 @@ impl Node {
         })
         .await?;
         tracing::info!(%username, "logged in");
-        Ok(LoginOk { token, username, expires_at })
+        Ok(Login { token, username, expires_at })
     }
 
     /// Whether `password` is `username`'s; an unknown user costs the same.
@@ -111,7 +102,7 @@ impl Node {
             .await
         {
             Ok(hash) => Some(hash),
-            Err(e) if e.code == crate::protocol::Code::Unauthorized => None,
+            Err(e) if e.code == Code::Unauthorized => None,
             Err(e) => return Err(e),
         };
         Ok(self.passwords.verify(hash, password).await?)
@@ -175,11 +166,11 @@ impl Node {
     }
 
     /// The caller's name and cluster role.
-    pub async fn me(&self, session: &Session) -> Result<(String, UserRole), ApiError> {
+    pub async fn me(&self, session: &Session) -> Result<Me, ApiError> {
         let role = self
             .read(|meta| meta.users.get(&*session.username).map(|u| u.role).ok_or_else(ApiError::unauthorized))
             .await?;
-        Ok((session.username.to_string(), role))
+        Ok(Me { username: session.username.to_string(), role })
     }
 
     /// Issues a single-use ticket standing for the caller's session.

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use palaver_protocol::Code;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -41,7 +42,6 @@ use crate::cluster::wire::encode;
 use crate::meta::MetaState;
 use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
-use crate::protocol::Code;
 use crate::raft::Consensus;
 use crate::raft::ConsensusError;
 use crate::rooms::RoomRef;

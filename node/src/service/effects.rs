@@ -6,18 +6,17 @@
 use std::sync::Arc;
 use std::sync::Weak;
 
+use palaver_protocol::MemberChange;
+use palaver_protocol::Removal;
+use palaver_protocol::ServerEvent;
+use palaver_protocol::close;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::Node;
 use crate::hub::Event;
 use crate::hub::PresenceChange;
-use crate::meta::MemberChange;
 use crate::meta::MetaEffect;
-use crate::protocol::close;
-use crate::protocol::member_event;
-use crate::protocol::presence_event;
-use crate::protocol::removed_event;
-use crate::protocol::room_deleted_event;
+use crate::protocol::to_json;
 
 pub(super) async fn run(node: Weak<Node>, mut rx: UnboundedReceiver<Vec<MetaEffect>>) {
     while let Some(effects) = rx.recv().await {
@@ -38,25 +37,20 @@ impl Node {
                 }
             }
             MetaEffect::MemberChanged { room, room_key, username, change, role, may_read } => {
-                let json = member_event(&room, &username, change, role);
-                self.hub.publish(Event {
-                    room_key,
-                    room: Arc::from(room.as_str()),
-                    seq: 0,
-                    json: json.into(),
-                    except: None,
-                });
+                let member = ServerEvent::Member { room: room.as_str(), username: username.as_str(), change, role };
+                self.hub.publish(Event::notice(room_key, &member, None));
                 if !may_read {
                     let reason = match change {
-                        MemberChange::Kicked => "kicked",
-                        MemberChange::Banned => "banned",
-                        _ => "left",
+                        MemberChange::Kicked => Removal::Kicked,
+                        MemberChange::Banned => Removal::Banned,
+                        _ => Removal::Left,
                     };
-                    self.hub.remove_user_from_room(&username, room_key, removed_event(&room, reason).into());
+                    let removed = to_json(&ServerEvent::Removed { room: room.as_str(), reason });
+                    self.hub.remove_user_from_room(&username, room_key, removed.into());
                 }
             }
             MetaEffect::RoomDeleted { room, room_key } => {
-                self.hub.close_room(room_key, room_deleted_event(&room).into());
+                self.hub.close_room(room_key, to_json(&ServerEvent::RoomDeleted { room: room.as_str() }).into());
                 self.writer.purge(room_key).await;
                 tracing::info!(%room, "room deleted");
             }
@@ -100,14 +94,8 @@ impl Node {
             .map(|r| (r.info.id.clone(), r.info.key))
             .collect();
         for (room, room_key) in rooms {
-            let json = presence_event(&room, user, online);
-            self.hub.publish(Event {
-                room_key,
-                room: Arc::from(room.as_str()),
-                seq: 0,
-                json: json.into(),
-                except: None,
-            });
+            let presence = ServerEvent::Presence { room: room.as_str(), username: user, online };
+            self.hub.publish(Event::notice(room_key, &presence, None));
         }
     }
 }

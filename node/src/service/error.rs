@@ -1,9 +1,11 @@
 //! The one error type every client-facing operation answers with, carrying
 //! the protocol code; transports turn it into HTTP bodies or `error` frames.
 
+use palaver_protocol::Code;
+use palaver_protocol::ErrorBody;
+
 use crate::auth::AuthError;
 use crate::meta::MetaError;
-use crate::protocol::Code;
 use crate::raft::ConsensusError;
 use crate::rooms::WriteError;
 use crate::storage::StorageError;
@@ -69,6 +71,11 @@ impl ApiError {
     /// `internal`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Code::Internal, message)
+    }
+
+    /// What goes on the wire: inside `{"error":…}` on HTTP, in an `error` reply.
+    pub fn body(&self) -> ErrorBody<&str> {
+        ErrorBody { code: self.code, message: &self.message, retry_after_ms: self.retry_after_ms }
     }
 }
 

@@ -1,6 +1,9 @@
 //! Messages: send (idempotent by client_id), history pages, deletion, typing.
 
-use std::sync::Arc;
+use palaver_protocol::Code;
+use palaver_protocol::Page;
+use palaver_protocol::Role;
+use palaver_protocol::ServerEvent;
 
 use super::ApiError;
 use super::Node;
@@ -19,11 +22,8 @@ use crate::hub::Event;
 use crate::meta::RoomOp;
 use crate::peer::Channel;
 use crate::permissions::Action;
-use crate::permissions::Role;
 use crate::permissions::Standing;
-use crate::protocol::Code;
-use crate::protocol::Page;
-use crate::protocol::typing_event;
+use crate::protocol::to_json;
 use crate::rooms::Appended;
 use crate::rooms::DEFAULT_PAGE;
 use crate::rooms::MAX_PAGE;
@@ -60,7 +60,7 @@ struct PageFill<'a> {
 impl PageFill<'_> {
     /// Adds `m` unless the page is full (a page always takes its first).
     fn take(&mut self, m: Message) -> bool {
-        let size = crate::protocol::to_json(&crate::protocol::MessageView::of(self.room, &m)).len() + 1;
+        let size = to_json(&crate::protocol::message(self.room, &m)).len() + 1;
         if !self.messages.is_empty() && self.bytes + size > self.cap {
             return false;
         }
@@ -240,14 +240,8 @@ impl Node {
                 username: s.username.to_string(),
             });
         }
-        let json = typing_event(room, &s.username);
-        self.hub.publish(Event {
-            room_key: key,
-            room: Arc::from(room),
-            seq: 0,
-            json: json.into(),
-            except: Some(s.username.clone()),
-        });
+        let typing = ServerEvent::Typing { room, username: &*s.username };
+        self.hub.publish(Event::notice(key, &typing, Some(s.username.clone())));
         Ok(())
     }
 }

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_exporter_prometheus::PrometheusHandle;
+use palaver_protocol::ServerEvent;
 use parking_lot::Mutex;
 
-pub use self::accounts::LoginOk;
 pub use self::accounts::Session;
 pub use self::consistency::AWAIT_APPLIED;
 pub use self::consistency::CatchUpReason;
@@ -34,8 +34,6 @@ pub use self::messages::HistoryPage;
 pub(crate) use self::messages::may_send;
 pub use self::quotas::Quotas;
 pub use self::quotas::Usage;
-pub use self::rooms::MemberView;
-pub use self::rooms::RoomView;
 pub(crate) use self::rooms::check_room_id;
 use crate::auth::Passwords;
 use crate::cluster::AckPolicy;
@@ -56,8 +54,7 @@ use crate::meta::TokenHash;
 use crate::peer::NodeIdentity;
 use crate::peer::PeerEndpoint;
 use crate::peer::PeerSettings;
-use crate::protocol::MessageView;
-use crate::protocol::to_json;
+use crate::protocol::message_event;
 use crate::raft::Consensus;
 use crate::raft::ConsensusError;
 use crate::raft::PeerNode;
@@ -407,12 +404,11 @@ impl Node {
 fn publish_committed(hub: &Hub, p: Published) {
     match p {
         Published::Message { room, room_key, message } => {
-            let json = to_json(&MessageView::event(&room, &message));
+            let json = message_event(&room, &message);
             hub.publish(Event { room_key, seq: message.seq, room, json: json.into(), except: None });
         }
         Published::Deleted { room, room_key, seq } => {
-            let json = crate::protocol::deleted_event(&room, seq);
-            hub.publish(Event { room_key, seq: 0, room, json: json.into(), except: None });
+            hub.publish(Event::notice(room_key, &ServerEvent::Deleted { room: &room, seq }, None));
         }
     }
 }

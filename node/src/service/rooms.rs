@@ -1,7 +1,11 @@
 //! Room management: create, list, join, leave, invite, moderation, roles,
 //! read markers, members, direct rooms, the audit trail.
 
-use serde::Serialize;
+use palaver_protocol::AuditEntry;
+use palaver_protocol::Member;
+use palaver_protocol::Role;
+use palaver_protocol::Room as RoomView;
+use palaver_protocol::Visibility;
 
 use super::ApiError;
 use super::Node;
@@ -10,51 +14,13 @@ use super::Usage;
 use crate::auth::valid_room_id;
 use crate::auth::valid_username;
 use crate::clock::now_ms;
-use crate::meta::AuditEntry;
 use crate::meta::MetaCommand;
 use crate::meta::MetaOk;
 use crate::meta::Room;
 use crate::meta::RoomInfo;
 use crate::meta::RoomOp;
 use crate::permissions::Action;
-use crate::permissions::Role;
-use crate::permissions::Visibility;
 use crate::rooms::RoomRef;
-
-/// A room as clients see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RoomView {
-    /// Id.
-    pub room: String,
-    /// Title.
-    pub title: String,
-    /// public, private or direct.
-    pub visibility: &'static str,
-    /// Owner's username.
-    pub owner: String,
-    /// Made at (Unix ms).
-    pub created_at: u64,
-    /// The newest message's seq (0: none yet).
-    pub last_seq: u64,
-    /// Messages after the caller's read marker (members only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unread: Option<u64>,
-}
-
-/// A member as clients see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemberView {
-    /// Room id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub room: Option<String>,
-    /// Who.
-    pub username: String,
-    /// owner, moderator or member.
-    pub role: &'static str,
-    /// Connected anywhere (this node's view).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub online: Option<bool>,
-}
 
 /// Longest room title, characters.
 const MAX_TITLE: usize = 200;
@@ -155,18 +121,15 @@ impl Node {
     }
 
     /// Joins a room; answers the new membership.
-    pub async fn join(&self, s: &Session, room: &str) -> Result<MemberView, ApiError> {
+    pub async fn join(&self, s: &Session, room: &str) -> Result<Member, ApiError> {
         self.room_op(s, room, RoomOp::Join).await?;
-        Ok(MemberView { room: Some(room.to_string()), username: s.username.to_string(), role: "member", online: None })
+        Ok(Member { room: Some(room.to_string()), username: s.username.to_string(), role: Role::Member, online: None })
     }
 
     /// Changes a member's role.
     pub async fn set_role(&self, s: &Session, room: &str, target: String, role: &str) -> Result<(), ApiError> {
-        let role = match role {
-            "member" => Role::Member,
-            "moderator" => Role::Moderator,
-            "owner" => Role::Owner,
-            other => return Err(ApiError::bad_request(format!("role {other:?} is not owner, moderator or member"))),
+        let Some(role) = Role::from_name(role) else {
+            return Err(ApiError::bad_request(format!("role {role:?} is not owner, moderator or member")));
         };
         self.room_op(s, room, RoomOp::SetRole(target, role)).await
     }
@@ -203,19 +166,19 @@ impl Node {
     }
 
     /// The members, with their presence.
-    pub async fn members(&self, s: &Session, room: &str) -> Result<Vec<MemberView>, ApiError> {
+    pub async fn members(&self, s: &Session, room: &str) -> Result<Vec<Member>, ApiError> {
         check_room_id(room)?;
-        let members: Vec<(String, &'static str)> = self
+        let members: Vec<(String, Role)> = self
             .read(|meta| {
                 let r = meta.authorize(&s.username, room, Action::ListMembers)?;
-                Ok(r.members.iter().map(|(name, m)| (name.clone(), m.role.as_str())).collect())
+                Ok(r.members.iter().map(|(name, m)| (name.clone(), m.role)).collect())
             })
             .await?;
         Ok(members
             .into_iter()
             .map(|(name, role)| {
                 let online = Some(self.is_online(&name));
-                MemberView { room: None, username: name, role, online }
+                Member { room: None, username: name, role, online }
             })
             .collect())
     }
@@ -223,7 +186,20 @@ impl Node {
     /// The moderation trail, oldest first.
     pub async fn audit(&self, s: &Session, room: &str) -> Result<Vec<AuditEntry>, ApiError> {
         check_room_id(room)?;
-        self.read(|meta| Ok(meta.authorize(&s.username, room, Action::ReadAudit)?.audit.clone())).await
+        self.read(|meta| {
+            let trail = &meta.authorize(&s.username, room, Action::ReadAudit)?.audit;
+            Ok(trail
+                .iter()
+                .map(|e| AuditEntry {
+                    ts: e.ts,
+                    actor: e.actor.clone(),
+                    action: e.action.clone(),
+                    target: Some(e.target.clone()),
+                    detail: e.detail.clone(),
+                })
+                .collect())
+        })
+        .await
     }
 
     /// The direct room with `peer`, made on first use.
@@ -256,8 +232,8 @@ fn view(info: &RoomInfo, last_seq: u64, unread: Option<u64>) -> RoomView {
     RoomView {
         room: info.id.clone(),
         title: info.title.clone(),
-        visibility: info.visibility.as_str(),
-        owner: info.owner.clone(),
+        visibility: info.visibility,
+        owner: Some(info.owner.clone()),
         created_at: info.created_at,
         last_seq,
         unread,

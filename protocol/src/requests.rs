@@ -1,0 +1,72 @@
+//! HTTP request bodies. Values the node checks itself, with messages of its
+//! own (a room's `visibility`, a `role`, an empty `body`), travel as plain
+//! strings here.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// `POST /api/register` and `POST /api/login`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials<S = String> {
+    /// Account name.
+    pub username: S,
+    /// Password (8..128 characters to register).
+    pub password: S,
+}
+
+/// `POST /api/rooms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRoom<S = String> {
+    /// Room id.
+    pub room: S,
+    /// Title; the room id when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<S>,
+    /// `public` (when absent) or `private`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<S>,
+}
+
+/// `POST /api/rooms/{room}/messages`; a missing field is refused like an
+/// empty one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage<S = String> {
+    /// Text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<S>,
+    /// Idempotency key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<S>,
+}
+
+/// `POST /api/rooms/{room}/invite`, `kick`, `ban`, `unban`, `unmute`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserTarget<S = String> {
+    /// Whom the action is for.
+    pub username: S,
+}
+
+/// `POST /api/rooms/{room}/role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleChange<S = String> {
+    /// The member.
+    pub username: S,
+    /// `owner`, `moderator` or `member`.
+    pub role: S,
+}
+
+/// `POST /api/rooms/{room}/mute`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mute<S = String> {
+    /// The member.
+    pub username: S,
+    /// For how long (1 to 31536000).
+    pub seconds: u64,
+}
+
+/// `POST /api/rooms/{room}/read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMarker {
+    /// The highest seq read.
+    pub seq: u64,
+}
