@@ -1,0 +1,111 @@
+//! Node configs for tests, and cluster files.
+//!
+//! Every file the kit gives a node is `palaver_node::config::Config`
+//! serialised: a test changes typed fields ([`config`]), never TOML text,
+//! and a field the node adds is there for tests at once. This module also
+//! makes the cluster's certificates; it starts no process.
+
+use std::path::Path;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use anyhow::Result;
+use palaver_node::config::Config;
+
+use crate::ports;
+
+/// The one origin the test config allows.
+pub const ALLOWED_ORIGIN: &str = "http://allowed.example";
+/// Per-user quotas of the test config: far above what any test does.
+const HIGH_QUOTA: u32 = 1_000_000;
+/// Rate limits of the test config: no ordinary test trips them.
+const HIGH_RATE: u32 = 10_000;
+
+/// The node's defaults, with rate limits and quotas raised so ordinary tests
+/// never trip them, and [`ALLOWED_ORIGIN`] as the only browser origin.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    let l = &mut c.limits;
+    l.send_rate_per_sec = f64::from(HIGH_RATE);
+    l.send_burst = f64::from(HIGH_RATE);
+    l.login_per_account_per_min = HIGH_RATE;
+    l.login_per_address_per_min = HIGH_RATE;
+    l.register_per_address_per_min = HIGH_RATE;
+    l.tickets_per_user_per_min = HIGH_QUOTA;
+    l.rooms_per_user_per_min = HIGH_QUOTA;
+    l.writes_per_user_per_min = HIGH_QUOTA;
+    c.security.allowed_origins = vec![ALLOWED_ORIGIN.to_string()];
+    c
+}
+
+/// [`test_config`] changed by `tweak`: `config(|c| c.limits.body_bytes = 4096)`.
+pub fn config(tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut c = test_config();
+    tweak(&mut c);
+    c
+}
+
+/// A cluster file on disk: `config` with its `[[node]]` list, written to
+/// `path`, with the certificates of its nodes in its `tls_dir`.
+#[derive(Clone, Debug)]
+pub struct ClusterFile {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// What it says.
+    pub config: Config,
+}
+
+impl ClusterFile {
+    /// A file `dir/cluster.toml` for nodes `ids` on free ports, keeping data
+    /// in `dir/data` and certificates in `dir/tls`; `config` gives the rest.
+    /// Not written yet: change [`ClusterFile::config`], then [`ClusterFile::write`].
+    pub fn new(dir: &Path, ids: &[u64], mut config: Config) -> Result<ClusterFile> {
+        config.cluster.data_dir = dir.join("data");
+        config.cluster.tls_dir = Some(dir.join("tls"));
+        config.nodes = ports::node_sections(ids)?;
+        Ok(ClusterFile { path: dir.join("cluster.toml"), config })
+    }
+
+    /// Writes the file, creates the data folder, and makes the certificates
+    /// its nodes lack (a CA already in `tls_dir` is kept).
+    pub fn write(&self) -> Result<()> {
+        let text = toml::to_string(&self.config).context("serialising the cluster file")?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))?;
+        let data = &self.config.cluster.data_dir;
+        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        let ids: Vec<u64> = self.config.nodes.iter().map(|n| n.id).collect();
+        let tls = self.tls_dir();
+        palaver_node::peer::ensure_cluster_certs(&tls, &ids)
+            .with_context(|| format!("making certificates in {}", tls.display()))
+    }
+
+    /// The folder of the cluster's CA and node certificates.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.config.cluster.tls_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_cluster_file_is_what_a_node_reads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut file = ClusterFile::new(dir.path(), &[1, 2], config(|c| c.limits.body_bytes = 4096)).expect("ports");
+        file.config.security.public_url = Some("https://chat.example".into());
+        file.write().expect("written");
+        let read = Config::load(&file.path).expect("a node reads it");
+        assert_eq!(read.nodes.iter().map(|n| n.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(read.node(2).map(|n| n.client), file.config.node(2).map(|n| n.client));
+        assert_eq!((read.limits.body_bytes, read.limits.send_burst), (4096, f64::from(HIGH_RATE)));
+        assert_eq!(read.security.allowed_origins, [ALLOWED_ORIGIN]);
+        assert_eq!(read.security.public_url.as_deref(), Some("https://chat.example"));
+        for name in ["ca.pem", "node-1.pem", "node-2.key"] {
+            assert!(file.tls_dir().join(name).exists(), "{name}");
+        }
+    }
+}
