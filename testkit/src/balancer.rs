@@ -69,6 +69,11 @@ impl Balancer {
         Http::unpooled(&self.addr.to_string()).expect("an HTTP client for 127.0.0.1 can always be built")
     }
 
+    /// A `GET path` request to the public address (its timeout that of admin reads).
+    pub fn public_get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("http://{}{path}", self.addr))
+    }
+
     /// `GET path` on the admin address, with `Authorization: Bearer <token>`
     /// if given: (status, body).
     pub async fn admin_get(&self, path: &str, token: Option<&str>) -> Result<(u16, String)> {
@@ -92,12 +97,24 @@ impl Balancer {
     /// (bounded by [`WAIT`]) and fails if it returned an error.
     pub async fn stop(&mut self) -> Result<Duration> {
         let started = Instant::now();
+        self.begin_stop();
+        self.wait_stopped().await?;
+        Ok(started.elapsed())
+    }
+
+    /// Asks the balancer to stop, without waiting: it closes its listeners
+    /// and lets open connections go on for its grace.
+    pub fn begin_stop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Waits (bounded by [`WAIT`]) for `run` to return; fails if it returned an error.
+    pub async fn wait_stopped(&mut self) -> Result<()> {
         let task = self.task.take().context("already stopped")?;
         tokio::time::timeout(WAIT, task).await.context("run did not return")???;
-        Ok(started.elapsed())
+        Ok(())
     }
 }
 
