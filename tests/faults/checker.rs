@@ -573,6 +573,19 @@ mod tests {
     }
 
     #[test]
+    fn an_answered_seq_holding_another_message_is_lost() {
+        for change in [
+            |s: &mut SendRec| s.body = "what was really sent".into(),
+            |s: &mut SendRec| s.user = "u9".into(),
+            |s: &mut SendRec| s.client_id = "c9".into(),
+        ] {
+            let mut o = clean();
+            change(&mut o.sends[1]);
+            assert_eq!(kinds(&o), ["LOST"], "{:?}", o.sends[1]);
+        }
+    }
+
+    #[test]
     fn a_send_stored_twice_is_a_duplicate() {
         let mut o = clean();
         let again = msg(4, "u0", "c2");
