@@ -22,9 +22,12 @@ const READY: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn answered_messages_survive_every_node_losing_its_unflushed_writes() -> Result<()> {
-    let power_cut =
-        Launch { env: vec![(palaver_node::storage::LOSE_UNFLUSHED_ENV.into(), "1".into())], ..Launch::default() };
-    let mut cluster = Cluster::builder(3).launch(power_cut).ready_within(READY).start().await?;
+    let power_cut = Launch {
+        env: vec![(palaver_node::storage::LOSE_UNFLUSHED_ENV.into(), "1".into())],
+        ready_within: Some(READY),
+        ..Launch::default()
+    };
+    let mut cluster = Cluster::builder(3).launch(power_cut).start().await?;
     let addrs: Vec<String> = cluster.ids().into_iter().map(|id| cluster.addr(id)).collect();
     let addr = |i: usize| addrs[i].clone();
 

@@ -28,8 +28,6 @@ use crate::process::NodeProcess;
 use crate::process::Readiness;
 use crate::process::Role;
 
-/// How long a cluster may take to print every ready line.
-pub const CLUSTER_READY: Duration = Duration::from_secs(60);
 /// Pause between two looks at starting nodes.
 const POLL: Duration = Duration::from_millis(25);
 
@@ -40,7 +38,6 @@ pub struct Builder {
     config: Config,
     launch: Launch,
     name: String,
-    ready_within: Duration,
 }
 
 impl Builder {
@@ -60,13 +57,6 @@ impl Builder {
     /// What marks the nodes' output: node N is `<name>-nodeN` (default `node-N`).
     pub fn name(mut self, name: &str) -> Builder {
         self.name = name.to_string();
-        self
-    }
-
-    /// How long the nodes may take to print their ready lines (at start and
-    /// on [`Cluster::restart_all`]).
-    pub fn ready_within(mut self, timeout: Duration) -> Builder {
-        self.ready_within = timeout;
         self
     }
 
@@ -107,7 +97,7 @@ impl Builder {
             let role = Role::Member { file: file.path.clone(), id };
             procs.push(NodeProcess::spawn(&self.node_name(id), role, &self.launch)?);
         }
-        let mut cluster = Cluster { file, procs, root: base, ready_within: self.ready_within, _dir: None };
+        let mut cluster = Cluster { file, procs, root: base, ready_within: self.launch.ready_within(), _dir: None };
         cluster.wait_all_ready().await?;
         Ok(cluster)
     }
@@ -130,13 +120,7 @@ pub struct Cluster {
 impl Cluster {
     /// How to start `n` nodes; [`test_config`] unless told otherwise.
     pub fn builder(n: u64) -> Builder {
-        Builder {
-            nodes: n,
-            config: test_config(),
-            launch: Launch::default(),
-            name: String::new(),
-            ready_within: CLUSTER_READY,
-        }
+        Builder { nodes: n, config: test_config(), launch: Launch::default(), name: String::new() }
     }
 
     /// Starts `n` nodes with [`test_config`].
@@ -150,7 +134,7 @@ impl Cluster {
     }
 
     /// Waits until every running node printed its ready line; fails at once
-    /// when one exits, and after the builder's `ready_within`.
+    /// when one exits, and after the launch's `ready_within`.
     async fn wait_all_ready(&mut self) -> Result<()> {
         let start = Instant::now();
         loop {
@@ -264,7 +248,7 @@ impl Cluster {
     pub async fn restart(&mut self, id: u64) -> Result<()> {
         let p = self.process_mut(id);
         p.relaunch()?;
-        p.ready_within(CLUSTER_READY).await.map(|_| ()).with_context(|| format!("node {id} after a restart"))
+        p.ready().await.map(|_| ()).with_context(|| format!("node {id} after a restart"))
     }
 
     /// Starts every node again at once (killing those that run) and waits

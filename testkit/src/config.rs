@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use anyhow::Result;
+use palaver_balancer::config::BalancerSection;
+use palaver_balancer::config::NodeEntry;
 use palaver_node::config::Config;
 
 use crate::ports;
@@ -88,6 +90,16 @@ impl ClusterFile {
     }
 }
 
+/// The text of a file for a balancer alone: its `[balancer]` section and a
+/// `[[node]]` list of ids and client addresses (what `palaver balancer
+/// --config` reads of a cluster file).
+pub fn balancer_file(section: &BalancerSection, nodes: &[NodeEntry]) -> Result<String> {
+    let mut file = toml::Table::new();
+    file.insert("balancer".into(), toml::Value::try_from(section).context("the [balancer] section")?);
+    file.insert("node".into(), toml::Value::try_from(nodes).context("the [[node]] list")?);
+    toml::to_string(&file).context("serialising the balancer's file")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +119,24 @@ mod tests {
         for name in ["ca.pem", "node-1.pem", "node-2.key"] {
             assert!(file.tls_dir().join(name).exists(), "{name}");
         }
+    }
+
+    #[test]
+    fn a_balancer_file_is_what_the_balancer_reads() {
+        let section = BalancerSection {
+            strategy: Some("weighted".into()),
+            health_interval_ms: Some(500),
+            discover: Some(false),
+            ..BalancerSection::default()
+        };
+        let client = "127.0.0.1:7101".parse().expect("addr");
+        let text = balancer_file(&section, &[NodeEntry { id: 4, client, weight: 2 }]).expect("written");
+        let value: toml::Value = toml::from_str(&text).expect("TOML");
+        let s = palaver_balancer::BalancerSettings::from_toml(&value, None).expect("the balancer reads it");
+        assert_eq!(s.nodes, [palaver_balancer::Backend { id: 4, addr: client, weight: 2 }]);
+        assert_eq!(
+            (s.strategy, s.health_interval.as_millis(), s.discover),
+            (palaver_balancer::Strategy::Weighted, 500, false)
+        );
     }
 }

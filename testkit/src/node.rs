@@ -17,9 +17,6 @@ use crate::process::Launch;
 use crate::process::NodeProcess;
 use crate::process::Role;
 
-/// How long a node may take to print its ready line.
-pub const READY: Duration = Duration::from_secs(60);
-
 /// A registered, logged-in user.
 #[derive(Clone, Debug)]
 pub struct User {
@@ -82,7 +79,7 @@ impl Node {
             .context("writing the config file")?;
         std::fs::create_dir_all(&data_dir).context("creating the data dir")?;
         let mut process = NodeProcess::spawn(name, Role::Alone { file, data_dir }, launch)?;
-        let addr = process.ready_within(READY).await?.to_string();
+        let addr = process.ready().await?.to_string();
         Ok(Node { process, addr, _dir: dir })
     }
 
@@ -99,6 +96,11 @@ impl Node {
     /// The node process.
     pub fn process(&self) -> &NodeProcess {
         &self.process
+    }
+
+    /// The node process, mutably.
+    pub fn process_mut(&mut self) -> &mut NodeProcess {
+        &mut self.process
     }
 
     /// The node process's id, while it runs (to read its /proc entries).
@@ -145,7 +147,7 @@ impl Node {
     /// Kills the node and starts it again on the same data and config (new port).
     pub async fn restart(&mut self) -> Result<()> {
         self.process.relaunch()?;
-        self.addr = self.process.ready_within(READY).await?.to_string();
+        self.addr = self.process.ready().await?.to_string();
         Ok(())
     }
 }

@@ -35,6 +35,8 @@ use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
 
+/// How long a node may take to print its ready line, unless told otherwise.
+pub const READY: Duration = Duration::from_secs(60);
 /// Lines of output kept for the failure report.
 const KEEP_LINES: usize = 400;
 /// The environment variable that streams every node's output live.
@@ -88,6 +90,15 @@ pub struct Launch {
     /// Keep the last lines to oneself when dropped (benches: no test
     /// harness hides them).
     pub quiet: bool,
+    /// How long a node may take to print its ready line (default [`READY`]).
+    pub ready_within: Option<Duration>,
+}
+
+impl Launch {
+    /// How long a node may take to print its ready line.
+    pub fn ready_within(&self) -> Duration {
+        self.ready_within.unwrap_or(READY)
+    }
 }
 
 /// Whether a node process has printed its ready line.
@@ -129,7 +140,11 @@ impl NodeProcess {
             logs: Arc::new(Mutex::new(VecDeque::new())),
             readers: Vec::new(),
         };
-        p.launch()?;
+        if let Some(dir) = &p.launch.log_dir {
+            // A log of this run only: a restart appends to it.
+            let _ = std::fs::remove_file(dir.join(format!("{}.log", p.name)));
+        }
+        p.start()?;
         Ok(p)
     }
 
@@ -153,7 +168,7 @@ impl NodeProcess {
         cmd
     }
 
-    fn launch(&mut self) -> Result<()> {
+    fn start(&mut self) -> Result<()> {
         if let Ok(mut r) = self.ready.lock() {
             *r = None;
         }
@@ -255,9 +270,10 @@ impl NodeProcess {
         }
     }
 
-    /// Waits like [`NodeProcess::wait_ready`]; fails, with the node's last
-    /// lines, unless it got ready.
-    pub async fn ready_within(&mut self, timeout: Duration) -> Result<SocketAddr> {
+    /// Waits like [`NodeProcess::wait_ready`], as long as its [`Launch`]
+    /// says; fails, with the node's last lines, unless it got ready.
+    pub async fn ready(&mut self) -> Result<SocketAddr> {
+        let timeout = self.launch.ready_within();
         match self.wait_ready(timeout).await {
             Readiness::Ready(addr) => Ok(addr),
             Readiness::Exited(status) => {
@@ -343,7 +359,7 @@ impl NodeProcess {
     pub fn relaunch(&mut self) -> Result<()> {
         self.kill();
         self.note("restarting the node");
-        self.launch()
+        self.start()
     }
 
     /// The last lines the node printed.
