@@ -1,8 +1,8 @@
 //! Shared code of the load harness (`benches/load.rs`) and of its smoke run
 //! (`tests/bench_smoke.rs`): starting the systems under test as processes on
-//! 127.0.0.1 (Palaver nodes, clusters and balancers, the peers of
-//! `benches/peers/`, HAProxy), dialing them, and the load engines
-//! (connection ramps, open-loop fan-out with rate steps, idle RSS).
+//! 127.0.0.1 (Palaver nodes and clusters through `palaver-testkit`, the
+//! balancer, the peers of `benches/peers/`, HAProxy), dialing them, and the
+//! load engines (connection ramps, open-loop fan-out with rate steps, idle RSS).
 //!
 //! Every loop here is bounded in count and in time.
 
@@ -405,16 +405,8 @@ fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> 
 /// server, not its limiter.
 fn bench_config() -> Config {
     const HIGH: u32 = 1_000_000;
-    let mut c = Config::default();
+    let mut c = palaver_testkit::config::raised_limits(HIGH, HIGH);
     let l = &mut c.limits;
-    l.send_rate_per_sec = f64::from(HIGH);
-    l.send_burst = f64::from(HIGH);
-    l.login_per_account_per_min = HIGH;
-    l.login_per_address_per_min = HIGH;
-    l.register_per_address_per_min = HIGH;
-    l.tickets_per_user_per_min = HIGH;
-    l.rooms_per_user_per_min = HIGH;
-    l.writes_per_user_per_min = HIGH;
     l.outbound_queue = 65_536;
     l.outbound_bytes = 64 << 20;
     l.max_connections_per_address = HIGH as usize;

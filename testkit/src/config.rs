@@ -26,17 +26,25 @@ const HIGH_RATE: u32 = 10_000;
 /// The node's defaults, with rate limits and quotas raised so ordinary tests
 /// never trip them, and [`ALLOWED_ORIGIN`] as the only browser origin.
 pub fn test_config() -> Config {
+    let mut c = raised_limits(HIGH_RATE, HIGH_QUOTA);
+    c.security.allowed_origins = vec![ALLOWED_ORIGIN.to_string()];
+    c
+}
+
+/// The node's defaults with every client rate limit (sends a second, the
+/// burst, logins and registrations a minute) at `rate`, and every per-user
+/// quota a minute at `quota`.
+pub fn raised_limits(rate: u32, quota: u32) -> Config {
     let mut c = Config::default();
     let l = &mut c.limits;
-    l.send_rate_per_sec = f64::from(HIGH_RATE);
-    l.send_burst = f64::from(HIGH_RATE);
-    l.login_per_account_per_min = HIGH_RATE;
-    l.login_per_address_per_min = HIGH_RATE;
-    l.register_per_address_per_min = HIGH_RATE;
-    l.tickets_per_user_per_min = HIGH_QUOTA;
-    l.rooms_per_user_per_min = HIGH_QUOTA;
-    l.writes_per_user_per_min = HIGH_QUOTA;
-    c.security.allowed_origins = vec![ALLOWED_ORIGIN.to_string()];
+    l.send_rate_per_sec = f64::from(rate);
+    l.send_burst = f64::from(rate);
+    l.login_per_account_per_min = rate;
+    l.login_per_address_per_min = rate;
+    l.register_per_address_per_min = rate;
+    l.tickets_per_user_per_min = quota;
+    l.rooms_per_user_per_min = quota;
+    l.writes_per_user_per_min = quota;
     c
 }
 

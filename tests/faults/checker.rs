@@ -86,6 +86,22 @@ pub struct Executed {
     pub partitioned: bool,
 }
 
+impl Executed {
+    /// `step N LABEL node V t=A..Bs owned [...]`, times in seconds from `start`.
+    pub fn describe(&self, start: Instant) -> String {
+        let at = |t: Instant| t.saturating_duration_since(start).as_secs_f64();
+        format!(
+            "step {} {} node {} t={:.1}s..{:.1}s owned {:?}",
+            self.step,
+            self.label,
+            self.victim,
+            at(self.at),
+            at(self.ended),
+            self.owned
+        )
+    }
+}
+
 /// When the load ran, and how dense it was.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadWindow {
@@ -406,17 +422,7 @@ fn stalls_explained(o: &Observed, r: &mut Report) {
                 .executed
                 .iter()
                 .filter(|f| f.at <= b && a <= f.ended + FAILURE_TIMEOUT + RECOVERY_SLACK)
-                .map(|f| {
-                    format!(
-                        "step {} {} node {} t={:.1}s..{:.1}s owned {:?}",
-                        f.step,
-                        f.label,
-                        f.victim,
-                        o.at(f.at),
-                        o.at(f.ended),
-                        f.owned
-                    )
-                })
+                .map(|f| f.describe(o.start))
                 .collect();
             r.violation(format!(
                 "UNAVAILABLE: {stall}: no fault on its owner explains it (one that began as the stall did, \

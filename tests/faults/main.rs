@@ -285,17 +285,8 @@ async fn faults_under_load_lose_no_answered_message() -> Result<()> {
     )?;
     writeln!(summary, "faults:")?;
     for e in &executed {
-        writeln!(
-            summary,
-            "  step {} {} node {} at t={:.1}s..{:.1}s, owned {:?}{}",
-            e.step,
-            e.label,
-            e.victim,
-            w.at(e.at),
-            w.at(e.ended),
-            e.owned,
-            if e.label == "partition" && !e.partitioned { " (SKIPPED)" } else { "" }
-        )?;
+        let skipped = if e.label == "partition" && !e.partitioned { " (SKIPPED)" } else { "" };
+        writeln!(summary, "  {}{skipped}", e.describe(w.start))?;
     }
     writeln!(summary, "failover (fault start -> first answered send, issued after it, to a room the victim owned):")?;
     for (label, room, victim, d) in &times {
