@@ -29,13 +29,13 @@ use palaver_testkit::ClusterFile;
 use palaver_testkit::Launch;
 use palaver_testkit::NodeProcess;
 use palaver_testkit::Readiness;
+use palaver_testkit::Role;
 use palaver_testkit::SharedCluster;
 use palaver_testkit::User;
 use palaver_testkit::WAIT;
 use palaver_testkit::eventually;
 use palaver_testkit::expect_close;
 use palaver_testkit::expect_code;
-use palaver_testkit::process::Role;
 use palaver_testkit::test_config;
 use serde_json::Value;
 

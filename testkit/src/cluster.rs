@@ -23,6 +23,7 @@ use palaver_node::config::NodeSection;
 use crate::config::ClusterFile;
 use crate::config::test_config;
 use crate::node::User;
+use crate::process::LIVE_ENV;
 use crate::process::Launch;
 use crate::process::NodeProcess;
 use crate::process::Readiness;
@@ -328,7 +329,7 @@ impl std::ops::Deref for SharedGuard {
 impl Drop for SharedGuard {
     fn drop(&mut self) {
         self.shared.cluster.note(&format!("end of {}", self.test));
-        if std::env::var_os("PALAVER_TEST_LOG").is_none() {
+        if std::env::var_os(LIVE_ENV).is_none() {
             eprintln!("{}", self.shared.cluster.recent_logs());
         }
     }

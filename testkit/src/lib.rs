@@ -39,6 +39,7 @@ pub use node::User;
 pub use process::Launch;
 pub use process::NodeProcess;
 pub use process::Readiness;
+pub use process::Role;
 pub use recorder::Recorder;
 pub use wait::WAIT;
 pub use wait::eventually;

@@ -40,7 +40,7 @@ pub const READY: Duration = Duration::from_secs(60);
 /// Lines of output kept for the failure report.
 const KEEP_LINES: usize = 400;
 /// The environment variable that streams every node's output live.
-const LIVE_ENV: &str = "PALAVER_TEST_LOG";
+pub const LIVE_ENV: &str = "PALAVER_TEST_LOG";
 /// Pause between two looks at a starting or stopping process.
 const POLL: Duration = Duration::from_millis(25);
 
