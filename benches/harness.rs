@@ -1,14 +1,15 @@
 //! Shared code of the load harness (`benches/load.rs`) and of its smoke run
 //! (`tests/bench_smoke.rs`): starting the systems under test as processes on
-//! 127.0.0.1 (Palaver nodes, clusters and balancers, the peers of
-//! `benches/peers/`, HAProxy), dialing them, and the load engines
-//! (connection ramps, open-loop fan-out with rate steps, idle RSS).
+//! 127.0.0.1 (Palaver nodes and clusters through `palaver-testkit`, the
+//! balancer, the peers of `benches/peers/`, HAProxy), dialing them, and the
+//! load engines (connection ramps, open-loop fan-out with rate steps, idle RSS).
 //!
 //! Every loop here is bounded in count and in time.
 
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::io::BufRead;
 use std::io::BufReader;
 use std::io::Read;
@@ -35,6 +36,9 @@ use futures_util::SinkExt;
 use futures_util::StreamExt;
 use futures_util::stream::SplitSink;
 use hdrhistogram::Histogram;
+use palaver_balancer::config::BalancerSection;
+use palaver_balancer::config::NodeEntry;
+use palaver_node::config::Config;
 use palaver_protocol::Command as PalaverCommand;
 use palaver_protocol::Credentials;
 use palaver_protocol::Done;
@@ -42,6 +46,9 @@ use palaver_protocol::FrameId;
 use palaver_protocol::Login;
 use palaver_protocol::NewRoom;
 use palaver_protocol::Reply;
+use palaver_testkit::Cluster;
+use palaver_testkit::Launch;
+use palaver_testkit::NodeProcess;
 use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -135,14 +142,20 @@ pub fn pinned() -> bool {
     PINNED.load(Ordering::Relaxed)
 }
 
-/// A command for a server process: under `taskset -c 0` when pinning is on.
+/// What a server process runs under: `taskset -c 0` when pinning is on.
+fn server_wrapper() -> Vec<OsString> {
+    if pinned() { ["taskset", "-c", "0"].map(OsString::from).to_vec() } else { Vec::new() }
+}
+
+/// A command for a server process, under [`server_wrapper`].
 fn server_command(program: impl AsRef<OsStr>) -> Command {
-    if pinned() {
-        let mut c = Command::new("taskset");
-        c.arg("-c").arg("0").arg(program);
-        c
-    } else {
-        Command::new(program)
+    match server_wrapper().split_first() {
+        Some((wrapper, args)) => {
+            let mut c = Command::new(wrapper);
+            c.args(args).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
@@ -251,7 +264,8 @@ pub async fn settle(limit: Duration) -> Duration {
 
 /// A server process for the duration of a measurement; killed on drop.
 pub struct Server {
-    child: Child,
+    process: Process,
+    pid: u32,
     /// Address clients connect to (`127.0.0.1:PORT`).
     pub addr: String,
     /// The admin address, for a Palaver balancer.
@@ -261,30 +275,54 @@ pub struct Server {
     _dir: Option<Arc<tempfile::TempDir>>,
 }
 
+/// What a [`Server`] runs: Palaver nodes are the test kit's processes.
+enum Process {
+    /// A one-node server.
+    Alone(palaver_testkit::Node),
+    /// A node of a cluster.
+    Member(NodeProcess),
+    /// Any other program.
+    Other(Child),
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        unregister_pid(self.child.id());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        unregister_pid(self.pid);
+        match &mut self.process {
+            Process::Alone(node) => node.kill(),
+            Process::Member(p) => p.kill(),
+            Process::Other(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }
 
 impl Server {
+    fn new(process: Process, pid: u32, addr: String, label: &str, dir: Option<Arc<tempfile::TempDir>>) -> Server {
+        register_pid(pid);
+        Server { process, pid, addr, admin: None, label: label.into(), _dir: dir }
+    }
+
     /// The process id (the server's own: `taskset` execs it).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Resident memory, KiB.
     pub fn rss_kib(&self) -> Result<u64> {
-        rss_kib(self.child.id())
+        rss_kib(self.pid)
     }
 
     /// Fails when the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited: {status} (log in {})", self.label, log_path(&self.label).display());
-        }
+        let running = match &mut self.process {
+            Process::Alone(node) => node.process_mut().is_running(),
+            Process::Member(p) => p.is_running(),
+            Process::Other(child) => child.try_wait()?.is_none(),
+        };
+        anyhow::ensure!(running, "{} exited (log in {})", self.label, log_path(&self.label).display());
         Ok(())
     }
 }
@@ -316,7 +354,6 @@ fn spawn_ready(mut cmd: Command, label: &str, within: Duration) -> Result<(Child
         .stderr(err)
         .spawn()
         .with_context(|| format!("starting {label}: {cmd:?}"))?;
-    register_pid(child.id());
     let stdout = child.stdout.take().context("stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     // Keep reading stdout so the server never blocks on a full pipe.
@@ -332,7 +369,6 @@ fn spawn_ready(mut cmd: Command, label: &str, within: Duration) -> Result<(Child
     match rx.recv_timeout(within) {
         Ok(line) => Ok((child, line)),
         Err(_) => {
-            unregister_pid(child.id());
             let _ = child.kill();
             let _ = child.wait();
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
@@ -347,18 +383,6 @@ fn address_after(line: &str, marker: &str) -> Option<String> {
     let rest = line.split(marker).nth(1)?;
     let rest = rest.strip_prefix("http://").unwrap_or(rest);
     Some(rest.split(|c: char| c.is_whitespace() || c == ')' || c == ',').next()?.to_string())
-}
-
-/// A free 127.0.0.1 port for TCP and UDP alike (released before use).
-pub fn free_port() -> Result<u16> {
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
 }
 
 /// A plain HTTP/1.1 GET, synchronous: (status, body).
@@ -386,81 +410,52 @@ fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> 
     bail!("{what}: not within {within:?}")
 }
 
-/// Client limits raised so the harness measures the server, not its limiter.
-pub const LIMITS: &str = "[limits]\nsend_rate_per_sec = 1000000.0\nsend_burst = 1000000\nlogin_per_account_per_min = 1000000\n\
-     login_per_address_per_min = 1000000\nregister_per_address_per_min = 1000000\n\
-     tickets_per_user_per_min = 1000000\nrooms_per_user_per_min = 1000000\nwrites_per_user_per_min = 1000000\noutbound_queue = 65536\noutbound_bytes = 67108864\n\
-     max_connections_per_address = 1000000\n";
+/// The nodes' config: client limits raised so the harness measures the
+/// server, not its limiter.
+fn bench_config() -> Config {
+    const HIGH: u32 = 1_000_000;
+    let mut c = palaver_testkit::config::raised_limits(HIGH, HIGH);
+    let l = &mut c.limits;
+    l.outbound_queue = 65_536;
+    l.outbound_bytes = 64 << 20;
+    l.max_connections_per_address = HIGH as usize;
+    c
+}
 
 /// How long a Palaver process may take to print its ready line.
 const READY: Duration = Duration::from_secs(120);
 
-fn palaver(args: &[&OsStr], label: &str) -> Result<(Child, String)> {
-    let mut cmd = server_command(env!("CARGO_BIN_EXE_palaver"));
-    cmd.args(args).env("RUST_LOG", "warn");
-    spawn_ready(cmd, label, READY)
+/// How the harness runs Palaver nodes: warnings only, every line in
+/// `target/bench-results/logs/LABEL.log`, under [`server_wrapper`].
+fn launch() -> Launch {
+    Launch {
+        env: vec![("RUST_LOG".into(), "warn".into())],
+        wrapper: server_wrapper(),
+        log_dir: Some(results_dir().join("logs")),
+        quiet: true,
+        ready_within: Some(READY),
+    }
 }
 
 /// A single Palaver node (a one-member cluster) on a free port.
-pub fn palaver_node(label: &str) -> Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("bench.toml");
-    std::fs::write(&config, LIMITS)?;
-    let data = dir.path().join("data");
-    let args = [
-        "node".as_ref(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-    ];
-    let (child, line) = palaver(&args, label)?;
-    let addr = address_after(&line, "ready: ").context("node ready line")?;
-    let node = Server { child, addr, admin: None, label: label.into(), _dir: Some(Arc::new(dir)) };
+pub async fn palaver_node(label: &str) -> Result<Server> {
+    let node = palaver_testkit::Node::start_as(label, bench_config(), &launch()).await?;
+    let (addr, pid) = (node.addr().to_string(), node.pid().context("the node runs")?);
+    let node = Server::new(Process::Alone(node), pid, addr, label, None);
     wait_until("node healthy", Duration::from_secs(30), || http_get(&node.addr, "/healthz").is_ok_and(|r| r.0 == 200))?;
     Ok(node)
 }
 
 /// An `n`-node Palaver cluster (majority acks), every node healthy.
-pub fn palaver_cluster(n: u64, label: &str) -> Result<Vec<Server>> {
-    let dir = Arc::new(tempfile::tempdir()?);
-    let mut config =
-        format!("[cluster]\ndata_dir = {:?}\ntls_dir = {:?}\n", dir.path().join("data"), dir.path().join("tls"));
-    for id in 1..=n {
-        config.push_str(&format!(
-            "[[node]]\nid = {id}\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
-            free_port()?,
-            free_port()?
-        ));
-    }
-    config.push_str(LIMITS);
-    let path = dir.path().join("cluster.toml");
-    std::fs::write(&path, config)?;
-    let status = Command::new(env!("CARGO_BIN_EXE_palaver"))
-        .arg("certs")
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .status()?;
-    anyhow::ensure!(status.success(), "palaver certs failed");
-    let mut starting = Vec::new();
-    for id in 1..=n {
-        let path = path.clone();
-        let label = format!("{label}-node{id}");
-        starting.push(std::thread::spawn(move || {
-            let id = id.to_string();
-            let args = ["node".as_ref(), "--config".as_ref(), path.as_os_str(), "--id".as_ref(), id.as_ref()];
-            palaver(&args, &label).map(|r| (r, label))
-        }));
-    }
+pub async fn palaver_cluster(n: u64, label: &str) -> Result<Vec<Server>> {
+    let cluster = Cluster::builder(n).config(bench_config()).launch(launch()).name(label).start().await?;
+    let addrs: Vec<String> = cluster.ids().into_iter().map(|id| cluster.addr(id)).collect();
+    let (processes, dir) = cluster.into_parts();
+    let dir = dir.map(Arc::new);
     let mut nodes = Vec::new();
-    for s in starting {
-        let ((child, line), label) = s.join().map_err(|_| anyhow::anyhow!("starting thread panicked"))??;
-        let addr = address_after(&line, "ready: ").context("node ready line")?;
-        nodes.push(Server { child, addr, admin: None, label, _dir: Some(dir.clone()) });
+    for (p, addr) in processes.into_iter().zip(addrs) {
+        let (pid, name) = (p.pid().context("a node runs")?, p.name().to_string());
+        nodes.push(Server::new(Process::Member(p), pid, addr, &name, dir.clone()));
     }
     for node in &nodes {
         wait_until("cluster healthy (a metadata leader)", Duration::from_secs(60), || {
@@ -475,21 +470,31 @@ pub fn palaver_cluster(n: u64, label: &str) -> Result<Vec<Server>> {
 pub fn palaver_balancer(nodes: &[&str], strategy: &str, label: &str) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("balancer.toml");
-    let mut text = String::from(
-        "[balancer]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndiscover = false\nhealth_interval_ms = 500\n\
-         max_connections_per_address = 1000000\n",
-    );
-    for (i, n) in nodes.iter().enumerate() {
-        text.push_str(&format!("[[node]]\nid = {}\nclient = \"{n}\"\n", i + 1));
-    }
-    std::fs::write(&config, text)?;
-    let args = ["balancer".as_ref(), "--config".as_ref(), config.as_os_str(), "--strategy".as_ref(), strategy.as_ref()];
-    let (child, line) = palaver(&args, label)?;
-    let addr = address_after(&line, "ready: ").context("balancer ready line")?;
-    let admin = address_after(&line, "admin ").context("balancer admin address")?;
-    let b = Server { child, addr, admin: Some(admin.clone()), label: label.into(), _dir: Some(Arc::new(dir)) };
+    let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let section = BalancerSection {
+        listen: Some(any_port),
+        admin: Some(any_port),
+        discover: Some(false),
+        health_interval_ms: Some(500),
+        max_connections_per_address: Some(1_000_000),
+        ..BalancerSection::default()
+    };
+    let entries = nodes
+        .iter()
+        .zip(1..)
+        .map(|(n, id)| Ok(NodeEntry { id, client: n.parse()?, weight: 1 }))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::write(&config, palaver_testkit::config::balancer_file(&section, &entries)?)?;
+    let mut cmd = server_command(env!("CARGO_BIN_EXE_palaver"));
+    cmd.args(["balancer".as_ref(), "--config".as_ref(), config.as_os_str(), "--strategy".as_ref(), strategy.as_ref()]);
+    cmd.env("RUST_LOG", "warn");
+    let (child, line) = spawn_ready(cmd, label, READY)?;
+    let (addr, admin) = palaver_balancer::ready::parse_ready_line(&line).context("the balancer's ready line")?;
+    let pid = child.id();
+    let mut b = Server::new(Process::Other(child), pid, addr.to_string(), label, Some(Arc::new(dir)));
+    b.admin = Some(admin.to_string());
     wait_until("balancer sees every node up", Duration::from_secs(20), || {
-        http_get(&admin, "/balancer/nodes")
+        http_get(&admin.to_string(), "/balancer/nodes")
             .is_ok_and(|(s, body)| s == 200 && body.matches("\"health\":\"up\"").count() == nodes.len())
     })?;
     Ok(b)
@@ -522,7 +527,7 @@ pub fn haproxy(nodes: &[&str], label: &str) -> Result<Server> {
         bail!(why);
     }
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let port = palaver_testkit::ports::tcp_addrs(1)?.first().context("a free port")?.port();
     // Two descriptors per relayed connection, within this machine's limit.
     let maxconn = (nofile_hard().saturating_sub(200) / 2).clamp(100, 50_000);
     let mut cfg = format!(
@@ -547,9 +552,8 @@ pub fn haproxy(nodes: &[&str], label: &str) -> Result<Server> {
         .stderr(std::fs::File::create(log.with_extension("err.log"))?)
         .spawn()
         .context("starting haproxy")?;
-    register_pid(child.id());
-    let addr = format!("127.0.0.1:{port}");
-    let mut server = Server { child, addr, admin: None, label: label.into(), _dir: Some(Arc::new(dir)) };
+    let (pid, addr) = (child.id(), format!("127.0.0.1:{port}"));
+    let mut server = Server::new(Process::Other(child), pid, addr, label, Some(Arc::new(dir)));
     wait_until("haproxy listening", Duration::from_secs(10), || std::net::TcpStream::connect(&server.addr).is_ok())?;
     server.check_alive()?;
     Ok(server)
@@ -577,8 +581,9 @@ pub fn node_peer(script: &str, label: &str) -> Result<Server> {
     let mut cmd = server_command("node");
     cmd.arg(peers_dir().join(script)).arg("0").current_dir(peers_dir());
     let (child, line) = spawn_ready(cmd, label, Duration::from_secs(20))?;
+    let child_pid = child.id();
     let addr = address_after(&line, "ready: ").context("peer ready line")?;
-    Ok(Server { child, addr, admin: None, label: label.into(), _dir: None })
+    Ok(Server::new(Process::Other(child), child_pid, addr, label, None))
 }
 
 /// The bare tokio-tungstenite server: `exe --serve-bare 0 --read-buffer N`
@@ -587,8 +592,9 @@ pub fn bare_peer(exe: &Path, read_buffer: usize, label: &str) -> Result<Server> 
     let mut cmd = server_command(exe);
     cmd.args(["--serve-bare", "0", "--read-buffer", &read_buffer.to_string()]);
     let (child, line) = spawn_ready(cmd, label, Duration::from_secs(20))?;
+    let child_pid = child.id();
     let addr = address_after(&line, "ready: ").context("bare ready line")?;
-    Ok(Server { child, addr, admin: None, label: label.into(), _dir: None })
+    Ok(Server::new(Process::Other(child), child_pid, addr, label, None))
 }
 
 // ------------------------------------------------------------------ HTTP --

@@ -397,7 +397,7 @@ async fn connections(o: &Options, res: &mut Results) -> Result<()> {
     }
     // Phase 1: through the balancer, RSS of every process.
     {
-        let nodes = harness::palaver_cluster(3, "conn-cluster")?;
+        let nodes = harness::palaver_cluster(3, "conn-cluster").await?;
         let addrs = node_addrs(&nodes);
         let balancer = harness::palaver_balancer(
             &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -447,7 +447,7 @@ async fn connections(o: &Options, res: &mut Results) -> Result<()> {
     }
     let per_shard = node_cap.min(15_000);
     let shards = direct.div_ceil(per_shard);
-    let nodes = harness::palaver_cluster(3, "conn-direct")?;
+    let nodes = harness::palaver_cluster(3, "conn-direct").await?;
     let tokens = palaver_setup(&nodes, "conn", 1, &["idle".to_string()]).await?;
     let addrs = node_addrs(&nodes);
     let meter = CpuMeter::start();
@@ -514,7 +514,7 @@ fn conn_time_rows(
 async fn start_system(system: &str, o: &Options, room: &str) -> Result<(Target, Vec<Server>)> {
     Ok(match system {
         "palaver-cluster" => {
-            let nodes = harness::palaver_cluster(3, "fan-cluster")?;
+            let nodes = harness::palaver_cluster(3, "fan-cluster").await?;
             let addrs = node_addrs(&nodes);
             let b = harness::palaver_balancer(
                 &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -528,7 +528,7 @@ async fn start_system(system: &str, o: &Options, room: &str) -> Result<(Target, 
             (target, all)
         }
         "palaver-node" => {
-            let node = harness::palaver_node("fan-node")?;
+            let node = harness::palaver_node("fan-node").await?;
             let tokens = palaver_setup(std::slice::from_ref(&node), "fan", o.users, &[room.to_string()]).await?;
             (palaver_target(system, &tokens, vec![node.addr.clone()]), vec![node])
         }
@@ -632,7 +632,7 @@ async fn rooms(o: &Options, res: &mut Results) -> Result<()> {
     if rooms < o.rooms {
         res.note(format!("rooms: capped at {rooms} rooms (open-files hard limit {hard} for the load generator)"));
     }
-    let nodes = harness::palaver_cluster(3, "rooms-cluster")?;
+    let nodes = harness::palaver_cluster(3, "rooms-cluster").await?;
     let names: Vec<String> = (0..rooms).map(|r| format!("r{r}")).collect();
     eprintln!("  creating {rooms} rooms");
     let tokens = palaver_setup(&nodes, "rm", o.users.min(10), &names).await?;
@@ -665,7 +665,7 @@ async fn rooms(o: &Options, res: &mut Results) -> Result<()> {
 // ---------------------------------------------------------------- durable --
 
 async fn durable(o: &Options, res: &mut Results) -> Result<()> {
-    let nodes = harness::palaver_cluster(3, "durable")?;
+    let nodes = harness::palaver_cluster(3, "durable").await?;
     cluster_latency(&nodes, o.latency_rate, o.secs, res).await?;
     cluster_sends(&nodes, 1, o.senders, o.secs, res).await?;
     cluster_sends(&nodes, 100, o.senders, o.secs, res).await?;
@@ -849,7 +849,7 @@ async fn closed_loop(
 }
 
 async fn sends_scenario(o: &Options, res: &mut Results) -> Result<()> {
-    let node = harness::palaver_node("sends-node")?;
+    let node = harness::palaver_node("sends-node").await?;
     let nodes = std::slice::from_ref(&node);
     let tokens = palaver_setup(nodes, "snd", o.senders, &["sends".to_string()]).await?;
     for n in [1, o.senders] {
@@ -866,7 +866,7 @@ async fn sends_scenario(o: &Options, res: &mut Results) -> Result<()> {
 /// One node behind the balancer: closed-loop sends direct and relayed, then
 /// the balancer's RSS per idle relayed connection.
 async fn relay(o: &Options, res: &mut Results) -> Result<()> {
-    let node = harness::palaver_node("relay-node")?;
+    let node = harness::palaver_node("relay-node").await?;
     let balancer = harness::palaver_balancer(&[node.addr.as_str()], "round-robin", "relay-balancer")?;
     let tokens = palaver_setup(std::slice::from_ref(&node), "rel", o.senders, &["relay".to_string()]).await?;
     for (label, addr) in [("direct", &node.addr), ("via balancer", &balancer.addr)] {
@@ -895,7 +895,7 @@ async fn relay(o: &Options, res: &mut Results) -> Result<()> {
 // --------------------------------------------------------------- balancer --
 
 async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
-    let nodes = harness::palaver_cluster(3, "bal-cluster")?;
+    let nodes = harness::palaver_cluster(3, "bal-cluster").await?;
     let addrs = node_addrs(&nodes);
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let tokens = palaver_setup(&nodes, "bal", o.senders.max(2), &["balrtt".to_string(), "balfan".to_string()]).await?;

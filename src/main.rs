@@ -204,12 +204,7 @@ async fn run_balancer(args: BalancerArgs) -> Result<()> {
         settings.ops_token = Some(palaver_balancer::OpsToken::new(token).with_context(|| format!("${OPS_TOKEN_ENV}"))?);
     }
     let (public, admin) = palaver_balancer::bind(&settings).await.context("opening the balancer's addresses")?;
-    println!(
-        "palaver balancer ready: http://{} (admin http://{}), strategy {}",
-        public.local_addr()?,
-        admin.local_addr()?,
-        settings.strategy
-    );
+    println!("{}", palaver_balancer::ready::ready_line(public.local_addr()?, admin.local_addr()?, settings.strategy));
     palaver_balancer::run(settings, public, admin, shutdown_signal()).await.context("balancer")?;
     Ok(())
 }
@@ -243,7 +238,7 @@ async fn serve(mut settings: NodeSettings, listen: SocketAddr, exit_with_parent:
     }
     tracing::info!(id, %addr, data = %settings.data_dir.display(), storage = %settings.storage, "starting node");
     let node = Node::start(settings).await.with_context(|| format!("node {id} failed to start"))?;
-    println!("palaver node {id} ready: http://{addr} (WebSocket ws://{addr}/ws)");
+    println!("{}", palaver_node::ready::ready_line(id, addr));
     let handing = node.clone();
     let stop = async move {
         tokio::select! {

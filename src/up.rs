@@ -2,8 +2,9 @@
 //!
 //! Each node is this same executable re-run as `palaver node --config FILE
 //! --id N`, so what runs locally is exactly what runs in a deployment. The
-//! launcher streams every node's output with a `[node N]` prefix, waits until
-//! each node is healthy and the cluster has a leader, starts the balancer (in
+//! launcher streams every node's output with a `[node N]` prefix, waits for
+//! each node's ready line (`palaver_node::ready`), then until each node is
+//! healthy and the cluster has a leader, starts the balancer (in
 //! this process) on the public address, prints where to connect, and on
 //! Ctrl-C stops the balancer and then the nodes (SIGTERM, then SIGKILL after a grace
 //! period). Nodes exit on their own if the launcher dies: their stdin is a
@@ -15,6 +16,7 @@
 //! `<data_dir>/ops-token` (mode 0600); the nodes get it in their
 //! environment, the balancer in its settings.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -28,6 +30,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::io::BufReader;
 use tokio::process::Child;
 use tokio::process::Command;
+use tokio::sync::oneshot;
 
 /// How long nodes get to become healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,6 +40,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 struct Launched {
     id: u64,
     child: Child,
+    /// The address on the node's ready line, once it prints it.
+    ready: Option<oneshot::Receiver<SocketAddr>>,
     /// Held open for the node's life: `Child::wait` would close it, and the
     /// node stops when it closes.
     _stdin: Option<tokio::process::ChildStdin>,
@@ -72,22 +77,29 @@ pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting node {}", n.id))?;
-        forward_output(n.id, &mut child);
+        let ready = Some(forward_output(n.id, &mut child));
         let stdin = child.stdin.take();
-        nodes.push(Launched { id: n.id, child, _stdin: stdin });
+        nodes.push(Launched { id: n.id, child, ready, _stdin: stdin });
     }
-    let ready = wait_healthy(&config);
-    tokio::select! {
-        result = ready => {
-            if let Err(e) = result {
-                stop(&mut nodes).await;
-                return Err(e);
-            }
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let ready = async {
+        wait_ready(&mut nodes, deadline).await?;
+        wait_healthy(&config, deadline).await
+    };
+    let started = tokio::select! {
+        result = ready => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    match started {
+        Some(Err(e)) => {
+            stop(&mut nodes).await;
+            return Err(e);
         }
-        _ = tokio::signal::ctrl_c() => {
+        None => {
             stop(&mut nodes).await;
             return Ok(());
         }
+        Some(Ok(())) => {}
     }
     let balancer = match start_balancer(config_path, &ops_token).await {
         Ok(b) => b,
@@ -198,12 +210,21 @@ fn restrict(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies a node's stdout and stderr to ours, line by line, with a prefix.
-fn forward_output(id: u64, child: &mut Child) {
+/// Copies a node's stdout and stderr to ours, line by line, with a prefix;
+/// answers the address on its ready line when it prints one (the sender is
+/// dropped if its output ends first).
+fn forward_output(id: u64, child: &mut Child) -> oneshot::Receiver<SocketAddr> {
+    let (tx, rx) = oneshot::channel();
     if let Some(out) = child.stdout.take() {
         tokio::spawn(async move {
+            let mut ready = Some(tx);
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(r) = palaver_node::ready::parse_ready_line(&line)
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(r.addr);
+                }
                 println!("[node {id}] {line}");
             }
         });
@@ -216,11 +237,25 @@ fn forward_output(id: u64, child: &mut Child) {
             }
         });
     }
+    rx
+}
+
+/// Waits until every node printed its ready line; fails as soon as one
+/// ends its output without it, and at `deadline`.
+async fn wait_ready(nodes: &mut [Launched], deadline: tokio::time::Instant) -> Result<()> {
+    for n in nodes.iter_mut() {
+        let Some(ready) = n.ready.take() else { continue };
+        match tokio::time::timeout_at(deadline, ready).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => anyhow::bail!("node {} stopped before its ready line (its output is above)", n.id),
+            Err(_) => anyhow::bail!("node {} printed no ready line within {} s", n.id, START_TIMEOUT.as_secs()),
+        }
+    }
+    Ok(())
 }
 
 /// Polls every node's `/healthz` until all answer 200 (which needs a leader).
-async fn wait_healthy(config: &Config) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+async fn wait_healthy(config: &Config, deadline: tokio::time::Instant) -> Result<()> {
     for n in &config.nodes {
         loop {
             if healthz(&n.client.to_string()).await {

@@ -1,21 +1,19 @@
 //! Accounts (PROTOCOL.md §2): register, login, logout, me, tickets, token
 //! lifetimes and login rate limits, against a real node process.
 
-mod common;
-
 use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Result;
-use common::Config;
-use common::Node;
-use common::WAIT;
-use common::eventually;
-use common::expect_close;
-use common::expect_code;
 use palaver_client::Method;
 use palaver_client::Ws;
 use palaver_client::WsOptions;
+use palaver_testkit::Node;
+use palaver_testkit::WAIT;
+use palaver_testkit::config;
+use palaver_testkit::eventually;
+use palaver_testkit::expect_close;
+use palaver_testkit::expect_code;
 use serde_json::json;
 
 #[tokio::test]
@@ -27,13 +25,13 @@ async fn register_answers_201_with_the_username_and_login_works() -> Result<()> 
         .await?;
     assert_eq!(raw.status, 201, "{}", raw.text);
     assert_eq!(raw.json["username"], "alice");
-    let before = common::now_ms();
+    let before = palaver_testkit::now_ms();
     let login = http.login("alice", "secret-pw").await?;
     assert_eq!(login.username, "alice");
     assert!(!login.token.is_empty());
     assert!(login.expires_at > before, "expires_at {} is not in the future", login.expires_at);
     // Default absolute lifetime: 30 days; expires_at is at most that far ahead.
-    assert!(login.expires_at <= common::now_ms() + 2_592_000_000 + 60_000, "expires_at {}", login.expires_at);
+    assert!(login.expires_at <= palaver_testkit::now_ms() + 2_592_000_000 + 60_000, "expires_at {}", login.expires_at);
     let me = http.with_token(&login.token).me().await?;
     assert_eq!(me.username, "alice");
     Ok(())
@@ -216,10 +214,14 @@ async fn logout_closes_the_tokens_live_sockets_with_4003() -> Result<()> {
 
 #[tokio::test]
 async fn a_token_past_its_absolute_lifetime_stops_working_and_its_socket_closes_4003() -> Result<()> {
-    let node = Node::start_with(Config { token_absolute_secs: 2, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.security.token_absolute_secs = 2)).await?;
     let alice = node.user("alice").await?;
     let login = node.http().login("alice", &alice.password).await?;
-    assert!(login.expires_at <= common::now_ms() + 3_000, "expires_at {} is beyond the 2 s lifetime", login.expires_at);
+    assert!(
+        login.expires_at <= palaver_testkit::now_ms() + 3_000,
+        "expires_at {} is beyond the 2 s lifetime",
+        login.expires_at
+    );
     let mut ws = node.ws(&alice).await?;
     alice.http.me().await?;
     eventually("the token expires", WAIT, async || match alice.http.me().await {
@@ -243,7 +245,7 @@ async fn a_token_past_its_absolute_lifetime_stops_working_and_its_socket_closes_
 
 #[tokio::test]
 async fn a_token_unused_past_its_idle_lifetime_stops_working() -> Result<()> {
-    let node = Node::start_with(Config { token_idle_secs: 1, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.security.token_idle_secs = 1)).await?;
     let alice = node.user("alice").await?;
     alice.http.me().await?;
     // Each probe uses the token (and so may renew it); the gaps between
@@ -270,7 +272,7 @@ async fn a_token_unused_past_its_idle_lifetime_stops_working() -> Result<()> {
 #[tokio::test]
 async fn login_is_rate_limited_per_account() -> Result<()> {
     let limit = 3;
-    let node = Node::start_with(Config { login_per_account_per_min: limit, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.limits.login_per_account_per_min = limit)).await?;
     let http = node.http();
     http.register("alice", "secret-pw").await?;
     http.register("bob", "secret-pw").await?;
@@ -302,7 +304,7 @@ async fn login_is_rate_limited_per_account() -> Result<()> {
 #[tokio::test]
 async fn login_is_rate_limited_per_address() -> Result<()> {
     let limit = 5;
-    let node = Node::start_with(Config { login_per_address_per_min: limit, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.limits.login_per_address_per_min = limit)).await?;
     let http = node.http();
     for i in 0..limit {
         expect_code(http.login(&format!("user{i}"), "whatever-pw").await, "unauthorized");

@@ -3,19 +3,17 @@
 //! UTF-8, unknown commands, history limits. Names are checked in
 //! accounts.rs and rooms.rs; Origin and the 4001 first frame in websocket.rs.
 
-mod common;
-
 use anyhow::Result;
-use common::Config;
-use common::Node;
-use common::User;
-use common::WAIT;
-use common::expect_close;
-use common::expect_code;
 use palaver_client::Event;
 use palaver_client::History;
 use palaver_client::Method;
 use palaver_client::Visibility;
+use palaver_testkit::Node;
+use palaver_testkit::User;
+use palaver_testkit::WAIT;
+use palaver_testkit::config;
+use palaver_testkit::expect_close;
+use palaver_testkit::expect_code;
 use serde_json::Value;
 use serde_json::json;
 
@@ -148,7 +146,7 @@ async fn history_limit_is_capped_at_500() -> Result<()> {
 
 #[tokio::test]
 async fn an_http_body_over_the_limit_is_too_large() -> Result<()> {
-    let node = Node::start_with(Config { body_bytes: 4096, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.limits.body_bytes = 4096)).await?;
     let alice = lobby(&node).await?;
     let body = json!({"body": "a".repeat(3000), "client_id": "fits"});
     alice.http.request(Method::POST, "/api/rooms/lobby/messages", Some(&body)).await?;
@@ -213,7 +211,7 @@ async fn invalid_utf8_closes_with_1007() -> Result<()> {
 
 #[tokio::test]
 async fn an_oversize_frame_closes_with_1009() -> Result<()> {
-    let node = Node::start_with(Config { frame_bytes: 4096, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.limits.frame_bytes = 4096)).await?;
     let alice = lobby(&node).await?;
     let mut ws = node.ws(&alice).await?;
     let fits = json!({"type": "send", "room": "lobby", "body": "a".repeat(3000), "client_id": "fits", "id": 100});

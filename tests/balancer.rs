@@ -13,8 +13,6 @@
 //! client address it names) and remembers the `Authorization` of member
 //! list requests.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,11 +25,7 @@ use std::time::Instant;
 use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
-use common::Node;
-use common::WAIT;
-use common::eventually;
 use palaver_balancer::Backend;
-use palaver_balancer::BalancerError;
 use palaver_balancer::BalancerSettings;
 use palaver_balancer::Strategy;
 use palaver_client::Event;
@@ -40,6 +34,10 @@ use palaver_client::Sse;
 use palaver_client::SseOptions;
 use palaver_client::Visibility;
 use palaver_client::Ws;
+use palaver_testkit::Balancer;
+use palaver_testkit::Node;
+use palaver_testkit::WAIT;
+use palaver_testkit::eventually;
 use serde_json::Value;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -310,15 +308,6 @@ async fn echo(s: &mut TcpStream, text: &str) -> Result<()> {
 
 // ----- the balancer under test -----
 
-/// A balancer running in this process.
-struct Lb {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), BalancerError>>>,
-    http: reqwest::Client,
-}
-
 fn settings(strategy: Strategy, nodes: Vec<Backend>) -> BalancerSettings {
     BalancerSettings {
         strategy,
@@ -331,61 +320,9 @@ fn settings(strategy: Strategy, nodes: Vec<Backend>) -> BalancerSettings {
     }
 }
 
-impl Lb {
-    async fn start(settings: BalancerSettings) -> Result<Lb> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let admin = TcpListener::bind("127.0.0.1:0").await?;
-        let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(palaver_balancer::run(settings, listener, admin, async move {
-            let _ = rx.await;
-        }));
-        let http = reqwest::Client::builder().no_proxy().timeout(WAIT).build()?;
-        Ok(Lb { addr, admin: admin_addr, stop: Some(tx), task: Some(task), http })
-    }
-
-    async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let r = self.http.get(format!("http://{}{path}", self.admin)).send().await?;
-        Ok((r.status().as_u16(), r.text().await?))
-    }
-
-    /// `GET path` on the admin address with `Authorization: Bearer <token>`.
-    async fn get_with(&self, path: &str, token: &str) -> Result<(u16, String)> {
-        let r = self.http.get(format!("http://{}{path}", self.admin)).bearer_auth(token).send().await?;
-        Ok((r.status().as_u16(), r.text().await?))
-    }
-
-    /// `GET /balancer/nodes`, by id.
-    async fn nodes(&self) -> Result<BTreeMap<u64, Value>> {
-        let (status, text) = self.get("/balancer/nodes").await?;
-        anyhow::ensure!(status == 200, "status {status}: {text}");
-        let list: Vec<Value> = serde_json::from_str(&text)?;
-        Ok(list.into_iter().map(|v| (v["id"].as_u64().unwrap_or_default(), v)).collect())
-    }
-
-    /// Waits until node `id`'s entry satisfies `pred`.
-    async fn wait_node(&self, what: &str, id: u64, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-        eventually(what, WAIT, async || Ok(self.nodes().await?.remove(&id).filter(|n| pred(n)))).await
-    }
-
-    /// Asks the balancer to stop; answers how `run` returned and how long it took.
-    async fn stop(&mut self) -> Result<Duration> {
-        let started = Instant::now();
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let task = self.task.take().context("already stopped")?;
-        tokio::time::timeout(WAIT, task).await.context("run did not return")???;
-        Ok(started.elapsed())
-    }
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
+/// Waits until node `id`'s entry in `lb`'s `/balancer/nodes` satisfies `pred`.
+async fn wait_node(lb: &Balancer, what: &str, id: u64, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    eventually(what, WAIT, async || Ok(lb.nodes(None).await?.remove(&id).filter(|n| pred(n)))).await
 }
 
 async fn three() -> Result<[Fake; 3]> {
@@ -397,12 +334,12 @@ async fn three() -> Result<[Fake; 3]> {
 #[tokio::test]
 async fn round_robin_splits_300_connections_100_100_100() -> Result<()> {
     let fakes = three().await?;
-    let lb = Lb::start(settings(Strategy::RoundRobin, fakes.iter().map(|f| f.backend(1)).collect())).await?;
+    let lb = Balancer::start(settings(Strategy::RoundRobin, fakes.iter().map(|f| f.backend(1)).collect())).await?;
     let ids = hellos(lb.addr, 300).await?;
     assert_eq!(tally(&ids), BTreeMap::from([(1, 100), (2, 100), (3, 100)]));
     assert_eq!(&ids[..6], [1, 2, 3, 1, 2, 3]);
     assert_eq!(fakes.iter().map(Fake::hellos).collect::<Vec<_>>(), [100, 100, 100]);
-    let nodes = lb.nodes().await?;
+    let nodes = lb.nodes(None).await?;
     assert_eq!(nodes.values().map(|n| n["routed"].as_u64()).collect::<Vec<_>>(), [Some(100); 3]);
     Ok(())
 }
@@ -412,7 +349,7 @@ async fn weighted_3_1_1_splits_300_connections_180_60_60_without_bursts() -> Res
     let fakes = three().await?;
     let weights = [3, 1, 1];
     let nodes = fakes.iter().zip(weights).map(|(f, w)| f.backend(w)).collect();
-    let lb = Lb::start(settings(Strategy::Weighted, nodes)).await?;
+    let lb = Balancer::start(settings(Strategy::Weighted, nodes)).await?;
     let ids = hellos(lb.addr, 300).await?;
     assert_eq!(tally(&ids), BTreeMap::from([(1, 180), (2, 60), (3, 60)]));
     assert_eq!(&ids[..5], [1, 2, 1, 3, 1], "smooth: the heavy node's turns are spread");
@@ -423,7 +360,8 @@ async fn weighted_3_1_1_splits_300_connections_180_60_60_without_bursts() -> Res
 #[tokio::test]
 async fn least_connections_sends_new_clients_to_the_least_loaded_node() -> Result<()> {
     let fakes = three().await?;
-    let lb = Lb::start(settings(Strategy::LeastConnections, fakes.iter().map(|f| f.backend(1)).collect())).await?;
+    let lb =
+        Balancer::start(settings(Strategy::LeastConnections, fakes.iter().map(|f| f.backend(1)).collect())).await?;
     let mut held = Vec::new();
     for _ in 0..6 {
         held.push(hello(lb.addr).await?);
@@ -443,7 +381,7 @@ async fn least_connections_sends_new_clients_to_the_least_loaded_node() -> Resul
         }
     }
     eventually("the balancer counts the closes", WAIT, async || {
-        let nodes = lb.nodes().await?;
+        let nodes = lb.nodes(None).await?;
         let active: Vec<_> = nodes.values().map(|n| n["active"].as_u64().unwrap_or(99)).collect();
         Ok((active == [0, 1, 2]).then_some(()))
     })
@@ -464,7 +402,7 @@ async fn least_connections_sends_new_clients_to_the_least_loaded_node() -> Resul
 #[tokio::test]
 async fn a_killed_node_gets_no_clients_and_no_client_notices() -> Result<()> {
     let [f1, mut f2, f3] = three().await?;
-    let lb = Lb::start(settings(Strategy::RoundRobin, vec![f1.backend(1), f2.backend(1), f3.backend(1)])).await?;
+    let lb = Balancer::start(settings(Strategy::RoundRobin, vec![f1.backend(1), f2.backend(1), f3.backend(1)])).await?;
     let before = hellos(lb.addr, 30).await?;
     assert_eq!(tally(&before), BTreeMap::from([(1, 10), (2, 10), (3, 10)]));
     f2.kill().await;
@@ -474,7 +412,7 @@ async fn a_killed_node_gets_no_clients_and_no_client_notices() -> Result<()> {
     let after = hellos(lb.addr, 30).await?;
     assert!(!after.contains(&2), "{after:?}");
     assert_eq!(f2.hellos(), 10);
-    let n2 = lb.wait_node("node 2 down", 2, |n| n["health"] == "down").await?;
+    let n2 = wait_node(&lb, "node 2 down", 2, |n| n["health"] == "down").await?;
     let took = killed.elapsed();
     assert!(n2["failures"].as_u64().unwrap_or_default() >= u64::from(DOWN_AFTER), "{n2}");
     // interval × down_after is the promise; the slack is for slow machines.
@@ -487,15 +425,15 @@ async fn a_killed_node_gets_no_clients_and_no_client_notices() -> Result<()> {
 #[tokio::test]
 async fn failing_health_checks_take_a_node_out_and_passing_ones_bring_it_back() -> Result<()> {
     let fakes = three().await?;
-    let lb = Lb::start(settings(Strategy::RoundRobin, fakes.iter().map(|f| f.backend(1)).collect())).await?;
-    lb.wait_node("node 2 checked", 2, |n| n["health"] == "up").await?;
+    let lb = Balancer::start(settings(Strategy::RoundRobin, fakes.iter().map(|f| f.backend(1)).collect())).await?;
+    wait_node(&lb, "node 2 checked", 2, |n| n["health"] == "up").await?;
     fakes[1].set_health(503, "no_leader");
     let failing = Instant::now();
-    lb.wait_node("node 2 down", 2, |n| n["health"] == "down").await?;
+    wait_node(&lb, "node 2 down", 2, |n| n["health"] == "down").await?;
     let took = failing.elapsed();
     assert!(took >= INTERVAL * (DOWN_AFTER - 1), "down after {took:?}: one failure is not enough");
     assert!(took < INTERVAL * DOWN_AFTER + Duration::from_secs(5), "down after {took:?}");
-    let n2 = lb.nodes().await?.remove(&2).context("node 2")?;
+    let n2 = lb.nodes(None).await?.remove(&2).context("node 2")?;
     assert!(n2["last_error"].as_str().unwrap_or_default().contains("503"), "{n2}");
     // Node 2 still accepts connections, but gets none.
     let seen = fakes[1].hellos();
@@ -503,22 +441,23 @@ async fn failing_health_checks_take_a_node_out_and_passing_ones_bring_it_back() 
     assert_eq!(tally(&ids), BTreeMap::from([(1, 10), (3, 10)]));
     assert_eq!(fakes[1].hellos(), seen);
     fakes[1].set_health(200, "ok");
-    lb.wait_node("node 2 up again", 2, |n| n["health"] == "up").await?;
+    wait_node(&lb, "node 2 up again", 2, |n| n["health"] == "up").await?;
     let ids = hellos(lb.addr, 30).await?;
     assert_eq!(tally(&ids), BTreeMap::from([(1, 10), (2, 10), (3, 10)]));
     // The balancer's own health follows the nodes'.
-    assert_eq!(lb.get("/healthz").await?.0, 200);
+    assert_eq!(lb.admin_get("/healthz", None).await?.0, 200);
     for f in &fakes {
         f.set_health(503, "no_leader");
     }
-    eventually("balancer unhealthy", WAIT, async || Ok((lb.get("/healthz").await?.0 == 503).then_some(()))).await?;
+    eventually("balancer unhealthy", WAIT, async || Ok((lb.admin_get("/healthz", None).await?.0 == 503).then_some(())))
+        .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_draining_node_keeps_its_connections_but_gets_no_new_ones() -> Result<()> {
     let fakes = three().await?;
-    let lb = Lb::start(settings(Strategy::RoundRobin, fakes.iter().map(|f| f.backend(1)).collect())).await?;
+    let lb = Balancer::start(settings(Strategy::RoundRobin, fakes.iter().map(|f| f.backend(1)).collect())).await?;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(hello(lb.addr).await?);
@@ -526,14 +465,14 @@ async fn a_draining_node_keeps_its_connections_but_gets_no_new_ones() -> Result<
     let (on_2, id) = held.iter_mut().find(|(_, id)| *id == 2).context("a connection on node 2")?;
     assert_eq!(*id, 2);
     fakes[1].set_health(200, "draining");
-    let n2 = lb.wait_node("node 2 draining", 2, |n| n["draining"] == true).await?;
+    let n2 = wait_node(&lb, "node 2 draining", 2, |n| n["draining"] == true).await?;
     assert_eq!((n2["health"].as_str(), n2["active"].as_u64()), (Some("up"), Some(1)), "{n2}");
     let ids = hellos(lb.addr, 20).await?;
     assert_eq!(tally(&ids), BTreeMap::from([(1, 10), (3, 10)]));
     echo(on_2, "still here").await?;
-    assert_eq!(lb.nodes().await?[&2]["active"], 1);
+    assert_eq!(lb.nodes(None).await?[&2]["active"], 1);
     fakes[1].set_health(200, "ok");
-    lb.wait_node("node 2 serving", 2, |n| n["draining"] == false).await?;
+    wait_node(&lb, "node 2 serving", 2, |n| n["draining"] == false).await?;
     let ids = hellos(lb.addr, 3).await?;
     assert!(ids.contains(&2), "{ids:?}");
     Ok(())
@@ -545,7 +484,7 @@ async fn a_draining_node_keeps_its_connections_but_gets_no_new_ones() -> Result<
 async fn nodes_are_learnt_from_the_cluster_and_follow_its_draining_marks() -> Result<()> {
     let fakes = three().await?;
     // Only nodes 1 and 2 are configured; the cluster knows 3 as well.
-    let lb = Lb::start(settings(Strategy::RoundRobin, vec![fakes[0].backend(1), fakes[1].backend(1)])).await?;
+    let lb = Balancer::start(settings(Strategy::RoundRobin, vec![fakes[0].backend(1), fakes[1].backend(1)])).await?;
     let list = json!([
         member(&fakes[0], "serving", None),
         member(&fakes[1], "serving", None),
@@ -554,7 +493,7 @@ async fn nodes_are_learnt_from_the_cluster_and_follow_its_draining_marks() -> Re
     for f in &fakes {
         f.set_members(list.clone());
     }
-    let n3 = lb.wait_node("node 3 learnt and up", 3, |n| n["health"] == "up").await?;
+    let n3 = wait_node(&lb, "node 3 learnt and up", 3, |n| n["health"] == "up").await?;
     assert_eq!(
         (n3["discovered"].as_bool(), n3["address"].as_str()),
         (Some(true), Some(fakes[2].addr.to_string().as_str()))
@@ -570,7 +509,7 @@ async fn nodes_are_learnt_from_the_cluster_and_follow_its_draining_marks() -> Re
     for f in &fakes {
         f.set_members(list.clone());
     }
-    lb.wait_node("node 2 draining", 2, |n| n["draining"] == true).await?;
+    wait_node(&lb, "node 2 draining", 2, |n| n["draining"] == true).await?;
     let ids = hellos(lb.addr, 20).await?;
     assert_eq!(tally(&ids), BTreeMap::from([(1, 10), (3, 10)]));
     // Node 3 leaves the cluster: the balancer forgets it.
@@ -578,8 +517,8 @@ async fn nodes_are_learnt_from_the_cluster_and_follow_its_draining_marks() -> Re
     for f in &fakes {
         f.set_members(list.clone());
     }
-    eventually("node 3 forgotten", WAIT, async || Ok((!lb.nodes().await?.contains_key(&3)).then_some(()))).await?;
-    lb.wait_node("node 2 serving", 2, |n| n["draining"] == false).await?;
+    eventually("node 3 forgotten", WAIT, async || Ok((!lb.nodes(None).await?.contains_key(&3)).then_some(()))).await?;
+    wait_node(&lb, "node 2 serving", 2, |n| n["draining"] == false).await?;
     let ids = hellos(lb.addr, 20).await?;
     assert_eq!(tally(&ids), BTreeMap::from([(1, 10), (2, 10)]));
     Ok(())
@@ -590,10 +529,10 @@ async fn nodes_are_learnt_from_the_cluster_and_follow_its_draining_marks() -> Re
 #[tokio::test]
 async fn get_assign_answers_a_node_in_turn_and_other_requests_are_relayed() -> Result<()> {
     let fakes = three().await?;
-    let lb = Lb::start(settings(Strategy::RoundRobin, fakes.iter().map(|f| f.backend(1)).collect())).await?;
+    let lb = Balancer::start(settings(Strategy::RoundRobin, fakes.iter().map(|f| f.backend(1)).collect())).await?;
     let mut got = Vec::new();
     for path in ["/assign", "/assign?client=web", "/assign", "/assign", "/assign", "/assign"] {
-        let r = lb.http.get(format!("http://{}{path}", lb.addr)).send().await?;
+        let r = lb.public_get(path).send().await?;
         assert_eq!(r.status().as_u16(), 200);
         let v: Value = r.json().await?;
         let id = v["node"].as_u64().context("node")?;
@@ -604,9 +543,9 @@ async fn get_assign_answers_a_node_in_turn_and_other_requests_are_relayed() -> R
     assert_eq!(got, [1, 2, 3, 1, 2, 3]);
     assert_eq!(fakes.iter().map(Fake::hellos).sum::<usize>(), 0, "assign requests never reach a node");
     // A path that only starts like /assign is an ordinary relayed request.
-    let text = lb.http.get(format!("http://{}/assignment", lb.addr)).send().await?.text().await?;
+    let text = lb.public_get("/assignment").send().await?.text().await?;
     assert!(text.starts_with("backend "), "{text}");
-    let nodes = lb.nodes().await?;
+    let nodes = lb.nodes(None).await?;
     assert_eq!(nodes.values().map(|n| n["assigned"].as_u64()).collect::<Vec<_>>(), [Some(2); 3]);
     Ok(())
 }
@@ -614,7 +553,8 @@ async fn get_assign_answers_a_node_in_turn_and_other_requests_are_relayed() -> R
 #[tokio::test]
 async fn least_connections_assign_uses_the_counts_the_nodes_report() -> Result<()> {
     let fakes = three().await?;
-    let lb = Lb::start(settings(Strategy::LeastConnections, fakes.iter().map(|f| f.backend(1)).collect())).await?;
+    let lb =
+        Balancer::start(settings(Strategy::LeastConnections, fakes.iter().map(|f| f.backend(1)).collect())).await?;
     let list = json!([
         member(&fakes[0], "serving", Some(5)),
         member(&fakes[1], "serving", Some(0)),
@@ -623,9 +563,9 @@ async fn least_connections_assign_uses_the_counts_the_nodes_report() -> Result<(
     for f in &fakes {
         f.set_members(list.clone());
     }
-    lb.wait_node("reported counts known", 3, |n| n["reported_connections"] == 9).await?;
+    wait_node(&lb, "reported counts known", 3, |n| n["reported_connections"] == 9).await?;
     for _ in 0..3 {
-        let v: Value = lb.http.get(format!("http://{}/assign", lb.addr)).send().await?.json().await?;
+        let v: Value = lb.public_get("/assign").send().await?.json().await?;
         assert_eq!(v["node"], 2, "{v}");
     }
     // Relayed connections still balance on the balancer's own counts.
@@ -644,15 +584,15 @@ async fn least_connections_assign_uses_the_counts_the_nodes_report() -> Result<(
 #[tokio::test]
 async fn the_admin_endpoints_answer() -> Result<()> {
     let fakes = three().await?;
-    let lb = Lb::start(settings(Strategy::Weighted, fakes.iter().map(|f| f.backend(2)).collect())).await?;
+    let lb = Balancer::start(settings(Strategy::Weighted, fakes.iter().map(|f| f.backend(2)).collect())).await?;
     hellos(lb.addr, 3).await?;
     for id in 1..=3 {
-        lb.wait_node("connections closed", id, |n| n["active"] == 0).await?;
+        wait_node(&lb, "connections closed", id, |n| n["active"] == 0).await?;
     }
-    let (status, text) = lb.get("/healthz").await?;
+    let (status, text) = lb.admin_get("/healthz", None).await?;
     assert_eq!(status, 200, "{text}");
     assert_eq!(serde_json::from_str::<Value>(&text)?, json!({"status": "ok", "nodes_usable": 3}));
-    let nodes = lb.nodes().await?;
+    let nodes = lb.nodes(None).await?;
     let n1 = &nodes[&1];
     for key in
         ["id", "address", "health", "draining", "weight", "active", "routed", "assigned", "failures", "discovered"]
@@ -661,19 +601,19 @@ async fn the_admin_endpoints_answer() -> Result<()> {
     }
     assert_eq!((n1["address"].as_str(), n1["weight"].as_u64()), (Some(fakes[0].addr.to_string().as_str()), Some(2)));
     assert_eq!((n1["routed"].as_u64(), n1["active"].as_u64(), n1["health"].as_str()), (Some(1), Some(0), Some("up")));
-    let (status, metrics) = lb.get("/metrics").await?;
+    let (status, metrics) = lb.admin_get("/metrics", None).await?;
     assert_eq!(status, 200);
     let expected = format!("palaver_balancer_node_routed_total{{node=\"1\",address=\"{}\"}} 1", fakes[0].addr);
     assert!(metrics.contains(&expected), "{expected} missing in:\n{metrics}");
     assert!(metrics.contains("palaver_balancer_accepted_total 3"), "{metrics}");
-    assert_eq!(lb.get("/nope").await?.0, 404);
+    assert_eq!(lb.admin_get("/nope", None).await?.0, 404);
     Ok(())
 }
 
 #[tokio::test]
 async fn max_connections_is_enforced() -> Result<()> {
     let fakes = three().await?;
-    let lb = Lb::start(BalancerSettings {
+    let lb = Balancer::start(BalancerSettings {
         max_connections: 3,
         ..settings(Strategy::RoundRobin, fakes.iter().map(|f| f.backend(1)).collect())
     })
@@ -684,7 +624,7 @@ async fn max_connections_is_enforced() -> Result<()> {
     }
     let refused = hello(lb.addr).await;
     assert!(refused.is_err(), "a fourth connection got through: {:?}", refused.map(|(_, id)| id));
-    let (_, metrics) = lb.get("/metrics").await?;
+    let (_, metrics) = lb.admin_get("/metrics", None).await?;
     assert!(metrics.contains("palaver_balancer_refused_total{reason=\"max_connections\"} 1"), "{metrics}");
     drop(held.pop());
     eventually("a slot frees up", WAIT, async || Ok(hello(lb.addr).await.ok().map(|_| ()))).await?;
@@ -694,7 +634,7 @@ async fn max_connections_is_enforced() -> Result<()> {
 #[tokio::test]
 async fn max_connections_per_address_is_enforced() -> Result<()> {
     let fake = Fake::start(1).await?;
-    let lb = Lb::start(BalancerSettings {
+    let lb = Balancer::start(BalancerSettings {
         max_connections_per_address: 2,
         ..settings(Strategy::RoundRobin, vec![fake.backend(1)])
     })
@@ -704,7 +644,7 @@ async fn max_connections_per_address_is_enforced() -> Result<()> {
     assert!(refused.is_err(), "a third connection from 127.0.0.6 got through");
     let (_other, id) = hello_from(lb.addr, [127, 0, 0, 7]).await.context("127.0.0.7 has its own count")?;
     assert_eq!(id, 1);
-    let (_, metrics) = lb.get("/metrics").await?;
+    let (_, metrics) = lb.admin_get("/metrics", None).await?;
     assert!(metrics.contains("palaver_balancer_refused_total{reason=\"per_address\"} 1"), "{metrics}");
     drop(held);
     eventually("127.0.0.6 gets a slot back", WAIT, async || {
@@ -717,7 +657,7 @@ async fn max_connections_per_address_is_enforced() -> Result<()> {
 #[tokio::test]
 async fn the_node_gets_the_clients_address_in_a_proxy_header() -> Result<()> {
     let fake = Fake::start(1).await?;
-    let lb = Lb::start(settings(Strategy::RoundRobin, vec![fake.backend(1)])).await?;
+    let lb = Balancer::start(settings(Strategy::RoundRobin, vec![fake.backend(1)])).await?;
     let (s, _) = hello_from(lb.addr, [127, 0, 0, 8]).await?;
     assert_eq!(fake.proxied(), Some(s.local_addr()?), "the header names the client's address and port");
     // Health checks are the balancer's own: no header.
@@ -731,9 +671,11 @@ async fn the_node_gets_the_clients_address_in_a_proxy_header() -> Result<()> {
 
     // Switched off, the node gets the client's bytes alone.
     let fake2 = Fake::start(2).await?;
-    let lb2 =
-        Lb::start(BalancerSettings { proxy_protocol: false, ..settings(Strategy::RoundRobin, vec![fake2.backend(1)]) })
-            .await?;
+    let lb2 = Balancer::start(BalancerSettings {
+        proxy_protocol: false,
+        ..settings(Strategy::RoundRobin, vec![fake2.backend(1)])
+    })
+    .await?;
     let (mut s2, id) = hello_from(lb2.addr, [127, 0, 0, 8]).await?;
     assert_eq!(id, 2);
     echo(&mut s2, "no header before hello").await?;
@@ -749,19 +691,19 @@ async fn with_an_ops_token_the_admin_address_wants_it_and_discovery_sends_it() -
     for f in &fakes {
         f.set_members(list.clone());
     }
-    let lb = Lb::start(BalancerSettings {
+    let lb = Balancer::start(BalancerSettings {
         ops_token: Some(palaver_balancer::OpsToken::new(token)?),
         ..settings(Strategy::RoundRobin, vec![fakes[0].backend(1)])
     })
     .await?;
     for path in ["/balancer/nodes", "/metrics"] {
-        assert_eq!(lb.get(path).await?.0, 401, "{path} without the token");
-        assert_eq!(lb.get_with(path, "balancer-test-ops-token-0124").await?.0, 401, "{path} with a wrong token");
-        assert_eq!(lb.get_with(path, token).await?.0, 200, "{path} with the token");
+        assert_eq!(lb.admin_get(path, None).await?.0, 401, "{path} without the token");
+        assert_eq!(lb.admin_get(path, Some("balancer-test-ops-token-0124")).await?.0, 401, "{path} with a wrong token");
+        assert_eq!(lb.admin_get(path, Some(token)).await?.0, 200, "{path} with the token");
     }
-    assert_eq!(lb.get("/healthz").await?.0, 200, "health stays open");
+    assert_eq!(lb.admin_get("/healthz", None).await?.0, 200, "health stays open");
     let n2 = eventually("node 2 learnt from the member list", WAIT, async || {
-        let (status, text) = lb.get_with("/balancer/nodes", token).await?;
+        let (status, text) = lb.admin_get("/balancer/nodes", Some(token)).await?;
         anyhow::ensure!(status == 200, "status {status}");
         let list: Vec<Value> = serde_json::from_str(&text)?;
         Ok(list.into_iter().find(|n| n["id"] == 2))
@@ -776,9 +718,11 @@ async fn with_an_ops_token_the_admin_address_wants_it_and_discovery_sends_it() -
 async fn an_idle_relayed_connection_is_closed() -> Result<()> {
     let fake = Fake::start(1).await?;
     let idle = Duration::from_millis(300);
-    let lb =
-        Lb::start(BalancerSettings { idle_timeout: idle, ..settings(Strategy::RoundRobin, vec![fake.backend(1)]) })
-            .await?;
+    let lb = Balancer::start(BalancerSettings {
+        idle_timeout: idle,
+        ..settings(Strategy::RoundRobin, vec![fake.backend(1)])
+    })
+    .await?;
     let (mut s, _) = hello(lb.addr).await?;
     let started = Instant::now();
     echo(&mut s, "some traffic").await?;
@@ -786,14 +730,14 @@ async fn an_idle_relayed_connection_is_closed() -> Result<()> {
     let n = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await.context("never closed")?.unwrap_or_default();
     assert_eq!(n, 0);
     assert!(started.elapsed() >= idle, "closed after {:?}", started.elapsed());
-    lb.wait_node("no active connection", 1, |n| n["active"] == 0).await?;
+    wait_node(&lb, "no active connection", 1, |n| n["active"] == 0).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_large_payload_crosses_both_ways_with_a_half_close() -> Result<()> {
     let fake = Fake::start(1).await?;
-    let lb = Lb::start(settings(Strategy::RoundRobin, vec![fake.backend(1)])).await?;
+    let lb = Balancer::start(settings(Strategy::RoundRobin, vec![fake.backend(1)])).await?;
     let (s, _) = hello(lb.addr).await?;
     let (mut r, mut w) = s.into_split();
     let payload: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
@@ -813,14 +757,14 @@ async fn a_large_payload_crosses_both_ways_with_a_half_close() -> Result<()> {
 #[tokio::test]
 async fn with_no_node_left_an_http_client_gets_503() -> Result<()> {
     let mut fake = Fake::start(1).await?;
-    let lb = Lb::start(settings(Strategy::RoundRobin, vec![fake.backend(1)])).await?;
+    let lb = Balancer::start(settings(Strategy::RoundRobin, vec![fake.backend(1)])).await?;
     fake.kill().await;
-    let r = lb.http.get(format!("http://{}/api/rooms", lb.addr)).send().await?;
+    let r = lb.public_get("/api/rooms").send().await?;
     assert_eq!(r.status().as_u16(), 503);
     let v: Value = r.json().await?;
     assert_eq!(v["error"]["code"], "unavailable");
-    lb.wait_node("node 1 down", 1, |n| n["health"] == "down").await?;
-    let r = lb.http.get(format!("http://{}/assign", lb.addr)).send().await?;
+    wait_node(&lb, "node 1 down", 1, |n| n["health"] == "down").await?;
+    let r = lb.public_get("/assign").send().await?;
     assert_eq!(r.status().as_u16(), 503, "assign with every node down");
     Ok(())
 }
@@ -828,21 +772,19 @@ async fn with_no_node_left_an_http_client_gets_503() -> Result<()> {
 #[tokio::test]
 async fn shutdown_lets_an_open_connection_finish() -> Result<()> {
     let fake = Fake::start(1).await?;
-    let mut lb = Lb::start(BalancerSettings {
+    let mut lb = Balancer::start(BalancerSettings {
         grace: Duration::from_secs(60),
         ..settings(Strategy::RoundRobin, vec![fake.backend(1)])
     })
     .await?;
     let (mut s, _) = hello(lb.addr).await?;
     let addr = lb.addr;
-    let stop = lb.stop.take().context("stop")?;
-    let _ = stop.send(());
+    lb.begin_stop();
     eventually("no new connections", WAIT, async || Ok(TcpStream::connect(addr).await.is_err().then_some(()))).await?;
     echo(&mut s, "still relayed during the grace").await?;
     drop(s);
-    let task = lb.task.take().context("task")?;
     let started = Instant::now();
-    tokio::time::timeout(WAIT, task).await.context("run did not return once the connection closed")???;
+    lb.wait_stopped().await.context("once the connection closed")?;
     assert!(started.elapsed() < Duration::from_secs(30), "run waited {:?}", started.elapsed());
     Ok(())
 }
@@ -851,7 +793,8 @@ async fn shutdown_lets_an_open_connection_finish() -> Result<()> {
 async fn shutdown_closes_what_is_left_after_the_grace() -> Result<()> {
     let fake = Fake::start(1).await?;
     let grace = Duration::from_millis(300);
-    let mut lb = Lb::start(BalancerSettings { grace, ..settings(Strategy::RoundRobin, vec![fake.backend(1)]) }).await?;
+    let mut lb =
+        Balancer::start(BalancerSettings { grace, ..settings(Strategy::RoundRobin, vec![fake.backend(1)]) }).await?;
     let (mut s, _) = hello(lb.addr).await?;
     let took = lb.stop().await?;
     assert!(took >= grace, "stopped after {took:?}, before the grace");
@@ -866,9 +809,10 @@ async fn shutdown_closes_what_is_left_after_the_grace() -> Result<()> {
 #[tokio::test]
 async fn websocket_sse_and_long_polling_work_through_the_balancer() -> Result<()> {
     let node = Node::start().await?;
-    let node_addr: SocketAddr = node.addr().parse()?;
-    let lb = Lb::start(settings(Strategy::RoundRobin, vec![Backend { id: 1, addr: node_addr, weight: 1 }])).await?;
-    lb.wait_node("the node checked healthy", 1, |n| n["health"] == "up" && n["failures"] == 0).await?;
+    let node_addr = node.socket_addr()?;
+    let lb =
+        Balancer::start(settings(Strategy::RoundRobin, vec![Backend { id: 1, addr: node_addr, weight: 1 }])).await?;
+    wait_node(&lb, "the node checked healthy", 1, |n| n["health"] == "up" && n["failures"] == 0).await?;
     let via = lb.addr.to_string();
     let http = Http::new(&via)?;
     let mut tokens = Vec::new();
@@ -909,9 +853,9 @@ async fn websocket_sse_and_long_polling_work_through_the_balancer() -> Result<()
     assert_eq!(seqs, [3]);
 
     // Assign names the node itself.
-    let v: Value = lb.http.get(format!("http://{via}/assign")).send().await?.json().await?;
+    let v: Value = lb.public_get("/assign").send().await?.json().await?;
     assert_eq!(v, json!({"node": 1, "url": format!("http://{node_addr}"), "ws": format!("ws://{node_addr}/ws")}));
-    let n1 = lb.nodes().await?.remove(&1).context("node 1")?;
+    let n1 = lb.nodes(None).await?.remove(&1).context("node 1")?;
     assert!(n1["routed"].as_u64().unwrap_or_default() >= 4, "{n1}");
     assert!(n1["active"].as_u64().unwrap_or_default() >= 3, "two sockets and an SSE stream are open: {n1}");
     Ok(())

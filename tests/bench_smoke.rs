@@ -66,7 +66,7 @@ fn harness_smoke_run() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         // Palaver: one node, 10 idle connections, then a fan-out to 20.
-        let node = harness::palaver_node("smoke-node")?;
+        let node = harness::palaver_node("smoke-node").await?;
         let api = harness::Api::new(&node.addr);
         let tokens = api.users("smoke", 2).await?;
         api.room("smoke", &tokens[0], &tokens).await?;

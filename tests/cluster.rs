@@ -9,8 +9,6 @@
 //! Most tests share one cluster ([`SharedCluster`]), each with its own rooms
 //! and users; the kill/restart test runs its own.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::collections::VecDeque;
@@ -19,19 +17,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::Result;
-use common::Cluster;
-use common::Config;
-use common::NodeProcess;
-use common::Readiness;
-use common::SharedCluster;
-use common::User;
-use common::WAIT;
-use common::cluster_toml;
-use common::eventually;
-use common::expect_close;
-use common::expect_code;
-use common::free_node_specs;
-use common::make_certs;
 use palaver_client::Event;
 use palaver_client::History;
 use palaver_client::Http;
@@ -39,6 +24,19 @@ use palaver_client::Message;
 use palaver_client::Method;
 use palaver_client::Visibility;
 use palaver_client::Ws;
+use palaver_testkit::Cluster;
+use palaver_testkit::ClusterFile;
+use palaver_testkit::Launch;
+use palaver_testkit::NodeProcess;
+use palaver_testkit::Readiness;
+use palaver_testkit::Role;
+use palaver_testkit::SharedCluster;
+use palaver_testkit::User;
+use palaver_testkit::WAIT;
+use palaver_testkit::eventually;
+use palaver_testkit::expect_close;
+use palaver_testkit::expect_code;
+use palaver_testkit::test_config;
 use serde_json::Value;
 
 /// Node ids of the three-node cluster.
@@ -722,16 +720,15 @@ async fn a_node_with_a_certificate_from_another_ca_stays_out() -> Result<()> {
 
     // Node 4: the real cluster's nodes plus itself, certificates from its own CA.
     let dir = c.scratch_dir("foreign")?;
-    let mut specs = c.specs().to_vec();
-    specs.extend(free_node_specs(&[4])?);
-    let config_path = dir.join("cluster.toml");
-    std::fs::write(&config_path, cluster_toml(&dir.join("data"), &dir.join("tls"), &specs, &Config::default()))?;
-    make_certs(&config_path)?;
-    let their_ca = std::fs::read(dir.join("tls").join("ca.pem"))?;
-    let our_ca = std::fs::read(c.tls_dir().join("ca.pem"))?;
+    let mut file = ClusterFile::new(&dir, &[4], test_config())?;
+    file.config.nodes.splice(0..0, c.nodes().iter().cloned());
+    file.write()?;
+    let their_ca = std::fs::read(file.tls_dir().join("ca.pem"))?;
+    let our_ca = std::fs::read(c.file().tls_dir().join("ca.pem"))?;
     assert_ne!(their_ca, our_ca, "the second certs run should have made its own CA");
-    let stranger_addr = specs[3].client.to_string();
-    let mut stranger = NodeProcess::spawn(&config_path, 4)?;
+    let stranger_addr = file.config.nodes[3].client.to_string();
+    let role = Role::Member { file: file.path.clone(), id: 4 };
+    let mut stranger = NodeProcess::spawn("node-4 (another CA)", role, &Launch::default())?;
 
     // For 10 s: node 4 is never ready nor healthy, the cluster keeps serving,
     // and nothing sent to node 4 is answered.

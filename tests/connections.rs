@@ -11,29 +11,27 @@
 //! routes all of 127/8 to the loopback interface). Descriptors are counted
 //! in `/proc/PID/fd`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::Result;
-use common::Config;
-use common::Node;
-use common::WAIT;
-use common::eventually;
 use palaver_balancer::Backend;
 use palaver_balancer::BalancerSettings;
 use palaver_balancer::Strategy;
 use palaver_client::Visibility;
+use palaver_node::config::OpsToken;
+use palaver_testkit::Balancer;
+use palaver_testkit::Node;
+use palaver_testkit::WAIT;
+use palaver_testkit::config;
+use palaver_testkit::eventually;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 // ----- helpers -----
 
@@ -138,52 +136,18 @@ async fn refused(addr: &str, reason: &str) -> Result<u64> {
     Ok(text.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0))
 }
 
-/// A balancer running in this process in front of one node.
-struct Lb {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), palaver_balancer::BalancerError>>>,
-}
-
-impl Lb {
-    async fn start(node: &Node, tweak: impl FnOnce(&mut BalancerSettings)) -> Result<Lb> {
-        let mut settings = BalancerSettings {
-            strategy: Strategy::RoundRobin,
-            nodes: vec![Backend { id: 1, addr: node.addr().parse()?, weight: 1 }],
-            health_interval: Duration::from_millis(100),
-            discover: false,
-            ..BalancerSettings::default()
-        };
-        tweak(&mut settings);
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let admin = TcpListener::bind("127.0.0.1:0").await?;
-        let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(palaver_balancer::run(settings, listener, admin, async move {
-            let _ = rx.await;
-        }));
-        Ok(Lb { addr, admin: admin_addr, stop: Some(tx), task: Some(task) })
-    }
-
-    /// The balancer's view of node 1 (`/balancer/nodes`), with `token` if given.
-    async fn node1(&self, token: Option<&str>) -> Result<Option<Value>> {
-        let (status, text) = get(&self.admin.to_string(), "/balancer/nodes", token).await?;
-        anyhow::ensure!(status == 200, "/balancer/nodes: {status} {text}");
-        let list: Vec<Value> = serde_json::from_str(&text)?;
-        Ok(list.into_iter().find(|n| n["id"] == 1))
-    }
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
+/// A balancer running in this process in front of `node` (as node 1),
+/// its settings changed by `tweak`.
+async fn balancer(node: &Node, tweak: impl FnOnce(&mut BalancerSettings)) -> Result<Balancer> {
+    let mut settings = BalancerSettings {
+        strategy: Strategy::RoundRobin,
+        nodes: vec![Backend { id: 1, addr: node.socket_addr()?, weight: 1 }],
+        health_interval: Duration::from_millis(100),
+        discover: false,
+        ..BalancerSettings::default()
+    };
+    tweak(&mut settings);
+    Balancer::start(settings).await
 }
 
 // ----- deadlines -----
@@ -191,7 +155,7 @@ impl Drop for Lb {
 #[tokio::test]
 async fn a_body_that_never_comes_gets_408_and_the_connection_closes() -> Result<()> {
     let timeout = Duration::from_millis(1000);
-    let node = Node::start_with(Config { handshake_timeout_ms: 1000, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.limits.handshake_timeout_ms = 1000)).await?;
     let mut s = TcpStream::connect(node.addr()).await?;
     // Full headers, a body announced, a few bytes of it, then nothing.
     s.write_all(
@@ -218,7 +182,7 @@ async fn a_body_that_never_comes_gets_408_and_the_connection_closes() -> Result<
 async fn an_idle_keep_alive_connection_is_closed_after_the_handshake_timeout() -> Result<()> {
     // hyper's header_read_timeout restarts when a keep-alive connection
     // goes idle: this pins that it still does (hyper 1.x).
-    let node = Node::start_with(Config { handshake_timeout_ms: 800, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.limits.handshake_timeout_ms = 800)).await?;
     let mut s = TcpStream::connect(node.addr()).await?;
     assert_eq!(healthz_on(&mut s).await?, Some(200));
     let started = Instant::now();
@@ -234,13 +198,12 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_handshake_timeout() -
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_after_the_write_timeout() -> Result<()> {
-    let node = Node::start_with(Config {
-        message_chars: 30_000,
-        write_timeout_ms: Some(1000),
+    let node = Node::start_with(config(|c| {
+        c.limits.message_chars = 30_000;
+        c.limits.write_timeout_ms = 1000;
         // Far above the wait below: hyper's head timer must not be what cuts it.
-        handshake_timeout_ms: 120_000,
-        ..Config::default()
-    })
+        c.limits.handshake_timeout_ms = 120_000;
+    }))
     .await?;
     let pid = node.pid().context("pid")?;
     let alice = node.user("alice").await?;
@@ -297,11 +260,10 @@ async fn a_client_that_never_reads_is_cut_after_the_write_timeout() -> Result<()
 async fn one_address_stops_at_its_cap_while_health_answers_and_descriptors_come_back() -> Result<()> {
     const CAP: usize = 50;
     const ATTEMPTS: usize = 200;
-    let node = Node::start_with(Config {
-        handshake_timeout_ms: 20_000,
-        max_connections_per_address: Some(CAP as u64),
-        ..Config::default()
-    })
+    let node = Node::start_with(config(|c| {
+        c.limits.handshake_timeout_ms = 20_000;
+        c.limits.max_connections_per_address = CAP;
+    }))
     .await?;
     let pid = node.pid().context("pid")?;
     let addr: SocketAddr = node.addr().parse()?;
@@ -344,11 +306,10 @@ async fn one_address_stops_at_its_cap_while_health_answers_and_descriptors_come_
 
 #[tokio::test]
 async fn websockets_keep_their_place_under_the_per_address_cap_after_the_upgrade() -> Result<()> {
-    let node = Node::start_with(Config {
-        handshake_timeout_ms: 20_000,
-        max_connections_per_address: Some(2),
-        ..Config::default()
-    })
+    let node = Node::start_with(config(|c| {
+        c.limits.handshake_timeout_ms = 20_000;
+        c.limits.max_connections_per_address = 2;
+    }))
     .await?;
     let addr: SocketAddr = node.addr().parse()?;
     let mut sockets = Vec::new();
@@ -376,15 +337,14 @@ async fn websockets_keep_their_place_under_the_per_address_cap_after_the_upgrade
 
 #[tokio::test]
 async fn behind_the_balancer_the_node_counts_each_clients_own_address() -> Result<()> {
-    let node = Node::start_with(Config {
-        handshake_timeout_ms: 20_000,
-        max_connections_per_address: Some(3),
-        ..Config::default()
-    })
+    let node = Node::start_with(config(|c| {
+        c.limits.handshake_timeout_ms = 20_000;
+        c.limits.max_connections_per_address = 3;
+    }))
     .await?;
-    let lb = Lb::start(&node, |_| {}).await?;
+    let lb = balancer(&node, |_| {}).await?;
     eventually("the balancer sees the node up", WAIT, async || {
-        Ok(lb.node1(None).await?.filter(|n| n["health"] == "up"))
+        Ok(lb.nodes(None).await?.remove(&1).filter(|n| n["health"] == "up"))
     })
     .await?;
     let mut held = Vec::new();
@@ -407,12 +367,11 @@ async fn behind_the_balancer_the_node_counts_each_clients_own_address() -> Resul
 
 #[tokio::test]
 async fn a_proxy_header_is_believed_only_from_a_trusted_peer() -> Result<()> {
-    let node = Node::start_with(Config {
-        handshake_timeout_ms: 20_000,
-        max_connections_per_address: Some(2),
-        trusted_proxies: Some(vec!["127.0.0.2".into()]),
-        ..Config::default()
-    })
+    let node = Node::start_with(config(|c| {
+        c.limits.handshake_timeout_ms = 20_000;
+        c.limits.max_connections_per_address = 2;
+        c.security.trusted_proxies = vec![std::net::Ipv4Addr::new(127, 0, 0, 2).into()];
+    }))
     .await?;
     let addr: SocketAddr = node.addr().parse()?;
     let header = |claimed: &str| -> Result<Vec<u8>> {
@@ -465,9 +424,11 @@ async fn a_proxy_header_is_believed_only_from_a_trusted_peer() -> Result<()> {
 #[tokio::test]
 async fn operations_endpoints_want_the_ops_token_or_an_admin_and_discovery_sends_it() -> Result<()> {
     let token = "connections-test-ops-token-01";
-    let node =
-        Node::start_with(Config { ops_token: Some(token.into()), metrics_public: Some(false), ..Config::default() })
-            .await?;
+    let node = Node::start_with(config(|c| {
+        c.security.ops_token = Some(OpsToken::new(token).expect("a valid ops token"));
+        c.security.metrics_public = false;
+    }))
+    .await?;
     let admin = node.user("admin").await?;
     let bob = node.user("bob").await?;
     let addr = node.addr();
@@ -489,7 +450,7 @@ async fn operations_endpoints_want_the_ops_token_or_an_admin_and_discovery_sends
     // The balancer with the same token: its admin address wants it, and its
     // discovery reads the member list with it (the node's `connections`
     // shows up as `reported_connections`).
-    let lb = Lb::start(&node, |s| {
+    let lb = balancer(&node, |s| {
         s.discover = true;
         s.ops_token = palaver_balancer::OpsToken::new(token).ok();
     })
@@ -499,7 +460,7 @@ async fn operations_endpoints_want_the_ops_token_or_an_admin_and_discovery_sends
     assert_eq!(get(&admin_addr, "/metrics", None).await?.0, 401);
     assert_eq!(get(&admin_addr, "/healthz", None).await?.0, 200);
     let n1 = eventually("the member list read with the token", WAIT, async || {
-        Ok(lb.node1(Some(token)).await?.filter(|n| n["reported_connections"].is_u64()))
+        Ok(lb.nodes(Some(token)).await?.remove(&1).filter(|n| n["reported_connections"].is_u64()))
     })
     .await?;
     assert_eq!(n1["health"], "up", "{n1}");

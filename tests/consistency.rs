@@ -4,8 +4,6 @@
 //! consecutive requests of one user to different nodes; no request is ever
 //! retried, so any stale answer fails the test.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,11 +11,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::Result;
-use common::Balancer;
-use common::Cluster;
 use palaver_balancer::Strategy;
 use palaver_client::Http;
 use palaver_client::Visibility;
+use palaver_testkit::Balancer;
+use palaver_testkit::Cluster;
 
 /// Users walking through the whole account and room life cycle.
 const USERS: usize = 200;
@@ -94,7 +92,7 @@ async fn metric_lines(cluster: &Cluster, prefix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_users_see_their_own_writes_through_round_robin() -> Result<()> {
     let cluster = Cluster::start(3).await?;
-    let balancer = Balancer::start(&cluster, Strategy::RoundRobin).await?;
+    let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
     let lb = balancer.http();
     let failures: Failures = Arc::default();
     let started = Instant::now();

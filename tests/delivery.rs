@@ -3,8 +3,6 @@
 //! sends (no gap, no duplicate), resume after reconnect, and the slow
 //! consumer closed with 1013 that resumes with `since`.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -12,15 +10,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use anyhow::Result;
-use common::Config;
-use common::Node;
-use common::User;
-use common::WAIT;
-use common::eventually;
 use palaver_client::Message;
 use palaver_client::Visibility;
 use palaver_client::Ws;
 use palaver_client::WsOptions;
+use palaver_testkit::Node;
+use palaver_testkit::User;
+use palaver_testkit::WAIT;
+use palaver_testkit::config;
+use palaver_testkit::eventually;
 
 /// Commands a sender keeps in flight.
 const WINDOW: usize = 8;
@@ -217,14 +215,13 @@ async fn a_client_that_reconnects_with_since_misses_nothing() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_with_1013_and_resumes_with_since() -> Result<()> {
-    let config = Config {
-        outbound_queue: 8,
-        message_chars: 100_000,
-        frame_bytes: 1 << 20,
-        body_bytes: 1 << 20,
-        ..Config::default()
-    };
-    let node = Node::start_with(config).await?;
+    let node = Node::start_with(config(|c| {
+        c.limits.outbound_queue = 8;
+        c.limits.message_chars = 100_000;
+        c.limits.frame_bytes = 1 << 20;
+        c.limits.body_bytes = 1 << 20;
+    }))
+    .await?;
     let alice = node.user("alice").await?;
     let slowpoke = node.user("slowpoke").await?;
     alice.http.create_room("lobby", "Lobby", Visibility::Public).await?;

@@ -6,118 +6,30 @@
 //! message must still be there with its seq. A SIGKILL of ordinary nodes
 //! keeps the page cache and could not catch a missing fsync; this does.
 
-mod common;
-
-use std::io::BufRead;
-use std::io::BufReader;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
-use std::time::Instant;
 
-use anyhow::Context;
 use anyhow::Result;
-use common::Config;
-use common::NodeSpec;
 use palaver_client::Http;
 use palaver_client::Visibility;
 use palaver_client::Ws;
+use palaver_testkit::Cluster;
+use palaver_testkit::Launch;
+use palaver_testkit::eventually;
 
-/// One node process with the power-cut storage.
-struct Volatile {
-    child: Child,
-    ready: Arc<Mutex<Option<String>>>,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Volatile {
-    fn spawn(config: &std::path::Path, id: u64) -> Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palaver"))
-            .args(["node", "--config"])
-            .arg(config)
-            .args(["--id", &id.to_string()])
-            .env(palaver_node::storage::LOSE_UNFLUSHED_ENV, "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning a node")?;
-        let ready = Arc::new(Mutex::new(None));
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        if let Some(out) = child.stdout.take() {
-            let ready = ready.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("ready: http://").nth(1)
-                        && let Ok(mut r) = ready.lock()
-                    {
-                        *r = rest.split_whitespace().next().map(str::to_string);
-                    }
-                }
-            });
-        }
-        if let Some(err) = child.stderr.take() {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    if let Ok(mut l) = logs.lock() {
-                        l.push(format!("[node {id}] {line}"));
-                    }
-                }
-            });
-        }
-        Ok(Self { child, ready, logs })
-    }
-
-    fn ready(&self) -> Option<String> {
-        self.ready.lock().ok().and_then(|r| r.clone())
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Volatile {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking()
-            && let Ok(logs) = self.logs.lock()
-        {
-            for line in logs.iter().rev().take(60).rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-async fn start_all(config: &std::path::Path, ids: &[u64]) -> Result<Vec<Volatile>> {
-    let nodes: Vec<Volatile> = ids.iter().map(|id| Volatile::spawn(config, *id)).collect::<Result<_>>()?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while nodes.iter().any(|n| n.ready().is_none()) {
-        anyhow::ensure!(Instant::now() < deadline, "the cluster did not get ready in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(nodes)
-}
+/// How long the nodes may take to print their ready lines, at the start and
+/// after the power cut.
+const READY: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn answered_messages_survive_every_node_losing_its_unflushed_writes() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let ids = [1, 2, 3];
-    let specs: Vec<NodeSpec> = common::free_node_specs(&ids)?;
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(
-        &config,
-        common::cluster_toml(&dir.path().join("data"), &dir.path().join("tls"), &specs, &Config::default()),
-    )?;
-    common::make_certs(&config)?;
-    let mut nodes = start_all(&config, &ids).await?;
-    let addr = |i: usize| specs[i].client.to_string();
+    let power_cut = Launch {
+        env: vec![(palaver_node::storage::LOSE_UNFLUSHED_ENV.into(), "1".into())],
+        ready_within: Some(READY),
+        ..Launch::default()
+    };
+    let mut cluster = Cluster::builder(3).launch(power_cut).start().await?;
+    let addrs: Vec<String> = cluster.ids().into_iter().map(|id| cluster.addr(id)).collect();
+    let addr = |i: usize| addrs[i].clone();
 
     let anon = Http::new(&addr(0))?;
     anon.register("admin", "durable-password").await?;
@@ -130,7 +42,7 @@ async fn answered_messages_survive_every_node_losing_its_unflushed_writes() -> R
     // node through Raft; this only waits for it).
     for i in 0..3 {
         let http = Http::new(&addr(i))?.with_token(anon.login("sender", "durable-password").await?.token);
-        common::eventually(&format!("rooms visible on node {}", i + 1), Duration::from_secs(20), async || {
+        eventually(&format!("rooms visible on node {}", i + 1), Duration::from_secs(20), async || {
             Ok(http.room("beta").await.ok())
         })
         .await?;
@@ -161,18 +73,18 @@ async fn answered_messages_survive_every_node_losing_its_unflushed_writes() -> R
         answered.push((room, client_id, ack.seq));
     }
     // Power cut: every node at once, right after the last answer.
-    for n in &mut nodes {
-        n.kill();
+    for id in cluster.ids() {
+        cluster.kill(id);
     }
     drop(sockets);
     assert_eq!(answered.len(), 120, "every send of the burst was answered");
 
-    let _nodes = start_all(&config, &ids).await?;
+    cluster.restart_all().await?;
     for i in 0..3 {
         // A login is a metadata write; right after a cold start the leader
         // may still change once or twice (503): poll for it.
         let anon = Http::new(&addr(i))?;
-        let login = common::eventually(&format!("a login on node {}", i + 1), Duration::from_secs(30), async || {
+        let login = eventually(&format!("a login on node {}", i + 1), Duration::from_secs(30), async || {
             Ok(anon.login("sender", "durable-password").await.ok())
         })
         .await?;
@@ -180,7 +92,7 @@ async fn answered_messages_survive_every_node_losing_its_unflushed_writes() -> R
         for room in ["alpha", "beta"] {
             let want: Vec<&(String, String, u64)> = answered.iter().filter(|(r, _, _)| r == room).collect();
             let max = want.iter().map(|(_, _, s)| *s).max().unwrap_or(0);
-            let history = common::eventually(
+            let history = eventually(
                 &format!("node {} shows every answered message of {room}", i + 1),
                 Duration::from_secs(30),
                 async || {

@@ -25,8 +25,6 @@
 //!
 //! Linux only (it reads /proc). Every wait is bounded in time and count.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,10 +38,6 @@ use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
 use anyhow::ensure;
-use common::Config;
-use common::Node;
-use common::WAIT;
-use common::eventually;
 use futures_util::SinkExt;
 use futures_util::StreamExt;
 use palaver_client::History;
@@ -51,6 +45,10 @@ use palaver_client::Http;
 use palaver_client::Visibility;
 use palaver_client::Ws;
 use palaver_client::WsOptions;
+use palaver_testkit::Node;
+use palaver_testkit::WAIT;
+use palaver_testkit::config;
+use palaver_testkit::eventually;
 use serde_json::Value;
 use serde_json::json;
 use tokio::io::AsyncRead;
@@ -362,7 +360,10 @@ async fn a_signed_in_socket_that_asks_for_history_and_never_reads_is_closed_and_
     const WRITE_TIMEOUT_MS: u64 = 3_000;
     // The outbound budget (1 MiB) and the page cap (256 KiB) are the
     // defaults: this is the case as deployed.
-    let node = Node::start_with(Config { write_timeout_ms: Some(WRITE_TIMEOUT_MS), ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| {
+        c.limits.write_timeout_ms = WRITE_TIMEOUT_MS;
+    }))
+    .await?;
     let pid = node.pid().context("pid")?;
     let node_addr: SocketAddr = node.addr().parse()?;
     let alice = node.user("alice").await?;
@@ -638,7 +639,10 @@ async fn history_pages_are_cut_at_the_byte_cap_and_their_cursor_walks_the_whole_
     const CAP: usize = 16 * 1024;
     const MESSAGES: usize = 150;
     const GIANT: usize = 77;
-    let node = Node::start_with(Config { history_page_bytes: Some(CAP as u64), ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| {
+        c.limits.history_page_bytes = CAP;
+    }))
+    .await?;
     let alice = node.user("alice").await?;
     alice.http.create_room("paged", "Paged", Visibility::Public).await?;
     // Bodies of varied length and JSON cost: accents (2 bytes), emoji (4),
@@ -709,16 +713,15 @@ async fn an_sse_client_that_never_reads_is_disconnected_and_the_node_keeps_its_m
     const WRITE_TIMEOUT_MS: u64 = 2_000;
     const BODY_CHARS: usize = 30_000;
     const MESSAGES: usize = 300;
-    let node = Node::start_with(Config {
-        write_timeout_ms: Some(WRITE_TIMEOUT_MS),
-        message_chars: BODY_CHARS as u64,
-        outbound_bytes: Some(64 * 1024),
-        history_page_bytes: Some(16 * 1024),
+    let node = Node::start_with(config(|c| {
+        c.limits.write_timeout_ms = WRITE_TIMEOUT_MS;
+        c.limits.message_chars = BODY_CHARS;
+        c.limits.outbound_bytes = 64 * 1024;
+        c.limits.history_page_bytes = 16 * 1024;
         // Far above the waits below: the idle keep-alive timer of a
         // connection whose answer is complete must not be what cuts it.
-        handshake_timeout_ms: 120_000,
-        ..Config::default()
-    })
+        c.limits.handshake_timeout_ms = 120_000;
+    }))
     .await?;
     let pid = node.pid().context("pid")?;
     let node_addr: SocketAddr = node.addr().parse()?;
@@ -907,11 +910,10 @@ async fn a_message_of_100000_empty_continuation_frames_is_closed_with_1008() -> 
 
 #[tokio::test]
 async fn websocket_upgrades_check_origin_exactly_and_ignore_host() -> Result<()> {
-    let node = Node::start_with(Config {
-        allowed_origins: vec!["http://allowed.example".into(), "https://app.example:8443".into()],
-        public_url: Some("https://chat.example.com".into()),
-        ..Config::default()
-    })
+    let node = Node::start_with(config(|c| {
+        c.security.allowed_origins = vec!["http://allowed.example".into(), "https://app.example:8443".into()];
+        c.security.public_url = Some("https://chat.example.com".into());
+    }))
     .await?;
     let addr = node.addr().to_string();
     let port = addr.rsplit_once(':').context("a port")?.1.to_string();
@@ -961,16 +963,15 @@ async fn websocket_upgrades_check_origin_exactly_and_ignore_host() -> Result<()>
 async fn a_subscriber_that_never_reads_gets_1013_while_a_reading_one_gets_every_message() -> Result<()> {
     const BUDGET: usize = 256 * 1024;
     const BODY_CHARS: usize = 30_000;
-    let node = Node::start_with(Config {
-        message_chars: BODY_CHARS as u64,
-        outbound_bytes: Some(BUDGET as u64),
-        history_page_bytes: Some(16 * 1024),
+    let node = Node::start_with(config(|c| {
+        c.limits.message_chars = BODY_CHARS;
+        c.limits.outbound_bytes = BUDGET;
+        c.limits.history_page_bytes = 16 * 1024;
         // So that only the byte budget can close it: neither the item count
         // nor the write timeout comes into reach during the test.
-        outbound_queue: 100_000,
-        write_timeout_ms: Some(120_000),
-        ..Config::default()
-    })
+        c.limits.outbound_queue = 100_000;
+        c.limits.write_timeout_ms = 120_000;
+    }))
     .await?;
     let alice = node.user("alice").await?;
     alice.http.create_room("busy", "Busy", Visibility::Public).await?;
@@ -1083,15 +1084,14 @@ async fn a_subscriber_that_never_reads_gets_1013_while_a_reading_one_gets_every_
 async fn a_subscriber_that_stops_reading_is_closed_after_the_write_timeout_though_the_room_goes_quiet() -> Result<()> {
     const WRITE_TIMEOUT_MS: u64 = 2_000;
     const BODY_CHARS: usize = 30_000;
-    let node = Node::start_with(Config {
-        message_chars: BODY_CHARS as u64,
-        write_timeout_ms: Some(WRITE_TIMEOUT_MS),
+    let node = Node::start_with(config(|c| {
+        c.limits.message_chars = BODY_CHARS;
+        c.limits.write_timeout_ms = WRITE_TIMEOUT_MS;
         // A budget the events below cannot fill: only the write timeout
         // can close this socket.
-        outbound_bytes: Some(64 * 1024 * 1024),
-        outbound_queue: 100_000,
-        ..Config::default()
-    })
+        c.limits.outbound_bytes = 64 * 1024 * 1024;
+        c.limits.outbound_queue = 100_000;
+    }))
     .await?;
     let pid = node.pid().context("pid")?;
     let alice = node.user("alice").await?;

@@ -3,8 +3,6 @@
 //! calls beyond its queue get 503 `unavailable` with `retry_after_ms` at once
 //! instead of piling up (node/src/auth.rs).
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -15,8 +13,8 @@ use std::time::Instant;
 use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
-use common::Config;
-use common::Node;
+use palaver_testkit::Node;
+use palaver_testkit::config;
 
 /// Failed logins in the storm, and how many are in flight at once.
 const LOGINS: usize = 1_000;
@@ -41,11 +39,10 @@ fn mib(kib: u64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_failed_logins_leave_the_nodes_memory_where_it_was() -> Result<()> {
-    let node = Node::start_with(Config {
-        login_per_account_per_min: 1_000_000,
-        login_per_address_per_min: 1_000_000,
-        ..Config::default()
-    })
+    let node = Node::start_with(config(|c| {
+        c.limits.login_per_account_per_min = 1_000_000;
+        c.limits.login_per_address_per_min = 1_000_000;
+    }))
     .await?;
     let pid = node.pid().context("the node runs")?;
     let user = node.user("victim").await?;

@@ -5,8 +5,6 @@
 //! writes; read markers coalesced into few Raft writes; one send rate per
 //! user across all of the user's sockets and nodes.
 
-mod common;
-
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -16,17 +14,18 @@ use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::Result;
-use common::Balancer;
-use common::Cluster;
-use common::Config;
-use common::Node;
-use common::WAIT;
-use common::eventually;
-use common::expect_code;
 use palaver_balancer::Strategy;
 use palaver_client::Http;
 use palaver_client::Visibility;
 use palaver_client::Ws;
+use palaver_node::config::Config;
+use palaver_testkit::Balancer;
+use palaver_testkit::Cluster;
+use palaver_testkit::Node;
+use palaver_testkit::WAIT;
+use palaver_testkit::config;
+use palaver_testkit::eventually;
+use palaver_testkit::expect_code;
 use serde_json::Value;
 use serde_json::json;
 
@@ -77,13 +76,16 @@ impl Statuses {
 }
 
 fn login_config() -> Config {
-    Config { login_per_account_per_min: 10, login_per_address_per_min: 60, ..Config::default() }
+    config(|c| {
+        c.limits.login_per_account_per_min = 10;
+        c.limits.login_per_address_per_min = 60;
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_logins_behind_the_balancer_count_against_the_real_address_only() -> Result<()> {
     let cluster = Cluster::start_with(3, login_config()).await?;
-    let balancer = Balancer::start(&cluster, Strategy::RoundRobin).await?;
+    let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
     let lb = balancer.addr.to_string();
     let http = balancer.http();
     http.register("victim", "victim-password").await?;
@@ -153,7 +155,9 @@ async fn unknown_names_are_limited_per_address() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_account_failing_from_many_addresses_is_slowed_not_locked() -> Result<()> {
-    let node = Node::start_with(Config { login_per_account_per_min: 5, ..login_config() }).await?;
+    let mut hot = login_config();
+    hot.limits.login_per_account_per_min = 5;
+    let node = Node::start_with(hot).await?;
     node.http().register("target", "target-password").await?;
     for last in 10..15 {
         assert_eq!(login_from(local(last), node.addr(), "target", "wrong-password").await?, 401);
@@ -175,7 +179,12 @@ async fn an_account_failing_from_many_addresses_is_slowed_not_locked() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tickets_rooms_and_other_writes_are_limited_per_user() -> Result<()> {
-    let node = Node::start_with(Config { user_quotas_per_min: (5, 3, 6), ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| {
+        c.limits.tickets_per_user_per_min = 5;
+        c.limits.rooms_per_user_per_min = 3;
+        c.limits.writes_per_user_per_min = 6;
+    }))
+    .await?;
     let ann = node.user("ann").await?;
     let bob = node.user("bob").await?;
     for _ in 0..5 {
@@ -262,7 +271,10 @@ async fn send_burst(ws: &mut Ws, room: &str, n: usize, tag: &str) -> Result<usiz
 }
 
 fn slow_sends() -> Config {
-    Config { send_rate_per_sec: 0.5, send_burst: 10, ..Config::default() }
+    config(|c| {
+        c.limits.send_rate_per_sec = 0.5;
+        c.limits.send_burst = 10.0;
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

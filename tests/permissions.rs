@@ -4,16 +4,14 @@
 //! cell runs on a fresh room, so one cell's effect cannot leak into another;
 //! all differing cells are reported together.
 
-mod common;
-
 use anyhow::Result;
-use common::Node;
-use common::User;
-use common::expect_code;
 use futures_util::StreamExt;
 use futures_util::stream;
 use palaver_client::Http;
 use palaver_client::Visibility;
+use palaver_testkit::Node;
+use palaver_testkit::User;
+use palaver_testkit::expect_code;
 
 /// The room actions of §3 that act on one room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,8 +4,6 @@
 //! with its original seq after the reconnect; a refused or revoked token is
 //! replaced by a login; a refused subscription is reported for good.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,65 +15,23 @@ use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::Result;
-use common::Cluster;
-use common::Node;
-use common::User;
-use common::WAIT;
-use common::eventually;
 use palaver_client::ClientEvent;
-use palaver_client::ClientEvents;
 use palaver_client::Http;
 use palaver_client::Message;
 use palaver_client::ResilientClient;
 use palaver_client::ResilientOptions;
 use palaver_client::Visibility;
+use palaver_testkit::Cluster;
+use palaver_testkit::Node;
+use palaver_testkit::Recorder;
+use palaver_testkit::User;
+use palaver_testkit::WAIT;
+use palaver_testkit::eventually;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-
-/// What a client's event receiver produced, kept by a background task.
-#[derive(Default)]
-struct Seen {
-    messages: BTreeMap<String, Vec<Message>>,
-    gaps: Vec<(String, u64, u64)>,
-    close_codes: Vec<Option<u16>>,
-    connected: u64,
-}
-
-/// Drains `events` into a shared [`Seen`].
-fn record(mut events: ClientEvents) -> Arc<Mutex<Seen>> {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let s = seen.clone();
-    tokio::spawn(async move {
-        while let Some(e) = events.recv().await {
-            let mut s = s.lock().expect("lock");
-            match e {
-                ClientEvent::Message(m) => s.messages.entry(m.room.clone()).or_default().push(m),
-                ClientEvent::Gap { room, expected, got } => s.gaps.push((room, expected, got)),
-                ClientEvent::Disconnected { close_code, .. } => s.close_codes.push(close_code),
-                ClientEvent::Connected { .. } => s.connected += 1,
-                _ => {}
-            }
-        }
-    });
-    seen
-}
-
-/// The seqs of `room` recorded so far.
-fn seqs_seen(seen: &Mutex<Seen>, room: &str) -> Vec<u64> {
-    let s = seen.lock().expect("lock");
-    s.messages.get(room).map(|v| v.iter().map(|m| m.seq).collect()).unwrap_or_default()
-}
-
-/// Waits until the recorder saw seq `seq` of `room`.
-async fn wait_seen(seen: &Mutex<Seen>, room: &str, seq: u64) -> Result<()> {
-    eventually(&format!("seq {seq} of {room} delivered"), WAIT, async || {
-        Ok(seqs_seen(seen, room).last().is_some_and(|l| *l >= seq).then_some(()))
-    })
-    .await
-}
 
 fn options(addr: &str, user: &User) -> ResilientOptions {
     ResilientOptions {
@@ -110,10 +66,10 @@ async fn a_node_restarted_mid_stream_costs_no_message_and_repeats_none() -> Resu
     let addr = c.addr(1);
 
     let (rx, rx_events) = ResilientClient::connect(options(&addr, &reader)).await?;
-    let seen = record(rx_events);
+    let seen = Recorder::start(rx_events);
     assert_eq!(rx.subscribe("stream", Some(0)).await?, 0);
     let (tx, tx_events) = ResilientClient::connect(options(&addr, &writer)).await?;
-    let tx_seen = record(tx_events);
+    let tx_seen = Recorder::start(tx_events);
 
     // A steady stream of sends, each awaited in its own task.
     let total = 140usize;
@@ -171,10 +127,10 @@ async fn a_node_restarted_mid_stream_costs_no_message_and_repeats_none() -> Resu
     }
 
     // The reader got 1..=total once each, in order, across its reconnect.
-    wait_seen(&seen, "stream", total as u64).await?;
+    seen.wait_for("stream", total as u64, WAIT).await?;
     assert_eq!(rx.last_seq("stream"), Some(total as u64));
     let (messages, gaps) = {
-        let s = seen.lock().expect("lock");
+        let s = seen.seen();
         (s.messages.get("stream").cloned().unwrap_or_default(), s.gaps.clone())
     };
     let got: Vec<u64> = messages.iter().map(|m| m.seq).collect();
@@ -184,7 +140,7 @@ async fn a_node_restarted_mid_stream_costs_no_message_and_repeats_none() -> Resu
     assert!(rx.reconnects() >= 1 && tx.reconnects() >= 1, "{:?} {:?}", rx.stats(), tx.stats());
     assert_eq!(rx.gaps() + tx.gaps(), 0);
     assert_eq!(tx.stats().failed, 0, "{:?}", tx.stats());
-    let connected = tx_seen.lock().expect("lock").connected;
+    let connected = tx_seen.seen().connected;
     assert!(connected >= 2, "the writer reconnected: {connected}");
     eprintln!("reader {:?}\nwriter {:?}", rx.stats(), tx.stats());
     rx.close().await;
@@ -269,7 +225,7 @@ async fn a_send_whose_answer_was_lost_gets_its_original_seq_after_the_reconnect(
     let relay = Relay::start(node.addr().to_string()).await?;
     let opts = ResilientOptions { stall_timeout: Duration::from_secs(30), ..options(&relay.addr, &ann) };
     let (client, events) = ResilientClient::connect(opts).await?;
-    let seen = record(events);
+    let seen = Recorder::start(events);
     assert_eq!(client.subscribe("lost", Some(0)).await?, 0);
     let first = client.send_with_id("lost", "before", "c-before").await?;
     assert_eq!((first.seq, first.attempts), (1, 1));
@@ -295,9 +251,9 @@ async fn a_send_whose_answer_was_lost_gets_its_original_seq_after_the_reconnect(
     let h = history(&ann.http, "lost").await?;
     let ids: Vec<&str> = h.iter().filter_map(|m| m.client_id.as_deref()).collect();
     assert_eq!(ids, ["c-before", "c-lost", "c-after"], "history");
-    wait_seen(&seen, "lost", 3).await?;
-    assert_eq!(seqs_seen(&seen, "lost"), [1, 2, 3], "deliveries across the cut");
-    let gaps = seen.lock().expect("lock").gaps.clone();
+    seen.wait_for("lost", 3, WAIT).await?;
+    assert_eq!(seen.seqs("lost"), [1, 2, 3], "deliveries across the cut");
+    let gaps = seen.seen().gaps.clone();
     assert!(gaps.is_empty(), "{gaps:?}");
     assert!(client.reconnects() >= 1, "{:?}", client.stats());
     Ok(())
@@ -312,7 +268,7 @@ async fn a_refused_or_revoked_token_is_replaced_by_a_login() -> Result<()> {
     // A token the server never issued, with the credentials: a login.
     let opts = ResilientOptions { token: Some("not-a-token".into()), ..options(node.addr(), &bea) };
     let (client, events) = ResilientClient::connect(opts).await?;
-    let seen = record(events);
+    let seen = Recorder::start(events);
     assert_eq!(client.stats().logins, 1, "{:?}", client.stats());
     assert_eq!(client.username().as_deref(), Some("bea"));
     assert_eq!(client.send("tokens", "one").await?.seq, 1);
@@ -327,18 +283,18 @@ async fn a_refused_or_revoked_token_is_replaced_by_a_login() -> Result<()> {
     // A token logged out under a live client: closed 4003, then a login.
     let other = node.login("bea").await?;
     let (client2, events2) = ResilientClient::connect(options(node.addr(), &other)).await?;
-    let seen2 = record(events2);
+    let seen2 = Recorder::start(events2);
     client2.subscribe("tokens", Some(0)).await?;
     other.http.logout().await?;
     eventually("the client to log in again", WAIT, async || Ok((client2.stats().logins >= 1).then_some(()))).await?;
     let sent = client2.send("tokens", "two").await?;
     assert_eq!(sent.seq, 2);
-    wait_seen(&seen2, "tokens", 2).await?;
-    assert_eq!(seqs_seen(&seen2, "tokens"), [1, 2]);
-    let codes = seen2.lock().expect("lock").close_codes.clone();
+    seen2.wait_for("tokens", 2, WAIT).await?;
+    assert_eq!(seen2.seqs("tokens"), [1, 2]);
+    let codes = seen2.seen().close_codes();
     assert!(codes.contains(&Some(4003)), "close codes seen: {codes:?}");
-    assert!(seen.lock().expect("lock").gaps.is_empty());
-    assert!(seen2.lock().expect("lock").gaps.is_empty());
+    assert!(seen.seen().gaps.is_empty());
+    assert!(seen2.seen().gaps.is_empty());
     Ok(())
 }
 

@@ -2,18 +2,16 @@
 //! the node right after its answer, with the same seq; accounts, rooms,
 //! roles, bans and idempotency keys survive too.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 
 use anyhow::Result;
-use common::Node;
-use common::WAIT;
-use common::expect_close;
-use common::expect_code;
 use palaver_client::Visibility;
 use palaver_client::Ws;
+use palaver_testkit::Node;
+use palaver_testkit::WAIT;
+use palaver_testkit::expect_close;
+use palaver_testkit::expect_code;
 
 /// (from, body, client_id) of an answered send, by seq.
 type Answered = BTreeMap<u64, (String, String, String)>;
@@ -178,11 +176,11 @@ async fn a_graceful_stop_closes_sockets_with_1012_and_keeps_everything() -> Resu
     }
     let mut ws = node.ws(&alice).await?;
     ws.subscribe("lobby", None).await?;
-    node.terminate()?;
+    node.stop()?;
     // protocol: 1012 is "server restarting or draining"; assuming a node
     // asked to stop (SIGTERM) drains its sockets with it.
     expect_close(&mut ws, 1012).await;
-    assert!(node.wait_exit(WAIT).await?, "the node did not exit after SIGTERM");
+    assert!(node.wait_exit(WAIT).await?.is_some(), "the node did not exit after SIGTERM");
     node.restart().await?;
     let alice = node.login("alice").await?;
     let seqs: Vec<u64> = alice.http.messages_after("lobby", 0, None).await?.iter().map(|m| m.seq).collect();

@@ -2,17 +2,15 @@
 //! its happy path and the errors the text names, history paging, and
 //! idempotent sends. Who-may-do-what is the matrix in permissions.rs.
 
-mod common;
-
 use anyhow::Result;
-use common::Node;
-use common::User;
-use common::WAIT;
-use common::eventually;
-use common::expect_code;
-use common::now_ms;
 use palaver_client::Method;
 use palaver_client::Visibility;
+use palaver_testkit::Node;
+use palaver_testkit::User;
+use palaver_testkit::WAIT;
+use palaver_testkit::eventually;
+use palaver_testkit::expect_code;
+use palaver_testkit::now_ms;
 use serde_json::json;
 
 fn seqs(messages: &[palaver_client::Message]) -> Vec<u64> {

@@ -2,22 +2,20 @@
 //! ticket or a Bearer header, resume by `Last-Event-ID` and `?since=`; long
 //! and plain polling; `/healthz` and `/metrics`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Result;
-use common::Node;
-use common::WAIT;
-use common::expect_code;
 use palaver_client::Event;
 use palaver_client::Method;
 use palaver_client::PollAnswer;
 use palaver_client::Sse;
 use palaver_client::SseOptions;
 use palaver_client::Visibility;
+use palaver_testkit::Node;
+use palaver_testkit::WAIT;
+use palaver_testkit::expect_code;
 
 /// Reads the next message event of an SSE stream: (sse id, seq, body).
 async fn next_message(sse: &mut Sse) -> Result<(Option<String>, u64, Option<String>)> {

@@ -2,23 +2,21 @@
 //! server event, close codes 4001/4003 at the edges, Origin checks,
 //! pipelining and the per-connection send rate.
 
-mod common;
-
 use std::time::Duration;
 
 use anyhow::Result;
-use common::ALLOWED_ORIGIN;
-use common::Config;
-use common::Node;
-use common::WAIT;
-use common::eventually;
-use common::expect_close;
-use common::expect_code;
 use palaver_client::Event;
 use palaver_client::History;
 use palaver_client::Visibility;
 use palaver_client::Ws;
 use palaver_client::WsOptions;
+use palaver_testkit::ALLOWED_ORIGIN;
+use palaver_testkit::Node;
+use palaver_testkit::WAIT;
+use palaver_testkit::config;
+use palaver_testkit::eventually;
+use palaver_testkit::expect_close;
+use palaver_testkit::expect_code;
 use serde_json::json;
 
 fn seqs(messages: &[palaver_client::Message]) -> Vec<u64> {
@@ -97,7 +95,7 @@ async fn auth_with_a_bad_token_does_not_authenticate() -> Result<()> {
 
 #[tokio::test]
 async fn a_socket_that_never_authenticates_is_closed_after_the_handshake_timeout() -> Result<()> {
-    let node = Node::start_with(Config { handshake_timeout_ms: 300, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.limits.handshake_timeout_ms = 300)).await?;
     let mut ws = Ws::connect(node.addr()).await?;
     // protocol is silent on the code: assuming 4001 (not authenticated).
     expect_close(&mut ws, 4001).await;
@@ -384,7 +382,7 @@ async fn subscribe_refuses_unknown_and_hidden_rooms() -> Result<()> {
 
 #[tokio::test]
 async fn subscriptions_beyond_the_per_socket_limit_are_bad_request() -> Result<()> {
-    let node = Node::start_with(Config { subscriptions_per_socket: 3, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| c.limits.subscriptions_per_socket = 3)).await?;
     let alice = node.user("alice").await?;
     for r in ["r1", "r2", "r3", "r4"] {
         alice.http.create_room(r, r, Visibility::Public).await?;
@@ -441,7 +439,11 @@ async fn the_upgrade_checks_origin() -> Result<()> {
 #[tokio::test]
 async fn a_send_flood_gets_rate_limited_with_retry_after() -> Result<()> {
     let burst = 5;
-    let node = Node::start_with(Config { send_rate_per_sec: 1.0, send_burst: burst, ..Config::default() }).await?;
+    let node = Node::start_with(config(|c| {
+        c.limits.send_rate_per_sec = 1.0;
+        c.limits.send_burst = burst as f64;
+    }))
+    .await?;
     let alice = node.user("alice").await?;
     alice.http.create_room("lobby", "Lobby", Visibility::Public).await?;
     let mut ws = node.ws(&alice).await?;

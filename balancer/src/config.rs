@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::Serialize;
 
 /// How a node is chosen for each new client connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -212,23 +213,37 @@ pub enum ConfigError {
     },
 }
 
-/// The `[balancer]` section as written.
-#[derive(Deserialize, Default)]
+/// The `[balancer]` section as written (absent fields take the defaults of
+/// [`BalancerSettings`]); it serialises back, so tools write it typed.
+#[derive(Serialize, Deserialize, Default, Debug, Clone, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-struct BalancerSection {
-    listen: Option<SocketAddr>,
-    admin: Option<SocketAddr>,
-    strategy: Option<String>,
-    health_interval_ms: Option<u64>,
-    down_after: Option<u32>,
-    up_after: Option<u32>,
-    max_connections: Option<usize>,
-    connect_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    grace_ms: Option<u64>,
-    discover: Option<bool>,
-    proxy_protocol: Option<bool>,
-    max_connections_per_address: Option<usize>,
+pub struct BalancerSection {
+    /// Public address.
+    pub listen: Option<SocketAddr>,
+    /// Admin address.
+    pub admin: Option<SocketAddr>,
+    /// Strategy name (`round-robin`, `weighted`, `least-connections`).
+    pub strategy: Option<String>,
+    /// Time between two health checks of one node, ms.
+    pub health_interval_ms: Option<u64>,
+    /// Consecutive failed checks that take a node out.
+    pub down_after: Option<u32>,
+    /// Consecutive good checks that bring a node back.
+    pub up_after: Option<u32>,
+    /// Client connections open at once.
+    pub max_connections: Option<usize>,
+    /// Longest wait for a node to accept a connection, ms.
+    pub connect_timeout_ms: Option<u64>,
+    /// Idle lifetime of a relayed connection, ms.
+    pub idle_timeout_ms: Option<u64>,
+    /// How long relayed connections may go on after shutdown, ms.
+    pub grace_ms: Option<u64>,
+    /// Learn nodes from the cluster's member list.
+    pub discover: Option<bool>,
+    /// Send a PROXY protocol v2 header to the node.
+    pub proxy_protocol: Option<bool>,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_address: Option<usize>,
 }
 
 /// What the balancer reads of the `[security]` section (the rest is the
@@ -239,13 +254,17 @@ struct SecuritySection {
     ops_token: Option<String>,
 }
 
-/// One `[[node]]` entry; fields meant for the nodes themselves are ignored.
-#[derive(Deserialize)]
-struct NodeEntry {
-    id: u64,
-    client: SocketAddr,
+/// One `[[node]]` entry as the balancer reads it; fields meant for the
+/// nodes themselves are ignored.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct NodeEntry {
+    /// The node's id.
+    pub id: u64,
+    /// The node's client address.
+    pub client: SocketAddr,
+    /// Share of new clients under the `weighted` strategy.
     #[serde(default = "one")]
-    weight: u32,
+    pub weight: u32,
 }
 
 fn one() -> u32 {

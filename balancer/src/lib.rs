@@ -26,6 +26,7 @@
 //! - `server`, `admin`, `meters`: [`run`], the operations endpoints and
 //!   Prometheus metrics.
 //! - [`config`]: [`BalancerSettings`] from the cluster file.
+//! - [`ready`]: the line printed once the balancer listens, and its reading.
 //!
 //! The balancer does not know the chat protocol, users or rooms.
 
@@ -38,6 +39,7 @@ mod monitor;
 mod per_address;
 mod probe;
 pub mod proxy;
+pub mod ready;
 mod relay;
 pub mod select;
 mod server;

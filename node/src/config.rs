@@ -1,6 +1,7 @@
 //! The cluster file (`cluster.example.toml`) and every tunable with its
 //! default. A node runs with no file at all; every section and field is
-//! optional.
+//! optional. The types serialise back to the same TOML, so tools (the test
+//! kit) write cluster files from them instead of by hand.
 
 use std::net::IpAddr;
 use std::net::Ipv4Addr;
@@ -10,13 +11,14 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use serde::Serialize;
 
 use crate::api::origin::OriginPolicy;
 use crate::cluster::AckPolicy;
 use crate::storage::EngineKind;
 
 /// Everything a node or the launcher reads from the cluster file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Cluster-wide settings.
@@ -33,7 +35,7 @@ pub struct Config {
 }
 
 /// Cluster-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
     /// Where node N keeps its files: `<data_dir>/node-N`.
@@ -71,7 +73,7 @@ impl ClusterSection {
 }
 
 /// One node of the cluster.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// Raft node id, never reused.
@@ -90,7 +92,7 @@ fn one() -> u32 {
 }
 
 /// Limits on everything a client controls.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest WebSocket message or frame, bytes (tungstenite's own default is 64 MiB).
@@ -193,7 +195,7 @@ impl Default for Limits {
 }
 
 /// Accounts, tokens and origins.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Security {
     /// Origins (`scheme://host[:port]`, or `"*"` for any) allowed to open
@@ -240,7 +242,7 @@ pub const OPS_TOKEN_MIN_LEN: usize = 16;
 
 /// A shared secret for the operations endpoints. Its `Debug` form does not
 /// show it, so a logged config leaks nothing.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String")]
 pub struct OpsToken(String);
 
@@ -411,6 +413,26 @@ mod tests {
         assert_eq!(c.security.public_url, None);
         assert_eq!(c.cluster.storage, EngineKind::Redb);
         assert!(c.nodes.is_empty());
+    }
+
+    #[test]
+    fn a_config_written_as_toml_reads_back_the_same() {
+        let mut c = Config::default();
+        c.cluster.tls_dir = Some(PathBuf::from("/tmp/tls"));
+        c.nodes.push(NodeSection {
+            id: 2,
+            client: "127.0.0.1:7102".parse().expect("addr"),
+            peer: "127.0.0.1:7202".parse().expect("addr"),
+            weight: 3,
+        });
+        c.limits.send_burst = 10.0;
+        c.security.ops_token = Some(OpsToken::new("0123456789abcdef-secret").expect("token"));
+        c.security.trusted_proxies = vec!["10.0.0.5".parse().expect("ip")];
+        let text = toml::to_string(&c).expect("serialises");
+        let back = Config::parse(&text).expect("reads back");
+        assert_eq!(toml::to_string(&back).expect("serialises"), text);
+        assert_eq!(back.node(2).map(|n| (n.peer.port(), n.weight)), Some((7202, 3)));
+        assert!(back.security.ops_token.is_some_and(|t| t.matches("0123456789abcdef-secret")));
     }
 
     #[test]

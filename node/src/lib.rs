@@ -8,6 +8,7 @@
 //! - [`permissions`]: who may do what in a room (pure).
 //! - [`meta`]: the metadata state machine (pure, deterministic).
 //! - [`storage`]: the engine trait and its redb and sled engines.
+//! - [`ready`]: the line a node prints once it serves, and its reading.
 
 pub mod api;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod permissions;
 pub mod protocol;
 pub mod raft;
 pub mod ratelimit;
+pub mod ready;
 pub mod rooms;
 pub mod service;
 pub mod shards;

@@ -1,0 +1,495 @@
+//! The world of a fault run: a three-node cluster behind the in-process
+//! balancer, rooms made through different nodes (so their owners spread),
+//! users and their resilient clients subscribed to every room, the book of
+//! every send, the load, and the reads the nemesis and the checker need
+//! (cluster views, histories). It injects no fault and judges nothing.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use palaver_balancer::BalancerSettings;
+use palaver_balancer::Strategy;
+use palaver_client::Http;
+use palaver_client::Message;
+use palaver_client::ResilientClient;
+use palaver_client::ResilientOptions;
+use palaver_client::Visibility;
+use palaver_testkit::Balancer;
+use palaver_testkit::Cluster;
+use palaver_testkit::Recorder;
+use palaver_testkit::User;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::CONVERGE_WAIT;
+use crate::DOWN_AFTER;
+use crate::GIVE_UP;
+use crate::HEAL_WAIT;
+use crate::HEALTH_INTERVAL;
+use crate::OUTSTANDING_CAP;
+use crate::ROOM_RECOVERY;
+use crate::checker::Executed;
+use crate::checker::LoadWindow;
+use crate::checker::Observed;
+use crate::checker::Outcome;
+use crate::checker::SendRec;
+use crate::checker::references;
+
+/// Every send of a run, as issued and as it ended.
+#[derive(Default)]
+pub struct Book {
+    sends: Mutex<Vec<SendRec>>,
+    /// Load ticks skipped because the client had too many sends unanswered.
+    pub skipped: AtomicUsize,
+}
+
+impl Book {
+    /// Records a send; answers its index.
+    pub fn push(&self, rec: SendRec) -> usize {
+        let mut s = self.sends.lock().expect("book lock");
+        s.push(rec);
+        s.len() - 1
+    }
+
+    /// Records how send `i` ended.
+    pub fn resolve(&self, i: usize, r: palaver_client::Result<palaver_client::Sent>) {
+        let now = Instant::now();
+        let outcome = match r {
+            Ok(sent) => Outcome::Answered { seq: sent.seq, at: now, attempts: sent.attempts },
+            Err(e) => Outcome::Failed { error: e.to_string(), at: now },
+        };
+        if let Some(rec) = self.sends.lock().expect("book lock").get_mut(i) {
+            rec.outcome = Some(outcome);
+        }
+    }
+
+    /// Every send so far.
+    pub fn snapshot(&self) -> Vec<SendRec> {
+        self.sends.lock().expect("book lock").clone()
+    }
+
+    /// Sends without an outcome yet.
+    pub fn unresolved(&self) -> usize {
+        self.sends.lock().expect("book lock").iter().filter(|r| r.outcome.is_none()).count()
+    }
+}
+
+/// A three-node cluster behind the balancer, the rooms, the users and
+/// their resilient clients, and the book of every send.
+pub struct World {
+    /// The cluster.
+    pub c: Cluster,
+    /// The balancer the clients go through.
+    pub lb: Balancer,
+    admin: String,
+    /// The rooms under load.
+    pub rooms: Vec<String>,
+    /// The load clients' users.
+    pub users: Vec<User>,
+    /// Users of the partition probes.
+    pub probes: Vec<User>,
+    /// The load clients.
+    pub clients: Vec<ResilientClient>,
+    /// What each load client's events showed (same order).
+    pub delivered: Vec<Recorder>,
+    /// Every send.
+    pub book: Arc<Book>,
+    http: reqwest::Client,
+    /// When the world was set up.
+    pub start: Instant,
+    /// Violations seen while the faults ran (rooms that did not recover).
+    noted: Mutex<Vec<String>>,
+}
+
+/// The options of a resilient client of `user` at `addr` in these tests.
+pub fn client_options(addr: &str, user: &User) -> ResilientOptions {
+    ResilientOptions {
+        connect_timeout: Duration::from_secs(3),
+        stall_timeout: Duration::from_secs(4),
+        reply_timeout: Duration::from_secs(20),
+        give_up_after: Some(GIVE_UP),
+        ..ResilientOptions::new(addr).token(&user.token).credentials(&user.name, &user.password)
+    }
+}
+
+impl World {
+    /// A new cluster, balancer, `rooms` rooms (names starting with `tag`),
+    /// `clients` load clients subscribed to every room from seq 0, and
+    /// `probes` users for partition probes.
+    pub async fn setup(tag: &str, clients: usize, rooms: usize, probes: usize) -> Result<World> {
+        let start = Instant::now();
+        let c = Cluster::start(3).await?;
+        let admin = c.user(1, "admin").await?;
+        let settings = BalancerSettings {
+            strategy: Strategy::RoundRobin,
+            nodes: c.backends(),
+            health_interval: HEALTH_INTERVAL,
+            down_after: DOWN_AFTER,
+            up_after: 2,
+            connect_timeout: Duration::from_secs(1),
+            discover: false,
+            ..BalancerSettings::default()
+        };
+        let lb = Balancer::start_with_admin_timeout(settings, Duration::from_secs(2)).await?;
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+        let via = lb.addr.to_string();
+        let mut world = World {
+            c,
+            lb,
+            admin: admin.token.clone(),
+            rooms: Vec::new(),
+            users: Vec::new(),
+            probes: Vec::new(),
+            clients: Vec::new(),
+            delivered: Vec::new(),
+            book: Arc::new(Book::default()),
+            noted: Mutex::new(Vec::new()),
+            http,
+            start,
+        };
+        world.wait_healthy(HEAL_WAIT).await.context("the new cluster")?;
+        // Rooms made through different nodes, so their owners spread.
+        for r in 0..rooms {
+            let room = format!("{tag}{r}");
+            let node = (r as u64 % 3) + 1;
+            world.c.http_as(node, &admin).create_room(&room, &room, Visibility::Public).await?;
+            world.rooms.push(room);
+        }
+        let lb_http = Http::new(&via)?;
+        for i in 0..clients + probes {
+            let name = if i < clients { format!("{tag}u{i:02}") } else { format!("{tag}probe{}", i - clients) };
+            let user = User::register(&lb_http, &name).await?;
+            for room in &world.rooms {
+                user.http.join(room).await.with_context(|| format!("{name} joining {room}"))?;
+            }
+            if i < clients {
+                world.users.push(user);
+            } else {
+                world.probes.push(user);
+            }
+        }
+        for user in &world.users {
+            let (client, events) = ResilientClient::connect(client_options(&via, user)).await?;
+            world.delivered.push(Recorder::start(events));
+            for room in &world.rooms {
+                client.subscribe(room, Some(0)).await.with_context(|| format!("{} subscribing {room}", user.name))?;
+            }
+            world.clients.push(client);
+        }
+        let view = world.view_any().await?.1;
+        eprintln!(
+            "[{:6.1}s] setup done: {} clients, rooms and owners {:?}, Raft leader {:?}",
+            world.secs(),
+            world.clients.len(),
+            owners(&view),
+            view["leader"].as_u64()
+        );
+        Ok(world)
+    }
+
+    /// Seconds since the setup began.
+    pub fn secs(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Seconds from the setup to `t`.
+    pub fn at(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.start).as_secs_f64()
+    }
+
+    async fn get_json(&self, addr: &str, path: &str) -> Result<Value> {
+        let r = self.http.get(format!("http://{addr}{path}")).bearer_auth(&self.admin).send().await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        anyhow::ensure!(status == 200, "GET {path} on {addr}: {status} {text}");
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// `GET /api/cluster` from node `id`.
+    async fn view(&self, id: u64) -> Result<Value> {
+        self.get_json(&self.c.addr(id), "/api/cluster").await
+    }
+
+    /// The cluster view from the first node that answers.
+    pub async fn view_any(&self) -> Result<(u64, Value)> {
+        let mut errors = Vec::new();
+        for id in self.c.ids() {
+            match self.view(id).await {
+                Ok(v) => return Ok((id, v)),
+                Err(e) => errors.push(format!("node {id}: {e:#}")),
+            }
+        }
+        bail!("no node answered /api/cluster: {errors:?}")
+    }
+
+    /// What keeps the cluster from counting as healthy now, if anything:
+    /// every node answers, all agree on one leader and see every node, and
+    /// the balancer routes to all of them.
+    async fn unhealthy(&self) -> Option<String> {
+        let mut leaders = BTreeSet::new();
+        for id in self.c.ids() {
+            let v = match self.view(id).await {
+                Ok(v) => v,
+                Err(e) => return Some(format!("node {id}: {e:#}")),
+            };
+            match v["leader"].as_u64() {
+                Some(l) => leaders.insert(l),
+                None => return Some(format!("node {id} knows no leader")),
+            };
+            let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+            if nodes.len() != 3 {
+                return Some(format!("node {id} lists {} nodes", nodes.len()));
+            }
+            if let Some(n) = nodes.iter().find(|n| !matches!(n["state"].as_str(), Some("serving" | "up"))) {
+                return Some(format!("node {id} sees node {} as {}", n["id"], n["state"]));
+            }
+            let rooms = owners(&v);
+            if let Some((room, _)) = self.rooms.iter().map(|r| (r, rooms.get(r))).find(|(_, o)| o.is_none()) {
+                return Some(format!("node {id} knows no owner of {room}"));
+            }
+        }
+        if leaders.len() != 1 {
+            return Some(format!("the nodes name different leaders: {leaders:?}"));
+        }
+        match self.lb.nodes(None).await {
+            Ok(h) if h.values().all(|n| n["health"] == "up") && h.len() == 3 => None,
+            Ok(h) => Some(format!("balancer health {:?}", h.values().map(|n| &n["health"]).collect::<Vec<_>>())),
+            Err(e) => Some(format!("balancer: {e:#}")),
+        }
+    }
+
+    /// Polls until healthy (bounded by `timeout`).
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < timeout {
+            match self.unhealthy().await {
+                None => return Ok(start.elapsed()),
+                Some(why) => last = why,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the cluster was not healthy within {timeout:?}; last: {last}")
+    }
+
+    /// Waits (bounded by [`ROOM_RECOVERY`]) until every room answered a
+    /// load send issued at or after `since`; a room that does not is noted
+    /// as a violation. Answers whether every room did.
+    pub async fn wait_rooms(&self, since: Instant, after: &str) -> bool {
+        let start = Instant::now();
+        let mut missing: Vec<String> = Vec::new();
+        while start.elapsed() < ROOM_RECOVERY {
+            let sends = self.book.snapshot();
+            missing = self
+                .rooms
+                .iter()
+                .filter(|room| {
+                    !sends.iter().any(|s| {
+                        s.room == **room
+                            && s.probe_of.is_none()
+                            && s.issued >= since
+                            && matches!(s.outcome, Some(Outcome::Answered { .. }))
+                    })
+                })
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let owners = match self.view_any().await {
+            Ok((_, v)) => format!("{:?}", owners(&v)),
+            Err(e) => format!("unknown ({e:#})"),
+        };
+        let v = format!(
+            "UNAVAILABLE: rooms {missing:?} answered no send issued since t={:.2}s within {ROOM_RECOVERY:?} after \
+             {after}, though the cluster was healthy (owners now {owners})",
+            self.at(since)
+        );
+        eprintln!("[{:6.1}s]   {v}", self.secs());
+        self.noted.lock().expect("noted lock").push(v);
+        false
+    }
+
+    /// Every message of `room` stored on node `id`, oldest first.
+    async fn history(&self, id: u64, room: &str) -> Result<Vec<Message>> {
+        let addr = self.c.addr(id);
+        let mut all: Vec<Message> = Vec::new();
+        for _ in 0..1000 {
+            let after = all.last().map_or(0, |m| m.seq);
+            let v = self.get_json(&addr, &format!("/api/rooms/{room}/messages?after={after}&limit=500")).await?;
+            let page: Vec<Message> = serde_json::from_value(v).context("a history page")?;
+            let done = page.len() < 500;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+        bail!("{room} on node {id}: more than 1000 pages")
+    }
+}
+
+/// Room → owner node, from a cluster view.
+pub fn owners(view: &Value) -> BTreeMap<String, u64> {
+    view["rooms"]
+        .as_array()
+        .map(|rs| {
+            rs.iter().filter_map(|r| Some((r["room"].as_str()?.to_string(), r["owner_node"].as_u64()?))).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The load: each client sends at its share of the rate, to the rooms in turn.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+    started: Instant,
+    /// Sends per second per room.
+    per_room_rate: f64,
+}
+
+/// Starts `rate` sends per second in all, spread over the clients.
+pub fn start_load(w: &World, rate: f64) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let n = w.clients.len().max(1);
+    let period = Duration::from_secs_f64(n as f64 / rate.max(0.1));
+    let mut tasks = Vec::new();
+    for (idx, client) in w.clients.iter().enumerate() {
+        let client = client.clone();
+        let user = w.users[idx].name.clone();
+        let rooms = w.rooms.clone();
+        let book = w.book.clone();
+        let stop = stop.clone();
+        let offset = period.mul_f64(idx as f64 / n as f64);
+        tasks.push(tokio::spawn(async move {
+            let outstanding = Arc::new(AtomicUsize::new(0));
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut k = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if outstanding.load(Ordering::SeqCst) >= OUTSTANDING_CAP {
+                    book.skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let room = rooms[(idx + k) % rooms.len()].clone();
+                let client_id = format!("c{idx}-{k}");
+                let body = format!("{client_id} from {user} to {room}");
+                k += 1;
+                let i = book.push(SendRec {
+                    user: user.clone(),
+                    room: room.clone(),
+                    client_id: client_id.clone(),
+                    body: body.clone(),
+                    issued: Instant::now(),
+                    probe_of: None,
+                    outcome: None,
+                });
+                outstanding.fetch_add(1, Ordering::SeqCst);
+                let (client, book, outstanding) = (client.clone(), book.clone(), outstanding.clone());
+                tokio::spawn(async move {
+                    let r = client.send_with_id(&room, &body, &client_id).await;
+                    book.resolve(i, r);
+                    outstanding.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        }));
+    }
+    Load { stop, tasks, started: Instant::now(), per_room_rate: rate / w.rooms.len().max(1) as f64 }
+}
+
+/// Stops issuing sends and waits (bounded) until every send has an outcome.
+pub async fn stop_load(w: &World, load: Load) -> Result<LoadWindow> {
+    load.stop.store(true, Ordering::SeqCst);
+    let window = LoadWindow { started: load.started, stopped: Instant::now(), per_room_rate: load.per_room_rate };
+    for t in load.tasks {
+        tokio::time::timeout(Duration::from_secs(30), t).await.context("a load task did not stop")??;
+    }
+    let start = Instant::now();
+    let bound = Duration::from_secs(60);
+    while w.book.unresolved() > 0 && start.elapsed() < bound {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "[{:6.1}s] load stopped; {} sends still unresolved after {:?}",
+        w.secs(),
+        w.book.unresolved(),
+        start.elapsed()
+    );
+    Ok(window)
+}
+
+/// Gathers what the run left: waits (bounded by [`CONVERGE_WAIT`]) until
+/// every node holds each room up to its most answered seq and all nodes
+/// agree on the length, reads every history, then waits (as long again)
+/// until every client saw each room's last message, and takes what they saw.
+pub async fn observe(w: &World, executed: &[Executed], window: LoadWindow) -> Result<Observed> {
+    let sends = w.book.snapshot();
+    let mut max_answered: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in &sends {
+        if let Some(Outcome::Answered { seq, .. }) = s.outcome {
+            let e = max_answered.entry(s.room.as_str()).or_default();
+            *e = (*e).max(seq);
+        }
+    }
+    let ids = w.c.ids();
+    let started = Instant::now();
+    let mut histories: BTreeMap<String, BTreeMap<u64, Vec<Message>>> = BTreeMap::new();
+    loop {
+        let mut settled = true;
+        for room in &w.rooms {
+            let mut per_node = BTreeMap::new();
+            for &id in &ids {
+                per_node.insert(id, w.history(id, room).await.with_context(|| format!("history of {room} on {id}"))?);
+            }
+            let lens: BTreeSet<usize> = per_node.values().map(Vec::len).collect();
+            let want = max_answered.get(room.as_str()).copied().unwrap_or(0) as usize;
+            if lens.len() != 1 || lens.iter().any(|l| *l < want) {
+                settled = false;
+            }
+            histories.insert(room.clone(), per_node);
+        }
+        if settled || started.elapsed() > CONVERGE_WAIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut observed = Observed {
+        start: w.start,
+        sends,
+        histories,
+        clients: Vec::new(),
+        executed: executed.to_vec(),
+        window,
+        noted: w.noted.lock().expect("noted lock").clone(),
+    };
+    let last: BTreeMap<String, u64> =
+        references(&observed).into_iter().map(|(room, h)| (room, h.last().map_or(0, |m| m.seq))).collect();
+    let started = Instant::now();
+    loop {
+        let behind = w.delivered.iter().any(|d| {
+            let seen = d.seen();
+            last.iter().any(|(room, last)| seen.messages.get(room).and_then(|v| v.last()).map_or(0, |m| m.seq) < *last)
+        });
+        if !behind || started.elapsed() > CONVERGE_WAIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    observed.clients = w.users.iter().zip(&w.delivered).map(|(u, d)| (u.name.clone(), d.seen().clone())).collect();
+    Ok(observed)
+}
