@@ -111,7 +111,11 @@ pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
     let web = format!("http://{}/", balancer.public);
     let origin = web.trim_end_matches('/');
     let security = &config.security;
-    if !palaver_node::api::origin::allowed(Some(origin.as_bytes()), &security.allowed_origins, security.public_url.as_deref()) {
+    if !palaver_node::api::origin::allowed(
+        Some(origin.as_bytes()),
+        &security.allowed_origins,
+        security.public_url.as_deref(),
+    ) {
         println!("  note: {origin} is not in [security] allowed_origins: the web page falls back to SSE");
     }
     // Last, so scripts and people find it without reading the rest.

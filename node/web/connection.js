@@ -150,7 +150,7 @@ export class Connection {
     const rooms = [...this.rooms];
     if (rooms.length === 0) {
       if (this.es) { this.es.close(); this.es = null; }
-      this.status('online (server-sent events)');
+      this.status('online (SSE)');
       if (!reopen) this.h.onOnline();
       return;
     }
@@ -179,7 +179,7 @@ export class Connection {
       opened = true;
       if (old) old.close();
       this.attempt = 0;
-      this.status('online (server-sent events)');
+      this.status('online (SSE)');
       if (!reopen) this.h.onOnline();
     };
     es.onmessage = (e) => {

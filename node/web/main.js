@@ -335,6 +335,7 @@ function onSubmit(e) {
   if (!room || !body.trim()) return;
   $('composer').value = '';
   resizeComposer();
+  lastTyping = 0; // the next keystroke starts a new typing notice
   const p = { room, body, clientId: newClientId(), tries: 0 };
   store.addPending(p);
   if (!outbox.has(room)) outbox.set(room, []);
@@ -386,9 +387,11 @@ function onComposerInput() {
   }
 }
 
+/** Grows the composer with its text, up to six lines (rows, not an inline style). */
 function resizeComposer() {
   const c = $('composer');
-  c.rows = Math.min(6, Math.max(1, c.value.split('\n').length));
+  c.rows = 1;
+  while (c.rows < 6 && c.scrollHeight > c.clientHeight) c.rows += 1;
 }
 
 // ---- read markers ----------------------------------------------------------
@@ -503,7 +506,10 @@ function renderAll() {
 store.addEventListener('change', ({ detail: { what, room } }) => {
   if (what === 'rooms') { view.renderRooms(store); view.renderHead(store); return; }
   if (room !== store.active) return;
-  if (what === 'messages') view.renderMessages(store, canDelete);
+  if (what === 'messages') {
+    view.renderMessages(store, canDelete);
+    view.renderTyping(store); // a message ends its sender's typing
+  }
   if (what === 'pending') view.renderPending(store);
   if (what === 'typing') view.renderTyping(store);
   if (what === 'members') {
@@ -553,7 +559,13 @@ function wire() {
     if ($('scroller').scrollTop < 150) loadOlder(store.active);
     if (view.atBottom()) scheduleRead();
   });
-  document.addEventListener('visibilitychange', scheduleRead);
+  document.addEventListener('visibilitychange', () => {
+    scheduleRead();
+    if (document.visibilityState === 'visible') refreshRooms();
+  });
+  // New public rooms, direct messages and joins by others announce nothing
+  // to this user: look again now and then.
+  setInterval(() => { if (document.visibilityState === 'visible') refreshRooms(); }, 15000);
   $('messages').addEventListener('click', (e) => {
     const b = e.target.closest('[data-delete]');
     if (b) deleteMessage(Number(b.getAttribute('data-delete')));

@@ -69,7 +69,7 @@ export function renderRooms(store) {
 
 function roomItem(store, r) {
   const active = r.room === store.active;
-  const mark = { private: '🔒', direct: '@' }[r.visibility] || '#';
+  const mark = r.visibility === 'direct' ? '@' : '#';
   const n = r.unread || 0;
   const unread = r.member
     ? el('span', { class: n ? 'unread' : 'unread zero', 'data-test': 'unread', 'data-room': r.room, text: String(n) })
@@ -82,6 +82,7 @@ function roomItem(store, r) {
     },
     el('span', { class: 'mark', 'aria-hidden': 'true', text: mark }),
     el('span', { class: 'name', text: roomLabel(store, r) }),
+    r.visibility === 'private' ? el('span', { class: 'tag', text: 'private' }) : null,
     unread));
 }
 
