@@ -194,8 +194,11 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
     page_back(&ann).await?;
     ann.screenshot(&shots.join("desktop-history.png")).await?;
 
-    // bob logs out: ann sees him go offline, and he is back at the login.
     ann.click(&item("room-item", "data-room", "lobby")).await?;
+    moderate(&ann, &bob).await?;
+
+    // bob logs out: ann sees him go offline, and he is back at the login.
+    ann.click(&item("room-item", "data-room", "secret")).await?;
     online(&ann, "bob", true).await?;
     bob.click(&test("logout")).await?;
     bob.wait("bob's login form", &visible(&test("login"))).await?;
@@ -254,6 +257,54 @@ async fn chat_through_a_node_failure(cluster: &mut Cluster, root: &User, ann: &P
         }
     }
     println!("after the failover both screens match the server's {} messages ({:?})", want.len(), t.elapsed());
+    Ok(())
+}
+
+/// ann owns the lobby: she mutes bob (his send is refused with a readable
+/// error), unmutes him, deletes his message, reads the audit log and kicks
+/// him (he can read but no longer write).
+async fn moderate(ann: &Page, bob: &Page) -> Result<()> {
+    online(ann, "bob", true).await?;
+    ann.click("#manage-bob").await?;
+    ann.click("#mute-bob").await?;
+    say(bob, "can I still talk?").await?;
+    bob.wait("bob's mute error", &text_has(&test("error"), "muted")).await?;
+    bob.click("#error-close").await?;
+    ann.click("#unmute-bob").await?;
+    // The refused text went back into the composer.
+    bob.wait(
+        "the text back",
+        &format!("document.querySelector({}).value === 'can I still talk?'", js(&test("composer"))),
+    )
+    .await?;
+    bob.click(&test("composer")).await?;
+    bob.press("Enter").await?;
+    shows(ann, "can I still talk?").await?;
+    let seq = ann
+        .eval(&format!(
+            "[...document.querySelectorAll({})].pop().dataset.seq",
+            js(&item("message", "data-from", "bob"))
+        ))
+        .await?;
+    let seq = seq.as_str().context("a seq")?.to_string();
+    let message = item("message", "data-seq", &seq);
+    ann.hover(&message).await?;
+    ann.click(&format!("#delete-{seq}")).await?;
+    for page in [ann, bob] {
+        page.wait("the message deleted", &text_has(&message, "message deleted")).await?;
+    }
+    ann.click("#audit-open").await?;
+    ann.wait(
+        "the audit log",
+        &format!("{} && {}", text_has("#audit", "mute bob"), text_has("#audit", "delete message bob")),
+    )
+    .await?;
+    ann.click("#kick-bob").await?;
+    bob.wait("bob told he was kicked", &text_has(&test("error"), "kicked")).await?;
+    bob.wait("bob may join again", &visible("#join-this")).await?;
+    bob.click("#error-close").await?;
+    ann.wait("bob gone from the members", &format!("{} === 0", count(&item("presence", "data-username", "bob"))))
+        .await?;
     Ok(())
 }
 

@@ -162,7 +162,8 @@ function messageItem(m, canDelete, state) {
     el('span', { class: 'from', text: m.from }),
     el('time', { datetime: new Date(m.ts).toISOString(), text: time(m.ts) }),
     canDelete ? el('button', {
-      type: 'button', class: 'link', 'data-delete': m.seq, 'aria-label': `Delete message ${m.seq}`, text: 'Delete',
+      type: 'button', class: 'link', id: `delete-${m.seq}`, 'data-delete': m.seq,
+      'aria-label': `Delete message ${m.seq}`, text: 'Delete',
     }) : null),
   el('p', { class: 'body', text: m.deleted ? 'message deleted' : m.body }));
 }
@@ -202,6 +203,7 @@ export function renderMembers(store) {
     ul.replaceChildren(el('li', { class: 'hint', text: r && !r.member ? 'Join the room to see who is here.' : '' }));
     return;
   }
+  const open = new Set([...ul.querySelectorAll('details[open]')].map((d) => d.getAttribute('data-user')));
   const myRole = store.roleIn(room);
   const mine = ROLE_RANK[myRole] || 0;
   const list = [...members.values()].sort((a, b) =>
@@ -217,21 +219,21 @@ export function renderMembers(store) {
     el('span', { class: 'name', text: m.username }),
     el('span', { class: 'role', text: m.role === 'member' ? '' : m.role }),
     el('span', { class: 'sr-only', text: m.online ? ', online' : ', offline' }),
-    canAct ? actions(m, myRole) : null);
+    canAct ? actions(m, myRole, open.has(m.username)) : null);
   }));
 }
 
-function actions(m, myRole) {
+function actions(m, myRole, open) {
   const b = (act, text) => el('button', {
-    type: 'button', class: 'small', 'data-act': act, 'data-user': m.username, text,
+    type: 'button', class: 'small', id: `${act}-${m.username}`, 'data-act': act, 'data-user': m.username, text,
     'aria-label': `${text}: ${m.username}`,
   });
   const roles = myRole === 'owner'
     ? [m.role === 'member' ? b('role-moderator', 'Make moderator') : b('role-member', 'Make member'),
       b('role-owner', 'Make owner')]
     : [];
-  return el('details', { class: 'manage' },
-    el('summary', { text: 'Manage' }),
+  return el('details', { class: 'manage', 'data-user': m.username, open },
+    el('summary', { id: `manage-${m.username}`, text: 'Manage' }),
     el('div', { class: 'row wrap' },
       b('kick', 'Kick'), b('ban', 'Ban'), b('mute', 'Mute 10 min'), b('unmute', 'Unmute'), ...roles));
 }

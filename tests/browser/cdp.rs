@@ -390,6 +390,12 @@ impl Page {
         Ok(())
     }
 
+    /// Moves the mouse over the centre of `selector` (what shows on hover).
+    pub async fn hover(&self, selector: &str) -> Result<()> {
+        let (x, y) = self.centre(selector).await?;
+        self.call("Input.dispatchMouseEvent", json!({"type": "mouseMoved", "x": x, "y": y})).await.map(drop)
+    }
+
     /// Types `text` where the focus is, as the keyboard's text input would.
     pub async fn type_text(&self, text: &str) -> Result<()> {
         self.call("Input.insertText", json!({"text": text})).await.map(drop)
@@ -423,16 +429,26 @@ impl Page {
 
     /// Turns the mouse wheel over the centre of `selector` (negative `dy`: up).
     pub async fn wheel(&self, selector: &str, dy: f64) -> Result<()> {
-        let sel = serde_json::to_string(selector)?;
-        let v = self
-            .eval(&format!(
-                "(() => {{ const r = document.querySelector({sel}).getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; }})()"
-            ))
-            .await?;
-        let (Some(x), Some(y)) = (v[0].as_f64(), v[1].as_f64()) else { bail!("no {selector} to scroll") };
+        let (x, y) = self.centre(selector).await?;
         self.call("Input.dispatchMouseEvent", json!({"type": "mouseWheel", "x": x, "y": y, "deltaX": 0, "deltaY": dy}))
             .await
             .map(drop)
+    }
+
+    /// The centre of the first element matching `selector`, in viewport pixels.
+    async fn centre(&self, selector: &str) -> Result<(f64, f64)> {
+        let sel = serde_json::to_string(selector)?;
+        let v = self
+            .eval(&format!(
+                "(() => {{ const e = document.querySelector({sel}); if (!e) return null;
+                   e.scrollIntoView({{block: 'nearest'}}); const r = e.getBoundingClientRect();
+                   return [r.left + r.width / 2, r.top + r.height / 2]; }})()"
+            ))
+            .await?;
+        match (v[0].as_f64(), v[1].as_f64()) {
+            (Some(x), Some(y)) => Ok((x, y)),
+            _ => bail!("page {}: no {selector}", self.name),
+        }
     }
 
     /// Saves a PNG of the viewport.
