@@ -78,6 +78,11 @@ export class Connection {
     if (this.mode === 'sse') this.reopenSoon(); else this.subscribe(room);
   }
 
+  /** Forgets a room whose subscription the server ended (`removed`). */
+  dropRoom(room) {
+    this.rooms.delete(room);
+  }
+
   send(room, body, clientId) {
     if (this.mode === 'sse') return this.api.send(room, body, clientId);
     return this.command({ type: 'send', room, body, client_id: clientId });

@@ -150,6 +150,7 @@ async function openRoom(id) {
   store.active = id;
   history.replaceState(null, '', `#${encodeURIComponent(id)}`);
   $('audit').replaceChildren();
+  $('mod-status').textContent = '';
   renderAll();
   syncSubscriptions();
   loadMembers(id);
@@ -230,6 +231,8 @@ async function loadOlder(room) {
     }
   } catch (e) {
     fail('Could not load the messages')(e);
+    // The open room stays empty until its first page arrives: try again.
+    if (first) setTimeout(() => { if (store.active === room && !store.loaded(room)) loadOlder(room); }, 3000);
   } finally {
     loading.delete(room);
   }
@@ -292,7 +295,14 @@ function onEvent(ev) {
     case 'removed':
       view.showError(`You were removed from ${roomName(room)} (${ev.reason})`);
       store.forget(room);
-      refreshRooms().then(() => { if (store.active === room) { loadMembers(room); renderAll(); } });
+      conn.dropRoom(room);
+      refreshRooms().then(() => {
+        if (store.active !== room) return;
+        loadMembers(room);
+        renderAll();
+        // Still listed: a public room, which may be read without belonging to it.
+        if (store.rooms.has(room)) loadOlder(room);
+      });
       break;
     case 'deleted':
       store.markDeleted(room, ev.seq);
@@ -438,6 +448,9 @@ async function moderate(act, user) {
     if (act === 'mute') await api.moderate(room, 'mute', user, { seconds: 600 });
     else if (act.startsWith('role-')) await api.moderate(room, 'role', user, { role: act.slice(5) });
     else await api.moderate(room, act, user);
+    const done = { kick: 'kicked', ban: 'banned', mute: 'muted for 10 minutes', unmute: 'unmuted' }[act]
+      || `now ${act.slice(5)}`;
+    $('mod-status').textContent = `${user} ${done}`;
     await loadMembers(room);
     if ($('audit').children.length) showAudit();
   } catch (err) { view.showError(describe(`Could not ${act.replace('role-', 'make moderator/member/owner: ')} ${user}`, err)); }
@@ -453,6 +466,7 @@ async function inviteOrUnban(action) {
   try {
     await api.moderate(store.active, action, user);
     $('invite-user').value = '';
+    $('mod-status').textContent = `${user} ${action === 'invite' ? 'invited' : 'unbanned'}`;
   } catch (err) { view.showError(describe(`Could not ${action} ${user}`, err)); }
 }
 

@@ -64,6 +64,8 @@ export function renderRooms(store) {
   nav.replaceChildren(...groups.map(([title, list]) =>
     el('section', {}, el('h3', { text: title }), el('ul', {}, ...list.map((r) => roomItem(store, r))))));
   if (groups.length === 0) nav.append(el('p', { class: 'hint', text: 'No rooms yet: create one below.' }));
+  const unread = rooms.reduce((n, r) => n + (r.unread || 0), 0);
+  document.title = unread ? `(${unread}) Palaver` : 'Palaver';
   if (focused) nav.querySelector(`[data-room="${CSS.escape(focused)}"]`)?.focus();
 }
 
