@@ -113,6 +113,7 @@ function loggedOut(why) {
   api.token = null;
   sessionStorage.removeItem(TOKEN_KEY);
   outbox.clear();
+  readSent.clear();
   store.reset();
   store.changed('rooms');
   document.body.classList.remove('in-room', 'show-people');
@@ -122,6 +123,7 @@ function loggedOut(why) {
 
 async function onLogout() {
   try { await api.logout(); } catch { /* the token is dropped here anyway */ }
+  view.clearError();
   loggedOut(null);
 }
 
@@ -203,9 +205,9 @@ async function leaveRoom() {
   const id = store.active;
   try {
     await api.leave(id);
-    store.forget(id);
-    await refreshRooms();
-    if (store.active === id) closeRoom();
+    await refreshRooms(); // a private room drops out of the list and closes
+    if (!store.rooms.has(id)) store.forget(id);
+    else if (store.active === id) loadMembers(id);
   } catch (err) { view.showError(describe(`Could not leave ${id}`, err)); }
 }
 
@@ -221,6 +223,7 @@ async function loadOlder(room) {
   if (!first && before == null) return;
   loading.add(room);
   if (room === store.active) view.historyStatus('Loading messages…');
+  let loaded = false;
   try {
     const page = await withRetry(() => api.history(room, { before, limit: 50 }));
     store.older.set(room, page.before);
@@ -229,6 +232,7 @@ async function loadOlder(room) {
       store.changed('messages', room);
       conn.resubscribe(room);
     }
+    loaded = true;
   } catch (e) {
     fail('Could not load the messages')(e);
     // The open room stays empty until its first page arrives: try again.
@@ -236,7 +240,7 @@ async function loadOlder(room) {
   } finally {
     loading.delete(room);
   }
-  if (room !== store.active) return;
+  if (!loaded || room !== store.active) return;
   const done = store.loaded(room) && store.older.get(room) == null;
   view.historyStatus(done ? 'This is the beginning of the room.' : '');
   // Keep going until the list can scroll (or the room's start is reached).
@@ -289,7 +293,7 @@ function onEvent(ev) {
       setTimeout(() => store.changed('typing', room), 5100);
       break;
     case 'member':
-      if (ev.username === store.me.username) refreshRooms();
+      if (ev.username === store.me?.username) refreshRooms();
       if (room === store.active) loadMembers(room);
       break;
     case 'removed':
