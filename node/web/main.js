@@ -236,7 +236,9 @@ async function loadOlder(room) {
   } catch (e) {
     fail('Could not load the messages')(e);
     // The open room stays empty until its first page arrives: try again.
-    if (first) setTimeout(() => { if (store.active === room && !store.loaded(room)) loadOlder(room); }, 3000);
+    const retry = () => { if (store.active === room && !store.loaded(room)) loadOlder(room); };
+    if (first && e.transient) setTimeout(retry, 3000);
+    else if (first) refreshRooms();
   } finally {
     loading.delete(room);
   }
@@ -293,25 +295,34 @@ function onEvent(ev) {
       setTimeout(() => store.changed('typing', room), 5100);
       break;
     case 'member':
+      memberEvents.set(room, (memberEvents.get(room) || 0) + 1);
+      store.applyMember(ev);
       if (ev.username === store.me?.username) refreshRooms();
-      if (room === store.active) loadMembers(room);
+      // Whether a newcomer is online is not in the event: ask a little later.
+      if (ev.change === 'joined' && room === store.active) setTimeout(() => loadMembers(room), 1000);
       break;
-    case 'removed':
+    case 'removed': {
       view.showError(`You were removed from ${roomName(room)} (${ev.reason})`);
+      const r = store.rooms.get(room);
       store.forget(room);
       conn.dropRoom(room);
-      refreshRooms().then(() => {
-        if (store.active !== room) return;
-        loadMembers(room);
-        renderAll();
-        // Still listed: a public room, which may be read without belonging to it.
-        if (store.rooms.has(room)) loadOlder(room);
-      });
+      if (r && r.visibility === 'public' && ev.reason === 'kicked') {
+        // A public room may still be read, from outside.
+        store.upsertRoom(r, false);
+        if (store.active === room) { renderAll(); loadOlder(room); }
+      } else {
+        store.removeRoom(room);
+        if (store.active === room) closeRoom();
+      }
+      // Not at once: the node asked may not have applied the change yet.
+      setTimeout(refreshRooms, 1000);
       break;
+    }
     case 'deleted':
       store.markDeleted(room, ev.seq);
       break;
     case 'room_deleted':
+      if (!store.rooms.has(room) || deleting === room) break; // deleted here, or never listed
       view.showError(`The room ${roomName(room)} was deleted`);
       store.removeRoom(room);
       if (store.active === room) closeRoom(); else syncSubscriptions();
@@ -438,10 +449,21 @@ function sendRead() {
 
 // ---- members and moderation ---------------------------------------------------
 
-async function loadMembers(room) {
+/** `member` events seen per room: a list fetched while one came may predate it. */
+const memberEvents = new Map();
+
+async function loadMembers(room, tries = 0) {
   const r = store.rooms.get(room);
   if (!r || !r.member) { store.members.delete(room); store.changed('members', room); return; }
-  try { store.setMembers(room, await api.members(room)); } catch (e) {
+  const seen = memberEvents.get(room) || 0;
+  try {
+    const list = await api.members(room);
+    if ((memberEvents.get(room) || 0) !== seen && tries < 3) {
+      setTimeout(() => loadMembers(room, tries + 1), 1000);
+      return;
+    }
+    store.setMembers(room, list);
+  } catch (e) {
     if (e.code !== 'not_found' && e.code !== 'forbidden') fail('Could not load the members')(e);
   }
 }
@@ -475,6 +497,7 @@ async function inviteOrUnban(action) {
 }
 
 let deleteArmed = null;
+let deleting = null;
 
 async function deleteRoom() {
   const id = store.active;
@@ -487,11 +510,13 @@ async function deleteRoom() {
   }
   deleteArmed = null;
   button.textContent = 'Delete room';
+  deleting = id;
   try {
     await api.deleteRoom(id);
     store.removeRoom(id);
-    closeRoom();
+    if (store.active === id) closeRoom();
   } catch (err) { view.showError(describe(`Could not delete ${id}`, err)); }
+  deleting = null;
 }
 
 async function deleteMessage(seq) {

@@ -183,6 +183,24 @@ export class Store extends EventTarget {
     this.changed('members', room);
   }
 
+  /**
+   * A `member` event, applied as it says: a list fetched now could come
+   * from a node that has not applied the change yet.
+   */
+  applyMember(ev) {
+    const members = this.members.get(ev.room);
+    if (!members) return;
+    const m = members.get(ev.username);
+    if (ev.change === 'joined') {
+      members.set(ev.username, { username: ev.username, role: ev.role || 'member', online: m?.online ?? false });
+    } else if (ev.change === 'role') {
+      if (m) m.role = ev.role;
+    } else {
+      members.delete(ev.username);
+    }
+    this.changed('members', ev.room);
+  }
+
   setPresence(room, username, online) {
     const m = this.members.get(room)?.get(username);
     if (m && m.online !== online) { m.online = online; this.changed('members', room); }
