@@ -149,6 +149,7 @@ function syncSubscriptions() {
 async function openRoom(id) {
   document.body.classList.add('in-room');
   if (store.active === id) return;
+  if (readTimer) { clearTimeout(readTimer); sendRead(); } // the room left gets its marker now
   store.active = id;
   history.replaceState(null, '', `#${encodeURIComponent(id)}`);
   $('audit').replaceChildren();
@@ -384,7 +385,8 @@ async function deliver(p) {
       const ok = await conn.send(p.room, p.body, p.clientId);
       store.ack(p, ok);
       checkGap(p.room);
-      scheduleRead();
+      // One has read a room up to one's own message, also after leaving it.
+      if (p.room === store.active) scheduleRead(); else markRead(p.room, ok.seq);
       return;
     } catch (e) {
       if (!store.pending.has(p.clientId) || !api.token) return;
@@ -437,7 +439,10 @@ function sendRead() {
   const r = room && store.rooms.get(room);
   if (!r || !r.member || document.visibilityState !== 'visible' || !view.atBottom()) return;
   store.setUnread(room, 0);
-  const seq = store.newest(room);
+  markRead(room, store.newest(room));
+}
+
+function markRead(room, seq) {
   if (!seq || (readSent.get(room) ?? 0) >= seq) return;
   readSent.set(room, seq);
   lastReadAt = Date.now();
