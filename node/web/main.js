@@ -101,7 +101,8 @@ function enterChat(me, token) {
   $('me').textContent = me.role === 'admin' ? `${me.username} (admin)` : me.username;
   renderAll();
   conn.start(token);
-  const wanted = decodeURIComponent(location.hash.slice(1));
+  let wanted = '';
+  try { wanted = decodeURIComponent(location.hash.slice(1)); } catch { /* a mangled link: no room */ }
   refreshRooms().then(() => {
     if (wanted && store.rooms.has(wanted)) openRoom(wanted);
   });
