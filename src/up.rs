@@ -120,7 +120,18 @@ pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
         println!("  node {}: http://{}", n.id, n.client);
     }
     println!("Ctrl-C stops the cluster.");
-    println!();
+    let web = format!("http://{}/", balancer.public);
+    let origin = web.trim_end_matches('/');
+    let security = &config.security;
+    if !palaver_node::api::origin::allowed(
+        Some(origin.as_bytes()),
+        &security.allowed_origins,
+        security.public_url.as_deref(),
+    ) {
+        println!("  note: {origin} is not in [security] allowed_origins: the web page falls back to SSE");
+    }
+    // Last, so scripts and people find it without reading the rest.
+    println!("Open the web client: {web}");
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -159,14 +170,25 @@ async fn start_balancer(config_path: &Path, ops_token: &OpsToken) -> Result<Bala
     let (public_addr, admin_addr) = (public.local_addr()?, admin.local_addr()?);
     let strategy = settings.strategy;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (started, running) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(e) = palaver_balancer::run(settings, public, admin, shutdown).await {
+        let mut run = std::pin::pin!(palaver_balancer::run(settings, public, admin, shutdown));
+        // Polled once before the banner is printed, so the balancer's own
+        // start-up log line comes before it and the banner ends the output.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(run.as_mut().poll(cx))).await;
+        let _ = started.send(());
+        let result = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => run.await,
+        };
+        if let Err(e) = result {
             eprintln!("palaver up: the balancer stopped: {e}");
         }
     });
+    let _ = running.await;
     Ok(Balancer { public: public_addr, admin: admin_addr, strategy, stop, task })
 }
 

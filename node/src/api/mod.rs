@@ -13,6 +13,7 @@ mod poll;
 pub mod proxy_protocol;
 mod server;
 mod sse;
+mod web;
 mod ws;
 pub mod ws_guard;
 
@@ -88,6 +89,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/sse", get(sse::stream))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
+        .merge(web::routes())
         .fallback(|| async { ApiError::not_found("path") })
         .method_not_allowed_fallback(|| async {
             let mut e = ApiError::bad_request("method not allowed on this path");
