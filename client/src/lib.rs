@@ -53,6 +53,7 @@ mod ws;
 
 pub use error::Error;
 pub use error::Result;
+pub use http::HistoryPage;
 pub use http::Http;
 pub use http::Method;
 pub use http::Raw;
