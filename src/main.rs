@@ -111,8 +111,15 @@ const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let command = match cli.command {
-        // The chat screen owns the terminal: no log lines on it.
-        Command::Chat(args) => return chat::main(args),
+        // The chat screen owns the terminal: no log lines on it. Its errors
+        // are for a person: one line, no backtrace.
+        Command::Chat(args) => {
+            if let Err(e) = chat::main(args) {
+                eprintln!("palaver chat: {e:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         other => other,
     };
     tracing_subscriber::fmt()

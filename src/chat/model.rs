@@ -798,8 +798,8 @@ pub fn members_text(room: &str, members: &[Member]) -> String {
 pub fn describe(e: &Error) -> String {
     match e {
         Error::Api { code, message, retry_after_ms, .. } => readable(code, message, *retry_after_ms),
-        Error::Http(e) => format!("cannot reach the server: {}", chain(e)),
-        Error::Ws(e) => format!("connection failed: {}", chain(e)),
+        Error::Http(e) => format!("cannot reach the server: {}", root_cause(e)),
+        Error::Ws(e) => format!("connection failed: {}", root_cause(e)),
         Error::Closed { reason, .. } => format!("connection closed: {reason}"),
         Error::Timeout(what) => format!("no answer in time ({what})"),
         Error::Decode(what) => format!("unexpected answer from the server: {what}"),
@@ -827,20 +827,15 @@ pub fn readable(code: &str, message: &str, retry_after_ms: Option<u64>) -> Strin
     }
 }
 
-/// An error and its causes, joined (reqwest's own text omits the cause,
-/// which is the useful part: "connection refused").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
+/// The deepest cause of an error: reqwest's own text names the URL and
+/// the layer ("error sending request for url …"), its last cause says what
+/// a person can act on ("Connection refused").
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
     }
-    text
+    cause.to_string()
 }
 
 /// Rooms and messages for the tests of the model and the view.
