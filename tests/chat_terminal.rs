@@ -21,6 +21,9 @@ use anyhow::Result;
 use anyhow::bail;
 use common::Cluster;
 use common::User;
+use common::WAIT;
+use common::eventually;
+use palaver_client::Event;
 use palaver_client::Visibility;
 
 /// A screen change may take a while on a busy two-core machine.
@@ -169,6 +172,33 @@ async fn a_person_chats_in_a_terminal_through_a_node_restart() -> Result<()> {
     // A message sent by someone else shows up.
     bob.http.post_message("lobby", "hi ann, over http", "b-1").await?;
     tmux.wait_for("bob's message", |s| s.contains("bob: hi ann, over http")).await?;
+
+    // Typing tells the others; Ctrl-U takes the line back unsent.
+    let mut bob_ws = c.ws(1, &bob).await?;
+    bob_ws.subscribe("lobby", None).await?;
+    // A notice goes at most every 3 s per room, and one went with the line
+    // typed above: keep typing, as a person would, until bob hears of it.
+    let is_ann_typing =
+        |e: &Event| matches!(e, Event::Typing { room, username } if room == "lobby" && username == "ann");
+    let mut heard = false;
+    for word in ["half ", "a ", "thought ", "that ", "never ", "gets ", "sent ", "at ", "all ", "really"] {
+        tmux.run(&["send-keys", "-t", tmux.session, "-l", word])?;
+        if bob_ws.wait_for(is_ann_typing, Duration::from_secs(2)).await.is_ok() {
+            heard = true;
+            break;
+        }
+    }
+    anyhow::ensure!(heard, "bob never saw ann typing:\n{}", tmux.screen()?);
+    tmux.run(&["send-keys", "-t", tmux.session, "C-u"])?;
+    tmux.wait_for("the emptied input line", |s| !s.contains("half a")).await?;
+    drop(bob_ws);
+
+    // What was on screen counts as read.
+    eventually("ann's read marker at the newest message", WAIT, async || {
+        let rooms = ann.http.rooms().await?;
+        Ok(rooms.iter().any(|r| r.room == "lobby" && r.last_seq == 3 && r.unread == Some(0)).then_some(()))
+    })
+    .await?;
 
     // The node goes away: the status says so, and a line typed meanwhile
     // waits with `*`.

@@ -419,6 +419,11 @@ impl Model {
         match event {
             ClientEvent::Connected { session } => {
                 self.connection = Connection::Connected;
+                if session > 1 {
+                    // Whatever failed while the server was away (a room
+                    // list, a page) is asked again; its error is stale.
+                    self.error = None;
+                }
                 return session > 1;
             }
             ClientEvent::Disconnected { reason, .. } => {
@@ -1075,7 +1080,9 @@ mod tests {
         m.on_client_event(ClientEvent::ConnectFailed { reason: "refused".into() }, now);
         m.on_client_event(ClientEvent::ConnectFailed { reason: "refused again".into() }, now);
         assert_eq!(m.connection(), &Connection::Reconnecting { attempt: 3, reason: "refused again".into() });
+        m.set_error("reading your rooms: cannot reach the server: Connection refused", now);
         assert!(m.on_client_event(ClientEvent::Connected { session: 2 }, now), "a reconnect reads the rooms again");
+        assert_eq!(m.error(), None, "an error of the outage goes with it");
         m.on_client_event(ClientEvent::Stopped { reason: "password changed".into() }, now);
         assert_eq!(m.connection(), &Connection::Stopped { reason: "password changed".into() });
     }
