@@ -221,6 +221,26 @@ fn spawn_keys(tx: mpsc::UnboundedSender<Key>, stop: Arc<AtomicBool>) -> Result<(
     Ok(())
 }
 
+/// Resolves on SIGTERM or SIGHUP (never where there are no such signals).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::SignalKind;
+        use tokio::signal::unix::signal;
+        match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+            (Ok(mut term), Ok(mut hup)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
+}
+
 /// Runs the chat screen until the user quits.
 pub async fn run(client: ResilientClient, events: ClientEvents, api: Api, me: &str) -> Result<()> {
     let screen = Screen::enter()?;
@@ -273,6 +293,8 @@ impl App {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut client_open = true;
+        let stop = stop_signal();
+        tokio::pin!(stop);
         loop {
             let mut drawn = view::Drawn::default();
             terminal.draw(|f| drawn = view::draw(f, &self.model)).context("drawing")?;
@@ -293,6 +315,9 @@ impl App {
                 },
                 Some(d) = done.recv() => self.on_done(d),
                 _ = tick.tick() => self.on_tick(),
+                // A polite kill (or the terminal hanging up) still puts the
+                // terminal back as it was.
+                _ = &mut stop, if !self.quit => self.quit = true,
             }
             // Take whatever else is waiting before drawing again, so a burst
             // (a replay after a reconnect) is drawn once.
