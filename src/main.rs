@@ -1,13 +1,15 @@
-//! `palaver`: run a node, or a whole local cluster.
+//! `palaver`: run a node, or a whole local cluster, or chat in a terminal.
 //!
 //! This binary is the edge: it reads flags and the cluster file, sets up
-//! logging, and hands everything else to `palaver-node`.
+//! logging, and hands everything else to `palaver-node`; `palaver chat` is
+//! the terminal client (`chat/`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
 
+mod chat;
 mod up;
 
 use anyhow::Context;
@@ -48,6 +50,11 @@ enum Command {
     /// Run the balancer: one public address in front of the cluster's nodes
     /// (the `[balancer]` section and `[[node]]` list of the cluster file).
     Balancer(BalancerArgs),
+    /// Chat in this terminal: rooms, messages, typing, through the
+    /// cluster's public address. Asks for the password (or reads it with
+    /// --password-stdin); survives node restarts by reconnecting.
+    #[command(after_help = chat::KEYS_HELP)]
+    Chat(chat::ChatArgs),
 }
 
 #[derive(clap::Args)]
@@ -103,6 +110,18 @@ const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let command = match cli.command {
+        // The chat screen owns the terminal: no log lines on it. Its errors
+        // are for a person: one line, no backtrace.
+        Command::Chat(args) => {
+            if let Err(e) = chat::main(args) {
+                eprintln!("palaver chat: {e:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -114,7 +133,8 @@ fn main() -> Result<()> {
     raise_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
-        match cli.command {
+        match command {
+            Command::Chat(_) => Ok(()),
             Command::Node(args) => run_node(args).await,
             Command::Up(args) => {
                 make_certs(&args.config)?;

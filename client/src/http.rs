@@ -30,6 +30,7 @@ use crate::types::PollAnswer;
 use crate::types::Room;
 use crate::types::SendAck;
 use crate::types::Visibility;
+use crate::ws::History;
 
 pub use reqwest::Method;
 
@@ -47,6 +48,17 @@ pub struct Http {
     addr: String,
     base: String,
     token: Option<String>,
+}
+
+/// One page of a room's history (§4) and where the rest of it starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryPage {
+    /// The page's messages, ascending.
+    pub messages: Vec<Message>,
+    /// The cursor of the `x-next-page` header: present when the server cut
+    /// the page short at its byte cap, so the page may hold fewer messages
+    /// than asked although more remain.
+    pub next: Option<History>,
 }
 
 /// A raw answer: status and body, for tests of odd inputs.
@@ -276,6 +288,25 @@ impl Http {
         self.json(Method::GET, &format!("/api/rooms/{room}/messages?before={before}{limit}"), NO_BODY, &[200]).await
     }
 
+    /// `GET .../messages` before or after a seq, or (`at` = None) the newest
+    /// page, with the `x-next-page` cursor of a page cut at the byte cap.
+    pub async fn history_page(&self, room: &str, at: Option<History>, limit: Option<u32>) -> Result<HistoryPage> {
+        let mut query = Vec::new();
+        match at {
+            Some(History::Before(n)) => query.push(format!("before={n}")),
+            Some(History::After(n)) => query.push(format!("after={n}")),
+            None => {}
+        }
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        let path = format!("/api/rooms/{room}/messages?{}", query.join("&"));
+        let resp = self.builder(Method::GET, &path).send().await?;
+        let next = resp.headers().get("x-next-page").and_then(|h| h.to_str().ok()).and_then(next_page);
+        let messages = decode(&checked(resp, &[200]).await?)?;
+        Ok(HistoryPage { messages, next })
+    }
+
     /// `POST /api/rooms/{room}/messages`: 201 once durable.
     pub async fn post_message(&self, room: &str, body: &str, client_id: &str) -> Result<SendAck> {
         let payload = NewMessage { body: Some(body), client_id: Some(client_id) };
@@ -377,4 +408,36 @@ async fn raw(resp: reqwest::Response) -> Result<Raw> {
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| Error::Decode(format!("{e}: {}", clip(&String::from_utf8_lossy(body)))))
+}
+
+/// Reads an `x-next-page` value: `after=N` or `before=N`.
+fn next_page(value: &str) -> Option<History> {
+    let (key, n) = value.trim().split_once('=')?;
+    let n = n.trim().parse().ok()?;
+    match key.trim() {
+        "after" => Some(History::After(n)),
+        "before" => Some(History::Before(n)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_page_cursors_are_read_and_anything_else_is_none() {
+        let cases = [
+            ("before=40", Some(History::Before(40))),
+            ("after=7", Some(History::After(7))),
+            (" before = 3 ", Some(History::Before(3))),
+            ("before=", None),
+            ("before=-1", None),
+            ("around=5", None),
+            ("", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(next_page(value), want, "{value:?}");
+        }
+    }
 }

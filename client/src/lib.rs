@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`Http`]: accounts, rooms and every room action of §2–§3, typed; plus a
-//!   raw [`Http::request`] escape hatch for odd inputs, and [`Http::poll`].
+//!   raw [`Http::request`] escape hatch for odd inputs, [`Http::poll`], and
+//!   [`Http::history_page`] with the cursor of a page cut at the byte cap.
 //! - [`Ws`]: one WebSocket (§5). Commands get increasing ids and each call
 //!   waits for the reply carrying its id; server events are buffered in
 //!   order for [`Ws::next_event`] / [`Ws::wait_for`]. Nothing reads the
@@ -13,7 +14,8 @@
 //! - [`ResilientClient`]: a WebSocket session that outlives its
 //!   connections: reconnects with backoff and jitter, re-authenticates,
 //!   re-subscribes with `since`, resends unanswered sends with the same
-//!   `client_id`, and hands messages over in seq order without duplicates.
+//!   `client_id`, and hands messages over in seq order without duplicates;
+//!   it also carries typing notices.
 //! - [`Error`]: one error type keeping the HTTP status, the protocol `code`
 //!   and `retry_after_ms`, and the WebSocket close code.
 //!
@@ -54,6 +56,7 @@ mod ws;
 
 pub use error::Error;
 pub use error::Result;
+pub use http::HistoryPage;
 pub use http::Http;
 pub use http::Method;
 pub use http::Raw;

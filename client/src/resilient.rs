@@ -278,6 +278,7 @@ enum Cmd {
     Send { room: String, body: String, client_id: String, reply: oneshot::Sender<Result<Sent>> },
     Subscribe { room: String, since: Option<u64>, reply: oneshot::Sender<Result<u64>> },
     Unsubscribe { room: String },
+    Typing { room: String },
     Reconnect,
     Close { done: oneshot::Sender<()> },
 }
@@ -379,6 +380,13 @@ impl ResilientClient {
     /// caller stay queued).
     pub fn unsubscribe(&self, room: &str) {
         let _ = self.cmds.send(Cmd::Unsubscribe { room: room.to_string() });
+    }
+
+    /// Tells `room`'s other subscribers that this user is typing. Best
+    /// effort, as typing notices are: written on the current session only
+    /// (dropped while disconnected, not resent), its reply ignored.
+    pub fn typing(&self, room: &str) {
+        let _ = self.cmds.send(Cmd::Typing { room: room.to_string() });
     }
 
     /// Drops the current connection (as a network failure would); the
@@ -702,7 +710,8 @@ impl Driver {
             Cmd::Unsubscribe { room } => {
                 self.drop_sub(&room);
             }
-            Cmd::Reconnect | Cmd::Close { .. } => {}
+            // A typing notice is stale by the time a session is up again.
+            Cmd::Typing { .. } | Cmd::Reconnect | Cmd::Close { .. } => {}
         }
     }
 
@@ -904,6 +913,9 @@ impl Driver {
                         Err(Ended { close_code: None, reason: "closed by the caller".into(), closing: true })
                     }
                     Some(Cmd::Reconnect) => Err(ended(None, "reconnect asked by the caller")),
+                    Some(Cmd::Typing { room }) => {
+                        self.write(&mut s, Command::Typing { room }, Waiting::Other).await.map(drop)
+                    }
                     Some(Cmd::Send { room, body, client_id, reply }) => {
                         let key = self.add_send(room, body, client_id, reply);
                         self.write_send(&mut s, key).await
