@@ -105,7 +105,7 @@ struct UpArgs {
 /// How long a stopping node may spend handing its rooms over.
 const HAND_OVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The address clients use when nothing else is said (PROTOCOL.md).
+/// The address clients use when nothing else is said (docs/protocol.md).
 const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
 
 fn main() -> Result<()> {

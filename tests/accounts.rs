@@ -1,4 +1,4 @@
-//! Accounts (PROTOCOL.md §2): register, login, logout, me, tickets, token
+//! Accounts (docs/protocol.md §2): register, login, logout, me, tickets, token
 //! lifetimes and login rate limits, against a real node process.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Bad input (PROTOCOL.md §1, §3, §4, §5): malformed JSON, wrong shapes,
+//! Bad input (docs/protocol.md §1, §3, §4, §5): malformed JSON, wrong shapes,
 //! bodies and client_ids out of range, oversize frames and bodies, invalid
 //! UTF-8, unknown commands, history limits. Names are checked in
 //! accounts.rs and rooms.rs; Origin and the 4001 first frame in websocket.rs.

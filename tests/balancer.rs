@@ -1,4 +1,4 @@
-//! The balancer (DESIGN.md "balancer"): strategies over real connections,
+//! The balancer (docs/protocol.md §7.4): strategies over real connections,
 //! health (active with hysteresis, passive with retry), draining, nodes
 //! learnt from the cluster, `GET /assign`, the admin endpoints, limits and
 //! graceful shutdown, against small fake nodes; and one end-to-end run with

@@ -9,7 +9,7 @@
 //! WebSockets); markup in a message stays text; a node is SIGKILLed while
 //! two people chat and afterwards both screens hold exactly the server's
 //! history; 300 messages page back in order. Elements are found only by
-//! their `data-test` names (docs/protocol.md, PROTOCOL.md §8) and ids.
+//! their `data-test` names (docs/protocol.md §10) and ids.
 //!
 //! Screenshots go to `target/screenshots/`. Without Chromium the test says
 //! why and passes, unless `PALAVER_CI` is set: then it fails.

@@ -1,4 +1,4 @@
-//! The three-node cluster (PROTOCOL.md §2–§5 across nodes): delivery and
+//! The three-node cluster (docs/protocol.md §2–§5 across nodes): delivery and
 //! one seq order for clients on different nodes, identical history from
 //! every node, accounts and logout across nodes, private-room rules on every
 //! node, presence gossip, concurrent sends from every node, idempotent

@@ -1,4 +1,4 @@
-//! Read-your-writes through the balancer (PROTOCOL.md §8 "Consistency"):
+//! Read-your-writes through the balancer (docs/protocol.md §8 "Consistency"):
 //! once a write is answered, any later request by anyone, through any node,
 //! sees it. Clients open a connection per request, so round-robin sends
 //! consecutive requests of one user to different nodes; no request is ever

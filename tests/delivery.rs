@@ -1,4 +1,4 @@
-//! Delivery guarantees (PROTOCOL.md §4, §5): gapless seqs under concurrent
+//! Delivery guarantees (docs/protocol.md §4, §5): gapless seqs under concurrent
 //! senders, one order for every member, `subscribe` with `since` racing live
 //! sends (no gap, no duplicate), resume after reconnect, and the slow
 //! consumer closed with 1013 that resumes with `since`.

@@ -1,4 +1,4 @@
-//! Who may do what (PROTOCOL.md §3): the permission matrix, table-driven.
+//! Who may do what (docs/protocol.md §3): the permission matrix, table-driven.
 //! Rows are the room actions of §3, columns the caller's standing (owner,
 //! moderator, member, outsider, banned), one table per visibility. Every
 //! cell runs on a fresh room, so one cell's effect cannot leak into another;

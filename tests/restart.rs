@@ -1,4 +1,4 @@
-//! Durability (PROTOCOL.md §4): every answered send survives a SIGKILL of
+//! Durability (docs/protocol.md §4): every answered send survives a SIGKILL of
 //! the node right after its answer, with the same seq; accounts, rooms,
 //! roles, bans and idempotency keys survive too.
 

@@ -1,4 +1,4 @@
-//! Rooms over HTTP (PROTOCOL.md §3, §4): every row of the rooms table with
+//! Rooms over HTTP (docs/protocol.md §3, §4): every row of the rooms table with
 //! its happy path and the errors the text names, history paging, and
 //! idempotent sends. Who-may-do-what is the matrix in permissions.rs.
 

@@ -1,4 +1,4 @@
-//! The other transports (PROTOCOL.md §1 tickets, §6, §7 health): SSE with a
+//! The other transports (docs/protocol.md §1 tickets, §6, §7 health): SSE with a
 //! ticket or a Bearer header, resume by `Last-Event-ID` and `?since=`; long
 //! and plain polling; `/healthz` and `/metrics`.
 

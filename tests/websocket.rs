@@ -1,4 +1,4 @@
-//! The WebSocket (PROTOCOL.md §5): authentication, every command, every
+//! The WebSocket (docs/protocol.md §5): authentication, every command, every
 //! server event, close codes 4001/4003 at the edges, Origin checks,
 //! pipelining and the per-connection send rate.
 

@@ -1,4 +1,4 @@
-//! Palaver client: speaks the client protocol (PROTOCOL.md, version 1) over
+//! Palaver client: speaks the client protocol (docs/protocol.md, version 1) over
 //! HTTP, WebSocket, Server-Sent Events and long polling.
 //!
 //! # Layout

@@ -1,4 +1,4 @@
-//! A WebSocket client that outlives its connections (PROTOCOL.md §4–§5): the
+//! A WebSocket client that outlives its connections (docs/protocol.md §4–§5): the
 //! one tests, benches and the terminal client use against a cluster.
 //!
 //! [`ResilientClient`] connects to one base address (the balancer), sends

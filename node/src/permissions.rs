@@ -95,7 +95,7 @@ pub fn check(standing: Standing, visibility: Visibility, admin: bool, action: Ac
         Standing::Banned => {
             return match action {
                 DeleteRoom | ReadAudit if admin => Ok(()),
-                // PROTOCOL.md: "A banned user's join gets forbidden", private rooms included.
+                // docs/protocol.md: "A banned user's join gets forbidden", private rooms included.
                 Join => Err(Forbidden),
                 _ if hidden => Err(NotFound),
                 _ => Err(Forbidden),

@@ -1,6 +1,5 @@
-//! Palaver's client wire protocol (`PROTOCOL.md`, as implemented:
-//! `docs/protocol.md`) as serde types: the commands a client sends and the
-//! check each frame must pass, the replies and events it gets back, the
+//! Palaver's client wire protocol (`docs/protocol.md`) as serde types: the
+//! commands a client sends and the check each frame must pass, the replies and events it gets back, the
 //! views of rooms, members, messages and accounts, the HTTP request bodies,
 //! error codes with their HTTP status, and WebSocket close codes. The node
 //! encodes through these types, the client decodes through them and the

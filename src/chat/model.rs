@@ -25,7 +25,7 @@ use palaver_client::Message;
 use palaver_client::Room;
 use palaver_client::Visibility;
 
-/// At most one typing notice per room this often (PROTOCOL.md asks for
+/// At most one typing notice per room this often (docs/protocol.md asks for
 /// nothing finer; the server rate-limits typing with sends).
 pub const TYPING_EVERY: Duration = Duration::from_secs(3);
 /// How long someone else's typing notice stays shown without a new one.

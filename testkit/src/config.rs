@@ -66,7 +66,7 @@ pub struct ClusterFile {
 }
 
 impl ClusterFile {
-    /// A file `dir/cluster.toml` for nodes `ids` on free ports, keeping data
+    /// A file `cluster.toml` in `dir` for nodes `ids` on free ports, keeping data
     /// in `dir/data` and certificates in `dir/tls`; `config` gives the rest.
     /// Not written yet: change [`ClusterFile::config`], then [`ClusterFile::write`].
     pub fn new(dir: &Path, ids: &[u64], mut config: Config) -> Result<ClusterFile> {

@@ -1,4 +1,4 @@
-//! HTTP handlers of PROTOCOL.md §2 and §3: parse, call the service, answer.
+//! HTTP handlers of docs/protocol.md §2 and §3: parse, call the service, answer.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! Operations endpoints (PROTOCOL.md §7): health (open), Prometheus metrics
+//! Operations endpoints (docs/protocol.md §7): health (open), Prometheus metrics
 //! (open unless `metrics_public = false`), the member list (ops token or
 //! admin), and the cluster view for admins.
 

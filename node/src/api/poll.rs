@@ -1,5 +1,5 @@
 //! `GET /api/poll`: long polling and, with `timeout_ms=0`, plain polling
-//! (PROTOCOL.md §6). Messages come from the store after each cursor, so a
+//! (docs/protocol.md §6). Messages come from the store after each cursor, so a
 //! poll is gapless by construction; other events (presence, typing, member
 //! changes) are included when they happen while the poll waits.
 

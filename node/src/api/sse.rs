@@ -1,4 +1,4 @@
-//! `GET /sse`: Server-Sent Events (PROTOCOL.md §6), and what SSE and long
+//! `GET /sse`: Server-Sent Events (docs/protocol.md §6), and what SSE and long
 //! polling share: authentication by header or ticket, room cursors, and the
 //! guard that unregisters a connection when its response is dropped.
 

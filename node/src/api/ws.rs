@@ -1,4 +1,4 @@
-//! `GET /ws`: the WebSocket transport (PROTOCOL.md §5).
+//! `GET /ws`: the WebSocket transport (docs/protocol.md §5).
 //!
 //! Each socket runs two tasks: this reader, which parses and checks commands
 //! in arrival order, and a writer, which alone owns the sink and turns queued

@@ -733,7 +733,7 @@ impl MetaState {
                 r.members.remove(t);
                 r.mutes.remove(t);
                 r.record(now, actor, "kick", t, None);
-                // PROTOCOL.md: a kick ends the user's live subscriptions, public rooms included.
+                // docs/protocol.md: a kick ends the user's live subscriptions, public rooms included.
                 member_event(t, MemberChange::Kicked, None, false);
             }
             RoomOp::Ban(t) => {

@@ -1,6 +1,6 @@
 //! Tests of the metadata state machine ([`MetaState::apply`]) and of the
 //! permission function ([`crate::permissions::check`]), read against
-//! PROTOCOL.md §2 (accounts, tokens, tickets) and §3 (rooms).
+//! docs/protocol.md §2 (accounts, tokens, tickets) and §3 (rooms).
 //!
 //! Every state here is built through `apply` only, from commands, the way a
 //! node builds it from the Raft log. Each group has one table-driven `check`.
@@ -1620,7 +1620,7 @@ mod permission_check {
             let admin_power = admin && matches!(a, Action::DeleteRoom | Action::ReadAudit);
             let invited_join =
                 s == (Standing::Outsider { invited: true }) && a == Action::Join && v == Visibility::Private;
-            // PROTOCOL.md: a banned user's join is forbidden, private rooms included.
+            // docs/protocol.md: a banned user's join is forbidden, private rooms included.
             let banned_join = s == Standing::Banned && a == Action::Join;
             let should_hide = hidden && !member && !admin_power && !invited_join && !banned_join;
             assert_eq!(answer == Err(Denied::NotFound), should_hide, "{s:?} {v:?} admin={admin} {a:?}: {answer:?}");

@@ -11,7 +11,7 @@
 //!   [`crate::meta::MetaRequest`]s to [`crate::meta::MetaState`]; snapshots in
 //!   tree `raft_snapshot`.
 //! - [`network`]: the network plug point ([`PeerNetwork`]) and [`NoPeers`],
-//!   the stand-in until the QUIC network arrives with the cluster step.
+//!   the network of a node alone (in a cluster, `cluster::raft_net` is QUIC).
 //! - [`handle`]: [`Consensus`], [`RaftSettings`], [`ConsensusError`].
 //!
 //! # Restart recovery

@@ -2,10 +2,10 @@
 //!
 //! The plug point is openraft's own [`RaftNetworkFactory`] trait, named here
 //! [`PeerNetwork`] with the one extra requirement this crate has: snapshots
-//! travel as [`SnapshotData`] bytes. The QUIC network arrives with the cluster
-//! step; until then [`NoPeers`] stands in: every RPC fails with an
-//! "unreachable" error naming the target node. A one-member cluster never
-//! sends an RPC, so it runs fully on this network.
+//! travel as [`SnapshotData`] bytes. A node in a cluster runs on the QUIC
+//! network (`cluster::raft_net`); a node alone runs on [`NoPeers`], where
+//! every RPC fails with an "unreachable" error naming the target node (a
+//! one-member group never sends one).
 
 use std::future::Future;
 
@@ -43,7 +43,7 @@ impl<T> PeerNetwork for T where
 }
 
 /// A network that reaches no one: every RPC fails as unreachable. Enough for
-/// a one-member cluster; replaced by QUIC in the cluster step.
+/// a one-member group (a node alone).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoPeers;
 
