@@ -72,20 +72,47 @@ impl RaftSettings {
     }
 
     fn openraft_config(&self) -> Result<Config, StartError> {
+        let timing = Timing {
+            heartbeat: self.heartbeat_interval,
+            election: self.election_timeout,
+            snapshot_every: self.snapshot_every,
+            keep_after_snapshot: self.logs_kept_after_snapshot,
+        };
+        timing.openraft_config("palaver-meta").map_err(StartError::Config)
+    }
+}
+
+/// The timing and log sizes of a Raft group (the metadata group or a shard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timing {
+    /// How often the leader sends heartbeats.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a random time between these two
+    /// starts an election.
+    pub election: (Duration, Duration),
+    /// Take a snapshot after this many entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries already in a snapshot kept for followers that lag a little.
+    pub keep_after_snapshot: u64,
+}
+
+impl Timing {
+    /// openraft's configuration for a group called `name`.
+    pub fn openraft_config(&self, name: &str) -> Result<Config, String> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut config = Config {
-            cluster_name: "palaver-meta".to_string(),
-            heartbeat_interval: ms(self.heartbeat_interval),
-            election_timeout_min: ms(self.election_timeout.0),
-            election_timeout_max: ms(self.election_timeout.1),
+            cluster_name: name.to_string(),
+            heartbeat_interval: ms(self.heartbeat),
+            election_timeout_min: ms(self.election.0),
+            election_timeout_max: ms(self.election.1),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
-            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             ..Config::default()
         };
         // A follower further behind than this gets a snapshot; it must exceed
         // the snapshot interval or a snapshot could not close the gap.
         config.replication_lag_threshold = config.replication_lag_threshold.max(self.snapshot_every.saturating_mul(2));
-        config.validate().map_err(|e| StartError::Config(e.to_string()))
+        config.validate().map_err(|e| e.to_string())
     }
 }
 

@@ -35,6 +35,7 @@ pub use handle::ConsensusError;
 pub use handle::ConsensusMetrics;
 pub use handle::RaftSettings;
 pub use handle::StartError;
+pub use handle::Timing;
 pub use log_store::Flusher;
 pub use log_store::LogStore;
 pub use log_store::Space;

@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use openraft::Config;
-use openraft::SnapshotPolicy;
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
 use parking_lot::RwLock;
@@ -33,6 +31,7 @@ use crate::raft::Flusher;
 use crate::raft::LogStore;
 use crate::raft::PeerNode;
 use crate::raft::Space;
+use crate::raft::Timing;
 use crate::rooms::Publisher;
 use crate::rooms::RoomLog;
 use crate::storage::Store;
@@ -41,46 +40,17 @@ use crate::storage::Store;
 pub type ShardRaft = openraft::Raft<ShardTypes, ShardStateMachine>;
 
 /// Timing and sizes of the shard groups.
-#[derive(Debug, Clone)]
-pub struct ShardSettings {
-    /// How often a shard leader sends heartbeats.
-    pub heartbeat: Duration,
-    /// A follower that hears no leader for a random time between these two
-    /// starts an election.
-    pub election: (Duration, Duration),
-    /// Take a snapshot after this many entries since the last one.
-    pub snapshot_every: u64,
-    /// Entries already in a snapshot kept for followers that lag a little.
-    pub keep_after_snapshot: u64,
-}
+pub type ShardSettings = Timing;
 
-impl Default for ShardSettings {
-    fn default() -> Self {
-        Self {
-            heartbeat: Duration::from_millis(250),
-            election: (Duration::from_millis(1500), Duration::from_millis(3000)),
-            snapshot_every: 20_000,
-            keep_after_snapshot: 5_000,
-        }
-    }
-}
-
-impl ShardSettings {
-    fn openraft_config(&self, shard: ShardId) -> Result<Config, ShardError> {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let mut config = Config {
-            cluster_name: format!("palaver-shard-{shard}"),
-            heartbeat_interval: ms(self.heartbeat),
-            election_timeout_min: ms(self.election.0),
-            election_timeout_max: ms(self.election.1),
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
-            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
-            ..Config::default()
-        };
-        // A follower further behind than this gets a snapshot; it must exceed
-        // the snapshot interval or a snapshot could not close the gap.
-        config.replication_lag_threshold = config.replication_lag_threshold.max(self.snapshot_every.saturating_mul(2));
-        config.validate().map_err(|e| ShardError::Raft(e.to_string()))
+/// The shard groups' timing unless the cluster file says otherwise: the
+/// metadata group's heartbeats and elections, snapshots every 20,000
+/// entries (a snapshot of a shard is a file of its rooms).
+pub fn default_settings() -> ShardSettings {
+    Timing {
+        heartbeat: Duration::from_millis(250),
+        election: (Duration::from_millis(1500), Duration::from_millis(3000)),
+        snapshot_every: 20_000,
+        keep_after_snapshot: 5_000,
     }
 }
 
@@ -159,7 +129,7 @@ impl ShardHost {
             return Ok(raft);
         }
         let p = &self.parts;
-        let config = Arc::new(p.settings.openraft_config(shard)?);
+        let config = Arc::new(p.settings.openraft_config(&format!("palaver-shard-{shard}")).map_err(ShardError::Raft)?);
         let log = LogStore::<ShardTypes>::new(p.raft_store.clone(), Space::shard(shard), p.flusher.clone());
         let sm =
             ShardStateMachine::open(shard, p.rooms.clone(), p.log.clone(), p.snapshots.clone(), p.publish.clone())?;
