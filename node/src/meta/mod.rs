@@ -9,8 +9,12 @@
 //! connection layer must do in reaction (close sockets, end subscriptions,
 //! publish member events) comes out as [`MetaEffect`]s.
 
+pub mod layout;
 mod state;
 #[cfg(test)]
 mod tests;
 
+pub use layout::ClusterNode;
+pub use layout::Layout;
+pub use layout::LayoutCommand;
 pub use state::*;

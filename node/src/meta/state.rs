@@ -7,6 +7,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
+use super::layout::Layout;
+use super::layout::LayoutCommand;
+
 use palaver_protocol::MemberChange;
 use palaver_protocol::Role;
 use palaver_protocol::UserRole;
@@ -279,6 +282,13 @@ pub enum MetaCommand {
         /// Must be greater than the current epoch.
         epoch: u64,
     },
+    /// Change the node set or the shards' replica sets.
+    Layout {
+        /// The admin who asks; `None` when the nodes propose it themselves.
+        actor: Option<String>,
+        /// What.
+        cmd: LayoutCommand,
+    },
 }
 
 impl MetaCommand {
@@ -430,6 +440,9 @@ pub enum MetaEffect {
         /// New epoch.
         epoch: u64,
     },
+    /// The node set or a shard's replicas changed: nodes open and close
+    /// their shard groups to match.
+    LayoutChanged,
 }
 
 /// The whole metadata state, identical on every node that applied the same log.
@@ -447,6 +460,27 @@ pub struct MetaState {
     pub next_room_key: u64,
     /// Nodes that take no new clients (the balancer steers new ones away).
     pub draining: BTreeSet<NodeId>,
+    /// The nodes and where each shard of room logs lives.
+    pub layout: Layout,
+}
+
+/// The metadata state as snapshot format 1 stored it, before the layout
+/// (data of an earlier version of Palaver).
+#[derive(Debug, Deserialize)]
+pub struct MetaStateV1 {
+    users: BTreeMap<String, User>,
+    sessions: BTreeMap<TokenHash, Session>,
+    tickets: BTreeMap<TokenHash, Ticket>,
+    rooms: BTreeMap<String, Room>,
+    next_room_key: u64,
+    draining: BTreeSet<NodeId>,
+}
+
+impl From<MetaStateV1> for MetaState {
+    fn from(v1: MetaStateV1) -> Self {
+        let MetaStateV1 { users, sessions, tickets, rooms, next_room_key, draining } = v1;
+        MetaState { users, sessions, tickets, rooms, next_room_key, draining, layout: Layout::default() }
+    }
 }
 
 /// The id of the direct room between two users.
@@ -615,6 +649,12 @@ impl MetaState {
                     epoch: *epoch,
                 });
                 Ok(MetaOk::Room(r.info.clone()))
+            }
+            MetaCommand::Layout { actor, cmd } => {
+                let admin = actor.as_deref().map(|a| self.is_admin(a));
+                self.layout.apply(cmd, admin)?;
+                effects.push(MetaEffect::LayoutChanged);
+                Ok(MetaOk::Done)
             }
         }
     }

@@ -43,6 +43,7 @@ use super::types::io_err;
 use crate::meta::MetaEffect;
 use crate::meta::MetaOk;
 use crate::meta::MetaState;
+use crate::meta::MetaStateV1;
 use crate::storage::Batch;
 use crate::storage::Store;
 
@@ -51,7 +52,7 @@ const SNAPSHOT: &str = "raft_snapshot";
 const KEY_META: &[u8] = b"meta";
 const KEY_DATA: &[u8] = b"data";
 /// Bumped when [`SnapshotFile`] changes shape.
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 
 /// Receives the effects of applied commands (close sockets, member events).
 ///
@@ -91,17 +92,28 @@ fn load_snapshot(store: &Store) -> io::Result<Option<Snapshot>> {
 
 /// Decodes snapshot bytes and checks them against their meta.
 fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<MetaState> {
-    let file: SnapshotFile<MetaState> = decode(SNAPSHOT, data)?;
-    if file.version != SNAPSHOT_VERSION {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("snapshot format {} is not {SNAPSHOT_VERSION}", file.version),
-        ));
-    }
-    if file.last_applied != meta.last_log_id || file.membership != meta.last_membership {
+    // Format 1 (before the layout) is read and converted; postcard puts the
+    // version byte first.
+    let (last_applied, membership, state) = match data.first() {
+        Some(1) => {
+            let file: SnapshotFile<MetaStateV1> = decode(SNAPSHOT, data)?;
+            (file.last_applied, file.membership, MetaState::from(file.state))
+        }
+        Some(&SNAPSHOT_VERSION) => {
+            let file: SnapshotFile<MetaState> = decode(SNAPSHOT, data)?;
+            (file.last_applied, file.membership, file.state)
+        }
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot format {other:?} is neither 1 nor {SNAPSHOT_VERSION}"),
+            ));
+        }
+    };
+    if last_applied != meta.last_log_id || membership != meta.last_membership {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its meta"));
     }
-    Ok(file.state)
+    Ok(state)
 }
 
 /// Stores `snapshot` durably as the current one. Unless `replace`, an older
@@ -321,4 +333,40 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         })
         .await
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::meta::User;
+    use palaver_protocol::UserRole;
+
+    #[test]
+    fn a_format_1_snapshot_of_an_earlier_version_still_loads() {
+        let users = BTreeMap::from([(
+            "ann".to_string(),
+            User { password_hash: "h".into(), role: UserRole::Admin, created_at: 5 },
+        )]);
+        let v1_state = (
+            users.clone(),
+            BTreeMap::<TokenHashAlias, crate::meta::Session>::new(),
+            BTreeMap::<TokenHashAlias, crate::meta::Ticket>::new(),
+            BTreeMap::<String, crate::meta::Room>::new(),
+            7u64,
+            BTreeSet::from([2u64]),
+        );
+        let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
+        let bytes = postcard::to_stdvec(&(1u8, None::<LogId>, StoredMembership::default(), v1_state)).expect("encode");
+        let state = decode_snapshot(&meta, &bytes).expect("a format 1 snapshot decodes");
+        assert_eq!((state.users, state.next_room_key, state.draining), (users, 7, BTreeSet::from([2])));
+        assert!(!state.layout.is_set());
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert!(decode_snapshot(&meta, &bad).is_err(), "an unknown format is an error, not a panic");
+    }
+
+    type TokenHashAlias = crate::meta::TokenHash;
 }

@@ -62,6 +62,9 @@ impl Node {
                     tokio::spawn(crate::cluster::failover::recover(self.clone(), room, room_key));
                 }
             }
+            // The shard groups follow the layout once they serve room logs
+            // (docs/shards.md, step 2); until then there is nothing to do.
+            MetaEffect::LayoutChanged => {}
         }
     }
 
