@@ -185,6 +185,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 identity,
                 ack: config.cluster.ack,
                 failure_timeout_ms: config.cluster.failure_timeout_ms,
+                shards: config.cluster.shards.map(|n| (n, config.cluster.replication)),
             };
             let settings = NodeSettings {
                 id,

@@ -309,7 +309,7 @@ async fn one_send_rate_holds_across_a_users_nodes() -> Result<()> {
         let text = node2.request(reqwest::Method::GET, "/metrics", None).await?.text;
         Ok(text
             .lines()
-            .any(|l| l.starts_with("palaver_quota_remote_charges_total") && !l.ends_with(" 0"))
+            .any(|l| l.starts_with("palaver_quota_remote_charges_total{usage=\"send\"}") && !l.ends_with(" 0"))
             .then_some(()))
     })
     .await?;

@@ -51,6 +51,11 @@ pub struct ClusterSection {
     /// `node-N.pem`, `node-N.key`); default `<data_dir>/tls`. `palaver up`
     /// and `palaver certs` create them there when absent.
     pub tls_dir: Option<PathBuf>,
+    /// Room logs on this many Raft shards (docs/shards.md; the design being
+    /// built). Unset: every room's log has an owner node, as before.
+    pub shards: Option<u32>,
+    /// Replicas of each shard.
+    pub replication: u8,
 }
 
 impl Default for ClusterSection {
@@ -61,6 +66,8 @@ impl Default for ClusterSection {
             ack: AckPolicy::Majority,
             failure_timeout_ms: 3_000,
             tls_dir: None,
+            shards: None,
+            replication: 3,
         }
     }
 }

@@ -31,6 +31,22 @@ pub enum Usage {
     Write,
 }
 
+impl Usage {
+    /// A name for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Usage::Send => "send",
+            Usage::FailedLogin => "failed_login",
+            Usage::FailedLoginPair => "failed_login_pair",
+            Usage::FailedLoginAddress => "failed_login_address",
+            Usage::Register => "register",
+            Usage::Ticket => "ticket",
+            Usage::Room => "room",
+            Usage::Write => "write",
+        }
+    }
+}
+
 /// A token bucket: `burst` tokens, refilled at `rate` per second.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {

@@ -23,11 +23,16 @@ const HIGH_QUOTA: u32 = 1_000_000;
 /// Rate limits of the test config: no ordinary test trips them.
 const HIGH_RATE: u32 = 10_000;
 
+/// Set to a number, runs room logs on that many shards in every cluster
+/// the kit starts (the design being built, docs/shards.md).
+pub const SHARDS_ENV: &str = "PALAVER_TEST_SHARDS";
+
 /// The node's defaults, with rate limits and quotas raised so ordinary tests
 /// never trip them, and [`ALLOWED_ORIGIN`] as the only browser origin.
 pub fn test_config() -> Config {
     let mut c = raised_limits(HIGH_RATE, HIGH_QUOTA);
     c.security.allowed_origins = vec![ALLOWED_ORIGIN.to_string()];
+    c.cluster.shards = std::env::var(SHARDS_ENV).ok().and_then(|v| v.parse().ok());
     c
 }
 

@@ -193,6 +193,19 @@ async fn accept(
     node: &Arc<Node>,
     s: ForwardedSend,
 ) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
+    if let Some(shards) = node.shards() {
+        // Checked again where the send is ordered, against metadata at least
+        // as new as the forwarding node's.
+        if node.consensus.applied_index() < s.applied {
+            node.consensus.wait_applied(s.applied, CATCH_UP).await?;
+        }
+        let room = crate::service::may_send(&node.meta(), &s.from, &s.room)?;
+        let shard = node.meta().layout.shard_of(&s.room);
+        if shards.led(shard).is_none() {
+            return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
+        }
+        return node.submit_to_shard(shards, s.from, room, s.body, s.client_id).await;
+    }
     let room = owned_room(node, &s.room, s.applied).await?;
     // Checked again where the send is ordered: a mute or kick the forwarding
     // node had not applied yet still stops it here.
@@ -201,7 +214,7 @@ async fn accept(
     }
     crate::service::may_send(&node.meta(), &s.from, &s.room)?;
     let pending = node.writer.submit_append(room, s.from, s.body, s.client_id).await?;
-    Ok(async move { Ok(pending.await?) })
+    Ok(Box::pin(async move { Ok(pending.await?) }))
 }
 
 /// The room as this node owns it. A node that does not see the room (or

@@ -127,15 +127,13 @@ impl PeerHandler for Handler {
                     gossip(&node, from, decode(&body)?);
                     Ok(Vec::new())
                 }
-                // Shard groups are not served yet (issue [4/6] wires them in).
                 Channel::Shards => {
+                    use crate::shards::network::ShardRpcs;
                     let call: crate::shards::network::ShardCall = decode(&body)?;
-                    let shard = match call {
-                        crate::shards::network::ShardCall::Append(s, _)
-                        | crate::shards::network::ShardCall::Vote(s, _)
-                        | crate::shards::network::ShardCall::PreVote(s, _) => s,
-                    };
-                    Ok(encode(&crate::shards::network::ShardAnswer::NoGroup(shard)))
+                    match node.shards() {
+                        Some(shards) => Ok(encode(&shards.host.call(call).await)),
+                        None => Err("this node runs no shards".into()),
+                    }
                 }
             }
         }
@@ -146,6 +144,12 @@ impl PeerHandler for Handler {
         let slot = self.node.clone();
         async move {
             let Some(node) = wait_node(&slot).await else { return };
+            if channel == Channel::Shards {
+                if let Some(shards) = node.shards() {
+                    crate::shards::network::serve_snapshot(&*shards.host, recv, send).await;
+                }
+                return;
+            }
             if channel != Channel::Rooms {
                 tracing::warn!(from, ?channel, "unexpected stream channel");
                 return;
@@ -231,9 +235,21 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
             }
         }
         RoomCall::Delete(d) => {
-            let room = match forward::owned_room(node, &d.room, d.applied).await {
-                Ok(r) => r,
-                Err(e) => return RoomAnswer::Refused(e.code.as_str().into(), e.message),
+            let room = match node.shards() {
+                Some(_) => node.meta().rooms.get(&d.room).map(|r| crate::rooms::RoomRef {
+                    key: r.info.key,
+                    id: d.room.as_str().into(),
+                    epoch: r.info.epoch,
+                    owner: r.info.owner_node,
+                }),
+                None => None,
+            };
+            let room = match room {
+                Some(r) => r,
+                None => match forward::owned_room(node, &d.room, d.applied).await {
+                    Ok(r) => r,
+                    Err(e) => return RoomAnswer::Refused(e.code.as_str().into(), e.message),
+                },
             };
             // The actor's standing is decided here, where the delete is ordered.
             if node.consensus.applied_index() < d.applied
@@ -254,12 +270,13 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
                         return RoomAnswer::Refused(e.code.as_str().into(), e.message);
                     }
                 };
-            match node.writer.delete(room, d.seq, d.actor, moderator).await {
+            let deleted = match node.shards() {
+                Some(_) => node.delete_on_shard(room, d.seq, d.actor, moderator).await,
+                None => node.writer.delete(room, d.seq, d.actor, moderator).await.map_err(ApiError::from),
+            };
+            match deleted {
                 Ok(sender) => RoomAnswer::Deleted(sender),
-                Err(e) => {
-                    let e = ApiError::from(e);
-                    RoomAnswer::Refused(e.code.as_str().into(), e.message)
-                }
+                Err(e) => RoomAnswer::Refused(e.code.as_str().into(), e.message),
             }
         }
     }

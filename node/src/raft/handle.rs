@@ -322,6 +322,11 @@ impl Consensus {
         self.applied.get()
     }
 
+    /// The node's Raft store (the shards keep their logs in it too).
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
     /// The Raft store's flusher, shared with the room-log shards' logs so
     /// one flush makes every group's appends durable.
     pub fn flusher(&self) -> Flusher {

@@ -217,6 +217,9 @@ impl Node {
     /// has it, so a message answered anywhere is in the page.
     pub async fn catch_up_room(&self, room: &RoomRef) -> Result<(), ApiError> {
         let Some(cluster) = &self.cluster else { return Ok(()) };
+        if let Some(shards) = self.shards() {
+            return self.catch_up_shard(shards, cluster, room).await;
+        }
         if room.owner == self.id {
             return Ok(());
         }
@@ -234,6 +237,40 @@ impl Node {
         if !self.log.wait_committed(room.key, committed, AWAIT_APPLIED).await {
             return Err(ApiError::unavailable("this node's copy of the room is catching up; retry"));
         }
+        record_catch_up(CatchUpReason::RoomLog, started);
+        Ok(())
+    }
+
+    /// The shards' form of [`Node::catch_up_room`]: this replica waits
+    /// until it has applied its shard's log as far as the leader's
+    /// ReadIndex.
+    async fn catch_up_shard(
+        &self,
+        shards: &super::Shards,
+        cluster: &crate::cluster::Cluster,
+        room: &RoomRef,
+    ) -> Result<(), ApiError> {
+        let shard = self.meta().layout.shard_of(&room.id);
+        let Some(raft) = shards.host.get(shard) else {
+            return Err(ApiError::unavailable(format!("this node holds no replica of shard {shard} yet; retry")));
+        };
+        let started = Instant::now();
+        let lease = shards.host.read_lease();
+        let index = match shards.leader(shard) {
+            Some(leader) if leader == self.id => {
+                crate::shards::host::read_index(&raft, lease).await.map_err(ApiError::unavailable)?
+            }
+            Some(leader) => {
+                crate::shards::network::ShardClient::read_index(&cluster.endpoint, leader, shard, CATCH_UP_TIMEOUT)
+                    .await
+                    .map_err(|e| ApiError::unavailable(format!("shard {shard}'s leader (node {leader}): {e}")))?
+            }
+            None => return Err(ApiError::unavailable(format!("shard {shard} has no leader now; retry"))),
+        };
+        raft.wait(Some(AWAIT_APPLIED))
+            .applied_index_at_least(Some(index), "the shard's read index is applied here")
+            .await
+            .map_err(|e| ApiError::unavailable(format!("this node's copy of shard {shard} is catching up: {e}")))?;
         record_catch_up(CatchUpReason::RoomLog, started);
         Ok(())
     }

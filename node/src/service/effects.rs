@@ -51,7 +51,19 @@ impl Node {
             }
             MetaEffect::RoomDeleted { room, room_key } => {
                 self.hub.close_room(room_key, to_json(&ServerEvent::RoomDeleted { room: room.as_str() }).into());
-                self.writer.purge(room_key).await;
+                match self.shards() {
+                    // The shard's leader writes the drop once for every replica.
+                    Some(shards) => {
+                        let shard = self.meta().layout.shard_of(&room);
+                        if let Some(raft) = shards.led(shard) {
+                            let op = crate::shards::types::ShardOp::Drop { room_key };
+                            if let Err(e) = shards.enqueue(shard, raft, op).await {
+                                tracing::warn!(%room, error = %e.message, "the deleted room's log stays");
+                            }
+                        }
+                    }
+                    None => self.writer.purge(room_key).await,
+                }
                 tracing::info!(%room, "room deleted");
             }
             MetaEffect::RoomAssigned { room, room_key, owner_node, epoch } => {

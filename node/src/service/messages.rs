@@ -29,6 +29,9 @@ use crate::rooms::DEFAULT_PAGE;
 use crate::rooms::MAX_PAGE;
 use crate::rooms::Message;
 use crate::rooms::RoomRef;
+use crate::shards::types::OpResult;
+use crate::shards::types::ShardOp;
+use futures_util::FutureExt;
 
 /// A send's answer, from this node's writer or from the room's owner.
 enum Wait<L> {
@@ -70,6 +73,9 @@ impl PageFill<'_> {
     }
 }
 
+/// How long a send waits for its shard to elect a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
 /// Longest client_id, characters.
 const MAX_CLIENT_ID: usize = 64;
 
@@ -99,7 +105,10 @@ impl Node {
         room: RoomRef,
         body: String,
         client_id: String,
-    ) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
+    ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
+        if let Some(shards) = self.shards() {
+            return self.submit_to_shard(shards, s.username.to_string(), room, body, client_id).await;
+        }
         let wait = match &self.cluster {
             Some(cluster) if room.owner == self.id && cluster.recovering.contains(room.key) => {
                 return Err(ApiError::unavailable("the room is moving to this node; retry"));
@@ -126,7 +135,62 @@ impl Node {
             };
             metrics::counter!("palaver_sends_total").increment(1);
             Ok(appended)
-        })
+        }
+        .boxed())
+    }
+
+    /// Queues a checked send on its shard: on this node's batcher when this
+    /// node leads the shard, otherwise on the ordered stream to the leader.
+    pub(crate) async fn submit_to_shard(
+        &self,
+        shards: &super::Shards,
+        from: String,
+        room: RoomRef,
+        body: String,
+        client_id: String,
+    ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
+        let shard = self.meta().layout.shard_of(&room.id);
+        let mut led = shards.led(shard);
+        if led.is_none() && shards.leader(shard).is_none() {
+            // An election is under way: this node may be the one to win it.
+            shards.wait_for_leader(shard, LEADER_WAIT).await;
+            led = shards.led(shard);
+        }
+        if let Some(raft) = led {
+            let op = ShardOp::Send { room_key: room.key, room: room.id.to_string(), from, body, client_id };
+            let wait = shards.enqueue(shard, raft, op).await?;
+            return Ok(async move {
+                let appended = match super::shards::answered(wait).await? {
+                    OpResult::Stored { seq, ts } => Appended { seq, ts, duplicate: false },
+                    OpResult::Duplicate { seq, ts } => Appended { seq, ts, duplicate: true },
+                    other => return Err(ApiError::internal(format!("a send answered {other:?}"))),
+                };
+                metrics::counter!("palaver_sends_total").increment(1);
+                Ok(appended)
+            }
+            .boxed());
+        }
+        let leader = shards.leader(shard).or_else(|| self.meta().layout.replicas(shard).first().copied());
+        let (Some(leader), Some(cluster)) = (leader, &self.cluster) else {
+            return Err(ApiError::unavailable(format!("shard {shard} has no leader yet; retry")));
+        };
+        let send = ForwardedSend {
+            id: 0,
+            from,
+            room: room.id.to_string(),
+            body,
+            client_id,
+            applied: self.consensus.applied_index(),
+        };
+        let answer = cluster.forwarder.submit(leader, send).await?;
+        Ok(async move {
+            let appended = answer
+                .await
+                .map_err(|_| ApiError::unavailable(format!("the shard leader (node {leader}) went away; retry")))??;
+            metrics::counter!("palaver_sends_total").increment(1);
+            Ok(appended)
+        }
+        .boxed())
     }
 
     /// Checks and stores a send made over HTTP (rate limited per session).
@@ -200,8 +264,21 @@ impl Node {
                 Ok((r, moderator))
             })
             .await?;
+        // Where the delete is ordered: the room's owner, or its shard's leader.
+        let target = match self.shards() {
+            Some(shards) => {
+                let shard = self.meta().layout.shard_of(room);
+                shards
+                    .leader(shard)
+                    .ok_or_else(|| ApiError::unavailable(format!("shard {shard} has no leader; retry")))?
+            }
+            None => r.owner,
+        };
         let sender = match &self.cluster {
-            Some(cluster) if r.owner != self.id => {
+            Some(_) if target == self.id && self.shards().is_some() => {
+                self.delete_on_shard(r, seq, s.username.to_string(), moderator).await?
+            }
+            Some(cluster) if target != self.id => {
                 let call = RoomCall::Delete(ForwardedDelete {
                     actor: s.username.to_string(),
                     room: room.to_string(),
@@ -210,7 +287,7 @@ impl Node {
                 });
                 let bytes = cluster
                     .endpoint
-                    .request(r.owner, Channel::Rooms, encode(&call), Duration::from_secs(10))
+                    .request(target, Channel::Rooms, encode(&call), Duration::from_secs(10))
                     .await
                     .map_err(|e| ApiError::unavailable(format!("the room's owner is unreachable: {e}")))?;
                 match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
@@ -227,6 +304,29 @@ impl Node {
             self.room_op(s, room, RoomOp::AuditDelete { sender, seq }).await?;
         }
         Ok(())
+    }
+
+    /// Removes a message's body through its shard's log; this node must
+    /// lead the shard. Answers the message's sender.
+    pub(crate) async fn delete_on_shard(
+        &self,
+        room: RoomRef,
+        seq: u64,
+        actor: String,
+        moderator: bool,
+    ) -> Result<String, ApiError> {
+        let shards = self.shards().ok_or_else(|| ApiError::internal("no shards on this node"))?;
+        let shard = self.meta().layout.shard_of(&room.id);
+        let raft = shards
+            .led(shard)
+            .ok_or_else(|| ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", self.id)))?;
+        let op = ShardOp::Delete { room_key: room.key, room: room.id.to_string(), seq, actor, moderator };
+        match super::shards::answered(shards.enqueue(shard, raft, op).await?).await? {
+            OpResult::Deleted { sender } => Ok(sender),
+            OpResult::NotFound => Err(ApiError::not_found("message")),
+            OpResult::Forbidden => Err(ApiError::forbidden("only the sender or a moderator may delete a message")),
+            other => Err(ApiError::internal(format!("a delete answered {other:?}"))),
+        }
     }
 
     /// Tells the room's other listeners that the caller is typing.

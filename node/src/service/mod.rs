@@ -10,6 +10,7 @@ mod messages;
 mod quotas;
 mod read_markers;
 mod rooms;
+mod shards;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ pub(crate) use self::messages::may_send;
 pub use self::quotas::Quotas;
 pub use self::quotas::Usage;
 pub(crate) use self::rooms::check_room_id;
+pub use self::shards::Shards;
 use crate::auth::Passwords;
 use crate::cluster::AckPolicy;
 use crate::cluster::Cluster;
@@ -100,6 +102,8 @@ pub struct ClusterSettings {
     pub ack: AckPolicy,
     /// A node silent this long loses its rooms to live nodes.
     pub failure_timeout_ms: u64,
+    /// Room logs on shards: how many, and how many replicas each.
+    pub shards: Option<(u32, u8)>,
 }
 
 /// A running node's shared state.
@@ -131,6 +135,8 @@ pub struct Node {
     read_markers: Arc<read_markers::ReadMarkers>,
     /// Peers, when this node is part of a cluster.
     pub cluster: Option<Cluster>,
+    /// Room logs on shards, when the cluster file asks for them.
+    shards: Option<Shards>,
 }
 
 /// Why a node could not start.
@@ -237,6 +243,23 @@ impl Node {
         };
         let failure_timeout_ms = settings.cluster.as_ref().map_or(0, |c| c.failure_timeout_ms);
         let barrier = ReadBarrier::new(consensus.clone(), cluster.as_ref().map(|c| c.endpoint.clone()), settings.id);
+        let shards = match (&cluster, settings.cluster.as_ref().and_then(|c| c.shards)) {
+            (Some(c), Some((count, replication))) => {
+                let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
+                    me: settings.id,
+                    raft_store: consensus.store(),
+                    flusher: consensus.flusher(),
+                    rooms: log.store().clone(),
+                    log: log.clone(),
+                    snapshots: settings.data_dir.join("shard-snapshots"),
+                    publish: publish.clone(),
+                    endpoint: c.endpoint.clone(),
+                    settings: crate::shards::host::default_settings(),
+                });
+                Some(Shards::new(host, count, replication))
+            }
+            _ => None,
+        };
         let node = Arc::new(Node {
             id: settings.id,
             quotas: Quotas::new(&limits, cluster.is_some()),
@@ -253,6 +276,7 @@ impl Node {
             barrier,
             read_markers: Arc::default(),
             cluster,
+            shards,
         });
         let _ = slot.set(Arc::downgrade(&node));
         if let (Some(cluster), Some(rx)) = (&node.cluster, flushed_rx) {
@@ -273,8 +297,12 @@ impl Node {
             let wiring = crate::cluster::replicator::Wiring { endpoint, peers, needed, log, writer, publish };
             tokio::spawn(crate::cluster::replicator::run(wiring, current_epoch, rx));
             tokio::spawn(crate::cluster::gossip_loop(Arc::downgrade(&node)));
-            tokio::spawn(crate::cluster::announce_loop(Arc::downgrade(&node)));
-            tokio::spawn(crate::cluster::failover::watch(Arc::downgrade(&node), failure_timeout_ms));
+            if node.shards.is_some() {
+                tokio::spawn(Node::run_shards(Arc::downgrade(&node)));
+            } else {
+                tokio::spawn(crate::cluster::announce_loop(Arc::downgrade(&node)));
+                tokio::spawn(crate::cluster::failover::watch(Arc::downgrade(&node), failure_timeout_ms));
+            }
         }
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
         tokio::spawn(read_markers::run(node.read_markers.clone(), Arc::downgrade(&node)));
@@ -283,7 +311,14 @@ impl Node {
             .wait_for_leader(LEADER_WAIT)
             .await
             .map_err(|e| StartError::Consensus(format!("no metadata leader within {LEADER_WAIT:?}: {e}")))?;
-        if node.cluster.is_some() {
+        if node.shards.is_some() {
+            // Not fatal: a node whose shards are late still serves, and its
+            // sends wait for a leader or answer 503.
+            if let Err(e) = node.wait_for_shards(LEADER_WAIT).await {
+                tracing::warn!(error = %e.message, "starting before every shard group is in place");
+            }
+        }
+        if node.cluster.is_some() && node.shards.is_none() {
             tokio::spawn(crate::cluster::failover::recover_owned(node.clone()));
         }
         Ok(node)
@@ -396,6 +431,9 @@ impl Node {
     /// must have been closed by the caller.
     pub async fn shutdown(&self) {
         self.read_markers.flush(self).await;
+        if let Some(shards) = &self.shards {
+            shards.host.shutdown().await;
+        }
         self.consensus.shutdown().await;
     }
 }

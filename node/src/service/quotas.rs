@@ -184,8 +184,8 @@ impl Quotas {
     pub fn charge_remote(&self, counts: &[(Usage, String, u32)], now_ms: u64) {
         for (usage, key, n) in counts {
             self.limiter(*usage).charge(key, *n, now_ms);
+            metrics::counter!("palaver_quota_remote_charges_total", "usage" => usage.as_str()).increment(u64::from(*n));
         }
-        metrics::counter!("palaver_quota_remote_charges_total").increment(counts.len() as u64);
     }
 }
 

@@ -110,6 +110,13 @@ impl ShardHost {
         self.groups.read().get(&shard).cloned()
     }
 
+    /// How old a quorum acknowledgement a leader may read under: two
+    /// thirds of the shortest election timeout, so no other leader can
+    /// have been elected meanwhile.
+    pub fn read_lease(&self) -> Duration {
+        self.parts.settings.election.0 * 2 / 3
+    }
+
     /// The shards open here.
     pub fn open_shards(&self) -> BTreeSet<ShardId> {
         self.groups.read().keys().copied().collect()
@@ -170,6 +177,14 @@ impl ShardHost {
     }
 }
 
+/// On the shard's leader: the index a read must have applied to see every
+/// write acknowledged before this call, leadership confirmed by a quorum
+/// acknowledgement less than `lease` old (a heartbeat round when none).
+pub async fn read_index(raft: &ShardRaft, lease: Duration) -> Result<u64, String> {
+    let option = openraft::LinearizerOption::new(Some(lease), true);
+    raft.get_read_linearizer(option).await.map(|l| l.read_log_id().index()).map_err(|e| e.to_string())
+}
+
 fn refused(e: impl std::fmt::Display) -> ShardAnswer {
     ShardAnswer::Refused(e.to_string())
 }
@@ -177,16 +192,21 @@ fn refused(e: impl std::fmt::Display) -> ShardAnswer {
 impl ShardRpcs for ShardHost {
     fn call(&self, call: ShardCall) -> BoxFuture<'static, ShardAnswer> {
         let shard = match &call {
-            ShardCall::Append(s, _) | ShardCall::Vote(s, _) | ShardCall::PreVote(s, _) => *s,
+            ShardCall::Append(s, _) | ShardCall::Vote(s, _) | ShardCall::PreVote(s, _) | ShardCall::ReadIndex(s) => *s,
         };
         let Some(raft) = self.get(shard) else {
             return futures_util::future::ready(ShardAnswer::NoGroup(shard)).boxed();
         };
+        let lease = self.read_lease();
         async move {
             match call {
                 ShardCall::Append(_, req) => raft.append_entries(req).await.map_or_else(refused, ShardAnswer::Append),
                 ShardCall::Vote(_, req) => raft.vote(req).await.map_or_else(refused, ShardAnswer::Vote),
                 ShardCall::PreVote(_, req) => raft.pre_vote(req).await.map_or_else(refused, ShardAnswer::Vote),
+                ShardCall::ReadIndex(_) => match read_index(&raft, lease).await {
+                    Ok(index) => ShardAnswer::ReadIndex(index),
+                    Err(e) => refused(e),
+                },
             }
         }
         .boxed()

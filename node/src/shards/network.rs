@@ -59,6 +59,9 @@ pub enum ShardCall {
     Vote(ShardId, VoteRequest<ShardTypes>),
     /// Pre-vote.
     PreVote(ShardId, VoteRequest<ShardTypes>),
+    /// The leader's ReadIndex for the shard (a replica about to answer a
+    /// read waits until it has applied that far).
+    ReadIndex(ShardId),
 }
 
 /// The answer to a [`ShardCall`].
@@ -70,6 +73,8 @@ pub enum ShardAnswer {
     Vote(VoteResponse<ShardTypes>),
     /// To a snapshot stream.
     Snapshot(SnapshotResponse<ShardTypes>),
+    /// To ReadIndex.
+    ReadIndex(u64),
     /// The receiving node has no group for that shard (yet, or any more).
     NoGroup(ShardId),
     /// Raft refused the call.
@@ -269,4 +274,20 @@ async fn receive(rpcs: &dyn ShardRpcs, recv: &mut RecvStream) -> Result<(Snapsho
     }
     out.sync_all().await.map_err(|e| e.to_string())?;
     Ok((header, file))
+}
+
+impl ShardClient {
+    /// Asks `target` (the shard's leader) for its ReadIndex.
+    pub async fn read_index(
+        endpoint: &PeerEndpoint,
+        target: u64,
+        shard: ShardId,
+        timeout: Duration,
+    ) -> Result<u64, String> {
+        let client = ShardClient { endpoint: endpoint.clone(), shard, target };
+        match client.call(&ShardCall::ReadIndex(shard), timeout).await.map_err(|e| e.to_string())? {
+            ShardAnswer::ReadIndex(index) => Ok(index),
+            other => Err(format!("unexpected shard answer: {other:?}")),
+        }
+    }
 }
