@@ -32,6 +32,8 @@ const BATCH_MAX: usize = 1_024;
 const QUEUE: usize = 8_192;
 
 type Pending = (ShardOp, oneshot::Sender<Result<OpResult, ApiError>>);
+/// A shard placed on this node and its replicas.
+type Placed = (ShardId, Vec<u64>);
 
 /// Shards on this node: the host and, per shard this node leads, the queue
 /// of operations waiting for the next entry.
@@ -204,7 +206,7 @@ impl Node {
     /// Opens every shard group the layout places here that is not open.
     async fn open_placed_shards(&self) -> Result<(), ApiError> {
         let Some(shards) = self.shards() else { return Ok(()) };
-        let (placed, nodes): (Vec<(ShardId, Vec<u64>)>, BTreeMap<u64, PeerNode>) = {
+        let (placed, nodes): (Vec<Placed>, BTreeMap<u64, PeerNode>) = {
             let meta = self.meta();
             let layout = &meta.layout;
             let placed = (0..layout.shards.len() as u32)
