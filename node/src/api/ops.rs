@@ -125,12 +125,21 @@ pub async fn cluster(State(node): State<Arc<Node>>, Authed(s): Authed) -> Result
             })
         })
         .collect();
-    let rooms: Vec<_> = node
-        .meta()
-        .rooms
-        .values()
-        .map(|r| json!({"room": r.info.id, "owner_node": r.info.owner_node, "epoch": r.info.epoch}))
-        .collect();
+    let rooms: Vec<_> = {
+        let meta = node.meta();
+        meta.rooms
+            .values()
+            .map(|r| match node.shards() {
+                // On shards, the node that orders a room's writes is its
+                // shard's leader, as this node knows it.
+                Some(shards) => {
+                    let shard = meta.layout.shard_of(&r.info.id);
+                    json!({"room": r.info.id, "shard": shard, "owner_node": shards.leader(shard)})
+                }
+                None => json!({"room": r.info.id, "owner_node": r.info.owner_node, "epoch": r.info.epoch}),
+            })
+            .collect()
+    };
     Ok(axum::Json(json!({
         "node": node.id,
         "leader": m.current_leader,
