@@ -309,6 +309,10 @@ pub(crate) fn local_tail(node: &Node, room_key: u64) -> Result<Tail, String> {
 /// Bounded by `within`.
 pub async fn hand_over(node: &Arc<Node>, within: Duration) {
     let Some(cluster) = &node.cluster else { return };
+    if node.shards().is_some() {
+        // On shards, the other replicas elect a new leader by themselves.
+        return;
+    }
     let work = async {
         let live = cluster.presence.lock().alive(now_ms(), super::SILENT_MS);
         if live.is_empty() {

@@ -200,7 +200,7 @@ async fn accept(
             node.consensus.wait_applied(s.applied, CATCH_UP).await?;
         }
         let room = crate::service::may_send(&node.meta(), &s.from, &s.room)?;
-        let shard = node.meta().layout.shard_of(&s.room);
+        let shard = node.shard_of(&s.room)?;
         if shards.led(shard).is_none() {
             return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
         }

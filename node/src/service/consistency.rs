@@ -250,7 +250,7 @@ impl Node {
         cluster: &crate::cluster::Cluster,
         room: &RoomRef,
     ) -> Result<(), ApiError> {
-        let shard = self.meta().layout.shard_of(&room.id);
+        let shard = self.shard_of(&room.id)?;
         let Some(raft) = shards.host.get(shard) else {
             return Err(ApiError::unavailable(format!("this node holds no replica of shard {shard} yet; retry")));
         };

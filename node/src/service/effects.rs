@@ -54,8 +54,9 @@ impl Node {
                 match self.shards() {
                     // The shard's leader writes the drop once for every replica.
                     Some(shards) => {
-                        let shard = self.meta().layout.shard_of(&room);
-                        if let Some(raft) = shards.led(shard) {
+                        if let Ok(shard) = self.shard_of(&room)
+                            && let Some(raft) = shards.led(shard)
+                        {
                             let op = crate::shards::types::ShardOp::Drop { room_key };
                             if let Err(e) = shards.enqueue(shard, raft, op).await {
                                 tracing::warn!(%room, error = %e.message, "the deleted room's log stays");
@@ -66,6 +67,8 @@ impl Node {
                 }
                 tracing::info!(%room, "room deleted");
             }
+            // Owners and epochs mean nothing to rooms on shards.
+            MetaEffect::RoomAssigned { .. } if self.shards().is_some() => {}
             MetaEffect::RoomAssigned { room, room_key, owner_node, epoch } => {
                 tracing::info!(%room, owner_node, epoch, "room log owner changed");
                 // Appends still queued here under the old epoch are refused.

@@ -149,7 +149,7 @@ impl Node {
         body: String,
         client_id: String,
     ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
-        let shard = self.meta().layout.shard_of(&room.id);
+        let shard = self.shard_of(&room.id)?;
         let mut led = shards.led(shard);
         if led.is_none() && shards.leader(shard).is_none() {
             // An election is under way: this node may be the one to win it.
@@ -267,7 +267,7 @@ impl Node {
         // Where the delete is ordered: the room's owner, or its shard's leader.
         let target = match self.shards() {
             Some(shards) => {
-                let shard = self.meta().layout.shard_of(room);
+                let shard = self.shard_of(room)?;
                 shards
                     .leader(shard)
                     .ok_or_else(|| ApiError::unavailable(format!("shard {shard} has no leader; retry")))?
@@ -316,7 +316,7 @@ impl Node {
         moderator: bool,
     ) -> Result<String, ApiError> {
         let shards = self.shards().ok_or_else(|| ApiError::internal("no shards on this node"))?;
-        let shard = self.meta().layout.shard_of(&room.id);
+        let shard = self.shard_of(&room.id)?;
         let raft = shards
             .led(shard)
             .ok_or_else(|| ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", self.id)))?;

@@ -255,6 +255,7 @@ impl Node {
                     publish: publish.clone(),
                     endpoint: c.endpoint.clone(),
                     settings: crate::shards::host::default_settings(),
+                    shard_count: Some(count),
                 });
                 Some(Shards::new(host, count, replication))
             }

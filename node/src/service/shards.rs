@@ -148,6 +148,16 @@ async fn batch_loop(shard: ShardId, raft: ShardRaft, mut rx: mpsc::Receiver<Pend
 }
 
 impl Node {
+    /// A room's shard; `unavailable` until this node knows the layout
+    /// (before that every room would look like shard 0).
+    pub fn shard_of(&self, room: &str) -> Result<ShardId, ApiError> {
+        let meta = self.meta();
+        if !meta.layout.is_set() {
+            return Err(ApiError::unavailable("the shard layout is not known here yet; retry"));
+        }
+        Ok(meta.layout.shard_of(room))
+    }
+
     /// The node's shards, when room logs run on shards.
     pub fn shards(&self) -> Option<&Shards> {
         self.shards.as_ref()

@@ -85,6 +85,9 @@ pub struct HostParts {
     pub endpoint: PeerEndpoint,
     /// Timing.
     pub settings: ShardSettings,
+    /// Shards in the cluster (`None`: operations are not checked against
+    /// it, for tests of one shard).
+    pub shard_count: Option<u32>,
 }
 
 /// The shard groups of this node.
@@ -138,8 +141,14 @@ impl ShardHost {
         let p = &self.parts;
         let config = Arc::new(p.settings.openraft_config(&format!("palaver-shard-{shard}")).map_err(ShardError::Raft)?);
         let log = LogStore::<ShardTypes>::new(p.raft_store.clone(), Space::shard(shard), p.flusher.clone());
-        let sm =
-            ShardStateMachine::open(shard, p.rooms.clone(), p.log.clone(), p.snapshots.clone(), p.publish.clone())?;
+        let sm = ShardStateMachine::open(
+            shard,
+            p.shard_count,
+            p.rooms.clone(),
+            p.log.clone(),
+            p.snapshots.clone(),
+            p.publish.clone(),
+        )?;
         let network = ShardNetwork { endpoint: p.endpoint.clone(), shard };
         let raft = ShardRaft::new(p.me, config, network, log, sm).await.map_err(|e| ShardError::Raft(e.to_string()))?;
         if let Some(members) = initial {

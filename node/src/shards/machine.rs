@@ -94,6 +94,9 @@ pub struct ShardStateMachine {
     /// Last seq per room of this shard (loaded from the store on first use).
     last: HashMap<u64, u64>,
     snapshots: PathBuf,
+    /// The cluster's shard count, to refuse an operation on a room of
+    /// another shard (two shards writing one room would split its seqs).
+    shard_count: Option<u32>,
     /// The newest snapshot built or installed: its meta and file.
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
 }
@@ -107,9 +110,12 @@ impl std::fmt::Debug for ShardStateMachine {
 impl ShardStateMachine {
     /// Opens shard `shard`'s state over the room-log store (`log` reads the
     /// same store); snapshots live in `snapshots`; committed messages and
-    /// deletions go to `publish`.
+    /// deletions go to `publish`. With `shard_count`, an operation on a room
+    /// that is not this shard's is refused.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         shard: ShardId,
+        shard_count: Option<u32>,
         store: Store,
         log: Arc<RoomLog>,
         snapshots: PathBuf,
@@ -130,6 +136,7 @@ impl ShardStateMachine {
             applied,
             last: HashMap::new(),
             snapshots,
+            shard_count,
             current: Arc::new(Mutex::new(current)),
         })
     }
@@ -229,6 +236,17 @@ impl ShardStateMachine {
         }
         let mut results = Vec::with_capacity(b.ops.len());
         for op in &b.ops {
+            let room = match op {
+                ShardOp::Send { room, .. } | ShardOp::Delete { room, .. } => Some(room.as_str()),
+                ShardOp::Drop { .. } => None,
+            };
+            if let (Some(room), Some(count)) = (room, self.shard_count)
+                && super::placement::shard_of(room, count) != self.shard
+            {
+                tracing::error!(shard = self.shard, room, "an operation on another shard's room: refused");
+                results.push(OpResult::Nothing);
+                continue;
+            }
             results.push(self.apply_op(b.ts, op, pending, batch, out)?);
         }
         Ok(ShardResults(results))

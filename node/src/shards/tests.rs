@@ -32,8 +32,8 @@ impl StoreBuilder<ShardTypes, LogStore<ShardTypes>, ShardStateMachine, TempDir> 
         let rooms = storage::open(self.0, &dir.path().join("rooms.db")).map_err(err)?;
         let log = LogStore::<ShardTypes>::new(raft.clone(), Space::shard(7), Flusher::start(raft).map_err(err)?);
         let room_log = Arc::new(RoomLog::new(rooms.clone()));
-        let sm =
-            ShardStateMachine::open(7, rooms, room_log, dir.path().join("snapshots"), Arc::new(|_| {})).map_err(err)?;
+        let sm = ShardStateMachine::open(7, None, rooms, room_log, dir.path().join("snapshots"), Arc::new(|_| {}))
+            .map_err(err)?;
         Ok((dir, log, sm))
     }
 }
@@ -88,6 +88,7 @@ mod machine {
         let sink = published.clone();
         let sm = ShardStateMachine::open(
             SHARD,
+            None,
             store,
             log.clone(),
             dir.path().join("snap"),
@@ -337,6 +338,7 @@ mod groups {
             publish: Arc::new(|_| {}),
             endpoint: endpoint.clone(),
             settings: settings(),
+            shard_count: None,
         });
         let _ = route.0.set(host.clone());
         Member { host, log, endpoint, _dir: dir }
