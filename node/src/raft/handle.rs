@@ -107,6 +107,10 @@ impl Timing {
             election_timeout_max: ms(self.election.1),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            // A node cut off for a while must not, once back, depose a
+            // leader that kept working (it would have raised its term
+            // alone): it asks first whether it could win.
+            enable_pre_vote: Some(true),
             ..Config::default()
         };
         // A follower further behind than this gets a snapshot; it must exceed
