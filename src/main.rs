@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
 
+mod admin;
 mod chat;
 mod up;
 
@@ -55,6 +56,19 @@ enum Command {
     /// --password-stdin); survives node restarts by reconnecting.
     #[command(after_help = chat::KEYS_HELP)]
     Chat(chat::ChatArgs),
+    /// Print the cluster's nodes: address, health, Raft role, shards (or
+    /// rooms) led, connections. Exits 0 when every node is up, 1 if not.
+    Status(admin::StatusArgs),
+    /// Stop sending new clients to node N and move the leadership of its
+    /// shards to other replicas; waits until it leads none.
+    Drain(admin::NodeOpArgs),
+    /// Add node N (its [[node]] entry must be in the cluster file and the
+    /// node running: `palaver certs`, then `palaver node --config FILE --id
+    /// N`); waits until the shards placed on it have moved there.
+    AddNode(admin::NodeOpArgs),
+    /// Remove node N: its shards move to the other nodes, then it leaves the
+    /// cluster; waits until it has, after which it may be stopped.
+    RemoveNode(admin::NodeOpArgs),
 }
 
 #[derive(clap::Args)]
@@ -142,6 +156,15 @@ fn main() -> Result<()> {
             }
             Command::Certs(args) => make_certs(&args.config),
             Command::Balancer(args) => run_balancer(args).await,
+            Command::Status(args) => {
+                if !admin::status(args).await? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Command::Drain(args) => admin::drain(args).await,
+            Command::AddNode(args) => admin::add_node(args).await,
+            Command::RemoveNode(args) => admin::remove_node(args).await,
         }
     })
 }

@@ -98,7 +98,14 @@ impl Builder {
             let role = Role::Member { file: file.path.clone(), id };
             procs.push(NodeProcess::spawn(&self.node_name(id), role, &self.launch)?);
         }
-        let mut cluster = Cluster { file, procs, root: base, ready_within: self.launch.ready_within(), _dir: None };
+        let mut cluster = Cluster {
+            file,
+            procs,
+            root: base,
+            ready_within: self.launch.ready_within(),
+            builder: self.clone(),
+            _dir: None,
+        };
         cluster.wait_all_ready().await?;
         Ok(cluster)
     }
@@ -114,6 +121,8 @@ pub struct Cluster {
     procs: Vec<NodeProcess>,
     root: PathBuf,
     ready_within: Duration,
+    /// How the nodes were started (names, launch), for nodes added later.
+    builder: Builder,
     // Last: removed after the processes are gone.
     _dir: Option<tempfile::TempDir>,
 }
@@ -220,6 +229,27 @@ impl Cluster {
         Ws::connect_auth(&self.addr(id), &user.token)
             .await
             .with_context(|| format!("websocket to node {id} for {}", user.name))
+    }
+
+    /// Adds node `id` to the cluster file (free ports, its certificate made)
+    /// and starts it. A new node waits to be added to the cluster (`palaver
+    /// add-node`), so this does not wait for its ready line: see
+    /// [`Cluster::wait_ready`].
+    pub fn spawn_new_node(&mut self, id: u64) -> Result<()> {
+        if self.ids().contains(&id) {
+            bail!("node {id} is already in the cluster file");
+        }
+        let section = crate::ports::node_sections(&[id])?;
+        self.file.config.nodes.extend(section);
+        self.file.write()?;
+        let role = Role::Member { file: self.file.path.clone(), id };
+        self.procs.push(NodeProcess::spawn(&self.builder.node_name(id), role, &self.builder.launch)?);
+        Ok(())
+    }
+
+    /// Waits for node `id`'s ready line (bounded by the launch's wait).
+    pub async fn wait_ready(&mut self, id: u64) -> Result<()> {
+        self.process_mut(id).ready().await.map(|_| ()).with_context(|| format!("node {id}"))
     }
 
     /// SIGKILLs node `id` and waits for it.

@@ -40,23 +40,25 @@ impl FromRequestParts<Arc<Node>> for Authed {
 }
 
 /// Access to the operations endpoints: `Authorization: Bearer` with the
-/// cluster's ops token, or with the session token of an admin.
-pub struct Ops;
+/// cluster's ops token, or with the session token of an admin (named here;
+/// `None` for the ops token).
+pub struct Ops(pub Option<String>);
 
 impl FromRequestParts<Arc<Node>> for Ops {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
-        check_ops(&parts.headers, node).await.map(|()| Ops)
+        check_ops(&parts.headers, node).await.map(Ops)
     }
 }
 
 /// Whether `headers` carry operations access (see [`Ops`]): 401 without a
 /// token or with one that is neither; 403 for a user who is not an admin.
-pub async fn check_ops(headers: &HeaderMap, node: &Arc<Node>) -> Result<(), ApiError> {
+/// Answers the admin's name, or `None` for the ops token.
+pub async fn check_ops(headers: &HeaderMap, node: &Arc<Node>) -> Result<Option<String>, ApiError> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
     if node.security.ops_token.as_ref().is_some_and(|t| t.matches(token)) {
-        return Ok(());
+        return Ok(None);
     }
     let session = node.authenticate(token).await?;
     node.read(|meta| {
@@ -66,7 +68,8 @@ pub async fn check_ops(headers: &HeaderMap, node: &Arc<Node>) -> Result<(), ApiE
             Err(ApiError::forbidden("the operations endpoints are for admins and the ops token"))
         }
     })
-    .await
+    .await?;
+    Ok(Some(session.username.to_string()))
 }
 
 /// The client's IP address: the TCP peer, or behind a trusted proxy the

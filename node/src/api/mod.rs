@@ -85,6 +85,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/cluster", get(ops::cluster))
         .route("/api/cluster/members", get(ops::members))
         .route("/api/cluster/drain", post(ops::drain))
+        .route("/api/cluster/nodes", post(ops::add_node))
+        .route("/api/cluster/nodes/{id}", delete(ops::remove_node))
         .route("/ws", get(ws::upgrade))
         .route("/sse", get(sse::stream))
         .route("/healthz", get(ops::healthz))

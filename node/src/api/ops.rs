@@ -12,9 +12,10 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use serde_json::json;
 
-use super::extract::Authed;
 use super::extract::Ops;
 use super::extract::check_ops;
+use crate::meta::LayoutCommand;
+use crate::meta::MetaCommand;
 use crate::service::ApiError;
 use crate::service::Node;
 
@@ -32,10 +33,11 @@ pub async fn healthz(State(node): State<Arc<Node>>) -> Response {
 }
 
 /// The nodes clients may be sent to, for the balancer (which sends the ops
-/// token) and admins.
+/// token) and admins. A draining node, or one leaving the cluster, is
+/// listed as `draining`: it gets no new clients.
 pub async fn members(State(node): State<Arc<Node>>, _: Ops) -> Response {
     let m = node.consensus.metrics();
-    let draining = node.meta().draining.clone();
+    let avoid = node.avoided_nodes();
     let connections = node.cluster.as_ref().map(|c| c.presence.lock().connections()).unwrap_or_default();
     let list: Vec<_> = m
         .members
@@ -46,7 +48,7 @@ pub async fn members(State(node): State<Arc<Node>>, _: Ops) -> Response {
             json!({
                 "id": id,
                 "address": peer.client_addr,
-                "state": if draining.contains(id) { "draining" } else { "serving" },
+                "state": if avoid.contains(id) { "draining" } else { "serving" },
                 "connections": conns,
             })
         })
@@ -61,23 +63,79 @@ pub struct DrainRequest {
     draining: bool,
 }
 
-/// Marks a node draining or serving again (admin only).
+/// Marks a node draining (no new clients, no shard leadership) or serving
+/// again (ops token or admin).
 pub async fn drain(
     State(node): State<Arc<Node>>,
-    Authed(s): Authed,
+    Ops(admin): Ops,
     super::extract::Json(d): super::extract::Json<DrainRequest>,
 ) -> Result<Response, ApiError> {
     if !node.consensus.metrics().members.contains_key(&d.node) {
         return Err(ApiError::not_found(format!("node {}", d.node)));
     }
-    node.propose(crate::meta::MetaCommand::SetDraining {
-        actor: s.username.to_string(),
-        node: d.node,
-        draining: d.draining,
-    })
-    .await?;
-    tracing::info!(node = d.node, draining = d.draining, by = %s.username, "node drain state changed");
+    let actor = admin.clone().unwrap_or_else(|| crate::meta::OPS_ACTOR.to_string());
+    node.propose(crate::meta::MetaCommand::SetDraining { actor, node: d.node, draining: d.draining }).await?;
+    tracing::info!(
+        node = d.node,
+        draining = d.draining,
+        by = admin.as_deref().unwrap_or("ops token"),
+        "node drain state changed"
+    );
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `{"id","client","peer"}`: a node to add.
+#[derive(serde::Deserialize)]
+pub struct AddNodeRequest {
+    id: u64,
+    client: String,
+    peer: String,
+}
+
+/// Adds a node to the cluster's layout (ops token or admin): it joins the
+/// metadata group and the shards placed on it move there (see
+/// `service::membership`). Answers at once; `GET /api/cluster` shows the
+/// moves still to make.
+pub async fn add_node(
+    State(node): State<Arc<Node>>,
+    Ops(admin): Ops,
+    super::extract::Json(a): super::extract::Json<AddNodeRequest>,
+) -> Result<Response, ApiError> {
+    if node.shards().is_none() {
+        return Err(ApiError::new(
+            palaver_protocol::Code::Conflict,
+            "nodes are added to clusters on shards ([cluster] shards in the cluster file)",
+        ));
+    }
+    for (what, addr) in [("client", &a.client), ("peer", &a.peer)] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::bad_request(format!(
+                "{what} must be an address such as 127.0.0.1:7001, not {addr:?}"
+            )));
+        }
+    }
+    let cmd = LayoutCommand::AddNode { id: a.id, client: a.client.clone(), peer: a.peer.clone() };
+    node.propose(MetaCommand::Layout { actor: admin.clone(), cmd }).await?;
+    tracing::info!(node = a.id, client = %a.client, peer = %a.peer, by = admin.as_deref().unwrap_or("ops token"), "node added to the layout");
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"node": a.id}))).into_response())
+}
+
+/// Starts removing a node (ops token or admin): its shards move to the
+/// others, then it leaves the metadata group.
+pub async fn remove_node(
+    State(node): State<Arc<Node>>,
+    Ops(admin): Ops,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Result<Response, ApiError> {
+    if node.shards().is_none() {
+        return Err(ApiError::new(
+            palaver_protocol::Code::Conflict,
+            "nodes are removed from clusters on shards ([cluster] shards in the cluster file)",
+        ));
+    }
+    node.propose(MetaCommand::Layout { actor: admin.clone(), cmd: LayoutCommand::RemoveNode { id } }).await?;
+    tracing::info!(node = id, by = admin.as_deref().unwrap_or("ops token"), "node leaving the cluster");
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"node": id}))).into_response())
 }
 
 /// Prometheus text format; with `metrics_public = false`, for the ops
@@ -89,12 +147,11 @@ pub async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Resul
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.render_metrics()).into_response())
 }
 
-/// Nodes, Raft roles and the room → owner assignment (admin only).
-pub async fn cluster(State(node): State<Arc<Node>>, Authed(s): Authed) -> Result<Response, ApiError> {
-    node.read(|meta| {
-        if meta.is_admin(&s.username) { Ok(()) } else { Err(ApiError::forbidden("the cluster view is for admins")) }
-    })
-    .await?;
+/// This node's view of the cluster (ops token or admin): the nodes with
+/// their state and Raft role, this node's own role and the shards it
+/// leads, the layout (each shard's replicas, the moves still to make), and
+/// the room → owner assignment.
+pub async fn cluster(State(node): State<Arc<Node>>, _: Ops) -> Result<Response, ApiError> {
     let m = node.consensus.metrics();
     let now = crate::clock::now_ms();
     let (alive, connections) = match &node.cluster {
@@ -104,6 +161,7 @@ pub async fn cluster(State(node): State<Arc<Node>>, Authed(s): Authed) -> Result
         }
         None => (Vec::new(), Default::default()),
     };
+    let avoid = node.avoided_nodes();
     let nodes: Vec<_> = m
         .members
         .iter()
@@ -115,19 +173,29 @@ pub async fn cluster(State(node): State<Arc<Node>>, Authed(s): Authed) -> Result
                 (false, true) => "follower",
                 (false, false) => "unknown",
             };
+            let state = if avoid.contains(id) {
+                "draining"
+            } else if me {
+                "serving"
+            } else if up {
+                "up"
+            } else {
+                "down"
+            };
             json!({
                 "id": id,
                 "address": peer.client_addr,
                 "peer_address": peer.peer_addr,
-                "state": if node.meta().draining.contains(id) { "draining" } else if me { "serving" } else if up { "up" } else { "down" },
+                "state": state,
                 "connections": if me { Some(node.hub.connection_count() as u64) } else { connections.get(id).copied() },
                 "raft_role": raft_role,
             })
         })
         .collect();
-    let rooms: Vec<_> = {
+    let (rooms, layout, rooms_led) = {
         let meta = node.meta();
-        meta.rooms
+        let rooms: Vec<_> = meta
+            .rooms
             .values()
             .map(|r| match node.shards() {
                 // On shards, the node that orders a room's writes is its
@@ -138,14 +206,37 @@ pub async fn cluster(State(node): State<Arc<Node>>, Authed(s): Authed) -> Result
                 }
                 None => json!({"room": r.info.id, "owner_node": r.info.owner_node, "epoch": r.info.epoch}),
             })
-            .collect()
+            .collect();
+        let rooms_led = meta.rooms.values().filter(|r| r.info.owner_node == node.id).count();
+        let l = &meta.layout;
+        let layout = l.is_set().then(|| {
+            json!({
+                "shards": l.shards.len(),
+                "replication": l.replication,
+                "nodes": l.nodes.iter().map(|(id, n)| json!({
+                    "id": id, "address": n.client, "peer_address": n.peer, "leaving": n.leaving,
+                })).collect::<Vec<_>>(),
+                "replicas": l.shards,
+                "pending_moves": l.pending_moves().len(),
+            })
+        });
+        (rooms, layout, rooms_led)
     };
+    let shards_led: Option<Vec<u32>> =
+        node.shards().map(|s| s.host.open_shards().into_iter().filter(|shard| s.led(*shard).is_some()).collect());
+    let role = format!("{:?}", m.role).to_lowercase();
     Ok(axum::Json(json!({
         "node": node.id,
+        "role": role,
         "leader": m.current_leader,
         "term": m.term,
         "last_applied": m.last_applied,
+        "connections": node.hub.connection_count(),
+        "draining": avoid.contains(&node.id),
+        "shards_led": shards_led,
+        "rooms_led": if node.shards().is_none() { Some(rooms_led) } else { None },
         "nodes": nodes,
+        "layout": layout,
         "rooms": rooms,
     }))
     .into_response())

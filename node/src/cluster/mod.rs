@@ -195,6 +195,11 @@ async fn raft_call(node: &Node, call: RaftCall) -> RaftAnswer {
             Err(ConsensusError::NotLeader { leader }) => RaftAnswer::NotLeader(leader.map(|(id, _)| id)),
             Err(e) => refused(&e),
         },
+        RaftCall::TransferLeader(req) => match raft.handle_transfer_leader(req).await {
+            Ok(Ok(())) => RaftAnswer::Transferred,
+            Ok(Err(e)) => refused(&e),
+            Err(e) => refused(&e),
+        },
         RaftCall::AwaitApplied(index) => {
             match node.consensus.wait_applied(index, crate::service::AWAIT_APPLIED).await {
                 Ok(()) => RaftAnswer::Applied,
@@ -321,10 +326,11 @@ impl Cluster {
         }
     }
 
-    /// Tells every peer something, not waiting for answers.
+    /// Tells every peer something (every node the endpoint can dial, those
+    /// added since the start included), not waiting for answers.
     pub fn broadcast(&self, g: &Gossip) {
         let bytes = encode(g);
-        for peer in &self.peers {
+        for peer in &self.endpoint.peer_ids() {
             let endpoint = self.endpoint.clone();
             let bytes = bytes.clone();
             let peer = *peer;

@@ -16,6 +16,8 @@ use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 
@@ -51,7 +53,10 @@ pub struct QuicRaftClient {
 impl RaftNetworkFactory<TypeConfig> for QuicRaftNetwork {
     type Network = QuicRaftClient;
 
-    async fn new_client(&mut self, target: u64, _node: &PeerNode) -> Self::Network {
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
+        // A node added while this one runs is dialled where the membership
+        // says it is.
+        self.endpoint.learn_peer(target, &node.peer_addr);
         QuicRaftClient { endpoint: self.endpoint.clone(), target }
     }
 }
@@ -107,6 +112,17 @@ impl RaftNetworkV2<TypeConfig> for QuicRaftClient {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self.call(&RaftCall::PreVote(rpc), option.hard_ttl()).await? {
             RaftAnswer::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(&RaftCall::TransferLeader(req), option.hard_ttl()).await? {
+            RaftAnswer::Transferred => Ok(Ok(())),
             other => Err(unexpected(other)),
         }
     }

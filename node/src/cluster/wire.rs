@@ -42,6 +42,8 @@ pub enum RaftCall {
     /// has applied the log this far (or a timeout), so no node grants what
     /// was revoked after the answer.
     AwaitApplied(u64),
+    /// The leader hands leadership to the node named in the request.
+    TransferLeader(openraft::raft::TransferLeaderRequest<TypeConfig>),
 }
 
 /// The answer to a [`RaftCall`].
@@ -65,6 +67,8 @@ pub enum RaftAnswer {
     ReadIndex(u64),
     /// To AwaitApplied: this node has applied the log that far.
     Applied,
+    /// To TransferLeader.
+    Transferred,
     /// Not the leader (any more); the caller retries with the one named.
     NotLeader(Option<u64>),
     /// Raft refused the call.

@@ -355,6 +355,26 @@ impl PeerEndpoint {
         self.inner.local_addr
     }
 
+    /// Every node this endpoint knows how to dial.
+    pub fn peer_ids(&self) -> Vec<u64> {
+        self.inner.peers.read().keys().copied().collect()
+    }
+
+    /// Records where to dial `peer` when no address is known for it (a
+    /// node added to the cluster while this one runs); an unparsable
+    /// address is ignored, and a known one is left as it is.
+    pub fn learn_peer(&self, peer: u64, addr: &str) {
+        if peer == self.inner.node_id || self.inner.peers.read().contains_key(&peer) {
+            return;
+        }
+        match addr.parse::<SocketAddr>() {
+            Ok(addr) => {
+                self.inner.peers.write().entry(peer).or_insert(addr);
+            }
+            Err(e) => tracing::warn!(peer, addr, error = %e, "a peer's address is not a socket address"),
+        }
+    }
+
     /// Where to dial each node id. May change at run time: a connection to
     /// a peer whose address changed or that was removed is closed.
     pub fn set_peers(&self, peers: BTreeMap<u64, SocketAddr>) {

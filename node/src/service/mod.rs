@@ -6,6 +6,7 @@ mod accounts;
 mod consistency;
 mod effects;
 mod error;
+mod membership;
 mod messages;
 mod quotas;
 mod read_markers;
@@ -160,6 +161,8 @@ pub enum StartError {
 
 /// How long a starting node waits for a metadata leader.
 const LEADER_WAIT: Duration = Duration::from_secs(60);
+/// How often a node waiting to join says so.
+const JOIN_NOTICE_EVERY: Duration = Duration::from_secs(15);
 /// Hops a metadata write may take looking for the leader.
 const FORWARD_ATTEMPTS: usize = 4;
 /// How long a forwarded metadata write may take.
@@ -308,10 +311,7 @@ impl Node {
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
         tokio::spawn(read_markers::run(node.read_markers.clone(), Arc::downgrade(&node)));
         tokio::spawn(accounts::sweep_expired(Arc::downgrade(&node)));
-        node.consensus
-            .wait_for_leader(LEADER_WAIT)
-            .await
-            .map_err(|e| StartError::Consensus(format!("no metadata leader within {LEADER_WAIT:?}: {e}")))?;
+        node.wait_for_metadata_leader().await?;
         if node.shards.is_some() {
             // Not fatal: a node whose shards are late still serves, and its
             // sends wait for a leader or answer 503.
@@ -323,6 +323,34 @@ impl Node {
             tokio::spawn(crate::cluster::failover::recover_owned(node.clone()));
         }
         Ok(node)
+    }
+
+    /// Waits until the metadata group has a leader. A node whose group was
+    /// never initialised here (a new node waiting for `palaver add-node`,
+    /// or one of a new cluster's first nodes) waits as long as it takes,
+    /// saying so now and then; a node that was part of the cluster gives
+    /// up after [`LEADER_WAIT`].
+    async fn wait_for_metadata_leader(&self) -> Result<(), StartError> {
+        let initialized =
+            self.consensus.raft().is_initialized().await.map_err(|e| StartError::Consensus(e.to_string()))?;
+        if initialized {
+            return self
+                .consensus
+                .wait_for_leader(LEADER_WAIT)
+                .await
+                .map(|_| ())
+                .map_err(|e| StartError::Consensus(format!("no metadata leader within {LEADER_WAIT:?}: {e}")));
+        }
+        loop {
+            if self.consensus.wait_for_leader(JOIN_NOTICE_EVERY).await.is_ok() {
+                return Ok(());
+            }
+            tracing::info!(
+                node = self.id,
+                "waiting to join the cluster (a new node joins once an admin runs `palaver add-node {}`)",
+                self.id
+            );
+        }
     }
 
     /// Hands a committed event to local listeners.

@@ -1,7 +1,7 @@
-//! The node's side of room logs on shards (docs/shards.md), while they are
-//! being built: setting the layout up, opening the shard groups placed on
-//! this node, and the batcher that turns sends into shard log entries on a
-//! shard's leader. Used when the cluster file sets `[cluster] shards`.
+//! The node's side of room logs on shards (docs/shards.md): setting the
+//! layout up, opening the shard groups placed on this node, and the batcher
+//! that turns sends into shard log entries on a shard's leader. Used when
+//! the cluster file sets `[cluster] shards`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,12 +45,14 @@ pub struct Shards {
     /// Replicas per shard.
     pub replication: u8,
     batchers: Mutex<BTreeMap<ShardId, mpsc::Sender<Pending>>>,
+    /// Membership and leadership steps in progress here.
+    pub(super) steps: super::membership::Steps,
 }
 
 impl Shards {
     /// Shards over `host`.
     pub fn new(host: Arc<ShardHost>, count: u32, replication: u8) -> Self {
-        Self { host, count, replication, batchers: Mutex::new(BTreeMap::new()) }
+        Self { host, count, replication, batchers: Mutex::new(BTreeMap::new()), steps: Default::default() }
     }
 
     /// Queues `op` for shard `shard`'s next entry on this node, which must
@@ -164,14 +166,16 @@ impl Node {
     }
 
     /// Sets the layout up once (on the metadata leader), then keeps this
-    /// node's shard groups matching it.
+    /// node's shard groups matching it and moves them toward it.
     pub(super) async fn run_shards(node: Weak<Node>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
             let Some(node) = node.upgrade() else { return };
-            if let Err(e) = node.follow_layout().await {
-                tracing::debug!(error = %e.message, "shard groups not in place yet");
+            match node.follow_layout().await {
+                Ok(true) => node.drive_layout(),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e.message, "shard groups not in place yet"),
             }
         }
     }
@@ -213,14 +217,19 @@ impl Node {
         Ok(())
     }
 
-    /// Opens every shard group the layout places here that is not open.
+    /// Opens every shard group the layout places here, or wants here next,
+    /// that is not open.
     async fn open_placed_shards(&self) -> Result<(), ApiError> {
         let Some(shards) = self.shards() else { return Ok(()) };
         let (placed, nodes): (Vec<Placed>, BTreeMap<u64, PeerNode>) = {
             let meta = self.meta();
             let layout = &meta.layout;
+            let desired = layout.desired();
             let placed = (0..layout.shards.len() as u32)
-                .filter(|s| layout.replicas(*s).contains(&self.id))
+                .filter(|s| {
+                    layout.replicas(*s).contains(&self.id)
+                        || desired.replicas.get(*s as usize).is_some_and(|r| r.contains(&self.id))
+                })
                 .map(|s| (s, layout.replicas(s).to_vec()))
                 .collect();
             let nodes = layout
@@ -235,8 +244,8 @@ impl Node {
             if open.contains(&shard) {
                 continue;
             }
-            // The first replica initialises a new shard's group; the others
-            // wait for its leader.
+            // The first replica initialises a new shard's group; the others,
+            // and a node the shard is moving to, wait for its leader.
             let initial = (replicas.first() == Some(&self.id))
                 .then(|| replicas.iter().filter_map(|id| nodes.get(id).map(|n| (*id, n.clone()))).collect());
             shards.host.open(shard, initial).await.map_err(|e| ApiError::unavailable(e.to_string()))?;

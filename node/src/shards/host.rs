@@ -201,7 +201,11 @@ fn refused(e: impl std::fmt::Display) -> ShardAnswer {
 impl ShardRpcs for ShardHost {
     fn call(&self, call: ShardCall) -> BoxFuture<'static, ShardAnswer> {
         let shard = match &call {
-            ShardCall::Append(s, _) | ShardCall::Vote(s, _) | ShardCall::PreVote(s, _) | ShardCall::ReadIndex(s) => *s,
+            ShardCall::Append(s, _)
+            | ShardCall::Vote(s, _)
+            | ShardCall::PreVote(s, _)
+            | ShardCall::ReadIndex(s)
+            | ShardCall::TransferLeader(s, _) => *s,
         };
         let Some(raft) = self.get(shard) else {
             return futures_util::future::ready(ShardAnswer::NoGroup(shard)).boxed();
@@ -212,6 +216,11 @@ impl ShardRpcs for ShardHost {
                 ShardCall::Append(_, req) => raft.append_entries(req).await.map_or_else(refused, ShardAnswer::Append),
                 ShardCall::Vote(_, req) => raft.vote(req).await.map_or_else(refused, ShardAnswer::Vote),
                 ShardCall::PreVote(_, req) => raft.pre_vote(req).await.map_or_else(refused, ShardAnswer::Vote),
+                ShardCall::TransferLeader(_, req) => match raft.handle_transfer_leader(req).await {
+                    Ok(Ok(())) => ShardAnswer::Transferred,
+                    Ok(Err(e)) => refused(e),
+                    Err(e) => refused(e),
+                },
                 ShardCall::ReadIndex(_) => match read_index(&raft, lease).await {
                     Ok(index) => ShardAnswer::ReadIndex(index),
                     Err(e) => refused(e),

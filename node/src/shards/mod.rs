@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`placement`]: a room's shard, a shard's replicas, balanced leaders (pure).
+//! - [`plan`]: a shard leader's next step toward the layout (pure).
 //! - [`types`]: what a shard's log carries ([`types::ShardBatch`]) and answers.
 //! - [`machine`]: the state machine: room logs applied from the shard's log.
 //! - [`snapshot`]: snapshots as files, built and installed as streams.
@@ -11,12 +12,12 @@
 //!
 //! The logs themselves live in the node's Raft store next to the metadata
 //! group's ([`crate::raft::LogStore`] in a [`crate::raft::Space::shard`]).
-//! Not wired into the node yet.
 
 pub mod host;
 pub mod machine;
 pub mod network;
 pub mod placement;
+pub mod plan;
 pub mod snapshot;
 pub mod types;
 

@@ -23,6 +23,8 @@ use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use quinn::RecvStream;
@@ -62,6 +64,8 @@ pub enum ShardCall {
     /// The leader's ReadIndex for the shard (a replica about to answer a
     /// read waits until it has applied that far).
     ReadIndex(ShardId),
+    /// The leader hands leadership to the node named in the request.
+    TransferLeader(ShardId, TransferLeaderRequest<ShardTypes>),
 }
 
 /// The answer to a [`ShardCall`].
@@ -75,6 +79,8 @@ pub enum ShardAnswer {
     Snapshot(SnapshotResponse<ShardTypes>),
     /// To ReadIndex.
     ReadIndex(u64),
+    /// To TransferLeader.
+    Transferred,
     /// The receiving node has no group for that shard (yet, or any more).
     NoGroup(ShardId),
     /// Raft refused the call.
@@ -124,7 +130,10 @@ pub struct ShardClient {
 impl RaftNetworkFactory<ShardTypes> for ShardNetwork {
     type Network = ShardClient;
 
-    async fn new_client(&mut self, target: u64, _node: &PeerNode) -> Self::Network {
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
+        // A replica added while the node runs is dialled where the
+        // membership says it is.
+        self.endpoint.learn_peer(target, &node.peer_addr);
         ShardClient { endpoint: self.endpoint.clone(), shard: self.shard, target }
     }
 }
@@ -209,6 +218,17 @@ impl RaftNetworkV2<ShardTypes> for ShardClient {
     ) -> Result<VoteResponse<ShardTypes>, RPCError<ShardTypes>> {
         match self.call(&ShardCall::PreVote(self.shard, rpc), option.hard_ttl()).await? {
             ShardAnswer::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<ShardTypes>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<ShardTypes>, RPCError<ShardTypes>> {
+        match self.call(&ShardCall::TransferLeader(self.shard, req), option.hard_ttl()).await? {
+            ShardAnswer::Transferred => Ok(Ok(())),
             other => Err(unexpected(other)),
         }
     }

@@ -10,6 +10,7 @@
 //! shrinking the cluster cheap.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 /// A node id (the metadata group's).
 pub type NodeId = u64;
@@ -75,11 +76,21 @@ impl Placement {
     /// shards are taken in order and each goes to the replica leading the
     /// fewest so far (ties: the best-scored one). Deterministic.
     pub fn leaders(&self) -> Vec<Option<NodeId>> {
+        self.leaders_avoiding(&BTreeSet::new())
+    }
+
+    /// [`Placement::leaders`] with none on the `avoid` nodes (draining or
+    /// leaving): a shard all of whose replicas are avoided gets `None`.
+    pub fn leaders_avoiding(&self, avoid: &BTreeSet<NodeId>) -> Vec<Option<NodeId>> {
         let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
         self.replicas
             .iter()
             .map(|set| {
-                let leader = set.iter().min_by_key(|n| led.get(*n).copied().unwrap_or(0)).copied();
+                let leader = set
+                    .iter()
+                    .filter(|n| !avoid.contains(n))
+                    .min_by_key(|n| led.get(*n).copied().unwrap_or(0))
+                    .copied();
                 if let Some(l) = leader {
                     *led.entry(l).or_insert(0) += 1;
                 }
@@ -202,5 +213,18 @@ mod tests {
             assert!(max - min <= 1, "{n} nodes: leaders spread {led:?}");
         }
         assert_eq!(Placement::new(4, &[], 3).leaders(), vec![None; 4]);
+    }
+
+    #[test]
+    fn avoided_nodes_lead_nothing_and_the_rest_stay_spread() {
+        let p = Placement::new(64, &nodes(3), 3);
+        let leaders = p.leaders_avoiding(&BTreeSet::from([2]));
+        let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for l in &leaders {
+            *led.entry(l.expect("two replicas are left")).or_insert(0) += 1;
+        }
+        assert_eq!(led.keys().copied().collect::<Vec<_>>(), vec![1, 3], "{led:?}");
+        assert!(led.values().all(|c| *c == 32), "{led:?}");
+        assert_eq!(p.leaders_avoiding(&BTreeSet::from([1, 2, 3])), vec![None; 64]);
     }
 }

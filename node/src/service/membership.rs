@@ -1,0 +1,319 @@
+//! Moving the cluster toward the layout the metadata group records
+//! (docs/shards.md, "Membership"). Every node runs [`Node::drive_layout`]
+//! on a timer:
+//! - each shard's leader takes its shard's next step ([`plan::next_step`]):
+//!   new replicas catch up as learners, the voters change, the metadata
+//!   group records the new replica set, leadership goes to the preferred
+//!   replica (spread evenly, never on a draining or leaving node);
+//! - the metadata leader keeps the metadata group's members equal to the
+//!   layout's nodes, and forgets a leaving node once it holds no shard;
+//! - every node closes the shard groups it no longer holds.
+//!
+//! Each step is idempotent and decided again from the recorded state on
+//! the next tick, so a leader that fails half-way leaves nothing that the
+//! next leader cannot finish.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::ChangeMembers;
+use openraft::async_runtime::watch::WatchReceiver;
+use parking_lot::Mutex;
+
+use super::ApiError;
+use super::Node;
+use crate::meta::LayoutCommand;
+use crate::meta::MetaCommand;
+use crate::raft::PeerNode;
+use crate::shards::host::ShardRaft;
+use crate::shards::placement::Placement;
+use crate::shards::placement::ShardId;
+use crate::shards::plan;
+use crate::shards::plan::ShardStep;
+use crate::shards::plan::ShardView;
+
+/// How long a new replica may take to catch up (a snapshot plus the log).
+const CATCH_UP: Duration = Duration::from_secs(120);
+/// A replica counts as caught up when it acknowledged within this long.
+const RECENT_ACK: Duration = Duration::from_secs(1);
+/// Membership changes one node runs at once.
+const CONCURRENT_CHANGES: usize = 2;
+/// After a leadership transfer, the shard is left alone this long (the
+/// new leader takes over, or the transfer lapses and an election runs).
+const TRANSFER_PAUSE: Duration = Duration::from_secs(5);
+/// A shard led for less than this is not handed on yet (its followers may
+/// still be catching up after an election).
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// The steps in progress on this node, so a tick never starts a second
+/// step for the same shard.
+#[derive(Default)]
+pub struct Steps {
+    busy: Mutex<BTreeMap<ShardId, Instant>>,
+    /// When this node became leader of each shard it leads, as first seen.
+    led_since: Mutex<BTreeMap<ShardId, Instant>>,
+    meta_busy: std::sync::atomic::AtomicBool,
+}
+
+impl Steps {
+    fn begin(&self, shard: ShardId) -> bool {
+        let mut busy = self.busy.lock();
+        let now = Instant::now();
+        if busy.get(&shard).is_some_and(|until| *until > now) {
+            return false;
+        }
+        busy.insert(shard, now + CATCH_UP * 3);
+        true
+    }
+
+    fn end(&self, shard: ShardId, pause: Duration) {
+        self.busy.lock().insert(shard, Instant::now() + pause);
+    }
+
+    fn changes_running(&self) -> usize {
+        let now = Instant::now();
+        // Pauses after transfers are short; anything longer is a change.
+        self.busy.lock().values().filter(|until| **until > now + TRANSFER_PAUSE).count()
+    }
+
+    fn settled(&self, shard: ShardId, leads: bool) -> bool {
+        let mut led = self.led_since.lock();
+        if !leads {
+            led.remove(&shard);
+            return false;
+        }
+        led.entry(shard).or_insert_with(Instant::now).elapsed() >= SETTLE
+    }
+}
+
+/// The replicas that acknowledged the leader recently and hold its whole log.
+fn caught_up(raft: &ShardRaft) -> BTreeSet<u64> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let last = m.last_log_index;
+    let (Some(replication), Some(heartbeat)) = (&m.replication, &m.heartbeat) else { return BTreeSet::new() };
+    replication
+        .iter()
+        .filter(|(_, matched)| matched.as_ref().map(|l| l.index) == last)
+        .filter(|(id, _)| {
+            heartbeat
+                .get(*id)
+                .and_then(|at| at.as_ref())
+                .is_some_and(|at| openraft::Instant::elapsed(&**at) < RECENT_ACK)
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+fn voters(raft: &ShardRaft) -> BTreeSet<u64> {
+    raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
+}
+
+impl Node {
+    /// Nodes that should get no new clients and lead no shard: draining,
+    /// or leaving the cluster.
+    pub fn avoided_nodes(&self) -> BTreeSet<u64> {
+        let meta = self.meta();
+        let mut avoid: BTreeSet<u64> = meta.draining.clone();
+        avoid.extend(meta.layout.nodes.iter().filter(|(_, n)| n.leaving).map(|(id, _)| *id));
+        avoid
+    }
+
+    /// One round of moving this node's part of the cluster toward the
+    /// recorded layout (see the module's documentation).
+    pub(super) fn drive_layout(self: &Arc<Self>) {
+        let Some(shards) = self.shards() else { return };
+        let layout = {
+            let meta = self.meta();
+            if !meta.layout.is_set() {
+                return;
+            }
+            meta.layout.clone()
+        };
+        let avoid = self.avoided_nodes();
+        let desired = layout.desired();
+        let preferred = Placement { replicas: layout.shards.clone() }.leaders_avoiding(&avoid);
+        for shard in shards.host.open_shards() {
+            let recorded = layout.replicas(shard);
+            let wanted = desired.replicas.get(shard as usize).map_or(&[][..], Vec::as_slice);
+            let Some(raft) = shards.led(shard) else {
+                shards.steps.settled(shard, false);
+                if !recorded.contains(&self.id) && !wanted.contains(&self.id) {
+                    // Moved away and recorded so: nothing here serves it.
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        if let Some(shards) = node.shards() {
+                            shards.host.close(shard).await;
+                            tracing::info!(shard, "shard moved away; its group here is closed");
+                        }
+                    });
+                }
+                continue;
+            };
+            if !shards.steps.settled(shard, true) {
+                continue;
+            }
+            let voters = voters(&raft);
+            let caught_up = caught_up(&raft);
+            let view = ShardView {
+                me: self.id,
+                recorded,
+                desired: wanted,
+                voters: &voters,
+                preferred: preferred.get(shard as usize).copied().flatten(),
+                caught_up: &caught_up,
+            };
+            let step = plan::next_step(&view);
+            if step == ShardStep::Stay {
+                continue;
+            }
+            if matches!(step, ShardStep::ChangeVoters { .. }) && shards.steps.changes_running() >= CONCURRENT_CHANGES {
+                continue;
+            }
+            if !shards.steps.begin(shard) {
+                continue;
+            }
+            let node = self.clone();
+            let addresses = layout.nodes.clone();
+            tokio::spawn(async move {
+                let pause = match &step {
+                    ShardStep::TransferLeader(_) => TRANSFER_PAUSE,
+                    _ => Duration::ZERO,
+                };
+                if let Err(e) = node.take_step(shard, &raft, step, &addresses).await {
+                    tracing::info!(shard, error = %e.message, "shard step not done; retrying later");
+                }
+                if let Some(shards) = node.shards() {
+                    shards.steps.end(shard, pause);
+                }
+            });
+        }
+        if self.consensus.metrics().current_leader == Some(self.id)
+            && !shards.steps.meta_busy.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let node = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = node.align_metadata_members().await {
+                    tracing::info!(error = %e.message, "metadata members not aligned yet; retrying later");
+                }
+                if let Some(shards) = node.shards() {
+                    shards.steps.meta_busy.store(false, std::sync::atomic::Ordering::Release);
+                }
+            });
+        }
+    }
+
+    async fn take_step(
+        &self,
+        shard: ShardId,
+        raft: &ShardRaft,
+        step: ShardStep,
+        nodes: &BTreeMap<u64, crate::meta::ClusterNode>,
+    ) -> Result<(), ApiError> {
+        let raft_error =
+            |what: &str, e: &dyn std::fmt::Display| ApiError::unavailable(format!("shard {shard}: {what}: {e}"));
+        match step {
+            ShardStep::Stay => Ok(()),
+            ShardStep::ChangeVoters { learners, voters } => {
+                for id in learners {
+                    let n = nodes.get(&id).ok_or_else(|| ApiError::unavailable(format!("node {id} has no address")))?;
+                    let peer = PeerNode { client_addr: n.client.clone(), peer_addr: n.peer.clone() };
+                    tracing::info!(shard, node = id, "a new replica catches up");
+                    tokio::time::timeout(CATCH_UP, raft.add_learner(id, peer, true))
+                        .await
+                        .map_err(|_| raft_error("adding a learner", &"it did not catch up in time"))?
+                        .map_err(|e| raft_error("adding a learner", &e))?;
+                }
+                tracing::info!(shard, ?voters, "shard voters change");
+                raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false)
+                    .await
+                    .map_err(|e| raft_error("changing voters", &e))?;
+                let mut ordered: Vec<u64> = voters.into_iter().collect();
+                let desired = self.meta().layout.desired();
+                if let Some(want) = desired.replicas.get(shard as usize)
+                    && want.iter().copied().collect::<BTreeSet<_>>() == ordered.iter().copied().collect()
+                {
+                    ordered = want.clone();
+                }
+                self.record_replicas(shard, ordered).await
+            }
+            ShardStep::Record(replicas) => self.record_replicas(shard, replicas).await,
+            ShardStep::TransferLeader(to) => {
+                tracing::info!(shard, to, "shard leadership handed on");
+                raft.trigger().transfer_leader(to).await.map_err(|e| raft_error("transferring leadership", &e))
+            }
+        }
+    }
+
+    async fn record_replicas(&self, shard: ShardId, replicas: Vec<u64>) -> Result<(), ApiError> {
+        tracing::info!(shard, ?replicas, "shard replicas recorded");
+        self.propose(MetaCommand::Layout { actor: None, cmd: LayoutCommand::SetReplicas { shard, replicas } })
+            .await
+            .map(|_| ())
+    }
+
+    /// On the metadata leader: the metadata group's voters become the
+    /// layout's nodes (a new node first catches up as a learner), and a
+    /// leaving node that holds no shard any more is forgotten.
+    async fn align_metadata_members(&self) -> Result<(), ApiError> {
+        let (nodes, forget) = {
+            let meta = self.meta();
+            let layout = &meta.layout;
+            let forget: Vec<u64> = layout
+                .nodes
+                .iter()
+                .filter(|(id, n)| n.leaving && !layout.shards.iter().any(|r| r.contains(id)))
+                .map(|(id, _)| *id)
+                .collect();
+            (layout.nodes.clone(), forget)
+        };
+        for id in forget {
+            tracing::info!(node = id, "a leaving node holds no shard any more: forgotten");
+            self.propose(MetaCommand::Layout { actor: None, cmd: LayoutCommand::ForgetNode { id } }).await?;
+        }
+        let raft = self.consensus.raft();
+        let members = self.consensus.metrics().members;
+        let unavailable = |e: &dyn std::fmt::Display| ApiError::unavailable(format!("metadata membership: {e}"));
+        for (id, n) in &nodes {
+            if !members.contains_key(id) {
+                let peer = PeerNode { client_addr: n.client.clone(), peer_addr: n.peer.clone() };
+                tracing::info!(node = id, "a new node catches up on the metadata");
+                tokio::time::timeout(CATCH_UP, raft.add_learner(*id, peer, true))
+                    .await
+                    .map_err(|_| unavailable(&"the new node did not catch up in time"))?
+                    .map_err(|e| unavailable(&e))?;
+            }
+        }
+        let wanted: BTreeSet<u64> = nodes.keys().copied().collect();
+        let voters: BTreeSet<u64> =
+            raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        if !wanted.contains(&self.id) {
+            // A leader that removed itself would leave the others without a
+            // leader until an election: hand leadership on first, and let
+            // the next leader make the change.
+            if let Some(to) = wanted.iter().find(|id| voters.contains(id)) {
+                tracing::info!(to, "this node leaves the cluster: metadata leadership handed on");
+                raft.trigger().transfer_leader(*to).await.map_err(|e| unavailable(&e))?;
+                tokio::time::sleep(TRANSFER_PAUSE).await;
+                return Ok(());
+            }
+        }
+        let stale: BTreeSet<u64> =
+            members.keys().filter(|id| !wanted.contains(id) && !voters.contains(id)).copied().collect();
+        let mut changes = Vec::new();
+        if voters != wanted {
+            changes.push(ChangeMembers::ReplaceAllVoters(wanted.clone()));
+        }
+        if !stale.is_empty() {
+            changes.push(ChangeMembers::RemoveNodes(stale));
+        }
+        if !changes.is_empty() {
+            tracing::info!(?voters, ?wanted, "metadata members change");
+            raft.change_membership(ChangeMembers::Batch(changes), false).await.map_err(|e| unavailable(&e))?;
+        }
+        Ok(())
+    }
+}
