@@ -104,6 +104,18 @@ impl Layout {
         self.nodes.iter().filter(|(_, n)| !n.leaving).map(|(id, _)| *id).collect()
     }
 
+    /// Whether `node` keeps a copy of `shard`: every node that is not
+    /// leaving follows every shard (as a voter where placed, else as a
+    /// learner, so it answers history and delivers events of any room); a
+    /// leaving node keeps the shards still recorded on it.
+    pub fn hosts(&self, node: NodeId, shard: ShardId) -> bool {
+        match self.nodes.get(&node) {
+            Some(n) if !n.leaving => true,
+            Some(_) => self.replicas(shard).contains(&node),
+            None => false,
+        }
+    }
+
     /// Where every shard should live now.
     pub fn desired(&self) -> Placement {
         let count = u32::try_from(self.shards.len()).unwrap_or(u32::MAX);

@@ -46,6 +46,9 @@ use crate::raft::Consensus;
 use crate::raft::ConsensusError;
 use crate::rooms::RoomRef;
 
+/// How long a read waits before asking a shard's (new) leader again.
+const LEADER_RETRY: Duration = Duration::from_millis(50);
+
 /// How recently a node must have heard from its leader (or, as leader, from
 /// a quorum) to answer from its own state. Four heartbeats.
 pub const LEASE: Duration = Duration::from_millis(1_000);
@@ -256,16 +259,26 @@ impl Node {
         };
         let started = Instant::now();
         let lease = shards.host.read_lease();
-        let index = match shards.leader(shard) {
-            Some(leader) if leader == self.id => {
-                crate::shards::host::read_index(&raft, lease).await.map_err(ApiError::unavailable)?
+        // Leadership may be moving (a transfer, an election): ask whoever
+        // leads now, again, until the deadline.
+        let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+        let index = loop {
+            let asked = match shards.leader(shard) {
+                Some(leader) if leader == self.id => crate::shards::host::read_index(&raft, lease).await,
+                Some(leader) => {
+                    crate::shards::network::ShardClient::read_index(&cluster.endpoint, leader, shard, CATCH_UP_TIMEOUT)
+                        .await
+                        .map_err(|e| format!("shard {shard}'s leader (node {leader}): {e}"))
+                }
+                None => Err(format!("shard {shard} has no leader now")),
+            };
+            match asked {
+                Ok(index) => break index,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ApiError::unavailable(format!("{e}; retry")));
+                }
+                Err(_) => tokio::time::sleep(LEADER_RETRY).await,
             }
-            Some(leader) => {
-                crate::shards::network::ShardClient::read_index(&cluster.endpoint, leader, shard, CATCH_UP_TIMEOUT)
-                    .await
-                    .map_err(|e| ApiError::unavailable(format!("shard {shard}'s leader (node {leader}): {e}")))?
-            }
-            None => return Err(ApiError::unavailable(format!("shard {shard} has no leader now; retry"))),
         };
         raft.wait(Some(AWAIT_APPLIED))
             .applied_index_at_least(Some(index), "the shard's read index is applied here")

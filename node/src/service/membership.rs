@@ -89,6 +89,11 @@ impl Steps {
     }
 }
 
+fn peer_of(nodes: &BTreeMap<u64, crate::meta::ClusterNode>, id: u64) -> Result<PeerNode, ApiError> {
+    let n = nodes.get(&id).ok_or_else(|| ApiError::unavailable(format!("node {id} has no address")))?;
+    Ok(PeerNode { client_addr: n.client.clone(), peer_addr: n.peer.clone() })
+}
+
 /// The replicas that acknowledged the leader recently and hold its whole log.
 fn caught_up(raft: &ShardRaft) -> BTreeSet<u64> {
     let metrics = raft.metrics();
@@ -108,8 +113,12 @@ fn caught_up(raft: &ShardRaft) -> BTreeSet<u64> {
         .collect()
 }
 
-fn voters(raft: &ShardRaft) -> BTreeSet<u64> {
-    raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
+/// The group's voters and all its members (voters and learners).
+fn membership(raft: &ShardRaft) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let membership = m.membership_config.membership();
+    (membership.voter_ids().collect(), membership.nodes().map(|(id, _)| *id).collect())
 }
 
 impl Node {
@@ -141,7 +150,7 @@ impl Node {
             let wanted = desired.replicas.get(shard as usize).map_or(&[][..], Vec::as_slice);
             let Some(raft) = shards.led(shard) else {
                 shards.steps.settled(shard, false);
-                if !recorded.contains(&self.id) && !wanted.contains(&self.id) {
+                if !layout.hosts(self.id, shard) {
                     // Moved away and recorded so: nothing here serves it.
                     let node = self.clone();
                     tokio::spawn(async move {
@@ -156,13 +165,16 @@ impl Node {
             if !shards.steps.settled(shard, true) {
                 continue;
             }
-            let voters = voters(&raft);
+            let (voters, members) = membership(&raft);
             let caught_up = caught_up(&raft);
+            let followers: Vec<u64> = layout.active_nodes().into_iter().filter(|n| !wanted.contains(n)).collect();
             let view = ShardView {
                 me: self.id,
                 recorded,
                 desired: wanted,
                 voters: &voters,
+                members: &members,
+                followers: &followers,
                 preferred: preferred.get(shard as usize).copied().flatten(),
                 caught_up: &caught_up,
             };
@@ -217,20 +229,25 @@ impl Node {
             |what: &str, e: &dyn std::fmt::Display| ApiError::unavailable(format!("shard {shard}: {what}: {e}"));
         match step {
             ShardStep::Stay => Ok(()),
-            ShardStep::ChangeVoters { learners, voters } => {
+            ShardStep::ChangeVoters { learners, voters, remove } => {
                 for id in learners {
-                    let n = nodes.get(&id).ok_or_else(|| ApiError::unavailable(format!("node {id} has no address")))?;
-                    let peer = PeerNode { client_addr: n.client.clone(), peer_addr: n.peer.clone() };
                     tracing::info!(shard, node = id, "a new replica catches up");
-                    tokio::time::timeout(CATCH_UP, raft.add_learner(id, peer, true))
+                    tokio::time::timeout(CATCH_UP, raft.add_learner(id, peer_of(nodes, id)?, true))
                         .await
                         .map_err(|_| raft_error("adding a learner", &"it did not catch up in time"))?
                         .map_err(|e| raft_error("adding a learner", &e))?;
                 }
-                tracing::info!(shard, ?voters, "shard voters change");
-                raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false)
+                tracing::info!(shard, ?voters, ?remove, "shard voters change");
+                // Former voters stay as learners; those leaving the cluster
+                // are then dropped.
+                raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
                     .await
                     .map_err(|e| raft_error("changing voters", &e))?;
+                if !remove.is_empty() {
+                    raft.change_membership(ChangeMembers::RemoveNodes(remove), false)
+                        .await
+                        .map_err(|e| raft_error("removing learners", &e))?;
+                }
                 let mut ordered: Vec<u64> = voters.into_iter().collect();
                 let desired = self.meta().layout.desired();
                 if let Some(want) = desired.replicas.get(shard as usize)
@@ -239,6 +256,22 @@ impl Node {
                     ordered = want.clone();
                 }
                 self.record_replicas(shard, ordered).await
+            }
+            ShardStep::AddLearners(ids) => {
+                for id in ids {
+                    tracing::debug!(shard, node = id, "a node follows the shard");
+                    raft.add_learner(id, peer_of(nodes, id)?, false)
+                        .await
+                        .map_err(|e| raft_error("adding a learner", &e))?;
+                }
+                Ok(())
+            }
+            ShardStep::Remove(ids) => {
+                tracing::info!(shard, ?ids, "nodes leaving the cluster stop following the shard");
+                raft.change_membership(ChangeMembers::RemoveNodes(ids), false)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| raft_error("removing learners", &e))
             }
             ShardStep::Record(replicas) => self.record_replicas(shard, replicas).await,
             ShardStep::TransferLeader(to) => {

@@ -21,6 +21,7 @@ use crate::meta::MetaCommand;
 use crate::raft::PeerNode;
 use crate::shards::host::ShardHost;
 use crate::shards::host::ShardRaft;
+use crate::shards::placement::Placement;
 use crate::shards::placement::ShardId;
 use crate::shards::types::OpResult;
 use crate::shards::types::ShardBatch;
@@ -32,8 +33,8 @@ const BATCH_MAX: usize = 1_024;
 const QUEUE: usize = 8_192;
 
 type Pending = (ShardOp, oneshot::Sender<Result<OpResult, ApiError>>);
-/// A shard placed on this node and its replicas.
-type Placed = (ShardId, Vec<u64>);
+/// A shard placed on this node, its replicas, and the one that initialises it.
+type Placed = (ShardId, Vec<u64>, Option<u64>);
 
 /// Shards on this node: the host and, per shard this node leads, the queue
 /// of operations waiting for the next entry.
@@ -217,20 +218,25 @@ impl Node {
         Ok(())
     }
 
-    /// Opens every shard group the layout places here, or wants here next,
-    /// that is not open.
+    /// Opens every shard group this node keeps a copy of (see
+    /// [`crate::meta::Layout::hosts`]) that is not open.
     async fn open_placed_shards(&self) -> Result<(), ApiError> {
         let Some(shards) = self.shards() else { return Ok(()) };
         let (placed, nodes): (Vec<Placed>, BTreeMap<u64, PeerNode>) = {
             let meta = self.meta();
             let layout = &meta.layout;
             let desired = layout.desired();
+            // From the recorded layout alone, so every node names the same one.
+            let preferred = Placement { replicas: layout.shards.clone() }.leaders();
             let placed = (0..layout.shards.len() as u32)
                 .filter(|s| {
-                    layout.replicas(*s).contains(&self.id)
-                        || desired.replicas.get(*s as usize).is_some_and(|r| r.contains(&self.id))
+                    layout.hosts(self.id, *s) || desired.replicas.get(*s as usize).is_some_and(|r| r.contains(&self.id))
                 })
-                .map(|s| (s, layout.replicas(s).to_vec()))
+                .map(|s| {
+                    let replicas = layout.replicas(s).to_vec();
+                    let first = preferred.get(s as usize).copied().flatten().or_else(|| replicas.first().copied());
+                    (s, replicas, first)
+                })
                 .collect();
             let nodes = layout
                 .nodes
@@ -240,13 +246,15 @@ impl Node {
             (placed, nodes)
         };
         let open = shards.host.open_shards();
-        for (shard, replicas) in placed {
+        for (shard, replicas, first) in placed {
             if open.contains(&shard) {
                 continue;
             }
-            // The first replica initialises a new shard's group; the others,
-            // and a node the shard is moving to, wait for its leader.
-            let initial = (replicas.first() == Some(&self.id))
+            // One replica initialises a new shard's group (the one that
+            // should lead it: it campaigns at once, so leaders start out
+            // spread and need no transfer); the others, and a node the
+            // shard is moving to, wait for its leader.
+            let initial = (first == Some(self.id))
                 .then(|| replicas.iter().filter_map(|id| nodes.get(id).map(|n| (*id, n.clone()))).collect());
             shards.host.open(shard, initial).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         }

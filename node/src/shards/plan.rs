@@ -4,9 +4,12 @@
 //!
 //! A shard moves in this order: its voters become the desired replicas
 //! (new ones first catch up as learners; openraft's joint consensus makes
-//! the switch safe), then the metadata group records the new replica set,
-//! then leadership goes to the replica the placement prefers (spreading
-//! leaders evenly, and off draining or leaving nodes).
+//! the switch safe), every other serving node follows it as a learner (so
+//! it can answer history and deliver events of the shard's rooms to its own
+//! clients), nodes leaving the cluster are dropped, the metadata group
+//! records the new replica set, then leadership goes to the replica the
+//! placement prefers (spreading leaders evenly, and off draining or leaving
+//! nodes).
 
 use std::collections::BTreeSet;
 
@@ -18,13 +21,19 @@ pub enum ShardStep {
     /// The shard is where it should be.
     Stay,
     /// Add `learners` (each caught up before going on), then make `voters`
-    /// the voter set, removing the others.
+    /// the voter set; former voters stay as learners unless in `remove`.
     ChangeVoters {
         /// Nodes that are not in the group yet.
         learners: Vec<NodeId>,
         /// The voters afterwards.
         voters: BTreeSet<NodeId>,
+        /// Members to drop altogether.
+        remove: BTreeSet<NodeId>,
     },
+    /// Add these nodes as learners (not waiting for them to catch up).
+    AddLearners(Vec<NodeId>),
+    /// Drop these members (learners of nodes leaving the cluster).
+    Remove(BTreeSet<NodeId>),
     /// The voters are right: record them as the shard's replicas.
     Record(Vec<NodeId>),
     /// Hand leadership to this replica.
@@ -42,6 +51,11 @@ pub struct ShardView<'a> {
     pub desired: &'a [NodeId],
     /// The group's voters now (both sides of a joint configuration).
     pub voters: &'a BTreeSet<NodeId>,
+    /// Every member now, voters and learners.
+    pub members: &'a BTreeSet<NodeId>,
+    /// The serving nodes that should follow the shard as learners (every
+    /// node of the cluster that is not a desired replica and not leaving).
+    pub followers: &'a [NodeId],
     /// The replica that should lead, if any may.
     pub preferred: Option<NodeId>,
     /// Replicas that acknowledged recently and hold the whole log.
@@ -63,9 +77,18 @@ pub fn next_step(view: &ShardView<'_>) -> ShardStep {
         // until an election: hand leadership on first.
         return ShardStep::TransferLeader(p);
     }
+    let keep: BTreeSet<NodeId> = desired.iter().chain(view.followers).copied().collect();
+    let remove: BTreeSet<NodeId> = view.members.iter().filter(|n| !keep.contains(n)).copied().collect();
     if *view.voters != desired {
-        let learners = view.desired.iter().filter(|n| !view.voters.contains(n)).copied().collect();
-        return ShardStep::ChangeVoters { learners, voters: desired };
+        let learners = view.desired.iter().filter(|n| !view.members.contains(n)).copied().collect();
+        return ShardStep::ChangeVoters { learners, voters: desired, remove };
+    }
+    let missing: Vec<NodeId> = view.followers.iter().filter(|n| !view.members.contains(n)).copied().collect();
+    if !missing.is_empty() {
+        return ShardStep::AddLearners(missing);
+    }
+    if !remove.is_empty() {
+        return ShardStep::Remove(remove);
     }
     if view.recorded != view.desired {
         return ShardStep::Record(view.desired.to_vec());
@@ -84,7 +107,16 @@ mod tests {
     fn step(recorded: &[NodeId], desired: &[NodeId], voters: &[NodeId], preferred: Option<NodeId>) -> ShardStep {
         let voters = set(voters);
         let caught_up = set(&[1, 2, 3, 4]);
-        next_step(&ShardView { me: 1, recorded, desired, voters: &voters, preferred, caught_up: &caught_up })
+        next_step(&ShardView {
+            me: 1,
+            recorded,
+            desired,
+            voters: &voters,
+            members: &voters,
+            followers: &[],
+            preferred,
+            caught_up: &caught_up,
+        })
     }
 
     #[test]
@@ -98,7 +130,42 @@ mod tests {
     fn a_new_node_is_added_as_learner_and_the_old_one_dropped() {
         assert_eq!(
             step(&[1, 2, 3], &[4, 1, 2], &[1, 2, 3], Some(1)),
-            ShardStep::ChangeVoters { learners: vec![4], voters: set(&[1, 2, 4]) }
+            ShardStep::ChangeVoters { learners: vec![4], voters: set(&[1, 2, 4]), remove: set(&[3]) }
+        );
+    }
+
+    #[test]
+    fn other_serving_nodes_follow_as_learners_and_leaving_ones_are_dropped() {
+        let (voters, caught_up) = (set(&[1, 2, 3]), set(&[1, 2, 3]));
+        let view = |members: &BTreeSet<NodeId>, followers: &[NodeId]| {
+            next_step(&ShardView {
+                me: 1,
+                recorded: &[1, 2, 3],
+                desired: &[1, 2, 3],
+                voters: &voters,
+                members: &members.clone(),
+                followers,
+                preferred: Some(1),
+                caught_up: &caught_up,
+            })
+        };
+        assert_eq!(view(&set(&[1, 2, 3]), &[4, 5]), ShardStep::AddLearners(vec![4, 5]));
+        assert_eq!(view(&set(&[1, 2, 3, 4, 5]), &[4]), ShardStep::Remove(set(&[5])), "node 5 is leaving");
+        assert_eq!(view(&set(&[1, 2, 3, 4]), &[4]), ShardStep::Stay);
+        let moving = next_step(&ShardView {
+            me: 1,
+            recorded: &[1, 2, 3],
+            desired: &[1, 2, 4],
+            voters: &voters,
+            members: &set(&[1, 2, 3, 4]),
+            followers: &[3],
+            preferred: Some(1),
+            caught_up: &caught_up,
+        });
+        assert_eq!(
+            moving,
+            ShardStep::ChangeVoters { learners: vec![], voters: set(&[1, 2, 4]), remove: set(&[]) },
+            "node 4 already follows; node 3 stays as a learner"
         );
     }
 
@@ -106,7 +173,7 @@ mod tests {
     fn a_removed_node_is_dropped_without_a_learner() {
         assert_eq!(
             step(&[1, 2, 3], &[1, 3], &[1, 2, 3], Some(1)),
-            ShardStep::ChangeVoters { learners: vec![], voters: set(&[1, 3]) }
+            ShardStep::ChangeVoters { learners: vec![], voters: set(&[1, 3]), remove: set(&[2]) }
         );
     }
 
@@ -115,7 +182,7 @@ mod tests {
         assert_eq!(step(&[1, 2, 3], &[2, 3, 4], &[1, 2, 3], Some(2)), ShardStep::TransferLeader(2));
         assert_eq!(
             step(&[1, 2, 3], &[2, 3, 4], &[1, 2, 3], None),
-            ShardStep::ChangeVoters { learners: vec![4], voters: set(&[2, 3, 4]) },
+            ShardStep::ChangeVoters { learners: vec![4], voters: set(&[2, 3, 4]), remove: set(&[1]) },
             "no replica to hand on to: the change itself moves leadership"
         );
     }
@@ -135,6 +202,8 @@ mod tests {
             recorded: &[1, 2, 3],
             desired: &[1, 2, 3],
             voters: &voters,
+            members: &voters,
+            followers: &[],
             preferred: Some(2),
             caught_up: &caught_up,
         };
