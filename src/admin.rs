@@ -381,7 +381,15 @@ pub async fn add_node(args: NodeOpArgs) -> Result<()> {
     .await?;
     // The new node answers for itself once it serves.
     let deadline = target.deadline();
-    while !matches!(target.ask(&client, Method::GET, "/api/cluster", None).await, Ok((200, _))) {
+    loop {
+        match target.ask(&client, Method::GET, "/api/cluster", None).await {
+            Ok((200, _)) => break,
+            Err(e) if e.to_string().contains("refused the token") => bail!(
+                "node {id} joined, but refuses the token: start it with the cluster's ops token \
+                 (PALAVER_OPS_TOKEN, [security] ops_token, or the <data_dir>/ops-token of `palaver up`): {e:#}"
+            ),
+            _ => {}
+        }
         if tokio::time::Instant::now() >= deadline {
             bail!("node {id} joined but does not answer at {client}");
         }

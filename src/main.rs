@@ -176,6 +176,15 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     };
     if let Some(token) = ops_token_from_env()? {
         config.security.ops_token = Some(OpsToken::new(token).with_context(|| format!("${OPS_TOKEN_ENV}"))?);
+    } else if config.security.ops_token.is_none() && args.id.is_some() {
+        // A node started by hand next to `palaver up`'s (one being added,
+        // say) uses the token that launcher made, as its siblings do.
+        let path = config.cluster.data_dir.join("ops-token");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let token = OpsToken::new(text.trim().to_string()).with_context(|| format!("{}", path.display()))?;
+            tracing::info!(file = %path.display(), "using the cluster's ops token");
+            config.security.ops_token = Some(token);
+        }
     }
     let storage = match args.storage.as_deref() {
         None => config.cluster.storage,
