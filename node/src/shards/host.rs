@@ -51,6 +51,7 @@ pub fn default_settings() -> ShardSettings {
         election: (Duration::from_millis(1500), Duration::from_millis(3000)),
         snapshot_every: 20_000,
         keep_after_snapshot: 5_000,
+        pre_vote: true,
     }
 }
 
