@@ -317,6 +317,7 @@ mod groups {
             election: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_every: 20,
             keep_after_snapshot: 5,
+            pre_vote: true,
         }
     }
 
