@@ -23,6 +23,11 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a waiting command looks again.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
+/// A node refused the token (401 or 403): asking another will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Denied(String);
+
 /// What every operations command needs: where the cluster is and the token.
 #[derive(clap::Args, Clone)]
 pub struct OpsArgs {
@@ -109,8 +114,11 @@ impl Target {
             .await
             .with_context(|| format!("{addr} did not answer within {ASK_TIMEOUT:?}"))??;
         match raw.status {
-            401 => bail!("{addr} refused the token (401): give the ops token or an admin's token with --token"),
-            403 => bail!("{addr}: forbidden (403): the token is not an admin's"),
+            401 => Err(Denied(format!(
+                "{addr} refused the token (401): give the ops token or an admin's token with --token"
+            ))
+            .into()),
+            403 => Err(Denied(format!("{addr}: forbidden (403): the token is not an admin's")).into()),
             _ => Ok((raw.status, raw.json)),
         }
     }
@@ -137,7 +145,7 @@ impl Target {
                 }
                 Ok((status, v)) => errors.push(format!("{addr}: {status} {v}")),
                 Err(e) => {
-                    if e.to_string().contains("refused the token") || e.to_string().contains("forbidden") {
+                    if e.is::<Denied>() {
                         return Err(e);
                     }
                     errors.push(format!("{e:#}"));
@@ -384,7 +392,7 @@ pub async fn add_node(args: NodeOpArgs) -> Result<()> {
     loop {
         match target.ask(&client, Method::GET, "/api/cluster", None).await {
             Ok((200, _)) => break,
-            Err(e) if e.to_string().contains("refused the token") => bail!(
+            Err(e) if e.is::<Denied>() => bail!(
                 "node {id} joined, but refuses the token: start it with the cluster's ops token \
                  (PALAVER_OPS_TOKEN, [security] ops_token, or the <data_dir>/ops-token of `palaver up`): {e:#}"
             ),

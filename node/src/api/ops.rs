@@ -84,6 +84,17 @@ pub async fn drain(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Nodes join and leave only clusters whose room logs are on shards.
+fn on_shards(node: &Node) -> Result<(), ApiError> {
+    match node.shards() {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(
+            palaver_protocol::Code::Conflict,
+            "nodes are added and removed on clusters on shards ([cluster] shards in the cluster file)",
+        )),
+    }
+}
+
 /// `{"id","client","peer"}`: a node to add.
 #[derive(serde::Deserialize)]
 pub struct AddNodeRequest {
@@ -101,12 +112,7 @@ pub async fn add_node(
     Ops(admin): Ops,
     super::extract::Json(a): super::extract::Json<AddNodeRequest>,
 ) -> Result<Response, ApiError> {
-    if node.shards().is_none() {
-        return Err(ApiError::new(
-            palaver_protocol::Code::Conflict,
-            "nodes are added to clusters on shards ([cluster] shards in the cluster file)",
-        ));
-    }
+    on_shards(&node)?;
     for (what, addr) in [("client", &a.client), ("peer", &a.peer)] {
         if addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(ApiError::bad_request(format!(
@@ -127,12 +133,7 @@ pub async fn remove_node(
     Ops(admin): Ops,
     axum::extract::Path(id): axum::extract::Path<u64>,
 ) -> Result<Response, ApiError> {
-    if node.shards().is_none() {
-        return Err(ApiError::new(
-            palaver_protocol::Code::Conflict,
-            "nodes are removed from clusters on shards ([cluster] shards in the cluster file)",
-        ));
-    }
+    on_shards(&node)?;
     node.propose(MetaCommand::Layout { actor: admin.clone(), cmd: LayoutCommand::RemoveNode { id } }).await?;
     tracing::info!(node = id, by = admin.as_deref().unwrap_or("ops token"), "node leaving the cluster");
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"node": id}))).into_response())

@@ -48,35 +48,47 @@ const TRANSFER_PAUSE: Duration = Duration::from_secs(5);
 /// still be catching up after an election).
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// What occupies one shard on this node.
+#[derive(Clone, Copy)]
+enum Busy {
+    /// A membership change runs.
+    Changing,
+    /// Another step ran; the shard is left alone until then.
+    Until(Instant),
+}
+
 /// The steps in progress on this node, so a tick never starts a second
 /// step for the same shard.
 #[derive(Default)]
 pub struct Steps {
-    busy: Mutex<BTreeMap<ShardId, Instant>>,
+    busy: Mutex<BTreeMap<ShardId, Busy>>,
     /// When this node became leader of each shard it leads, as first seen.
     led_since: Mutex<BTreeMap<ShardId, Instant>>,
     meta_busy: std::sync::atomic::AtomicBool,
 }
 
 impl Steps {
-    fn begin(&self, shard: ShardId) -> bool {
+    /// Claims the shard for a step; false while another is running or
+    /// its pause lasts, or when `changing` and enough changes run already.
+    fn begin(&self, shard: ShardId, changing: bool) -> bool {
         let mut busy = self.busy.lock();
         let now = Instant::now();
-        if busy.get(&shard).is_some_and(|until| *until > now) {
+        let free = match busy.get(&shard) {
+            Some(Busy::Changing) => false,
+            Some(Busy::Until(until)) => *until <= now,
+            None => true,
+        };
+        let changes = busy.values().filter(|b| matches!(b, Busy::Changing)).count();
+        if !free || (changing && changes >= CONCURRENT_CHANGES) {
             return false;
         }
-        busy.insert(shard, now + CATCH_UP * 3);
+        busy.insert(shard, if changing { Busy::Changing } else { Busy::Until(now + CATCH_UP) });
         true
     }
 
+    /// Frees the shard once `pause` has passed.
     fn end(&self, shard: ShardId, pause: Duration) {
-        self.busy.lock().insert(shard, Instant::now() + pause);
-    }
-
-    fn changes_running(&self) -> usize {
-        let now = Instant::now();
-        // Pauses after transfers are short; anything longer is a change.
-        self.busy.lock().values().filter(|until| **until > now + TRANSFER_PAUSE).count()
+        self.busy.lock().insert(shard, Busy::Until(Instant::now() + pause));
     }
 
     fn settled(&self, shard: ShardId, leads: bool) -> bool {
@@ -182,10 +194,7 @@ impl Node {
             if step == ShardStep::Stay {
                 continue;
             }
-            if matches!(step, ShardStep::ChangeVoters { .. }) && shards.steps.changes_running() >= CONCURRENT_CHANGES {
-                continue;
-            }
-            if !shards.steps.begin(shard) {
+            if !shards.steps.begin(shard, matches!(step, ShardStep::ChangeVoters { .. })) {
                 continue;
             }
             let node = self.clone();
