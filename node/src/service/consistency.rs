@@ -50,7 +50,7 @@ use crate::rooms::RoomRef;
 const LEADER_RETRY: Duration = Duration::from_millis(50);
 
 /// How recently a node must have heard from its leader (or, as leader, from
-/// a quorum) to answer from its own state. Four heartbeats.
+/// a quorum) to answer from its own state: several metadata heartbeats.
 pub const LEASE: Duration = Duration::from_millis(1_000);
 /// How long a peer waits to apply a revocation, and how long the revoking
 /// node waits for each peer's confirmation.
