@@ -419,8 +419,10 @@ fn bench_config() -> Config {
     l.outbound_queue = 65_536;
     l.outbound_bytes = 64 << 20;
     l.max_connections_per_address = HIGH as usize;
-    // PALAVER_TEST_SHARDS=N runs the nodes on N Raft shards, as in the tests.
-    c.cluster.shards = std::env::var(palaver_testkit::config::SHARDS_ENV).ok().and_then(|v| v.parse().ok());
+    // PALAVER_TEST_SHARDS=N runs the nodes on N Raft shards (default: the node's).
+    if let Some(n) = std::env::var(palaver_testkit::config::SHARDS_ENV).ok().and_then(|v| v.parse().ok()) {
+        c.cluster.shards = n;
+    }
     c
 }
 

@@ -10,8 +10,9 @@
 //! - `pick`: one pick of each balancer strategy among 3 and 100 nodes.
 //! - `event`: encoding a `message` event's JSON once, and what each further
 //!   delivery of it costs (a reference-count bump, never a re-encode).
-//! - `wire`: postcard encode/decode of a replication frame holding one
-//!   `RoomBatch` of 1, 64 and 256 records, and of a frame of 64 acks.
+//! - `wire`: postcard encode/decode of a shard's Raft entry (`ShardBatch`)
+//!   of 1, 64 and 256 sends, and of a frame of 64 sends forwarded to a
+//!   shard's leader.
 //! - `seq`: the log writer's seq assignment with dedup for a batch of 1,000
 //!   sends (10% retries of an earlier send), in one room and over 100 rooms.
 //!
@@ -30,16 +31,16 @@ use criterion::criterion_main;
 use palaver_balancer::Strategy;
 use palaver_balancer::select::Candidate;
 use palaver_balancer::select::selector;
-use palaver_node::cluster::wire::RoomAck;
-use palaver_node::cluster::wire::RoomBatch;
+use palaver_node::cluster::wire::ForwardedSend;
 use palaver_node::cluster::wire::decode;
 use palaver_node::cluster::wire::encode;
 use palaver_node::hub::Event;
 use palaver_node::protocol::message_event;
 use palaver_node::rooms::Message;
-use palaver_node::rooms::Record;
 use palaver_node::rooms::Sequencer;
 use palaver_node::rooms::StoredMessage;
+use palaver_node::shards::types::ShardBatch;
+use palaver_node::shards::types::ShardOp;
 
 /// A typical chat line is about this long.
 const SHORT_BODY: usize = 100;
@@ -111,47 +112,55 @@ fn event(c: &mut Criterion) {
     group.finish();
 }
 
-/// A batch of `n` new 100-byte messages spread over 4 rooms, with one commit.
-fn batch(n: u64) -> RoomBatch {
-    let records = (0..n)
+/// A shard's Raft entry of `n` sends of `SHORT_BODY`-byte bodies over 4 rooms.
+fn batch(n: u64) -> ShardBatch {
+    let ops = (0..n)
         .map(|i| {
             let room_key = 1 + i % 4;
-            Record {
+            ShardOp::Send {
                 room_key,
                 room: format!("room-{room_key}"),
-                seq: 1_000 + i,
-                stored: stored(i, SHORT_BODY),
-                new: true,
+                from: format!("user-{}", i % 50),
+                body: "x".repeat(SHORT_BODY),
+                client_id: format!("c-{i}"),
             }
         })
         .collect();
-    RoomBatch { id: 9_001, records, commits: vec![(1, "room-1".into(), 999, 1)] }
+    ShardBatch { shard: 3, ts: 1_764_000_000_000, ops }
 }
 
-/// Replication frames as the replicator writes them (a list of batches, here
-/// one) and the replica's list of acks.
+/// A shard's log entry as the leader proposes it and each replica decodes
+/// it, and a frame of sends forwarded to the leader.
 fn wire(c: &mut Criterion) {
     let mut group = c.benchmark_group("wire");
     for n in [1, 64, 256] {
         let b = batch(n);
-        let frame = vec![&b];
-        let bytes = encode(&frame);
+        let bytes = encode(&b);
         group.throughput(Throughput::Elements(n));
-        group.bench_with_input(BenchmarkId::new("encode-batch", n), &frame, |bench, f| {
-            bench.iter(|| encode(black_box(f)));
+        group.bench_with_input(BenchmarkId::new("encode-entry", n), &b, |bench, b| {
+            bench.iter(|| encode(black_box(b)));
         });
-        group.bench_with_input(BenchmarkId::new("decode-batch", n), &bytes, |bench, bytes| {
-            bench.iter(|| decode::<Vec<RoomBatch>>(black_box(bytes)).expect("a batch frame decodes"));
+        group.bench_with_input(BenchmarkId::new("decode-entry", n), &bytes, |bench, bytes| {
+            bench.iter(|| decode::<ShardBatch>(black_box(bytes)).expect("an entry decodes"));
         });
     }
-    let acks: Vec<RoomAck> = (9_000..9_064).map(RoomAck::Stored).collect();
-    let bytes = encode(&acks);
-    group.throughput(Throughput::Elements(acks.len() as u64));
-    group.bench_with_input(BenchmarkId::new("encode-acks", acks.len()), &acks, |bench, a| {
-        bench.iter(|| encode(black_box(a)));
+    let sends: Vec<ForwardedSend> = (0..64)
+        .map(|i| ForwardedSend {
+            id: i,
+            from: format!("user-{}", i % 50),
+            room: "room-1".into(),
+            body: "x".repeat(100),
+            client_id: format!("c-{i}"),
+            applied: 4_242,
+        })
+        .collect();
+    let bytes = encode(&sends);
+    group.throughput(Throughput::Elements(sends.len() as u64));
+    group.bench_with_input(BenchmarkId::new("encode-forwarded", sends.len()), &sends, |bench, s| {
+        bench.iter(|| encode(black_box(s)));
     });
-    group.bench_with_input(BenchmarkId::new("decode-acks", acks.len()), &bytes, |bench, bytes| {
-        bench.iter(|| decode::<Vec<RoomAck>>(black_box(bytes)).expect("an ack frame decodes"));
+    group.bench_with_input(BenchmarkId::new("decode-forwarded", sends.len()), &bytes, |bench, bytes| {
+        bench.iter(|| decode::<Vec<ForwardedSend>>(black_box(bytes)).expect("a forwarded frame decodes"));
     });
     group.finish();
 }

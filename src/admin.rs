@@ -363,7 +363,9 @@ async fn settle(target: &Target, what: &str, done: impl Fn(&Value) -> bool) -> R
 
 fn on_shards(view: &Value) -> Result<()> {
     if view.get("layout").is_none_or(Value::is_null) {
-        bail!("this cluster keeps room logs without shards: set [cluster] shards in the cluster file");
+        bail!(
+            "no shard layout: this node runs on its own (nodes are added to clusters), or the cluster is still starting"
+        );
     }
     Ok(())
 }

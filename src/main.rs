@@ -215,10 +215,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 bind: me.peer,
                 peers: config.nodes.iter().map(|n| (n.id, n.peer)).collect(),
                 identity,
-                ack: config.cluster.ack,
-                failure_timeout_ms: config.cluster.failure_timeout_ms,
-                shards: config.cluster.shards.map(|n| (n, config.cluster.replication)),
+                shards: (config.cluster.shards, config.cluster.replication),
             };
+            for field in config.ignored_fields() {
+                tracing::warn!("the cluster file sets {field}, which is no longer read");
+            }
             let settings = NodeSettings {
                 id,
                 data_dir,
@@ -298,9 +299,9 @@ async fn serve(mut settings: NodeSettings, listen: SocketAddr, exit_with_parent:
             _ = shutdown_signal() => {}
             _ = parent_gone(exit_with_parent) => tracing::info!("launcher went away"),
         }
-        // A planned stop loses no message and gives no client an error: the
-        // rooms move first, then clients are told to reconnect (1012).
-        palaver_node::cluster::failover::hand_over(&handing, HAND_OVER_WITHIN).await;
+        // A planned stop gives no client an error: this node's leaderships
+        // move first, then clients are told to reconnect (1012).
+        handing.hand_over(HAND_OVER_WITHIN).await;
     };
     palaver_node::api::serve(listener, node.clone(), stop).await;
     node.shutdown().await;

@@ -177,7 +177,7 @@ async fn leaders(cluster: &Cluster, nodes: &[u64]) -> Result<BTreeMap<u64, usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_are_added_drained_and_removed_while_clients_send() -> Result<()> {
     let cfg = config(|c| {
-        c.cluster.shards = Some(SHARDS);
+        c.cluster.shards = SHARDS;
         c.security.ops_token = Some(OpsToken::new(TOKEN).expect("a valid ops token"));
     });
     let mut cluster = Cluster::builder(3).config(cfg).name("membership").start().await?;

@@ -28,7 +28,7 @@ const LIMIT: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_room_at_500_messages_a_second_delivers_every_message_within_a_second() -> Result<()> {
-    let cluster = Cluster::builder(3).config(config(|c| c.cluster.shards = Some(8))).name("rate").start().await?;
+    let cluster = Cluster::builder(3).config(config(|c| c.cluster.shards = 8)).name("rate").start().await?;
     let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
     let publisher = User::register(&balancer.http(), "publisher").await?;
     let r = balancer

@@ -14,8 +14,12 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::api::origin::OriginPolicy;
-use crate::cluster::AckPolicy;
 use crate::storage::EngineKind;
+
+/// The most shards a cluster may have (each is a Raft group on its nodes).
+pub const MAX_SHARDS: u32 = 1024;
+/// The most replicas a shard may have.
+pub const MAX_REPLICATION: u8 = 7;
 
 /// Everything a node or the launcher reads from the cluster file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,18 +46,21 @@ pub struct ClusterSection {
     pub data_dir: PathBuf,
     /// The storage engine.
     pub storage: EngineKind,
-    /// When a send is answered: once a majority of nodes stored it, or once
-    /// its room's owner did.
-    pub ack: AckPolicy,
-    /// A node silent this long (no gossip) loses its rooms to live nodes.
-    pub failure_timeout_ms: u64,
+    /// No longer read: a send is answered once a majority of its shard's
+    /// replicas stored it. Accepted so older cluster files still load.
+    #[serde(skip_serializing)]
+    pub ack: Option<toml::Value>,
+    /// No longer read: shards elect a new leader by themselves. Accepted so
+    /// older cluster files still load.
+    #[serde(skip_serializing)]
+    pub failure_timeout_ms: Option<toml::Value>,
     /// Where the cluster CA and node certificates are (`ca.pem`,
     /// `node-N.pem`, `node-N.key`); default `<data_dir>/tls`. `palaver up`
     /// and `palaver certs` create them there when absent.
     pub tls_dir: Option<PathBuf>,
-    /// Room logs on this many Raft shards (docs/shards.md; the design being
-    /// built). Unset: every room's log has an owner node, as before.
-    pub shards: Option<u32>,
+    /// Room logs on this many Raft shards (a room's shard is a hash of its
+    /// id modulo this; docs/shards.md). Fixed for the cluster's life.
+    pub shards: u32,
     /// Replicas of each shard.
     pub replication: u8,
 }
@@ -63,10 +70,10 @@ impl Default for ClusterSection {
         Self {
             data_dir: PathBuf::from("data"),
             storage: EngineKind::Redb,
-            ack: AckPolicy::Majority,
-            failure_timeout_ms: 3_000,
+            ack: None,
+            failure_timeout_ms: None,
             tls_dir: None,
-            shards: None,
+            shards: 64,
             replication: 3,
         }
     }
@@ -327,6 +334,18 @@ impl Config {
         })
     }
 
+    /// The fields this file sets that no longer do anything, for a warning.
+    pub fn ignored_fields(&self) -> Vec<&'static str> {
+        let mut ignored = Vec::new();
+        if self.cluster.ack.is_some() {
+            ignored.push("[cluster] ack (sends are answered once a majority of the shard's replicas stored them)");
+        }
+        if self.cluster.failure_timeout_ms.is_some() {
+            ignored.push("[cluster] failure_timeout_ms (a shard elects a new leader by itself)");
+        }
+        ignored
+    }
+
     /// Parses and checks cluster-file text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text)
@@ -341,6 +360,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_SHARDS).contains(&self.cluster.shards) {
+            return Err(ConfigError::Invalid(format!("[cluster] shards must be from 1 to {MAX_SHARDS}")));
+        }
+        if !(1..=MAX_REPLICATION).contains(&self.cluster.replication) {
+            return Err(ConfigError::Invalid(format!("[cluster] replication must be from 1 to {MAX_REPLICATION}")));
+        }
         let mut ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|w| w[0] == w[1]) {

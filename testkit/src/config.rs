@@ -24,15 +24,18 @@ const HIGH_QUOTA: u32 = 1_000_000;
 const HIGH_RATE: u32 = 10_000;
 
 /// Set to a number, runs room logs on that many shards in every cluster
-/// the kit starts (the design being built, docs/shards.md).
+/// the kit starts (default [`TEST_SHARDS`]).
 pub const SHARDS_ENV: &str = "PALAVER_TEST_SHARDS";
+/// Shards of a test cluster: enough to spread leaders over every node of a
+/// test, few enough that a debug build starts a cluster in a second or two.
+pub const TEST_SHARDS: u32 = 8;
 
 /// The node's defaults, with rate limits and quotas raised so ordinary tests
 /// never trip them, and [`ALLOWED_ORIGIN`] as the only browser origin.
 pub fn test_config() -> Config {
     let mut c = raised_limits(HIGH_RATE, HIGH_QUOTA);
     c.security.allowed_origins = vec![ALLOWED_ORIGIN.to_string()];
-    c.cluster.shards = std::env::var(SHARDS_ENV).ok().and_then(|v| v.parse().ok());
+    c.cluster.shards = std::env::var(SHARDS_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(TEST_SHARDS);
     c
 }
 

@@ -82,8 +82,9 @@ use world::owners;
 use world::start_load;
 use world::stop_load;
 
-/// The nodes' `[cluster] failure_timeout_ms` (the node default; the harness
-/// does not set it).
+/// How long the cluster may take to replace a lost leader: a shard's (or
+/// the metadata group's) election, its lease of 1.5 s, a pre-vote and a
+/// vote (node/src/raft/handle.rs).
 const FAILURE_TIMEOUT: Duration = Duration::from_millis(3_000);
 /// Balancer health checks in these tests.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
@@ -213,9 +214,10 @@ async fn faults_under_load_lose_no_answered_message() -> Result<()> {
     writeln!(settings, "seed {seed} (replay: PALAVER_FAULT_SEED={seed})")?;
     writeln!(
         settings,
-        "clients {clients}, rooms {rooms}, rate {rate} sends/s in all, rounds {rounds}; nodes: failure_timeout_ms {} \
-         (default), ack majority; balancer: round-robin, health every {HEALTH_INTERVAL:?}, down after {DOWN_AFTER}; \
+        "clients {clients}, rooms {rooms}, rate {rate} sends/s in all, rounds {rounds}; nodes: {} shards, elections \
+         within {} ms; balancer: round-robin, health every {HEALTH_INTERVAL:?}, down after {DOWN_AFTER}; \
          clients: stall 4 s, reply timeout 20 s, backoff 50 ms..2 s, give up after {GIVE_UP:?}",
+        palaver_testkit::config::test_config().cluster.shards,
         FAILURE_TIMEOUT.as_millis()
     )?;
     writeln!(settings, "schedule:")?;

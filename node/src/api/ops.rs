@@ -84,13 +84,13 @@ pub async fn drain(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Nodes join and leave only clusters whose room logs are on shards.
+/// Nodes join and leave clusters, not a node started on its own.
 fn on_shards(node: &Node) -> Result<(), ApiError> {
     match node.shards() {
         Some(_) => Ok(()),
         None => Err(ApiError::new(
             palaver_protocol::Code::Conflict,
-            "nodes are added and removed on clusters on shards ([cluster] shards in the cluster file)",
+            "this node runs on its own (no cluster file): start it as a cluster's node to add or remove nodes",
         )),
     }
 }
@@ -151,7 +151,7 @@ pub async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Resul
 /// This node's view of the cluster (ops token or admin): the nodes with
 /// their state and Raft role, this node's own role and the shards it
 /// leads, the layout (each shard's replicas, the moves still to make), and
-/// the room → owner assignment.
+/// each room's shard and the node leading it.
 pub async fn cluster(State(node): State<Arc<Node>>, _: Ops) -> Result<Response, ApiError> {
     let m = node.consensus.metrics();
     let now = crate::clock::now_ms();
@@ -205,10 +205,11 @@ pub async fn cluster(State(node): State<Arc<Node>>, _: Ops) -> Result<Response, 
                     let shard = meta.layout.shard_of(&r.info.id);
                     json!({"room": r.info.id, "shard": shard, "owner_node": shards.leader(shard)})
                 }
-                None => json!({"room": r.info.id, "owner_node": r.info.owner_node, "epoch": r.info.epoch}),
+                // A node on its own orders every room's writes.
+                None => json!({"room": r.info.id, "owner_node": node.id}),
             })
             .collect();
-        let rooms_led = meta.rooms.values().filter(|r| r.info.owner_node == node.id).count();
+        let rooms_led = meta.rooms.len();
         let l = &meta.layout;
         let layout = l.is_set().then(|| {
             json!({

@@ -1,6 +1,7 @@
-//! Sends made on a node that does not own the room travel to the owner on
-//! one ordered stream per owner, so a client's pipelined sends keep their
-//! order; the owner answers each by id as its batch commits.
+//! Sends made on a node that does not lead the room's shard travel to the
+//! shard's leader on one ordered stream per leader node, so a client's
+//! pipelined sends keep their order; the leader answers each by id as its
+//! shard commits them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,6 @@ use quinn::SendStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
-use super::replicator::STREAM_FORWARD;
 use super::wire::ForwardedAnswer;
 use super::wire::ForwardedSend;
 use super::wire::decode;
@@ -21,10 +21,11 @@ use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
 use crate::peer::frame;
 use crate::rooms::Appended;
-use crate::rooms::RoomRef;
 use crate::service::ApiError;
 use crate::service::Node;
 
+/// The first frame of a forwarding stream (the `Rooms` channel's only kind).
+pub const STREAM_FORWARD: u8 = 2;
 /// Sends queued per owner before callers wait.
 const QUEUE: usize = 4_096;
 /// How long an owner waits to catch up with a forwarding node's metadata.
@@ -188,56 +189,22 @@ pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: S
     let _ = writer.await;
 }
 
-/// Queues a forwarded send in the local writer if this node owns the room.
+/// Queues a forwarded send on its shard if this node leads it.
 async fn accept(
     node: &Arc<Node>,
     s: ForwardedSend,
 ) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
-    if let Some(shards) = node.shards() {
-        // Checked again where the send is ordered, against metadata at least
-        // as new as the forwarding node's.
-        if node.consensus.applied_index() < s.applied {
-            node.consensus.wait_applied(s.applied, CATCH_UP).await?;
-        }
-        let room = crate::service::may_send(&node.meta(), &s.from, &s.room)?;
-        let shard = node.shard_of(&s.room)?;
-        if shards.led(shard).is_none() {
-            return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
-        }
-        return node.submit_to_shard(shards, s.from, room, s.body, s.client_id).await;
-    }
-    let room = owned_room(node, &s.room, s.applied).await?;
-    // Checked again where the send is ordered: a mute or kick the forwarding
-    // node had not applied yet still stops it here.
+    let shards = node.shards().ok_or_else(|| ApiError::internal("a forwarded send on a node without shards"))?;
+    // Checked again where the send is ordered, against metadata at least as
+    // new as the forwarding node's: a mute or kick it had not applied yet
+    // still stops the send here.
     if node.consensus.applied_index() < s.applied {
         node.consensus.wait_applied(s.applied, CATCH_UP).await?;
     }
-    crate::service::may_send(&node.meta(), &s.from, &s.room)?;
-    let pending = node.writer.submit_append(room, s.from, s.body, s.client_id).await?;
-    Ok(Box::pin(async move { Ok(pending.await?) }))
-}
-
-/// The room as this node owns it. A node that does not see the room (or
-/// itself as its owner) yet first catches up with the metadata the
-/// forwarding node had applied.
-pub(super) async fn owned_room(node: &Arc<Node>, room: &str, applied: u64) -> Result<RoomRef, ApiError> {
-    let lookup = || -> Result<RoomRef, ApiError> {
-        let meta = node.meta();
-        let r = meta.rooms.get(room).ok_or_else(|| ApiError::not_found(format!("room {room}")))?;
-        if r.info.owner_node != node.id {
-            return Err(ApiError::unavailable(format!("room {room} moved to node {}; retry", r.info.owner_node)));
-        }
-        if node.cluster.as_ref().is_some_and(|c| c.recovering.contains(r.info.key)) {
-            return Err(ApiError::unavailable(format!("room {room} is moving to this node; retry")));
-        }
-        Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: node.id })
-    };
-    match lookup() {
-        Ok(r) => Ok(r),
-        Err(e) if e.code == Code::Unavailable && e.message.contains("moving") => Err(e),
-        Err(_) => {
-            node.consensus.wait_applied(applied, CATCH_UP).await?;
-            lookup()
-        }
+    let room = crate::service::may_send(&node.meta(), &s.from, &s.room)?;
+    let shard = node.shard_of(&s.room)?;
+    if shards.led(shard).is_none() {
+        return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
     }
+    node.submit_to_shard(shards, s.from, room, s.body, s.client_id).await
 }

@@ -1,18 +1,14 @@
-//! What a node does with its peers: Raft over QUIC, metadata writes forwarded
-//! to the leader, room replication (owner and replica sides), sends forwarded
-//! to a room's owner, and presence and typing gossip.
+//! What a node does with its peers: metadata Raft over QUIC, metadata writes
+//! forwarded to the leader, sends and deletes forwarded to a shard's leader,
+//! shard RPCs handed to [`crate::shards`], and presence and typing gossip.
 //!
 //! Everything here rides on [`crate::peer`] (the QUIC transport) and speaks
-//! the types of [`wire`]. The rules for rooms (seq, dedup, committed reads)
-//! stay in [`crate::rooms`]; this module only moves their records.
+//! the types of [`wire`]. Room logs are the shards' Raft logs
+//! ([`crate::shards`]); this module only carries their calls.
 
-pub mod failover;
 pub mod forward;
-pub mod inflight;
 pub mod presence;
 pub mod raft_net;
-pub mod replica;
-pub mod replicator;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -29,8 +25,6 @@ use palaver_protocol::ServerEvent;
 use parking_lot::Mutex;
 use quinn::RecvStream;
 use quinn::SendStream;
-use serde::Deserialize;
-use serde::Serialize;
 
 use self::presence::RemotePresence;
 use self::wire::Gossip;
@@ -47,30 +41,13 @@ use crate::peer::PeerEndpoint;
 use crate::peer::PeerHandler;
 use crate::peer::frame;
 use crate::raft::ConsensusError;
-use crate::rooms::Record;
 use crate::service::ApiError;
 use crate::service::Node;
 
-/// When a room's send is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AckPolicy {
-    /// Once a majority of nodes stored it (the default).
-    #[default]
-    Majority,
-    /// Once the owner stored it (faster; a message answered just before the
-    /// owner's disk dies can be lost).
-    Local,
-}
-
-/// How often an owner re-announces its rooms' committed seqs.
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// How often presence is gossiped even when nothing changed.
 const GOSSIP_EVERY: Duration = Duration::from_secs(1);
 /// A node silent this long counts as gone (its users offline).
 pub const SILENT_MS: u64 = 3_500;
-/// Records answered per fetch at most.
-const FETCH_MAX: usize = 1_000;
 
 /// This node's view of and links to the other nodes.
 pub struct Cluster {
@@ -78,14 +55,10 @@ pub struct Cluster {
     pub endpoint: PeerEndpoint,
     /// The other nodes' ids.
     pub peers: Vec<u64>,
-    /// Room sends forwarded to owners.
+    /// Room sends forwarded to shard leaders.
     pub forwarder: forward::Forwarder,
     /// The other nodes' presence.
     pub presence: Mutex<RemotePresence>,
-    /// Rooms this node is recovering as their new owner.
-    pub recovering: failover::Recovering,
-    /// Tells the replicator about commits to announce.
-    pub announce: tokio::sync::mpsc::UnboundedSender<replicator::Input>,
 }
 
 /// The node a handler serves, set once the node is built.
@@ -155,10 +128,7 @@ impl PeerHandler for Handler {
                 return;
             }
             match frame::read_frame(&mut recv, 16).await {
-                Ok(Some(kind)) if kind == [replicator::STREAM_REPLICATION] => {
-                    replica::serve(node, from, recv, send).await;
-                }
-                Ok(Some(kind)) if kind == [replicator::STREAM_FORWARD] => forward::serve(node, from, recv, send).await,
+                Ok(Some(kind)) if kind == [forward::STREAM_FORWARD] => forward::serve(node, from, recv, send).await,
                 other => tracing::warn!(from, ?other, "unknown room stream kind"),
             }
         }
@@ -210,81 +180,36 @@ async fn raft_call(node: &Node, call: RaftCall) -> RaftAnswer {
 }
 
 async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
+    let refused = |e: ApiError| RoomAnswer::Refused(e.code.as_str().into(), e.message);
     match call {
-        RoomCall::Committed { room_key } => match node.log.last_seq(room_key) {
-            Ok(seq) => RoomAnswer::Committed(seq),
-            Err(e) => RoomAnswer::Refused("internal".into(), e.to_string()),
+        RoomCall::Delete(d) => match delete_here(node, d).await {
+            Ok(sender) => RoomAnswer::Deleted(sender),
+            Err(e) => refused(e),
         },
-        RoomCall::Tail { room_key } => match failover::local_tail(node, room_key) {
-            Ok(failover::Tail { seq, last_epoch, committed }) => {
-                let (owner, epoch) = node
-                    .meta()
-                    .rooms
-                    .values()
-                    .find(|r| r.info.key == room_key)
-                    .map_or((0, 0), |r| (r.info.owner_node, r.info.epoch));
-                RoomAnswer::Tail { seq, last_epoch, committed, owner, epoch }
-            }
-            Err(e) => RoomAnswer::Refused("internal".into(), e),
-        },
-        RoomCall::Fetch { room_key, room, from, to } => {
-            let limit = usize::try_from(to.saturating_sub(from) + 1).unwrap_or(FETCH_MAX).min(FETCH_MAX);
-            match node.log.stored_range(room_key, from, to, limit) {
-                Ok(messages) => RoomAnswer::Records(
-                    messages
-                        .into_iter()
-                        .map(|m| Record { room_key, room: room.clone(), seq: m.seq, stored: m.stored, new: true })
-                        .collect(),
-                ),
-                Err(e) => RoomAnswer::Refused("internal".into(), e.to_string()),
-            }
-        }
-        RoomCall::Delete(d) => {
-            let room = match node.shards() {
-                Some(_) => node.meta().rooms.get(&d.room).map(|r| crate::rooms::RoomRef {
-                    key: r.info.key,
-                    id: d.room.as_str().into(),
-                    epoch: r.info.epoch,
-                    owner: r.info.owner_node,
-                }),
-                None => None,
-            };
-            let room = match room {
-                Some(r) => r,
-                None => match forward::owned_room(node, &d.room, d.applied).await {
-                    Ok(r) => r,
-                    Err(e) => return RoomAnswer::Refused(e.code.as_str().into(), e.message),
-                },
-            };
-            // The actor's standing is decided here, where the delete is ordered.
-            if node.consensus.applied_index() < d.applied
-                && let Err(e) = node.consensus.wait_applied(d.applied, Duration::from_secs(5)).await
-            {
-                let e = ApiError::from(e);
-                return RoomAnswer::Refused(e.code.as_str().into(), e.message);
-            }
-            let moderator =
-                match node.meta().authorize(&d.actor, &d.room, crate::permissions::Action::DeleteMessage { own: true })
-                {
-                    Ok(r) => matches!(
-                        r.standing(&d.actor),
-                        crate::permissions::Standing::Member(role) if role >= Role::Moderator
-                    ),
-                    Err(e) => {
-                        let e = ApiError::from(e);
-                        return RoomAnswer::Refused(e.code.as_str().into(), e.message);
-                    }
-                };
-            let deleted = match node.shards() {
-                Some(_) => node.delete_on_shard(room, d.seq, d.actor, moderator).await,
-                None => node.writer.delete(room, d.seq, d.actor, moderator).await.map_err(ApiError::from),
-            };
-            match deleted {
-                Ok(sender) => RoomAnswer::Deleted(sender),
-                Err(e) => RoomAnswer::Refused(e.code.as_str().into(), e.message),
-            }
-        }
     }
+}
+
+/// A delete forwarded to this node as the leader of the room's shard: the
+/// actor's standing is decided here, where the delete is ordered, against
+/// metadata at least as new as the forwarding node's.
+async fn delete_here(node: &Arc<Node>, d: wire::ForwardedDelete) -> Result<String, ApiError> {
+    if node.consensus.applied_index() < d.applied {
+        node.consensus.wait_applied(d.applied, Duration::from_secs(5)).await?;
+    }
+    let (room, moderator) = {
+        let meta = node.meta();
+        let r = meta.authorize(&d.actor, &d.room, crate::permissions::Action::DeleteMessage { own: true })?;
+        let moderator =
+            matches!(r.standing(&d.actor), crate::permissions::Standing::Member(role) if role >= Role::Moderator);
+        let room = crate::rooms::RoomRef {
+            key: r.info.key,
+            id: d.room.as_str().into(),
+            epoch: r.info.epoch,
+            owner: r.info.owner_node,
+        };
+        (room, moderator)
+    };
+    node.delete_on_shard(room, d.seq, d.actor, moderator).await
 }
 
 fn gossip(node: &Arc<Node>, from: u64, g: Gossip) {
@@ -308,12 +233,7 @@ fn gossip(node: &Arc<Node>, from: u64, g: Gossip) {
 
 impl Cluster {
     /// Wraps the transport and points it at the other nodes.
-    pub fn new(
-        endpoint: PeerEndpoint,
-        peer_addrs: &BTreeMap<u64, SocketAddr>,
-        self_id: u64,
-        announce: tokio::sync::mpsc::UnboundedSender<replicator::Input>,
-    ) -> Self {
+    pub fn new(endpoint: PeerEndpoint, peer_addrs: &BTreeMap<u64, SocketAddr>, self_id: u64) -> Self {
         let peers: Vec<u64> = peer_addrs.keys().copied().filter(|id| *id != self_id).collect();
         endpoint.set_peers(peer_addrs.iter().filter(|(id, _)| **id != self_id).map(|(k, v)| (*k, *v)).collect());
         Self {
@@ -321,8 +241,6 @@ impl Cluster {
             endpoint,
             peers,
             presence: Mutex::new(RemotePresence::default()),
-            recovering: failover::Recovering::default(),
-            announce,
         }
     }
 
@@ -339,34 +257,6 @@ impl Cluster {
                     tracing::debug!(peer, error = %e, "gossip not delivered");
                 }
             });
-        }
-    }
-}
-
-/// Re-announces the committed seq of every room this node owns now and
-/// then, so a replica that missed a notice (it was down, or a frame was
-/// dropped) catches up without waiting for the room's next message.
-pub async fn announce_loop(node: Weak<Node>) {
-    let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
-    loop {
-        tick.tick().await;
-        let Some(node) = node.upgrade() else { return };
-        let owned: Vec<(u64, String, u64)> = node
-            .meta()
-            .rooms
-            .values()
-            .filter(|r| r.info.owner_node == node.id)
-            .map(|r| (r.info.key, r.info.id.clone(), r.info.epoch))
-            .collect();
-        let commits: Vec<(u64, String, u64, u64)> = owned
-            .into_iter()
-            .filter(|(key, _, _)| !node.cluster.as_ref().is_some_and(|c| c.recovering.contains(*key)))
-            .filter_map(|(key, room, epoch)| {
-                node.log.last_seq(key).ok().filter(|s| *s > 0).map(|s| (key, room, s, epoch))
-            })
-            .collect();
-        if !commits.is_empty() {
-            node.announce_commits(commits);
         }
     }
 }

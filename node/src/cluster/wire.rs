@@ -13,7 +13,6 @@ use crate::raft::TypeConfig;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::Vote;
 use crate::rooms::Appended;
-use crate::rooms::Record;
 
 /// A Raft RPC or a metadata write forwarded to the leader.
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,86 +74,24 @@ pub enum RaftAnswer {
     Refused(String),
 }
 
-/// What an owner sends a replica on its ordered room stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RoomBatch {
-    /// The owner's batch id (acknowledged by id).
-    pub id: u64,
-    /// Records to store, in order.
-    pub records: Vec<Record>,
-    /// Rooms whose committed seq rose: (room key, room id, seq, the owner's
-    /// epoch). A replica ignores a notice from an epoch that is over.
-    pub commits: Vec<(u64, String, u64, u64)>,
-}
-
-/// A replica's answer on the room stream.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum RoomAck {
-    /// Batch `id` is durable here.
-    Stored(u64),
-    /// Batch `id` was refused (gap not fillable, stale epoch): the owner
-    /// does not count it.
-    Refused(u64, String),
-}
-
 /// Requests about rooms, one per stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RoomCall {
-    /// Delete a message's body (answered with the sender's name).
+    /// Delete a message's body on the leader of the room's shard (answered
+    /// with the sender's name).
     Delete(ForwardedDelete),
-    /// The room's committed seq on its owner (a node answering a read
-    /// waits until its own copy has it).
-    Committed {
-        /// Room key.
-        room_key: u64,
-    },
-    /// The last seq this node stores for a room (a new owner recovering it).
-    Tail {
-        /// Room key.
-        room_key: u64,
-    },
-    /// Records `from..=to` of a room (a replica filling a gap).
-    Fetch {
-        /// Room key.
-        room_key: u64,
-        /// Room id.
-        room: String,
-        /// First seq.
-        from: u64,
-        /// Last seq.
-        to: u64,
-    },
 }
 
 /// The answer to a [`RoomCall`].
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RoomAnswer {
-    /// The records asked for (possibly fewer, from the start).
-    Records(Vec<Record>),
     /// A deletion was done: the message's sender.
     Deleted(String),
-    /// The committed seq asked for.
-    Committed(u64),
-    /// The last seq stored here and the epoch it was written under, the
-    /// committed seq, and the room's owner and epoch as this node's
-    /// metadata has them.
-    Tail {
-        /// Last stored seq.
-        seq: u64,
-        /// The owner epoch of the last stored record (0: none).
-        last_epoch: u64,
-        /// The highest seq known committed here.
-        committed: u64,
-        /// Owner node.
-        owner: u64,
-        /// Owner epoch.
-        epoch: u64,
-    },
     /// Refused: protocol code and text.
     Refused(String, String),
 }
 
-/// A message deletion forwarded to the room's owner.
+/// A message deletion forwarded to the leader of the room's shard.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ForwardedDelete {
     /// Who deletes.
@@ -167,7 +104,7 @@ pub struct ForwardedDelete {
     pub applied: u64,
 }
 
-/// A send forwarded to the room's owner on an ordered stream.
+/// A send forwarded to the leader of the room's shard on an ordered stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ForwardedSend {
     /// Correlates the answer.
@@ -180,12 +117,12 @@ pub struct ForwardedSend {
     pub body: String,
     /// Idempotency key.
     pub client_id: String,
-    /// The forwarding node's applied Raft index: an owner that does not know
-    /// the room yet waits until it has applied that far.
+    /// The forwarding node's applied metadata index: the leader checks the
+    /// send against metadata at least that new.
     pub applied: u64,
 }
 
-/// The owner's answer to a [`ForwardedSend`].
+/// The shard leader's answer to a [`ForwardedSend`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ForwardedAnswer {
     /// The send's id.

@@ -65,11 +65,10 @@ impl RaftSettings {
             node,
             members,
             // Every node's sends wait for a metadata leader once their lease
-            // runs out, so this group elects faster than the shards do:
-            // openraft refuses votes for `election_timeout.1` after the last
-            // heartbeat, and a pre-vote refused for that is retried after one
-            // more timeout, so a lost leader is replaced within about twice
-            // the upper bound (3 s), not the 6-8 s seen with (1.5 s, 3 s).
+            // runs out: openraft refuses votes for `election_timeout.1` after
+            // the last heartbeat, and a pre-vote refused for that is retried
+            // after one more timeout, so a lost leader is replaced within
+            // about twice the upper bound (3 s; 6-8 s were seen with 1.5-3 s).
             heartbeat_interval: Duration::from_millis(150),
             election_timeout: (Duration::from_millis(750), Duration::from_millis(1500)),
             snapshot_every: 5000,

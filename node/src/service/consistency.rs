@@ -35,8 +35,6 @@ use super::ApiError;
 use super::Node;
 use crate::cluster::wire::RaftAnswer;
 use crate::cluster::wire::RaftCall;
-use crate::cluster::wire::RoomAnswer;
-use crate::cluster::wire::RoomCall;
 use crate::cluster::wire::decode;
 use crate::cluster::wire::encode;
 use crate::meta::MetaState;
@@ -215,33 +213,14 @@ impl Node {
         }
     }
 
-    /// Before a read of a room's log on a node that does not own the room:
-    /// asks the owner for its committed seq and waits until this node's copy
-    /// has it, so a message answered anywhere is in the page.
+    /// Before a read of a room's log: waits until this node has applied
+    /// what the leader of the room's shard has committed, so a message
+    /// answered anywhere is in the page. A node alone has applied it already.
     pub async fn catch_up_room(&self, room: &RoomRef) -> Result<(), ApiError> {
-        let Some(cluster) = &self.cluster else { return Ok(()) };
-        if let Some(shards) = self.shards() {
-            return self.catch_up_shard(shards, cluster, room).await;
+        match (self.shards(), &self.cluster) {
+            (Some(shards), Some(cluster)) => self.catch_up_shard(shards, cluster, room).await,
+            _ => Ok(()),
         }
-        if room.owner == self.id {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let call = encode(&RoomCall::Committed { room_key: room.key });
-        let bytes =
-            cluster.endpoint.request(room.owner, Channel::Rooms, call, CATCH_UP_TIMEOUT).await.map_err(|e| {
-                ApiError::unavailable(format!("the room's owner (node {}) is unreachable: {e}", room.owner))
-            })?;
-        let committed = match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
-            RoomAnswer::Committed(seq) => seq,
-            RoomAnswer::Refused(code, message) => return Err(ApiError::new(Code::parse(&code), message)),
-            other => return Err(ApiError::internal(format!("unexpected answer {other:?}"))),
-        };
-        if !self.log.wait_committed(room.key, committed, AWAIT_APPLIED).await {
-            return Err(ApiError::unavailable("this node's copy of the room is catching up; retry"));
-        }
-        record_catch_up(CatchUpReason::RoomLog, started);
-        Ok(())
     }
 
     /// The shards' form of [`Node::catch_up_room`]: this replica waits

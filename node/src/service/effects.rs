@@ -67,18 +67,10 @@ impl Node {
                 }
                 tracing::info!(%room, "room deleted");
             }
-            // Owners and epochs mean nothing to rooms on shards.
-            MetaEffect::RoomAssigned { .. } if self.shards().is_some() => {}
-            MetaEffect::RoomAssigned { room, room_key, owner_node, epoch } => {
-                tracing::info!(%room, owner_node, epoch, "room log owner changed");
-                // Appends still queued here under the old epoch are refused.
-                self.writer.fence(room_key, epoch).await;
-                if owner_node == self.id && self.cluster.is_some() {
-                    tokio::spawn(crate::cluster::failover::recover(self.clone(), room, room_key));
-                }
-            }
-            // The shard groups follow the layout once they serve room logs
-            // (docs/shards.md, step 2); until then there is nothing to do.
+            // Room owners are a record of the design before shards (old logs
+            // still apply them); a room's writer is its shard's leader.
+            MetaEffect::RoomAssigned { .. } => {}
+            // The membership loop reads the layout on its next round.
             MetaEffect::LayoutChanged => {}
         }
     }

@@ -143,6 +143,63 @@ impl Node {
         avoid
     }
 
+    /// Before a planned stop: hands the leadership of every shard this node
+    /// leads, and of the metadata group, to voters that hold the whole log,
+    /// then waits (at most `within`) until they lead, so no send waits for
+    /// an election. A node alone has nothing to hand over.
+    pub async fn hand_over(&self, within: Duration) {
+        let Some(shards) = self.shards() else { return };
+        let work = async {
+            let mut handed = Vec::new();
+            for shard in shards.host.open_shards() {
+                let Some(raft) = shards.led(shard) else { continue };
+                let ready: Vec<u64> = caught_up(&raft).into_iter().filter(|id| *id != self.id).collect();
+                let (voters, _) = membership(&raft);
+                let ready: Vec<u64> = ready.into_iter().filter(|id| voters.contains(id)).collect();
+                // Spread the shards over the replicas that can take them.
+                let Some(to) = ready.get(shard as usize % ready.len().max(1)).copied() else {
+                    tracing::warn!(shard, "no caught-up replica to hand the shard to; it elects after the stop");
+                    continue;
+                };
+                match raft.trigger().transfer_leader(to).await {
+                    Ok(()) => handed.push(shard),
+                    Err(e) => tracing::warn!(shard, to, error = %e, "shard leadership not handed on"),
+                }
+            }
+            let raft = self.consensus.raft();
+            let mut meta_handed = false;
+            if self.consensus.metrics().current_leader == Some(self.id) {
+                let voters: Vec<u64> = raft
+                    .metrics()
+                    .borrow_watched()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter(|id| *id != self.id)
+                    .collect();
+                if let Some(to) = voters.first() {
+                    match raft.trigger().transfer_leader(*to).await {
+                        Ok(()) => meta_handed = true,
+                        Err(e) => tracing::warn!(to, error = %e, "metadata leadership not handed on"),
+                    }
+                }
+            }
+            tracing::info!(shards = handed.len(), metadata = meta_handed, "leaderships handed on before stopping");
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                let leads_shard = handed.iter().any(|shard| shards.led(*shard).is_some());
+                let leads_meta = meta_handed && self.consensus.metrics().current_leader == Some(self.id);
+                if !leads_shard && !leads_meta {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(within, work).await.is_err() {
+            tracing::warn!("hand-over took too long; stopping anyway");
+        }
+    }
+
     /// One round of moving this node's part of the cluster toward the
     /// recorded layout (see the module's documentation).
     pub(super) fn drive_layout(self: &Arc<Self>) {

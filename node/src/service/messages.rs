@@ -33,12 +33,6 @@ use crate::shards::types::OpResult;
 use crate::shards::types::ShardOp;
 use futures_util::FutureExt;
 
-/// A send's answer, from this node's writer or from the room's owner.
-enum Wait<L> {
-    Local(L),
-    Remote(tokio::sync::oneshot::Receiver<Result<Appended, ApiError>>),
-}
-
 /// Messages read from the store at a time while filling a history page.
 const HISTORY_CHUNK: usize = 64;
 
@@ -109,30 +103,9 @@ impl Node {
         if let Some(shards) = self.shards() {
             return self.submit_to_shard(shards, s.username.to_string(), room, body, client_id).await;
         }
-        let wait = match &self.cluster {
-            Some(cluster) if room.owner == self.id && cluster.recovering.contains(room.key) => {
-                return Err(ApiError::unavailable("the room is moving to this node; retry"));
-            }
-            Some(cluster) if room.owner != self.id => {
-                let send = ForwardedSend {
-                    id: 0,
-                    from: s.username.to_string(),
-                    room: room.id.to_string(),
-                    body,
-                    client_id,
-                    applied: self.consensus.applied_index(),
-                };
-                Wait::Remote(cluster.forwarder.submit(room.owner, send).await?)
-            }
-            _ => Wait::Local(self.writer.submit_append(room, s.username.to_string(), body, client_id).await?),
-        };
+        let pending = self.writer.submit_append(room, s.username.to_string(), body, client_id).await?;
         Ok(async move {
-            let appended = match wait {
-                Wait::Local(pending) => pending.await?,
-                Wait::Remote(answer) => {
-                    answer.await.map_err(|_| ApiError::unavailable("the room's owner went away; retry"))??
-                }
-            };
+            let appended = pending.await?;
             metrics::counter!("palaver_sends_total").increment(1);
             Ok(appended)
         }
@@ -264,46 +237,46 @@ impl Node {
                 Ok((r, moderator))
             })
             .await?;
-        // Where the delete is ordered: the room's owner, or its shard's leader.
-        let target = match self.shards() {
+        let sender = match self.shards() {
             Some(shards) => {
+                // Ordered where the room's shard is led.
                 let shard = self.shard_of(room)?;
-                shards
+                let leader = shards
                     .leader(shard)
-                    .ok_or_else(|| ApiError::unavailable(format!("shard {shard} has no leader; retry")))?
-            }
-            None => r.owner,
-        };
-        let sender = match &self.cluster {
-            Some(_) if target == self.id && self.shards().is_some() => {
-                self.delete_on_shard(r, seq, s.username.to_string(), moderator).await?
-            }
-            Some(cluster) if target != self.id => {
-                let call = RoomCall::Delete(ForwardedDelete {
-                    actor: s.username.to_string(),
-                    room: room.to_string(),
-                    seq,
-                    applied: self.consensus.applied_index(),
-                });
-                let bytes = cluster
-                    .endpoint
-                    .request(target, Channel::Rooms, encode(&call), Duration::from_secs(10))
-                    .await
-                    .map_err(|e| ApiError::unavailable(format!("the room's owner is unreachable: {e}")))?;
-                match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
-                    RoomAnswer::Deleted(sender) => sender,
-                    RoomAnswer::Refused(code, message) => return Err(ApiError::new(Code::parse(&code), message)),
-                    RoomAnswer::Records(_) | RoomAnswer::Tail { .. } | RoomAnswer::Committed(_) => {
-                        return Err(ApiError::internal("unexpected answer to a delete"));
-                    }
+                    .ok_or_else(|| ApiError::unavailable(format!("shard {shard} has no leader; retry")))?;
+                if leader == self.id {
+                    self.delete_on_shard(r, seq, s.username.to_string(), moderator).await?
+                } else {
+                    self.forward_delete(leader, room, seq, &s.username).await?
                 }
             }
-            _ => self.writer.delete(r, seq, s.username.to_string(), moderator).await?,
+            None => self.writer.delete(r, seq, s.username.to_string(), moderator).await?,
         };
         if sender != *s.username {
             self.room_op(s, room, RoomOp::AuditDelete { sender, seq }).await?;
         }
         Ok(())
+    }
+
+    /// Asks the leader of the room's shard to delete a message (it decides
+    /// the actor's standing again); answers the message's sender.
+    async fn forward_delete(&self, leader: u64, room: &str, seq: u64, actor: &str) -> Result<String, ApiError> {
+        let cluster = self.cluster.as_ref().ok_or_else(|| ApiError::internal("no peers to forward a delete to"))?;
+        let call = RoomCall::Delete(ForwardedDelete {
+            actor: actor.to_string(),
+            room: room.to_string(),
+            seq,
+            applied: self.consensus.applied_index(),
+        });
+        let bytes = cluster
+            .endpoint
+            .request(leader, Channel::Rooms, encode(&call), Duration::from_secs(10))
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the shard leader (node {leader}) is unreachable: {e}")))?;
+        match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
+            RoomAnswer::Deleted(sender) => Ok(sender),
+            RoomAnswer::Refused(code, message) => Err(ApiError::new(Code::parse(&code), message)),
+        }
     }
 
     /// Removes a message's body through its shard's log; this node must

@@ -39,7 +39,6 @@ pub use self::quotas::Usage;
 pub(crate) use self::rooms::check_room_id;
 pub use self::shards::Shards;
 use crate::auth::Passwords;
-use crate::cluster::AckPolicy;
 use crate::cluster::Cluster;
 use crate::cluster::NodeSlot;
 use crate::cluster::raft_net::QuicRaftNetwork;
@@ -63,7 +62,6 @@ use crate::raft::ConsensusError;
 use crate::raft::PeerNode;
 use crate::raft::RaftSettings;
 use crate::rooms::CommitAtOnce;
-use crate::rooms::FlushSink;
 use crate::rooms::LogWriter;
 use crate::rooms::Published;
 use crate::rooms::Publisher;
@@ -99,12 +97,8 @@ pub struct ClusterSettings {
     pub peers: BTreeMap<u64, SocketAddr>,
     /// This node's certificate, key and the cluster CA.
     pub identity: NodeIdentity,
-    /// When sends are answered.
-    pub ack: AckPolicy,
-    /// A node silent this long loses its rooms to live nodes.
-    pub failure_timeout_ms: u64,
     /// Room logs on shards: how many, and how many replicas each.
-    pub shards: Option<(u32, u8)>,
+    pub shards: (u32, u8),
 }
 
 /// A running node's shared state.
@@ -205,22 +199,21 @@ impl Node {
         let publish_hub = hub.clone();
         let publish: Publisher = Arc::new(move |p| publish_committed(&publish_hub, p));
         let slot: NodeSlot = Arc::new(OnceLock::new());
-        let (cluster, flushed) = match &settings.cluster {
+        let cluster = match &settings.cluster {
             Some(cs) => {
                 let handler = Arc::new(crate::cluster::Handler { node: slot.clone() });
                 let endpoint = PeerEndpoint::bind(settings.id, cs.bind, &cs.identity, PeerSettings::default(), handler)
                     .map_err(|e| StartError::Setup(format!("cannot open the peer address {}: {e}", cs.bind)))?;
-                let (sink, announce, rx) = crate::cluster::replicator::sink();
-                (Some((Cluster::new(endpoint, &cs.peers, settings.id, announce), cs.ack)), Some((sink, rx)))
+                Some(Cluster::new(endpoint, &cs.peers, settings.id))
             }
-            None => (None, None),
+            None => None,
         };
-        let (sink, flushed_rx): (Arc<dyn FlushSink>, _) = match flushed {
-            Some((sink, rx)) => (Arc::new(sink), Some(rx)),
-            None => (Arc::new(CommitAtOnce { log: log.clone(), publish: publish.clone() }), None),
-        };
-        let writer = LogWriter::start(log.clone(), sink)
-            .map_err(|e| StartError::Setup(format!("cannot start the room log writer: {e}")))?;
+        // A node alone commits each batch as soon as it is on disk; in a
+        // cluster the shards' Raft logs carry the rooms and this writer
+        // stays idle.
+        let writer =
+            LogWriter::start(log.clone(), Arc::new(CommitAtOnce { log: log.clone(), publish: publish.clone() }))
+                .map_err(|e| StartError::Setup(format!("cannot start the room log writer: {e}")))?;
         let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
         let effects: crate::raft::EffectSink = Arc::new(move |effects| {
             // The receiver lives as long as the node; after that nothing listens.
@@ -229,7 +222,7 @@ impl Node {
         let node_info = settings.members.get(&settings.id).cloned().unwrap_or_default();
         let raft_settings = RaftSettings::new(settings.id, node_info, settings.members.clone());
         let consensus = match &cluster {
-            Some((c, _)) => {
+            Some(c) => {
                 let network = QuicRaftNetwork { endpoint: c.endpoint.clone() };
                 Consensus::start(raft_settings, raft_store, network, effects).await
             }
@@ -240,13 +233,8 @@ impl Node {
         let passwords = Passwords::new(settings.limits.password_hash_parallel, settings.limits.password_hash_queue)
             .map_err(|e| StartError::Setup(e.to_string()))?;
         let limits = settings.limits.clone();
-        let (cluster, ack) = match cluster {
-            Some((c, ack)) => (Some(c), ack),
-            None => (None, AckPolicy::Local),
-        };
-        let failure_timeout_ms = settings.cluster.as_ref().map_or(0, |c| c.failure_timeout_ms);
         let barrier = ReadBarrier::new(consensus.clone(), cluster.as_ref().map(|c| c.endpoint.clone()), settings.id);
-        let shards = match (&cluster, settings.cluster.as_ref().and_then(|c| c.shards)) {
+        let shards = match (&cluster, settings.cluster.as_ref().map(|c| c.shards)) {
             (Some(c), Some((count, replication))) => {
                 let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
                     me: settings.id,
@@ -283,30 +271,9 @@ impl Node {
             shards,
         });
         let _ = slot.set(Arc::downgrade(&node));
-        if let (Some(cluster), Some(rx)) = (&node.cluster, flushed_rx) {
-            let nodes = cluster.peers.len() + 1;
-            let needed = match ack {
-                AckPolicy::Majority => nodes / 2,
-                AckPolicy::Local => 0,
-            };
-            let endpoint = cluster.endpoint.clone();
-            let peers = cluster.peers.clone();
-            let writer = node.writer.clone();
-            let weak = Arc::downgrade(&node);
-            let current_epoch = move |room_key: u64| {
-                weak.upgrade().map_or(0, |n| {
-                    n.meta().rooms.values().find(|r| r.info.key == room_key).map_or(u64::MAX, |r| r.info.epoch)
-                })
-            };
-            let wiring = crate::cluster::replicator::Wiring { endpoint, peers, needed, log, writer, publish };
-            tokio::spawn(crate::cluster::replicator::run(wiring, current_epoch, rx));
+        if node.cluster.is_some() {
             tokio::spawn(crate::cluster::gossip_loop(Arc::downgrade(&node)));
-            if node.shards.is_some() {
-                tokio::spawn(Node::run_shards(Arc::downgrade(&node)));
-            } else {
-                tokio::spawn(crate::cluster::announce_loop(Arc::downgrade(&node)));
-                tokio::spawn(crate::cluster::failover::watch(Arc::downgrade(&node), failure_timeout_ms));
-            }
+            tokio::spawn(Node::run_shards(Arc::downgrade(&node)));
         }
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
         tokio::spawn(read_markers::run(node.read_markers.clone(), Arc::downgrade(&node)));
@@ -318,9 +285,6 @@ impl Node {
             if let Err(e) = node.wait_for_shards(LEADER_WAIT).await {
                 tracing::warn!(error = %e.message, "starting before every shard group is in place");
             }
-        }
-        if node.cluster.is_some() && node.shards.is_none() {
-            tokio::spawn(crate::cluster::failover::recover_owned(node.clone()));
         }
         Ok(node)
     }
@@ -413,25 +377,6 @@ impl Node {
             }
         }
         Err(ApiError::unavailable("the metadata leader keeps changing; retry"))
-    }
-
-    /// Marks a room as being recovered by this node (its new owner).
-    pub fn begin_recovery(&self, room_key: u64) -> bool {
-        self.cluster.as_ref().is_some_and(|c| c.recovering.begin(room_key))
-    }
-
-    /// Ends a room's recovery.
-    pub fn end_recovery(&self, room_key: u64) {
-        if let Some(c) = &self.cluster {
-            c.recovering.end(room_key);
-        }
-    }
-
-    /// Tells the replicas that rooms are committed up to these seqs.
-    pub fn announce_commits(&self, commits: Vec<(u64, String, u64, u64)>) {
-        if let Some(c) = &self.cluster {
-            let _ = c.announce.send(crate::cluster::replicator::Input::Announce(commits));
-        }
     }
 
     /// Whether a user is connected to any node of the cluster.

@@ -47,8 +47,10 @@ pub type ShardSettings = Timing;
 /// entries (a snapshot of a shard is a file of its rooms).
 pub fn default_settings() -> ShardSettings {
     Timing {
-        heartbeat: Duration::from_millis(250),
-        election: (Duration::from_millis(1500), Duration::from_millis(3000)),
+        // As the metadata group's (raft/handle.rs): a lost leader is
+        // replaced within about 3 s.
+        heartbeat: Duration::from_millis(150),
+        election: (Duration::from_millis(750), Duration::from_millis(1500)),
         snapshot_every: 20_000,
         keep_after_snapshot: 5_000,
         pre_vote: true,
