@@ -435,6 +435,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fields_of_the_design_before_shards_load_but_are_reported_ignored() {
+        let c = Config::parse("[cluster]\nack = \"local\"\nfailure_timeout_ms = 3000\n").expect("an old file loads");
+        assert_eq!(c.ignored_fields().len(), 2, "{:?}", c.ignored_fields());
+        assert!(Config::parse("").expect("empty config").ignored_fields().is_empty());
+        let out = toml::to_string(&c).expect("serialises");
+        assert!(!out.contains("ack") && !out.contains("failure_timeout_ms"), "{out}");
+    }
+
+    #[test]
+    fn shard_counts_out_of_range_are_refused() {
+        assert_eq!(Config::parse("").expect("empty config").cluster.shards, 64);
+        for bad in ["[cluster]\nshards = 0\n", "[cluster]\nshards = 1025\n", "[cluster]\nreplication = 0\n"] {
+            assert!(matches!(Config::parse(bad), Err(ConfigError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
     fn an_empty_file_gives_the_defaults() {
         let c = Config::parse("").expect("empty config");
         assert_eq!(c.limits.frame_bytes, 65536);

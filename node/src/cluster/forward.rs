@@ -42,7 +42,7 @@ pub struct Forwarder {
 }
 
 fn unavailable(owner: u64) -> ApiError {
-    ApiError::unavailable(format!("the room's owner (node {owner}) is unreachable; retry"))
+    ApiError::unavailable(format!("the shard leader (node {owner}) is unreachable; retry"))
 }
 
 impl Forwarder {

@@ -321,7 +321,7 @@ impl Node {
 
 /// Whether `username` may send to `room` now: a member (or whoever the room's
 /// visibility lets send) who is not muted. Checked where the send arrives and
-/// again where it is ordered (the room's owner).
+/// again where it is ordered (the leader of the room's shard).
 pub(crate) fn may_send(meta: &crate::meta::MetaState, username: &str, room: &str) -> Result<RoomRef, ApiError> {
     let r = meta.authorize(username, room, Action::Send)?;
     if r.muted(username, now_ms()) {
