@@ -201,13 +201,7 @@ async fn delete_here(node: &Arc<Node>, d: wire::ForwardedDelete) -> Result<Strin
         let r = meta.authorize(&d.actor, &d.room, crate::permissions::Action::DeleteMessage { own: true })?;
         let moderator =
             matches!(r.standing(&d.actor), crate::permissions::Standing::Member(role) if role >= Role::Moderator);
-        let room = crate::rooms::RoomRef {
-            key: r.info.key,
-            id: d.room.as_str().into(),
-            epoch: r.info.epoch,
-            owner: r.info.owner_node,
-        };
-        (room, moderator)
+        (crate::service::room_ref(&r.info, &d.room), moderator)
     };
     node.delete_on_shard(room, d.seq, d.actor, moderator).await
 }

@@ -9,6 +9,7 @@ use super::ApiError;
 use super::Node;
 use super::Session;
 use super::rooms::check_room_id;
+use super::rooms::room_ref;
 use std::time::Duration;
 
 use crate::clock::now_ms;
@@ -233,7 +234,7 @@ impl Node {
             .read(|meta| {
                 let r = meta.authorize(&s.username, room, Action::DeleteMessage { own: true })?;
                 let moderator = matches!(r.standing(&s.username), Standing::Member(role) if role >= Role::Moderator);
-                let r = RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node };
+                let r = room_ref(&r.info, room);
                 Ok((r, moderator))
             })
             .await?;
@@ -327,5 +328,5 @@ pub(crate) fn may_send(meta: &crate::meta::MetaState, username: &str, room: &str
     if r.muted(username, now_ms()) {
         return Err(ApiError::forbidden("you are muted in this room"));
     }
-    Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
+    Ok(room_ref(&r.info, room))
 }

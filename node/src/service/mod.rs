@@ -37,6 +37,7 @@ pub(crate) use self::messages::may_send;
 pub use self::quotas::Quotas;
 pub use self::quotas::Usage;
 pub(crate) use self::rooms::check_room_id;
+pub(crate) use self::rooms::room_ref;
 pub use self::shards::Shards;
 use crate::auth::Passwords;
 use crate::cluster::Cluster;

@@ -148,7 +148,7 @@ impl Node {
         let r = self
             .read(|meta| {
                 let r = meta.authorize(&s.username, room, Action::MarkRead)?;
-                Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
+                Ok(room_ref(&r.info, room))
             })
             .await?;
         if seq > self.log.last_seq(r.key)? {
@@ -222,7 +222,7 @@ impl Node {
         check_room_id(room)?;
         self.read(|meta| {
             let r = meta.authorize(&s.username, room, Action::Read)?;
-            Ok(RoomRef { key: r.info.key, id: room.into(), epoch: r.info.epoch, owner: r.info.owner_node })
+            Ok(room_ref(&r.info, room))
         })
         .await
     }
@@ -238,4 +238,9 @@ fn view(info: &RoomInfo, last_seq: u64, unread: Option<u64>) -> RoomView {
         last_seq,
         unread,
     }
+}
+
+/// How the room logs address a room the metadata knows.
+pub(crate) fn room_ref(info: &crate::meta::RoomInfo, id: &str) -> RoomRef {
+    RoomRef { key: info.key, id: id.into(), epoch: info.epoch, owner: info.owner_node }
 }
