@@ -153,9 +153,9 @@ impl Node {
             let mut handed = Vec::new();
             for shard in shards.host.open_shards() {
                 let Some(raft) = shards.led(shard) else { continue };
-                let ready: Vec<u64> = caught_up(&raft).into_iter().filter(|id| *id != self.id).collect();
                 let (voters, _) = membership(&raft);
-                let ready: Vec<u64> = ready.into_iter().filter(|id| voters.contains(id)).collect();
+                let ready: Vec<u64> =
+                    caught_up(&raft).into_iter().filter(|id| *id != self.id && voters.contains(id)).collect();
                 // Spread the shards over the replicas that can take them.
                 let Some(to) = ready.get(shard as usize % ready.len().max(1)).copied() else {
                     tracing::warn!(shard, "no caught-up replica to hand the shard to; it elects after the stop");
