@@ -13,8 +13,6 @@
 //! - `wire`: postcard encode/decode of a shard's Raft entry (`ShardBatch`)
 //!   of 1, 64 and 256 sends, and of a frame of 64 sends forwarded to a
 //!   shard's leader.
-//! - `seq`: the log writer's seq assignment with dedup for a batch of 1,000
-//!   sends (10% retries of an earlier send), in one room and over 100 rooms.
 //!
 //! Times are short on purpose (2-core machine): 300 ms warm-up, 1.5 s of
 //! measurement, 30 samples per benchmark.
@@ -37,7 +35,6 @@ use palaver_node::cluster::wire::encode;
 use palaver_node::hub::Event;
 use palaver_node::protocol::message_event;
 use palaver_node::rooms::Message;
-use palaver_node::rooms::Sequencer;
 use palaver_node::rooms::StoredMessage;
 use palaver_node::shards::types::ShardBatch;
 use palaver_node::shards::types::ShardOp;
@@ -165,55 +162,6 @@ fn wire(c: &mut Criterion) {
     group.finish();
 }
 
-/// The store's dedup key layout: room key, sender, a zero byte, client id.
-fn dedup_key(room_key: u64, sender: &str, client_id: &str) -> Vec<u8> {
-    let mut k = room_key.to_be_bytes().to_vec();
-    k.extend_from_slice(sender.as_bytes());
-    k.push(0);
-    k.extend_from_slice(client_id.as_bytes());
-    k
-}
-
-/// 1,000 sends over `rooms` rooms; every tenth repeats the send five before
-/// it (a client retry within the batch, answered with the first seq).
-fn sends(rooms: u64) -> Vec<(u64, Vec<u8>)> {
-    let mut out: Vec<(u64, Vec<u8>)> = Vec::with_capacity(1_000);
-    for i in 0..1_000u64 {
-        if i % 10 == 9 {
-            let again = out[(i - 5) as usize].clone();
-            out.push(again);
-        } else {
-            let room = 1 + i % rooms;
-            out.push((room, dedup_key(room, &format!("user{}", i % 50), &format!("c-7f3a9e12-{i:08}"))));
-        }
-    }
-    out
-}
-
-/// One writer batch: assign every send's seq, then commit. The sequencer
-/// lives on across iterations as in the writer (rooms loaded once, seqs
-/// keep rising, the batch's dedup entries dropped at commit).
-fn seq(c: &mut Criterion) {
-    let mut group = c.benchmark_group("seq");
-    for rooms in [1, 100] {
-        let list = sends(rooms);
-        let mut s = Sequencer::default();
-        for room in 1..=rooms {
-            s.load(room, 1_000);
-        }
-        group.throughput(Throughput::Elements(list.len() as u64));
-        group.bench_with_input(BenchmarkId::new("assign-1000", format!("{rooms}-rooms")), &list, |b, list| {
-            b.iter(|| {
-                for (room, key) in list {
-                    black_box(s.assign(*room, key, None));
-                }
-                s.commit();
-            });
-        });
-    }
-    group.finish();
-}
-
 /// Short runs: the whole file takes about a minute on 2 cores.
 fn config() -> Criterion {
     Criterion::default()
@@ -225,6 +173,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = micro;
     config = config();
-    targets = pick, event, wire, seq
+    targets = pick, event, wire
 }
 criterion_main!(micro);

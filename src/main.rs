@@ -215,7 +215,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 bind: me.peer,
                 peers: config.nodes.iter().map(|n| (n.id, n.peer)).collect(),
                 identity,
-                shards: (config.cluster.shards, config.cluster.replication),
+                replication: config.cluster.replication,
             };
             for field in config.ignored_fields() {
                 tracing::warn!("the cluster file sets {field}, which is no longer read");
@@ -228,6 +228,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 security: config.security.clone(),
                 members,
                 cluster: Some(cluster),
+                shards: config.cluster.shards,
             };
             (settings, args.listen.unwrap_or(me.client))
         }
@@ -244,6 +245,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 security: config.security.clone(),
                 members: BTreeMap::new(),
                 cluster: None,
+                shards: config.cluster.shards,
             };
             (settings, listen)
         }

@@ -40,7 +40,10 @@
 //!   `PALAVER_ROLLING_PASSES` (2 passes over the three nodes);
 //! - `PALAVER_CI`: the partition step is required (it needs root and
 //!   `iptables`; without them it is skipped with a message otherwise).
-//! - `PALAVER_TEST_LOG=1` streams the nodes' logs live.
+//! - `PALAVER_TEST_LOG=1` streams the nodes' logs live;
+//!   `PALAVER_FAULT_LOG_DIR=DIR` keeps every line of each node's output in
+//!   `DIR/<node>.log` (with `RUST_LOG=info,openraft=warn,palaver_node::shards::machine=debug`
+//!   every applied shard entry is there).
 //!
 //! # Layout
 //! - `world`: cluster, balancer, users, clients, the book of sends, the load.

@@ -128,7 +128,10 @@ impl World {
     /// `probes` users for partition probes.
     pub async fn setup(tag: &str, clients: usize, rooms: usize, probes: usize) -> Result<World> {
         let start = Instant::now();
-        let c = Cluster::start(3).await?;
+        // Every line of every node's output, kept whole for a post-mortem.
+        let log_dir = std::env::var_os("PALAVER_FAULT_LOG_DIR").map(std::path::PathBuf::from);
+        let launch = palaver_testkit::Launch { log_dir, ..Default::default() };
+        let c = Cluster::builder(3).launch(launch).start().await?;
         let admin = c.user(1, "admin").await?;
         let settings = BalancerSettings {
             strategy: Strategy::RoundRobin,

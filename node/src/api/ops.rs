@@ -86,7 +86,7 @@ pub async fn drain(
 
 /// Nodes join and leave clusters, not a node started on its own.
 fn on_shards(node: &Node) -> Result<(), ApiError> {
-    match node.shards() {
+    match node.cluster {
         Some(_) => Ok(()),
         None => Err(ApiError::new(
             palaver_protocol::Code::Conflict,
@@ -193,23 +193,18 @@ pub async fn cluster(State(node): State<Arc<Node>>, _: Ops) -> Result<Response, 
             })
         })
         .collect();
-    let (rooms, layout, rooms_led) = {
+    let (rooms, layout) = {
         let meta = node.meta();
         let rooms: Vec<_> = meta
             .rooms
             .values()
-            .map(|r| match node.shards() {
-                // On shards, the node that orders a room's writes is its
-                // shard's leader, as this node knows it.
-                Some(shards) => {
-                    let shard = meta.layout.shard_of(&r.info.id);
-                    json!({"room": r.info.id, "shard": shard, "owner_node": shards.leader(shard)})
-                }
-                // A node on its own orders every room's writes.
-                None => json!({"room": r.info.id, "owner_node": node.id}),
+            .map(|r| {
+                // The node that orders a room's writes is its shard's
+                // leader, as this node knows it.
+                let shard = meta.layout.shard_of(&r.info.id);
+                json!({"room": r.info.id, "shard": shard, "owner_node": node.shards().leader(shard)})
             })
             .collect();
-        let rooms_led = meta.rooms.len();
         let l = &meta.layout;
         let layout = l.is_set().then(|| {
             json!({
@@ -222,10 +217,10 @@ pub async fn cluster(State(node): State<Arc<Node>>, _: Ops) -> Result<Response, 
                 "pending_moves": l.pending_moves().len(),
             })
         });
-        (rooms, layout, rooms_led)
+        (rooms, layout)
     };
-    let shards_led: Option<Vec<u32>> =
-        node.shards().map(|s| s.host.open_shards().into_iter().filter(|shard| s.led(*shard).is_some()).collect());
+    let shards = node.shards();
+    let shards_led: Vec<u32> = shards.host.open_shards().into_iter().filter(|s| shards.led(*s).is_some()).collect();
     let role = format!("{:?}", m.role).to_lowercase();
     Ok(axum::Json(json!({
         "node": node.id,
@@ -236,7 +231,6 @@ pub async fn cluster(State(node): State<Arc<Node>>, _: Ops) -> Result<Response, 
         "connections": node.hub.connection_count(),
         "draining": avoid.contains(&node.id),
         "shards_led": shards_led,
-        "rooms_led": if node.shards().is_none() { Some(rooms_led) } else { None },
         "nodes": nodes,
         "layout": layout,
         "rooms": rooms,

@@ -26,23 +26,23 @@ use crate::service::Node;
 
 /// The first frame of a forwarding stream (the `Rooms` channel's only kind).
 pub const STREAM_FORWARD: u8 = 2;
-/// Sends queued per owner before callers wait.
+/// Sends queued per leader before callers wait.
 const QUEUE: usize = 4_096;
-/// How long an owner waits to catch up with a forwarding node's metadata.
+/// How long a leader waits to catch up with a forwarding node's metadata.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 /// Sends written in one frame at most.
 const FRAME_SENDS: usize = 256;
 
 type Answer = oneshot::Sender<Result<Appended, ApiError>>;
 
-/// Forwarded sends, one link per owner node.
+/// Forwarded sends, one link per leader node.
 pub struct Forwarder {
     endpoint: PeerEndpoint,
     links: Mutex<HashMap<u64, mpsc::Sender<(ForwardedSend, Answer)>>>,
 }
 
-fn unavailable(owner: u64) -> ApiError {
-    ApiError::unavailable(format!("the shard leader (node {owner}) is unreachable; retry"))
+fn unavailable(leader: u64) -> ApiError {
+    ApiError::unavailable(format!("the shard leader (node {leader}) is unreachable; retry"))
 }
 
 impl Forwarder {
@@ -51,43 +51,43 @@ impl Forwarder {
         Self { endpoint, links: Mutex::new(HashMap::new()) }
     }
 
-    /// Queues a send for `owner` in order; the receiver gets its answer.
+    /// Queues a send for `leader` in order; the receiver gets its answer.
     pub async fn submit(
         &self,
-        owner: u64,
+        leader: u64,
         send: ForwardedSend,
     ) -> Result<oneshot::Receiver<Result<Appended, ApiError>>, ApiError> {
         let tx = {
             let mut links = self.links.lock();
-            match links.get(&owner) {
+            match links.get(&leader) {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {
                     let (tx, rx) = mpsc::channel(QUEUE);
-                    tokio::spawn(link(self.endpoint.clone(), owner, rx));
-                    links.insert(owner, tx.clone());
+                    tokio::spawn(link(self.endpoint.clone(), leader, rx));
+                    links.insert(leader, tx.clone());
                     tx
                 }
             }
         };
         let (answer, wait) = oneshot::channel();
-        tx.send((send, answer)).await.map_err(|_| unavailable(owner))?;
+        tx.send((send, answer)).await.map_err(|_| unavailable(leader))?;
         Ok(wait)
     }
 }
 
-/// One stream to an owner: writes sends in order, matches answers by id.
+/// One stream to a leader: writes sends in order, matches answers by id.
 /// When the stream breaks, every unanswered send is told to retry and the
 /// link ends; the next send opens a new one.
-async fn link(endpoint: PeerEndpoint, owner: u64, mut rx: mpsc::Receiver<(ForwardedSend, Answer)>) {
+async fn link(endpoint: PeerEndpoint, leader: u64, mut rx: mpsc::Receiver<(ForwardedSend, Answer)>) {
     let opened = async {
-        let (mut send, recv) = endpoint.open_stream(owner, Channel::Rooms).await.ok()?;
+        let (mut send, recv) = endpoint.open_stream(leader, Channel::Rooms).await.ok()?;
         frame::write_frame(&mut send, &[STREAM_FORWARD]).await.ok()?;
         Some((send, recv))
     };
     let Some((mut send, mut recv)) = opened.await else {
         rx.close();
         while let Some((_, answer)) = rx.recv().await {
-            let _ = answer.send(Err(unavailable(owner)));
+            let _ = answer.send(Err(unavailable(leader)));
         }
         return;
     };
@@ -134,13 +134,13 @@ async fn link(endpoint: PeerEndpoint, owner: u64, mut rx: mpsc::Receiver<(Forwar
         }
     }
     reader.abort();
-    tracing::info!(owner, unanswered = pending.len(), "forwarding stream to the room owner ended");
+    tracing::info!(leader, unanswered = pending.len(), "forwarding stream to the shard leader ended");
     rx.close();
     for (_, waiting) in pending.drain() {
-        let _ = waiting.send(Err(unavailable(owner)));
+        let _ = waiting.send(Err(unavailable(leader)));
     }
     while let Some((_, answer)) = rx.recv().await {
-        let _ = answer.send(Err(unavailable(owner)));
+        let _ = answer.send(Err(unavailable(leader)));
     }
 }
 
@@ -194,7 +194,6 @@ async fn accept(
     node: &Arc<Node>,
     s: ForwardedSend,
 ) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
-    let shards = node.shards().ok_or_else(|| ApiError::internal("a forwarded send on a node without shards"))?;
     // Checked again where the send is ordered, against metadata at least as
     // new as the forwarding node's: a mute or kick it had not applied yet
     // still stops the send here.
@@ -203,8 +202,8 @@ async fn accept(
     }
     let room = crate::service::may_send(&node.meta(), &s.from, &s.room)?;
     let shard = node.shard_of(&s.room)?;
-    if shards.led(shard).is_none() {
+    if node.shards().led(shard).is_none() {
         return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
     }
-    node.submit_to_shard(shards, s.from, room, s.body, s.client_id).await
+    node.submit_to_shard(s.from, room, s.body, s.client_id).await
 }

@@ -103,10 +103,7 @@ impl PeerHandler for Handler {
                 Channel::Shards => {
                     use crate::shards::network::ShardRpcs;
                     let call: crate::shards::network::ShardCall = decode(&body)?;
-                    match node.shards() {
-                        Some(shards) => Ok(encode(&shards.host.call(call).await)),
-                        None => Err("this node runs no shards".into()),
-                    }
+                    Ok(encode(&node.shards().host.call(call).await))
                 }
             }
         }
@@ -118,9 +115,7 @@ impl PeerHandler for Handler {
         async move {
             let Some(node) = wait_node(&slot).await else { return };
             if channel == Channel::Shards {
-                if let Some(shards) = node.shards() {
-                    crate::shards::network::serve_snapshot(&*shards.host, recv, send).await;
-                }
+                crate::shards::network::serve_snapshot(&*node.shards().host, recv, send).await;
                 return;
             }
             if channel != Channel::Rooms {

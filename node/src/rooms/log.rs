@@ -1,9 +1,8 @@
 //! Reading room logs, and the committed seq of each room kept in memory.
 //!
-//! A node may store messages before they are committed (a replica holds the
-//! owner's records until a majority has them). Every read is capped at the
-//! room's committed seq, so nothing that could still be rolled back is ever
-//! shown to a client.
+//! A shard's state machine writes a room's messages and raises its committed
+//! seq in one batch; every read is capped at the committed seq, so a page
+//! never shows a message whose batch is still being written.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -25,17 +24,15 @@ pub struct RoomLog {
     /// Committed seq per room key. Only ever raised, so a reader that
     /// loaded an old value from the store can never lower it.
     last: RwLock<HashMap<u64, u64>>,
-    /// Woken whenever a committed seq rises.
-    raised: tokio::sync::Notify,
 }
 
 impl RoomLog {
     /// Wraps the room-log store.
     pub fn new(store: Store) -> Self {
-        Self { store, last: RwLock::new(HashMap::new()), raised: tokio::sync::Notify::new() }
+        Self { store, last: RwLock::new(HashMap::new()) }
     }
 
-    /// The store, for the writer.
+    /// The store, for the shards' state machines.
     pub(crate) fn store(&self) -> &Store {
         &self.store
     }
@@ -54,15 +51,8 @@ impl RoomLog {
         Ok(seq)
     }
 
-    /// The highest seq stored here, committed or not.
+    /// The highest seq stored here.
     pub fn stored_last(&self, room_key: u64) -> Result<u64, StorageError> {
-        Ok(self.stored_tail(room_key)?.map_or(0, |m| m.seq))
-    }
-
-    /// The last message stored here, committed or not: its seq and the
-    /// owner epoch it was written under tell a recovering owner how far and
-    /// how recent this node's log is.
-    pub fn stored_tail(&self, room_key: u64) -> Result<Option<Message>, StorageError> {
         let start = record::message_key(room_key, 0);
         let end = record::room_end(room_key);
         let found = self.store.range(
@@ -73,12 +63,10 @@ impl RoomLog {
             1,
         )?;
         match found.first() {
-            Some((k, v)) => {
-                let (_, seq) = record::parse_message_key(k)
-                    .ok_or_else(|| StorageError::Corrupt { tree: MESSAGES, message: "short key".into() })?;
-                Ok(Some(Message { seq, stored: record::decode(v)? }))
-            }
-            None => Ok(None),
+            Some((k, _)) => Ok(record::parse_message_key(k)
+                .ok_or_else(|| StorageError::Corrupt { tree: MESSAGES, message: "short key".into() })?
+                .1),
+            None => Ok(0),
         }
     }
 
@@ -86,28 +74,7 @@ impl RoomLog {
     pub(crate) fn raise(&self, room_key: u64, seq: u64) {
         let mut last = self.last.write();
         let entry = last.entry(room_key).or_insert(0);
-        if seq > *entry {
-            *entry = seq;
-            drop(last);
-            self.raised.notify_waiters();
-        }
-    }
-
-    /// Waits until a room's committed seq reaches `seq`; false after `timeout`.
-    pub async fn wait_committed(&self, room_key: u64, seq: u64, timeout: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            // Registered before the check, so a raise between the two still wakes us.
-            let raised = self.raised.notified();
-            tokio::pin!(raised);
-            raised.as_mut().enable();
-            if self.last_seq(room_key).is_ok_and(|s| s >= seq) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, raised).await.is_err() {
-                return false;
-            }
-        }
+        *entry = (*entry).max(seq);
     }
 
     /// Forgets a deleted room's cached seq.
@@ -134,30 +101,6 @@ impl RoomLog {
         let mut page = self.scan(Bound::Included(&start[..]), Bound::Excluded(&end[..]), Order::Descending, limit)?;
         page.reverse();
         Ok(page)
-    }
-
-    /// Committed messages `from..=to` (to fill a gap between replay and live
-    /// events, or to publish what a commit notice made visible).
-    pub fn between(&self, room_key: u64, from: u64, to: u64) -> Result<Vec<Message>, StorageError> {
-        let to = to.min(self.last_seq(room_key)?);
-        if from > to {
-            return Ok(Vec::new());
-        }
-        let start = record::message_key(room_key, from);
-        let end = record::message_key(room_key, to);
-        let limit = usize::try_from(to - from + 1).unwrap_or(usize::MAX);
-        self.scan(Bound::Included(&start[..]), Bound::Included(&end[..]), Order::Ascending, limit)
-    }
-
-    /// Stored messages `from..=to`, committed or not, at most `limit` (an
-    /// owner serving a replica's gap).
-    pub fn stored_range(&self, room_key: u64, from: u64, to: u64, limit: usize) -> Result<Vec<Message>, StorageError> {
-        if from > to {
-            return Ok(Vec::new());
-        }
-        let start = record::message_key(room_key, from);
-        let end = record::message_key(room_key, to);
-        self.scan(Bound::Included(&start[..]), Bound::Included(&end[..]), Order::Ascending, limit)
     }
 
     /// One stored message, committed or not.

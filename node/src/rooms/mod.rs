@@ -1,31 +1,65 @@
-//! Room logs: every room's messages keyed by (room, seq), read locally on
-//! every node, written by this node's single log writer (group commit).
+//! Room logs: every room's messages keyed by (room, seq), written by the
+//! state machines of the room's shard ([`crate::shards`]) and read here.
 //!
-//! This module knows nothing of sockets or Raft: it takes room keys and
-//! epochs from the metadata and hands committed messages to a publish
-//! callback.
+//! This module knows nothing of sockets or Raft: it takes room keys from
+//! the metadata and reads what the shards applied.
 
 mod log;
 pub(crate) mod record;
-mod seq;
-mod writer;
+
+use std::sync::Arc;
 
 pub use log::RoomLog;
 pub use record::Message;
 pub use record::StoredMessage;
-pub use seq::Sequencer;
-pub use writer::Appended;
-pub use writer::CommitAtOnce;
-pub use writer::FlushSink;
-pub use writer::FlushedBatch;
-pub use writer::LogWriter;
-pub use writer::Published;
-pub use writer::Publisher;
-pub use writer::Record;
-pub use writer::RoomRef;
-pub use writer::WriteError;
 
 /// Most messages one history page returns.
 pub const MAX_PAGE: usize = 500;
 /// Messages a history page returns when the client names no limit.
 pub const DEFAULT_PAGE: usize = 50;
+
+/// The room a request is for, as the metadata describes it.
+#[derive(Debug, Clone)]
+pub struct RoomRef {
+    /// Room log key.
+    pub key: u64,
+    /// Room id, for events.
+    pub id: Arc<str>,
+}
+
+/// The answer to a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Appended {
+    /// The message's seq.
+    pub seq: u64,
+    /// When it was accepted.
+    pub ts: u64,
+    /// The (sender, client_id) was seen before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// What was committed, for fan-out.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// A new message.
+    Message {
+        /// Room id.
+        room: Arc<str>,
+        /// Room log key.
+        room_key: u64,
+        /// The message.
+        message: Message,
+    },
+    /// A message lost its body.
+    Deleted {
+        /// Room id.
+        room: Arc<str>,
+        /// Room log key.
+        room_key: u64,
+        /// Its seq.
+        seq: u64,
+    },
+}
+
+/// Receives everything committed, in commit order.
+pub type Publisher = Arc<dyn Fn(Published) + Send + Sync>;

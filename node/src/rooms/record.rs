@@ -10,8 +10,8 @@ use crate::storage::StorageError;
 pub const MESSAGES: &str = "messages";
 /// Tree of idempotency entries: key (room key, sender, client id), value seq.
 pub const DEDUP: &str = "dedup";
-/// Tree of committed seqs: key room key, value seq. Written after the fact,
-/// so it is a lower bound; an owner recovers the rest from its peers.
+/// Tree of committed seqs: key room key, value seq, written in the same
+/// batch as the messages it covers.
 pub const COMMITTED: &str = "committed";
 
 /// One message as stored.
@@ -21,11 +21,12 @@ pub struct StoredMessage {
     pub from: String,
     /// The text; `None` once deleted.
     pub body: Option<String>,
-    /// When the owner accepted it (Unix ms).
+    /// When the shard's leader ordered it (Unix ms).
     pub ts: u64,
     /// The sender's idempotency key.
     pub client_id: String,
-    /// The owner epoch under which it was written.
+    /// Written as 0 since room logs moved to shards; kept because postcard
+    /// records are positional and logs written before must still decode.
     pub epoch: u64,
 }
 

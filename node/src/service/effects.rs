@@ -51,19 +51,14 @@ impl Node {
             }
             MetaEffect::RoomDeleted { room, room_key } => {
                 self.hub.close_room(room_key, to_json(&ServerEvent::RoomDeleted { room: room.as_str() }).into());
-                match self.shards() {
-                    // The shard's leader writes the drop once for every replica.
-                    Some(shards) => {
-                        if let Ok(shard) = self.shard_of(&room)
-                            && let Some(raft) = shards.led(shard)
-                        {
-                            let op = crate::shards::types::ShardOp::Drop { room_key };
-                            if let Err(e) = shards.enqueue(shard, raft, op).await {
-                                tracing::warn!(%room, error = %e.message, "the deleted room's log stays");
-                            }
-                        }
+                // The shard's leader writes the drop once for every replica.
+                if let Ok(shard) = self.shard_of(&room)
+                    && let Some(raft) = self.shards().led(shard)
+                {
+                    let op = crate::shards::types::ShardOp::Drop { room_key };
+                    if let Err(e) = self.shards().enqueue(shard, raft, op).await {
+                        tracing::warn!(%room, error = %e.message, "the deleted room's log stays");
                     }
-                    None => self.writer.purge(room_key).await,
                 }
                 tracing::info!(%room, "room deleted");
             }

@@ -7,7 +7,6 @@ use palaver_protocol::ErrorBody;
 use crate::auth::AuthError;
 use crate::meta::MetaError;
 use crate::raft::ConsensusError;
-use crate::rooms::WriteError;
 use crate::storage::StorageError;
 
 /// A refused or failed client request.
@@ -103,23 +102,6 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         tracing::error!(error = %e, "storage failed");
         Self::internal("storage failed")
-    }
-}
-
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> Self {
-        match e {
-            WriteError::NotFound => Self::not_found("message"),
-            WriteError::Forbidden => Self::forbidden(e.to_string()),
-            WriteError::Stopped => Self::unavailable("the node is shutting down"),
-            WriteError::NotReplicated | WriteError::Gap { .. } | WriteError::StaleTail { .. } | WriteError::Moved => {
-                Self::unavailable(e.to_string())
-            }
-            WriteError::Storage(_) => {
-                tracing::error!(error = %e, "room log write failed");
-                Self::unavailable("message store unavailable")
-            }
-        }
     }
 }
 

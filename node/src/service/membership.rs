@@ -148,7 +148,7 @@ impl Node {
     /// then waits (at most `within`) until they lead, so no send waits for
     /// an election. A node alone has nothing to hand over.
     pub async fn hand_over(&self, within: Duration) {
-        let Some(shards) = self.shards() else { return };
+        let shards = self.shards();
         let work = async {
             let mut handed = Vec::new();
             for shard in shards.host.open_shards() {
@@ -203,7 +203,7 @@ impl Node {
     /// One round of moving this node's part of the cluster toward the
     /// recorded layout (see the module's documentation).
     pub(super) fn drive_layout(self: &Arc<Self>) {
-        let Some(shards) = self.shards() else { return };
+        let shards = self.shards();
         let layout = {
             let meta = self.meta();
             if !meta.layout.is_set() {
@@ -223,10 +223,8 @@ impl Node {
                     // Moved away and recorded so: nothing here serves it.
                     let node = self.clone();
                     tokio::spawn(async move {
-                        if let Some(shards) = node.shards() {
-                            shards.host.close(shard).await;
-                            tracing::info!(shard, "shard moved away; its group here is closed");
-                        }
+                        node.shards().host.close(shard).await;
+                        tracing::info!(shard, "shard moved away; its group here is closed");
                     });
                 }
                 continue;
@@ -264,9 +262,7 @@ impl Node {
                 if let Err(e) = node.take_step(shard, &raft, step, &addresses).await {
                     tracing::info!(shard, error = %e.message, "shard step not done; retrying later");
                 }
-                if let Some(shards) = node.shards() {
-                    shards.steps.end(shard, pause);
-                }
+                node.shards().steps.end(shard, pause);
             });
         }
         if self.consensus.metrics().current_leader == Some(self.id)
@@ -277,9 +273,7 @@ impl Node {
                 if let Err(e) = node.align_metadata_members().await {
                     tracing::info!(error = %e.message, "metadata members not aligned yet; retrying later");
                 }
-                if let Some(shards) = node.shards() {
-                    shards.steps.meta_busy.store(false, std::sync::atomic::Ordering::Release);
-                }
+                node.shards().steps.meta_busy.store(false, std::sync::atomic::Ordering::Release);
             });
         }
     }

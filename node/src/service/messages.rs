@@ -101,28 +101,19 @@ impl Node {
         body: String,
         client_id: String,
     ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
-        if let Some(shards) = self.shards() {
-            return self.submit_to_shard(shards, s.username.to_string(), room, body, client_id).await;
-        }
-        let pending = self.writer.submit_append(room, s.username.to_string(), body, client_id).await?;
-        Ok(async move {
-            let appended = pending.await?;
-            metrics::counter!("palaver_sends_total").increment(1);
-            Ok(appended)
-        }
-        .boxed())
+        self.submit_to_shard(s.username.to_string(), room, body, client_id).await
     }
 
     /// Queues a checked send on its shard: on this node's batcher when this
     /// node leads the shard, otherwise on the ordered stream to the leader.
     pub(crate) async fn submit_to_shard(
         &self,
-        shards: &super::Shards,
         from: String,
         room: RoomRef,
         body: String,
         client_id: String,
     ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
+        let shards = self.shards();
         let shard = self.shard_of(&room.id)?;
         let mut led = shards.led(shard);
         if led.is_none() && shards.leader(shard).is_none() {
@@ -238,20 +229,16 @@ impl Node {
                 Ok((r, moderator))
             })
             .await?;
-        let sender = match self.shards() {
-            Some(shards) => {
-                // Ordered where the room's shard is led.
-                let shard = self.shard_of(room)?;
-                let leader = shards
-                    .leader(shard)
-                    .ok_or_else(|| ApiError::unavailable(format!("shard {shard} has no leader; retry")))?;
-                if leader == self.id {
-                    self.delete_on_shard(r, seq, s.username.to_string(), moderator).await?
-                } else {
-                    self.forward_delete(leader, room, seq, &s.username).await?
-                }
-            }
-            None => self.writer.delete(r, seq, s.username.to_string(), moderator).await?,
+        // Ordered where the room's shard is led.
+        let shard = self.shard_of(room)?;
+        let leader = self
+            .shards()
+            .leader(shard)
+            .ok_or_else(|| ApiError::unavailable(format!("shard {shard} has no leader; retry")))?;
+        let sender = if leader == self.id {
+            self.delete_on_shard(r, seq, s.username.to_string(), moderator).await?
+        } else {
+            self.forward_delete(leader, room, seq, &s.username).await?
         };
         if sender != *s.username {
             self.room_op(s, room, RoomOp::AuditDelete { sender, seq }).await?;
@@ -289,7 +276,7 @@ impl Node {
         actor: String,
         moderator: bool,
     ) -> Result<String, ApiError> {
-        let shards = self.shards().ok_or_else(|| ApiError::internal("no shards on this node"))?;
+        let shards = self.shards();
         let shard = self.shard_of(&room.id)?;
         let raft = shards
             .led(shard)

@@ -62,8 +62,6 @@ use crate::raft::Consensus;
 use crate::raft::ConsensusError;
 use crate::raft::PeerNode;
 use crate::raft::RaftSettings;
-use crate::rooms::CommitAtOnce;
-use crate::rooms::LogWriter;
 use crate::rooms::Published;
 use crate::rooms::Publisher;
 use crate::rooms::RoomLog;
@@ -87,6 +85,8 @@ pub struct NodeSettings {
     pub members: BTreeMap<u64, PeerNode>,
     /// Peer transport settings; `None` for a node on its own.
     pub cluster: Option<ClusterSettings>,
+    /// Room logs on this many shards (a node alone: each with one replica).
+    pub shards: u32,
 }
 
 /// How a node reaches its peers.
@@ -98,8 +98,8 @@ pub struct ClusterSettings {
     pub peers: BTreeMap<u64, SocketAddr>,
     /// This node's certificate, key and the cluster CA.
     pub identity: NodeIdentity,
-    /// Room logs on shards: how many, and how many replicas each.
-    pub shards: (u32, u8),
+    /// Replicas per shard.
+    pub replication: u8,
 }
 
 /// A running node's shared state.
@@ -112,10 +112,8 @@ pub struct Node {
     pub security: Security,
     /// Cluster metadata.
     pub consensus: Arc<Consensus>,
-    /// Room logs (reads).
+    /// Room logs (reads; written by the shards' state machines).
     pub log: Arc<RoomLog>,
-    /// Room logs (writes).
-    pub writer: LogWriter,
     /// Local listeners.
     pub hub: Arc<Hub>,
     passwords: Passwords,
@@ -131,8 +129,8 @@ pub struct Node {
     read_markers: Arc<read_markers::ReadMarkers>,
     /// Peers, when this node is part of a cluster.
     pub cluster: Option<Cluster>,
-    /// Room logs on shards, when the cluster file asks for them.
-    shards: Option<Shards>,
+    /// The room logs' Raft groups (a node alone is a cluster of one).
+    shards: Shards,
 }
 
 /// Why a node could not start.
@@ -209,12 +207,6 @@ impl Node {
             }
             None => None,
         };
-        // A node alone commits each batch as soon as it is on disk; in a
-        // cluster the shards' Raft logs carry the rooms and this writer
-        // stays idle.
-        let writer =
-            LogWriter::start(log.clone(), Arc::new(CommitAtOnce { log: log.clone(), publish: publish.clone() }))
-                .map_err(|e| StartError::Setup(format!("cannot start the room log writer: {e}")))?;
         let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
         let effects: crate::raft::EffectSink = Arc::new(move |effects| {
             // The receiver lives as long as the node; after that nothing listens.
@@ -235,24 +227,20 @@ impl Node {
             .map_err(|e| StartError::Setup(e.to_string()))?;
         let limits = settings.limits.clone();
         let barrier = ReadBarrier::new(consensus.clone(), cluster.as_ref().map(|c| c.endpoint.clone()), settings.id);
-        let shards = match (&cluster, settings.cluster.as_ref().map(|c| c.shards)) {
-            (Some(c), Some((count, replication))) => {
-                let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
-                    me: settings.id,
-                    raft_store: consensus.store(),
-                    flusher: consensus.flusher(),
-                    rooms: log.store().clone(),
-                    log: log.clone(),
-                    snapshots: settings.data_dir.join("shard-snapshots"),
-                    publish: publish.clone(),
-                    endpoint: c.endpoint.clone(),
-                    settings: crate::shards::host::default_settings(),
-                    shard_count: Some(count),
-                });
-                Some(Shards::new(host, count, replication))
-            }
-            _ => None,
-        };
+        let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
+            me: settings.id,
+            raft_store: consensus.store(),
+            flusher: consensus.flusher(),
+            rooms: log.store().clone(),
+            log: log.clone(),
+            snapshots: settings.data_dir.join("shard-snapshots"),
+            publish: publish.clone(),
+            endpoint: cluster.as_ref().map(|c| c.endpoint.clone()),
+            settings: crate::shards::host::default_settings(),
+            shard_count: Some(settings.shards),
+        });
+        let replication = settings.cluster.as_ref().map_or(1, |c| c.replication);
+        let shards = Shards::new(host, settings.shards, replication);
         let node = Arc::new(Node {
             id: settings.id,
             quotas: Quotas::new(&limits, cluster.is_some()),
@@ -260,7 +248,6 @@ impl Node {
             security: settings.security,
             consensus,
             log: log.clone(),
-            writer,
             hub,
             passwords,
             touched: Mutex::new(HashMap::new()),
@@ -274,18 +261,16 @@ impl Node {
         let _ = slot.set(Arc::downgrade(&node));
         if node.cluster.is_some() {
             tokio::spawn(crate::cluster::gossip_loop(Arc::downgrade(&node)));
-            tokio::spawn(Node::run_shards(Arc::downgrade(&node)));
         }
+        tokio::spawn(Node::run_shards(Arc::downgrade(&node)));
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
         tokio::spawn(read_markers::run(node.read_markers.clone(), Arc::downgrade(&node)));
         tokio::spawn(accounts::sweep_expired(Arc::downgrade(&node)));
         node.wait_for_metadata_leader().await?;
-        if node.shards.is_some() {
-            // Not fatal: a node whose shards are late still serves, and its
-            // sends wait for a leader or answer 503.
-            if let Err(e) = node.wait_for_shards(LEADER_WAIT).await {
-                tracing::warn!(error = %e.message, "starting before every shard group is in place");
-            }
+        // Not fatal: a node whose shards are late still serves, and its
+        // sends wait for a leader or answer 503.
+        if let Err(e) = node.wait_for_shards(LEADER_WAIT).await {
+            tracing::warn!(error = %e.message, "starting before every shard group is in place");
         }
         Ok(node)
     }
@@ -385,17 +370,6 @@ impl Node {
         self.hub.is_online(username) || self.cluster.as_ref().is_some_and(|c| c.presence.lock().online(username))
     }
 
-    /// The node a new room's log goes to: spread by the room id's hash over
-    /// the current members.
-    pub fn place_room(&self, room: &str) -> u64 {
-        let members: Vec<u64> = self.consensus.metrics().members.keys().copied().collect();
-        if members.is_empty() {
-            return self.id;
-        }
-        let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        members[(hash % members.len() as u64) as usize]
-    }
-
     /// The Prometheus text of this process's metrics.
     pub fn render_metrics(&self) -> String {
         metrics::gauge!("palaver_connections_open").set(self.hub.connection_count() as f64);
@@ -406,9 +380,7 @@ impl Node {
     /// must have been closed by the caller.
     pub async fn shutdown(&self) {
         self.read_markers.flush(self).await;
-        if let Some(shards) = &self.shards {
-            shards.host.shutdown().await;
-        }
+        self.shards.host.shutdown().await;
         self.consensus.shutdown().await;
     }
 }

@@ -86,8 +86,10 @@ impl Node {
             Some(other) => return Err(ApiError::bad_request(format!("visibility {other:?} is not public or private"))),
         };
         self.quotas.take(Usage::Room, &s.username, now_ms())?;
-        let owner_node = self.place_room(&room);
-        let cmd = MetaCommand::CreateRoom { actor: s.username.to_string(), room, title, visibility, owner_node };
+        // `owner_node` is a record of the design before shards; a room's log
+        // is written by its shard's leader.
+        let cmd =
+            MetaCommand::CreateRoom { actor: s.username.to_string(), room, title, visibility, owner_node: self.id };
         match self.propose(cmd).await? {
             MetaOk::Room(info) => {
                 tracing::info!(room = %info.id, owner = %s.username, "room created");
@@ -242,5 +244,5 @@ fn view(info: &RoomInfo, last_seq: u64, unread: Option<u64>) -> RoomView {
 
 /// How the room logs address a room the metadata knows.
 pub(crate) fn room_ref(info: &crate::meta::RoomInfo, id: &str) -> RoomRef {
-    RoomRef { key: info.key, id: id.into(), epoch: info.epoch, owner: info.owner_node }
+    RoomRef { key: info.key, id: id.into() }
 }

@@ -161,9 +161,9 @@ impl Node {
         Ok(meta.layout.shard_of(room))
     }
 
-    /// The node's shards, when room logs run on shards.
-    pub fn shards(&self) -> Option<&Shards> {
-        self.shards.as_ref()
+    /// The node's shard groups.
+    pub fn shards(&self) -> &Shards {
+        &self.shards
     }
 
     /// Sets the layout up once (on the metadata leader), then keeps this
@@ -185,7 +185,7 @@ impl Node {
     /// not; every node opens the groups placed on it. True once every group
     /// placed here is open.
     pub(super) async fn follow_layout(&self) -> Result<bool, ApiError> {
-        let Some(shards) = self.shards() else { return Ok(true) };
+        let shards = self.shards();
         if !self.meta().layout.is_set() {
             if self.consensus.metrics().current_leader == Some(self.id) {
                 let members = self.consensus.metrics().members;
@@ -210,7 +210,7 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let Some(shards) = self.shards() else { return Ok(()) };
+        let shards = self.shards();
         for shard in shards.host.open_shards() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             shards.wait_for_leader(shard, left).await;
@@ -221,7 +221,7 @@ impl Node {
     /// Opens every shard group this node keeps a copy of (see
     /// [`crate::meta::Layout::hosts`]) that is not open.
     async fn open_placed_shards(&self) -> Result<(), ApiError> {
-        let Some(shards) = self.shards() else { return Ok(()) };
+        let shards = self.shards();
         let (placed, nodes): (Vec<Placed>, BTreeMap<u64, PeerNode>) = {
             let meta = self.meta();
             let layout = &meta.layout;

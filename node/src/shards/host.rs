@@ -84,8 +84,8 @@ pub struct HostParts {
     pub snapshots: PathBuf,
     /// Where applied messages and deletions go.
     pub publish: Publisher,
-    /// The peer transport.
-    pub endpoint: PeerEndpoint,
+    /// The peer transport (`None` on a node alone).
+    pub endpoint: Option<PeerEndpoint>,
     /// Timing.
     pub settings: ShardSettings,
     /// Shards in the cluster (`None`: operations are not checked against

@@ -82,6 +82,8 @@ pub(crate) struct Applied {
 struct Pending {
     messages: HashMap<(u64, u64), StoredMessage>,
     dedup: HashMap<Vec<u8>, u64>,
+    /// Rooms dropped: their cached committed seqs go once the batch is written.
+    dropped: Vec<u64>,
 }
 
 /// One shard's state machine on this node.
@@ -218,6 +220,7 @@ impl ShardStateMachine {
                 self.last.remove(room_key);
                 pending.messages.retain(|(r, _), _| r != room_key);
                 pending.dedup.retain(|k, _| !k.starts_with(&record::room_prefix(*room_key)));
+                pending.dropped.push(*room_key);
                 Ok(OpResult::Dropped)
             }
         }
@@ -271,12 +274,16 @@ impl ShardStateMachine {
                 }
                 EntryPayload::Blank => ShardResults::default(),
             };
+            tracing::debug!(shard = self.shard, log_id = %entry.log_id, ?results, "applied");
             self.applied.last = Some(entry.log_id);
             answers.push(results);
         }
         batch.put(SHARD_APPLIED, self.shard.to_be_bytes().to_vec(), encode("shard applied state", &self.applied)?);
         let store = self.store.clone();
         blocking(move || store.write(batch).map_err(io_err)).await?;
+        for room_key in pending.dropped {
+            self.log.forget(room_key);
+        }
         // Visible in the store now: readers may see it, and the events go out.
         for p in published {
             if let Published::Message { room_key, message, .. } = &p {

@@ -114,15 +114,16 @@ pub trait ShardRpcs: Send + Sync + 'static {
 /// Makes a client per (shard, target node).
 #[derive(Clone)]
 pub struct ShardNetwork {
-    /// The peer transport.
-    pub endpoint: PeerEndpoint,
+    /// The peer transport (`None` on a node alone, whose groups have no
+    /// other member to call).
+    pub endpoint: Option<PeerEndpoint>,
     /// The shard this factory serves.
     pub shard: ShardId,
 }
 
 /// One shard's Raft RPCs to one node.
 pub struct ShardClient {
-    endpoint: PeerEndpoint,
+    endpoint: Option<PeerEndpoint>,
     shard: ShardId,
     target: u64,
 }
@@ -133,7 +134,9 @@ impl RaftNetworkFactory<ShardTypes> for ShardNetwork {
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
         // A replica added while the node runs is dialled where the
         // membership says it is.
-        self.endpoint.learn_peer(target, &node.peer_addr);
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.learn_peer(target, &node.peer_addr);
+        }
         ShardClient { endpoint: self.endpoint.clone(), shard: self.shard, target }
     }
 }
@@ -150,9 +153,13 @@ fn rpc_error(e: PeerError) -> RPCError<ShardTypes> {
 }
 
 impl ShardClient {
+    fn endpoint(&self) -> Result<&PeerEndpoint, String> {
+        self.endpoint.as_ref().ok_or_else(|| format!("node {} is not reachable from a node alone", self.target))
+    }
+
     async fn call(&self, call: &ShardCall, timeout: Duration) -> Result<ShardAnswer, RPCError<ShardTypes>> {
-        let bytes =
-            self.endpoint.request(self.target, Channel::Shards, encode(call), timeout).await.map_err(rpc_error)?;
+        let endpoint = self.endpoint().map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        let bytes = endpoint.request(self.target, Channel::Shards, encode(call), timeout).await.map_err(rpc_error)?;
         decode::<ShardAnswer>(&bytes).map_err(|e| RPCError::Network(net_error(e)))
     }
 
@@ -161,7 +168,7 @@ impl ShardClient {
             tokio::fs::File::open(&path).await.map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let len = file.metadata().await.map_err(|e| e.to_string())?.len();
         let (mut send, mut recv) =
-            self.endpoint.open_stream(self.target, Channel::Shards).await.map_err(|e| e.to_string())?;
+            self.endpoint()?.open_stream(self.target, Channel::Shards).await.map_err(|e| e.to_string())?;
         let header = SnapshotHeader { shard: self.shard, vote, meta, len };
         frame::write_frame(&mut send, &encode(&header)).await.map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; CHUNK];
@@ -304,7 +311,7 @@ impl ShardClient {
         shard: ShardId,
         timeout: Duration,
     ) -> Result<u64, String> {
-        let client = ShardClient { endpoint: endpoint.clone(), shard, target };
+        let client = ShardClient { endpoint: Some(endpoint.clone()), shard, target };
         match client.call(&ShardCall::ReadIndex(shard), timeout).await.map_err(|e| e.to_string())? {
             ShardAnswer::ReadIndex(index) => Ok(index),
             other => Err(format!("unexpected shard answer: {other:?}")),

@@ -337,7 +337,7 @@ mod groups {
             log: log.clone(),
             snapshots: dir.path().join("snapshots"),
             publish: Arc::new(|_| {}),
-            endpoint: endpoint.clone(),
+            endpoint: Some(endpoint.clone()),
             settings: settings(),
             shard_count: None,
         });
