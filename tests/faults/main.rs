@@ -1,4 +1,5 @@
-//! The fault suite (issue 5, Jepsen's method): a three-node cluster behind
+//! The fault suite (issue 5, Jepsen's method): a cluster of three nodes (four
+//! while a node added in a round is not yet removed) behind
 //! the balancer, resilient clients sending with unique client_ids at a
 //! steady rate to a few rooms and reading all of them, and a nemesis that
 //! injects faults on a seeded schedule while the load runs:
@@ -10,7 +11,15 @@
 //! - cut a node off from the others (iptables rules dropping UDP to and from
 //!   its peer port, tagged `palaver-fault-<pid>`, always removed, also on a
 //!   panic), longer than the failure timeout, then heal. Meanwhile two extra
-//!   clients talk to the isolated node directly: it must never answer a send.
+//!   clients talk to the isolated node directly: it must never answer a send;
+//! - start a node and add it (`palaver add-node`), and later in the same
+//!   round remove a node (`palaver remove-node`, then SIGKILL it);
+//! - replace a node: SIGKILL it, start and add a new one, remove the dead one;
+//! - move a shard's leadership: `palaver drain` a room's owner, then let it
+//!   lead again (`POST /api/cluster/drain`).
+//!
+//! The node-set steps run the operations CLI as an operator would, and the
+//! balancer learns the node set from the cluster (`discover`).
 //!
 //! After the schedule the load runs alone for a while, then stops, and a
 //! checker verifies that every answered send is in history exactly once with
@@ -107,6 +116,9 @@ const ROOM_RECOVERY: Duration = Duration::from_secs(30);
 const FINAL_LOAD: Duration = Duration::from_secs(10);
 /// Sends one load client keeps unanswered at most (ticks beyond are skipped).
 const OUTSTANDING_CAP: usize = 40;
+/// How long one operations command (`add-node`, `remove-node`, `drain`) may
+/// wait for its moves.
+const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The fault tests run one at a time (each runs a cluster; two at once on two
 /// cores would distort every timing).

@@ -1,7 +1,9 @@
 //! The nemesis: a seeded schedule of faults (SIGKILL a random node, the
 //! Raft leader or a room's owner, then restart it; SIGSTOP a node, then
-//! SIGCONT; cut a node off, then heal) and its execution against a
-//! [`World`] under load, with probes straight to an isolated node.
+//! SIGCONT; cut a node off, then heal) and of changes to the node set
+//! through the operations CLI (add a node, remove one, replace a killed
+//! one, move a shard's leadership), and its execution against a [`World`]
+//! under load, with probes straight to an isolated node.
 //! It records what it did ([`Executed`]); judging is the checker's.
 
 use std::time::Duration;
@@ -64,6 +66,16 @@ pub enum Fault {
     Pause { pick: u64, hold_ms: u64 },
     /// Cut node `pick` off from the others for `hold_ms`, then heal.
     Partition { pick: u64, hold_ms: u64 },
+    /// Start a new node and `palaver add-node` it.
+    AddNode,
+    /// `palaver remove-node` node `pick`, then stop it (only above three nodes).
+    RemoveNode { pick: u64 },
+    /// SIGKILL node `pick`; while it is down, add a new node and
+    /// `palaver remove-node` the dead one.
+    ReplaceNode { pick: u64 },
+    /// `palaver drain` the leader of room `room_pick`'s shard, then let it
+    /// lead again: the shard's leadership moves twice.
+    MoveLeader { room_pick: u64 },
 }
 
 /// A fault and the quiet time after it.
@@ -76,7 +88,8 @@ pub struct Step {
 }
 
 /// `rounds` rounds of every fault once, in an order and with timings drawn
-/// from `seed`.
+/// from `seed`. In each round a node is added before one is removed, so the
+/// cluster has three or four nodes.
 pub fn schedule(seed: u64, rounds: u64) -> Vec<Step> {
     let mut rng = Rng(seed);
     let timeout = FAILURE_TIMEOUT.as_millis() as u64;
@@ -85,13 +98,19 @@ pub fn schedule(seed: u64, rounds: u64) -> Vec<Step> {
         let mut faults = vec![
             // Down for a moment up to well past the failure timeout, so the
             // rooms sometimes wait for the restart and sometimes move.
-            Fault::KillRandom { pick: rng.next() % 3, down_ms: rng.range(300, timeout + 2_500) },
+            Fault::KillRandom { pick: rng.next(), down_ms: rng.range(300, timeout + 2_500) },
             Fault::KillLeader { down_ms: rng.range(300, timeout + 2_500) },
             Fault::KillOwner { room_pick: rng.next(), down_ms: rng.range(300, timeout + 2_500) },
-            Fault::Pause { pick: rng.next() % 3, hold_ms: timeout + rng.range(1_000, 2_500) },
-            Fault::Partition { pick: rng.next() % 3, hold_ms: timeout + rng.range(2_000, 4_000) },
+            Fault::Pause { pick: rng.next(), hold_ms: timeout + rng.range(1_000, 2_500) },
+            Fault::Partition { pick: rng.next(), hold_ms: timeout + rng.range(2_000, 4_000) },
+            Fault::ReplaceNode { pick: rng.next() },
+            Fault::MoveLeader { room_pick: rng.next() },
         ];
         rng.shuffle(&mut faults);
+        let add = rng.range(0, faults.len() as u64 / 2) as usize;
+        faults.insert(add, Fault::AddNode);
+        let remove = rng.range(add as u64 + 1, faults.len() as u64) as usize;
+        faults.insert(remove, Fault::RemoveNode { pick: rng.next() });
         for fault in faults {
             steps.push(Step { fault, quiet_ms: rng.range(1_500, 3_000) });
         }
@@ -102,13 +121,21 @@ pub fn schedule(seed: u64, rounds: u64) -> Vec<Step> {
 /// What a fault does, for the log.
 pub fn describe(f: &Fault) -> String {
     match f {
-        Fault::KillRandom { pick, down_ms } => format!("SIGKILL node {}, restart after {down_ms} ms", pick + 1),
+        Fault::KillRandom { pick, down_ms } => format!("SIGKILL node #{pick} (mod nodes), restart after {down_ms} ms"),
         Fault::KillLeader { down_ms } => format!("SIGKILL the Raft leader, restart after {down_ms} ms"),
         Fault::KillOwner { room_pick, down_ms } => {
             format!("SIGKILL the owner of room #{room_pick} (mod rooms), restart after {down_ms} ms")
         }
-        Fault::Pause { pick, hold_ms } => format!("SIGSTOP node {} for {hold_ms} ms, then SIGCONT", pick + 1),
-        Fault::Partition { pick, hold_ms } => format!("cut node {} off for {hold_ms} ms, then heal", pick + 1),
+        Fault::Pause { pick, hold_ms } => format!("SIGSTOP node #{pick} (mod nodes) for {hold_ms} ms, then SIGCONT"),
+        Fault::Partition { pick, hold_ms } => format!("cut node #{pick} (mod nodes) off for {hold_ms} ms, then heal"),
+        Fault::AddNode => "start a new node and add it (palaver add-node)".to_string(),
+        Fault::RemoveNode { pick } => format!("remove node #{pick} (mod nodes) (palaver remove-node), then stop it"),
+        Fault::ReplaceNode { pick } => {
+            format!("SIGKILL node #{pick} (mod nodes); add a new node, then remove the dead one")
+        }
+        Fault::MoveLeader { room_pick } => {
+            format!("drain the shard leader of room #{room_pick} (mod rooms) (palaver drain), then undrain it")
+        }
     }
 }
 
@@ -164,17 +191,26 @@ pub async fn run_nemesis(w: &mut World, steps: &[Step], partition_skip: &Option<
         }
         let (_, view) = w.view_any().await?;
         let own = owners(&view);
-        let ids = w.c.ids();
+        let ids = w.live();
         let victim = match step.fault {
-            Fault::KillRandom { pick, .. } | Fault::Pause { pick, .. } | Fault::Partition { pick, .. } => {
-                ids[pick as usize % ids.len()]
-            }
+            Fault::KillRandom { pick, .. }
+            | Fault::Pause { pick, .. }
+            | Fault::Partition { pick, .. }
+            | Fault::RemoveNode { pick }
+            | Fault::ReplaceNode { pick } => ids[pick as usize % ids.len()],
             Fault::KillLeader { .. } => view["leader"].as_u64().context("no leader in the view")?,
-            Fault::KillOwner { room_pick, .. } => {
+            Fault::KillOwner { room_pick, .. } | Fault::MoveLeader { room_pick } => {
                 let room = &w.rooms[room_pick as usize % w.rooms.len()];
                 *own.get(room).with_context(|| format!("no owner of {room}"))?
             }
+            Fault::AddNode => {
+                ids.iter().max().copied().unwrap_or(0).max(w.removed.iter().max().copied().unwrap_or(0)) + 1
+            }
         };
+        if matches!(step.fault, Fault::RemoveNode { .. }) && ids.len() <= 3 {
+            eprintln!("[{:6.1}s] step {i}: SKIPPED, removing a node would leave fewer than three", w.secs());
+            continue;
+        }
         let owned: Vec<String> = own.iter().filter(|(_, o)| **o == victim).map(|(r, _)| r.clone()).collect();
         eprintln!(
             "[{:6.1}s] step {i}: {} -> victim node {victim} (owns {owned:?}; leader {:?}; healthy after {took:?})",
@@ -195,6 +231,38 @@ pub async fn run_nemesis(w: &mut World, steps: &[Step], partition_skip: &Option<
                 w.c.kill(victim);
                 tokio::time::sleep(Duration::from_millis(down_ms)).await;
                 w.c.restart(victim).await.with_context(|| format!("restarting node {victim}"))?;
+            }
+            Fault::AddNode => {
+                label = "add node";
+                w.c.spawn_new_node(victim).with_context(|| format!("starting node {victim}"))?;
+                let added = w.palaver(&["add-node", &victim.to_string()]).await?;
+                eprintln!("[{:6.1}s]   added node {victim}: {}", w.secs(), added["moved"]);
+                w.c.wait_ready(victim).await?;
+            }
+            Fault::RemoveNode { .. } => {
+                label = "remove node";
+                let removed = w.palaver(&["remove-node", &victim.to_string()]).await?;
+                eprintln!("[{:6.1}s]   removed node {victim}: {}", w.secs(), removed["moved"]);
+                w.removed.insert(victim);
+                w.c.kill(victim);
+            }
+            Fault::ReplaceNode { .. } => {
+                label = "replace node";
+                w.c.kill(victim);
+                let new = w.c.ids().into_iter().max().unwrap_or(0) + 1;
+                w.c.spawn_new_node(new).with_context(|| format!("starting node {new}"))?;
+                let added = w.palaver(&["add-node", &new.to_string()]).await?;
+                eprintln!("[{:6.1}s]   added node {new}: {}", w.secs(), added["moved"]);
+                w.c.wait_ready(new).await?;
+                let removed = w.palaver(&["remove-node", &victim.to_string()]).await?;
+                eprintln!("[{:6.1}s]   removed the dead node {victim}: {}", w.secs(), removed["moved"]);
+                w.removed.insert(victim);
+            }
+            Fault::MoveLeader { .. } => {
+                label = "move leader";
+                let drained = w.palaver(&["drain", &victim.to_string()]).await?;
+                eprintln!("[{:6.1}s]   drained node {victim}: {}", w.secs(), drained["moved"]);
+                w.set_draining(victim, false).await?;
             }
             Fault::Pause { hold_ms, .. } => {
                 label = "pause";

@@ -1,4 +1,4 @@
-//! The world of a fault run: a three-node cluster behind the in-process
+//! The world of a fault run: a cluster (three nodes to start) behind the
 //! balancer, rooms made through different nodes (so their owners spread),
 //! users and their resilient clients subscribed to every room, the book of
 //! every send, the load, and the reads the nemesis and the checker need
@@ -24,6 +24,7 @@ use palaver_client::Message;
 use palaver_client::ResilientClient;
 use palaver_client::ResilientOptions;
 use palaver_client::Visibility;
+use palaver_node::config::OpsToken;
 use palaver_testkit::Balancer;
 use palaver_testkit::Cluster;
 use palaver_testkit::Recorder;
@@ -31,6 +32,7 @@ use palaver_testkit::User;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use crate::CLI_TIMEOUT;
 use crate::CONVERGE_WAIT;
 use crate::DOWN_AFTER;
 use crate::GIVE_UP;
@@ -109,7 +111,12 @@ pub struct World {
     pub start: Instant,
     /// Violations seen while the faults ran (rooms that did not recover).
     noted: Mutex<Vec<String>>,
+    /// Nodes removed from the cluster (stopped; no longer checked).
+    pub removed: BTreeSet<u64>,
 }
+
+/// The operations token of the fault cluster (the CLI's and the balancer's).
+pub const OPS_TOKEN: &str = "fault-suite-ops-token-0123456789abcdef";
 
 /// The options of a resilient client of `user` at `addr` in these tests.
 pub fn client_options(addr: &str, user: &User) -> ResilientOptions {
@@ -131,7 +138,10 @@ impl World {
         // Every line of every node's output, kept whole for a post-mortem.
         let log_dir = std::env::var_os("PALAVER_FAULT_LOG_DIR").map(std::path::PathBuf::from);
         let launch = palaver_testkit::Launch { log_dir, ..Default::default() };
-        let c = Cluster::builder(3).launch(launch).start().await?;
+        let config = palaver_testkit::config::config(|c| {
+            c.security.ops_token = Some(OpsToken::new(OPS_TOKEN).expect("a valid ops token"));
+        });
+        let c = Cluster::builder(3).config(config).launch(launch).start().await?;
         let admin = c.user(1, "admin").await?;
         let settings = BalancerSettings {
             strategy: Strategy::RoundRobin,
@@ -140,7 +150,9 @@ impl World {
             down_after: DOWN_AFTER,
             up_after: 2,
             connect_timeout: Duration::from_secs(1),
-            discover: false,
+            // Nodes added and removed by the nemesis get clients, then none.
+            discover: true,
+            ops_token: Some(palaver_balancer::OpsToken::new(OPS_TOKEN)?),
             ..BalancerSettings::default()
         };
         let lb = Balancer::start_with_admin_timeout(settings, Duration::from_secs(2)).await?;
@@ -159,6 +171,7 @@ impl World {
             noted: Mutex::new(Vec::new()),
             http,
             start,
+            removed: BTreeSet::new(),
         };
         world.wait_healthy(HEAL_WAIT).await.context("the new cluster")?;
         // Rooms made through different nodes, so their owners spread.
@@ -226,7 +239,7 @@ impl World {
     /// The cluster view from the first node that answers.
     pub async fn view_any(&self) -> Result<(u64, Value)> {
         let mut errors = Vec::new();
-        for id in self.c.ids() {
+        for id in self.live() {
             match self.view(id).await {
                 Ok(v) => return Ok((id, v)),
                 Err(e) => errors.push(format!("node {id}: {e:#}")),
@@ -240,7 +253,8 @@ impl World {
     /// the balancer routes to all of them.
     async fn unhealthy(&self) -> Option<String> {
         let mut leaders = BTreeSet::new();
-        for id in self.c.ids() {
+        let live = self.live();
+        for &id in &live {
             let v = match self.view(id).await {
                 Ok(v) => v,
                 Err(e) => return Some(format!("node {id}: {e:#}")),
@@ -250,8 +264,8 @@ impl World {
                 None => return Some(format!("node {id} knows no leader")),
             };
             let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
-            if nodes.len() != 3 {
-                return Some(format!("node {id} lists {} nodes", nodes.len()));
+            if nodes.len() != live.len() {
+                return Some(format!("node {id} lists {} nodes, not {}", nodes.len(), live.len()));
             }
             if let Some(n) = nodes.iter().find(|n| !matches!(n["state"].as_str(), Some("serving" | "up"))) {
                 return Some(format!("node {id} sees node {} as {}", n["id"], n["state"]));
@@ -264,11 +278,72 @@ impl World {
         if leaders.len() != 1 {
             return Some(format!("the nodes name different leaders: {leaders:?}"));
         }
-        match self.lb.nodes(None).await {
-            Ok(h) if h.values().all(|n| n["health"] == "up") && h.len() == 3 => None,
+        match self.lb.nodes(Some(OPS_TOKEN)).await {
+            // A removed node may stay listed (a node of the balancer's own
+            // list), but never as up: it gets no clients.
+            Ok(h)
+                if live.iter().all(|id| h.get(id).is_some_and(|n| n["health"] == "up"))
+                    && h.iter().all(|(id, n)| live.contains(id) || n["health"] != "up") =>
+            {
+                None
+            }
             Ok(h) => Some(format!("balancer health {:?}", h.values().map(|n| &n["health"]).collect::<Vec<_>>())),
             Err(e) => Some(format!("balancer: {e:#}")),
         }
+    }
+
+    /// The nodes of the cluster now: those started and not removed.
+    pub fn live(&self) -> Vec<u64> {
+        self.c.ids().into_iter().filter(|id| !self.removed.contains(id)).collect()
+    }
+
+    /// Runs `palaver ARGS` (the operations CLI of docs/protocol.md §7.5)
+    /// against this cluster and answers its `--json` output.
+    pub async fn palaver(&self, args: &[&str]) -> Result<Value> {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_palaver"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.c.file().path)
+            .args(["--token", OPS_TOKEN, "--json", "--timeout", &CLI_TIMEOUT.as_secs().to_string()])
+            .env_remove("PALAVER_TOKEN")
+            .env_remove("PALAVER_OPS_TOKEN")
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(CLI_TIMEOUT + Duration::from_secs(30), cmd.output())
+            .await
+            .with_context(|| format!("palaver {args:?} did not finish"))??;
+        if !out.status.success() {
+            bail!(
+                "palaver {args:?} failed ({}): {} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("palaver {args:?}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Tells the cluster whether node `id` should lead nothing.
+    pub async fn set_draining(&self, id: u64, draining: bool) -> Result<()> {
+        let body = serde_json::json!({"node": id, "draining": draining});
+        for _ in 0..100 {
+            for node in self.live() {
+                let r = self
+                    .http
+                    .post(format!("http://{}/api/cluster/drain", self.c.addr(node)))
+                    .bearer_auth(OPS_TOKEN)
+                    .json(&body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 204 => return Ok(()),
+                    // The metadata group may be electing; another node may answer.
+                    _ => continue,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("no node took the drain state of node {id}")
     }
 
     /// Polls until healthy (bounded by `timeout`).
@@ -449,7 +524,7 @@ pub async fn observe(w: &World, executed: &[Executed], window: LoadWindow) -> Re
             *e = (*e).max(seq);
         }
     }
-    let ids = w.c.ids();
+    let ids = w.live();
     let started = Instant::now();
     let mut histories: BTreeMap<String, BTreeMap<u64, Vec<Message>>> = BTreeMap::new();
     loop {
