@@ -34,6 +34,11 @@
 //! DUPLICATE, GAP, DIVERGENCE, MINORITY ANSWERED, CLIENT GAP, CLIENT VIEW,
 //! UNAVAILABLE, HANG, SEND FAILED), room, seq and node.
 //!
+//! Another grows the cluster from three nodes to five and shrinks it to four
+//! (`palaver add-node` twice, `palaver remove-node`, SIGTERM) under load:
+//! the same checks, clients see only 1012 closes, and shard leadership ends
+//! spread (at most one shard more on any node than on another).
+//!
 //! A second test restarts the nodes one at a time (SIGTERM, wait for the
 //! exit, restart, wait healthy) under load: nothing answered is lost and
 //! every send is answered. A third pauses a node that owns rooms under
@@ -43,8 +48,10 @@
 //! Environment (small defaults; all optional):
 //! - `PALAVER_FAULT_SEED`: replays a schedule (printed at the start);
 //! - `PALAVER_FAULT_CLIENTS` (20), `PALAVER_FAULT_ROOMS` (4),
-//!   `PALAVER_FAULT_RATE` (60 sends/s in all), `PALAVER_FAULT_ROUNDS` (2:
-//!   each fault once per round, in a seeded order);
+//!   `PALAVER_FAULT_RATE` (60 sends/s in all), `PALAVER_FAULT_SEEDS` (5:
+//!   the seed and the next four each draw a schedule, run one after the
+//!   other), `PALAVER_FAULT_ROUNDS` (1 per seed: each fault once per round,
+//!   in a seeded order);
 //! - `PALAVER_ROLLING_CLIENTS` (9), `PALAVER_ROLLING_RATE` (40),
 //!   `PALAVER_ROLLING_PASSES` (2 passes over the three nodes);
 //! - `PALAVER_CI`: the partition step is required (it needs root and
@@ -81,9 +88,11 @@ use checker::Outcome;
 use checker::STALL_LIMIT;
 use checker::SendRec;
 use checker::check;
+use nemesis::Step;
 use nemesis::describe;
 use nemesis::run_nemesis;
 use nemesis::schedule;
+use palaver_client::Method;
 use partition::Partition;
 use partition::partition_unavailable;
 use partition::sweep_orphan_rules;
@@ -212,7 +221,8 @@ async fn faults_under_load_lose_no_answered_message() -> Result<()> {
     let clients = env_u64("PALAVER_FAULT_CLIENTS", 20) as usize;
     let rooms = env_u64("PALAVER_FAULT_ROOMS", 4).max(1) as usize;
     let rate = env_u64("PALAVER_FAULT_RATE", 60) as f64;
-    let rounds = env_u64("PALAVER_FAULT_ROUNDS", 2);
+    let rounds = env_u64("PALAVER_FAULT_ROUNDS", 1);
+    let seeds = env_u64("PALAVER_FAULT_SEEDS", 5).max(1);
     let ci = std::env::var_os("PALAVER_CI").is_some();
     let partition_skip = partition_unavailable();
     if let Some(why) = &partition_skip {
@@ -224,12 +234,14 @@ async fn faults_under_load_lose_no_answered_message() -> Result<()> {
         sweep_orphan_rules();
     }
 
-    let steps = schedule(seed, rounds);
+    // One schedule per seed, run one after the other on the same cluster.
+    let seed_list: Vec<u64> = (0..seeds).map(|k| seed.wrapping_add(k)).collect();
+    let steps: Vec<Step> = seed_list.iter().flat_map(|s| schedule(*s, rounds)).collect();
     let mut settings = String::new();
-    writeln!(settings, "seed {seed} (replay: PALAVER_FAULT_SEED={seed})")?;
+    writeln!(settings, "seed {seed} (replay: PALAVER_FAULT_SEED={seed}); schedules of seeds {seed_list:?}")?;
     writeln!(
         settings,
-        "clients {clients}, rooms {rooms}, rate {rate} sends/s in all, rounds {rounds}; nodes: {} shards, elections \
+        "clients {clients}, rooms {rooms}, rate {rate} sends/s in all, {rounds} round(s) per seed; nodes: {} shards, elections \
          within {} ms; balancer: round-robin, health every {HEALTH_INTERVAL:?}, down after {DOWN_AFTER}; \
          clients: stall 4 s, reply timeout 20 s, backoff 50 ms..2 s, give up after {GIVE_UP:?}",
         palaver_testkit::config::test_config().cluster.shards,
@@ -416,6 +428,111 @@ async fn a_rolling_restart_under_load_loses_nothing_and_fails_no_send() -> Resul
     assert!(report.answered > 0 && report.answered == report.attempted, "every send is answered");
     assert!(totals.reconnects >= 1, "no client was moved by the restarts: {totals:?}");
     assert!(codes.contains_key("1012"), "no client was told 1012 by a stopping node: {codes:?}");
+    Ok(())
+}
+
+/// The shards each live node leads, as each says.
+async fn shards_led(w: &World) -> Result<BTreeMap<u64, usize>> {
+    let mut led = BTreeMap::new();
+    for id in w.live() {
+        let r = w.c.http(id).with_token(world::OPS_TOKEN).request(Method::GET, "/api/cluster", None).await?;
+        anyhow::ensure!(r.status == 200, "/api/cluster on node {id}: {} {}", r.status, r.text);
+        led.insert(id, r.json["shards_led"].as_array().map_or(0, Vec::len));
+    }
+    Ok(led)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_grows_to_five_nodes_and_shrinks_to_four_while_clients_chat() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    eprintln!("==== grow 3 -> 5 -> 4: 20 clients, 4 rooms, 60 sends/s through the balancer ====");
+    let mut w = World::setup("k", 20, 4, 0).await?;
+    let load = start_load(&w, 60.0);
+    let mut steps = Vec::new();
+    let result = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for id in [4u64, 5] {
+            w.wait_healthy(HEAL_WAIT).await.with_context(|| format!("before adding node {id}"))?;
+            let at = Instant::now();
+            w.c.spawn_new_node(id)?;
+            let added = w.palaver(&["add-node", &id.to_string()]).await?;
+            w.c.wait_ready(id).await?;
+            eprintln!("[{:6.1}s] added node {id} in {:?}: {}", w.secs(), at.elapsed(), added["moved"]);
+            steps.push(Executed {
+                step: steps.len(),
+                label: "add node".into(),
+                victim: id,
+                at,
+                ended: Instant::now(),
+                owned: Vec::new(),
+                partitioned: false,
+            });
+        }
+        // Shrink: node 2 leaves; once out it stops (SIGTERM: its clients get 1012).
+        w.wait_healthy(HEAL_WAIT).await.context("before removing node 2")?;
+        let (_, view) = w.view_any().await?;
+        let owned: Vec<String> = owners(&view).into_iter().filter(|(_, o)| *o == 2).map(|(r, _)| r).collect();
+        let at = Instant::now();
+        let removed = w.palaver(&["remove-node", "2"]).await?;
+        eprintln!("[{:6.1}s] removed node 2 in {:?}: {}", w.secs(), at.elapsed(), removed["moved"]);
+        w.removed.insert(2);
+        w.c.stop(2)?;
+        w.c.wait_exit(2, Duration::from_secs(30)).await?.context("node 2 did not exit after SIGTERM")?;
+        steps.push(Executed {
+            step: steps.len(),
+            label: "remove node".into(),
+            victim: 2,
+            at,
+            ended: Instant::now(),
+            owned,
+            partitioned: false,
+        });
+        w.wait_healthy(HEAL_WAIT).await.context("after removing node 2")?;
+        let spread = palaver_testkit::eventually(
+            "shard leaders spread over the four nodes",
+            Duration::from_secs(30),
+            async || {
+                let led = shards_led(&w).await?;
+                let (min, max) = (led.values().min().copied(), led.values().max().copied());
+                let shards = palaver_testkit::config::test_config().cluster.shards as usize;
+                let even = led.values().sum::<usize>() == shards && max.zip(min).is_some_and(|(a, b)| a - b <= 1);
+                Ok(even.then_some(led))
+            },
+        )
+        .await?;
+        eprintln!("[{:6.1}s] shards led per node: {spread:?}", w.secs());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let window = stop_load(&w, load).await?;
+    result?;
+    let report = check(&observe(&w, &steps, window).await?);
+    let totals = client_totals(&w);
+    let codes = close_codes(&w);
+    eprintln!(
+        "==== grow summary ====\nsends: {} attempted, {} answered, {} checked, {} failed; clients: {} reconnects, \
+         {} resends, {} unavailable answers, {} gaps; close codes {codes:?}; rooms {:?}; wall time {:.1}s",
+        report.attempted,
+        report.answered,
+        report.checked,
+        report.failed,
+        totals.reconnects,
+        totals.resent,
+        totals.unavailable,
+        totals.gaps,
+        report.last_seqs,
+        w.secs()
+    );
+    for c in &w.clients {
+        c.close().await;
+    }
+    assert!(report.is_clean(), "{}", report.render());
+    assert!(report.answered > 0 && report.answered == report.attempted, "every send is answered");
+    assert!(
+        codes.keys().all(|c| c == "1012"),
+        "clients saw only reconnects told by 1012 (the removed node stopping): {codes:?}"
+    );
     Ok(())
 }
 
