@@ -22,7 +22,8 @@
 //! - `rooms`*: `--rooms` rooms of `--room-members` receivers on a 3-node
 //!   cluster, rate steps as in `fanout`.
 //! - `durable`*: a 3-node cluster with majority acks: delivery latency at
-//!   `--latency-rate` msg/s, answered sends/s for 1 room and for 100 rooms.
+//!   `--latency-rate` msg/s, answered sends/s for 1, 100 and 1,000 rooms,
+//!   then 100 rooms on five nodes.
 //! - `balancer`*: the same traffic straight to the nodes, through the
 //!   Palaver balancer under each strategy, and through HAProxy.
 //! - `sends`*: answered sends/s on one node with 1 and `--senders` senders.
@@ -89,7 +90,7 @@ scenarios (default: all of the first seven, in this order):
   fanout        one room, --members receivers, --publishers senders, rate steps
   idle          RSS per idle socket on a node and on each peer
   rooms         --rooms rooms of --room-members receivers on a 3-node cluster
-  durable       majority-acked sends: latency, then answered sends/s (1 and 100 rooms)
+  durable       majority-acked sends: latency, then answered sends/s (1, 100, 1,000 rooms; 5 nodes)
   balancer      direct vs the Palaver balancer (each strategy) vs HAProxy
   sends         one node: answered sends/s with 1 and --senders senders
   relay         one node, direct vs through the balancer (older)
@@ -667,7 +668,12 @@ async fn rooms(o: &Options, res: &mut Results) -> Result<()> {
 async fn durable(o: &Options, res: &mut Results) -> Result<()> {
     let nodes = harness::palaver_cluster(3, "durable").await?;
     cluster_latency(&nodes, o.latency_rate, o.secs, res).await?;
-    cluster_sends(&nodes, 1, o.senders, o.secs, res).await?;
+    for rooms in [1, 100, 1_000] {
+        cluster_sends(&nodes, rooms, o.senders, o.secs, res).await?;
+    }
+    drop(nodes);
+    // Five nodes: each shard still on three of them.
+    let nodes = harness::palaver_cluster(5, "durable5").await?;
     cluster_sends(&nodes, 100, o.senders, o.secs, res).await?;
     Ok(())
 }
@@ -740,10 +746,29 @@ async fn cluster_latency(nodes: &[Server], rate: u64, secs: u64, res: &mut Resul
 }
 
 /// Answered sends/s with majority acks: `senders` senders spread over the
-/// nodes, over `rooms` rooms, 16 sends in flight each.
+/// nodes, over `rooms` rooms, 16 sends in flight each. With more rooms than
+/// senders, each room has one member, its owner, who alone sends to it (so
+/// setting up 1,000 rooms takes 1,000 writes, not 50,000 joins).
 async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64, res: &mut Results) -> Result<()> {
     let names: Vec<String> = (0..rooms).map(|r| format!("cs{rooms}-{r}")).collect();
-    let tokens = palaver_setup(nodes, &format!("cs{rooms}x"), senders, &names).await?;
+    let owned = rooms > senders;
+    let tokens = palaver_setup(nodes, &format!("cs{rooms}x"), senders, if owned { &[] } else { &names }).await?;
+    if owned {
+        let api = harness::Api::new(&nodes[0].addr);
+        let gate = Arc::new(Semaphore::new(16));
+        let mut tasks = Vec::new();
+        for (r, room) in names.iter().enumerate() {
+            let (api, gate, room, owner) = (api.clone(), gate.clone(), room.clone(), tokens[r % senders].clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await?;
+                api.room(&room, &owner, &[]).await
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     const WINDOW: u64 = 16;
     let nonce = harness::nonce();
     let meter = CpuMeter::start();
@@ -759,7 +784,14 @@ async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64
             let mut started: HashMap<u64, Instant> = HashMap::new();
             while Instant::now() < deadline || answered < sent {
                 while sent - answered < WINDOW && Instant::now() < deadline {
-                    let room = format!("cs{rooms}-{}", (sent as usize + i) % rooms);
+                    let r = if owned {
+                        // Sender i owns rooms i, i + senders, i + 2 × senders, ...
+                        let own = (rooms - i).div_ceil(senders);
+                        i + senders * (sent as usize % own)
+                    } else {
+                        (sent as usize + i) % rooms
+                    };
+                    let room = format!("cs{rooms}-{r}");
                     let send = Command::Send { room, body: "x".into(), client_id: format!("{nonce}-{i}-{sent}") };
                     started.insert(sent, Instant::now());
                     tx.send(harness::palaver_frame(sent, send)).await?;

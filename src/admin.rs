@@ -230,11 +230,7 @@ async fn rows(target: &Target, view: &Value) -> Vec<(Row, Option<Value>)> {
                 } else {
                     "up"
                 };
-                let led = match (v["shards_led"].as_array(), v["rooms_led"].as_u64()) {
-                    (Some(s), _) => format!("{} shards", s.len()),
-                    (None, Some(r)) => format!("{r} rooms"),
-                    _ => "-".into(),
-                };
+                let led = v["shards_led"].as_array().map_or("-".into(), |s| format!("{} shards", s.len()));
                 Row {
                     id,
                     address,
@@ -266,7 +262,6 @@ pub async fn status(args: StatusArgs) -> Result<bool> {
                     "health": r.health,
                     "role": r.role,
                     "shards_led": own.as_ref().and_then(|v| v.get("shards_led").cloned()),
-                    "rooms_led": own.as_ref().and_then(|v| v.get("rooms_led").cloned()),
                     "connections": own.as_ref().and_then(|v| v["connections"].as_u64()),
                 })
             })

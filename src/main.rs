@@ -56,8 +56,8 @@ enum Command {
     /// --password-stdin); survives node restarts by reconnecting.
     #[command(after_help = chat::KEYS_HELP)]
     Chat(chat::ChatArgs),
-    /// Print the cluster's nodes: address, health, Raft role, shards (or
-    /// rooms) led, connections. Exits 0 when every node is up, 1 if not.
+    /// Print the cluster's nodes: address, health, Raft role, shards led,
+    /// connections. Exits 0 when every node is up, 1 if not.
     Status(admin::StatusArgs),
     /// Stop sending new clients to node N and move the leadership of its
     /// shards to other replicas; waits until it leads none.

@@ -26,6 +26,18 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(5);
 /// (the room moves then): a Raft election when the owner led, the move, the
 /// recovery and the clients' backoff (at most 2 s).
 pub const RECOVERY_SLACK: Duration = Duration::from_millis(4_500);
+/// A change of the node set (a node added, removed or replaced, a shard's
+/// leadership moved) re-places replicas and re-spreads leaders of shards
+/// other than the victim's, for a while after the command returns: a stall
+/// of any room that begins during the change or this long after it...
+pub const MOVE_SETTLE: Duration = Duration::from_secs(10);
+/// ...is explained if it ends within this long after the change ended.
+pub const MOVE_RECOVERY: Duration = Duration::from_secs(20);
+
+/// Whether a step changed the node set or moved leadership on purpose.
+fn changes_node_set(label: &str) -> bool {
+    matches!(label, "add node" | "remove node" | "replace node" | "move leader")
+}
 
 /// How a send ended.
 #[derive(Clone, Debug)]
@@ -373,7 +385,8 @@ fn every_send_answered(o: &Observed, r: &mut Report) {
 }
 
 /// UNAVAILABLE: a room that accepted no send for long owes it to a fault on
-/// its owner, and takes sends again soon after that fault ended.
+/// its owner, and takes sends again soon after that fault ended; or to a
+/// change of the node set, and takes sends again within [`MOVE_RECOVERY`].
 fn stalls_explained(o: &Observed, r: &mut Report) {
     let window = o.window;
     let limit = STALL_LIMIT.max(Duration::from_secs_f64(10.0 / window.per_room_rate.max(0.01)));
@@ -416,6 +429,16 @@ fn stalls_explained(o: &Observed, r: &mut Report) {
             );
             if explained {
                 r.stalls.push(stall);
+                continue;
+            }
+            let moved = o.executed.iter().find(|f| {
+                changes_node_set(&f.label)
+                    && a + tolerance >= f.at
+                    && a <= f.ended + MOVE_SETTLE
+                    && b <= f.ended + MOVE_RECOVERY
+            });
+            if let Some(f) = moved {
+                r.stalls.push(format!("{stall}, around the node-set change {}", f.describe(o.start)));
                 continue;
             }
             let faults: Vec<String> = o
@@ -722,6 +745,28 @@ mod tests {
         assert_eq!(r.stalls.len(), 1, "{:?}", r.stalls);
         // The same fault on a node that did not own the room explains nothing.
         o.executed[0].owned.clear();
+        assert_eq!(kinds(&o), ["UNAVAILABLE"]);
+        // A node-set change explains a stall of any room that began during
+        // it and ended within the bound after it...
+        o.executed[0].label = "add node".into();
+        let r = check(&o);
+        assert!(r.is_clean(), "{}", r.render());
+        assert!(r.stalls[0].contains("node-set change"), "{:?}", r.stalls);
+        // ...but not one that began after the change had settled.
+        o.executed[0].at = s(7);
+        o.executed[0].ended = s(8);
+        assert_eq!(kinds(&o), ["UNAVAILABLE"]);
+        o.executed[0].at = s(0);
+        o.executed[0].ended = s(0) + Duration::from_millis(500);
+        assert!(check(&o).is_clean(), "began within the settle time, ended within the bound");
+        // A stall that outlasts the bound after the change is not explained.
+        o.window.stopped = s(40);
+        for sent in o.sends.iter_mut().filter(|x| matches!(x.outcome, Some(Outcome::Answered { seq, .. }) if seq >= 4))
+        {
+            if let Some(Outcome::Answered { at, .. }) = &mut sent.outcome {
+                *at += MOVE_RECOVERY;
+            }
+        }
         assert_eq!(kinds(&o), ["UNAVAILABLE"]);
     }
 

@@ -328,7 +328,7 @@ async fn faults_under_load_lose_no_answered_message() -> Result<()> {
         sorted.last().copied().unwrap_or_default().as_millis(),
         sorted.len()
     )?;
-    writeln!(summary, "stalls explained by a fault on the room's owner (> {STALL_LIMIT:?}):")?;
+    writeln!(summary, "stalls explained by a fault on the room's owner or a node-set change (> {STALL_LIMIT:?}):")?;
     for st in &report.stalls {
         writeln!(summary, "  {st}")?;
     }

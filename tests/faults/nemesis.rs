@@ -179,6 +179,24 @@ async fn probe_isolated(w: &World, addr: &str, step: usize, until: Instant) -> V
     clients.into_iter().map(|(c, _)| c).collect()
 }
 
+/// Adds to `owned` the rooms the cluster names `victim` the owner of right
+/// after the fault hit it: leadership may have moved to it (the balancing of
+/// leaders after a restart or an added node) since the view taken before.
+async fn owned_as_hit(w: &World, victim: u64, owned: &mut Vec<String>) {
+    // Another node's view: the victim may be frozen, and a peer still names
+    // it the leader until it has noticed.
+    for id in w.live().into_iter().filter(|id| *id != victim) {
+        if let Ok(view) = w.view(id).await {
+            for (room, owner) in owners(&view) {
+                if owner == victim && !owned.contains(&room) {
+                    owned.push(room);
+                }
+            }
+            return;
+        }
+    }
+}
+
 /// Runs `steps` against the world (skipping partitions when
 /// `partition_skip` says why), each after the cluster is healthy; stops
 /// early when a room does not recover. Answers the faults as executed.
@@ -211,7 +229,7 @@ pub async fn run_nemesis(w: &mut World, steps: &[Step], partition_skip: &Option<
             eprintln!("[{:6.1}s] step {i}: SKIPPED, removing a node would leave fewer than three", w.secs());
             continue;
         }
-        let owned: Vec<String> = own.iter().filter(|(_, o)| **o == victim).map(|(r, _)| r.clone()).collect();
+        let mut owned: Vec<String> = own.iter().filter(|(_, o)| **o == victim).map(|(r, _)| r.clone()).collect();
         eprintln!(
             "[{:6.1}s] step {i}: {} -> victim node {victim} (owns {owned:?}; leader {:?}; healthy after {took:?})",
             w.secs(),
@@ -229,6 +247,7 @@ pub async fn run_nemesis(w: &mut World, steps: &[Step], partition_skip: &Option<
                     _ => "kill owner",
                 };
                 w.c.kill(victim);
+                owned_as_hit(w, victim, &mut owned).await;
                 tokio::time::sleep(Duration::from_millis(down_ms)).await;
                 w.c.restart(victim).await.with_context(|| format!("restarting node {victim}"))?;
             }
@@ -249,6 +268,7 @@ pub async fn run_nemesis(w: &mut World, steps: &[Step], partition_skip: &Option<
             Fault::ReplaceNode { .. } => {
                 label = "replace node";
                 w.c.kill(victim);
+                owned_as_hit(w, victim, &mut owned).await;
                 let new = w.c.ids().into_iter().max().unwrap_or(0) + 1;
                 w.c.spawn_new_node(new).with_context(|| format!("starting node {new}"))?;
                 let added = w.palaver(&["add-node", &new.to_string()]).await?;
@@ -267,6 +287,7 @@ pub async fn run_nemesis(w: &mut World, steps: &[Step], partition_skip: &Option<
             Fault::Pause { hold_ms, .. } => {
                 label = "pause";
                 w.c.pause(victim)?;
+                owned_as_hit(w, victim, &mut owned).await;
                 tokio::time::sleep(Duration::from_millis(hold_ms)).await;
                 w.c.resume(victim)?;
             }
@@ -278,6 +299,7 @@ pub async fn run_nemesis(w: &mut World, steps: &[Step], partition_skip: &Option<
                         let port =
                             w.c.nodes().iter().find(|n| n.id == victim).context("the victim's entry")?.peer.port();
                         let mut cut = Partition::cut(port)?;
+                        owned_as_hit(w, victim, &mut owned).await;
                         partitioned = true;
                         let until = Instant::now() + Duration::from_millis(hold_ms);
                         let probes = probe_isolated(w, &w.c.addr(victim), i, until).await;

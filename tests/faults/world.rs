@@ -232,7 +232,7 @@ impl World {
     }
 
     /// `GET /api/cluster` from node `id`.
-    async fn view(&self, id: u64) -> Result<Value> {
+    pub async fn view(&self, id: u64) -> Result<Value> {
         self.get_json(&self.c.addr(id), "/api/cluster").await
     }
 

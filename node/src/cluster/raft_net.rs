@@ -88,7 +88,7 @@ impl RaftNetworkV2<TypeConfig> for QuicRaftClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(&RaftCall::Append(rpc), option.hard_ttl()).await? {
+        match self.call(&RaftCall::Append(rpc), option.hard_ttl().max(crate::raft::APPEND_TIMEOUT)).await? {
             RaftAnswer::Append(r) => Ok(r),
             other => Err(unexpected(other)),
         }

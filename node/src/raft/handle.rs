@@ -18,7 +18,6 @@ use openraft::error::RaftError;
 use parking_lot::RwLock;
 use parking_lot::RwLockReadGuard;
 
-use super::log_store::Flusher;
 use super::log_store::LogStore;
 use super::log_store::Space;
 use super::network::PeerNetwork;
@@ -32,6 +31,7 @@ use crate::meta::MetaReply;
 use crate::meta::MetaRequest;
 use crate::meta::MetaState;
 use crate::storage::Store;
+use crate::storage::WriteThread;
 
 /// How this node takes part in the metadata Raft group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +212,7 @@ pub struct Consensus {
     /// shortest election timeout.
     max_lease: Duration,
     /// Flushes this node's Raft store for every group in it.
-    flusher: Flusher,
+    writer: WriteThread,
     store: Store,
     node_id: u64,
 }
@@ -247,8 +247,8 @@ impl Consensus {
             )));
         }
         let config = Arc::new(settings.openraft_config()?);
-        let flusher = Flusher::start(store.clone())?;
-        let log_store = LogStore::<TypeConfig>::new(store.clone(), Space::meta(), flusher.clone());
+        let writer = WriteThread::start(store.clone(), "raft-store")?;
+        let log_store = LogStore::<TypeConfig>::new(store.clone(), Space::meta(), writer.clone());
         let sm = MetaStateMachine::open(store.clone(), effects)?;
         let state = sm.state();
         let applied = sm.applied_index();
@@ -266,7 +266,7 @@ impl Consensus {
             leader_contact: Arc::default(),
             epoch: std::time::Instant::now(),
             max_lease: settings.election_timeout.0 * 2 / 3,
-            flusher,
+            writer,
             store,
             node_id: settings.node_id,
         })
@@ -340,10 +340,10 @@ impl Consensus {
         self.store.clone()
     }
 
-    /// The Raft store's flusher, shared with the room-log shards' logs so
+    /// The Raft store's write thread, shared with the room-log shards' logs so
     /// one flush makes every group's appends durable.
-    pub fn flusher(&self) -> Flusher {
-        self.flusher.clone()
+    pub fn writer(&self) -> WriteThread {
+        self.writer.clone()
     }
 
     /// Records that a leader's AppendEntries (a heartbeat included) was accepted.

@@ -1,8 +1,8 @@
 //! A Raft log and its hard state (vote, committed, last purged) in one
 //! namespace ([`Space`]) of a [`Store`], for any openraft type config: the
 //! metadata group and every room-log shard keep their logs side by side in
-//! the node's Raft store, and one [`Flusher`] makes all of them durable
-//! together.
+//! the node's Raft store, and one [`WriteThread`] writes and flushes all of
+//! them together.
 //!
 //! Layout, per space: tree `<log>`: key = the space's prefix + log index as 8
 //! big-endian bytes (so byte order is index order), value = the
@@ -10,9 +10,10 @@
 //! `committed`, `purged`, postcard values. The metadata group's space has
 //! an empty prefix in trees `raft_log` and `raft_state`.
 //!
-//! Durability: `append` writes its entries in one atomic batch before it
-//! returns (so they are readable at once) and hands the flush callback to the
-//! store's flusher thread, which calls [`crate::storage::Engine::flush`] once
+//! Durability: `append` writes its entries in one atomic batch (in one
+//! transaction with every other group's writes queued meanwhile) before it
+//! returns, so they are readable at once, and hands the flush callback to the
+//! store's write thread, which calls [`crate::storage::Engine::flush`] once
 //! for every callback queued meanwhile, from any group (group commit), and
 //! only then reports the entries as persisted. `save_vote` is durable before
 //! it returns. `committed`, truncation and purge are written without their
@@ -27,7 +28,6 @@ use std::marker::PhantomData;
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::Arc;
-use std::sync::mpsc;
 
 use openraft::LogState;
 use openraft::OptionalSend;
@@ -47,6 +47,7 @@ use super::types::io_err;
 use crate::storage::Batch;
 use crate::storage::Order;
 use crate::storage::Store;
+use crate::storage::WriteThread;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -114,49 +115,18 @@ impl Space {
     }
 }
 
-type FlushDone = Box<dyn FnOnce(Result<(), String>) + Send>;
-
-/// The flusher thread of one store: every append of every group queues its
-/// callback here, and one flush serves all that were queued before it.
-#[derive(Clone)]
-pub struct Flusher(mpsc::Sender<FlushDone>);
-
-impl Flusher {
-    /// Starts the thread; it ends when the last clone is dropped.
-    pub fn start(store: Store) -> io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<FlushDone>();
-        std::thread::Builder::new().name("raft-log-flush".into()).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                // Everything queued so far was written before this flush starts.
-                let waiting: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
-                let result = store.flush().map_err(|e| e.to_string());
-                for done in waiting {
-                    done(result.clone());
-                }
-            }
-        })?;
-        Ok(Self(tx))
-    }
-
-    fn after_next_flush(&self, done: FlushDone) {
-        if let Err(mpsc::SendError(done)) = self.0.send(done) {
-            done(Err("the raft log flusher thread is gone".into()));
-        }
-    }
-}
-
 /// The Raft log storage of one group on one node (a cheap handle: clones
-/// share the store and the flusher).
+/// share the store and its write thread).
 pub struct LogStore<C> {
     store: Store,
     space: Arc<Space>,
-    flusher: Flusher,
+    writer: WriteThread,
     types: PhantomData<fn() -> C>,
 }
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), space: self.space.clone(), flusher: self.flusher.clone(), types: PhantomData }
+        Self { store: self.store.clone(), space: self.space.clone(), writer: self.writer.clone(), types: PhantomData }
     }
 }
 
@@ -176,10 +146,10 @@ where
     C::Vote: Serialize + DeserializeOwned,
     LogIdOf<C>: Serialize + DeserializeOwned,
 {
-    /// The log of the group in `space` over `store`, flushed by `flusher`
-    /// (the store's one flusher).
-    pub fn new(store: Store, space: Space, flusher: Flusher) -> Self {
-        Self { store, space: Arc::new(space), flusher, types: PhantomData }
+    /// The log of the group in `space` over `store`, written and flushed by
+    /// `writer` (the store's one write thread).
+    pub fn new(store: Store, space: Space, writer: WriteThread) -> Self {
+        Self { store, space: Arc::new(space), writer, types: PhantomData }
     }
 
     fn get_state<T: DeserializeOwned>(&self, name: &[u8]) -> io::Result<Option<T>> {
@@ -224,10 +194,10 @@ where
         Ok(entries)
     }
 
-    /// Writes `batch` on a blocking thread (a write may wait behind a flush).
+    /// Writes `batch` through the store's write thread, in one transaction
+    /// with the other groups' batches queued meanwhile.
     async fn write(&self, batch: Batch) -> io::Result<()> {
-        let store = self.store.clone();
-        blocking(move || store.write(batch).map_err(io_err)).await
+        self.writer.write(batch).await
     }
 }
 
@@ -340,8 +310,8 @@ where
             batch.put(self.space.log, self.space.index_key(entry.index()), encode("log entry", &entry)?);
         }
         self.write(batch).await?;
-        // Readable now; durable once the flusher has run a flush after this point.
-        self.flusher.after_next_flush(Box::new(move |result| {
+        // Readable now; durable once the write thread has flushed after this point.
+        self.writer.after_next_flush(Box::new(move |result| {
             callback.io_completed(result.map_err(io::Error::other));
         }));
         Ok(())

@@ -6,7 +6,7 @@
 //! - [`types`]: [`TypeConfig`], [`PeerNode`], the storage encoding (postcard).
 //! - [`log_store`]: [`LogStore`], any group's log and vote in its [`Space`] of
 //!   the store (the metadata group: trees `raft_log` and `raft_state`), and
-//!   the [`Flusher`] all groups share.
+//!   the [`crate::storage::WriteThread`] all groups share.
 //! - [`state_machine`]: [`MetaStateMachine`], applying
 //!   [`crate::meta::MetaRequest`]s to [`crate::meta::MetaState`]; snapshots in
 //!   tree `raft_snapshot`.
@@ -36,7 +36,6 @@ pub use handle::ConsensusMetrics;
 pub use handle::RaftSettings;
 pub use handle::StartError;
 pub use handle::Timing;
-pub use log_store::Flusher;
 pub use log_store::LogStore;
 pub use log_store::Space;
 pub use network::NoPeers;
@@ -46,4 +45,11 @@ pub use state_machine::MetaStateMachine;
 pub use types::MetaRaft;
 pub use types::PeerNode;
 pub use types::SnapshotData;
+
+/// How long an AppendEntries may take before it counts as failed.
+/// openraft gives replication the heartbeat interval (150 ms), but a loaded
+/// follower that answers in 200 ms is not gone, and failing its appends
+/// restarts replication with a backoff: under load every commit stalls for
+/// seconds. Heartbeats keep openraft's own 150 ms bound.
+pub const APPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 pub use types::TypeConfig;

@@ -26,6 +26,7 @@ use crate::storage;
 use crate::storage::Batch;
 use crate::storage::EngineKind;
 use crate::storage::Store;
+use crate::storage::WriteThread;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -39,8 +40,9 @@ impl StoreBuilder<TypeConfig, LogStore<TypeConfig>, MetaStateMachine, TempDir> f
     async fn build(&self) -> Result<(TempDir, LogStore<TypeConfig>, MetaStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         let store = open_store(self.0, dir.path());
-        let flusher = Flusher::start(store.clone()).map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let log = LogStore::<TypeConfig>::new(store.clone(), Space::meta(), flusher);
+        let writer = WriteThread::start(store.clone(), "raft-store")
+            .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let log = LogStore::<TypeConfig>::new(store.clone(), Space::meta(), writer);
         let sm = MetaStateMachine::open(store, Arc::new(|_| {}))
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         Ok((dir, log, sm))
@@ -65,8 +67,11 @@ async fn corrupt_log_entry_is_an_error_not_a_panic() {
     batch.put("raft_log", 1u64.to_be_bytes().to_vec(), vec![0xff, 0xff, 0xff]);
     batch.put("raft_state", b"vote".to_vec(), vec![0xff]);
     store.write(batch).expect("write");
-    let mut log =
-        LogStore::<TypeConfig>::new(store.clone(), Space::meta(), Flusher::start(store.clone()).expect("flusher"));
+    let mut log = LogStore::<TypeConfig>::new(
+        store.clone(),
+        Space::meta(),
+        WriteThread::start(store.clone(), "raft-store").expect("write thread"),
+    );
     assert!(log.try_get_log_entries(0..10).await.is_err());
     assert!(log.get_log_state().await.is_err());
     assert!(log.read_vote().await.is_err());
@@ -206,8 +211,11 @@ async fn restart_from_snapshot_with_purged_log() {
     stop(c, store).await;
 
     let store = open_store(EngineKind::Redb, dir.path());
-    let mut log =
-        LogStore::<TypeConfig>::new(store.clone(), Space::meta(), Flusher::start(store.clone()).expect("flusher"));
+    let mut log = LogStore::<TypeConfig>::new(
+        store.clone(),
+        Space::meta(),
+        WriteThread::start(store.clone(), "raft-store").expect("write thread"),
+    );
     let state = log.get_log_state().await.expect("log state");
     let purged = state.last_purged_log_id.expect("purged").index;
     assert_eq!(purged, snapshot_index);

@@ -227,11 +227,14 @@ impl Node {
             .map_err(|e| StartError::Setup(e.to_string()))?;
         let limits = settings.limits.clone();
         let barrier = ReadBarrier::new(consensus.clone(), cluster.as_ref().map(|c| c.endpoint.clone()), settings.id);
+        let rooms_writer = storage::WriteThread::start(log.store().clone(), "rooms-store")
+            .map_err(|e| StartError::Setup(format!("cannot start the room store's write thread: {e}")))?;
         let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
             me: settings.id,
             raft_store: consensus.store(),
-            flusher: consensus.flusher(),
+            writer: consensus.writer(),
             rooms: log.store().clone(),
+            rooms_writer,
             log: log.clone(),
             snapshots: settings.data_dir.join("shard-snapshots"),
             publish: publish.clone(),

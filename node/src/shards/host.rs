@@ -27,7 +27,6 @@ use super::placement::ShardId;
 use super::snapshot::SnapshotFile;
 use super::types::ShardTypes;
 use crate::peer::PeerEndpoint;
-use crate::raft::Flusher;
 use crate::raft::LogStore;
 use crate::raft::PeerNode;
 use crate::raft::Space;
@@ -35,6 +34,7 @@ use crate::raft::Timing;
 use crate::rooms::Publisher;
 use crate::rooms::RoomLog;
 use crate::storage::Store;
+use crate::storage::WriteThread;
 
 /// One shard's Raft group on this node.
 pub type ShardRaft = openraft::Raft<ShardTypes, ShardStateMachine>;
@@ -74,10 +74,12 @@ pub struct HostParts {
     pub me: u64,
     /// The node's Raft store (every group's log lives in it).
     pub raft_store: Store,
-    /// The Raft store's one flusher.
-    pub flusher: Flusher,
+    /// The Raft store's one write thread.
+    pub writer: WriteThread,
     /// The room-log store.
     pub rooms: Store,
+    /// The room-log store's write thread (every shard's applies share it).
+    pub rooms_writer: WriteThread,
     /// Reads of the room-log store.
     pub log: Arc<RoomLog>,
     /// Where shard snapshots are kept.
@@ -143,11 +145,12 @@ impl ShardHost {
         }
         let p = &self.parts;
         let config = Arc::new(p.settings.openraft_config(&format!("palaver-shard-{shard}")).map_err(ShardError::Raft)?);
-        let log = LogStore::<ShardTypes>::new(p.raft_store.clone(), Space::shard(shard), p.flusher.clone());
+        let log = LogStore::<ShardTypes>::new(p.raft_store.clone(), Space::shard(shard), p.writer.clone());
         let sm = ShardStateMachine::open(
             shard,
             p.shard_count,
             p.rooms.clone(),
+            p.rooms_writer.clone(),
             p.log.clone(),
             p.snapshots.clone(),
             p.publish.clone(),

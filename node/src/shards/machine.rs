@@ -53,6 +53,7 @@ use crate::rooms::StoredMessage;
 use crate::rooms::record;
 use crate::storage::Batch;
 use crate::storage::Store;
+use crate::storage::WriteThread;
 
 /// Tree of the rooms each shard holds: key shard + room key, value room id.
 pub(crate) const SHARD_ROOMS: &str = "shard_rooms";
@@ -90,6 +91,8 @@ struct Pending {
 pub struct ShardStateMachine {
     shard: ShardId,
     store: Store,
+    /// Writes `store` in one transaction with the other shards' applies.
+    writer: WriteThread,
     log: Arc<RoomLog>,
     publish: Publisher,
     applied: Applied,
@@ -119,6 +122,7 @@ impl ShardStateMachine {
         shard: ShardId,
         shard_count: Option<u32>,
         store: Store,
+        writer: WriteThread,
         log: Arc<RoomLog>,
         snapshots: PathBuf,
         publish: Publisher,
@@ -133,6 +137,7 @@ impl ShardStateMachine {
         Ok(Self {
             shard,
             store,
+            writer,
             log,
             publish,
             applied,
@@ -279,8 +284,7 @@ impl ShardStateMachine {
             answers.push(results);
         }
         batch.put(SHARD_APPLIED, self.shard.to_be_bytes().to_vec(), encode("shard applied state", &self.applied)?);
-        let store = self.store.clone();
-        blocking(move || store.write(batch).map_err(io_err)).await?;
+        self.writer.write(batch).await?;
         for room_key in pending.dropped {
             self.log.forget(room_key);
         }

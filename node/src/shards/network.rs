@@ -201,7 +201,8 @@ impl RaftNetworkV2<ShardTypes> for ShardClient {
         rpc: AppendEntriesRequest<ShardTypes>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<ShardTypes>, RPCError<ShardTypes>> {
-        match self.call(&ShardCall::Append(self.shard, rpc), option.hard_ttl()).await? {
+        match self.call(&ShardCall::Append(self.shard, rpc), option.hard_ttl().max(crate::raft::APPEND_TIMEOUT)).await?
+        {
             ShardAnswer::Append(r) => Ok(r),
             other => Err(unexpected(other)),
         }

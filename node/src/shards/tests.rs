@@ -12,12 +12,12 @@ use tempfile::TempDir;
 
 use super::machine::ShardStateMachine;
 use super::types::ShardTypes;
-use crate::raft::Flusher;
 use crate::raft::LogStore;
 use crate::raft::Space;
 use crate::rooms::RoomLog;
 use crate::storage;
 use crate::storage::EngineKind;
+use crate::storage::WriteThread;
 
 struct Builder(EngineKind);
 
@@ -30,10 +30,16 @@ impl StoreBuilder<ShardTypes, LogStore<ShardTypes>, ShardStateMachine, TempDir> 
         let dir = tempfile::tempdir().map_err(err)?;
         let raft = storage::open(self.0, &dir.path().join("raft.db")).map_err(err)?;
         let rooms = storage::open(self.0, &dir.path().join("rooms.db")).map_err(err)?;
-        let log = LogStore::<ShardTypes>::new(raft.clone(), Space::shard(7), Flusher::start(raft).map_err(err)?);
+        let log = LogStore::<ShardTypes>::new(
+            raft.clone(),
+            Space::shard(7),
+            WriteThread::start(raft, "raft-store").map_err(err)?,
+        );
         let room_log = Arc::new(RoomLog::new(rooms.clone()));
-        let sm = ShardStateMachine::open(7, None, rooms, room_log, dir.path().join("snapshots"), Arc::new(|_| {}))
-            .map_err(err)?;
+        let writer = WriteThread::start(rooms.clone(), "rooms-store").map_err(err)?;
+        let sm =
+            ShardStateMachine::open(7, None, rooms, writer, room_log, dir.path().join("snapshots"), Arc::new(|_| {}))
+                .map_err(err)?;
         Ok((dir, log, sm))
     }
 }
@@ -69,6 +75,7 @@ mod machine {
     use crate::shards::types::ShardTypes;
     use crate::storage;
     use crate::storage::EngineKind;
+    use crate::storage::WriteThread;
 
     const SHARD: u32 = 3;
 
@@ -86,10 +93,12 @@ mod machine {
         let log = Arc::new(RoomLog::new(store.clone()));
         let published: Arc<Mutex<Vec<Published>>> = Arc::default();
         let sink = published.clone();
+        let writer = WriteThread::start(store.clone(), "rooms-store").expect("write thread");
         let sm = ShardStateMachine::open(
             SHARD,
             None,
             store,
+            writer,
             log.clone(),
             dir.path().join("snap"),
             Arc::new(move |p| sink.lock().push(p)),
@@ -256,7 +265,6 @@ mod groups {
     use crate::peer::PeerHandler;
     use crate::peer::PeerSettings;
     use crate::peer::generate_cluster;
-    use crate::raft::Flusher;
     use crate::raft::PeerNode;
     use crate::rooms::RoomLog;
     use crate::shards::host::HostParts;
@@ -271,6 +279,7 @@ mod groups {
     use crate::shards::types::ShardOp;
     use crate::storage;
     use crate::storage::EngineKind;
+    use crate::storage::WriteThread;
 
     const WAIT: Duration = Duration::from_secs(30);
     const SHARD: u32 = 5;
@@ -332,7 +341,8 @@ mod groups {
         let host = ShardHost::new(HostParts {
             me: id,
             raft_store: raft_store.clone(),
-            flusher: Flusher::start(raft_store).expect("flusher"),
+            writer: WriteThread::start(raft_store, "raft-store").expect("write thread"),
+            rooms_writer: WriteThread::start(rooms.clone(), "rooms-store").expect("write thread"),
             rooms,
             log: log.clone(),
             snapshots: dir.path().join("snapshots"),

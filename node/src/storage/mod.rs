@@ -17,10 +17,13 @@ mod conformance;
 mod redb_engine;
 mod sled_engine;
 mod staged;
+mod write_thread;
 
 pub use redb_engine::RedbEngine;
 pub use sled_engine::SledEngine;
 pub use staged::StagedEngine;
+pub use write_thread::FlushDone;
+pub use write_thread::WriteThread;
 
 /// Set (to anything) in tests to keep every write in memory until it is
 /// flushed, so killing the process loses exactly the unflushed writes.
