@@ -148,6 +148,9 @@ impl Node {
     /// then waits (at most `within`) until they lead, so no send waits for
     /// an election. A node alone has nothing to hand over.
     pub async fn hand_over(&self, within: Duration) {
+        if self.cluster.is_none() {
+            return;
+        }
         let shards = self.shards();
         let work = async {
             let mut handed = Vec::new();
