@@ -819,7 +819,7 @@ async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64
         all.add(t.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let sc = format!("durable sends, {rooms} room(s)");
+    let sc = format!("durable sends, {rooms} room(s), {} nodes", nodes.len());
     res.push(
         &sc,
         "palaver-cluster",
