@@ -176,6 +176,27 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// One line on the sends, the clients' reconnects and the rooms, for a summary.
+fn load_summary(
+    report: &checker::Report,
+    totals: &palaver_client::ClientStats,
+    codes: &BTreeMap<String, usize>,
+) -> String {
+    format!(
+        "sends: {} attempted, {} answered, {} checked, {} failed; clients: {} reconnects, {} resends, {} unavailable \
+         answers, {} gaps; close codes {codes:?}; rooms {:?}",
+        report.attempted,
+        report.answered,
+        report.checked,
+        report.failed,
+        totals.reconnects,
+        totals.resent,
+        totals.unavailable,
+        totals.gaps,
+        report.last_seqs
+    )
+}
+
 /// The load clients' counters, summed.
 fn client_totals(w: &World) -> palaver_client::ClientStats {
     let mut t = palaver_client::ClientStats::default();
@@ -406,18 +427,9 @@ async fn a_rolling_restart_under_load_loses_nothing_and_fails_no_send() -> Resul
     let codes = close_codes(&w);
     let times = failover_times(&w, &steps);
     eprintln!(
-        "==== rolling restart summary ====\nsends: {} attempted, {} answered, {} checked, {} failed; clients: {} \
-         reconnects, {} resends, {} unavailable answers, {} gaps; close codes {codes:?}; rooms {:?}\nhand-over \
-         (SIGTERM -> first answered send to a room the node owned): {:?}\nwall time {:.1}s",
-        report.attempted,
-        report.answered,
-        report.checked,
-        report.failed,
-        totals.reconnects,
-        totals.resent,
-        totals.unavailable,
-        totals.gaps,
-        report.last_seqs,
+        "==== rolling restart summary ====\n{}\nhand-over (SIGTERM -> first answered send to a room the node owned): \
+         {:?}\nwall time {:.1}s",
+        load_summary(&report, &totals, &codes),
         times.iter().map(|t| (t.1.clone(), t.2, t.3.as_millis())).collect::<Vec<_>>(),
         w.secs()
     );
@@ -510,20 +522,7 @@ async fn the_cluster_grows_to_five_nodes_and_shrinks_to_four_while_clients_chat(
     let report = check(&observe(&w, &steps, window).await?);
     let totals = client_totals(&w);
     let codes = close_codes(&w);
-    eprintln!(
-        "==== grow summary ====\nsends: {} attempted, {} answered, {} checked, {} failed; clients: {} reconnects, \
-         {} resends, {} unavailable answers, {} gaps; close codes {codes:?}; rooms {:?}; wall time {:.1}s",
-        report.attempted,
-        report.answered,
-        report.checked,
-        report.failed,
-        totals.reconnects,
-        totals.resent,
-        totals.unavailable,
-        totals.gaps,
-        report.last_seqs,
-        w.secs()
-    );
+    eprintln!("==== grow summary ====\n{}; wall time {:.1}s", load_summary(&report, &totals, &codes), w.secs());
     for c in &w.clients {
         c.close().await;
     }
