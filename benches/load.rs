@@ -831,6 +831,10 @@ async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64
     res.push(&sc, "palaver-cluster", "answer latency p50", ms(&all, 0.5), "ms", &meter);
     res.push(&sc, "palaver-cluster", "answer latency p99", ms(&all, 0.99), "ms", &meter);
     res.push(&sc, "palaver-cluster", "answer latency p999", ms(&all, 0.999), "ms", &meter);
+    // Every node's CPU (all replicas, the forwarding node, the relays) over
+    // the run, per answered send.
+    let server_us = meter.read().servers * elapsed * 1e6 / all.len().max(1) as f64;
+    res.push(&sc, "palaver-cluster", "node CPU per answered send (all nodes)", server_us, "µs", &meter);
     Ok(())
 }
 

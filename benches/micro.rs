@@ -94,8 +94,14 @@ fn event(c: &mut Criterion) {
             b.iter(|| message_event(black_box(&room), black_box(m)));
         });
         let json = message_event(&room, &message);
-        let event =
-            Arc::new(Event { room_key: 7, room: room.clone(), seq: message.seq, json: json.into(), except: None });
+        let event = Arc::new(Event {
+            room_key: 7,
+            room: room.clone(),
+            seq: message.seq,
+            json: json.into(),
+            except: None,
+            relay: palaver_node::hub::Relay::Watchers,
+        });
         group.throughput(Throughput::Elements(1));
         // What the hub does per listener: one more handle on the same event.
         group.bench_with_input(BenchmarkId::new("deliver-arc-event", len), &event, |b, e| {
@@ -149,6 +155,7 @@ fn wire(c: &mut Criterion) {
             body: "x".repeat(100),
             client_id: format!("c-{i}"),
             applied: 4_242,
+            relayed: false,
         })
         .collect();
     let bytes = encode(&sends);

@@ -42,13 +42,36 @@ pub struct Event {
     pub json: Utf8Bytes,
     /// A user who must not receive it (the one typing).
     pub except: Option<Arc<str>>,
+    /// Whether a replica passes it on to the nodes that watch the room on
+    /// it ([`crate::cluster::relay`]).
+    pub relay: Relay,
+}
+
+/// Which nodes besides this one get an event ([`Event::relay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// None: every node makes it for itself (membership events, from the
+    /// metadata log every node applies), or it came from a relay.
+    Local,
+    /// The nodes that watch its room here: what the room's log committed,
+    /// and typing.
+    Watchers,
+    /// Those but the node it came from, which has it already (typing).
+    WatchersBut(u64),
 }
 
 impl Event {
     /// A room event other than a message (presence, typing, member,
     /// deleted), encoded here once for every listener but `except`.
     pub fn notice(room_key: u64, event: &ServerEvent<&str>, except: Option<Arc<str>>) -> Event {
-        Event { room_key, room: Arc::from(event.room()), seq: 0, json: to_json(event).into(), except }
+        Event {
+            room_key,
+            room: Arc::from(event.room()),
+            seq: 0,
+            json: to_json(event).into(),
+            except,
+            relay: Relay::Local,
+        }
     }
 }
 
@@ -453,7 +476,7 @@ mod tests {
     }
 
     fn event(room_key: u64, seq: u64) -> Event {
-        Event { room_key, room: "r".into(), seq, json: Utf8Bytes::from_static("{}"), except: None }
+        Event { room_key, room: "r".into(), seq, json: Utf8Bytes::from_static("{}"), except: None, relay: Relay::Local }
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //!
 //! The hand-over from replay to live: a subscription is registered in the hub
 //! before its `Start` item is queued, so every message committed after the
-//! registration arrives live. `Start` then reads the room's last committed
-//! seq, replays the store up to it and sets the cursor there. A live message
+//! registration arrives live. `Start` then makes sure the room's events
+//! reach this node (a node that holds no replica of the room's shard has
+//! them relayed from one, [`crate::cluster::relay`]), reads the room's last
+//! seq, replays the log up to it and sets the cursor there. A live message
 //! at or below the cursor is dropped (already replayed); one past a gap first
-//! pulls the gap from the store. The store holds every message before it is
-//! published, so the pull always finds it.
+//! pulls the gap from the log, where it is read up to that message at least
+//! (catching up first if needed), so the pull always finds it.
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -16,18 +18,30 @@ use std::sync::Arc;
 use palaver_protocol::Subscribed;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::cluster::relay::WatchGuard;
 use crate::hub::EndSub;
 use crate::hub::Outbound;
 use crate::hub::StartSub;
 use crate::protocol::message_event;
 use crate::protocol::ok_reply;
-use crate::rooms::RoomLog;
-use crate::storage::StorageError;
+use crate::rooms::RoomRef;
+use crate::service::ApiError;
+use crate::service::Node;
 
 /// Messages read from the store per replay page: a page is held in memory
 /// until the socket took it, so it stays small (64 messages of at most
 /// 4,096 characters each).
 const REPLAY_PAGE: usize = 64;
+
+/// How a connection closes when its log reads fail: a read that may work
+/// elsewhere or later (`unavailable`) asks the client to reconnect (1012).
+pub fn close_code(e: &ApiError) -> u16 {
+    if e.code == palaver_protocol::Code::Unavailable {
+        palaver_protocol::close::RESTARTING
+    } else {
+        palaver_protocol::close::SERVER_ERROR
+    }
+}
 
 /// One frame to send.
 #[derive(Debug, Clone)]
@@ -56,16 +70,18 @@ struct Replay {
 
 /// The cursors of one connection's subscriptions.
 pub struct Delivery {
-    log: Arc<RoomLog>,
+    node: Arc<Node>,
     /// Room key → last seq delivered (or to be delivered by a pending replay).
     cursors: HashMap<u64, u64>,
+    /// Room key → what keeps the room's events coming to this node.
+    watches: HashMap<u64, Option<WatchGuard>>,
     replays: VecDeque<Replay>,
 }
 
 impl Delivery {
     /// No subscriptions yet.
-    pub fn new(log: Arc<RoomLog>) -> Self {
-        Self { log, cursors: HashMap::new(), replays: VecDeque::new() }
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node, cursors: HashMap::new(), watches: HashMap::new(), replays: VecDeque::new() }
     }
 
     /// Whether replayed history is still to be sent (a `since` replay, or a
@@ -77,9 +93,10 @@ impl Delivery {
     }
 
     /// Appends the next page of the oldest pending replay to `out`.
-    pub fn replay_page(&mut self, out: &mut Vec<OutFrame>) -> Result<(), StorageError> {
+    pub async fn replay_page(&mut self, out: &mut Vec<OutFrame>) -> Result<(), ApiError> {
         let Some(r) = self.replays.front_mut() else { return Ok(()) };
-        let page = self.log.after(r.room_key, r.from, REPLAY_PAGE)?;
+        let room = RoomRef { key: r.room_key, id: r.room.clone() };
+        let page = self.node.read_after(&room, r.from, REPLAY_PAGE, r.last).await?;
         for m in page.iter().take_while(|m| m.seq <= r.last) {
             let json = message_event(&r.room, m);
             out.push(OutFrame { json: json.into(), message: Some((r.room.clone(), m.seq)), ping: false });
@@ -92,7 +109,7 @@ impl Delivery {
     }
 
     /// Appends to `out` the frames that `item` means for this connection.
-    pub fn handle(&mut self, item: Outbound, out: &mut Vec<OutFrame>) -> Result<(), StorageError> {
+    pub async fn handle(&mut self, item: Outbound, out: &mut Vec<OutFrame>) -> Result<(), ApiError> {
         match item {
             Outbound::Reply(json) => out.push(OutFrame::plain(*json)),
             Outbound::Ping => out.push(OutFrame { json: Utf8Bytes::from_static(""), message: None, ping: true }),
@@ -126,7 +143,8 @@ impl Delivery {
             }
             Outbound::Start(start) => {
                 let StartSub { room_key, room, since, ack, reply_id } = *start;
-                let last = self.log.last_seq(room_key)?;
+                let (watch, last) = self.node.listen_to_room(&RoomRef { key: room_key, id: room.clone() }).await?;
+                self.watches.insert(room_key, watch);
                 if ack {
                     out.push(OutFrame::plain(ok_reply(reply_id, Subscribed { last_seq: last }).into()));
                 }
@@ -143,6 +161,7 @@ impl Delivery {
             Outbound::End(end) => {
                 let EndSub { room_key, removed } = *end;
                 self.cursors.remove(&room_key);
+                self.watches.remove(&room_key);
                 self.replays.retain(|r| r.room_key != room_key);
                 if let Some(json) = removed {
                     out.push(OutFrame::plain(json));

@@ -41,16 +41,18 @@ struct Poll {
     events: Vec<Box<RawValue>>,
     /// Rooms whose subscription ended while waiting (no more reads).
     ended: Vec<bool>,
+    /// The highest seq an event announced per room: reads reach it.
+    announced: Vec<u64>,
 }
 
 impl Poll {
     /// Adds every stored message after each cursor (a page per room).
-    fn collect_messages(&mut self, node: &Node) -> Result<(), ApiError> {
+    async fn collect_messages(&mut self, node: &Node) -> Result<(), ApiError> {
         for (i, r) in self.rooms.iter().enumerate() {
             if self.ended[i] {
                 continue;
             }
-            for m in node.log.after(r.key, self.cursors[i], MAX_PAGE)? {
+            for m in node.read_after(r, self.cursors[i], MAX_PAGE, self.announced[i]).await? {
                 let event = ServerEvent::Message(message(&r.id, &m));
                 self.events.push(to_raw_value(&event).map_err(|e| ApiError::internal(e.to_string()))?);
                 self.cursors[i] = m.seq;
@@ -68,6 +70,11 @@ impl Poll {
 
     fn take(&mut self, item: Outbound) {
         match item {
+            Outbound::Event(e) if e.seq > 0 => {
+                if let Some(i) = self.rooms.iter().position(|r| r.key == e.room_key) {
+                    self.announced[i] = self.announced[i].max(e.seq);
+                }
+            }
             Outbound::Event(e) if e.seq == 0 => self.push(e.json.as_str()),
             Outbound::End(end) => {
                 if let Some(i) = self.rooms.iter().position(|r| r.key == end.room_key) {
@@ -109,15 +116,22 @@ pub async fn poll(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query) -
     })?;
     let wait = q.number("timeout_ms")?.unwrap_or(DEFAULT_WAIT_MS).min(node.limits.max_poll_ms);
     let ended = vec![false; rooms.len()];
-    let mut poll = Poll { rooms, cursors: starts, events: Vec::new(), ended };
-    poll.collect_messages(&node)?;
+    let announced = vec![0; rooms.len()];
+    let mut poll = Poll { rooms, cursors: starts, events: Vec::new(), ended, announced };
+    poll.collect_messages(&node).await?;
     if !poll.events.is_empty() || wait == 0 {
         return Ok(poll.answer());
     }
     // Register, then look at the store again: a message committed between
     // the first look and the registration is found by the second.
     let (registration, mut rx) = Registration::open(&node, &s, &poll.rooms, &HashMap::new(), false);
-    poll.collect_messages(&node)?;
+    // Where the rooms' shards are elsewhere, their events are relayed here
+    // while the poll waits (and a while after, for the next poll).
+    let mut watches = Vec::with_capacity(poll.rooms.len());
+    for r in &poll.rooms {
+        watches.push(node.listen_to_room(r).await?.0);
+    }
+    poll.collect_messages(&node).await?;
     if !poll.events.is_empty() {
         return Ok(poll.answer());
     }
@@ -137,11 +151,10 @@ pub async fn poll(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query) -
             registration.budget.release(item.size());
         }
         match item {
-            Ok(Some(Outbound::Event(e))) if e.seq > 0 => {}
             Ok(Some(item)) => poll.take(item),
             Ok(None) | Err(_) => return Ok(poll.answer()),
         }
-        poll.collect_messages(&node)?;
+        poll.collect_messages(&node).await?;
         if !poll.events.is_empty() {
             // Gather what arrives right behind the first event into the same answer.
             let gather_until = tokio::time::Instant::now() + GATHER;
@@ -149,7 +162,7 @@ pub async fn poll(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query) -
                 registration.budget.release(item.size());
                 poll.take(item);
             }
-            poll.collect_messages(&node)?;
+            poll.collect_messages(&node).await?;
             drop(registration);
             return Ok(poll.answer());
         }

@@ -183,7 +183,7 @@ pub async fn stream(State(node): State<Arc<Node>>, headers: HeaderMap, q: Query)
         }
     });
     let state = SseState {
-        delivery: Delivery::new(node.log.clone()),
+        delivery: Delivery::new(node.clone()),
         registration,
         rx,
         frames: VecDeque::new(),
@@ -223,7 +223,7 @@ async fn next_event(mut st: SseState) -> Option<(Result<SseEvent, Infallible>, S
             return None;
         }
         if st.delivery.replaying() {
-            if st.delivery.replay_page(&mut st.scratch).is_err() {
+            if st.delivery.replay_page(&mut st.scratch).await.is_err() {
                 st.done = true;
             }
             st.frames.extend(st.scratch.drain(..));
@@ -241,7 +241,7 @@ async fn next_event(mut st: SseState) -> Option<(Result<SseEvent, Infallible>, S
         };
         let item = item?;
         let size = item.size();
-        let handled = st.delivery.handle(item, &mut st.scratch);
+        let handled = st.delivery.handle(item, &mut st.scratch).await;
         st.registration.budget.release(size);
         if handled.is_err() {
             st.done = true;

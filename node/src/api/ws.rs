@@ -267,7 +267,7 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
         kill.fire(close::TOKEN_REVOKED);
     }
     let write_timeout = Duration::from_millis(node.limits.write_timeout_ms);
-    let writer = tokio::spawn(write_loop(node.log.clone(), sink, rx, kill.clone(), budget.clone(), write_timeout));
+    let writer = tokio::spawn(write_loop(node.clone(), sink, rx, kill.clone(), budget.clone(), write_timeout));
     let mut reader = Reader {
         node: node.clone(),
         session,
@@ -307,14 +307,14 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
 }
 
 async fn write_loop(
-    log: Arc<crate::rooms::RoomLog>,
+    node: Arc<Node>,
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     kill: Arc<KillSwitch>,
     budget: Arc<QueueBudget>,
     write_timeout: Duration,
 ) {
-    let mut delivery = Delivery::new(log);
+    let mut delivery = Delivery::new(node);
     let mut frames = Vec::new();
     loop {
         let item = tokio::select! {
@@ -372,15 +372,20 @@ async fn write_round(
     let mut handled = 0;
     while let Some(item) = next.take() {
         let size = item.size();
-        let handled_ok = delivery.handle(item, frames);
+        let handled_ok = delivery.handle(item, frames).await;
         budget.release(size);
         if let Err(e) = handled_ok {
-            tracing::error!(error = %e, "cannot read the room log for delivery");
-            kill.fire(close::SERVER_ERROR);
+            tracing::warn!(error = %e.message, "cannot read the room log for delivery");
+            kill.fire(super::delivery::close_code(&e));
             break;
         }
         while delivery.replaying() {
-            if delivery.replay_page(frames).is_err() || !feed(sink, frames).await {
+            if let Err(e) = delivery.replay_page(frames).await {
+                tracing::warn!(error = %e.message, "cannot read the room log for a replay");
+                kill.fire(super::delivery::close_code(&e));
+                break;
+            }
+            if !feed(sink, frames).await {
                 kill.fire(close::SERVER_ERROR);
                 break;
             }

@@ -203,7 +203,12 @@ async fn accept(
     let room = crate::service::may_send(&node.meta(), &s.from, &s.room)?;
     let shard = node.shard_of(&s.room)?;
     if node.shards().led(shard).is_none() {
-        return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
+        // The sender's node had an old idea of the leader. A replica knows
+        // the new one and passes the send on, once.
+        let leader = node.shards().leader(shard).filter(|l| *l != node.id);
+        if s.relayed || node.shards().host.get(shard).is_none() || leader.is_none() {
+            return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
+        }
     }
-    node.submit_to_shard(s.from, room, s.body, s.client_id).await
+    node.submit_to_shard(s.from, room, s.body, s.client_id, true).await
 }

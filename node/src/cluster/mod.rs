@@ -9,6 +9,7 @@
 pub mod forward;
 pub mod presence;
 pub mod raft_net;
+pub mod relay;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,8 @@ pub struct Cluster {
     pub forwarder: forward::Forwarder,
     /// The other nodes' presence.
     pub presence: Mutex<RemotePresence>,
+    /// Rooms whose events this node gets relayed from a replica.
+    pub watcher: Arc<relay::Watcher>,
 }
 
 /// The node a handler serves, set once the node is built.
@@ -124,6 +127,7 @@ impl PeerHandler for Handler {
             }
             match frame::read_frame(&mut recv, 16).await {
                 Ok(Some(kind)) if kind == [forward::STREAM_FORWARD] => forward::serve(node, from, recv, send).await,
+                Ok(Some(kind)) if kind == [relay::STREAM_RELAY] => relay::serve(node, from, recv, send).await,
                 other => tracing::warn!(from, ?other, "unknown room stream kind"),
             }
         }
@@ -181,6 +185,7 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
             Ok(sender) => RoomAnswer::Deleted(sender),
             Err(e) => refused(e),
         },
+        RoomCall::Read(read) => node.serve_read(read).await.unwrap_or_else(refused),
     }
 }
 
@@ -215,14 +220,23 @@ fn gossip(node: &Arc<Node>, from: u64, g: Gossip) {
         Gossip::Usage { counts } => node.quotas.charge_remote(&counts, now_ms()),
         Gossip::Typing { room_key, room, username } => {
             let typing = ServerEvent::Typing { room: room.as_str(), username: username.as_str() };
-            node.hub.publish(Event::notice(room_key, &typing, Some(username.as_str().into())));
+            let event = Event::notice(room_key, &typing, Some(username.as_str().into()));
+            // To the room's listeners here, and to nodes watching it here
+            // but the one it came from.
+            node.hub.publish(Event { relay: crate::hub::Relay::WatchersBut(from), ..event });
         }
+        Gossip::Leading { shards } => node.shards().note_leading(from, &shards),
     }
 }
 
 impl Cluster {
     /// Wraps the transport and points it at the other nodes.
-    pub fn new(endpoint: PeerEndpoint, peer_addrs: &BTreeMap<u64, SocketAddr>, self_id: u64) -> Self {
+    pub fn new(
+        endpoint: PeerEndpoint,
+        peer_addrs: &BTreeMap<u64, SocketAddr>,
+        self_id: u64,
+        hub: Arc<crate::hub::Hub>,
+    ) -> Self {
         let peers: Vec<u64> = peer_addrs.keys().copied().filter(|id| *id != self_id).collect();
         endpoint.set_peers(peer_addrs.iter().filter(|(id, _)| **id != self_id).map(|(k, v)| (*k, *v)).collect());
         Self {
@@ -230,14 +244,20 @@ impl Cluster {
             endpoint,
             peers,
             presence: Mutex::new(RemotePresence::default()),
+            watcher: relay::Watcher::new(hub),
         }
     }
 
     /// Tells every peer something (every node the endpoint can dial, those
     /// added since the start included), not waiting for answers.
     pub fn broadcast(&self, g: &Gossip) {
+        self.tell(&self.endpoint.peer_ids(), g);
+    }
+
+    /// Tells `peers` something, not waiting for answers.
+    pub fn tell(&self, peers: &[u64], g: &Gossip) {
         let bytes = encode(g);
-        for peer in &self.endpoint.peer_ids() {
+        for peer in peers {
             let endpoint = self.endpoint.clone();
             let bytes = bytes.clone();
             let peer = *peer;
@@ -261,6 +281,7 @@ pub async fn gossip_loop(node: Weak<Node>) {
             online: node.hub.online_users(),
             connections: node.hub.connection_count() as u64,
         });
+        cluster.broadcast(&Gossip::Leading { shards: node.shards().leading() });
         let counts = node.quotas.drain_tally();
         if !counts.is_empty() {
             cluster.broadcast(&Gossip::Usage { counts });

@@ -13,6 +13,7 @@ use crate::raft::TypeConfig;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::Vote;
 use crate::rooms::Appended;
+use crate::rooms::Message;
 
 /// A Raft RPC or a metadata write forwarded to the leader.
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,6 +81,8 @@ pub enum RoomCall {
     /// Delete a message's body on the leader of the room's shard (answered
     /// with the sender's name).
     Delete(ForwardedDelete),
+    /// Read a room's log on a replica of its shard.
+    Read(RoomRead),
 }
 
 /// The answer to a [`RoomCall`].
@@ -87,8 +90,52 @@ pub enum RoomCall {
 pub enum RoomAnswer {
     /// A deletion was done: the message's sender.
     Deleted(String),
+    /// To [`RoomRead::LastSeqs`]: each room's last seq, in the asked order.
+    LastSeqs(Vec<u64>),
+    /// To a page read: the messages, ascending.
+    Messages(Vec<Message>),
     /// Refused: protocol code and text.
     Refused(String, String),
+}
+
+/// A read of room logs on a replica of their shard, for a node that holds
+/// none. The replica first catches up to its shard leader's commit index
+/// when `fresh` is set, or when it has not applied `up_to` yet.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RoomRead {
+    /// The last seq of each room (all on the shard the replica holds).
+    LastSeqs {
+        /// Room ids and keys.
+        rooms: Vec<(String, u64)>,
+        /// Answer as of the leader's commit index.
+        fresh: bool,
+    },
+    /// Up to `limit` messages after `after`.
+    After {
+        /// Room id.
+        room: String,
+        /// Room key.
+        room_key: u64,
+        /// The seq before the first one answered.
+        after: u64,
+        /// Most messages answered.
+        limit: u32,
+        /// The caller knows the room reached this seq.
+        up_to: u64,
+        /// Answer as of the leader's commit index.
+        fresh: bool,
+    },
+    /// Up to `limit` messages before `before`, ascending.
+    Before {
+        /// Room id.
+        room: String,
+        /// Room key.
+        room_key: u64,
+        /// The seq after the last one answered.
+        before: u64,
+        /// Most messages answered.
+        limit: u32,
+    },
 }
 
 /// A message deletion forwarded to the leader of the room's shard.
@@ -120,6 +167,9 @@ pub struct ForwardedSend {
     /// The forwarding node's applied metadata index: the leader checks the
     /// send against metadata at least that new.
     pub applied: u64,
+    /// Forwarded once already, by a replica that learned the leader had
+    /// moved: it is not forwarded again.
+    pub relayed: bool,
 }
 
 /// The shard leader's answer to a [`ForwardedSend`].
@@ -156,6 +206,12 @@ pub enum Gossip {
         /// Who.
         username: String,
     },
+    /// The shards the sending node leads now, so nodes that hold no
+    /// replica of a shard know where to send its rooms' writes.
+    Leading {
+        /// Shard ids.
+        shards: Vec<u32>,
+    },
 }
 
 /// Encodes a message.
@@ -167,4 +223,54 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a message from a peer.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("undecodable peer message: {e}"))
+}
+
+/// What a node that holds no replica of a room's shard asks a replica, on
+/// a relay stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RelayAsk {
+    /// Send the room's committed events from now on; with `since`, first
+    /// every message after it.
+    Watch {
+        /// Room id.
+        room: String,
+        /// Room key.
+        room_key: u64,
+        /// The last seq the asking node has.
+        since: Option<u64>,
+    },
+    /// Stop sending the room's events.
+    Unwatch {
+        /// Room key.
+        room_key: u64,
+    },
+}
+
+/// What a replica sends on a relay stream, in commit order per room.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RelayItem {
+    /// The watch is in place: every message after `last` follows.
+    Watching {
+        /// Room key.
+        room_key: u64,
+        /// The room's last seq when the watch began (or `since`, if higher).
+        last: u64,
+    },
+    /// A committed message (`seq` > 0), a deletion or a typing notice
+    /// (`seq` 0), as its event.
+    Event {
+        /// Room key.
+        room_key: u64,
+        /// The message's seq, 0 for other events.
+        seq: u64,
+        /// The event's JSON text.
+        json: String,
+        /// A user who must not receive it (the one typing).
+        except: Option<String>,
+    },
+    /// This node holds no replica of the room's shard (any more).
+    Refused {
+        /// Room key.
+        room_key: u64,
+    },
 }

@@ -104,16 +104,11 @@ impl Layout {
         self.nodes.iter().filter(|(_, n)| !n.leaving).map(|(id, _)| *id).collect()
     }
 
-    /// Whether `node` keeps a copy of `shard`: every node that is not
-    /// leaving follows every shard (as a voter where placed, else as a
-    /// learner, so it answers history and delivers events of any room); a
-    /// leaving node keeps the shards still recorded on it.
+    /// Whether `node` is recorded as a replica of `shard` (a node keeps a
+    /// copy of a shard while recorded so, or while the shard moves to it:
+    /// see [`Layout::desired`]).
     pub fn hosts(&self, node: NodeId, shard: ShardId) -> bool {
-        match self.nodes.get(&node) {
-            Some(n) if !n.leaving => true,
-            Some(_) => self.replicas(shard).contains(&node),
-            None => false,
-        }
+        self.replicas(shard).contains(&node)
     }
 
     /// Where every shard should live now.

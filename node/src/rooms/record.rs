@@ -31,7 +31,7 @@ pub struct StoredMessage {
 }
 
 /// A message with its place in the room.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Position in the room, from 1, gapless.
     pub seq: u64,

@@ -220,16 +220,21 @@ impl Node {
         for shard in shards.host.open_shards() {
             let recorded = layout.replicas(shard);
             let wanted = desired.replicas.get(shard as usize).map_or(&[][..], Vec::as_slice);
+            if !layout.hosts(self.id, shard) && !wanted.contains(&self.id) {
+                // Moved away and recorded so: nothing here serves it. This
+                // holds for a group that still thinks it leads, too: a
+                // leader that removed itself from the voters hears from no
+                // one after the change, and would go on leading nothing.
+                shards.steps.settled(shard, false);
+                let node = self.clone();
+                tokio::spawn(async move {
+                    node.shards().host.close(shard).await;
+                    tracing::info!(shard, "shard moved away; its group here is closed");
+                });
+                continue;
+            }
             let Some(raft) = shards.led(shard) else {
                 shards.steps.settled(shard, false);
-                if !layout.hosts(self.id, shard) {
-                    // Moved away and recorded so: nothing here serves it.
-                    let node = self.clone();
-                    tokio::spawn(async move {
-                        node.shards().host.close(shard).await;
-                        tracing::info!(shard, "shard moved away; its group here is closed");
-                    });
-                }
                 continue;
             };
             if !shards.steps.settled(shard, true) {
@@ -237,14 +242,12 @@ impl Node {
             }
             let (voters, members) = membership(&raft);
             let caught_up = caught_up(&raft);
-            let followers: Vec<u64> = layout.active_nodes().into_iter().filter(|n| !wanted.contains(n)).collect();
             let view = ShardView {
                 me: self.id,
                 recorded,
                 desired: wanted,
                 voters: &voters,
                 members: &members,
-                followers: &followers,
                 preferred: preferred.get(shard as usize).copied().flatten(),
                 caught_up: &caught_up,
             };
@@ -301,8 +304,7 @@ impl Node {
                         .map_err(|e| raft_error("adding a learner", &e))?;
                 }
                 tracing::info!(shard, ?voters, ?remove, "shard voters change");
-                // Former voters stay as learners; those leaving the cluster
-                // are then dropped.
+                // Former voters are learners after the change; then they go.
                 raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
                     .await
                     .map_err(|e| raft_error("changing voters", &e))?;
@@ -320,17 +322,8 @@ impl Node {
                 }
                 self.record_replicas(shard, ordered).await
             }
-            ShardStep::AddLearners(ids) => {
-                for id in ids {
-                    tracing::debug!(shard, node = id, "a node follows the shard");
-                    raft.add_learner(id, peer_of(nodes, id)?, false)
-                        .await
-                        .map_err(|e| raft_error("adding a learner", &e))?;
-                }
-                Ok(())
-            }
             ShardStep::Remove(ids) => {
-                tracing::info!(shard, ?ids, "nodes leaving the cluster stop following the shard");
+                tracing::info!(shard, ?ids, "nodes that are not replicas leave the shard's group");
                 raft.change_membership(ChangeMembers::RemoveNodes(ids), false)
                     .await
                     .map(|_| ())

@@ -34,9 +34,6 @@ use crate::shards::types::OpResult;
 use crate::shards::types::ShardOp;
 use futures_util::FutureExt;
 
-/// Messages read from the store at a time while filling a history page.
-const HISTORY_CHUNK: usize = 64;
-
 /// A history page and, when it was cut short at the byte cap, the cursor
 /// of the rest.
 #[derive(Debug)]
@@ -101,17 +98,19 @@ impl Node {
         body: String,
         client_id: String,
     ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
-        self.submit_to_shard(s.username.to_string(), room, body, client_id).await
+        self.submit_to_shard(s.username.to_string(), room, body, client_id, false).await
     }
 
     /// Queues a checked send on its shard: on this node's batcher when this
-    /// node leads the shard, otherwise on the ordered stream to the leader.
+    /// node leads the shard, otherwise on the ordered stream to the leader
+    /// (`relayed`: the send was forwarded here already).
     pub(crate) async fn submit_to_shard(
         &self,
         from: String,
         room: RoomRef,
         body: String,
         client_id: String,
+        relayed: bool,
     ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
         let shards = self.shards();
         let shard = self.shard_of(&room.id)?;
@@ -146,6 +145,7 @@ impl Node {
             body,
             client_id,
             applied: self.consensus.applied_index(),
+            relayed,
         };
         let answer = cluster.forwarder.submit(leader, send).await?;
         Ok(async move {
@@ -176,41 +176,29 @@ impl Node {
         limit: Option<usize>,
     ) -> Result<HistoryPage, ApiError> {
         let r = self.readable_room(s, room).await?;
-        self.catch_up_room(&r).await?;
         let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
         let mut fill = PageFill { room, cap: self.limits.history_page_bytes, bytes: 0, messages: Vec::new() };
+        let found = self.read_page(&r, page, limit).await?;
         Ok(match page {
             Page::After(mut cursor) => {
-                while fill.messages.len() < limit {
-                    let chunk = self.log.after(r.key, cursor, HISTORY_CHUNK.min(limit - fill.messages.len()))?;
-                    if chunk.is_empty() {
-                        break;
+                for m in found {
+                    let seq = m.seq;
+                    if !fill.take(m) {
+                        return Ok(HistoryPage { messages: fill.messages, next: Some(Page::After(cursor)) });
                     }
-                    for m in chunk {
-                        let seq = m.seq;
-                        if !fill.take(m) {
-                            return Ok(HistoryPage { messages: fill.messages, next: Some(Page::After(cursor)) });
-                        }
-                        cursor = seq;
-                    }
+                    cursor = seq;
                 }
                 HistoryPage { messages: fill.messages, next: None }
             }
             Page::Before(mut cursor) => {
                 let mut next = None;
-                'pages: while fill.messages.len() < limit {
-                    let chunk = self.log.before(r.key, cursor, HISTORY_CHUNK.min(limit - fill.messages.len()))?;
-                    if chunk.is_empty() {
+                for m in found.into_iter().rev() {
+                    let seq = m.seq;
+                    if !fill.take(m) {
+                        next = Some(Page::Before(cursor));
                         break;
                     }
-                    for m in chunk.into_iter().rev() {
-                        let seq = m.seq;
-                        if !fill.take(m) {
-                            next = Some(Page::Before(cursor));
-                            break 'pages;
-                        }
-                        cursor = seq;
-                    }
+                    cursor = seq;
                 }
                 fill.messages.reverse();
                 HistoryPage { messages: fill.messages, next }
@@ -264,6 +252,7 @@ impl Node {
         match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
             RoomAnswer::Deleted(sender) => Ok(sender),
             RoomAnswer::Refused(code, message) => Err(ApiError::new(Code::parse(&code), message)),
+            other => Err(ApiError::internal(format!("a delete answered {other:?}"))),
         }
     }
 
@@ -295,14 +284,24 @@ impl Node {
         check_room_id(room)?;
         let key = self.read(|meta| Ok(meta.authorize(&s.username, room, Action::Send)?.info.key)).await?;
         if let Some(cluster) = &self.cluster {
-            cluster.broadcast(&crate::cluster::wire::Gossip::Typing {
-                room_key: key,
-                room: room.to_string(),
-                username: s.username.to_string(),
-            });
+            // To the replicas of the room's shard, which pass it on to the
+            // nodes that watch the room on them: only nodes with listeners
+            // of the room get it.
+            let shard = self.shard_of(room)?;
+            let replicas: Vec<u64> =
+                self.meta().layout.replicas(shard).iter().copied().filter(|id| *id != self.id).collect();
+            cluster.tell(
+                &replicas,
+                &crate::cluster::wire::Gossip::Typing {
+                    room_key: key,
+                    room: room.to_string(),
+                    username: s.username.to_string(),
+                },
+            );
         }
         let typing = ServerEvent::Typing { room, username: &*s.username };
-        self.hub.publish(Event::notice(key, &typing, Some(s.username.clone())));
+        let event = Event::notice(key, &typing, Some(s.username.clone()));
+        self.hub.publish(Event { relay: crate::hub::Relay::Watchers, ..event });
         Ok(())
     }
 }

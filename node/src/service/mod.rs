@@ -10,6 +10,7 @@ mod membership;
 mod messages;
 mod quotas;
 mod read_markers;
+mod reads;
 mod rooms;
 mod shards;
 
@@ -49,6 +50,7 @@ use crate::config::Limits;
 use crate::config::Security;
 use crate::hub::Event;
 use crate::hub::Hub;
+use crate::hub::Relay;
 use crate::meta::MetaCommand;
 use crate::meta::MetaOk;
 use crate::meta::MetaRequest;
@@ -203,7 +205,7 @@ impl Node {
                 let handler = Arc::new(crate::cluster::Handler { node: slot.clone() });
                 let endpoint = PeerEndpoint::bind(settings.id, cs.bind, &cs.identity, PeerSettings::default(), handler)
                     .map_err(|e| StartError::Setup(format!("cannot open the peer address {}: {e}", cs.bind)))?;
-                Some(Cluster::new(endpoint, &cs.peers, settings.id))
+                Some(Cluster::new(endpoint, &cs.peers, settings.id, hub.clone()))
             }
             None => None,
         };
@@ -264,6 +266,7 @@ impl Node {
         let _ = slot.set(Arc::downgrade(&node));
         if node.cluster.is_some() {
             tokio::spawn(crate::cluster::gossip_loop(Arc::downgrade(&node)));
+            tokio::spawn(crate::cluster::relay::run(Arc::downgrade(&node)));
         }
         tokio::spawn(Node::run_shards(Arc::downgrade(&node)));
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
@@ -393,10 +396,18 @@ fn publish_committed(hub: &Hub, p: Published) {
     match p {
         Published::Message { room, room_key, message } => {
             let json = message_event(&room, &message);
-            hub.publish(Event { room_key, seq: message.seq, room, json: json.into(), except: None });
+            hub.publish(Event {
+                room_key,
+                seq: message.seq,
+                room,
+                json: json.into(),
+                except: None,
+                relay: Relay::Watchers,
+            });
         }
         Published::Deleted { room, room_key, seq } => {
-            hub.publish(Event::notice(room_key, &ServerEvent::Deleted { room: &room, seq }, None));
+            let event = Event::notice(room_key, &ServerEvent::Deleted { room: &room, seq }, None);
+            hub.publish(Event { relay: Relay::Watchers, ..event });
         }
     }
 }

@@ -45,24 +45,34 @@ fn check_target(username: &str) -> Result<(), ApiError> {
 }
 
 impl Node {
-    fn room_view(&self, room: &Room, caller: &str) -> Result<RoomView, ApiError> {
-        let last_seq = self.log.last_seq(room.info.key)?;
-        Ok(view(&room.info, last_seq, room.members.get(caller).map(|m| last_seq.saturating_sub(m.read_seq))))
+    /// The views of rooms the metadata showed the caller, with each room's
+    /// last seq read where its shard lives.
+    async fn room_views(&self, seen: Vec<Seen>) -> Result<Vec<RoomView>, ApiError> {
+        let refs: Vec<RoomRef> = seen.iter().map(|s| room_ref(&s.info, &s.info.id)).collect();
+        let seqs = self.last_seqs(&refs, false).await?;
+        Ok(seen
+            .iter()
+            .zip(seqs)
+            .map(|(s, last)| view(&s.info, last, s.read_seq.map(|read| last.saturating_sub(read))))
+            .collect())
     }
 
     /// Public rooms and the caller's rooms, by id.
     pub async fn list_rooms(&self, s: &Session) -> Result<Vec<RoomView>, ApiError> {
-        self.read(|meta| {
-            meta.rooms
-                .values()
-                .filter(|r| {
-                    r.members.contains_key(&*s.username)
-                        || (r.info.visibility == Visibility::Public && !r.bans.contains(&*s.username))
-                })
-                .map(|r| self.room_view(r, &s.username))
-                .collect()
-        })
-        .await
+        let seen = self
+            .read(|meta| {
+                Ok(meta
+                    .rooms
+                    .values()
+                    .filter(|r| {
+                        r.members.contains_key(&*s.username)
+                            || (r.info.visibility == Visibility::Public && !r.bans.contains(&*s.username))
+                    })
+                    .map(|r| Seen::of(r, &s.username))
+                    .collect())
+            })
+            .await?;
+        self.room_views(seen).await
     }
 
     /// Makes a room; the caller becomes its owner.
@@ -102,7 +112,10 @@ impl Node {
     /// One room, if the caller may see it.
     pub async fn get_room(&self, s: &Session, room: &str) -> Result<RoomView, ApiError> {
         check_room_id(room)?;
-        self.read(|meta| self.room_view(meta.authorize(&s.username, room, Action::Read)?, &s.username)).await
+        let seen =
+            self.read(|meta| Ok(Seen::of(meta.authorize(&s.username, room, Action::Read)?, &s.username))).await?;
+        let mut views = self.room_views(vec![seen]).await?;
+        views.pop().ok_or_else(|| ApiError::internal("a room view went missing"))
     }
 
     /// Applies a room action through Raft.
@@ -153,11 +166,11 @@ impl Node {
                 Ok(room_ref(&r.info, room))
             })
             .await?;
-        if seq > self.log.last_seq(r.key)? {
+        let mut last = self.last_seq(&r, false).await?;
+        if seq > last {
             // The reader may have seen it on a node further ahead.
-            self.catch_up_room(&r).await?;
+            last = self.last_seq(&r, true).await?;
         }
-        let last = self.log.last_seq(r.key)?;
         if seq > last {
             return Err(ApiError::bad_request(format!("seq {seq} is past the room's last message ({last})")));
         }
@@ -212,7 +225,7 @@ impl Node {
             MetaCommand::OpenDirect { actor: s.username.to_string(), peer: peer.to_string(), owner_node: self.id };
         match self.propose(cmd).await? {
             MetaOk::Room(info) => {
-                let last_seq = self.log.last_seq(info.key)?;
+                let last_seq = self.last_seq(&room_ref(&info, &info.id), false).await?;
                 Ok(view(&info, last_seq, None))
             }
             other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
@@ -227,6 +240,20 @@ impl Node {
             Ok(room_ref(&r.info, room))
         })
         .await
+    }
+}
+
+/// A room as the metadata shows it to the caller, before its last seq is
+/// read from the room's log.
+struct Seen {
+    info: RoomInfo,
+    /// The caller's read marker, if a member.
+    read_seq: Option<u64>,
+}
+
+impl Seen {
+    fn of(room: &Room, caller: &str) -> Self {
+        Seen { info: room.info.clone(), read_seq: room.members.get(caller).map(|m| m.read_seq) }
     }
 }
 

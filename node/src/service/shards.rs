@@ -46,6 +46,9 @@ pub struct Shards {
     /// Replicas per shard.
     pub replication: u8,
     batchers: Mutex<BTreeMap<ShardId, mpsc::Sender<Pending>>>,
+    /// Who leads the shards this node holds no replica of, as their
+    /// leaders last said ([`crate::cluster::wire::Gossip::Leading`]).
+    hints: Mutex<BTreeMap<ShardId, u64>>,
     /// Membership and leadership steps in progress here.
     pub(super) steps: super::membership::Steps,
 }
@@ -53,7 +56,14 @@ pub struct Shards {
 impl Shards {
     /// Shards over `host`.
     pub fn new(host: Arc<ShardHost>, count: u32, replication: u8) -> Self {
-        Self { host, count, replication, batchers: Mutex::new(BTreeMap::new()), steps: Default::default() }
+        Self {
+            host,
+            count,
+            replication,
+            batchers: Mutex::new(BTreeMap::new()),
+            hints: Mutex::new(BTreeMap::new()),
+            steps: Default::default(),
+        }
     }
 
     /// Queues `op` for shard `shard`'s next entry on this node, which must
@@ -88,9 +98,27 @@ impl Shards {
         leads.then_some(raft)
     }
 
-    /// Who leads the shard, as far as this node knows.
+    /// Who leads the shard, as far as this node knows: its own group's
+    /// view where it holds a replica, else what the leaders gossip.
     pub fn leader(&self, shard: ShardId) -> Option<u64> {
-        self.host.get(shard).and_then(|raft| raft.metrics().borrow_watched().current_leader)
+        match self.host.get(shard) {
+            Some(raft) => raft.metrics().borrow_watched().current_leader,
+            None => self.hints.lock().get(&shard).copied(),
+        }
+    }
+
+    /// The shards this node leads now.
+    pub fn leading(&self) -> Vec<ShardId> {
+        self.host.open_shards().into_iter().filter(|s| self.led(*s).is_some()).collect()
+    }
+
+    /// Node `from` says it leads exactly `shards` now.
+    pub fn note_leading(&self, from: u64, shards: &[ShardId]) {
+        let mut hints = self.hints.lock();
+        hints.retain(|_, leader| *leader != from);
+        for shard in shards.iter().filter(|s| **s < self.count) {
+            hints.insert(*shard, from);
+        }
     }
 
     /// Who leads the shard, waiting up to `timeout` for an election to end.
@@ -194,6 +222,16 @@ impl Node {
                 self.propose(MetaCommand::Layout { actor: None, cmd: init }).await?;
             }
             return Ok(false);
+        }
+        if let Some(cluster) = &self.cluster {
+            // Every node must be able to dial every other, not only the ones
+            // it shares a Raft group with: gossip, relays and remote reads
+            // go to any node.
+            let nodes: Vec<(u64, String)> =
+                self.meta().layout.nodes.iter().map(|(id, n)| (*id, n.peer.clone())).collect();
+            for (id, peer) in nodes {
+                cluster.endpoint.learn_peer(id, &peer);
+            }
         }
         self.open_placed_shards().await?;
         Ok(true)

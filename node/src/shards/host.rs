@@ -213,6 +213,7 @@ impl ShardRpcs for ShardHost {
             | ShardCall::ReadIndex(s)
             | ShardCall::TransferLeader(s, _) => *s,
         };
+        metrics::counter!("palaver_shard_calls_total", "shard" => shard.to_string()).increment(1);
         let Some(raft) = self.get(shard) else {
             return futures_util::future::ready(ShardAnswer::NoGroup(shard)).boxed();
         };

@@ -4,12 +4,11 @@
 //!
 //! A shard moves in this order: its voters become the desired replicas
 //! (new ones first catch up as learners; openraft's joint consensus makes
-//! the switch safe), every other serving node follows it as a learner (so
-//! it can answer history and deliver events of the shard's rooms to its own
-//! clients), nodes leaving the cluster are dropped, the metadata group
-//! records the new replica set, then leadership goes to the replica the
-//! placement prefers (spreading leaders evenly, and off draining or leaving
-//! nodes).
+//! the switch safe), every other member is dropped (a node that holds no
+//! replica reads and watches the shard's rooms on a replica), the metadata
+//! group records the new replica set, then leadership goes to the replica
+//! the placement prefers (spreading leaders evenly, and off draining or
+//! leaving nodes).
 
 use std::collections::BTreeSet;
 
@@ -21,7 +20,7 @@ pub enum ShardStep {
     /// The shard is where it should be.
     Stay,
     /// Add `learners` (each caught up before going on), then make `voters`
-    /// the voter set; former voters stay as learners unless in `remove`.
+    /// the voter set, then drop `remove`.
     ChangeVoters {
         /// Nodes that are not in the group yet.
         learners: Vec<NodeId>,
@@ -30,9 +29,7 @@ pub enum ShardStep {
         /// Members to drop altogether.
         remove: BTreeSet<NodeId>,
     },
-    /// Add these nodes as learners (not waiting for them to catch up).
-    AddLearners(Vec<NodeId>),
-    /// Drop these members (learners of nodes leaving the cluster).
+    /// Drop these members (learners that are not desired replicas).
     Remove(BTreeSet<NodeId>),
     /// The voters are right: record them as the shard's replicas.
     Record(Vec<NodeId>),
@@ -53,9 +50,6 @@ pub struct ShardView<'a> {
     pub voters: &'a BTreeSet<NodeId>,
     /// Every member now, voters and learners.
     pub members: &'a BTreeSet<NodeId>,
-    /// The serving nodes that should follow the shard as learners (every
-    /// node of the cluster that is not a desired replica and not leaving).
-    pub followers: &'a [NodeId],
     /// The replica that should lead, if any may.
     pub preferred: Option<NodeId>,
     /// Replicas that acknowledged recently and hold the whole log.
@@ -77,15 +71,10 @@ pub fn next_step(view: &ShardView<'_>) -> ShardStep {
         // until an election: hand leadership on first.
         return ShardStep::TransferLeader(p);
     }
-    let keep: BTreeSet<NodeId> = desired.iter().chain(view.followers).copied().collect();
-    let remove: BTreeSet<NodeId> = view.members.iter().filter(|n| !keep.contains(n)).copied().collect();
+    let remove: BTreeSet<NodeId> = view.members.iter().filter(|n| !desired.contains(n)).copied().collect();
     if *view.voters != desired {
         let learners = view.desired.iter().filter(|n| !view.members.contains(n)).copied().collect();
         return ShardStep::ChangeVoters { learners, voters: desired, remove };
-    }
-    let missing: Vec<NodeId> = view.followers.iter().filter(|n| !view.members.contains(n)).copied().collect();
-    if !missing.is_empty() {
-        return ShardStep::AddLearners(missing);
     }
     if !remove.is_empty() {
         return ShardStep::Remove(remove);
@@ -113,7 +102,6 @@ mod tests {
             desired,
             voters: &voters,
             members: &voters,
-            followers: &[],
             preferred,
             caught_up: &caught_up,
         })
@@ -135,37 +123,34 @@ mod tests {
     }
 
     #[test]
-    fn other_serving_nodes_follow_as_learners_and_leaving_ones_are_dropped() {
+    fn members_that_are_not_desired_replicas_are_dropped() {
         let (voters, caught_up) = (set(&[1, 2, 3]), set(&[1, 2, 3]));
-        let view = |members: &BTreeSet<NodeId>, followers: &[NodeId]| {
+        let view = |members: &BTreeSet<NodeId>| {
             next_step(&ShardView {
                 me: 1,
                 recorded: &[1, 2, 3],
                 desired: &[1, 2, 3],
                 voters: &voters,
                 members: &members.clone(),
-                followers,
                 preferred: Some(1),
                 caught_up: &caught_up,
             })
         };
-        assert_eq!(view(&set(&[1, 2, 3]), &[4, 5]), ShardStep::AddLearners(vec![4, 5]));
-        assert_eq!(view(&set(&[1, 2, 3, 4, 5]), &[4]), ShardStep::Remove(set(&[5])), "node 5 is leaving");
-        assert_eq!(view(&set(&[1, 2, 3, 4]), &[4]), ShardStep::Stay);
+        assert_eq!(view(&set(&[1, 2, 3, 4, 5])), ShardStep::Remove(set(&[4, 5])), "learners of a former layout");
+        assert_eq!(view(&set(&[1, 2, 3])), ShardStep::Stay);
         let moving = next_step(&ShardView {
             me: 1,
             recorded: &[1, 2, 3],
             desired: &[1, 2, 4],
             voters: &voters,
             members: &set(&[1, 2, 3, 4]),
-            followers: &[3],
             preferred: Some(1),
             caught_up: &caught_up,
         });
         assert_eq!(
             moving,
-            ShardStep::ChangeVoters { learners: vec![], voters: set(&[1, 2, 4]), remove: set(&[]) },
-            "node 4 already follows; node 3 stays as a learner"
+            ShardStep::ChangeVoters { learners: vec![], voters: set(&[1, 2, 4]), remove: set(&[3]) },
+            "node 4 is a learner already; node 3 goes"
         );
     }
 
@@ -203,7 +188,6 @@ mod tests {
             desired: &[1, 2, 3],
             voters: &voters,
             members: &voters,
-            followers: &[],
             preferred: Some(2),
             caught_up: &caught_up,
         };
