@@ -255,6 +255,9 @@ pub struct Listener {
     pub token_hash: TokenHash,
     /// Whether it counts for presence (long polls do not).
     pub presence: bool,
+    /// A replica's relay to another node, not a client: not counted as a
+    /// connection.
+    pub peer: bool,
 }
 
 impl Listener {
@@ -292,6 +295,8 @@ pub enum PresenceChange {
 pub struct Hub {
     next_id: AtomicU64,
     conns: RwLock<HashMap<ConnId, Conn>>,
+    /// How many of `conns` are peers' relays.
+    peers: AtomicUsize,
     rooms: RwLock<HashMap<u64, Vec<(ConnId, Listener)>>>,
     online: Mutex<HashMap<Arc<str>, usize>>,
 }
@@ -314,6 +319,9 @@ impl Hub {
                 change = Some(PresenceChange::Online(listener.user.clone()));
             }
         }
+        if listener.peer {
+            self.peers.fetch_add(1, Ordering::Relaxed);
+        }
         self.conns.write().insert(id, Conn { listener, rooms: HashSet::new() });
         (id, change)
     }
@@ -321,6 +329,9 @@ impl Hub {
     /// Removes a connection and its subscriptions; says whether the user went offline here.
     pub fn disconnect(&self, id: ConnId) -> Option<PresenceChange> {
         let conn = self.conns.write().remove(&id)?;
+        if conn.listener.peer {
+            self.peers.fetch_sub(1, Ordering::Relaxed);
+        }
         {
             let mut rooms = self.rooms.write();
             for room in &conn.rooms {
@@ -354,7 +365,7 @@ impl Hub {
 
     /// The number of open connections.
     pub fn connection_count(&self) -> usize {
-        self.conns.read().len()
+        self.conns.read().len().saturating_sub(self.peers.load(Ordering::Relaxed))
     }
 
     /// The number of rooms a connection listens to.
@@ -470,6 +481,7 @@ mod tests {
                 user: user.into(),
                 token_hash: [user.len() as u8; 32],
                 presence,
+                peer: false,
             },
             rx,
         )

@@ -114,6 +114,7 @@ impl Registration {
             user: s.username.clone(),
             token_hash: s.token_hash,
             presence,
+            peer: false,
         };
         let (conn, change) = node.hub.connect(listener);
         if let Some(change) = change {

@@ -256,6 +256,7 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
         user: session.username.clone(),
         token_hash: session.token_hash,
         presence: true,
+        peer: false,
     };
     let (conn, change) = node.hub.connect(listener);
     if let Some(change) = change {

@@ -51,7 +51,7 @@ pub const STREAM_RELAY: u8 = 3;
 /// long poll that comes back does not start the watch again.
 const LINGER: Duration = Duration::from_secs(30);
 /// How long a new listener waits for a replica to confirm the watch.
-const CONFIRM_WAIT: Duration = Duration::from_secs(10);
+pub const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 /// A watch not confirmed this long is asked again (elsewhere if it was
 /// refused).
 const ASK_AGAIN: Duration = Duration::from_secs(5);
@@ -177,7 +177,7 @@ impl Watcher {
     /// Waits until the room's events flow: `Some(last)` once a replica
     /// relays them (every message after `last` will be published here),
     /// `None` once this node's own replica applies them.
-    async fn flowing(&self, room_key: u64, timeout: Duration) -> Result<Option<u64>, ApiError> {
+    pub async fn flowing(&self, room_key: u64, timeout: Duration) -> Result<Option<u64>, ApiError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.confirmed.notified();
@@ -256,26 +256,6 @@ impl Watcher {
     }
 }
 
-impl Node {
-    /// Starts listening to a room here: answers a guard that keeps its
-    /// events coming to this node's hub, and the room's last seq such that
-    /// every message after it will be published here.
-    pub async fn listen_to_room(&self, room: &RoomRef) -> Result<(Option<WatchGuard>, u64), ApiError> {
-        let shard = self.shard_of(&room.id)?;
-        let Some(cluster) = &self.cluster else { return Ok((None, self.log.last_seq(room.key)?)) };
-        let here = self.shards().host.get(shard).is_some();
-        let guard = cluster.watcher.listen(room, shard, here);
-        if here {
-            return Ok((Some(guard), self.log.last_seq(room.key)?));
-        }
-        reconcile(self, &cluster.watcher);
-        match cluster.watcher.flowing(room.key, CONFIRM_WAIT).await? {
-            Some(last) => Ok((Some(guard), last)),
-            None => Ok((Some(guard), self.log.last_seq(room.key)?)),
-        }
-    }
-}
-
 /// Checks every watch against where the shards are now, twice a second
 /// and more, until the node is gone.
 pub async fn run(node: Weak<Node>) {
@@ -292,7 +272,7 @@ pub async fn run(node: Weak<Node>) {
 /// One pass over the watches: a room whose shard this node holds needs no
 /// relay; any other gets one from a replica; a room nobody has listened
 /// to for [`LINGER`] is dropped.
-fn reconcile(node: &Node, watcher: &Arc<Watcher>) {
+pub fn reconcile(node: &Node, watcher: &Arc<Watcher>) {
     let Some(cluster) = &node.cluster else { return };
     let layout_replicas: HashMap<ShardId, Vec<u64>> = {
         let meta = node.meta();
@@ -423,6 +403,7 @@ pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: S
         user: Arc::from(""),
         token_hash: [0; 32],
         presence: false,
+        peer: true,
     };
     let (conn, _) = node.hub.connect(listener);
     let (asks_tx, mut asks) = mpsc::channel::<RelayAsk>(256);

@@ -11,6 +11,8 @@ use palaver_protocol::Code;
 
 use super::ApiError;
 use super::Node;
+use crate::cluster::relay;
+use crate::cluster::relay::WatchGuard;
 use crate::cluster::wire::RoomAnswer;
 use crate::cluster::wire::RoomCall;
 use crate::cluster::wire::RoomRead;
@@ -181,6 +183,25 @@ impl Node {
                 };
                 messages(self.read_remote(&replicas, read).await?)
             }
+        }
+    }
+
+    /// Starts listening to a room here: answers a guard that keeps its
+    /// events coming to this node's hub (relayed by a replica when this
+    /// node holds none), and the room's last seq such that every message
+    /// after it will be published here.
+    pub async fn listen_to_room(&self, room: &RoomRef) -> Result<(Option<WatchGuard>, u64), ApiError> {
+        let shard = self.shard_of(&room.id)?;
+        let Some(cluster) = &self.cluster else { return Ok((None, self.log.last_seq(room.key)?)) };
+        let here = self.shards().host.get(shard).is_some();
+        let guard = cluster.watcher.listen(room, shard, here);
+        if here {
+            return Ok((Some(guard), self.log.last_seq(room.key)?));
+        }
+        relay::reconcile(self, &cluster.watcher);
+        match cluster.watcher.flowing(room.key, relay::CONFIRM_WAIT).await? {
+            Some(last) => Ok((Some(guard), last)),
+            None => Ok((Some(guard), self.log.last_seq(room.key)?)),
         }
     }
 
