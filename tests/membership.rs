@@ -120,7 +120,13 @@ async fn history(cluster: &Cluster, id: u64, user: &User, room: &str) -> Result<
     let mut out = Vec::new();
     let mut after = 0u64;
     loop {
-        let r = http.request(Method::GET, &format!("/api/rooms/{room}/messages?after={after}&limit=500"), None).await?;
+        let path = format!("/api/rooms/{room}/messages?after={after}&limit=500");
+        // `unavailable` is retried as a client would (a shard may be moving).
+        let r = eventually(&format!("history of {room} on node {id}"), WAIT, async || {
+            let r = http.request(Method::GET, &path, None).await?;
+            Ok((r.status != 503).then_some(r))
+        })
+        .await?;
         ensure!(r.status == 200, "history of {room} on node {id}: {} {}", r.status, r.text);
         let page: Vec<Value> = serde_json::from_value(r.json)?;
         if page.is_empty() {

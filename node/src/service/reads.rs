@@ -37,6 +37,21 @@ enum ReadAt {
 }
 
 impl Node {
+    /// Runs a read again, once, when it failed with `unavailable` while
+    /// this node opened or closed shard groups: a local read whose group
+    /// closed under it (the shard moved away) is then made on a replica.
+    async fn moving_shards_retried<T, F, Fut>(&self, read: F) -> Result<T, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let before = self.shards().host.open_shards();
+        match read().await {
+            Err(e) if e.code == Code::Unavailable && self.shards().host.open_shards() != before => read().await,
+            answer => answer,
+        }
+    }
+
     fn read_at(&self, shard: ShardId) -> ReadAt {
         let shards = self.shards();
         if self.cluster.is_none() || shards.host.get(shard).is_some() {
@@ -84,6 +99,10 @@ impl Node {
     /// [`Node::last_seq`] of many rooms: one catch-up per shard held here,
     /// one remote read per shard held elsewhere, those reads at once.
     pub async fn last_seqs(&self, rooms: &[RoomRef], fresh: bool) -> Result<Vec<u64>, ApiError> {
+        self.moving_shards_retried(|| self.last_seqs_once(rooms, fresh)).await
+    }
+
+    async fn last_seqs_once(&self, rooms: &[RoomRef], fresh: bool) -> Result<Vec<u64>, ApiError> {
         let mut seqs = vec![0; rooms.len()];
         let mut here: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
         let mut remote: BTreeMap<ShardId, (Vec<u64>, Vec<usize>)> = BTreeMap::new();
@@ -130,6 +149,16 @@ impl Node {
         limit: usize,
         up_to: u64,
     ) -> Result<Vec<Message>, ApiError> {
+        self.moving_shards_retried(|| self.read_after_once(room, after, limit, up_to)).await
+    }
+
+    async fn read_after_once(
+        &self,
+        room: &RoomRef,
+        after: u64,
+        limit: usize,
+        up_to: u64,
+    ) -> Result<Vec<Message>, ApiError> {
         let shard = self.shard_of(&room.id)?;
         match self.read_at(shard) {
             ReadAt::Here => {
@@ -156,6 +185,15 @@ impl Node {
     /// messages after or before the cursor, ascending, with every message
     /// answered anywhere before the call (the reader's own included).
     pub async fn read_page(
+        &self,
+        room: &RoomRef,
+        page: palaver_protocol::Page,
+        limit: usize,
+    ) -> Result<Vec<Message>, ApiError> {
+        self.moving_shards_retried(|| self.read_page_once(room, page, limit)).await
+    }
+
+    async fn read_page_once(
         &self,
         room: &RoomRef,
         page: palaver_protocol::Page,
