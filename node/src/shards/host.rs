@@ -181,7 +181,11 @@ impl ShardHost {
     }
 
     /// Stops the shard's group here (its data stays until it is dropped).
+    /// Holds the lock `open` takes until the group has stopped: a group
+    /// opened again meanwhile would run a second state machine over the
+    /// same rooms, numbering their messages from its own view.
     pub async fn close(&self, shard: ShardId) {
+        let _one_at_a_time = self.opening.lock().await;
         let raft = self.groups.write().remove(&shard);
         if let Some(raft) = raft
             && let Err(e) = raft.shutdown().await
