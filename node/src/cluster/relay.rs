@@ -274,10 +274,16 @@ pub async fn run(node: Weak<Node>) {
 /// to for [`LINGER`] is dropped.
 pub fn reconcile(node: &Node, watcher: &Arc<Watcher>) {
     let Some(cluster) = &node.cluster else { return };
+    // Once per shard this node does not hold, not per room: most watched
+    // rooms of a node are on shards it holds, and need no replicas.
     let layout_replicas: HashMap<ShardId, Vec<u64>> = {
+        let shards: std::collections::BTreeSet<ShardId> = {
+            let st = watcher.state.lock();
+            let host = &node.shards().host;
+            st.rooms.values().map(|r| r.shard).filter(|shard| host.get(*shard).is_none()).collect()
+        };
         let meta = node.meta();
-        let st = watcher.state.lock();
-        st.rooms.values().map(|r| (r.shard, meta.layout.replicas(r.shard).to_vec())).collect()
+        shards.into_iter().map(|shard| (shard, meta.layout.replicas(shard).to_vec())).collect()
     };
     let shards = node.shards();
     let now = Instant::now();

@@ -108,9 +108,20 @@ impl Node {
         let mut remote: BTreeMap<ShardId, (Vec<u64>, Vec<usize>)> = BTreeMap::new();
         for (i, room) in rooms.iter().enumerate() {
             let shard = self.shard_of(&room.id)?;
-            match self.read_at(shard) {
-                ReadAt::Here => here.entry(shard).or_default().push(i),
-                ReadAt::Replicas(replicas) => remote.entry(shard).or_insert_with(|| (replicas, Vec::new())).1.push(i),
+            // Where a shard is read is decided once per shard, not per room.
+            if let Some(indexes) = here.get_mut(&shard) {
+                indexes.push(i);
+            } else if let Some((_, indexes)) = remote.get_mut(&shard) {
+                indexes.push(i);
+            } else {
+                match self.read_at(shard) {
+                    ReadAt::Here => {
+                        here.insert(shard, vec![i]);
+                    }
+                    ReadAt::Replicas(replicas) => {
+                        remote.insert(shard, (replicas, vec![i]));
+                    }
+                }
             }
         }
         for indexes in here.values() {
