@@ -76,10 +76,13 @@ fn probe_timeout(shared: &Shared) -> Duration {
 /// One look at the member list; a refusal (a missing or wrong ops token)
 /// is a configuration mistake, logged as a warning once per `warned`.
 async fn poll_members(shared: &Shared, warned: &mut bool) {
-    let Some(source) = shared.table.lock().members_source() else { return };
+    let Some((source_id, source)) = shared.table.lock().members_source() else { return };
     match probe::members(source, shared.settings.ops_token.as_ref(), probe_timeout(shared)).await {
         Ok(list) => {
-            let change = shared.table.lock().apply_members(&list);
+            let Some(change) = shared.table.lock().apply_members(source_id, &list) else {
+                tracing::debug!(node = source_id, from = %source, "member list ignored: it does not name its sender");
+                return;
+            };
             for id in change.added {
                 let addr = list.iter().find(|m| m.id == id).map(|m| m.addr);
                 tracing::info!(node = id, ?addr, from = %source, "node learnt from the cluster; checking it");

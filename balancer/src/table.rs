@@ -293,7 +293,16 @@ impl Table {
     /// checks pass), draining marks follow the list, discovered nodes that
     /// left are dropped. Configured nodes keep their configured address and
     /// weight and are never dropped.
-    pub fn apply_members(&mut self, members: &[Member]) -> MembersChange {
+    ///
+    /// A list that does not name `source`, the node that sent it, is
+    /// ignored (`None`): as far as that node knows it is not (or not yet) a
+    /// member, so its list may be stale (a new node still replaying the
+    /// metadata log lists an old node set). Applying it could drop every
+    /// live node, and with them every source of a better list.
+    pub fn apply_members(&mut self, source: u64, members: &[Member]) -> Option<MembersChange> {
+        if !members.iter().any(|m| m.id == source) {
+            return None;
+        }
         let mut change = MembersChange::default();
         for m in members {
             let fresh = |generation| {
@@ -335,7 +344,7 @@ impl Table {
         for id in &change.removed {
             self.nodes.remove(id);
         }
-        change
+        Some(change)
     }
 
     /// Every node to health-check: id, generation, address.
@@ -343,13 +352,21 @@ impl Table {
         self.nodes.iter().map(|(id, e)| (*id, e.generation, e.addr)).collect()
     }
 
-    /// A node to ask for the member list: the next healthy one in turn.
-    pub fn members_source(&mut self) -> Option<SocketAddr> {
+    /// A node to ask for the member list: the next healthy one in turn, or,
+    /// when none is healthy, the next one of any health: a node that fails
+    /// its checks (overloaded, restarting) may still answer, and with no
+    /// list at all the table could never learn where the cluster went.
+    pub fn members_source(&mut self) -> Option<(u64, SocketAddr)> {
         let healthy = |e: &Entry| e.health.is_up() && !e.suspect;
-        let after = self.members_turn.and_then(|last| self.nodes.range(last + 1..).find(|(_, e)| healthy(e)));
-        let (id, e) = after.or_else(|| self.nodes.iter().find(|(_, e)| healthy(e)))?;
-        self.members_turn = Some(*id);
-        Some(e.addr)
+        let id = self.next_after_turn(healthy).or_else(|| self.next_after_turn(|_| true))?;
+        self.members_turn = Some(id);
+        self.nodes.get(&id).map(|e| (id, e.addr))
+    }
+
+    /// The first node after `members_turn` (wrapping) that `ok` accepts.
+    fn next_after_turn(&self, ok: impl Fn(&Entry) -> bool) -> Option<u64> {
+        let after = self.members_turn.and_then(|last| self.nodes.range(last + 1..).find(|(_, e)| ok(e)));
+        after.or_else(|| self.nodes.iter().find(|(_, e)| ok(e))).map(|(id, _)| *id)
     }
 
     /// How many nodes would take a new client now.
@@ -473,7 +490,7 @@ mod tests {
             Member { id: 1, addr: addr(7101), weight: None, draining: true, connections: None },
             Member { id: 2, addr: addr(7102), weight: None, draining: false, connections: None },
         ];
-        t.apply_members(&list);
+        t.apply_members(1, &list);
         assert!(t.views()[0].draining);
         assert_eq!(ids(&mut t, Purpose::Relay, 2), [2, 2]);
         assert_eq!(t.pick(Purpose::Relay, &[2]), None, "draining nodes are no fallback");
@@ -483,8 +500,8 @@ mod tests {
     fn discovered_nodes_join_after_passing_checks_and_leave_with_the_list() {
         let mut t = table(Strategy::RoundRobin, &[1]);
         let member = |id, port, draining| Member { id, addr: addr(port), weight: None, draining, connections: None };
-        let change = t.apply_members(&[member(1, 9999, false), member(2, 7102, false)]);
-        assert_eq!(change, MembersChange { added: vec![2], removed: vec![] });
+        let change = t.apply_members(1, &[member(1, 9999, false), member(2, 7102, false)]);
+        assert_eq!(change, Some(MembersChange { added: vec![2], removed: vec![] }));
         assert_eq!(t.views()[0].addr, addr(7101), "configured addresses win");
         assert_eq!(health_of(&t, 2), HealthView::Down);
         assert_eq!(ids(&mut t, Purpose::Relay, 2), [1, 1]);
@@ -494,11 +511,11 @@ mod tests {
         assert_eq!(ids(&mut t, Purpose::Relay, 3), [2, 1, 2]);
         // Node 2 leaves the cluster while a connection to it is open.
         let open = t.pick(Purpose::Relay, &[1]).expect("node 2");
-        let change = t.apply_members(&[member(1, 7101, false)]);
-        assert_eq!(change, MembersChange { added: vec![], removed: vec![2] });
+        let change = t.apply_members(1, &[member(1, 7101, false)]);
+        assert_eq!(change, Some(MembersChange { added: vec![], removed: vec![2] }));
         assert_eq!(ids(&mut t, Purpose::Relay, 2), [1, 1]);
         // It comes back: a new entry, which the old connection's end does not touch.
-        t.apply_members(&[member(1, 7101, false), member(2, 7102, false)]);
+        t.apply_members(1, &[member(1, 7101, false), member(2, 7102, false)]);
         assert_ne!(gen_of(&t, 2), open.generation);
         t.release(open.id, open.generation);
         t.record_probe(open.id, open.generation, &Probe::Ok);
@@ -508,7 +525,7 @@ mod tests {
         let g = gen_of(&t, 2);
         t.record_probe(2, g, &Probe::Ok);
         t.record_probe(2, g, &Probe::Ok);
-        t.apply_members(&[member(1, 7101, false), member(2, 7202, false)]);
+        t.apply_members(2, &[member(1, 7101, false), member(2, 7202, false)]);
         assert_eq!((t.views()[1].addr, health_of(&t, 2)), (addr(7202), HealthView::Down));
     }
 
@@ -530,7 +547,7 @@ mod tests {
         let mut t = table(Strategy::LeastConnections, &[1, 1, 1]);
         let member =
             |id, port, connections| Member { id, addr: addr(port), weight: None, draining: false, connections };
-        t.apply_members(&[member(1, 7101, Some(5)), member(2, 7102, Some(0)), member(3, 7103, None)]);
+        t.apply_members(3, &[member(1, 7101, Some(5)), member(2, 7102, Some(0)), member(3, 7103, None)]);
         // Node 3 reports nothing: the balancer's own count (0) stands in.
         assert_eq!(ids(&mut t, Purpose::Assign, 3), [2, 3, 2]);
         assert_eq!(t.views().iter().map(|v| (v.assigned, v.active)).collect::<Vec<_>>(), [(0, 0), (2, 0), (1, 0)]);
@@ -543,7 +560,28 @@ mod tests {
         for _ in 0..3 {
             t.record_probe(2, g, &Probe::Failed("down".into()));
         }
-        let got: Vec<_> = (0..4).filter_map(|_| t.members_source()).map(|a| a.port()).collect();
+        let got: Vec<_> = (0..4).filter_map(|_| t.members_source()).map(|(_, a)| a.port()).collect();
         assert_eq!(got, [7101, 7103, 7101, 7103]);
+        // With every node down, every node is asked in turn: never none.
+        for id in [1, 3] {
+            let g = gen_of(&t, id);
+            for _ in 0..3 {
+                t.record_probe(id, g, &Probe::Failed("down".into()));
+            }
+        }
+        let got: Vec<_> = (0..4).filter_map(|_| t.members_source()).map(|(id, _)| id).collect();
+        assert_eq!(got, [1, 2, 3, 1]);
+    }
+
+    #[test]
+    fn a_member_list_that_omits_its_sender_is_ignored() {
+        let mut t = table(Strategy::RoundRobin, &[1]);
+        let member = |id, port| Member { id, addr: addr(port), weight: None, draining: false, connections: None };
+        t.apply_members(1, &[member(1, 7101), member(2, 7102), member(3, 7103)]);
+        // Node 3, replaying an old metadata log, knows only node 1.
+        assert_eq!(t.apply_members(3, &[member(1, 7101)]), None);
+        assert_eq!(t.views().iter().map(|v| v.id).collect::<Vec<_>>(), [1, 2, 3], "nothing dropped");
+        let change = t.apply_members(2, &[member(1, 7101), member(2, 7102)]);
+        assert_eq!(change, Some(MembersChange { added: vec![], removed: vec![3] }));
     }
 }

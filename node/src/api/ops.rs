@@ -34,9 +34,14 @@ pub async fn healthz(State(node): State<Arc<Node>>) -> Response {
 
 /// The nodes clients may be sent to, for the balancer (which sends the ops
 /// token) and admins. A draining node, or one leaving the cluster, is
-/// listed as `draining`: it gets no new clients.
-pub async fn members(State(node): State<Arc<Node>>, _: Ops) -> Response {
+/// listed as `draining`: it gets no new clients. A node that is not in its
+/// own member list (new and still catching up, or removed) answers 503: its
+/// list may be stale.
+pub async fn members(State(node): State<Arc<Node>>, _: Ops) -> Result<Response, ApiError> {
     let m = node.consensus.metrics();
+    if !m.members.contains_key(&node.id) {
+        return Err(ApiError::unavailable("this node is not (yet) a cluster member; ask another node"));
+    }
     let avoid = node.avoided_nodes();
     let connections = node.cluster.as_ref().map(|c| c.presence.lock().connections()).unwrap_or_default();
     let list: Vec<_> = m
@@ -53,7 +58,7 @@ pub async fn members(State(node): State<Arc<Node>>, _: Ops) -> Response {
             })
         })
         .collect();
-    axum::Json(list).into_response()
+    Ok(axum::Json(list).into_response())
 }
 
 /// `{"node","draining"}`.
