@@ -15,6 +15,7 @@ pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod error;
 pub mod hub;
 pub mod meta;
 pub mod peer;

@@ -11,7 +11,7 @@ use palaver_protocol::ServerEvent;
 use serde::Serialize;
 
 use crate::rooms;
-use crate::service::ApiError;
+use crate::error::ApiError;
 
 /// Encodes a value that cannot fail to encode (plain structs of strings and numbers).
 pub fn to_json<T: Serialize>(value: &T) -> String {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use palaver_protocol::Code;
 use parking_lot::Mutex;
 use quinn::RecvStream;
@@ -15,21 +16,18 @@ use tokio::sync::oneshot;
 
 use super::wire::ForwardedAnswer;
 use super::wire::ForwardedSend;
-use super::wire::decode;
-use super::wire::encode;
+use crate::error::ApiError;
 use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
+use crate::peer::codec::decode;
+use crate::peer::codec::encode;
 use crate::peer::frame;
 use crate::rooms::Appended;
-use crate::service::ApiError;
-use crate::service::Node;
 
 /// The first frame of a forwarding stream (the `Rooms` channel's only kind).
 pub const STREAM_FORWARD: u8 = 2;
 /// Sends queued per leader before callers wait.
 const QUEUE: usize = 4_096;
-/// How long a leader waits to catch up with a forwarding node's metadata.
-const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 /// Sends written in one frame at most.
 const FRAME_SENDS: usize = 256;
 
@@ -144,8 +142,18 @@ async fn link(endpoint: PeerEndpoint, leader: u64, mut rx: mpsc::Receiver<(Forwa
     }
 }
 
+/// A forwarded send's answer, once it is ordered (or refused).
+pub type Pending = BoxFuture<'static, Result<Appended, ApiError>>;
+
+/// What the leader's side of a forwarding stream needs of its node.
+pub trait SendTarget: Send + Sync + 'static {
+    /// Checks a forwarded send and queues it on its shard: the error is the
+    /// refusal, the future the send's answer.
+    fn accept(&self, send: ForwardedSend) -> BoxFuture<'_, Result<Pending, ApiError>>;
+}
+
 /// Owner side: serves one forwarding stream from `peer`.
-pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: SendStream) {
+pub async fn serve(node: Arc<dyn SendTarget>, peer: u64, mut recv: RecvStream, mut send: SendStream) {
     let (out_tx, mut out_rx) = mpsc::channel::<ForwardedAnswer>(QUEUE);
     let writer = tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -173,7 +181,7 @@ pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: S
         };
         for s in sends {
             let id = s.id;
-            let result = accept(&node, s).await;
+            let result = node.accept(s).await;
             let out = out_tx.clone();
             tokio::spawn(async move {
                 let result = match result {
@@ -187,28 +195,4 @@ pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: S
     }
     drop(out_tx);
     let _ = writer.await;
-}
-
-/// Queues a forwarded send on its shard if this node leads it.
-async fn accept(
-    node: &Arc<Node>,
-    s: ForwardedSend,
-) -> Result<impl Future<Output = Result<Appended, ApiError>> + Send + 'static, ApiError> {
-    // Checked again where the send is ordered, against metadata at least as
-    // new as the forwarding node's: a mute or kick it had not applied yet
-    // still stops the send here.
-    if node.consensus.applied_index() < s.applied {
-        node.consensus.wait_applied(s.applied, CATCH_UP).await?;
-    }
-    let room = crate::service::may_send(&node.meta(), &s.from, &s.room)?;
-    let shard = node.shard_of(&s.room)?;
-    if node.shards().led(shard).is_none() {
-        // The sender's node had an old idea of the leader. A replica knows
-        // the new one and passes the send on, once.
-        let leader = node.shards().leader(shard).filter(|l| *l != node.id);
-        if s.relayed || node.shards().host.get(shard).is_none() || leader.is_none() {
-            return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
-        }
-    }
-    node.submit_to_shard(s.from, room, s.body, s.client_id, true).await
 }

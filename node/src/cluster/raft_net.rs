@@ -23,11 +23,11 @@ use openraft::raft::VoteResponse;
 
 use super::wire::RaftAnswer;
 use super::wire::RaftCall;
-use super::wire::decode;
-use super::wire::encode;
 use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
 use crate::peer::PeerError;
+use crate::peer::codec::decode;
+use crate::peer::codec::encode;
 use crate::raft::PeerNode;
 use crate::raft::SnapshotData;
 use crate::raft::TypeConfig;

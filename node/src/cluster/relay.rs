@@ -27,8 +27,7 @@ use tokio::sync::mpsc;
 
 use super::wire::RelayAsk;
 use super::wire::RelayItem;
-use super::wire::decode;
-use super::wire::encode;
+use crate::error::ApiError;
 use crate::hub::Event;
 use crate::hub::Hub;
 use crate::hub::KillSwitch;
@@ -38,11 +37,12 @@ use crate::hub::QueueBudget;
 use crate::hub::Relay;
 use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
+use crate::peer::codec::decode;
+use crate::peer::codec::encode;
 use crate::peer::frame;
 use crate::protocol::message_event;
+use crate::rooms::RoomLog;
 use crate::rooms::RoomRef;
-use crate::service::ApiError;
-use crate::service::Node;
 use crate::shards::placement::ShardId;
 
 /// The first frame of a relay stream on the `Rooms` channel.
@@ -256,15 +256,34 @@ impl Watcher {
     }
 }
 
+/// What the relay needs of its node: the hub, which shards it applies,
+/// where the others are, and its copies of the rooms it holds.
+pub trait RelayNode: Send + Sync + 'static {
+    /// The hub this node's listeners, and relays to peers, subscribe in.
+    fn hub(&self) -> &Hub;
+    /// The peers (`None` on a node alone).
+    fn cluster(&self) -> Option<&super::Cluster>;
+    /// Whether this node applies `shard` now.
+    fn holds(&self, shard: ShardId) -> bool;
+    /// The shard of the room named `room`, once the layout is known.
+    fn shard_of_room(&self, room: &str) -> Option<ShardId>;
+    /// The replicas the layout records for `shard`.
+    fn replicas(&self, shard: ShardId) -> Vec<u64>;
+    /// The leader of `shard` as far as this node knows.
+    fn leader_of(&self, shard: ShardId) -> Option<u64>;
+    /// This node's copies of the rooms of the shards it holds (or held).
+    fn log(&self) -> &RoomLog;
+}
+
 /// Checks every watch against where the shards are now, twice a second
 /// and more, until the node is gone.
-pub async fn run(node: Weak<Node>) {
+pub async fn run(node: Weak<dyn RelayNode>) {
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
-        if let Some(cluster) = &node.cluster {
-            reconcile(&node, &cluster.watcher);
+        if let Some(cluster) = node.cluster() {
+            reconcile(&*node, &cluster.watcher);
         }
     }
 }
@@ -272,27 +291,24 @@ pub async fn run(node: Weak<Node>) {
 /// One pass over the watches: a room whose shard this node holds needs no
 /// relay; any other gets one from a replica; a room nobody has listened
 /// to for [`LINGER`] is dropped.
-pub fn reconcile(node: &Node, watcher: &Arc<Watcher>) {
-    let Some(cluster) = &node.cluster else { return };
+pub fn reconcile(node: &dyn RelayNode, watcher: &Arc<Watcher>) {
+    let Some(cluster) = node.cluster() else { return };
     // Once per shard this node does not hold, not per room: most watched
     // rooms of a node are on shards it holds, and need no replicas.
     let layout_replicas: HashMap<ShardId, Vec<u64>> = {
         let shards: std::collections::BTreeSet<ShardId> = {
             let st = watcher.state.lock();
-            let host = &node.shards().host;
-            st.rooms.values().map(|r| r.shard).filter(|shard| host.get(*shard).is_none()).collect()
+            st.rooms.values().map(|r| r.shard).filter(|shard| !node.holds(*shard)).collect()
         };
-        let meta = node.meta();
-        shards.into_iter().map(|shard| (shard, meta.layout.replicas(shard).to_vec())).collect()
+        shards.into_iter().map(|shard| (shard, node.replicas(shard))).collect()
     };
-    let shards = node.shards();
     let now = Instant::now();
     let mut asks: Vec<(u64, RelayAsk)> = Vec::new();
     let mut st = watcher.state.lock();
     let live: Vec<u64> = st.links.iter().filter(|(_, l)| !l.is_closed()).map(|(id, _)| *id).collect();
     st.rooms.retain(|key, r| {
         let idle = r.interest == 0 && r.idle_since.is_some_and(|t| now.duration_since(t) > LINGER);
-        let here = shards.host.get(r.shard).is_some();
+        let here = node.holds(r.shard);
         if idle || here {
             if let Some(source) = r.source.node() {
                 asks.push((source, RelayAsk::Unwatch { room_key: *key }));
@@ -323,7 +339,7 @@ pub fn reconcile(node: &Node, watcher: &Arc<Watcher>) {
                 // The shard moved away: this node's copy is complete up to
                 // where it stopped applying.
                 if r.was_here && r.last.is_none() {
-                    r.last = node.log.last_seq(*key).ok();
+                    r.last = node.log().last_seq(*key).ok();
                 }
             }
             Source::None => {}
@@ -332,7 +348,7 @@ pub fn reconcile(node: &Node, watcher: &Arc<Watcher>) {
         if replicas.is_empty() {
             return true;
         }
-        let hint = shards.leader(r.shard).filter(|l| replicas.contains(l) && r.failures == 0);
+        let hint = node.leader_of(r.shard).filter(|l| replicas.contains(l) && r.failures == 0);
         let source = hint.unwrap_or(replicas[r.failures % replicas.len()]);
         asks.push((source, RelayAsk::Watch { room: r.room.to_string(), room_key: *key, since: r.last }));
         r.source = Source::Asked(source, now);
@@ -398,7 +414,7 @@ fn open_link(watcher: Arc<Watcher>, endpoint: PeerEndpoint, source: u64) -> mpsc
 }
 
 /// Replica side: serves one relay stream from `peer`.
-pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: SendStream) {
+pub async fn serve(node: Arc<dyn RelayNode>, peer: u64, mut recv: RecvStream, mut send: SendStream) {
     let (tx, mut rx) = mpsc::channel(SOURCE_QUEUE);
     let kill = Arc::new(KillSwitch::default());
     let budget = Arc::new(QueueBudget::new(SOURCE_BUDGET));
@@ -411,7 +427,7 @@ pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: S
         presence: false,
         peer: true,
     };
-    let (conn, _) = node.hub.connect(listener);
+    let (conn, _) = node.hub().connect(listener);
     let (asks_tx, mut asks) = mpsc::channel::<RelayAsk>(256);
     let reader = tokio::spawn(async move {
         while let Ok(Some(bytes)) = frame::read_frame(&mut recv, MAX_ASK_FRAME).await {
@@ -439,10 +455,10 @@ pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: S
                 let Some(ask) = ask else { break };
                 let ok = match ask {
                     RelayAsk::Watch { room, room_key, since } => {
-                        start_watch(&node, conn, &room, room_key, since, &mut cursors, &mut out, &mut send).await
+                        start_watch(&*node, conn, &room, room_key, since, &mut cursors, &mut out, &mut send).await
                     }
                     RelayAsk::Unwatch { room_key } => {
-                        node.hub.unsubscribe(conn, room_key);
+                        node.hub().unsubscribe(conn, room_key);
                         cursors.remove(&room_key);
                         true
                     }
@@ -470,14 +486,14 @@ pub async fn serve(node: Arc<Node>, peer: u64, mut recv: RecvStream, mut send: S
         }
     }
     reader.abort();
-    node.hub.disconnect(conn);
+    node.hub().disconnect(conn);
 }
 
 /// Registers a watch, sends what the watcher lacks, then confirms it;
 /// false when the stream failed.
 #[allow(clippy::too_many_arguments)]
 async fn start_watch(
-    node: &Node,
+    node: &dyn RelayNode,
     conn: crate::hub::ConnId,
     room: &str,
     room_key: u64,
@@ -486,22 +502,22 @@ async fn start_watch(
     out: &mut Vec<RelayItem>,
     send: &mut SendStream,
 ) -> bool {
-    let here = node.shard_of(room).ok().is_some_and(|shard| node.shards().host.get(shard).is_some());
+    let here = node.shard_of_room(room).is_some_and(|shard| node.holds(shard));
     if !here {
         out.push(RelayItem::Refused { room_key });
         return true;
     }
     // Registered before the last seq is read: every message after it
     // arrives live.
-    node.hub.subscribe(conn, room_key);
-    let Ok(last) = node.log.last_seq(room_key) else {
-        node.hub.unsubscribe(conn, room_key);
+    node.hub().subscribe(conn, room_key);
+    let Ok(last) = node.log().last_seq(room_key) else {
+        node.hub().unsubscribe(conn, room_key);
         out.push(RelayItem::Refused { room_key });
         return true;
     };
     let mut from = since.unwrap_or(last);
     while from < last {
-        let Ok(page) = node.log.after(room_key, from, REPLAY_PAGE) else { break };
+        let Ok(page) = node.log().after(room_key, from, REPLAY_PAGE) else { break };
         let full = page.len() == REPLAY_PAGE;
         for m in page.iter().take_while(|m| m.seq <= last) {
             out.push(RelayItem::Event { room_key, seq: m.seq, json: message_event(room, m), except: None });

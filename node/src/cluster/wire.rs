@@ -5,7 +5,6 @@
 
 use serde::Deserialize;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::meta::MetaReply;
 use crate::meta::MetaRequest;
@@ -212,17 +211,6 @@ pub enum Gossip {
         /// Shard ids.
         shards: Vec<u32>,
     },
-}
-
-/// Encodes a message.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Plain data structs encode infallibly into a Vec.
-    postcard::to_stdvec(value).unwrap_or_default()
-}
-
-/// Decodes a message from a peer.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    postcard::from_bytes(bytes).map_err(|e| format!("undecodable peer message: {e}"))
 }
 
 /// What a node that holds no replica of a room's shard asks a replica, on

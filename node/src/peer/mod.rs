@@ -33,6 +33,7 @@
 //!   text), finishes, and waits until the dialler has it.
 //! - Long-lived stream: after the channel byte the handler owns both halves.
 
+pub mod codec;
 pub mod frame;
 pub mod tls;
 pub mod transport;

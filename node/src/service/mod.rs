@@ -5,9 +5,9 @@
 mod accounts;
 mod consistency;
 mod effects;
-mod error;
 mod membership;
 mod messages;
+mod peers;
 mod quotas;
 mod read_markers;
 mod reads;
@@ -32,7 +32,6 @@ pub use self::consistency::AWAIT_APPLIED;
 pub use self::consistency::CatchUpReason;
 pub use self::consistency::LEASE;
 pub use self::consistency::ReadBarrier;
-pub use self::error::ApiError;
 pub use self::messages::HistoryPage;
 pub(crate) use self::messages::may_send;
 pub use self::quotas::Quotas;
@@ -42,12 +41,12 @@ pub(crate) use self::rooms::room_ref;
 pub use self::shards::Shards;
 use crate::auth::Passwords;
 use crate::cluster::Cluster;
-use crate::cluster::NodeSlot;
 use crate::cluster::raft_net::QuicRaftNetwork;
 use crate::cluster::wire::RaftAnswer;
 use crate::cluster::wire::RaftCall;
 use crate::config::Limits;
 use crate::config::Security;
+pub use crate::error::ApiError;
 use crate::hub::Event;
 use crate::hub::Hub;
 use crate::hub::Relay;
@@ -199,10 +198,10 @@ impl Node {
         let log = Arc::new(RoomLog::new(rooms_store));
         let publish_hub = hub.clone();
         let publish: Publisher = Arc::new(move |p| publish_committed(&publish_hub, p));
-        let slot: NodeSlot = Arc::new(OnceLock::new());
+        let slot: peers::NodeSlot = Arc::new(OnceLock::new());
         let cluster = match &settings.cluster {
             Some(cs) => {
-                let handler = Arc::new(crate::cluster::Handler { node: slot.clone() });
+                let handler = Arc::new(peers::Handler { node: slot.clone() });
                 let endpoint = PeerEndpoint::bind(settings.id, cs.bind, &cs.identity, PeerSettings::default(), handler)
                     .map_err(|e| StartError::Setup(format!("cannot open the peer address {}: {e}", cs.bind)))?;
                 Some(Cluster::new(endpoint, &cs.peers, settings.id, hub.clone()))
@@ -265,8 +264,9 @@ impl Node {
         });
         let _ = slot.set(Arc::downgrade(&node));
         if node.cluster.is_some() {
-            tokio::spawn(crate::cluster::gossip_loop(Arc::downgrade(&node)));
-            tokio::spawn(crate::cluster::relay::run(Arc::downgrade(&node)));
+            tokio::spawn(peers::gossip_loop(Arc::downgrade(&node)));
+            let relay_node: Arc<dyn crate::cluster::relay::RelayNode> = node.clone();
+            tokio::spawn(crate::cluster::relay::run(Arc::downgrade(&relay_node)));
         }
         tokio::spawn(Node::run_shards(Arc::downgrade(&node)));
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
@@ -352,13 +352,13 @@ impl Node {
                 },
             };
             let Some(cluster) = &self.cluster else { return Err(ApiError::unavailable("no metadata leader")) };
-            let call = crate::cluster::wire::encode(&RaftCall::Forward(req.clone()));
+            let call = crate::peer::codec::encode(&RaftCall::Forward(req.clone()));
             let bytes = cluster
                 .endpoint
                 .request(target, crate::peer::Channel::Raft, call, FORWARD_TIMEOUT)
                 .await
                 .map_err(|e| ApiError::unavailable(format!("metadata leader (node {target}) unreachable: {e}")))?;
-            match crate::cluster::wire::decode::<RaftAnswer>(&bytes).map_err(ApiError::internal)? {
+            match crate::peer::codec::decode::<RaftAnswer>(&bytes).map_err(ApiError::internal)? {
                 RaftAnswer::Forwarded { reply, index } => {
                     self.consensus.wait_applied(index, FORWARD_TIMEOUT).await?;
                     return Ok((reply, index));

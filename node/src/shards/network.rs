@@ -39,11 +39,11 @@ use super::snapshot::SnapshotFile;
 use super::types::ShardTypes;
 use super::types::SnapshotMeta;
 use super::types::Vote;
-use crate::cluster::wire::decode;
-use crate::cluster::wire::encode;
 use crate::peer::Channel;
 use crate::peer::PeerEndpoint;
 use crate::peer::PeerError;
+use crate::peer::codec::decode;
+use crate::peer::codec::encode;
 use crate::peer::frame;
 use crate::raft::PeerNode;
 

@@ -257,13 +257,13 @@ mod groups {
     use quinn::SendStream;
     use tempfile::TempDir;
 
-    use crate::cluster::wire::decode;
-    use crate::cluster::wire::encode;
     use crate::peer::Channel;
     use crate::peer::NodeIdentity;
     use crate::peer::PeerEndpoint;
     use crate::peer::PeerHandler;
     use crate::peer::PeerSettings;
+    use crate::peer::codec::decode;
+    use crate::peer::codec::encode;
     use crate::peer::generate_cluster;
     use crate::raft::PeerNode;
     use crate::rooms::RoomLog;
