@@ -10,8 +10,8 @@ use palaver_protocol::Reply;
 use palaver_protocol::ServerEvent;
 use serde::Serialize;
 
-use crate::rooms;
 use crate::error::ApiError;
+use crate::rooms;
 
 /// Encodes a value that cannot fail to encode (plain structs of strings and numbers).
 pub fn to_json<T: Serialize>(value: &T) -> String {

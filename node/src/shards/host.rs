@@ -17,6 +17,7 @@ use openraft::error::InitializeError;
 use openraft::error::RaftError;
 use parking_lot::RwLock;
 
+use super::machine::Lease;
 use super::machine::ShardStateMachine;
 use super::network::ShardAnswer;
 use super::network::ShardCall;
@@ -66,7 +67,13 @@ pub enum ShardError {
     /// openraft refused.
     #[error("shard raft: {0}")]
     Raft(String),
+    /// The shard's previous state machine here is still writing.
+    #[error("shard {0}: its previous state machine here is still writing; retry")]
+    Busy(ShardId),
 }
+
+/// How long opening a shard waits for its previous state machine to stop.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything the host needs from the node.
 pub struct HostParts {
@@ -103,6 +110,8 @@ pub struct ShardHost {
     calls: Vec<metrics::Counter>,
     groups: RwLock<BTreeMap<ShardId, ShardRaft>>,
     opening: tokio::sync::Mutex<()>,
+    /// Per shard, the lease its state machine holds (see [`Lease`]).
+    leases: parking_lot::Mutex<BTreeMap<ShardId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ShardHost {
@@ -111,7 +120,13 @@ impl ShardHost {
         let calls = (0..parts.shard_count.unwrap_or(0))
             .map(|shard| metrics::counter!("palaver_shard_calls_total", "shard" => shard.to_string()))
             .collect();
-        Arc::new(Self { parts, calls, groups: RwLock::new(BTreeMap::new()), opening: tokio::sync::Mutex::new(()) })
+        Arc::new(Self {
+            parts,
+            calls,
+            groups: RwLock::new(BTreeMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+            leases: parking_lot::Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// This node's id.
@@ -152,6 +167,11 @@ impl ShardHost {
         let p = &self.parts;
         let config = Arc::new(p.settings.openraft_config(&format!("palaver-shard-{shard}")).map_err(ShardError::Raft)?);
         let log = LogStore::<ShardTypes>::new(p.raft_store.clone(), Space::shard(shard), p.writer.clone());
+        let slot = self.leases.lock().entry(shard).or_default().clone();
+        let lease: Lease = match tokio::time::timeout(LEASE_WAIT, slot.lock_owned()).await {
+            Ok(guard) => Arc::new(guard),
+            Err(_) => return Err(ShardError::Busy(shard)),
+        };
         let sm = ShardStateMachine::open(
             shard,
             p.shard_count,
@@ -160,7 +180,8 @@ impl ShardHost {
             p.log.clone(),
             p.snapshots.clone(),
             p.publish.clone(),
-        )?;
+        )?
+        .holding(lease);
         let network = ShardNetwork { endpoint: p.endpoint.clone(), shard };
         let raft = ShardRaft::new(p.me, config, network, log, sm).await.map_err(|e| ShardError::Raft(e.to_string()))?;
         if let Some(members) = initial {
@@ -181,9 +202,9 @@ impl ShardHost {
     }
 
     /// Stops the shard's group here (its data stays until it is dropped).
-    /// Holds the lock `open` takes until the group has stopped: a group
-    /// opened again meanwhile would run a second state machine over the
-    /// same rooms, numbering their messages from its own view.
+    /// Holds the lock `open` takes until the group has stopped; its state
+    /// machine may go on applying what it was sent, and the next `open` of
+    /// the shard waits for that ([`Lease`]).
     pub async fn close(&self, shard: ShardId) {
         let _one_at_a_time = self.opening.lock().await;
         let raft = self.groups.write().remove(&shard);
@@ -192,6 +213,12 @@ impl ShardHost {
         {
             tracing::warn!(shard, error = %e, "shard group shutdown");
         }
+    }
+
+    /// Whether no state machine of `shard` holds its lease now.
+    #[cfg(test)]
+    pub fn lease_free(&self, shard: ShardId) -> bool {
+        self.leases.lock().get(&shard).is_none_or(|slot| slot.try_lock().is_ok())
     }
 
     /// Stops every group.

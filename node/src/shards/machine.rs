@@ -77,6 +77,13 @@ pub(crate) struct Applied {
     pub membership: StoredMembership,
 }
 
+/// Held by a shard's state machine, and by the snapshot builds it started,
+/// while they may still write: openraft does not wait for a stopped group's
+/// state machine worker, which goes on applying what it was sent, so the
+/// host opens the shard's next state machine only once every holder is gone
+/// (two would number the same rooms' messages each from its own view).
+pub type Lease = Arc<tokio::sync::OwnedMutexGuard<()>>;
+
 /// Messages and dedup entries written by the apply under way, not yet in
 /// the store.
 #[derive(Default)]
@@ -104,6 +111,8 @@ pub struct ShardStateMachine {
     shard_count: Option<u32>,
     /// The newest snapshot built or installed: its meta and file.
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+    /// This shard's one-writer lease, if the host gave one.
+    lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -145,7 +154,15 @@ impl ShardStateMachine {
             snapshots,
             shard_count,
             current: Arc::new(Mutex::new(current)),
+            lease: None,
         })
+    }
+
+    /// Holds `lease` for as long as this state machine, or a snapshot build
+    /// it started, may write.
+    pub fn holding(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     fn last_seq(&mut self, room_key: u64) -> io::Result<u64> {
@@ -339,7 +356,15 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let meta = SnapshotMeta { last_log_id: self.applied.last, last_membership: self.applied.membership.clone() };
-        snapshot::Builder::new(self.shard, self.store.clone(), self.snapshots.clone(), meta, self.current.clone())
+        let current = self.current.clone();
+        snapshot::Builder::new(
+            self.shard,
+            self.store.clone(),
+            self.snapshots.clone(),
+            meta,
+            current,
+            self.lease.clone(),
+        )
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {

@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use super::machine::Applied;
+use super::machine::Lease;
 use super::machine::SHARD_APPLIED;
 use super::machine::SHARD_ROOMS;
 use super::machine::drop_room;
@@ -159,6 +160,8 @@ pub struct Job {
     meta: SnapshotMeta,
     rooms: Vec<(u64, String, u64)>,
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+    /// The state machine's lease, held until the file is written.
+    _lease: Option<Lease>,
 }
 
 /// Builds one snapshot (see the module's doc).
@@ -174,11 +177,12 @@ impl Builder {
         dir: PathBuf,
         meta: SnapshotMeta,
         current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+        lease: Option<Lease>,
     ) -> Self {
         let rooms = rooms_of(&store, shard).and_then(|rooms| {
             rooms.into_iter().map(|(key, room)| Ok((key, room, last_stored(&store, key)?))).collect()
         });
-        Self { job: rooms.map(|rooms| Job { shard, store, dir, meta, rooms, current }) }
+        Self { job: rooms.map(|rooms| Job { shard, store, dir, meta, rooms, current, _lease: lease }) }
     }
 
     /// The job, once.

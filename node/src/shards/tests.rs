@@ -430,6 +430,30 @@ mod groups {
         }
     }
 
+    /// A group closed and opened again at once: the new state machine
+    /// starts only after the old one (which openraft does not wait for) is
+    /// gone, so the seqs go on from where the old one left them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_reopened_at_once_numbers_on_from_its_last_seq() {
+        let (_ca, ids) = generate_cluster(&[1]).expect("certs");
+        let m = member(ids[0].0, &ids[0].1);
+        introduce(&[&m]);
+        let alone: BTreeMap<u64, PeerNode> = [(m.host.me(), node(&m))].into();
+        for round in 0..3u64 {
+            m.host.open(SHARD, Some(alone.clone())).await.expect("open");
+            assert!(!m.host.lease_free(SHARD), "an open group's state machine holds the lease");
+            let from = round * 25;
+            assert_eq!(write(&[&m], from, 25).await, (from + 1..=from + 25).collect::<Vec<u64>>(), "round {round}");
+            m.host.close(SHARD).await;
+        }
+        let deadline = Instant::now() + WAIT;
+        while !m.host.lease_free(SHARD) {
+            assert!(Instant::now() < deadline, "the closed group's state machine was never dropped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        same_log(&[&m], 75).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shard_replicates_survives_its_leader_and_takes_a_new_replica_from_a_snapshot() {
         let (_ca, ids) = generate_cluster(&[1, 2, 3, 4]).expect("certs");
