@@ -92,6 +92,9 @@ struct Pending {
     dedup: HashMap<Vec<u8>, u64>,
     /// Rooms dropped: their cached committed seqs go once the batch is written.
     dropped: Vec<u64>,
+    /// Per room given messages: its id and last seq, written once per
+    /// apply (committed seq, shard membership) rather than once per message.
+    touched: HashMap<u64, (String, u64)>,
 }
 
 /// One shard's state machine on this node.
@@ -178,6 +181,10 @@ impl ShardStateMachine {
         if let Some(m) = pending.messages.get(&(room_key, seq)) {
             return Ok(Some(m.clone()));
         }
+        // The store still holds what a drop in this apply removes.
+        if pending.dropped.contains(&room_key) {
+            return Ok(None);
+        }
         Ok(self.log.get_stored(room_key, seq).map_err(io_err)?.map(|m| m.stored))
     }
 
@@ -194,6 +201,7 @@ impl ShardStateMachine {
                 let dedup = record::dedup_key(*room_key, from, client_id);
                 let seen = match pending.dedup.get(&dedup) {
                     Some(seq) => Some(*seq),
+                    None if pending.dropped.contains(room_key) => None,
                     None => self.log.deduped(*room_key, from, client_id).map_err(io_err)?,
                 };
                 if let Some(seq) = seen {
@@ -211,8 +219,7 @@ impl ShardStateMachine {
                 };
                 batch.put(record::MESSAGES, record::message_key(*room_key, seq).to_vec(), record::encode(&stored));
                 batch.put(record::DEDUP, dedup.clone(), seq.to_be_bytes().to_vec());
-                batch.put(record::COMMITTED, record::room_prefix(*room_key).to_vec(), seq.to_be_bytes().to_vec());
-                batch.put(SHARD_ROOMS, shard_room_key(self.shard, *room_key).to_vec(), room.as_bytes().to_vec());
+                pending.touched.entry(*room_key).and_modify(|t| t.1 = seq).or_insert_with(|| (room.clone(), seq));
                 pending.dedup.insert(dedup, seq);
                 pending.messages.insert((*room_key, seq), stored.clone());
                 out.push(Published::Message {
@@ -239,10 +246,13 @@ impl ShardStateMachine {
             }
             ShardOp::Drop { room_key } => {
                 drop_room(batch, self.shard, *room_key);
-                self.last.remove(room_key);
+                // Not reloaded from the store, which keeps the old rows
+                // until this apply's batch is written.
+                self.last.insert(*room_key, 0);
                 pending.messages.retain(|(r, _), _| r != room_key);
                 pending.dedup.retain(|k, _| !k.starts_with(&record::room_prefix(*room_key)));
                 pending.dropped.push(*room_key);
+                pending.touched.remove(room_key);
                 Ok(OpResult::Dropped)
             }
         }
@@ -299,6 +309,12 @@ impl ShardStateMachine {
             tracing::debug!(shard = self.shard, log_id = %entry.log_id, ?results, "applied");
             self.applied.last = Some(entry.log_id);
             answers.push(results);
+        }
+        // After every op of the batch, so a room dropped and given messages
+        // again within it ends up listed.
+        for (room_key, (room, seq)) in pending.touched.drain() {
+            batch.put(record::COMMITTED, record::room_prefix(room_key).to_vec(), seq.to_be_bytes().to_vec());
+            batch.put(SHARD_ROOMS, shard_room_key(self.shard, room_key).to_vec(), room.into_bytes());
         }
         batch.put(SHARD_APPLIED, self.shard.to_be_bytes().to_vec(), encode("shard applied state", &self.applied)?);
         self.writer.write(batch).await?;

@@ -66,7 +66,9 @@ mod machine {
 
     use crate::rooms::Published;
     use crate::rooms::RoomLog;
+    use crate::shards::machine::SHARD_ROOMS;
     use crate::shards::machine::ShardStateMachine;
+    use crate::shards::machine::shard_room_key;
     use crate::shards::types::Entry;
     use crate::shards::types::OpResult;
     use crate::shards::types::ShardBatch;
@@ -197,6 +199,48 @@ mod machine {
             vec![OpResult::Stored { seq: 1, ts: 4 }],
             "a dropped room starts over, dedup forgotten"
         );
+    }
+
+    /// A room's committed seq and its place in the shard are written once
+    /// per apply: what a drop within the same apply did must stand, and a
+    /// send after a drop must undo it.
+    #[tokio::test]
+    async fn a_drop_and_sends_within_one_apply_leave_the_right_rooms_listed() {
+        let mut r = replica();
+        r.apply(vec![(1, vec![send(2, "ann", "a", "c1")])]).await;
+        let results = r
+            .apply(vec![
+                (2, vec![send(1, "ann", "a", "c1"), send(1, "ann", "b", "c2")]),
+                (3, vec![ShardOp::Drop { room_key: 1 }, ShardOp::Drop { room_key: 2 }]),
+                (
+                    4,
+                    vec![
+                        send(2, "ann", "again", "c1"),
+                        ShardOp::Delete {
+                            room_key: 1,
+                            room: "r1".into(),
+                            seq: 1,
+                            actor: "ann".into(),
+                            moderator: true,
+                        },
+                    ],
+                ),
+            ])
+            .await;
+        assert_eq!(
+            results[2].0,
+            vec![OpResult::Stored { seq: 1, ts: 4 }, OpResult::NotFound],
+            "after a drop in the same apply: a new message, not a repeat; nothing left to delete"
+        );
+        let store = r.log.store().clone();
+        let listed = |room_key| store.get(SHARD_ROOMS, &shard_room_key(SHARD, room_key)).expect("read").is_some();
+        // A fresh reader: what the store says, not what the cache does.
+        let stored = RoomLog::new(store.clone());
+        assert!(!listed(1), "a room dropped after its sends is gone from the shard");
+        assert_eq!(stored.last_seq(1).expect("seq"), 0);
+        assert!(listed(2), "a room given a message after its drop is listed again");
+        assert_eq!(stored.last_seq(2).expect("seq"), 1);
+        assert_eq!(r.seqs(2), vec![(1, Some("again".into()))], "numbered anew, not a repeat of the dropped c1");
     }
 
     #[tokio::test]
