@@ -153,7 +153,7 @@ pub trait SendTarget: Send + Sync + 'static {
 }
 
 /// Owner side: serves one forwarding stream from `peer`.
-pub async fn serve(node: Arc<dyn SendTarget>, peer: u64, mut recv: RecvStream, mut send: SendStream) {
+pub async fn serve(target: Arc<dyn SendTarget>, peer: u64, mut recv: RecvStream, mut send: SendStream) {
     let (out_tx, mut out_rx) = mpsc::channel::<ForwardedAnswer>(QUEUE);
     let writer = tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -181,7 +181,7 @@ pub async fn serve(node: Arc<dyn SendTarget>, peer: u64, mut recv: RecvStream, m
         };
         for s in sends {
             let id = s.id;
-            let result = node.accept(s).await;
+            let result = target.accept(s).await;
             let out = out_tx.clone();
             tokio::spawn(async move {
                 let result = match result {

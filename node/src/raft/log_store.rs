@@ -115,6 +115,22 @@ impl Space {
     }
 }
 
+/// Removes a group's whole log and hard state (vote, committed, purged)
+/// from `store`, durably: the node is no member of the group any more, and
+/// a copy it opened again must start as a new, empty member.
+pub fn discard_space(store: &Store, space: &Space) -> io::Result<()> {
+    let mut batch = Batch::new();
+    let end = match space.end() {
+        Bound::Excluded(e) => Some(e),
+        _ => None,
+    };
+    batch.delete_range(space.log, space.index_key(0), end);
+    for key in [KEY_VOTE, KEY_COMMITTED, KEY_PURGED] {
+        batch.delete(space.state, space.state_key(key));
+    }
+    store.write_durable(batch).map_err(io_err)
+}
+
 /// The Raft log storage of one group on one node (a cheap handle: clones
 /// share the store and its write thread).
 pub struct LogStore<C> {

@@ -238,8 +238,8 @@ impl Node {
                 shards.steps.settled(shard, false);
                 let node = self.clone();
                 tokio::spawn(async move {
-                    node.shards().host.close(shard).await;
-                    tracing::info!(shard, "shard moved away; its group here is closed");
+                    node.shards().host.retire(shard).await;
+                    tracing::info!(shard, "shard moved away; its group here is closed, its copy goes in a minute");
                 });
                 continue;
             }

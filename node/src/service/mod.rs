@@ -242,6 +242,7 @@ impl Node {
             endpoint: cluster.as_ref().map(|c| c.endpoint.clone()),
             settings: crate::shards::host::default_settings(),
             shard_count: Some(settings.shards),
+            discard_after: crate::shards::host::DISCARD_AFTER,
         });
         let replication = settings.cluster.as_ref().map_or(1, |c| c.replication);
         let shards = Shards::new(host, settings.shards, replication);

@@ -48,7 +48,8 @@ use crate::shards::placement::ShardId;
 
 /// How often presence is gossiped even when nothing changed.
 const GOSSIP_EVERY: Duration = Duration::from_secs(1);
-/// How long a leader waits to catch up with a forwarding node's metadata.
+/// How long a shard leader waits to catch up with the metadata of a node
+/// that forwarded it a send or a delete.
 const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The node a handler serves, set once the node is built.
@@ -178,7 +179,7 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
 /// metadata at least as new as the forwarding node's.
 async fn delete_here(node: &Arc<Node>, d: ForwardedDelete) -> Result<String, ApiError> {
     if node.consensus.applied_index() < d.applied {
-        node.consensus.wait_applied(d.applied, Duration::from_secs(5)).await?;
+        node.consensus.wait_applied(d.applied, CATCH_UP).await?;
     }
     let (room, moderator) = {
         let meta = node.meta();

@@ -206,6 +206,7 @@ impl Node {
                 Ok(false) => {}
                 Err(e) => tracing::debug!(error = %e.message, "shard groups not in place yet"),
             }
+            node.shards().host.discard_due().await;
         }
     }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -17,6 +18,7 @@ use openraft::error::InitializeError;
 use openraft::error::RaftError;
 use parking_lot::RwLock;
 
+use super::discard;
 use super::machine::Lease;
 use super::machine::ShardStateMachine;
 use super::network::ShardAnswer;
@@ -32,6 +34,7 @@ use crate::raft::LogStore;
 use crate::raft::PeerNode;
 use crate::raft::Space;
 use crate::raft::Timing;
+use crate::raft::types::blocking;
 use crate::rooms::Publisher;
 use crate::rooms::RoomLog;
 use crate::storage::Store;
@@ -74,6 +77,11 @@ pub enum ShardError {
 
 /// How long opening a shard waits for its previous state machine to stop.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
+/// How long the copy of a shard that moved away stays after its group
+/// closed unless [`HostParts::discard_after`] says otherwise: reads begun on
+/// it finish, and the watches of its rooms move to a replica from the
+/// copy's last seqs.
+pub const DISCARD_AFTER: Duration = Duration::from_secs(60);
 
 /// Everything the host needs from the node.
 pub struct HostParts {
@@ -100,6 +108,8 @@ pub struct HostParts {
     /// Shards in the cluster (`None`: operations are not checked against
     /// it, for tests of one shard).
     pub shard_count: Option<u32>,
+    /// How long the copy of a shard that moved away stays ([`DISCARD_AFTER`]).
+    pub discard_after: Duration,
 }
 
 /// The shard groups of this node.
@@ -112,6 +122,8 @@ pub struct ShardHost {
     opening: tokio::sync::Mutex<()>,
     /// Per shard, the lease its state machine holds (see [`Lease`]).
     leases: parking_lot::Mutex<BTreeMap<ShardId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Shards that moved away, and when their copy here may go.
+    retired: parking_lot::Mutex<BTreeMap<ShardId, Instant>>,
 }
 
 impl ShardHost {
@@ -120,12 +132,19 @@ impl ShardHost {
         let calls = (0..parts.shard_count.unwrap_or(0))
             .map(|shard| metrics::counter!("palaver_shard_calls_total", "shard" => shard.to_string()))
             .collect();
+        // Discards a stop interrupted are finished first thing.
+        let marked = discard::marked(&parts.rooms).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "unreadable shard discard marks");
+            Vec::new()
+        });
+        let now = Instant::now();
         Arc::new(Self {
             parts,
             calls,
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
             leases: parking_lot::Mutex::new(BTreeMap::new()),
+            retired: parking_lot::Mutex::new(marked.into_iter().map(|shard| (shard, now)).collect()),
         })
     }
 
@@ -167,11 +186,14 @@ impl ShardHost {
         let p = &self.parts;
         let config = Arc::new(p.settings.openraft_config(&format!("palaver-shard-{shard}")).map_err(ShardError::Raft)?);
         let log = LogStore::<ShardTypes>::new(p.raft_store.clone(), Space::shard(shard), p.writer.clone());
-        let slot = self.leases.lock().entry(shard).or_default().clone();
-        let lease: Lease = match tokio::time::timeout(LEASE_WAIT, slot.lock_owned()).await {
-            Ok(guard) => Arc::new(guard),
-            Err(_) => return Err(ShardError::Busy(shard)),
-        };
+        let lease = self.lease(shard).await?;
+        // Back before its copy went: the copy stays (its group may not
+        // stand for election until recorded here); a discard decided
+        // before a stop is finished now.
+        self.retired.lock().remove(&shard);
+        if discard::is_marked(&p.rooms, shard)? {
+            self.finish_discard(shard).await?;
+        }
         let sm = ShardStateMachine::open(
             shard,
             p.shard_count,
@@ -212,6 +234,67 @@ impl ShardHost {
             && let Err(e) = raft.shutdown().await
         {
             tracing::warn!(shard, error = %e, "shard group shutdown");
+        }
+    }
+
+    /// Closes the group of a shard that moved away from this node (recorded
+    /// elsewhere, not wanted back) and schedules its copy's removal
+    /// ([`ShardHost::discard_due`]) after [`HostParts::discard_after`].
+    pub async fn retire(&self, shard: ShardId) {
+        self.close(shard).await;
+        self.retired.lock().insert(shard, Instant::now() + self.parts.discard_after);
+    }
+
+    /// Removes the copies of retired shards that are due and still closed;
+    /// answers each shard removed with its number of rooms. One that fails
+    /// is tried again later.
+    pub async fn discard_due(&self) -> Vec<(ShardId, usize)> {
+        let now = Instant::now();
+        let due: Vec<ShardId> = self.retired.lock().iter().filter(|(_, at)| **at <= now).map(|(s, _)| *s).collect();
+        let mut done = Vec::new();
+        for shard in due {
+            let _one_at_a_time = self.opening.lock().await;
+            if self.get(shard).is_some() {
+                self.retired.lock().remove(&shard);
+                continue;
+            }
+            let Ok(lease) = self.lease(shard).await else { continue };
+            let rooms = self.parts.rooms.clone();
+            let marked = blocking(move || discard::mark(&rooms, shard)).await;
+            let result = match marked {
+                Ok(()) => self.finish_discard(shard).await,
+                Err(e) => Err(e.into()),
+            };
+            drop(lease);
+            match result {
+                Ok(rooms) => {
+                    self.retired.lock().remove(&shard);
+                    tracing::info!(shard, rooms, "the copy of a shard that moved away is removed");
+                    done.push((shard, rooms));
+                }
+                Err(e) => {
+                    self.retired.lock().insert(shard, Instant::now() + self.parts.discard_after);
+                    tracing::warn!(shard, error = %e, "the copy of a shard that moved away could not be removed; retrying later");
+                }
+            }
+        }
+        done
+    }
+
+    /// Finishes a marked discard of `shard` (its group closed, its lease held).
+    async fn finish_discard(&self, shard: ShardId) -> Result<usize, ShardError> {
+        let p = &self.parts;
+        let (raft, rooms, log, dir) = (p.raft_store.clone(), p.rooms.clone(), p.log.clone(), p.snapshots.clone());
+        Ok(blocking(move || discard::finish(&raft, &rooms, &log, &dir, shard)).await?)
+    }
+
+    /// Waits (up to [`LEASE_WAIT`]) until no state machine of `shard` is
+    /// alive here, and answers the lease for the next one.
+    async fn lease(&self, shard: ShardId) -> Result<Lease, ShardError> {
+        let slot = self.leases.lock().entry(shard).or_default().clone();
+        match tokio::time::timeout(LEASE_WAIT, slot.lock_owned()).await {
+            Ok(guard) => Ok(Arc::new(guard)),
+            Err(_) => Err(ShardError::Busy(shard)),
         }
     }
 

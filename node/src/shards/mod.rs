@@ -9,10 +9,12 @@
 //! - [`snapshot`]: snapshots as files, built and installed as streams.
 //! - [`network`]: shard RPCs and snapshot streams over QUIC.
 //! - [`host`]: the groups this node takes part in: open, serve, close.
+//! - [`discard`]: removing the copy of a shard this node no longer holds.
 //!
 //! The logs themselves live in the node's Raft store next to the metadata
 //! group's ([`crate::raft::LogStore`] in a [`crate::raft::Space::shard`]).
 
+pub mod discard;
 pub mod host;
 pub mod machine;
 pub mod network;

@@ -126,7 +126,7 @@ pub fn load_current(store: &Store, shard: ShardId, dir: &Path) -> io::Result<Opt
 }
 
 /// The rooms `shard` holds: (room key, room id).
-fn rooms_of(store: &Store, shard: ShardId) -> io::Result<Vec<(u64, String)>> {
+pub(crate) fn rooms_of(store: &Store, shard: ShardId) -> io::Result<Vec<(u64, String)>> {
     let start = shard_room_key(shard, 0);
     let end = shard_room_key(shard, u64::MAX);
     let rows = store
@@ -271,6 +271,27 @@ fn set_current(store: &Store, shard: ShardId, dir: &Path, meta: &SnapshotMeta, n
         }
     }
     Ok(())
+}
+
+/// Removes the shard's snapshot records and files (its copy here goes).
+pub fn discard(store: &Store, shard: ShardId, dir: &Path) -> io::Result<()> {
+    let mut batch = Batch::new();
+    batch.delete(SHARD_SNAPSHOT, shard.to_be_bytes().to_vec());
+    batch.delete(SHARD_INSTALLING, shard.to_be_bytes().to_vec());
+    store.write_durable(batch).map_err(io_err)?;
+    let prefix = format!("shard-{shard}-");
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Replaces the shard's rooms with the snapshot's; answers the rooms it

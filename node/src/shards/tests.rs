@@ -361,7 +361,7 @@ mod groups {
         host: Arc<ShardHost>,
         log: Arc<RoomLog>,
         endpoint: PeerEndpoint,
-        _dir: TempDir,
+        dir: TempDir,
     }
 
     fn settings() -> ShardSettings {
@@ -394,9 +394,10 @@ mod groups {
             endpoint: Some(endpoint.clone()),
             settings: settings(),
             shard_count: None,
+            discard_after: Duration::ZERO,
         });
         let _ = route.0.set(host.clone());
-        Member { host, log, endpoint, _dir: dir }
+        Member { host, log, endpoint, dir }
     }
 
     fn node(m: &Member) -> PeerNode {
@@ -412,10 +413,14 @@ mod groups {
     }
 
     async fn leader(members: &[&Member]) -> ShardRaft {
+        leader_of(members, SHARD).await
+    }
+
+    async fn leader_of(members: &[&Member], shard: u32) -> ShardRaft {
         let deadline = Instant::now() + WAIT;
         loop {
             for m in members {
-                if let Some(raft) = m.host.get(SHARD)
+                if let Some(raft) = m.host.get(shard)
                     && raft.metrics().borrow_watched().current_leader == Some(m.host.me())
                 {
                     return raft;
@@ -429,19 +434,24 @@ mod groups {
     /// Sends `n` messages through whichever member leads, retrying (with
     /// the same client_id, as a client would) while leadership moves.
     async fn write(members: &[&Member], from: u64, n: u64) -> Vec<u64> {
+        write_to(members, SHARD, 1, from, n).await
+    }
+
+    /// [`write`] to room `room_key` of shard `shard`.
+    async fn write_to(members: &[&Member], shard: u32, room_key: u64, from: u64, n: u64) -> Vec<u64> {
         let mut seqs = Vec::new();
         for i in from..from + n {
             let op = ShardOp::Send {
-                room_key: 1,
-                room: "r".into(),
+                room_key,
+                room: format!("r{room_key}"),
                 from: "ann".into(),
                 body: format!("m{i}"),
                 client_id: format!("c{i}"),
             };
             let deadline = Instant::now() + WAIT;
             let answer = loop {
-                let raft = leader(members).await;
-                match raft.client_write(ShardBatch { shard: SHARD, ts: i, ops: vec![op.clone()] }).await {
+                let raft = leader_of(members, shard).await;
+                match raft.client_write(ShardBatch { shard, ts: i, ops: vec![op.clone()] }).await {
                     Ok(answer) => break answer,
                     Err(e) => {
                         assert!(Instant::now() < deadline, "write {i} failed until the deadline: {e}");
@@ -496,6 +506,60 @@ mod groups {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         same_log(&[&m], 75).await;
+    }
+
+    /// A shard that moved away is retired: once due, its copy here goes
+    /// (log, vote, rows, applied state, snapshot files) while another
+    /// shard's stays; opened again, it is a new, empty member.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retired_shard_leaves_no_copy_and_the_others_keep_theirs() {
+        const OTHER: u32 = SHARD + 1;
+        let (_ca, ids) = generate_cluster(&[1]).expect("certs");
+        let m = member(ids[0].0, &ids[0].1);
+        introduce(&[&m]);
+        let alone: BTreeMap<u64, PeerNode> = [(m.host.me(), node(&m))].into();
+        m.host.open(SHARD, Some(alone.clone())).await.expect("open");
+        m.host.open(OTHER, Some(alone.clone())).await.expect("open other");
+        // Past `snapshot_every`: a snapshot file is written.
+        assert_eq!(write_to(&[&m], SHARD, 1, 0, 30).await.len(), 30);
+        assert_eq!(write_to(&[&m], OTHER, 2, 0, 10).await, (1..=10).collect::<Vec<u64>>());
+        let files = |shard: u32| {
+            std::fs::read_dir(m.dir.path().join("snapshots"))
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("shard-{shard}-")))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let deadline = Instant::now() + WAIT;
+        while files(SHARD) == 0 {
+            assert!(Instant::now() < deadline, "no snapshot of shard {SHARD} written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        m.host.retire(SHARD).await;
+        let deadline = Instant::now() + WAIT;
+        let done = loop {
+            let done = m.host.discard_due().await;
+            if !done.is_empty() {
+                break done;
+            }
+            assert!(Instant::now() < deadline, "the retired shard was never discarded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(done, vec![(SHARD, 1)]);
+        let fresh = RoomLog::new(m.log.store().clone());
+        assert_eq!(fresh.last_seq(1).expect("seq"), 0, "the retired shard's room is gone");
+        assert!(m.log.after(1, 0, 100).expect("read").is_empty());
+        assert_eq!(files(SHARD), 0, "its snapshot files are gone");
+        assert_eq!(m.log.after(2, 0, 100).expect("read").len(), 10, "the other shard keeps its room");
+
+        // Opened again, without members: nothing of the old group is left.
+        let raft = m.host.open(SHARD, None).await.expect("reopen");
+        assert!(!raft.is_initialized().await.expect("state"), "a discarded group starts empty");
+        assert_eq!(write_to(&[&m], OTHER, 2, 10, 5).await, (11..=15).collect::<Vec<u64>>());
+        m.host.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
