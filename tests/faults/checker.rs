@@ -9,6 +9,7 @@
 //! times are compared as given.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::time::Duration;
 use std::time::Instant;
@@ -197,6 +198,19 @@ impl Report {
     /// No violation at all.
     pub fn is_clean(&self) -> bool {
         self.violations.is_empty()
+    }
+
+    /// The seqs at which copies, or a client and the history, first
+    /// differ (from DIVERGENCE and CLIENT VIEW).
+    pub fn first_differences(&self) -> BTreeSet<u64> {
+        let texts = ["DIVERGENCE", "CLIENT VIEW"].into_iter().filter_map(|k| self.violations.get(k)).flatten();
+        texts
+            .filter_map(|v| {
+                let rest = &v[v.find("first difference")?..];
+                let digits = &rest[rest.find("seq ")? + 4..];
+                digits.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            })
+            .collect()
     }
 
     /// Counts per kind, then the first few of each kind, most serious first.
@@ -647,6 +661,8 @@ mod tests {
             h[1].body = Some("rewritten".into());
         }
         assert_eq!(kinds(&o), ["DIVERGENCE"]);
+        let seq = o.histories[ROOM][&1][1].seq;
+        assert_eq!(check(&o).first_differences(), BTreeSet::from([seq]), "where the copies part, for the report");
     }
 
     #[test]

@@ -56,10 +56,13 @@
 //!   `PALAVER_ROLLING_PASSES` (2 passes over the three nodes);
 //! - `PALAVER_CI`: the partition step is required (it needs root and
 //!   `iptables`; without them it is skipped with a message otherwise).
-//! - `PALAVER_TEST_LOG=1` streams the nodes' logs live;
-//!   `PALAVER_FAULT_LOG_DIR=DIR` keeps every line of each node's output in
-//!   `DIR/<node>.log` (with `RUST_LOG=info,openraft=warn,palaver_node::shards::machine=debug`
-//!   every applied shard entry is there).
+//! - `PALAVER_TEST_LOG=1` streams the nodes' logs live. Every line of each
+//!   node's output is kept in `<node>.log`, in `PALAVER_FAULT_LOG_DIR=DIR`
+//!   when set (kept after the run), else in a folder of the run's own. Nodes
+//!   log every applied shard entry (`RUST_LOG`, unless set, is
+//!   `info,openraft=warn,palaver_node::shards::machine=debug`), and a run
+//!   whose copies or clients disagree shows, per node, the entries that
+//!   answered the first seq where they part.
 //!
 //! # Layout
 //! - `world`: cluster, balancer, users, clients, the book of sends, the load.
@@ -358,7 +361,8 @@ async fn faults_under_load_lose_no_answered_message() -> Result<()> {
     for c in &w.clients {
         c.close().await;
     }
-    assert!(report.is_clean(), "seed {seed} (replay with PALAVER_FAULT_SEED={seed}); {}", report.render());
+    let evidence = if report.is_clean() { String::new() } else { w.applied_at(&report.first_differences()) };
+    assert!(report.is_clean(), "seed {seed} (replay with PALAVER_FAULT_SEED={seed}); {}{evidence}", report.render());
     assert!(report.answered > 0 && report.checked == report.answered, "nothing was checked");
     Ok(())
 }

@@ -113,7 +113,17 @@ pub struct World {
     noted: Mutex<Vec<String>>,
     /// Nodes removed from the cluster (stopped; no longer checked).
     pub removed: BTreeSet<u64>,
+    /// Where every node's output is kept whole (`<node>.log`).
+    log_dir: std::path::PathBuf,
+    /// That folder when it is this run's own (removed with the world).
+    _own_logs: Option<tempfile::TempDir>,
 }
+
+/// The nodes' log filter unless `RUST_LOG` is set: every applied shard
+/// entry is logged, so a failure can show what each copy applied where.
+const NODE_LOG: &str = "info,openraft=warn,palaver_node::shards::machine=debug";
+/// Log lines shown per node and seq in a failure report.
+const APPLIED_SHOWN: usize = 12;
 
 /// The operations token of the fault cluster (the CLI's and the balancer's).
 pub const OPS_TOKEN: &str = "fault-suite-ops-token-0123456789abcdef";
@@ -135,9 +145,20 @@ impl World {
     /// `probes` users for partition probes.
     pub async fn setup(tag: &str, clients: usize, rooms: usize, probes: usize) -> Result<World> {
         let start = Instant::now();
-        // Every line of every node's output, kept whole for a post-mortem.
-        let log_dir = std::env::var_os("PALAVER_FAULT_LOG_DIR").map(std::path::PathBuf::from);
-        let launch = palaver_testkit::Launch { log_dir, ..Default::default() };
+        // Every line of every node's output, kept whole for a post-mortem:
+        // in PALAVER_FAULT_LOG_DIR, or for this run only.
+        let (log_dir, own_logs) = match std::env::var_os("PALAVER_FAULT_LOG_DIR") {
+            Some(dir) => (std::path::PathBuf::from(dir), None),
+            None => {
+                let dir = tempfile::tempdir().context("a folder for the nodes' logs")?;
+                (dir.path().to_path_buf(), Some(dir))
+            }
+        };
+        let env = match std::env::var_os("RUST_LOG") {
+            Some(_) => Vec::new(),
+            None => vec![("RUST_LOG".into(), NODE_LOG.into())],
+        };
+        let launch = palaver_testkit::Launch { log_dir: Some(log_dir.clone()), env, ..Default::default() };
         let config = palaver_testkit::config::config(|c| {
             c.security.ops_token = Some(OpsToken::new(OPS_TOKEN).expect("a valid ops token"));
         });
@@ -172,6 +193,8 @@ impl World {
             http,
             start,
             removed: BTreeSet::new(),
+            log_dir,
+            _own_logs: own_logs,
         };
         world.wait_healthy(HEAL_WAIT).await.context("the new cluster")?;
         // Rooms made through different nodes, so their owners spread.
@@ -344,6 +367,35 @@ impl World {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         bail!("no node took the drain state of node {id}")
+    }
+
+    /// For each seq in `seqs`, every node's log lines of the applied shard
+    /// entries that answered it (a few per node): which entry, with which
+    /// log id, each copy applied there.
+    pub fn applied_at(&self, seqs: &BTreeSet<u64>) -> String {
+        let mut out = String::new();
+        let Ok(dir) = std::fs::read_dir(&self.log_dir) else { return out };
+        let mut files: Vec<std::path::PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for seq in seqs {
+            out.push_str(&format!("applied entries answering seq {seq}, per node:\n"));
+            let needles = [format!("seq: {seq},"), format!("seq: {seq} }}")];
+            for path in &files {
+                let Ok(text) = std::fs::read_to_string(path) else { continue };
+                let name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let lines = text
+                    .lines()
+                    .filter(|l| l.contains("applied"))
+                    .filter_map(|l| needles.iter().find_map(|n| l.find(n.as_str())).map(|at| (l, at)));
+                for (line, at) in lines.take(APPLIED_SHOWN) {
+                    // The head (time, shard, log id) and the results near the match.
+                    let head: String = line.chars().take(160).collect();
+                    let near = line.get(at.saturating_sub(120)..(at + 80).min(line.len())).unwrap_or(&line[at..]);
+                    out.push_str(&format!("  {name}: {head} … {near}\n"));
+                }
+            }
+        }
+        out
     }
 
     /// Polls until healthy (bounded by `timeout`).
