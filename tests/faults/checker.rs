@@ -204,13 +204,17 @@ impl Report {
     /// differ (from DIVERGENCE and CLIENT VIEW).
     pub fn first_differences(&self) -> BTreeSet<u64> {
         let texts = ["DIVERGENCE", "CLIENT VIEW"].into_iter().filter_map(|k| self.violations.get(k)).flatten();
-        texts
-            .filter_map(|v| {
-                let rest = &v[v.find("first difference")?..];
-                let digits = &rest[rest.find("seq ")? + 4..];
-                digits.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-            })
-            .collect()
+        let mut seqs = BTreeSet::new();
+        for v in texts {
+            let Some(at) = v.find("first difference") else { continue };
+            // Both sides' seqs: "seq N from …" on each.
+            for part in v[at..].split("seq ").skip(1) {
+                if let Some(n) = part.split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok()) {
+                    seqs.insert(n);
+                }
+            }
+        }
+        seqs
     }
 
     /// Counts per kind, then the first few of each kind, most serious first.

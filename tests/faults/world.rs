@@ -121,7 +121,8 @@ pub struct World {
 
 /// The nodes' log filter unless `RUST_LOG` is set: every applied shard
 /// entry is logged, so a failure can show what each copy applied where.
-const NODE_LOG: &str = "info,openraft=warn,palaver_node::shards::machine=debug";
+const NODE_LOG: &str = "info,openraft=warn,palaver_node::shards::machine=debug,palaver_node::cluster::relay=debug,\
+                        palaver_node::api::delivery=debug";
 /// Log lines shown per node and seq in a failure report.
 const APPLIED_SHOWN: usize = 12;
 
@@ -377,6 +378,27 @@ impl World {
         let Ok(dir) = std::fs::read_dir(&self.log_dir) else { return out };
         let mut files: Vec<std::path::PathBuf> = dir.flatten().map(|e| e.path()).collect();
         files.sort();
+        // Rare events: log truncations, gaps a connection's delivery filled,
+        // relay watches moving; and the replay pages that began near a seq
+        // where views part.
+        out.push_str("log truncations, delivery gaps, relay watches, nearby replay pages, per node:\n");
+        let near = |line: &str| {
+            line.contains("replay page")
+                && seqs.iter().any(|s| (s.saturating_sub(3)..=*s).any(|f| line.contains(&format!("from={f} "))))
+        };
+        for path in &files {
+            let Ok(text) = std::fs::read_to_string(path) else { continue };
+            let name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let rare = text.lines().filter(|l| {
+                l.contains("log entries truncated")
+                    || l.contains("gap before a live message")
+                    || l.contains("relay watch")
+                    || near(l)
+            });
+            for line in rare.take(APPLIED_SHOWN * 4) {
+                out.push_str(&format!("  {name}: {line}\n"));
+            }
+        }
         for seq in seqs {
             out.push_str(&format!("applied entries answering seq {seq}, per node:\n"));
             let needles = [format!("seq: {seq},"), format!("seq: {seq} }}")];

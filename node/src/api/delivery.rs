@@ -97,6 +97,14 @@ impl Delivery {
         let Some(r) = self.replays.front_mut() else { return Ok(()) };
         let room = RoomRef { key: r.room_key, id: r.room.clone() };
         let page = self.node.read_after(&room, r.from, REPLAY_PAGE, r.last).await?;
+        tracing::debug!(
+            room = %r.room,
+            from = r.from,
+            last = r.last,
+            got = page.len(),
+            first = ?page.first().map(|m| m.seq),
+            "replay page"
+        );
         for m in page.iter().take_while(|m| m.seq <= r.last) {
             let json = message_event(&r.room, m);
             out.push(OutFrame { json: json.into(), message: Some((r.room.clone(), m.seq)), ping: false });
@@ -125,6 +133,7 @@ impl Delivery {
                 if event.seq > *cursor + 1 {
                     // Past a gap: read the gap and this message from the store,
                     // a page at a time like any replay (the store has them all).
+                    tracing::debug!(room = %event.room, cursor = *cursor, seq = event.seq, "gap before a live message");
                     self.replays.push_back(Replay {
                         room_key: event.room_key,
                         room: event.room.clone(),

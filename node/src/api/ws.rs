@@ -377,18 +377,16 @@ async fn write_round(
         budget.release(size);
         if let Err(e) = handled_ok {
             tracing::warn!(error = %e.message, "cannot read the room log for delivery");
-            kill.fire(super::delivery::close_code(&e));
-            break;
+            return closing(sink, frames, kill, super::delivery::close_code(&e)).await;
         }
         while delivery.replaying() {
             if let Err(e) = delivery.replay_page(frames).await {
                 tracing::warn!(error = %e.message, "cannot read the room log for a replay");
-                kill.fire(super::delivery::close_code(&e));
-                break;
+                return closing(sink, frames, kill, super::delivery::close_code(&e)).await;
             }
             if !feed(sink, frames).await {
                 kill.fire(close::SERVER_ERROR);
-                break;
+                return false;
             }
         }
         if !feed(sink, frames).await {
@@ -399,6 +397,21 @@ async fn write_round(
             next = rx.try_recv().ok();
         }
     }
+    sink.flush().await.is_ok()
+}
+
+/// Ends a round whose delivery could not read the room log: nothing more
+/// is sent (a live message after an unfilled gap would make the client
+/// resume past the gap), what was already sent is flushed, and the
+/// connection closes with `code` so the client resubscribes from what it has.
+async fn closing(
+    sink: &mut SplitSink<WebSocket, Message>,
+    frames: &mut Vec<OutFrame>,
+    kill: &KillSwitch,
+    code: u16,
+) -> bool {
+    frames.clear();
+    kill.fire(code);
     sink.flush().await.is_ok()
 }
 

@@ -204,6 +204,7 @@ impl Watcher {
                     if r.source.node() != Some(source) {
                         continue;
                     }
+                    tracing::debug!(room = %r.room, source, last, had = ?r.last, "relay watch confirmed");
                     r.source = Source::Relayed(source);
                     r.last = Some(r.last.map_or(last, |l| l.max(last)));
                     r.failures = 0;
@@ -350,6 +351,7 @@ pub fn reconcile(node: &dyn RelayNode, watcher: &Arc<Watcher>) {
         }
         let hint = node.leader_of(r.shard).filter(|l| replicas.contains(l) && r.failures == 0);
         let source = hint.unwrap_or(replicas[r.failures % replicas.len()]);
+        tracing::debug!(room = %r.room, source, since = ?r.last, "relay watch asked");
         asks.push((source, RelayAsk::Watch { room: r.room.to_string(), room_key: *key, since: r.last }));
         r.source = Source::Asked(source, now);
         true

@@ -103,6 +103,14 @@ impl Space {
         Bound::Unbounded
     }
 
+    /// The group, for logs: `metadata` or `shard N`.
+    fn group(&self) -> String {
+        match <[u8; 4]>::try_from(self.prefix.as_slice()) {
+            Ok(shard) => format!("shard {}", u32::from_be_bytes(shard)),
+            Err(_) => "metadata".into(),
+        }
+    }
+
     fn key_index(&self, key: &[u8]) -> io::Result<u64> {
         let bytes: [u8; 8] =
             key.strip_prefix(self.prefix.as_slice()).and_then(|k| k.try_into().ok()).ok_or_else(|| {
@@ -341,6 +349,9 @@ where
             },
             None => 0,
         };
+        // Rare (a leader's unacknowledged tail replaced by a new leader's
+        // entries) and what a lost entry would show first: logged.
+        tracing::info!(group = %self.space.group(), from, "log entries truncated");
         let mut batch = Batch::new();
         let end = match self.space.end() {
             Bound::Excluded(e) => Some(e),
