@@ -219,16 +219,6 @@ impl Node {
         let preferred = Placement { replicas: layout.shards.clone() }.leaders_avoiding(&avoid);
         for shard in shards.host.open_shards() {
             let recorded = layout.replicas(shard);
-            if let Some(raft) = shards.host.get(shard) {
-                // Only a recorded replica may start an election. A group
-                // opened on a node the shard moves to may hold an old copy
-                // (the node held the shard before) with an old membership
-                // that names it a voter; two such copies could elect each
-                // other and commit beside the real group. The shard's
-                // leader records a new replica only once it is a caught-up
-                // voter; until then it still votes, it just never stands.
-                raft.runtime_config().elect(recorded.contains(&self.id));
-            }
             let wanted = desired.replicas.get(shard as usize).map_or(&[][..], Vec::as_slice);
             if !layout.hosts(self.id, shard) && !wanted.contains(&self.id) {
                 // Moved away and recorded so: nothing here serves it. This

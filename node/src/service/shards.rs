@@ -295,8 +295,7 @@ impl Node {
             // shard is moving to, wait for its leader.
             let initial = (first == Some(self.id))
                 .then(|| replicas.iter().filter_map(|id| nodes.get(id).map(|n| (*id, n.clone()))).collect());
-            let raft = shards.host.open(shard, initial).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-            raft.runtime_config().elect(replicas.contains(&self.id));
+            shards.host.open(shard, initial).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         }
         Ok(())
     }
