@@ -161,9 +161,17 @@ async fn batch_loop(shard: ShardId, raft: ShardRaft, mut rx: mpsc::Receiver<Pend
             Err(e) => {
                 // Not the leader any more, or stopping: the sender retries
                 // with the same client_id, which dedup makes safe.
+                let stopped = matches!(e, openraft::error::RaftError::Fatal(_));
                 let e = ApiError::unavailable(format!("shard {shard}: {e}"));
                 for answer in answers {
                     let _ = answer.send(Err(e.clone()));
+                }
+                if stopped {
+                    // This group instance is closed (the shard moved away,
+                    // perhaps to come back as a new instance): its metrics
+                    // stay as they were, so they cannot tell. Ending here
+                    // lets the next send start a batcher on the open group.
+                    return;
                 }
                 let still_leader = {
                     let metrics = raft.metrics();

@@ -508,6 +508,47 @@ mod groups {
         same_log(&[&m], 75).await;
     }
 
+    /// Sends queued on a shard's leader after its group was closed and
+    /// opened again go to the open group: a batcher left on the closed
+    /// instance (whose metrics still say it leads) answered every send
+    /// `unavailable` for as long as the node led the shard.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sends_reach_a_reopened_group_not_the_closed_one() {
+        let (_ca, ids) = generate_cluster(&[1]).expect("certs");
+        let m = member(ids[0].0, &ids[0].1);
+        introduce(&[&m]);
+        let alone: BTreeMap<u64, PeerNode> = [(m.host.me(), node(&m))].into();
+        let shards = crate::service::Shards::new(m.host.clone(), SHARD + 1, 1);
+        let op = |i: u64| ShardOp::Send {
+            room_key: 1,
+            room: "r1".into(),
+            from: "ann".into(),
+            body: format!("m{i}"),
+            client_id: format!("c{i}"),
+        };
+        let mut next = 0;
+        for round in 0..2 {
+            m.host.open(SHARD, Some(alone.clone())).await.expect("open");
+            let raft = leader(&[&m]).await;
+            // Within a few tries (a batcher on a closed instance answers
+            // once, then gives way), a send is stored.
+            let deadline = Instant::now() + WAIT;
+            let stored = loop {
+                let wait = shards.enqueue(SHARD, raft.clone(), op(next)).await.expect("queued");
+                match wait.await {
+                    Ok(Ok(OpResult::Stored { seq, .. })) => break seq,
+                    other => {
+                        assert!(Instant::now() < deadline, "round {round}: no send stored: {other:?}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            };
+            next += 1;
+            assert_eq!(stored, next, "round {round}");
+            m.host.close(SHARD).await;
+        }
+    }
+
     /// A shard that moved away is retired: once due, its copy here goes
     /// (log, vote, rows, applied state, snapshot files) while another
     /// shard's stays; opened again, it is a new, empty member.
