@@ -187,9 +187,8 @@ impl ShardHost {
         let config = Arc::new(p.settings.openraft_config(&format!("palaver-shard-{shard}")).map_err(ShardError::Raft)?);
         let log = LogStore::<ShardTypes>::new(p.raft_store.clone(), Space::shard(shard), p.writer.clone());
         let lease = self.lease(shard).await?;
-        // Back before its copy went: the copy stays (its group may not
-        // stand for election until recorded here); a discard decided
-        // before a stop is finished now.
+        // Back before its copy went: the copy stays and catches up from
+        // the leader. A discard decided before a stop is finished now.
         self.retired.lock().remove(&shard);
         if discard::is_marked(&p.rooms, shard)? {
             self.finish_discard(shard).await?;
