@@ -302,6 +302,7 @@ mod groups {
     use tempfile::TempDir;
 
     use crate::peer::Channel;
+    use crate::peer::ClusterCa;
     use crate::peer::NodeIdentity;
     use crate::peer::PeerEndpoint;
     use crate::peer::PeerHandler;
@@ -412,6 +413,16 @@ mod groups {
         }
     }
 
+    /// One node on its own: its member and the membership that makes it
+    /// a group's only voter (the CA is kept for the test's length).
+    fn alone() -> (ClusterCa, Member, BTreeMap<u64, PeerNode>) {
+        let (ca, ids) = generate_cluster(&[1]).expect("certs");
+        let m = member(ids[0].0, &ids[0].1);
+        introduce(&[&m]);
+        let members = [(m.host.me(), node(&m))].into();
+        (ca, m, members)
+    }
+
     async fn leader(members: &[&Member]) -> ShardRaft {
         leader_of(members, SHARD).await
     }
@@ -489,10 +500,7 @@ mod groups {
     /// gone, so the seqs go on from where the old one left them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shard_reopened_at_once_numbers_on_from_its_last_seq() {
-        let (_ca, ids) = generate_cluster(&[1]).expect("certs");
-        let m = member(ids[0].0, &ids[0].1);
-        introduce(&[&m]);
-        let alone: BTreeMap<u64, PeerNode> = [(m.host.me(), node(&m))].into();
+        let (_ca, m, alone) = alone();
         for round in 0..3u64 {
             m.host.open(SHARD, Some(alone.clone())).await.expect("open");
             assert!(!m.host.lease_free(SHARD), "an open group's state machine holds the lease");
@@ -514,10 +522,7 @@ mod groups {
     /// `unavailable` for as long as the node led the shard.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sends_reach_a_reopened_group_not_the_closed_one() {
-        let (_ca, ids) = generate_cluster(&[1]).expect("certs");
-        let m = member(ids[0].0, &ids[0].1);
-        introduce(&[&m]);
-        let alone: BTreeMap<u64, PeerNode> = [(m.host.me(), node(&m))].into();
+        let (_ca, m, alone) = alone();
         let shards = crate::service::Shards::new(m.host.clone(), SHARD + 1, 1);
         let op = |i: u64| ShardOp::Send {
             room_key: 1,
@@ -555,10 +560,7 @@ mod groups {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_retired_shard_leaves_no_copy_and_the_others_keep_theirs() {
         const OTHER: u32 = SHARD + 1;
-        let (_ca, ids) = generate_cluster(&[1]).expect("certs");
-        let m = member(ids[0].0, &ids[0].1);
-        introduce(&[&m]);
-        let alone: BTreeMap<u64, PeerNode> = [(m.host.me(), node(&m))].into();
+        let (_ca, m, alone) = alone();
         m.host.open(SHARD, Some(alone.clone())).await.expect("open");
         m.host.open(OTHER, Some(alone.clone())).await.expect("open other");
         // Past `snapshot_every`: a snapshot file is written.
