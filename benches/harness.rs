@@ -433,7 +433,8 @@ const READY: Duration = Duration::from_secs(120);
 /// `target/bench-results/logs/LABEL.log`, under [`server_wrapper`].
 fn launch() -> Launch {
     Launch {
-        env: vec![("RUST_LOG".into(), "warn".into())],
+        // PALAVER_BENCH_LOG: the nodes' RUST_LOG (logs in target/bench-results/logs).
+        env: vec![("RUST_LOG".into(), std::env::var("PALAVER_BENCH_LOG").unwrap_or_else(|_| "warn".into()).into())],
         wrapper: server_wrapper(),
         log_dir: Some(results_dir().join("logs")),
         quiet: true,

@@ -75,7 +75,7 @@ use report::num;
 const USAGE: &str = "usage: cargo bench --bench load -- [all|connections|fanout|idle|rooms|durable|balancer|sends|relay|cluster]… \
 [--rate max|N[,N…]] [--members M] [--publishers P] [--step-secs S] [--drain-secs S] [--systems a,b] \
 [--conns C] [--direct-conns D] [--conn-rate R] [--idle N] [--rooms R] [--room-members K] \
-[--senders N] [--secs S] [--users U] [--latency-rate R] [--no-pin]";
+[--senders N] [--secs S] [--users U] [--latency-rate R] [--durable-rooms N[,N…]] [--durable-nodes N] [--durable-quick] [--no-pin]";
 
 /// What `--help` prints: the usage and what each option does.
 const HELP: &str = "\
@@ -113,6 +113,9 @@ options:
   --secs S              seconds per closed-loop measurement (5)
   --users U             accounts the fan-out receivers log in as (20)
   --latency-rate R      msg/s of the durable latency measurement (500)
+  --durable-rooms N,... room counts of the durable sends runs (1,100,1000)
+  --durable-nodes N     nodes of the durable cluster (3)
+  --durable-quick       durable: only the sends runs on 3 nodes (no latency, no 5 nodes)
   --no-pin              do not pin servers to core 0 and the generator to core 1
   -h, --help            this text";
 
@@ -141,6 +144,9 @@ struct Options {
     secs: u64,
     users: usize,
     latency_rate: u64,
+    durable_rooms: Vec<usize>,
+    durable_nodes: u64,
+    durable_quick: bool,
     no_pin: bool,
 }
 
@@ -164,6 +170,9 @@ fn options(args: &[String]) -> Result<Options> {
         secs: 5,
         users: 20,
         latency_rate: 500,
+        durable_rooms: vec![1, 100, 1_000],
+        durable_nodes: 3,
+        durable_quick: false,
         no_pin: false,
     };
     let mut it = args.iter();
@@ -200,6 +209,14 @@ fn options(args: &[String]) -> Result<Options> {
             "--secs" => o.secs = n(value(a)?, a)?.clamp(1, 600) as u64,
             "--users" => o.users = n(value(a)?, a)?.max(1),
             "--latency-rate" => o.latency_rate = n(value(a)?, a)?.max(1) as u64,
+            "--durable-rooms" => {
+                o.durable_rooms = value(a)?
+                    .split(',')
+                    .map(|r| r.parse::<usize>().with_context(|| format!("--durable-rooms {r}")).map(|r| r.max(1)))
+                    .collect::<Result<_>>()?;
+            }
+            "--durable-nodes" => o.durable_nodes = n(value(a)?, a)?.clamp(1, 9) as u64,
+            "--durable-quick" => o.durable_quick = true,
             "--no-pin" => o.no_pin = true,
             "-h" | "--help" => o.help = true,
             s if !s.starts_with('-') => o.scenarios.push(s.to_string()),
@@ -666,12 +683,17 @@ async fn rooms(o: &Options, res: &mut Results) -> Result<()> {
 // ---------------------------------------------------------------- durable --
 
 async fn durable(o: &Options, res: &mut Results) -> Result<()> {
-    let nodes = harness::palaver_cluster(3, "durable").await?;
-    cluster_latency(&nodes, o.latency_rate, o.secs, res).await?;
-    for rooms in [1, 100, 1_000] {
+    let nodes = harness::palaver_cluster(o.durable_nodes, "durable").await?;
+    if !o.durable_quick {
+        cluster_latency(&nodes, o.latency_rate, o.secs, res).await?;
+    }
+    for rooms in o.durable_rooms.iter().copied() {
         cluster_sends(&nodes, rooms, o.senders, o.secs, res).await?;
     }
     drop(nodes);
+    if o.durable_quick {
+        return Ok(());
+    }
     // Five nodes: each shard still on three of them.
     let nodes = harness::palaver_cluster(5, "durable5").await?;
     cluster_sends(&nodes, 100, o.senders, o.secs, res).await?;

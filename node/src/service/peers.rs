@@ -43,7 +43,7 @@ use crate::raft::ConsensusError;
 use crate::rooms::RoomLog;
 use crate::shards::network::ShardCall;
 use crate::shards::network::ShardRpcs;
-use crate::shards::network::serve_snapshot;
+use crate::shards::network::serve_stream;
 use crate::shards::placement::ShardId;
 
 /// How often presence is gossiped even when nothing changed.
@@ -105,7 +105,7 @@ impl PeerHandler for Handler {
         async move {
             let Some(node) = wait_node(&slot).await else { return };
             if channel == Channel::Shards {
-                serve_snapshot(&*node.shards().host, recv, send).await;
+                serve_stream(&*node.shards().host, recv, send).await;
                 return;
             }
             if channel != Channel::Rooms {

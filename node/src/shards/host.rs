@@ -13,9 +13,12 @@ use std::time::Duration;
 use std::time::Instant;
 
 use futures_util::FutureExt;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
+use openraft::raft::AppendEntriesRequest;
 use parking_lot::RwLock;
 
 use super::discard;
@@ -26,6 +29,7 @@ use super::network::ShardCall;
 use super::network::ShardNetwork;
 use super::network::ShardRpcs;
 use super::network::SnapshotHeader;
+use super::network::StreamAnswer;
 use super::placement::ShardId;
 use super::snapshot::SnapshotFile;
 use super::types::ShardTypes;
@@ -356,6 +360,21 @@ impl ShardRpcs for ShardHost {
             }
         }
         .boxed()
+    }
+
+    fn append_stream(
+        &self,
+        shard: ShardId,
+        requests: BoxStream<'static, AppendEntriesRequest<ShardTypes>>,
+    ) -> Option<BoxStream<'static, StreamAnswer>> {
+        let calls = self.calls.get(shard as usize).cloned();
+        let requests = requests.inspect(move |_| {
+            if let Some(calls) = &calls {
+                calls.increment(1);
+            }
+        });
+        let raft = self.get(shard)?;
+        Some(raft.stream_append(requests).map(|answer| answer.map_err(|fatal| fatal.to_string())).boxed())
     }
 
     fn snapshot_file(&self, shard: ShardId) -> std::io::Result<(SnapshotFile, std::fs::File)> {

@@ -318,7 +318,7 @@ mod groups {
     use crate::shards::host::ShardSettings;
     use crate::shards::network::ShardCall;
     use crate::shards::network::ShardRpcs;
-    use crate::shards::network::serve_snapshot;
+    use crate::shards::network::serve_stream;
     use crate::shards::types::OpResult;
     use crate::shards::types::ShardBatch;
     use crate::shards::types::ShardOp;
@@ -351,7 +351,7 @@ mod groups {
             let host = self.0.get().cloned();
             async move {
                 if let Some(host) = host {
-                    serve_snapshot(&*host, recv, send).await;
+                    serve_stream(&*host, recv, send).await;
                 }
             }
             .boxed()
@@ -493,6 +493,44 @@ mod groups {
             assert!(Instant::now() < deadline, "replicas differ: {:?}", logs.iter().map(Vec::len).collect::<Vec<_>>());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A leader's append stream to a node that holds no group for the shard
+    /// ends at once with an error (the replication retries later), and never
+    /// waits for an answer that cannot come.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_stream_to_a_node_without_the_group_is_refused() {
+        use futures_util::StreamExt;
+        use openraft::RaftNetworkFactory;
+        use openraft::RaftNetworkV2;
+        use openraft::network::RPCOption;
+        use openraft::raft::AppendEntriesRequest;
+
+        use crate::shards::network::ShardNetwork;
+        use crate::shards::types::Vote;
+
+        let (_ca, ids) = generate_cluster(&[1, 2]).expect("certs");
+        let (a, b) = (member(ids[0].0, &ids[0].1), member(ids[1].0, &ids[1].1));
+        introduce(&[&a, &b]);
+        let mut factory = ShardNetwork { endpoint: Some(a.endpoint.clone()), shard: SHARD };
+        let mut client = factory.new_client(b.host.me(), &node(&b)).await;
+        let request = AppendEntriesRequest::<crate::shards::types::ShardTypes> {
+            vote: Vote::new(1, a.host.me()),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        };
+        let requests = futures_util::stream::iter([request]);
+        let option = RPCOption::new(Duration::from_secs(1));
+        let answers = tokio::time::timeout(WAIT, async {
+            let answers = client.stream_append(requests, option).await.expect("the stream opens");
+            answers.collect::<Vec<_>>().await
+        })
+        .await
+        .expect("the stream ends");
+        assert_eq!(answers.len(), 1, "one answer, then the end: {answers:?}");
+        let refused = answers[0].as_ref().expect_err("no group there");
+        assert!(refused.to_string().contains("no group for shard"), "{refused}");
     }
 
     /// A group closed and opened again at once: the new state machine
