@@ -57,6 +57,7 @@ fn stored(i: u64, body_len: usize) -> StoredMessage {
         ts: 1_795_000_000_000 + i,
         client_id: format!("c-7f3a9e12-{i:08}"),
         epoch: 3,
+        ..StoredMessage::default()
     }
 }
 
@@ -156,6 +157,7 @@ fn wire(c: &mut Criterion) {
             client_id: format!("c-{i}"),
             applied: 4_242,
             relayed: false,
+            reply_to: None,
         })
         .collect();
     let bytes = encode(&sends);

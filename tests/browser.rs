@@ -4,7 +4,8 @@
 //! address as a person would.
 //!
 //! People register, create and join rooms, chat both ways, see each other
-//! typing and online; a private room stays hidden from a third person; a
+//! typing and online; answer, correct and react to a message and see who
+//! read it; a private room stays hidden from a third person; a
 //! direct message works (over SSE, for a page whose origin may not open
 //! WebSockets); markup in a message stays text; a node is SIGKILLed while
 //! two people chat and afterwards both screens hold exactly the server's
@@ -146,6 +147,8 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
     online(&ann, "bob", true).await?;
     say(&bob, "our secret").await?;
     shows(&ann, "our secret").await?;
+    reply_edit_react(&ann, &bob).await?;
+    bob.screenshot(&shots.join("desktop-reply-edit-react.png")).await?;
 
     // carol, on a phone, loads the page from a node whose origin may not
     // open WebSockets: the page falls back to SSE.
@@ -280,13 +283,7 @@ async fn moderate(ann: &Page, bob: &Page) -> Result<()> {
     bob.click(&test("composer")).await?;
     bob.press("Enter").await?;
     shows(ann, "can I still talk?").await?;
-    let seq = ann
-        .eval(&format!(
-            "[...document.querySelectorAll({})].pop().dataset.seq",
-            js(&item("message", "data-from", "bob"))
-        ))
-        .await?;
-    let seq = seq.as_str().context("a seq")?.to_string();
+    let seq = last_seq_from(ann, "bob").await?;
     let message = item("message", "data-seq", &seq);
     ann.hover(&message).await?;
     ann.click(&format!("#delete-{seq}")).await?;
@@ -307,6 +304,50 @@ async fn moderate(ann: &Page, bob: &Page) -> Result<()> {
     shows(bob, "the lobby stays public").await?;
     ann.wait("bob gone from the members", &format!("{} === 0", count(&item("presence", "data-username", "bob"))))
         .await?;
+    Ok(())
+}
+
+/// In the private room: ann answers bob's message, bob corrects his, ann
+/// reacts to it; both screens show the quote, the new text with its
+/// "(edited)" mark and the reaction, and bob sees that ann has read it all.
+async fn reply_edit_react(ann: &Page, bob: &Page) -> Result<()> {
+    let seq = last_seq_from(ann, "bob").await?;
+    let message = item("message", "data-seq", &seq);
+    ann.hover(&message).await?;
+    ann.click(&format!("{message} {}", test("reply"))).await?;
+    ann.wait("the reply bar", &text_has(&test("composing"), "Replying to bob")).await?;
+    say(ann, "a reply to the secret").await?;
+    let quote = format!("{} {}", test("message"), item("reply-quote", "data-reply-to", &seq));
+    for page in [ann, bob] {
+        page.wait("the quoted message", &text_has(&quote, "bob: our secret")).await?;
+    }
+
+    bob.hover(&message).await?;
+    bob.click(&format!("{message} {}", test("edit"))).await?;
+    bob.wait("the edit bar", &text_has(&test("composing"), "Editing")).await?;
+    bob.wait(
+        "the old text in the composer",
+        &format!("document.querySelector({}).value === 'our secret'", js(&test("composer"))),
+    )
+    .await?;
+    // The old text is there to be corrected; bob clears it and types anew.
+    bob.eval(&format!("document.querySelector({}).value = ''", js(&test("composer")))).await?;
+    bob.fill(&test("composer"), "our big secret").await?;
+    bob.press("Enter").await?;
+    for page in [ann, bob] {
+        page.wait("the new text", &text_has(&message, "our big secret")).await?;
+        page.wait("the edited mark", &count(&format!("{message} {}", test("edited")))).await?;
+        page.wait("the quote follows the edit", &text_has(&quote, "bob: our big secret")).await?;
+    }
+
+    ann.hover(&message).await?;
+    ann.click(&format!("{message} {}", test("react"))).await?;
+    ann.click(&format!("{message} {}", item("react-choice", "data-emoji", "👍"))).await?;
+    let chip = format!("{message} {}[data-count=\"1\"]", item("reaction", "data-emoji", "👍"));
+    for page in [ann, bob] {
+        page.wait("the reaction", &count(&chip)).await?;
+    }
+    bob.wait("ann's receipt", &text_has(&test("seen-by"), "Seen by ann")).await?;
     Ok(())
 }
 
@@ -431,6 +472,14 @@ fn password(name: &str) -> String {
 }
 
 // ---- actions and conditions, in the page's terms ------------------------------
+
+/// The seq of the newest message from `user` on `page`'s screen.
+async fn last_seq_from(page: &Page, user: &str) -> Result<String> {
+    let seq = page
+        .eval(&format!("[...document.querySelectorAll({})].pop().dataset.seq", js(&item("message", "data-from", user))))
+        .await?;
+    Ok(seq.as_str().context("a seq")?.to_string())
+}
 
 async fn logged_in(page: &Page, name: &str) -> Result<Value> {
     page.wait(&format!("{name} to be logged in"), &format!("{} && {}", visible(&test("logout")), text_has("#me", name)))

@@ -5,14 +5,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use palaver_protocol::Credentials;
+use palaver_protocol::EditMessage;
 use palaver_protocol::Mute;
 use palaver_protocol::NewMessage;
 use palaver_protocol::NewRoom;
 use palaver_protocol::ReadMarker;
+use palaver_protocol::Receipt;
 use palaver_protocol::Registered;
 use palaver_protocol::RoleChange;
 use palaver_protocol::Ticket;
 use palaver_protocol::UserTarget;
+use percent_encoding::NON_ALPHANUMERIC;
+use percent_encoding::utf8_percent_encode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -270,6 +274,11 @@ impl Http {
         self.json(Method::GET, &format!("/api/rooms/{room}/members"), NO_BODY, &[200]).await
     }
 
+    /// `GET /api/rooms/{room}/receipts`: each member's read marker.
+    pub async fn receipts(&self, room: &str) -> Result<Vec<Receipt>> {
+        self.json(Method::GET, &format!("/api/rooms/{room}/receipts"), NO_BODY, &[200]).await
+    }
+
     /// `POST /api/dm/{username}`: the direct room with that user.
     // protocol is silent on the status (created on first call): any 2xx.
     pub async fn dm(&self, username: &str) -> Result<Room> {
@@ -309,8 +318,26 @@ impl Http {
 
     /// `POST /api/rooms/{room}/messages`: 201 once durable.
     pub async fn post_message(&self, room: &str, body: &str, client_id: &str) -> Result<SendAck> {
-        let payload = NewMessage { body: Some(body), client_id: Some(client_id) };
+        self.post_reply(room, body, client_id, None).await
+    }
+
+    /// `POST /api/rooms/{room}/messages` with `reply_to`: 201 once durable.
+    pub async fn post_reply(&self, room: &str, body: &str, client_id: &str, reply_to: Option<u64>) -> Result<SendAck> {
+        let payload = NewMessage { body: Some(body), client_id: Some(client_id), reply_to };
         self.json(Method::POST, &format!("/api/rooms/{room}/messages"), Some(&payload), &[201]).await
+    }
+
+    /// `PATCH /api/rooms/{room}/messages/{seq}`: the message with its new text.
+    pub async fn edit_message(&self, room: &str, seq: u64, body: &str) -> Result<Message> {
+        let payload = EditMessage { body };
+        self.json(Method::PATCH, &format!("/api/rooms/{room}/messages/{seq}"), Some(&payload), &[200]).await
+    }
+
+    /// `PUT` (`on`) or `DELETE .../messages/{seq}/reactions/{emoji}`: 204.
+    pub async fn react(&self, room: &str, seq: u64, emoji: &str, on: bool) -> Result<()> {
+        let method = if on { Method::PUT } else { Method::DELETE };
+        let emoji = utf8_percent_encode(emoji, NON_ALPHANUMERIC);
+        self.empty(method, &format!("/api/rooms/{room}/messages/{seq}/reactions/{emoji}"), NO_BODY).await
     }
 
     // ----- long polling (§6) -----

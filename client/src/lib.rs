@@ -79,6 +79,7 @@ pub use types::Me;
 pub use types::Member;
 pub use types::Message;
 pub use types::PollAnswer;
+pub use types::Receipt;
 pub use types::Room;
 pub use types::SendAck;
 pub use types::Visibility;

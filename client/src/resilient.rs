@@ -986,7 +986,12 @@ impl Driver {
 
     async fn write_send(&mut self, s: &mut Session, key: u64) -> std::result::Result<(), Ended> {
         let Some(p) = self.sends.get(&key) else { return Ok(()) };
-        let cmd = Command::Send { room: p.room.clone(), body: p.body.clone(), client_id: p.client_id.clone() };
+        let cmd = Command::Send {
+            room: p.room.clone(),
+            body: p.body.clone(),
+            client_id: p.client_id.clone(),
+            reply_to: None,
+        };
         let id = self.write(s, cmd, Waiting::Send(key)).await?;
         if let Some(p) = self.sends.get_mut(&key) {
             if p.attempts > 0 {

@@ -10,6 +10,7 @@ pub use palaver_protocol::Login;
 pub use palaver_protocol::Me;
 pub use palaver_protocol::Member;
 pub use palaver_protocol::Message;
+pub use palaver_protocol::Receipt;
 use palaver_protocol::Reply;
 pub use palaver_protocol::Room;
 pub use palaver_protocol::SendAck;
@@ -72,6 +73,39 @@ pub enum Event {
         /// Room id.
         room: String,
     },
+    /// A message's sender changed its text.
+    Edited {
+        /// Room id.
+        room: String,
+        /// The message's seq.
+        seq: u64,
+        /// The new text.
+        body: String,
+        /// When (Unix ms).
+        edited_at: u64,
+    },
+    /// A member's read marker moved.
+    Read {
+        /// Room id.
+        room: String,
+        /// Whose marker.
+        username: String,
+        /// The highest seq they have read.
+        seq: u64,
+    },
+    /// Someone added (`on`) or took back an emoji on a message.
+    Reaction {
+        /// Room id.
+        room: String,
+        /// The message's seq.
+        seq: u64,
+        /// The emoji.
+        emoji: String,
+        /// Who.
+        username: String,
+        /// Added or taken back.
+        on: bool,
+    },
     /// An error frame without a usable `id` (the answer to a frame that
     /// could not be parsed).
     Error {
@@ -96,6 +130,11 @@ impl From<ServerEvent> for Event {
             ServerEvent::Removed { room, reason } => Event::Removed { room, reason: Some(reason.to_string()) },
             ServerEvent::Deleted { room, seq } => Event::Deleted { room, seq },
             ServerEvent::RoomDeleted { room } => Event::RoomDeleted { room },
+            ServerEvent::Edited { room, seq, body, edited_at } => Event::Edited { room, seq, body, edited_at },
+            ServerEvent::Read { room, username, seq } => Event::Read { room, username, seq },
+            ServerEvent::Reaction { room, seq, emoji, username, on } => {
+                Event::Reaction { room, seq, emoji, username, on }
+            }
         }
     }
 }
@@ -122,6 +161,9 @@ impl Event {
             | Event::Member { room, .. }
             | Event::Removed { room, .. }
             | Event::Deleted { room, .. }
+            | Event::Edited { room, .. }
+            | Event::Reaction { room, .. }
+            | Event::Read { room, .. }
             | Event::RoomDeleted { room } => Some(room),
             Event::Error { .. } => None,
             Event::Other(v) => v.get("room").and_then(Value::as_str),
@@ -146,6 +188,9 @@ impl Event {
             Event::Removed { .. } => "removed",
             Event::Deleted { .. } => "deleted",
             Event::RoomDeleted { .. } => "room_deleted",
+            Event::Edited { .. } => "edited",
+            Event::Reaction { .. } => "reaction",
+            Event::Read { .. } => "read",
             Event::Error { .. } => "error",
             Event::Other(v) => v.get("type").and_then(Value::as_str).unwrap_or(""),
         }

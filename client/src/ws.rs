@@ -147,7 +147,14 @@ impl Ws {
     /// Sends `send` without waiting; answers the command id for [`Ws::send_ack`].
     pub async fn start_send(&mut self, room: &str, body: &str, client_id: &str) -> Result<u64> {
         let (room, body, client_id) = (room.to_string(), body.to_string(), client_id.to_string());
-        self.start_command(Command::Send { room, body, client_id }).await
+        self.start_command(Command::Send { room, body, client_id, reply_to: None }).await
+    }
+
+    /// `send` with `reply_to`: answers seq and ts once the message is durable.
+    pub async fn send_reply(&mut self, room: &str, body: &str, client_id: &str, reply_to: u64) -> Result<SendAck> {
+        let (room, body, client_id) = (room.to_string(), body.to_string(), client_id.to_string());
+        let id = self.start_command(Command::Send { room, body, client_id, reply_to: Some(reply_to) }).await?;
+        self.send_ack(id).await
     }
 
     /// Waits for the reply to a `send` started earlier.
@@ -160,6 +167,17 @@ impl Ws {
         let limit = limit.map(|l| l as usize);
         let id = self.start_command(Command::History { room: room.to_string(), page: at, limit }).await?;
         self.answer::<HistoryPage>(id).await.map(|page| page.messages)
+    }
+
+    /// `edit`: answers the message with its new text.
+    pub async fn edit(&mut self, room: &str, seq: u64, body: &str) -> Result<Message> {
+        let id = self.start_command(Command::Edit { room: room.to_string(), seq, body: body.to_string() }).await?;
+        self.answer::<Message>(id).await
+    }
+
+    /// `react`: adds (`on`) or takes back an emoji on a message.
+    pub async fn react(&mut self, room: &str, seq: u64, emoji: &str, on: bool) -> Result<()> {
+        self.command(Command::React { room: room.to_string(), seq, emoji: emoji.to_string(), on }).await
     }
 
     /// `typing`.

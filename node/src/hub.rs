@@ -413,6 +413,20 @@ impl Hub {
         metrics::counter!("palaver_deliveries_total").increment(listeners.len() as u64);
     }
 
+    /// Queues an event for the listeners of its room whose user `may_see`
+    /// accepts (members only, for read markers).
+    pub fn publish_to(&self, event: Event, may_see: impl Fn(&str) -> bool) {
+        let event = Arc::new(event);
+        let rooms = self.rooms.read();
+        let Some(listeners) = rooms.get(&event.room_key) else { return };
+        let mut delivered = 0;
+        for (_, l) in listeners.iter().filter(|(_, l)| may_see(&l.user)) {
+            l.offer(Outbound::Event(event.clone()));
+            delivered += 1;
+        }
+        metrics::counter!("palaver_deliveries_total").increment(delivered);
+    }
+
     /// Ends `user`'s subscriptions to a room with a `removed` event.
     pub fn remove_user_from_room(&self, user: &str, room_key: u64, removed: Utf8Bytes) {
         let ids: Vec<(ConnId, Listener)> = {

@@ -6,6 +6,7 @@
 use palaver_protocol::Done;
 use palaver_protocol::FrameId;
 use palaver_protocol::Message;
+use palaver_protocol::Reactions;
 use palaver_protocol::Reply;
 use palaver_protocol::ServerEvent;
 use serde::Serialize;
@@ -28,6 +29,15 @@ pub fn message<'a>(room: &'a str, m: &'a rooms::Message) -> Message<&'a str> {
         ts: m.stored.ts,
         client_id: Some(&m.stored.client_id),
         deleted: m.stored.body.is_none(),
+        reply_to: m.stored.reply_to,
+        edited_at: m.stored.edited_at,
+        reactions: Reactions(
+            m.stored
+                .reactions
+                .iter()
+                .map(|r| (r.emoji.as_str(), r.users.iter().map(String::as_str).collect()))
+                .collect(),
+        ),
     }
 }
 
@@ -68,6 +78,7 @@ mod tests {
                 ts: 9,
                 client_id: "c".into(),
                 epoch: 1,
+                ..StoredMessage::default()
             },
         };
         assert_eq!(

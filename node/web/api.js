@@ -90,9 +90,18 @@ export class Api {
     return this.post(`${room(id)}/${action}`, { username, ...extra });
   }
   deleteMessage(id, seq) { return this.request('DELETE', `${room(id)}/messages/${seq}`); }
-  async send(id, body, clientId) {
-    return (await this.request('POST', `${room(id)}/messages`, { body, client_id: clientId })).data;
+  async send(id, body, clientId, replyTo = null) {
+    const payload = { body, client_id: clientId };
+    if (replyTo) payload.reply_to = replyTo;
+    return (await this.request('POST', `${room(id)}/messages`, payload)).data;
   }
+  async editMessage(id, seq, body) {
+    return (await this.request('PATCH', `${room(id)}/messages/${seq}`, { body })).data;
+  }
+  react(id, seq, emoji, on) {
+    return this.request(on ? 'PUT' : 'DELETE', `${room(id)}/messages/${seq}/reactions/${encodeURIComponent(emoji)}`);
+  }
+  receipts(id) { return this.get(`${room(id)}/receipts`); }
 
   /**
    * One history page: `{messages, before}` where `before` is the cursor of

@@ -83,9 +83,11 @@ export class Connection {
     this.rooms.delete(room);
   }
 
-  send(room, body, clientId) {
-    if (this.mode === 'sse') return this.api.send(room, body, clientId);
-    return this.command({ type: 'send', room, body, client_id: clientId });
+  send(room, body, clientId, replyTo = null) {
+    if (this.mode === 'sse') return this.api.send(room, body, clientId, replyTo);
+    const cmd = { type: 'send', room, body, client_id: clientId };
+    if (replyTo) cmd.reply_to = replyTo;
+    return this.command(cmd);
   }
 
   typing(room) {

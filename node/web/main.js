@@ -155,9 +155,11 @@ async function openRoom(id) {
   history.replaceState(null, '', `#${encodeURIComponent(id)}`);
   $('audit').replaceChildren();
   $('mod-status').textContent = '';
+  composing = null;
   renderAll();
   syncSubscriptions();
   loadMembers(id);
+  loadReceipts(id);
   if (!store.loaded(id)) await loadOlder(id);
   scheduleRead();
   if (!$('composer-form').hidden && window.matchMedia('(min-width: 721px)').matches) $('composer').focus();
@@ -323,6 +325,15 @@ function onEvent(ev) {
     case 'deleted':
       store.markDeleted(room, ev.seq);
       break;
+    case 'edited':
+      store.applyEdit(room, ev.seq, ev.body, ev.edited_at);
+      break;
+    case 'reaction':
+      store.applyReaction(ev);
+      break;
+    case 'read':
+      store.applyRead(ev);
+      break;
     case 'room_deleted':
       if (!store.rooms.has(room) || deleting === room) break; // deleted here, or never listed
       view.showError(`The room ${roomName(room)} was deleted`);
@@ -355,6 +366,51 @@ function newClientId() {
   return `w-${[...bytes].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
 }
 
+/** A reply or an edit under way: `{mode: 'reply'|'edit', seq}`, or null. */
+let composing = null;
+
+function compose(mode, seq) {
+  composing = { mode, seq };
+  if (mode === 'edit') {
+    const m = store.message(store.active, seq);
+    $('composer').value = m ? m.body : '';
+    resizeComposer();
+  }
+  view.renderComposing(store, composing);
+  $('composer').focus();
+}
+
+function stopComposing() {
+  if (composing?.mode === 'edit') { $('composer').value = ''; resizeComposer(); }
+  composing = null;
+  view.renderComposing(store, null);
+}
+
+async function editMessage(room, seq, body) {
+  try {
+    const m = await api.editMessage(room, seq, body);
+    store.applyEdit(room, seq, m.body, m.edited_at);
+  } catch (err) {
+    view.showError(describe('Message not changed', err));
+    if (!$('composer').value && room === store.active) $('composer').value = body;
+  }
+}
+
+async function toggleReaction(seq, emoji) {
+  const room = store.active;
+  const mine = (store.message(room, seq)?.reactions?.[emoji] || []).includes(store.me?.username);
+  try {
+    await api.react(room, seq, emoji, !mine);
+    store.applyReaction({ room, seq, emoji, username: store.me.username, on: !mine });
+  } catch (err) { view.showError(describe('Reaction not saved', err)); }
+}
+
+async function loadReceipts(room) {
+  const r = store.rooms.get(room);
+  if (!r || !r.member) return;
+  try { store.setReceipts(room, await api.receipts(room)); } catch { /* members only; shown when it answers */ }
+}
+
 function onSubmit(e) {
   e.preventDefault();
   const room = store.active;
@@ -363,7 +419,10 @@ function onSubmit(e) {
   $('composer').value = '';
   resizeComposer();
   lastTyping = 0; // the next keystroke starts a new typing notice
-  const p = { room, body, clientId: newClientId(), tries: 0 };
+  const was = composing;
+  stopComposing();
+  if (was?.mode === 'edit') { editMessage(room, was.seq, body); return; }
+  const p = { room, body, clientId: newClientId(), tries: 0, replyTo: was?.mode === 'reply' ? was.seq : null };
   store.addPending(p);
   if (!outbox.has(room)) outbox.set(room, []);
   outbox.get(room).push(p);
@@ -383,7 +442,7 @@ async function pump(room) {
 async function deliver(p) {
   while (store.pending.has(p.clientId)) {
     try {
-      const ok = await conn.send(p.room, p.body, p.clientId);
+      const ok = await conn.send(p.room, p.body, p.clientId, p.replyTo);
       store.ack(p, ok);
       checkGap(p.room);
       // One has read a room up to one's own message, also after leaving it.
@@ -561,6 +620,7 @@ store.addEventListener('change', ({ detail: { what, room } }) => {
   }
   if (what === 'pending') view.renderPending(store);
   if (what === 'typing') view.renderTyping(store);
+  if (what === 'receipts') view.renderMessages(store, canDelete);
   if (what === 'members') {
     view.renderMembers(store);
     view.renderHead(store);
@@ -617,8 +677,24 @@ function wire() {
   setInterval(() => { if (document.visibilityState === 'visible') refreshRooms(); }, 15000);
   $('messages').addEventListener('click', (e) => {
     const b = e.target.closest('[data-delete]');
-    if (b) deleteMessage(Number(b.getAttribute('data-delete')));
+    if (b) { deleteMessage(Number(b.getAttribute('data-delete'))); return; }
+    const reply = e.target.closest('[data-reply]');
+    if (reply) { compose('reply', Number(reply.getAttribute('data-reply'))); return; }
+    const change = e.target.closest('[data-edit]');
+    if (change) { compose('edit', Number(change.getAttribute('data-edit'))); return; }
+    const menu = e.target.closest('[data-react-menu]');
+    if (menu) {
+      const open = menu.parentElement.querySelector('.react-menu');
+      if (open) open.remove(); else menu.after(view.reactMenu(Number(menu.getAttribute('data-react-menu'))));
+      return;
+    }
+    const emoji = e.target.closest('[data-emoji][data-seq]');
+    if (emoji) {
+      emoji.closest('.react-menu')?.remove();
+      toggleReaction(Number(emoji.getAttribute('data-seq')), emoji.getAttribute('data-emoji'));
+    }
   });
+  $('composing-cancel').addEventListener('click', stopComposing);
   $('members').addEventListener('click', (e) => {
     const b = e.target.closest('[data-act]');
     if (b) moderate(b.getAttribute('data-act'), b.getAttribute('data-user'));

@@ -22,6 +22,7 @@ export class Store extends EventTarget {
     this.pending = new Map();
     this.members = new Map();
     this.typing = new Map();
+    this.receipts = new Map();
   }
 
   changed(what, room = null) {
@@ -65,6 +66,7 @@ export class Store extends EventTarget {
     this.older.delete(id);
     this.members.delete(id);
     this.typing.delete(id);
+    this.receipts.delete(id);
   }
 
   memberRooms() {
@@ -153,6 +155,49 @@ export class Store extends EventTarget {
     this.changed('messages', room);
   }
 
+  /** An `edited` event, or the answer to one's own edit. */
+  applyEdit(room, seq, body, editedAt) {
+    const m = this.messages.get(room)?.get(seq);
+    if (!m || m.deleted) return;
+    this.messages.get(room).set(seq, { ...m, body, edited_at: editedAt });
+    this.changed('messages', room);
+  }
+
+  /** A `reaction` event: `username` added (`on`) or took back `emoji`. */
+  applyReaction({ room, seq, emoji, username, on }) {
+    const m = this.messages.get(room)?.get(seq);
+    if (!m || m.deleted) return;
+    const reactions = { ...(m.reactions || {}) };
+    const users = (reactions[emoji] || []).filter((u) => u !== username);
+    if (on) users.push(username);
+    if (users.length) reactions[emoji] = users; else delete reactions[emoji];
+    this.messages.get(room).set(seq, { ...m, reactions });
+    this.changed('messages', room);
+  }
+
+  /** The message at `seq` of a held room, if held. */
+  message(room, seq) { return this.messages.get(room)?.get(seq) ?? null; }
+
+  // ---- read receipts ---------------------------------------------------------
+
+  setReceipts(room, list) {
+    this.receipts.set(room, new Map(list.map((r) => [r.username, r.seq])));
+    this.changed('receipts', room);
+  }
+
+  /** A `read` event: a member's marker moved. */
+  applyRead({ room, username, seq }) {
+    if (!this.receipts.has(room)) return;
+    this.receipts.get(room).set(username, seq);
+    this.changed('receipts', room);
+  }
+
+  /** Who else has read a room up to `seq`, by name. */
+  seenBy(room, seq) {
+    return [...(this.receipts.get(room) || new Map())]
+      .filter(([u, s]) => s >= seq && u !== this.me?.username).map(([u]) => u).sort();
+  }
+
   // ---- sends waiting for their ok ----------------------------------------
 
   addPending(p) {
@@ -163,6 +208,7 @@ export class Store extends EventTarget {
   /** The send's ok: the message is committed, so it is shown with its seq. */
   ack(p, ok) {
     const m = { room: p.room, seq: ok.seq, ts: ok.ts, from: this.me.username, body: p.body, client_id: p.clientId };
+    if (p.replyTo) m.reply_to = p.replyTo;
     this.dropPending(p.clientId);
     if (this.loaded(p.room)) this.addMessages(p.room, [m]);
   }

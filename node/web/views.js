@@ -136,26 +136,43 @@ export function renderMessages(store, canDelete) {
   for (let i = list.length - 1; i >= 0; i--) {
     const m = list[i];
     const can = canDelete(m);
-    const state = `${m.deleted ? 'deleted' : 'shown'}${can ? '+delete' : ''}`;
+    const quoted = m.reply_to ? store.message(room, m.reply_to) : null;
+    const mine = m.from === store.me?.username;
+    const state = [
+      m.deleted ? 'deleted' : 'shown', can ? 'delete' : '', m.edited_at || '', JSON.stringify(m.reactions || {}),
+      quoted ? `${quoted.deleted ? 'gone' : quoted.body}` : '', mine ? 'mine' : '',
+    ].join('|');
     let li = existing.get(m.seq);
     existing.delete(m.seq);
     if (li && li.getAttribute('data-state') !== state) {
-      const fresh = messageItem(m, can, state);
+      const fresh = messageItem(m, { canDelete: can, quoted, mine, me: store.me?.username }, state);
       li.replaceWith(fresh);
       li = fresh;
     }
     if (!li) {
-      li = messageItem(m, can, state);
+      li = messageItem(m, { canDelete: can, quoted, mine, me: store.me?.username }, state);
       ol.insertBefore(li, next);
     }
     next = li;
   }
   for (const li of existing.values()) li.remove();
+  renderSeenBy(store);
   if (follow) sc.scrollTop = sc.scrollHeight;
   else if (anchor && anchor.isConnected) sc.scrollTop = anchor.offsetTop - anchorTop;
 }
 
-function messageItem(m, canDelete, state) {
+/** Emoji offered by a message's React button, in order. */
+export const QUICK_REACTIONS = ['👍', '❤️', '😂', '🎉', '👀'];
+
+function messageItem(m, { canDelete, quoted, mine, me }, state) {
+  const action = (name, label, attrs) => el('button', {
+    type: 'button', class: 'link', 'data-test': name, 'aria-label': `${label} message ${m.seq}`, text: label, ...attrs,
+  });
+  const quote = m.reply_to ? el('blockquote', {
+    class: 'reply-quote', 'data-test': 'reply-quote', 'data-reply-to': m.reply_to,
+    text: quoted ? `${quoted.from}: ${quoted.deleted ? 'message deleted' : quoted.body}` : `a reply to message ${m.reply_to}`,
+  }) : null;
+  const reactions = Object.entries(m.deleted ? {} : (m.reactions || {}));
   return el('li', {
     class: m.deleted ? 'msg deleted' : 'msg', 'data-test': 'message',
     'data-seq': m.seq, 'data-from': m.from, 'data-state': state,
@@ -163,11 +180,49 @@ function messageItem(m, canDelete, state) {
   el('div', { class: 'meta' },
     el('span', { class: 'from', text: m.from }),
     el('time', { datetime: new Date(m.ts).toISOString(), text: time(m.ts) }),
+    m.edited_at && !m.deleted ? el('span', { class: 'edited', 'data-test': 'edited', text: '(edited)' }) : null,
+    m.deleted ? null : action('reply', 'Reply', { 'data-reply': m.seq }),
+    mine && !m.deleted ? action('edit', 'Edit', { 'data-edit': m.seq }) : null,
+    m.deleted ? null : action('react', 'React', { 'data-react-menu': m.seq }),
     canDelete ? el('button', {
       type: 'button', class: 'link', id: `delete-${m.seq}`, 'data-delete': m.seq,
       'aria-label': `Delete message ${m.seq}`, text: 'Delete',
     }) : null),
-  el('p', { class: 'body', text: m.deleted ? 'message deleted' : m.body }));
+  quote,
+  el('p', { class: 'body', text: m.deleted ? 'message deleted' : m.body }),
+  reactions.length ? el('div', { class: 'reactions' }, ...reactions.map(([emoji, users]) => el('button', {
+    type: 'button', class: users.includes(me) ? 'reaction mine' : 'reaction', 'data-test': 'reaction',
+    'data-emoji': emoji, 'data-count': users.length, 'data-seq': m.seq, title: users.join(', '),
+    text: `${emoji} ${users.length}`,
+  }))) : null);
+}
+
+/** "Seen by" under the newest message: who else has read that far. */
+function renderSeenBy(store) {
+  const p = $('seen-by');
+  const newest = store.active ? store.newest(store.active) : 0;
+  const who = newest ? store.seenBy(store.active, newest) : [];
+  const text = who.length ? `Seen by ${who.join(', ')}` : '';
+  if (p.textContent !== text) p.textContent = text;
+}
+
+/** The reply or edit under way, above the composer. */
+export function renderComposing(store, composing) {
+  const bar = $('composing');
+  if (!composing) { bar.hidden = true; return; }
+  const m = store.message(store.active, composing.seq);
+  const what = composing.mode === 'edit' ? 'Editing' : `Replying to ${m ? m.from : `message ${composing.seq}`}`;
+  $('composing-text').textContent = m && !m.deleted ? `${what}: ${m.body}` : what;
+  bar.hidden = false;
+}
+
+/** The emoji menu of a message's React button. */
+export function reactMenu(seq) {
+  return el('span', { class: 'react-menu', 'data-test': 'react-menu' },
+    ...QUICK_REACTIONS.map((emoji) => el('button', {
+      type: 'button', class: 'reaction', 'data-test': 'react-choice', 'data-emoji': emoji, 'data-seq': seq,
+      'aria-label': `React with ${emoji}`, text: emoji,
+    })));
 }
 
 export function renderPending(store) {

@@ -57,9 +57,18 @@ pub struct Frame {
     /// For `history`: at most this many (the server caps it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
-    /// For `read`: the highest seq read.
+    /// For `read`: the highest seq read; for `edit` and `react`: the message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// For `send`: the seq of the message of the same room it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// For `react`: the emoji.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// For `react`: add (true, the default) or take back (false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on: Option<bool>,
 }
 
 /// A checked client command; travels as a [`Frame`].
@@ -91,6 +100,28 @@ pub enum Command {
         body: String,
         /// Idempotency key.
         client_id: String,
+        /// The message of the same room it answers.
+        reply_to: Option<u64>,
+    },
+    /// Change the text of one of the caller's messages.
+    Edit {
+        /// Room id.
+        room: String,
+        /// The message.
+        seq: u64,
+        /// The new text.
+        body: String,
+    },
+    /// Add or take back an emoji on a message.
+    React {
+        /// Room id.
+        room: String,
+        /// The message.
+        seq: u64,
+        /// The emoji.
+        emoji: String,
+        /// Add (true) or take back (false).
+        on: bool,
     },
     /// Read a page of messages.
     History {
@@ -163,6 +194,18 @@ impl Command {
                 room: need(f.room, "room", k)?,
                 body: need(f.body, "body", k)?,
                 client_id: need(f.client_id, "client_id", k)?,
+                reply_to: f.reply_to,
+            },
+            "edit" => Command::Edit {
+                room: need(f.room, "room", k)?,
+                seq: need(f.seq, "seq", k)?,
+                body: need(f.body, "body", k)?,
+            },
+            "react" => Command::React {
+                room: need(f.room, "room", k)?,
+                seq: need(f.seq, "seq", k)?,
+                emoji: need(f.emoji, "emoji", k)?,
+                on: f.on.unwrap_or(true),
             },
             "history" => {
                 let page = match (f.before, f.after) {
@@ -186,6 +229,8 @@ impl Command {
             Command::Subscribe { .. } => "subscribe",
             Command::Unsubscribe { .. } => "unsubscribe",
             Command::Send { .. } => "send",
+            Command::Edit { .. } => "edit",
+            Command::React { .. } => "react",
             Command::History { .. } => "history",
             Command::Typing { .. } => "typing",
             Command::Read { .. } => "read",
@@ -199,8 +244,12 @@ impl Command {
             Command::Auth { token } => f.token = Some(token),
             Command::Subscribe { room, since } => (f.room, f.since) = (Some(room), since),
             Command::Unsubscribe { room } | Command::Typing { room } => f.room = Some(room),
-            Command::Send { room, body, client_id } => {
-                (f.room, f.body, f.client_id) = (Some(room), Some(body), Some(client_id));
+            Command::Send { room, body, client_id, reply_to } => {
+                (f.room, f.body, f.client_id, f.reply_to) = (Some(room), Some(body), Some(client_id), reply_to);
+            }
+            Command::Edit { room, seq, body } => (f.room, f.seq, f.body) = (Some(room), Some(seq), Some(body)),
+            Command::React { room, seq, emoji, on } => {
+                (f.room, f.seq, f.emoji, f.on) = (Some(room), Some(seq), Some(emoji), Some(on));
             }
             Command::History { room, page, limit } => {
                 (f.room, f.limit) = (Some(room), limit);

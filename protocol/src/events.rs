@@ -93,6 +93,39 @@ pub enum ServerEvent<S = String> {
         /// Room id.
         room: S,
     },
+    /// A message's sender changed its body.
+    Edited {
+        /// Room id.
+        room: S,
+        /// The message's seq.
+        seq: u64,
+        /// The new text.
+        body: S,
+        /// When (Unix ms).
+        edited_at: u64,
+    },
+    /// A member's read marker moved (to the room's members only).
+    Read {
+        /// Room id.
+        room: S,
+        /// Whose marker.
+        username: S,
+        /// The highest seq they have read.
+        seq: u64,
+    },
+    /// A member added (`on`) or took back an emoji on a message.
+    Reaction {
+        /// Room id.
+        room: S,
+        /// The message's seq.
+        seq: u64,
+        /// The emoji.
+        emoji: S,
+        /// Who.
+        username: S,
+        /// Added (true) or taken back (false).
+        on: bool,
+    },
 }
 
 impl<S: AsRef<str>> ServerEvent<S> {
@@ -105,6 +138,9 @@ impl<S: AsRef<str>> ServerEvent<S> {
             | ServerEvent::Member { room, .. }
             | ServerEvent::Removed { room, .. }
             | ServerEvent::Deleted { room, .. }
+            | ServerEvent::Edited { room, .. }
+            | ServerEvent::Reaction { room, .. }
+            | ServerEvent::Read { room, .. }
             | ServerEvent::RoomDeleted { room } => room.as_ref(),
         }
     }

@@ -37,6 +37,16 @@ pub struct NewMessage<S = String> {
     /// Idempotency key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<S>,
+    /// The seq of the message of the same room this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+}
+
+/// `PATCH /api/rooms/{room}/messages/{seq}`: the new text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditMessage<S = String> {
+    /// Text.
+    pub body: S,
 }
 
 /// `POST /api/rooms/{room}/invite`, `kick`, `ban`, `unban`, `unmute`.

@@ -60,7 +60,7 @@ fn is_false(b: &bool) -> bool {
 
 /// A message: a history item, and with `"type":"message"` an event. A
 /// deleted message keeps its place and loses its body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message<S = String> {
     /// Room id.
     pub room: S,
@@ -79,6 +79,64 @@ pub struct Message<S = String> {
     /// True once deleted; never sent as false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub deleted: bool,
+    /// The seq of the message of the same room this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// When its sender last changed the body (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// Each emoji with who reacted with it: `{"👍":["ann","bob"]}`.
+    #[serde(default = "Reactions::default", skip_serializing_if = "Reactions::is_empty")]
+    pub reactions: Reactions<S>,
+}
+
+/// A message's reactions: a JSON object from emoji to usernames, in the
+/// order the emoji were first chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reactions<S = String>(pub Vec<(S, Vec<S>)>);
+
+impl<S> Default for Reactions<S> {
+    fn default() -> Self {
+        Reactions(Vec::new())
+    }
+}
+
+impl<S> Reactions<S> {
+    /// No reaction at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<S: Serialize> Serialize for Reactions<S> {
+    fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (emoji, users) in &self.0 {
+            map.serialize_entry(emoji, users)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de, S: Deserialize<'de>> Deserialize<'de> for Reactions<S> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<S>(std::marker::PhantomData<S>);
+        impl<'de, S: Deserialize<'de>> serde::de::Visitor<'de> for Entries<S> {
+            type Value = Reactions<S>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object from emoji to usernames")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Reactions(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries(std::marker::PhantomData))
+    }
 }
 
 /// A room as a caller sees it.
@@ -117,6 +175,15 @@ pub struct Member {
     /// Connected anywhere in the cluster, in `members` answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub online: Option<bool>,
+}
+
+/// A member's read marker, as `GET /api/rooms/{room}/receipts` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt<S = String> {
+    /// The member.
+    pub username: S,
+    /// The highest seq they have read (0: nothing yet).
+    pub seq: u64,
 }
 
 /// One moderation action of `GET /api/rooms/{room}/audit`.

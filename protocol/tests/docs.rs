@@ -12,7 +12,7 @@ use serde_json::Value;
 const DOC: &str = include_str!("../../docs/protocol.md");
 
 /// The command types, whose examples are frames a client sends.
-const COMMANDS: &[&str] = &["auth", "subscribe", "unsubscribe", "send", "history", "typing", "read"];
+const COMMANDS: &[&str] = &["auth", "subscribe", "unsubscribe", "send", "edit", "react", "history", "typing", "read"];
 
 /// The ```json blocks: one example per block, or one per line.
 fn fenced() -> Vec<String> {

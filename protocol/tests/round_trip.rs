@@ -28,6 +28,7 @@ fn message(body: Option<&str>) -> Message {
         ts: 1_767_139_260_000,
         client_id: Some(s("m-7")),
         deleted: body.is_none(),
+        ..Message::default()
     }
 }
 
@@ -69,6 +70,27 @@ fn events_have_their_exact_text() {
         ),
         (ServerEvent::Deleted { room: s("lobby"), seq: 8 }, r#"{"type":"deleted","room":"lobby","seq":8}"#),
         (ServerEvent::RoomDeleted { room: s("lobby") }, r#"{"type":"room_deleted","room":"lobby"}"#),
+        (
+            ServerEvent::Message(Message {
+                reply_to: Some(3),
+                edited_at: Some(1_767_139_261_000),
+                reactions: Reactions(vec![(s("👍"), vec![s("bob"), s("cy")]), (s(":tada:"), vec![s("ann")])]),
+                ..message(Some("hi"))
+            }),
+            r#"{"type":"message","room":"lobby","seq":7,"from":"ann","body":"hi","ts":1767139260000,"client_id":"m-7","reply_to":3,"edited_at":1767139261000,"reactions":{"👍":["bob","cy"],":tada:":["ann"]}}"#,
+        ),
+        (
+            ServerEvent::Edited { room: s("lobby"), seq: 7, body: s("fixed"), edited_at: 5 },
+            r#"{"type":"edited","room":"lobby","seq":7,"body":"fixed","edited_at":5}"#,
+        ),
+        (
+            ServerEvent::Read { room: s("lobby"), username: s("bob"), seq: 7 },
+            r#"{"type":"read","room":"lobby","username":"bob","seq":7}"#,
+        ),
+        (
+            ServerEvent::Reaction { room: s("lobby"), seq: 7, emoji: s("👍"), username: s("bob"), on: true },
+            r#"{"type":"reaction","room":"lobby","seq":7,"emoji":"👍","username":"bob","on":true}"#,
+        ),
     ];
     for (event, json) in cases {
         check(event, json);
@@ -87,6 +109,7 @@ fn borrowed_strings_encode_like_owned_ones() {
         ts: 1_767_139_260_000,
         client_id: Some("m-7"),
         deleted: false,
+        ..Message::default()
     });
     assert_eq!(serde_json::to_string(&borrowed).ok(), serde_json::to_string(&owned).ok());
     let page = HistoryPage { messages: vec![message(Some("hi"))], next: None };
@@ -240,8 +263,15 @@ fn request_bodies_have_their_exact_text() {
         r#"{"room":"lobby","title":"Lobby","visibility":"public"}"#,
     );
     check(NewRoom { room: s("lobby"), title: None, visibility: None }, r#"{"room":"lobby"}"#);
-    check(NewMessage { body: Some(s("hello")), client_id: Some(s("m1")) }, r#"{"body":"hello","client_id":"m1"}"#);
-    check(NewMessage::<String> { body: None, client_id: None }, r#"{}"#);
+    check(
+        NewMessage { body: Some(s("hello")), client_id: Some(s("m1")), reply_to: None },
+        r#"{"body":"hello","client_id":"m1"}"#,
+    );
+    check(
+        NewMessage { body: Some(s("re")), client_id: Some(s("m2")), reply_to: Some(4) },
+        r#"{"body":"re","client_id":"m2","reply_to":4}"#,
+    );
+    check(NewMessage::<String> { body: None, client_id: None, reply_to: None }, r#"{}"#);
     check(UserTarget { username: s("bob") }, r#"{"username":"bob"}"#);
     check(RoleChange { username: s("bob"), role: s("moderator") }, r#"{"username":"bob","role":"moderator"}"#);
     check(Mute { username: s("bob"), seconds: 60 }, r#"{"username":"bob","seconds":60}"#);
@@ -311,7 +341,19 @@ fn frames_become_commands_and_back() {
         (r#"{"type":"unsubscribe","id":3,"room":"a"}"#, Command::Unsubscribe { room: s("a") }),
         (
             r#"{"type":"send","id":4,"room":"a","body":"hi","client_id":"c"}"#,
-            Command::Send { room: s("a"), body: s("hi"), client_id: s("c") },
+            Command::Send { room: s("a"), body: s("hi"), client_id: s("c"), reply_to: None },
+        ),
+        (
+            r#"{"type":"send","id":4,"room":"a","body":"re","client_id":"c","reply_to":2}"#,
+            Command::Send { room: s("a"), body: s("re"), client_id: s("c"), reply_to: Some(2) },
+        ),
+        (
+            r#"{"type":"edit","id":6,"room":"a","body":"fixed","seq":2}"#,
+            Command::Edit { room: s("a"), seq: 2, body: s("fixed") },
+        ),
+        (
+            r#"{"type":"react","id":7,"room":"a","seq":2,"emoji":"👍","on":false}"#,
+            Command::React { room: s("a"), seq: 2, emoji: s("👍"), on: false },
         ),
         (
             r#"{"type":"history","id":5,"room":"a","after":3,"limit":9}"#,

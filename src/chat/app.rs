@@ -603,6 +603,50 @@ impl App {
                     Done::Said { room, result: result.map(|()| format!("invited {user} to {name}")) }
                 });
             }
+            Command::Reply(body) => {
+                let Some(room) = self.current_room("/reply") else { return };
+                let me = self.model.me().to_string();
+                let Some(to) =
+                    self.model.room(&room).and_then(|r| r.newest(&me, false)).map(|e| (e.seq, e.from.clone()))
+                else {
+                    self.model.set_error("/reply needs a message of someone else to answer", Instant::now());
+                    return;
+                };
+                let client_id = self.client.next_client_id();
+                self.spawn(async move {
+                    let result = with_login!(api, |h| h.post_reply(&room, &body, &client_id, Some(to.0)).await);
+                    Done::Said { room, result: result.map(|_| format!("replied to {}", to.1)) }
+                });
+            }
+            Command::Edit(body) => {
+                let Some(room) = self.current_room("/edit") else { return };
+                let me = self.model.me().to_string();
+                let Some(seq) = self.model.room(&room).and_then(|r| r.newest(&me, true)).map(|e| e.seq) else {
+                    self.model.set_error("/edit needs a message of yours to change", Instant::now());
+                    return;
+                };
+                self.spawn(async move {
+                    let result = with_login!(api, |h| h.edit_message(&room, seq, &body).await);
+                    Done::Said { room, result: result.map(|_| "message edited".to_string()) }
+                });
+            }
+            Command::React(emoji) => {
+                let Some(room) = self.current_room("/react") else { return };
+                let me = self.model.me().to_string();
+                let target = self.model.room(&room).and_then(|r| r.newest(&me, false));
+                let Some((seq, from, on)) = target.map(|e| {
+                    let mine = e.reactions.iter().any(|(x, users)| *x == emoji && users.contains(&me));
+                    (e.seq, e.from.clone(), !mine)
+                }) else {
+                    self.model.set_error("/react needs a message of someone else", Instant::now());
+                    return;
+                };
+                self.spawn(async move {
+                    let result = with_login!(api, |h| h.react(&room, seq, &emoji, on).await);
+                    let done = if on { format!("reacted {emoji} to {from}") } else { format!("took back {emoji}") };
+                    Done::Said { room, result: result.map(|()| done) }
+                });
+            }
             Command::Who => {
                 let Some(room) = self.current_room("/who") else { return };
                 let name = self.model.display_name(&room);

@@ -36,6 +36,13 @@ pub enum Command {
     Invite(String),
     /// `/who`: the current room's members and who is online.
     Who,
+    /// `/reply TEXT`: answer the newest message of someone else.
+    Reply(String),
+    /// `/edit TEXT`: change the text of one's newest message.
+    Edit(String),
+    /// `/react EMOJI`: add (or, chosen again, take back) a reaction to the
+    /// newest message of someone else.
+    React(String),
     /// `/quit`: leave the program.
     Quit,
     /// `/help`: list the commands and keys.
@@ -84,6 +91,9 @@ pub const HELP: &[&str] = &[
     "/dm USER              talk to USER in a direct room",
     "/invite USER          invite USER to the current room",
     "/who                  members of the current room, and who is online",
+    "/reply TEXT           answer the newest message of someone else",
+    "/edit TEXT            change the text of your newest message",
+    "/react EMOJI          react to the newest message of someone else (again: take it back)",
     "/quit                 leave (Ctrl-C too)",
     "//text                send a line that starts with /",
     "keys: Enter send · Tab/Shift-Tab, Ctrl-N/Ctrl-P rooms · PageUp/PageDown scroll",
@@ -135,6 +145,16 @@ pub fn parse(line: &str) -> Result<Input, ParseError> {
             no_args("who", "no argument", &args)?;
             Command::Who
         }
+        "reply" | "re" => Command::Reply(text_arg("reply", "TEXT", rest)?),
+        "edit" => Command::Edit(text_arg("edit", "TEXT", rest)?),
+        "react" => {
+            let emoji =
+                args.first().ok_or(ParseError::Missing { command: "react", what: "an emoji", usage: "EMOJI" })?;
+            if let Some(extra) = args.get(1) {
+                return Err(ParseError::Extra { command: "react", usage: "EMOJI", extra: extra.to_string() });
+            }
+            Command::React(emoji.to_string())
+        }
         "quit" | "exit" | "q" => Command::Quit,
         "help" | "h" | "?" => Command::Help,
         _ => return Err(ParseError::Unknown(name)),
@@ -159,6 +179,16 @@ pub fn valid_room(room: &str) -> bool {
 pub fn valid_user(user: &str) -> bool {
     (3..=32).contains(&user.len())
         && user.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The rest of the line after the command's name, as typed (less the one
+/// space that follows the name).
+fn text_arg(command: &'static str, usage: &'static str, rest: &str) -> Result<String, ParseError> {
+    let text = rest.split_once(char::is_whitespace).map_or("", |(_, text)| text);
+    if text.trim().is_empty() {
+        return Err(ParseError::Missing { command, what: "some text", usage });
+    }
+    Ok(text.to_string())
 }
 
 fn no_args(command: &'static str, usage: &'static str, args: &[&str]) -> Result<(), ParseError> {
@@ -273,6 +303,11 @@ mod tests {
             ("/quit", cmd(Command::Quit)),
             ("/quit now", cmd(Command::Quit)),
             ("/help", cmd(Command::Help)),
+            ("/reply sure, see you", cmd(Command::Reply("sure, see you".into()))),
+            ("/re  two  spaces", cmd(Command::Reply(" two  spaces".into()))),
+            ("/edit fixed typo", cmd(Command::Edit("fixed typo".into()))),
+            ("/react 👍", cmd(Command::React("👍".into()))),
+            ("/react :tada:", cmd(Command::React(":tada:".into()))),
         ]);
     }
 
@@ -295,6 +330,10 @@ mod tests {
             ("/invite", Err("/invite needs a username")),
             ("/leave lobby", Err("/leave takes no argument, not \"lobby\"")),
             ("/who everyone", Err("/who takes no argument")),
+            ("/reply", Err("/reply needs some text: /reply TEXT")),
+            ("/edit   ", Err("/edit needs some text")),
+            ("/react", Err("/react needs an emoji: /react EMOJI")),
+            ("/react 👍 🎉", Err("/react takes EMOJI, not \"🎉\"")),
             ("/frobnicate", Err("unknown command /frobnicate")),
             ("/", Err("unknown command /:")),
             ("/ join lobby", Err("unknown command /:")),

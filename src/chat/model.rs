@@ -69,6 +69,12 @@ pub struct Entry {
     pub from: String,
     /// Text; `None` once deleted.
     pub body: Option<String>,
+    /// Its sender changed the text.
+    pub edited: bool,
+    /// The message of the room it answers.
+    pub reply_to: Option<u64>,
+    /// Each emoji with who chose it.
+    pub reactions: Vec<(String, Vec<String>)>,
 }
 
 /// A send that has no `ok` yet (shown with `*`) or that failed (with `!`).
@@ -207,7 +213,42 @@ impl RoomState {
     fn insert(&mut self, m: Message) {
         self.last_seq = self.last_seq.max(m.seq);
         let body = if m.deleted { None } else { m.body };
-        self.messages.insert(m.seq, Entry { seq: m.seq, from: m.from, body });
+        let entry = Entry {
+            seq: m.seq,
+            from: m.from,
+            body,
+            edited: m.edited_at.is_some(),
+            reply_to: m.reply_to,
+            reactions: m.reactions.0,
+        };
+        self.messages.insert(m.seq, entry);
+    }
+
+    /// The message at `seq`, if shown.
+    pub fn message(&self, seq: u64) -> Option<&Entry> {
+        self.messages.get(&seq)
+    }
+
+    /// The newest message still there, sent by `me` (`mine`) or by anyone else.
+    pub fn newest(&self, me: &str, mine: bool) -> Option<&Entry> {
+        self.messages.values().rev().find(|e| e.body.is_some() && (e.from == me) == mine)
+    }
+}
+
+/// Adds `user` to `emoji`'s reactors (`on`) or takes them off, as a
+/// `reaction` event says; an emoji no one chooses any more goes.
+fn react(reactions: &mut Vec<(String, Vec<String>)>, emoji: String, user: String, on: bool) {
+    let at = reactions.iter().position(|(e, _)| *e == emoji);
+    match (at, on) {
+        (Some(i), true) if !reactions[i].1.contains(&user) => reactions[i].1.push(user),
+        (None, true) => reactions.push((emoji, vec![user])),
+        (Some(i), false) => {
+            reactions[i].1.retain(|u| *u != user);
+            if reactions[i].1.is_empty() {
+                reactions.remove(i);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -468,6 +509,20 @@ impl Model {
             Event::Deleted { room, seq } => {
                 if let Some(e) = self.rooms.get_mut(&room).and_then(|r| r.messages.get_mut(&seq)) {
                     e.body = None;
+                    e.reactions.clear();
+                }
+            }
+            Event::Edited { room, seq, body, .. } => {
+                if let Some(e) = self.rooms.get_mut(&room).and_then(|r| r.messages.get_mut(&seq))
+                    && e.body.is_some()
+                {
+                    e.body = Some(body);
+                    e.edited = true;
+                }
+            }
+            Event::Reaction { room, seq, emoji, username, on } => {
+                if let Some(e) = self.rooms.get_mut(&room).and_then(|r| r.messages.get_mut(&seq)) {
+                    react(&mut e.reactions, emoji, username, on);
                 }
             }
             Event::Member { room, username, change, role } => {
@@ -485,7 +540,11 @@ impl Model {
             }
             Event::Error { code, message } => self.set_error(readable(&code, &message, None), now),
             // Presence is read on demand (/who); the rest has no place on screen.
-            Event::Presence { .. } | Event::Removed { .. } | Event::RoomDeleted { .. } | Event::Other(_) => {}
+            Event::Presence { .. }
+            | Event::Removed { .. }
+            | Event::RoomDeleted { .. }
+            | Event::Read { .. }
+            | Event::Other(_) => {}
         }
     }
 
@@ -603,7 +662,14 @@ impl Model {
             Ok(seq) => {
                 let p = r.pending.remove(at);
                 r.last_seq = r.last_seq.max(seq);
-                r.messages.entry(seq).or_insert(Entry { seq, from: me, body: Some(p.body) });
+                r.messages.entry(seq).or_insert(Entry {
+                    seq,
+                    from: me,
+                    body: Some(p.body),
+                    edited: false,
+                    reply_to: None,
+                    reactions: Vec::new(),
+                });
                 self.mark_read();
             }
             Err(why) => {
@@ -866,6 +932,7 @@ pub(crate) mod fixtures {
             ts: 0,
             client_id: Some(format!("{from}-{seq}")),
             deleted: false,
+            ..Message::default()
         }
     }
 }
@@ -1057,6 +1124,36 @@ mod tests {
         assert_eq!(m.current().map(RoomState::typing), Some(vec!["carol"]));
         m.tick(t0 + TYPING_SHOWN_FOR);
         assert_eq!(m.current().map(RoomState::typing), Some(vec![]));
+    }
+
+    /// Edits, reactions and replies as the events and history bring them.
+    #[test]
+    fn edits_and_reactions_change_what_is_shown() {
+        let mut m = Model::new("ann");
+        let now = Instant::now();
+        m.apply_room_list(&[room("a", 0, Some(0))], true);
+        m.on_message(msg("a", 1, "bob", "helo"));
+        m.on_message(Message { reply_to: Some(1), ..msg("a", 2, "ann", "hi bob") });
+        let ev = |e: Event| ClientEvent::Event(e);
+        m.on_client_event(ev(Event::Edited { room: "a".into(), seq: 1, body: "hello".into(), edited_at: 5 }), now);
+        let reaction = |who: &str, on: bool| {
+            ev(Event::Reaction { room: "a".into(), seq: 1, emoji: "👍".into(), username: who.into(), on })
+        };
+        m.on_client_event(reaction("ann", true), now);
+        m.on_client_event(reaction("carol", true), now);
+        m.on_client_event(reaction("ann", true), now);
+        m.on_client_event(reaction("carol", false), now);
+        let r = m.current().expect("room a");
+        let e = r.message(1).expect("message 1");
+        assert_eq!((e.body.as_deref(), e.edited), (Some("hello"), true));
+        assert_eq!(e.reactions, vec![("👍".to_string(), vec!["ann".to_string()])]);
+        assert_eq!(r.message(2).and_then(|e| e.reply_to), Some(1));
+        assert_eq!(r.newest("ann", false).map(|e| e.seq), Some(1), "the newest of someone else");
+        assert_eq!(r.newest("ann", true).map(|e| e.seq), Some(2), "the newest of one's own");
+        m.on_client_event(ev(Event::Deleted { room: "a".into(), seq: 1 }), now);
+        let r = m.current().expect("room a");
+        assert!(r.message(1).is_some_and(|e| e.body.is_none() && e.reactions.is_empty()));
+        assert_eq!(r.newest("ann", false).map(|e| e.seq), None, "a deleted message is not answered");
     }
 
     #[test]

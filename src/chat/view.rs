@@ -171,9 +171,24 @@ fn room_rows(model: &Model, room: &RoomState, width: usize) -> Vec<Line<'static>
                     if e.from == me { Style::new().fg(Color::Cyan) } else { Style::new().fg(Color::Green) };
                 let mut spans =
                     vec![Span::styled(format!("{}:", visible(&e.from)), name_style.add_modifier(Modifier::BOLD))];
+                if let Some(to) = e.reply_to {
+                    let whom = room.message(to).map_or_else(|| format!("#{to}"), |q| visible(&q.from));
+                    spans.push(Span::styled(format!(" ↪ {whom}"), dim()));
+                }
                 match &e.body {
                     Some(body) => spans.push(Span::raw(format!(" {}", visible(body)))),
                     None => spans.push(Span::styled(" (deleted)", dim().add_modifier(Modifier::ITALIC))),
+                }
+                if e.edited && e.body.is_some() {
+                    spans.push(Span::styled(" (edited)", dim()));
+                }
+                if !e.reactions.is_empty() {
+                    let counts: Vec<String> = e
+                        .reactions
+                        .iter()
+                        .map(|(emoji, users)| format!("{} {}", visible(emoji), users.len()))
+                        .collect();
+                    spans.push(Span::styled(format!(" [{}]", counts.join(" ")), dim()));
                 }
                 spans
             }

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use palaver_protocol::Credentials;
+use palaver_protocol::EditMessage;
 use palaver_protocol::Mute;
 use palaver_protocol::NewMessage;
 use palaver_protocol::NewRoom;
@@ -26,6 +27,7 @@ use super::extract::Path;
 use super::extract::Query;
 use crate::meta::RoomOp;
 use crate::service::ApiError;
+use crate::service::NewPost;
 use crate::service::Node;
 
 type Answer = Result<Response, ApiError>;
@@ -178,6 +180,10 @@ pub async fn members(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room
     ok(node.members(&s, &room).await?)
 }
 
+pub async fn receipts(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
+    ok(node.receipts(&s, &room).await?)
+}
+
 pub async fn audit(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
     ok(node.audit(&s, &room).await?)
 }
@@ -215,10 +221,42 @@ pub async fn post_message(
     Path(room): Path<String>,
     Json(m): Json<NewMessage>,
 ) -> Answer {
-    let body = m.body.unwrap_or_default();
-    let client_id = m.client_id.unwrap_or_default();
-    let appended = node.send(&s, &room, body, client_id).await?;
+    let post =
+        NewPost { body: m.body.unwrap_or_default(), client_id: m.client_id.unwrap_or_default(), reply_to: m.reply_to };
+    let appended = node.send(&s, &room, post).await?;
     created(SendAck { seq: appended.seq, ts: appended.ts })
+}
+
+fn parse_seq(seq: &str) -> Result<u64, ApiError> {
+    seq.parse::<u64>().map_err(|_| ApiError::bad_request("seq must be a positive integer"))
+}
+
+pub async fn edit_message(
+    State(node): State<Arc<Node>>,
+    Authed(s): Authed,
+    Path((room, seq)): Path<(String, String)>,
+    Json(e): Json<EditMessage>,
+) -> Answer {
+    let message = node.edit_message(&s, &room, parse_seq(&seq)?, e.body).await?;
+    ok(crate::protocol::message(&room, &message))
+}
+
+pub async fn add_reaction(
+    State(node): State<Arc<Node>>,
+    Authed(s): Authed,
+    Path((room, seq, emoji)): Path<(String, String, String)>,
+) -> Answer {
+    node.set_reaction(&s, &room, parse_seq(&seq)?, &emoji, true).await?;
+    no_content()
+}
+
+pub async fn remove_reaction(
+    State(node): State<Arc<Node>>,
+    Authed(s): Authed,
+    Path((room, seq, emoji)): Path<(String, String, String)>,
+) -> Answer {
+    node.set_reaction(&s, &room, parse_seq(&seq)?, &emoji, false).await?;
+    no_content()
 }
 
 pub async fn delete_message(
@@ -226,7 +264,6 @@ pub async fn delete_message(
     Authed(s): Authed,
     Path((room, seq)): Path<(String, String)>,
 ) -> Answer {
-    let seq = seq.parse::<u64>().map_err(|_| ApiError::bad_request("seq must be a positive integer"))?;
-    node.delete_message(&s, &room, seq).await?;
+    node.delete_message(&s, &room, parse_seq(&seq)?).await?;
     no_content()
 }

@@ -25,6 +25,7 @@ use axum::response::Response;
 use axum::routing::delete;
 use axum::routing::get;
 use axum::routing::post;
+use axum::routing::put;
 use palaver_protocol::Code;
 use palaver_protocol::HttpError;
 pub use server::serve;
@@ -79,7 +80,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/rooms/{room}/members", get(http::members))
         .route("/api/rooms/{room}/audit", get(http::audit))
         .route("/api/rooms/{room}/messages", get(http::history).post(http::post_message))
-        .route("/api/rooms/{room}/messages/{seq}", delete(http::delete_message))
+        .route("/api/rooms/{room}/messages/{seq}", delete(http::delete_message).patch(http::edit_message))
+        .route("/api/rooms/{room}/receipts", get(http::receipts))
+        .route(
+            "/api/rooms/{room}/messages/{seq}/reactions/{emoji}",
+            put(http::add_reaction).delete(http::remove_reaction),
+        )
         .route("/api/dm/{username}", post(http::open_direct))
         .route("/api/poll", get(poll::poll))
         .route("/api/cluster", get(ops::cluster))

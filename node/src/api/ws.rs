@@ -54,6 +54,7 @@ use crate::protocol::error_reply;
 use crate::protocol::ok_reply;
 use crate::protocol::salvage_id;
 use crate::service::ApiError;
+use crate::service::NewPost;
 use crate::service::Node;
 use crate::service::Session;
 use crate::service::Usage;
@@ -583,10 +584,10 @@ impl Reader {
                 }
                 self.reply(ok_reply(id, Done {})).await;
             }
-            Command::Send { room, body, client_id } => {
+            Command::Send { room, body, client_id, reply_to } => {
                 self.rate()?;
                 let r = node.check_send(s, &room, &body, &client_id).await?;
-                let pending = node.submit_message(s, r, body, client_id).await?;
+                let pending = node.submit_message(s, r, NewPost { body, client_id, reply_to }).await?;
                 let (tx, budget) = (self.tx.clone(), self.budget.clone());
                 tokio::spawn(async move {
                     let reply = match pending.await {
@@ -595,6 +596,16 @@ impl Reader {
                     };
                     queue(&tx, &budget, Outbound::reply(reply)).await;
                 });
+            }
+            Command::Edit { room, seq, body } => {
+                self.rate()?;
+                let message = node.edit_message(s, &room, seq, body).await?;
+                self.reply(ok_reply(id, crate::protocol::message(&room, &message))).await;
+            }
+            Command::React { room, seq, emoji, on } => {
+                self.rate()?;
+                node.set_reaction(s, &room, seq, &emoji, on).await?;
+                self.reply(ok_reply(id, Done {})).await;
             }
             Command::History { room, page, limit } => {
                 let page = node.history(s, &room, page, limit).await?;

@@ -82,6 +82,8 @@ pub enum RoomCall {
     Delete(ForwardedDelete),
     /// Read a room's log on a replica of its shard.
     Read(RoomRead),
+    /// Edit or react to a message on the leader of the room's shard.
+    Change(ForwardedChange),
 }
 
 /// The answer to a [`RoomCall`].
@@ -95,6 +97,55 @@ pub enum RoomAnswer {
     Messages(Vec<Message>),
     /// Refused: protocol code and text.
     Refused(String, String),
+    /// To a [`RoomCall::Change`]: what it did.
+    Changed(ChangeDone),
+}
+
+/// A change to a message, as a node forwards it to the leader of the
+/// room's shard (which decides the actor's standing again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MessageChange {
+    /// New text (the sender only).
+    Edit {
+        /// The text.
+        body: String,
+    },
+    /// Add (`on`) or take back an emoji.
+    React {
+        /// The emoji.
+        emoji: String,
+        /// Add or take back.
+        on: bool,
+    },
+}
+
+/// What a [`MessageChange`] did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ChangeDone {
+    /// The message after an edit, and the text it replaced.
+    Edited {
+        /// The message now.
+        message: Message,
+        /// The text before.
+        old_body: String,
+    },
+    /// A reaction is in place (or gone).
+    Reacted,
+}
+
+/// A [`MessageChange`] forwarded to the leader of the room's shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedChange {
+    /// Who changes the message.
+    pub actor: String,
+    /// Room id.
+    pub room: String,
+    /// The message.
+    pub seq: u64,
+    /// The change.
+    pub change: MessageChange,
+    /// The forwarding node's applied Raft index (see [`ForwardedSend`]).
+    pub applied: u64,
 }
 
 /// A read of room logs on a replica of their shard, for a node that holds
@@ -169,6 +220,8 @@ pub struct ForwardedSend {
     /// Forwarded once already, by a replica that learned the leader had
     /// moved: it is not forwarded again.
     pub relayed: bool,
+    /// The message of the same room it answers.
+    pub reply_to: Option<u64>,
 }
 
 /// The shard leader's answer to a [`ForwardedSend`].

@@ -359,6 +359,13 @@ pub enum RoomOp {
         /// The message's seq.
         seq: u64,
     },
+    /// Audit an edit by the message's sender: the text it replaced.
+    AuditEdit {
+        /// The message's seq.
+        seq: u64,
+        /// The text before the edit.
+        old_body: String,
+    },
 }
 
 /// What a command answers on success.
@@ -447,6 +454,17 @@ pub enum MetaEffect {
     /// The node set or a shard's replicas changed: nodes open and close
     /// their shard groups to match.
     LayoutChanged,
+    /// A member's read marker moved.
+    ReadMoved {
+        /// Room id.
+        room: String,
+        /// Room log key.
+        room_key: u64,
+        /// Whose marker.
+        username: String,
+        /// Where it is now.
+        seq: u64,
+    },
 }
 
 /// The whole metadata state, identical on every node that applied the same log.
@@ -622,8 +640,16 @@ impl MetaState {
                 // Checked here, where it is ordered: a marker of someone who
                 // left in the meantime is dropped.
                 for m in markers {
-                    if let Some(member) = self.rooms.get_mut(&m.room).and_then(|r| r.members.get_mut(&m.user)) {
+                    let Some(r) = self.rooms.get_mut(&m.room) else { continue };
+                    let Some(member) = r.members.get_mut(&m.user) else { continue };
+                    if member.read_seq != m.seq {
                         member.read_seq = m.seq;
+                        effects.push(MetaEffect::ReadMoved {
+                            room: m.room.clone(),
+                            room_key: r.info.key,
+                            username: m.user.clone(),
+                            seq: m.seq,
+                        });
                     }
                 }
                 Ok(MetaOk::Done)
@@ -728,6 +754,7 @@ impl MetaState {
             RoomOp::Mute(t, _) | RoomOp::Unmute(t) => Action::Mute(target_role(r, t).unwrap_or(Role::Member)),
             RoomOp::MarkRead(_) => Action::MarkRead,
             RoomOp::AuditDelete { .. } => Action::DeleteMessage { own: false },
+            RoomOp::AuditEdit { .. } => Action::DeleteMessage { own: true },
         };
         permissions::check(standing, r.info.visibility, admin, action).map_err(|e| denied(e, room))?;
         // Only now, with the actor allowed to see the room, may we say who is missing.
@@ -820,12 +847,23 @@ impl MetaState {
                 r.record(now, actor, "unmute", t, None);
             }
             RoomOp::MarkRead(seq) => {
-                if let Some(m) = r.members.get_mut(actor) {
+                if let Some(m) = r.members.get_mut(actor)
+                    && m.read_seq != *seq
+                {
                     m.read_seq = *seq;
+                    effects.push(MetaEffect::ReadMoved {
+                        room: room.to_string(),
+                        room_key: key,
+                        username: actor.to_string(),
+                        seq: *seq,
+                    });
                 }
             }
             RoomOp::AuditDelete { sender, seq } => {
                 r.record(now, actor, "delete_message", sender, Some(seq.to_string()));
+            }
+            RoomOp::AuditEdit { seq, old_body } => {
+                r.record(now, actor, "edit_message", actor, Some(format!("{seq}: {old_body}")));
             }
         }
         r.mutes.retain(|_, until| *until > now);

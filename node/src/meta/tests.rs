@@ -974,6 +974,7 @@ mod effects {
     enum Ev {
         Member(&'static str, MemberChange, Option<Role>, bool),
         RoomDeleted,
+        ReadMoved(&'static str, u64),
     }
     use Ev::*;
 
@@ -994,6 +995,12 @@ mod effects {
                         may_read: *may_read,
                     },
                     RoomDeleted => MetaEffect::RoomDeleted { room: room_id.to_string(), room_key: key },
+                    ReadMoved(username, seq) => MetaEffect::ReadMoved {
+                        room: room_id.to_string(),
+                        room_key: key,
+                        username: username.to_string(),
+                        seq: *seq,
+                    },
                 })
                 .collect();
             let (reply, effects) = run(&mut base.clone(), NOW, room(actor, room_id, op.clone()));
@@ -1058,9 +1065,17 @@ mod effects {
             ("owner", LOBBY, unban("banned"), vec![]),
             ("moder", STAFF, mute("target", NOW + 1_000), vec![]),
             ("moder", STAFF, unmute("target"), vec![]),
-            ("member", DM, RoomOp::MarkRead(4), vec![]),
+            ("member", DM, RoomOp::MarkRead(0), vec![]),
             ("moder", LOBBY, RoomOp::AuditDelete { sender: "target".into(), seq: 4 }, vec![]),
+            ("member", LOBBY, RoomOp::AuditEdit { seq: 4, old_body: "helo".into() }, vec![]),
         ]);
+    }
+
+    /// A read marker that moves tells the room (members see receipts); one
+    /// set where it was says nothing.
+    #[test]
+    fn a_moving_read_marker_is_announced() {
+        check(&[("member", DM, RoomOp::MarkRead(4), vec![ReadMoved("member", 4)])]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 pub use log::RoomLog;
 pub use record::Message;
+pub use record::Reaction;
 pub use record::StoredMessage;
 
 /// Most messages one history page returns.
@@ -58,6 +59,34 @@ pub enum Published {
         room_key: u64,
         /// Its seq.
         seq: u64,
+    },
+    /// A message's text changed.
+    Edited {
+        /// Room id.
+        room: Arc<str>,
+        /// Room log key.
+        room_key: u64,
+        /// Its seq.
+        seq: u64,
+        /// The new text.
+        body: String,
+        /// When (the entry's ts).
+        edited_at: u64,
+    },
+    /// An emoji was added to a message or taken back.
+    Reaction {
+        /// Room id.
+        room: Arc<str>,
+        /// Room log key.
+        room_key: u64,
+        /// Its seq.
+        seq: u64,
+        /// The emoji.
+        emoji: String,
+        /// Who.
+        username: String,
+        /// Added or taken back.
+        on: bool,
     },
 }
 

@@ -15,7 +15,7 @@ pub const DEDUP: &str = "dedup";
 pub const COMMITTED: &str = "committed";
 
 /// One message as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     /// Sender's username.
     pub from: String,
@@ -25,10 +25,43 @@ pub struct StoredMessage {
     pub ts: u64,
     /// The sender's idempotency key.
     pub client_id: String,
-    /// Written as 0 since room logs moved to shards; kept because postcard
-    /// records are positional and logs written before must still decode.
+    /// Written as 0 since room logs moved to shards (a field of the first
+    /// record format).
     pub epoch: u64,
+    /// The message of the same room this one answers.
+    pub reply_to: Option<u64>,
+    /// When the body was last changed by its sender (Unix ms).
+    pub edited_at: Option<u64>,
+    /// Reactions: each emoji with who reacted, in the order they first did.
+    pub reactions: Vec<Reaction>,
 }
+
+/// One emoji on a message and who chose it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji: one grapheme cluster, or `:name:`.
+    pub emoji: String,
+    /// Who reacted with it, in order.
+    pub users: Vec<String>,
+}
+
+/// The first record format: what every message written before replies,
+/// edits and reactions is stored as. postcard records are positional, so
+/// the fields of a later format cannot just be appended.
+#[derive(Deserialize)]
+struct FirstFormat {
+    from: String,
+    body: Option<String>,
+    ts: u64,
+    client_id: String,
+    epoch: u64,
+}
+
+/// The byte a record of a later format starts with. A first-format record
+/// starts with its sender's length, never 0 (usernames are not empty).
+const FORMAT_MARK: u8 = 0;
+/// The format [`encode`] writes after [`FORMAT_MARK`].
+const FORMAT: u8 = 2;
 
 /// A message with its place in the room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,15 +108,32 @@ pub fn room_end(room_key: u64) -> [u8; 8] {
     room_key.saturating_add(1).to_be_bytes()
 }
 
-/// Encodes a record.
+/// Encodes a record (the current format).
 pub fn encode(msg: &StoredMessage) -> Vec<u8> {
+    let mut out = vec![FORMAT_MARK, FORMAT];
     // Encoding plain structs of strings and integers cannot fail.
-    postcard::to_stdvec(msg).unwrap_or_default()
+    out.extend(postcard::to_stdvec(msg).unwrap_or_default());
+    out
 }
 
-/// Decodes a record.
+/// Decodes a record of any format.
 pub fn decode(bytes: &[u8]) -> Result<StoredMessage, StorageError> {
-    postcard::from_bytes(bytes).map_err(|e| StorageError::Corrupt { tree: MESSAGES, message: e.to_string() })
+    let corrupt = |message: String| StorageError::Corrupt { tree: MESSAGES, message };
+    match bytes {
+        [FORMAT_MARK, FORMAT, rest @ ..] => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
+        [FORMAT_MARK, other, ..] => Err(corrupt(format!("unknown message record format {other}"))),
+        _ => {
+            let first: FirstFormat = postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+            Ok(StoredMessage {
+                from: first.from,
+                body: first.body,
+                ts: first.ts,
+                client_id: first.client_id,
+                epoch: first.epoch,
+                ..StoredMessage::default()
+            })
+        }
+    }
 }
 
 /// Decodes a stored seq.
@@ -114,10 +164,32 @@ mod tests {
         assert_ne!(dedup_key(1, "a", "x"), dedup_key(2, "a", "x"));
     }
 
+    /// A record written before replies, edits and reactions (postcard of
+    /// the five first fields) still reads, with none of them.
+    #[test]
+    fn first_format_records_still_decode() {
+        #[derive(Serialize)]
+        struct Old<'a>(&'a str, Option<&'a str>, u64, &'a str, u64);
+        let old = postcard::to_stdvec(&Old("ann", Some("hi"), 5, "c1", 0)).expect("encode");
+        let m = decode(&old).expect("decode");
+        assert_eq!((m.from.as_str(), m.body.as_deref(), m.ts, m.client_id.as_str()), ("ann", Some("hi"), 5, "c1"));
+        assert_eq!((m.reply_to, m.edited_at, m.reactions.len()), (None, None, 0));
+    }
+
     #[test]
     fn records_round_trip_and_garbage_is_an_error() {
-        let m = StoredMessage { from: "ann".into(), body: Some("hi".into()), ts: 5, client_id: "c1".into(), epoch: 1 };
+        let m = StoredMessage {
+            from: "ann".into(),
+            body: Some("hi".into()),
+            ts: 5,
+            client_id: "c1".into(),
+            epoch: 1,
+            reply_to: Some(3),
+            edited_at: Some(9),
+            reactions: vec![Reaction { emoji: "👍".into(), users: vec!["bob".into()] }],
+        };
         assert_eq!(decode(&encode(&m)).expect("decode"), m);
+        assert!(decode(&[FORMAT_MARK, FORMAT + 1, 1]).is_err(), "a format from the future is refused");
         assert!(decode(&[0xff, 0xff, 0xff]).is_err());
         assert!(decode_seq(&[1, 2]).is_err());
         assert_eq!(decode_seq(&7u64.to_be_bytes()).expect("seq"), 7);

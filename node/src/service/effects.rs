@@ -67,6 +67,14 @@ impl Node {
             MetaEffect::RoomAssigned { .. } => {}
             // The membership loop reads the layout on its next round.
             MetaEffect::LayoutChanged => {}
+            MetaEffect::ReadMoved { room, room_key, username, seq } => {
+                let members: Vec<String> =
+                    self.meta().rooms.get(&room).map(|r| r.members.keys().cloned().collect()).unwrap_or_default();
+                let read = ServerEvent::Read { room: room.as_str(), username: username.as_str(), seq };
+                self.hub.publish_to(Event::notice(room_key, &read, None), |user| {
+                    members.binary_search_by(|m| m.as_str().cmp(user)).is_ok()
+                });
+            }
         }
     }
 

@@ -13,8 +13,11 @@ use super::rooms::room_ref;
 use std::time::Duration;
 
 use crate::clock::now_ms;
+use crate::cluster::wire::ChangeDone;
+use crate::cluster::wire::ForwardedChange;
 use crate::cluster::wire::ForwardedDelete;
 use crate::cluster::wire::ForwardedSend;
+use crate::cluster::wire::MessageChange;
 use crate::cluster::wire::RoomAnswer;
 use crate::cluster::wire::RoomCall;
 use crate::hub::Event;
@@ -77,12 +80,7 @@ impl Node {
     /// order and then wait for the answer without blocking its next frame.
     pub async fn check_send(&self, s: &Session, room: &str, body: &str, client_id: &str) -> Result<RoomRef, ApiError> {
         check_room_id(room)?;
-        if body.is_empty() {
-            return Err(ApiError::bad_request("body must not be empty"));
-        }
-        if body.chars().count() > self.limits.message_chars {
-            return Err(ApiError::too_large(format!("body is longer than {} characters", self.limits.message_chars)));
-        }
+        self.check_body(body)?;
         if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID {
             return Err(ApiError::bad_request(format!("client_id must be 1 to {MAX_CLIENT_ID} characters")));
         }
@@ -95,10 +93,9 @@ impl Node {
         &self,
         s: &Session,
         room: RoomRef,
-        body: String,
-        client_id: String,
+        post: NewPost,
     ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
-        self.submit_to_shard(s.username.to_string(), room, body, client_id, false).await
+        self.submit_to_shard(s.username.to_string(), room, post, false).await
     }
 
     /// Queues a checked send on its shard: on this node's batcher when this
@@ -108,10 +105,10 @@ impl Node {
         &self,
         from: String,
         room: RoomRef,
-        body: String,
-        client_id: String,
+        post: NewPost,
         relayed: bool,
     ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
+        let NewPost { body, client_id, reply_to } = post;
         let shards = self.shards();
         let shard = self.shard_of(&room.id)?;
         let mut led = shards.led(shard);
@@ -121,12 +118,13 @@ impl Node {
             led = shards.led(shard);
         }
         if let Some(raft) = led {
-            let op = ShardOp::Send { room_key: room.key, room: room.id.to_string(), from, body, client_id };
+            let op = ShardOp::Post { room_key: room.key, room: room.id.to_string(), from, body, client_id, reply_to };
             let wait = shards.enqueue(shard, raft, op).await?;
             return Ok(async move {
                 let appended = match super::shards::answered(wait).await? {
                     OpResult::Stored { seq, ts } => Appended { seq, ts, duplicate: false },
                     OpResult::Duplicate { seq, ts } => Appended { seq, ts, duplicate: true },
+                    OpResult::NoSuchReply => return Err(no_such_reply()),
                     other => return Err(ApiError::internal(format!("a send answered {other:?}"))),
                 };
                 metrics::counter!("palaver_sends_total").increment(1);
@@ -146,6 +144,7 @@ impl Node {
             client_id,
             applied: self.consensus.applied_index(),
             relayed,
+            reply_to,
         };
         let answer = cluster.forwarder.submit(leader, send).await?;
         Ok(async move {
@@ -159,10 +158,123 @@ impl Node {
     }
 
     /// Checks and stores a send made over HTTP (rate limited per session).
-    pub async fn send(&self, s: &Session, room: &str, body: String, client_id: String) -> Result<Appended, ApiError> {
-        let r = self.check_send(s, room, &body, &client_id).await?;
+    pub async fn send(&self, s: &Session, room: &str, post: NewPost) -> Result<Appended, ApiError> {
+        let r = self.check_send(s, room, &post.body, &post.client_id).await?;
         self.quotas.take(super::Usage::Send, &s.username, now_ms())?;
-        self.submit_message(s, r, body, client_id).await?.await
+        self.submit_message(s, r, post).await?.await
+    }
+
+    /// Changes the text of one of the caller's messages (not while muted);
+    /// answers the message as it is now. The old text goes to the room's
+    /// audit.
+    pub async fn edit_message(&self, s: &Session, room: &str, seq: u64, body: String) -> Result<Message, ApiError> {
+        check_room_id(room)?;
+        self.check_body(&body)?;
+        let r = self.read(|meta| may_send(meta, &s.username, room)).await?;
+        self.quotas.take(super::Usage::Send, &s.username, now_ms())?;
+        match self.change_message(&s.username, r, seq, MessageChange::Edit { body }).await? {
+            ChangeDone::Edited { message, old_body } => {
+                self.room_op(s, room, RoomOp::AuditEdit { seq, old_body }).await?;
+                Ok(message)
+            }
+            ChangeDone::Reacted => Err(ApiError::internal("an edit answered as a reaction")),
+        }
+    }
+
+    /// Adds (`on`) or takes back the caller's `emoji` on a message.
+    pub async fn set_reaction(&self, s: &Session, room: &str, seq: u64, emoji: &str, on: bool) -> Result<(), ApiError> {
+        check_room_id(room)?;
+        check_emoji(emoji)?;
+        let r = self.read(|meta| may_react(meta, &s.username, room)).await?;
+        self.quotas.take(super::Usage::Send, &s.username, now_ms())?;
+        let change = MessageChange::React { emoji: emoji.to_string(), on };
+        self.change_message(&s.username, r, seq, change).await.map(|_| ())
+    }
+
+    /// Orders a change to a message where the room's shard is led.
+    async fn change_message(
+        &self,
+        actor: &str,
+        room: RoomRef,
+        seq: u64,
+        change: MessageChange,
+    ) -> Result<ChangeDone, ApiError> {
+        let shard = self.shard_of(&room.id)?;
+        let leader = self
+            .shards()
+            .leader(shard)
+            .ok_or_else(|| ApiError::unavailable(format!("shard {shard} has no leader; retry")))?;
+        if leader == self.id {
+            return self.change_on_shard(room, seq, actor.to_string(), change).await;
+        }
+        let call = RoomCall::Change(ForwardedChange {
+            actor: actor.to_string(),
+            room: room.id.to_string(),
+            seq,
+            change,
+            applied: self.consensus.applied_index(),
+        });
+        match self.call_leader(leader, &call).await? {
+            RoomAnswer::Changed(done) => Ok(done),
+            other => Err(ApiError::internal(format!("a message change answered {other:?}"))),
+        }
+    }
+
+    /// Sends a room call to the leader of the room's shard; its refusal
+    /// comes back as the error it was there.
+    async fn call_leader(&self, leader: u64, call: &RoomCall) -> Result<RoomAnswer, ApiError> {
+        let cluster = self.cluster.as_ref().ok_or_else(|| ApiError::internal("no peers to forward a call to"))?;
+        let bytes = cluster
+            .endpoint
+            .request(leader, Channel::Rooms, encode(call), Duration::from_secs(10))
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the shard leader (node {leader}) is unreachable: {e}")))?;
+        match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
+            RoomAnswer::Refused(code, message) => Err(ApiError::new(Code::parse(&code), message)),
+            answer => Ok(answer),
+        }
+    }
+
+    /// Applies a change to a message through its shard's log; this node
+    /// must lead the shard.
+    pub(crate) async fn change_on_shard(
+        &self,
+        room: RoomRef,
+        seq: u64,
+        actor: String,
+        change: MessageChange,
+    ) -> Result<ChangeDone, ApiError> {
+        let shards = self.shards();
+        let shard = self.shard_of(&room.id)?;
+        let raft = shards
+            .led(shard)
+            .ok_or_else(|| ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", self.id)))?;
+        let (room_key, room) = (room.key, room.id.to_string());
+        let op = match change {
+            MessageChange::Edit { body } => ShardOp::Edit { room_key, room, seq, actor, body },
+            MessageChange::React { emoji, on } => ShardOp::React { room_key, room, seq, actor, emoji, on },
+        };
+        match super::shards::answered(shards.enqueue(shard, raft, op).await?).await? {
+            OpResult::Edited { message, old_body } => Ok(ChangeDone::Edited { message: *message, old_body }),
+            OpResult::Reacted { .. } => Ok(ChangeDone::Reacted),
+            OpResult::NotFound => Err(ApiError::not_found("message")),
+            OpResult::Forbidden => Err(ApiError::forbidden("only the sender may edit a message")),
+            OpResult::TooManyReactions => Err(ApiError::bad_request(format!(
+                "a message carries at most {} different reactions",
+                crate::shards::machine::MAX_REACTIONS
+            ))),
+            other => Err(ApiError::internal(format!("a message change answered {other:?}"))),
+        }
+    }
+
+    fn check_body(&self, body: &str) -> Result<(), ApiError> {
+        if body.is_empty() {
+            return Err(ApiError::bad_request("body must not be empty"));
+        }
+        if body.chars().count() > self.limits.message_chars {
+            return Err(ApiError::too_large(format!("body is longer than {} characters", self.limits.message_chars)));
+        }
+        Ok(())
     }
 
     /// A page of history, with every message answered as sent anywhere
@@ -237,21 +349,14 @@ impl Node {
     /// Asks the leader of the room's shard to delete a message (it decides
     /// the actor's standing again); answers the message's sender.
     async fn forward_delete(&self, leader: u64, room: &str, seq: u64, actor: &str) -> Result<String, ApiError> {
-        let cluster = self.cluster.as_ref().ok_or_else(|| ApiError::internal("no peers to forward a delete to"))?;
         let call = RoomCall::Delete(ForwardedDelete {
             actor: actor.to_string(),
             room: room.to_string(),
             seq,
             applied: self.consensus.applied_index(),
         });
-        let bytes = cluster
-            .endpoint
-            .request(leader, Channel::Rooms, encode(&call), Duration::from_secs(10))
-            .await
-            .map_err(|e| ApiError::unavailable(format!("the shard leader (node {leader}) is unreachable: {e}")))?;
-        match decode::<RoomAnswer>(&bytes).map_err(ApiError::internal)? {
+        match self.call_leader(leader, &call).await? {
             RoomAnswer::Deleted(sender) => Ok(sender),
-            RoomAnswer::Refused(code, message) => Err(ApiError::new(Code::parse(&code), message)),
             other => Err(ApiError::internal(format!("a delete answered {other:?}"))),
         }
     }
@@ -306,6 +411,51 @@ impl Node {
     }
 }
 
+/// A message to send: what a client gives besides the room.
+#[derive(Debug, Clone)]
+pub struct NewPost {
+    /// The text.
+    pub body: String,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    /// The message of the same room it answers.
+    pub reply_to: Option<u64>,
+}
+
+fn no_such_reply() -> ApiError {
+    ApiError::bad_request("reply_to names no message of this room")
+}
+
+/// Longest `:name:` reaction, characters.
+const MAX_EMOJI_NAME: usize = 32;
+
+/// A reaction is one grapheme cluster beyond ASCII (an emoji, with its
+/// modifiers and joiners; a plain letter or digit is text, not a reaction),
+/// or a short `:name:` of letters, digits, `_`, `+` and `-`.
+pub(crate) fn check_emoji(emoji: &str) -> Result<(), ApiError> {
+    use unicode_segmentation::UnicodeSegmentation;
+    let named = emoji.len() > 2
+        && emoji.chars().count() <= MAX_EMOJI_NAME
+        && emoji.starts_with(':')
+        && emoji.ends_with(':')
+        && emoji[1..emoji.len() - 1].chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '+' | '-'));
+    let one_cluster = emoji.graphemes(true).count() == 1
+        && !emoji.is_ascii()
+        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control());
+    if named || one_cluster {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "a reaction is one emoji or a :name: of at most {MAX_EMOJI_NAME} characters"
+        )))
+    }
+}
+
+/// Whether `username` may react in `room`: whoever may send there, muted or not.
+pub(crate) fn may_react(meta: &crate::meta::MetaState, username: &str, room: &str) -> Result<RoomRef, ApiError> {
+    Ok(room_ref(&meta.authorize(username, room, Action::Send)?.info, room))
+}
+
 /// Whether `username` may send to `room` now: a member (or whoever the room's
 /// visibility lets send) who is not muted. Checked where the send arrives and
 /// again where it is ordered (the leader of the room's shard).
@@ -315,4 +465,22 @@ pub(crate) fn may_send(meta: &crate::meta::MetaState, username: &str, room: &str
         return Err(ApiError::forbidden("you are muted in this room"));
     }
     Ok(room_ref(&r.info, room))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_emoji;
+
+    #[test]
+    fn a_reaction_is_one_emoji_or_a_short_name() {
+        for ok in ["👍", "🎉", "👍🏽", "👨‍👩‍👧", "🇫🇷", "❤️", "1\u{fe0f}\u{20e3}", ":tada:", ":+1:", ":thumbs_up-2:"]
+        {
+            assert!(check_emoji(ok).is_ok(), "{ok} is a reaction");
+        }
+        let long = format!(":{}:", "a".repeat(31));
+        for bad in ["", "a", "7", "\u{a0}", "ok", "👍👍", " ", "::", ":a b:", ":a", "a:", &long, "\u{7}"] {
+            assert!(check_emoji(bad).is_err(), "{bad:?} is not a reaction");
+        }
+        assert!(check_emoji(&format!(":{}:", "a".repeat(30))).is_ok(), "32 characters with the colons");
+    }
 }

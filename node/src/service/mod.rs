@@ -33,6 +33,8 @@ pub use self::consistency::CatchUpReason;
 pub use self::consistency::LEASE;
 pub use self::consistency::ReadBarrier;
 pub use self::messages::HistoryPage;
+pub use self::messages::NewPost;
+pub(crate) use self::messages::may_react;
 pub(crate) use self::messages::may_send;
 pub use self::quotas::Quotas;
 pub use self::quotas::Usage;
@@ -409,6 +411,15 @@ fn publish_committed(hub: &Hub, p: Published) {
         Published::Deleted { room, room_key, seq } => {
             let event = Event::notice(room_key, &ServerEvent::Deleted { room: &room, seq }, None);
             hub.publish(Event { relay: Relay::Watchers, ..event });
+        }
+        Published::Edited { room, room_key, seq, body, edited_at } => {
+            let edited = ServerEvent::Edited { room: &*room, seq, body: body.as_str(), edited_at };
+            hub.publish(Event { relay: Relay::Watchers, ..Event::notice(room_key, &edited, None) });
+        }
+        Published::Reaction { room, room_key, seq, emoji, username, on } => {
+            let reaction =
+                ServerEvent::Reaction { room: &*room, seq, emoji: emoji.as_str(), username: username.as_str(), on };
+            hub.publish(Event { relay: Relay::Watchers, ..Event::notice(room_key, &reaction, None) });
         }
     }
 }

@@ -25,9 +25,12 @@ use crate::cluster::forward::Pending;
 use crate::cluster::forward::SendTarget;
 use crate::cluster::relay;
 use crate::cluster::relay::RelayNode;
+use crate::cluster::wire::ChangeDone;
+use crate::cluster::wire::ForwardedChange;
 use crate::cluster::wire::ForwardedDelete;
 use crate::cluster::wire::ForwardedSend;
 use crate::cluster::wire::Gossip;
+use crate::cluster::wire::MessageChange;
 use crate::cluster::wire::RaftAnswer;
 use crate::cluster::wire::RaftCall;
 use crate::cluster::wire::RoomAnswer;
@@ -171,7 +174,21 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
             Err(e) => refused(e),
         },
         RoomCall::Read(read) => node.serve_read(read).await.unwrap_or_else(refused),
+        RoomCall::Change(c) => change_here(node, c).await.map_or_else(refused, RoomAnswer::Changed),
     }
+}
+
+/// A message change forwarded to this node as the leader of the room's
+/// shard: the actor's standing is decided here too (see [`delete_here`]).
+async fn change_here(node: &Arc<Node>, c: ForwardedChange) -> Result<ChangeDone, ApiError> {
+    if node.consensus.applied_index() < c.applied {
+        node.consensus.wait_applied(c.applied, CATCH_UP).await?;
+    }
+    let room = match &c.change {
+        MessageChange::Edit { .. } => super::may_send(&node.meta(), &c.actor, &c.room)?,
+        MessageChange::React { .. } => super::may_react(&node.meta(), &c.actor, &c.room)?,
+    };
+    node.change_on_shard(room, c.seq, c.actor, c.change).await
 }
 
 /// A delete forwarded to this node as the leader of the room's shard: the
@@ -257,7 +274,8 @@ async fn accept(node: &Node, s: ForwardedSend) -> Result<Pending, ApiError> {
             return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
         }
     }
-    Ok(node.submit_to_shard(s.from, room, s.body, s.client_id, true).await?.boxed())
+    let post = super::NewPost { body: s.body, client_id: s.client_id, reply_to: s.reply_to };
+    Ok(node.submit_to_shard(s.from, room, post, true).await?.boxed())
 }
 
 impl SendTarget for Node {

@@ -3,6 +3,7 @@
 
 use palaver_protocol::AuditEntry;
 use palaver_protocol::Member;
+use palaver_protocol::Receipt;
 use palaver_protocol::Role;
 use palaver_protocol::Room as RoomView;
 use palaver_protocol::Visibility;
@@ -196,6 +197,16 @@ impl Node {
                 Member { room: None, username: name, role, online }
             })
             .collect())
+    }
+
+    /// Each member's read marker, by username.
+    pub async fn receipts(&self, s: &Session, room: &str) -> Result<Vec<Receipt>, ApiError> {
+        check_room_id(room)?;
+        self.read(|meta| {
+            let r = meta.authorize(&s.username, room, Action::ListMembers)?;
+            Ok(r.members.iter().map(|(name, m)| Receipt { username: name.clone(), seq: m.read_seq }).collect())
+        })
+        .await
     }
 
     /// The moderation trail, oldest first.

@@ -48,6 +48,7 @@ use crate::raft::types::io_err;
 use crate::rooms::Message;
 use crate::rooms::Published;
 use crate::rooms::Publisher;
+use crate::rooms::Reaction;
 use crate::rooms::RoomLog;
 use crate::rooms::StoredMessage;
 use crate::rooms::record;
@@ -188,6 +189,56 @@ impl ShardStateMachine {
         Ok(self.log.get_stored(room_key, seq).map_err(io_err)?.map(|m| m.stored))
     }
 
+    /// Stores a new message unless its (sender, client_id) was stored
+    /// before, which answers the original.
+    fn post(
+        &mut self,
+        ts: u64,
+        p: Post<'_>,
+        pending: &mut Pending,
+        batch: &mut Batch,
+        out: &mut Vec<Published>,
+    ) -> io::Result<OpResult> {
+        let room_key = p.room_key;
+        let dedup = record::dedup_key(room_key, p.from, p.client_id);
+        let seen = match pending.dedup.get(&dedup) {
+            Some(seq) => Some(*seq),
+            None if pending.dropped.contains(&room_key) => None,
+            None => self.log.deduped(room_key, p.from, p.client_id).map_err(io_err)?,
+        };
+        if let Some(seq) = seen {
+            let ts = self.message(pending, room_key, seq)?.map_or(0, |m| m.ts);
+            return Ok(OpResult::Duplicate { seq, ts });
+        }
+        let last = self.last_seq(room_key)?;
+        if p.reply_to.is_some_and(|r| r == 0 || r > last) {
+            return Ok(OpResult::NoSuchReply);
+        }
+        let seq = last + 1;
+        self.last.insert(room_key, seq);
+        let stored = StoredMessage {
+            from: p.from.to_string(),
+            body: Some(p.body.to_string()),
+            ts,
+            client_id: p.client_id.to_string(),
+            reply_to: p.reply_to,
+            ..StoredMessage::default()
+        };
+        batch.put(record::MESSAGES, record::message_key(room_key, seq).to_vec(), record::encode(&stored));
+        batch.put(record::DEDUP, dedup.clone(), seq.to_be_bytes().to_vec());
+        pending.touched.entry(room_key).and_modify(|t| t.1 = seq).or_insert_with(|| (p.room.to_string(), seq));
+        pending.dedup.insert(dedup, seq);
+        pending.messages.insert((room_key, seq), stored.clone());
+        out.push(Published::Message { room: p.room.into(), room_key, message: Message { seq, stored } });
+        Ok(OpResult::Stored { seq, ts })
+    }
+
+    /// Writes a changed message back (and keeps it for later ops of this apply).
+    fn rewrite(&self, room_key: u64, seq: u64, stored: &StoredMessage, pending: &mut Pending, batch: &mut Batch) {
+        batch.put(record::MESSAGES, record::message_key(room_key, seq).to_vec(), record::encode(stored));
+        pending.messages.insert((room_key, seq), stored.clone());
+    }
+
     fn apply_op(
         &mut self,
         ts: u64,
@@ -198,36 +249,56 @@ impl ShardStateMachine {
     ) -> io::Result<OpResult> {
         match op {
             ShardOp::Send { room_key, room, from, body, client_id } => {
-                let dedup = record::dedup_key(*room_key, from, client_id);
-                let seen = match pending.dedup.get(&dedup) {
-                    Some(seq) => Some(*seq),
-                    None if pending.dropped.contains(room_key) => None,
-                    None => self.log.deduped(*room_key, from, client_id).map_err(io_err)?,
+                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: None };
+                self.post(ts, post, pending, batch, out)
+            }
+            ShardOp::Post { room_key, room, from, body, client_id, reply_to } => {
+                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: *reply_to };
+                self.post(ts, post, pending, batch, out)
+            }
+            ShardOp::Edit { room_key, room, seq, actor, body } => {
+                let Some(mut stored) = self.message(pending, *room_key, *seq)? else {
+                    return Ok(OpResult::NotFound);
                 };
-                if let Some(seq) = seen {
-                    let ts = self.message(pending, *room_key, seq)?.map_or(0, |m| m.ts);
-                    return Ok(OpResult::Duplicate { seq, ts });
+                if stored.from != *actor {
+                    return Ok(OpResult::Forbidden);
                 }
-                let seq = self.last_seq(*room_key)? + 1;
-                self.last.insert(*room_key, seq);
-                let stored = StoredMessage {
-                    from: from.clone(),
-                    body: Some(body.clone()),
-                    ts,
-                    client_id: client_id.clone(),
-                    epoch: 0,
+                let Some(old_body) = stored.body.replace(body.clone()) else {
+                    return Ok(OpResult::NotFound);
                 };
-                batch.put(record::MESSAGES, record::message_key(*room_key, seq).to_vec(), record::encode(&stored));
-                batch.put(record::DEDUP, dedup.clone(), seq.to_be_bytes().to_vec());
-                pending.touched.entry(*room_key).and_modify(|t| t.1 = seq).or_insert_with(|| (room.clone(), seq));
-                pending.dedup.insert(dedup, seq);
-                pending.messages.insert((*room_key, seq), stored.clone());
-                out.push(Published::Message {
+                stored.edited_at = Some(ts);
+                self.rewrite(*room_key, *seq, &stored, pending, batch);
+                out.push(Published::Edited {
                     room: room.as_str().into(),
                     room_key: *room_key,
-                    message: Message { seq, stored },
+                    seq: *seq,
+                    body: body.clone(),
+                    edited_at: ts,
                 });
-                Ok(OpResult::Stored { seq, ts })
+                Ok(OpResult::Edited { message: Box::new(Message { seq: *seq, stored }), old_body })
+            }
+            ShardOp::React { room_key, room, seq, actor, emoji, on } => {
+                let Some(mut stored) = self.message(pending, *room_key, *seq)? else {
+                    return Ok(OpResult::NotFound);
+                };
+                if stored.body.is_none() {
+                    return Ok(OpResult::NotFound);
+                }
+                match react(&mut stored.reactions, emoji, actor, *on) {
+                    Reacted::Unchanged => return Ok(OpResult::Reacted { changed: false }),
+                    Reacted::Full => return Ok(OpResult::TooManyReactions),
+                    Reacted::Changed => {}
+                }
+                self.rewrite(*room_key, *seq, &stored, pending, batch);
+                out.push(Published::Reaction {
+                    room: room.as_str().into(),
+                    room_key: *room_key,
+                    seq: *seq,
+                    emoji: emoji.clone(),
+                    username: actor.clone(),
+                    on: *on,
+                });
+                Ok(OpResult::Reacted { changed: true })
             }
             ShardOp::Delete { room_key, room, seq, actor, moderator } => {
                 let Some(mut stored) = self.message(pending, *room_key, *seq)? else {
@@ -238,8 +309,8 @@ impl ShardStateMachine {
                 }
                 if stored.body.is_some() {
                     stored.body = None;
-                    batch.put(record::MESSAGES, record::message_key(*room_key, *seq).to_vec(), record::encode(&stored));
-                    pending.messages.insert((*room_key, *seq), stored.clone());
+                    stored.reactions.clear();
+                    self.rewrite(*room_key, *seq, &stored, pending, batch);
                     out.push(Published::Deleted { room: room.as_str().into(), room_key: *room_key, seq: *seq });
                 }
                 Ok(OpResult::Deleted { sender: stored.from })
@@ -271,11 +342,7 @@ impl ShardStateMachine {
         }
         let mut results = Vec::with_capacity(b.ops.len());
         for op in &b.ops {
-            let room = match op {
-                ShardOp::Send { room, .. } | ShardOp::Delete { room, .. } => Some(room.as_str()),
-                ShardOp::Drop { .. } => None,
-            };
-            if let (Some(room), Some(count)) = (room, self.shard_count)
+            if let (Some(room), Some(count)) = (op.room(), self.shard_count)
                 && super::placement::shard_of(room, count) != self.shard
             {
                 tracing::error!(shard = self.shard, room, "an operation on another shard's room: refused");
@@ -329,6 +396,56 @@ impl ShardStateMachine {
             (self.publish)(p);
         }
         Ok(answers)
+    }
+}
+
+/// A message to store, as a `Send` or a `Post` names it.
+struct Post<'a> {
+    room_key: u64,
+    room: &'a str,
+    from: &'a str,
+    body: &'a str,
+    client_id: &'a str,
+    reply_to: Option<u64>,
+}
+
+/// Distinct emoji a message may carry.
+pub const MAX_REACTIONS: usize = 20;
+
+/// What [`react`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Reacted {
+    Changed,
+    Unchanged,
+    /// A new emoji, and the message has [`MAX_REACTIONS`] already.
+    Full,
+}
+
+/// Adds `user` to `emoji`'s reactors (`on`) or takes them off; an emoji
+/// nobody chooses any more goes.
+fn react(reactions: &mut Vec<Reaction>, emoji: &str, user: &str, on: bool) -> Reacted {
+    let at = reactions.iter().position(|r| r.emoji == emoji);
+    match (at, on) {
+        (Some(i), true) if reactions[i].users.iter().any(|u| u == user) => Reacted::Unchanged,
+        (Some(i), true) => {
+            reactions[i].users.push(user.to_string());
+            Reacted::Changed
+        }
+        (None, true) if reactions.len() >= MAX_REACTIONS => Reacted::Full,
+        (None, true) => {
+            reactions.push(Reaction { emoji: emoji.to_string(), users: vec![user.to_string()] });
+            Reacted::Changed
+        }
+        (Some(i), false) => {
+            let before = reactions[i].users.len();
+            reactions[i].users.retain(|u| u != user);
+            let changed = reactions[i].users.len() != before;
+            if reactions[i].users.is_empty() {
+                reactions.remove(i);
+            }
+            if changed { Reacted::Changed } else { Reacted::Unchanged }
+        }
+        (None, false) => Reacted::Unchanged,
     }
 }
 

@@ -201,6 +201,148 @@ mod machine {
         );
     }
 
+    fn post(room_key: u64, from: &str, body: &str, client_id: &str, reply_to: Option<u64>) -> ShardOp {
+        ShardOp::Post {
+            room_key,
+            room: format!("r{room_key}"),
+            from: from.into(),
+            body: body.into(),
+            client_id: client_id.into(),
+            reply_to,
+        }
+    }
+
+    fn edit(seq: u64, actor: &str, body: &str) -> ShardOp {
+        ShardOp::Edit { room_key: 1, room: "r1".into(), seq, actor: actor.into(), body: body.into() }
+    }
+
+    fn react(seq: u64, actor: &str, emoji: &str, on: bool) -> ShardOp {
+        ShardOp::React { room_key: 1, room: "r1".into(), seq, actor: actor.into(), emoji: emoji.into(), on }
+    }
+
+    /// A reply names a message of its room that exists (a deleted one
+    /// still holds its place); one that does not is refused and takes no seq.
+    #[tokio::test]
+    async fn a_reply_must_name_a_message_of_its_room() {
+        let mut r = replica();
+        let results = r
+            .apply(vec![(
+                1,
+                vec![
+                    post(1, "ann", "q", "c1", None),
+                    post(1, "bob", "a", "c1", Some(1)),
+                    post(1, "bob", "bad", "c2", Some(3)),
+                    post(1, "bob", "zero", "c3", Some(0)),
+                    post(2, "bob", "other room", "c1", Some(2)),
+                ],
+            )])
+            .await;
+        assert_eq!(
+            results[0].0,
+            vec![
+                OpResult::Stored { seq: 1, ts: 1 },
+                OpResult::Stored { seq: 2, ts: 1 },
+                OpResult::NoSuchReply,
+                OpResult::NoSuchReply,
+                OpResult::NoSuchReply,
+            ]
+        );
+        let stored = r.log.get_stored(1, 2).expect("read").expect("there");
+        assert_eq!(stored.stored.reply_to, Some(1));
+        assert_eq!(r.log.last_seq(1).expect("seq"), 2, "a refused reply takes no seq");
+    }
+
+    /// Only the sender edits, never a deleted message; the entry's ts is the
+    /// edit's time, and the old text comes back for the audit.
+    #[tokio::test]
+    async fn edits_are_the_senders_and_keep_the_old_text() {
+        let mut r = replica();
+        r.apply(vec![(1, vec![send(1, "ann", "helo", "c1"), send(1, "bob", "b", "c1")])]).await;
+        let del = ShardOp::Delete { room_key: 1, room: "r1".into(), seq: 2, actor: "bob".into(), moderator: false };
+        r.apply(vec![(2, vec![del])]).await;
+        r.published.lock().clear();
+        let results = r
+            .apply(vec![(
+                5,
+                vec![edit(1, "bob", "hijack"), edit(1, "ann", "hello"), edit(2, "bob", "x"), edit(7, "ann", "x")],
+            )])
+            .await;
+        match &results[0].0[..] {
+            [OpResult::Forbidden, OpResult::Edited { message, old_body }, OpResult::NotFound, OpResult::NotFound] => {
+                assert_eq!(old_body, "helo");
+                assert_eq!(
+                    (message.seq, message.stored.body.as_deref(), message.stored.edited_at),
+                    (1, Some("hello"), Some(5))
+                );
+            }
+            other => panic!("unexpected results {other:?}"),
+        }
+        let stored = r.log.get_stored(1, 1).expect("read").expect("there");
+        assert_eq!(
+            (stored.stored.body.as_deref(), stored.stored.edited_at, stored.stored.ts),
+            (Some("hello"), Some(5), 1)
+        );
+        let published = r.published.lock();
+        assert!(
+            matches!(&published[..], [Published::Edited { seq: 1, body, edited_at: 5, .. }] if body == "hello"),
+            "one edited event: {published:?}"
+        );
+    }
+
+    /// Reactions: one per (user, emoji), taken back by the same user, at
+    /// most MAX_REACTIONS different emoji, none on a deleted message, and
+    /// a deletion takes them with the body.
+    #[tokio::test]
+    async fn reactions_count_each_user_once_and_are_bounded() {
+        use crate::shards::machine::MAX_REACTIONS;
+        let mut r = replica();
+        r.apply(vec![(1, vec![send(1, "ann", "a", "c1")])]).await;
+        let results = r
+            .apply(vec![(
+                2,
+                vec![
+                    react(1, "bob", "👍", true),
+                    react(1, "bob", "👍", true),
+                    react(1, "cy", "👍", true),
+                    react(1, "ann", "🎉", true),
+                    react(1, "cy", "👍", false),
+                    react(1, "cy", "👍", false),
+                    react(9, "cy", "👍", true),
+                ],
+            )])
+            .await;
+        assert_eq!(
+            results[0].0,
+            vec![
+                OpResult::Reacted { changed: true },
+                OpResult::Reacted { changed: false },
+                OpResult::Reacted { changed: true },
+                OpResult::Reacted { changed: true },
+                OpResult::Reacted { changed: true },
+                OpResult::Reacted { changed: false },
+                OpResult::NotFound,
+            ]
+        );
+        let stored = r.log.get_stored(1, 1).expect("read").expect("there").stored;
+        let view: Vec<(&str, Vec<&str>)> =
+            stored.reactions.iter().map(|x| (x.emoji.as_str(), x.users.iter().map(String::as_str).collect())).collect();
+        assert_eq!(view, vec![("👍", vec!["bob"]), ("🎉", vec!["ann"])]);
+        let events = r.published.lock().iter().filter(|p| matches!(p, Published::Reaction { .. })).count();
+        assert_eq!(events, 4, "an event per change, none for a no-op");
+        // Fill up to the bound with new emoji, then one more.
+        let more: Vec<ShardOp> = (0..MAX_REACTIONS).map(|i| react(1, "bob", &format!(":e{i}:"), true)).collect();
+        let results = r.apply(vec![(3, more)]).await;
+        let full = results[0].0.iter().filter(|x| **x == OpResult::TooManyReactions).count();
+        assert_eq!(full, 2, "2 already there, so the last 2 of {MAX_REACTIONS} new ones do not fit");
+        let results = r.apply(vec![(4, vec![react(1, "cy", "🎉", true)])]).await;
+        assert_eq!(results[0].0, vec![OpResult::Reacted { changed: true }], "an emoji already there still takes users");
+        let del = ShardOp::Delete { room_key: 1, room: "r1".into(), seq: 1, actor: "ann".into(), moderator: false };
+        r.apply(vec![(5, vec![del])]).await;
+        assert!(r.log.get_stored(1, 1).expect("read").expect("there").stored.reactions.is_empty());
+        let results = r.apply(vec![(6, vec![react(1, "cy", "👍", true)])]).await;
+        assert_eq!(results[0].0, vec![OpResult::NotFound], "no reaction on a deleted message");
+    }
+
     /// A room's committed seq and its place in the shard are written once
     /// per apply: what a drop within the same apply did must stand, and a
     /// send after a drop must undo it.

@@ -69,6 +69,64 @@ pub enum ShardOp {
         /// The room's log key.
         room_key: u64,
     },
+    /// Store a message that may answer another; what every send is since
+    /// replies (`Send` stays for the entries written before).
+    Post {
+        /// The room's log key.
+        room_key: u64,
+        /// The room's id (for the events this publishes).
+        room: String,
+        /// The sender.
+        from: String,
+        /// The text.
+        body: String,
+        /// The sender's idempotency key.
+        client_id: String,
+        /// The message of the same room it answers; must exist.
+        reply_to: Option<u64>,
+    },
+    /// Change a message's text: its sender only, not once deleted.
+    Edit {
+        /// The room's log key.
+        room_key: u64,
+        /// The room's id (for the event this publishes).
+        room: String,
+        /// The message.
+        seq: u64,
+        /// Who edits it.
+        actor: String,
+        /// The new text.
+        body: String,
+    },
+    /// Add or take back an emoji on a message.
+    React {
+        /// The room's log key.
+        room_key: u64,
+        /// The room's id (for the event this publishes).
+        room: String,
+        /// The message.
+        seq: u64,
+        /// Who reacts.
+        actor: String,
+        /// The emoji (checked where the command arrived).
+        emoji: String,
+        /// Add (true) or take back (false).
+        on: bool,
+    },
+}
+
+impl ShardOp {
+    /// The room the operation is on, if it names one (a drop has only the key).
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            ShardOp::Send { room, .. }
+            | ShardOp::Post { room, .. }
+            | ShardOp::Delete { room, .. }
+            | ShardOp::Edit { room, .. }
+            | ShardOp::React { room, .. } => Some(room),
+            ShardOp::Drop { .. } => None,
+        }
+    }
 }
 
 /// A batch of operations: one log entry.
@@ -120,6 +178,22 @@ pub enum OpResult {
     /// The entry was not a batch (blank or membership) or belonged to
     /// another shard: nothing was done.
     Nothing,
+    /// The text changed; the message as it is now, and its text before.
+    Edited {
+        /// The message now.
+        message: Box<crate::rooms::Message>,
+        /// The text it replaced.
+        old_body: String,
+    },
+    /// The reaction is there (or gone) now; `changed` unless it already was.
+    Reacted {
+        /// Whether this operation changed anything.
+        changed: bool,
+    },
+    /// `reply_to` names no message of the room.
+    NoSuchReply,
+    /// The message has as many different emoji as it may have.
+    TooManyReactions,
 }
 
 /// One result per operation of the batch, in order.

@@ -1,0 +1,283 @@
+//! Replies, edits, reactions and read receipts (docs/protocol.md §8
+//! "Messages") on a three-node cluster, every request through the balancer
+//! as users make them: the happy path with the events subscribers get, the
+//! permission matrix (outsider, member, moderator, owner, banned, muted),
+//! bad input, and an edit and a reaction made before a node is killed,
+//! found on every node left.
+
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::ensure;
+use palaver_balancer::Strategy;
+use palaver_client::Event;
+use palaver_client::Http;
+use palaver_client::Message;
+use palaver_client::Visibility;
+use palaver_client::Ws;
+use palaver_testkit::Balancer;
+use palaver_testkit::Cluster;
+use palaver_testkit::WAIT;
+use palaver_testkit::eventually;
+
+const ROOM: &str = "features";
+
+/// Registers and logs in through the balancer.
+async fn user(lb: &Http, name: &str) -> Result<Http> {
+    let password = format!("password-of-{name}");
+    lb.register(name, &password).await.with_context(|| format!("register {name}"))?;
+    let login = lb.login(name, &password).await.with_context(|| format!("login {name}"))?;
+    Ok(lb.with_token(login.token))
+}
+
+/// The protocol code of a refused request, or what it answered instead.
+fn code<T: std::fmt::Debug>(r: palaver_client::Result<T>) -> String {
+    match r {
+        Err(e) => e.code().to_string(),
+        Ok(v) => format!("ok: {v:?}"),
+    }
+}
+
+async fn message(http: &Http, seq: u64) -> Result<Message> {
+    let page = http.messages_after(ROOM, seq - 1, Some(1)).await?;
+    page.into_iter().next().with_context(|| format!("message {seq} is in the history"))
+}
+
+fn reactions(m: &Message) -> Vec<(String, Vec<String>)> {
+    m.reactions.0.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_edits_and_reactions_through_the_balancer() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
+    let lb = balancer.http();
+    let owner = user(&lb, "owner").await?;
+    let (ann, bob, moder, muted, banned, outsider) = (
+        user(&lb, "ann").await?,
+        user(&lb, "bob").await?,
+        user(&lb, "moder").await?,
+        user(&lb, "muted").await?,
+        user(&lb, "banned").await?,
+        user(&lb, "outsider").await?,
+    );
+    owner.create_room(ROOM, "replies, edits, reactions", Visibility::Private).await?;
+    for name in ["ann", "bob", "moder", "muted", "banned"] {
+        owner.invite(ROOM, name).await?;
+    }
+    for member in [&ann, &bob, &moder, &muted, &banned] {
+        member.join(ROOM).await?;
+    }
+    owner.set_role(ROOM, "moder", "moderator").await?;
+
+    // A subscriber through the balancer sees the events.
+    let addr = balancer.addr.to_string();
+    let mut watcher = Ws::connect_auth(&addr, bob.token().context("bob's token")?).await?;
+    watcher.subscribe(ROOM, Some(0)).await?;
+
+    // ----- replies -----
+    let question = ann.post_message(ROOM, "helo, anyone?", "q1").await?;
+    let answer = bob.post_reply(ROOM, "yes", "a1", Some(question.seq)).await?;
+    ensure!(message(&owner, answer.seq).await?.reply_to == Some(question.seq), "the reply names its question");
+    ensure!(message(&owner, question.seq).await?.reply_to.is_none(), "a plain message answers nothing");
+    assert_eq!(code(bob.post_reply(ROOM, "to nothing", "a2", Some(999)).await), "bad_request");
+    assert_eq!(code(bob.post_reply(ROOM, "to zero", "a3", Some(0)).await), "bad_request");
+    let mut ws_bob = Ws::connect_auth(&addr, bob.token().context("bob's token")?).await?;
+    let ws_reply = ws_bob.send_reply(ROOM, "over the socket", "a4", question.seq).await?;
+    ensure!(message(&ann, ws_reply.seq).await?.reply_to == Some(question.seq), "a socket's reply names its question");
+
+    // ----- edits -----
+    let edited = ann.edit_message(ROOM, question.seq, "hello, anyone?").await?;
+    assert_eq!(edited.body.as_deref(), Some("hello, anyone?"));
+    let edited_at = edited.edited_at.context("an edited message says when")?;
+    watcher
+        .wait_for(
+            |e| matches!(e, Event::Edited { seq, body, .. } if *seq == question.seq && body == "hello, anyone?"),
+            WAIT,
+        )
+        .await
+        .context("the edited event")?;
+    let read = message(&moder, question.seq).await?;
+    assert_eq!((read.body.as_deref(), read.edited_at), (Some("hello, anyone?"), Some(edited_at)));
+    let audit = owner.audit(ROOM).await?;
+    ensure!(
+        audit.iter().any(|a| a.action == "edit_message"
+            && a.actor == "ann"
+            && a.detail.as_deref() == Some(&format!("{}: helo, anyone?", question.seq))),
+        "the audit keeps the old text: {audit:?}"
+    );
+    let again = ws_bob.edit(ROOM, answer.seq, "yes!").await?;
+    assert_eq!(again.body.as_deref(), Some("yes!"));
+
+    // ----- reactions -----
+    bob.react(ROOM, question.seq, "👍", true).await?;
+    ann.react(ROOM, question.seq, "👍", true).await?;
+    bob.react(ROOM, question.seq, "👍", true).await?;
+    moder.react(ROOM, question.seq, ":tada:", true).await?;
+    watcher
+        .wait_for(|e| matches!(e, Event::Reaction { emoji, username, on: true, .. } if emoji == ":tada:" && username == "moder"), WAIT)
+        .await
+        .context("the reaction event")?;
+    let want =
+        vec![("👍".to_string(), vec!["bob".to_string(), "ann".to_string()]), (":tada:".into(), vec!["moder".into()])];
+    assert_eq!(reactions(&message(&owner, question.seq).await?), want);
+    bob.react(ROOM, question.seq, "👍", false).await?;
+    ws_bob.react(ROOM, question.seq, "🎉", true).await?;
+    let want = vec![
+        ("👍".to_string(), vec!["ann".to_string()]),
+        (":tada:".into(), vec!["moder".into()]),
+        ("🎉".into(), vec!["bob".into()]),
+    ];
+    assert_eq!(reactions(&message(&owner, question.seq).await?), want);
+
+    // ----- the permission matrix -----
+    owner.mute(ROOM, "muted", 600).await?;
+    owner.ban(ROOM, "banned").await?;
+    let by_muted = muted.post_message(ROOM, "before the mute? no: after", "m1").await;
+    assert_eq!(code(by_muted), "forbidden", "a muted member does not send");
+    // Whose message, who edits, what they get.
+    for (who, http, seq, want) in [
+        ("the sender", &ann, question.seq, "ok"),
+        ("another member", &bob, question.seq, "forbidden"),
+        ("a moderator", &moder, question.seq, "forbidden"),
+        ("the owner", &owner, question.seq, "forbidden"),
+        ("a banned user", &banned, question.seq, "not_found"),
+        ("an outsider", &outsider, question.seq, "not_found"),
+    ] {
+        let got = code(http.edit_message(ROOM, seq, "changed by someone").await);
+        let got = if got.starts_with("ok") { "ok".to_string() } else { got };
+        assert_eq!(got, want, "{who} edits ann's message");
+    }
+    ann.edit_message(ROOM, question.seq, "hello, anyone?").await?;
+    let muted_msg = {
+        owner.unmute(ROOM, "muted").await?;
+        let ack = muted.post_message(ROOM, "said before the mute", "m2").await?;
+        owner.mute(ROOM, "muted", 600).await?;
+        ack.seq
+    };
+    assert_eq!(
+        code(muted.edit_message(ROOM, muted_msg, "muted now").await),
+        "forbidden",
+        "a muted sender edits nothing"
+    );
+    for (who, http, want) in [
+        ("a member", &bob, "ok"),
+        ("a moderator", &moder, "ok"),
+        ("the owner", &owner, "ok"),
+        ("a muted member", &muted, "ok"),
+        ("a banned user", &banned, "not_found"),
+        ("an outsider", &outsider, "not_found"),
+    ] {
+        let got = code(http.react(ROOM, answer.seq, "👀", true).await);
+        let got = if got.starts_with("ok") { "ok".to_string() } else { got };
+        assert_eq!(got, want, "{who} reacts");
+    }
+    let reactors = reactions(&message(&owner, answer.seq).await?);
+    assert_eq!(reactors, vec![("👀".into(), vec!["bob".into(), "moder".into(), "owner".into(), "muted".into()])]);
+
+    // ----- bad input -----
+    assert_eq!(code(ann.edit_message(ROOM, 999, "x").await), "not_found", "an unknown seq");
+    assert_eq!(code(ann.edit_message(ROOM, question.seq, "").await), "bad_request", "an empty body");
+    let long = "x".repeat(100_000);
+    assert_eq!(code(ann.edit_message(ROOM, question.seq, &long).await), "too_large", "an over-long body");
+    assert_eq!(code(bob.react(ROOM, 999, "👍", true).await), "not_found", "a reaction to an unknown seq");
+    for bad in ["ok", "👍👍", ":has space:", ":this-name-is-far-too-long-for-a-reaction:"] {
+        assert_eq!(code(bob.react(ROOM, question.seq, bad, true).await), "bad_request", "reaction {bad:?}");
+    }
+    assert_eq!(code(ann.delete_message(ROOM, ws_reply.seq).await), "forbidden", "not hers to delete");
+    bob.delete_message(ROOM, ws_reply.seq).await?;
+    assert_eq!(code(bob.edit_message(ROOM, ws_reply.seq, "undelete").await), "not_found", "a deleted message");
+    // At most 20 different emoji: 3 are there.
+    for i in 0..17 {
+        bob.react(ROOM, question.seq, &format!(":e{i}:"), true).await?;
+    }
+    assert_eq!(code(bob.react(ROOM, question.seq, ":one-too-many:", true).await), "bad_request", "a 21st emoji");
+    ann.react(ROOM, question.seq, ":e0:", true).await.context("an emoji already there takes more users")?;
+
+    // ----- a node killed: what was answered before is on every node left -----
+    ann.edit_message(ROOM, question.seq, "final words").await?;
+    let before = message(&owner, question.seq).await?;
+    cluster.kill(1);
+    for id in [2, 3] {
+        let on_node = cluster.http(id).with_token(owner.token().context("owner's token")?.to_string());
+        let seen = eventually(&format!("node {id} answers the history"), WAIT, async || {
+            match on_node.messages_after(ROOM, question.seq - 1, Some(1)).await {
+                Ok(page) => Ok(page.into_iter().next()),
+                Err(e) if e.code() == "unavailable" => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
+        assert_eq!(seen.body, before.body, "node {id}: the edit");
+        assert_eq!(seen.edited_at, before.edited_at, "node {id}: when");
+        assert_eq!(reactions(&seen), reactions(&before), "node {id}: the reactions");
+    }
+    Ok(())
+}
+
+/// Each member's read marker is shown to the room's members (`receipts`,
+/// event `read`), and to no one else: a public room's outside reader
+/// subscribed to it gets no `read` event, and may not list receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_receipts_reach_members_only() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
+    let lb = balancer.http();
+    let (ann, bob, carl, outsider, banned) = (
+        user(&lb, "ann").await?,
+        user(&lb, "bob").await?,
+        user(&lb, "carl").await?,
+        user(&lb, "outsider").await?,
+        user(&lb, "banned").await?,
+    );
+    ann.create_room(ROOM, "receipts", Visibility::Public).await?;
+    bob.join(ROOM).await?;
+    banned.join(ROOM).await?;
+    ann.ban(ROOM, "banned").await?;
+    for i in 1..=3 {
+        ann.post_message(ROOM, &format!("m{i}"), &format!("m{i}")).await?;
+    }
+    let addr = balancer.addr.to_string();
+    let mut ann_ws = Ws::connect_auth(&addr, ann.token().context("ann's token")?).await?;
+    ann_ws.subscribe(ROOM, None).await?;
+    let mut outside_ws = Ws::connect_auth(&addr, outsider.token().context("the outsider's token")?).await?;
+    outside_ws.subscribe(ROOM, None).await?;
+
+    bob.read(ROOM, 2).await?;
+    let seen = ann_ws
+        .wait_for(|e| matches!(e, Event::Read { username, .. } if username == "bob"), WAIT)
+        .await
+        .context("ann sees bob's marker move")?;
+    assert!(matches!(seen, Event::Read { seq: 2, .. }), "{seen:?}");
+    let mut receipts: Vec<(String, u64)> = ann.receipts(ROOM).await?.into_iter().map(|r| (r.username, r.seq)).collect();
+    receipts.sort();
+    assert_eq!(receipts, vec![("ann".into(), 0), ("bob".into(), 2)]);
+    bob.read(ROOM, 2).await?;
+    bob.read(ROOM, 3).await?;
+
+    // A metadata entry after the markers': every node applies the log in
+    // order, so the outsider's events up to carl's join include any read
+    // event it would have got.
+    carl.join(ROOM).await?;
+    let mut before_join = Vec::new();
+    loop {
+        let e = outside_ws.next_event(WAIT).await.context("the outsider's events")?;
+        if matches!(&e, Event::Member { username, .. } if username == "carl") {
+            break;
+        }
+        before_join.push(e);
+    }
+    ensure!(
+        !before_join.iter().any(|e| matches!(e, Event::Read { .. })),
+        "an outsider got read events: {before_join:?}"
+    );
+    let seen = ann_ws
+        .wait_for(|e| matches!(e, Event::Read { username, seq: 3, .. } if username == "bob"), WAIT)
+        .await
+        .context("ann sees bob's second move, and no event for the marker that stayed")?;
+    ensure!(matches!(seen, Event::Read { .. }));
+    for (who, http) in [("an outsider", &outsider), ("a banned user", &banned)] {
+        assert_eq!(code(http.receipts(ROOM).await), "forbidden", "{who} lists receipts");
+    }
+    assert_eq!(code(outsider.receipts("no-such-room").await), "not_found");
+    Ok(())
+}
