@@ -155,7 +155,7 @@ async function openRoom(id) {
   history.replaceState(null, '', `#${encodeURIComponent(id)}`);
   $('audit').replaceChildren();
   $('mod-status').textContent = '';
-  composing = null;
+  stopComposing(); // a reply or an edit belongs to the room it was begun in
   renderAll();
   syncSubscriptions();
   loadMembers(id);
