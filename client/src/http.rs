@@ -340,6 +340,18 @@ impl Http {
         self.empty(method, &format!("/api/rooms/{room}/messages/{seq}/reactions/{emoji}"), NO_BODY).await
     }
 
+    /// `GET /api/rooms/{room}/search?q=` (`room` given) or `GET
+    /// /api/search?q=`: messages holding every word of `q`, newest first.
+    pub async fn search(&self, room: Option<&str>, q: &str, limit: Option<u32>) -> Result<Vec<Message>> {
+        let q = utf8_percent_encode(q, NON_ALPHANUMERIC);
+        let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+        let path = match room {
+            Some(room) => format!("/api/rooms/{room}/search?q={q}{limit}"),
+            None => format!("/api/search?q={q}{limit}"),
+        };
+        self.json(Method::GET, &path, NO_BODY, &[200]).await
+    }
+
     // ----- long polling (§6) -----
 
     /// `GET /api/poll?since=..&timeout_ms=..` with this client's token.

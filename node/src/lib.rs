@@ -25,6 +25,7 @@ pub mod raft;
 pub mod ratelimit;
 pub mod ready;
 pub mod rooms;
+pub mod search;
 pub mod service;
 pub mod shards;
 pub mod storage;

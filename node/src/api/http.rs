@@ -215,6 +215,29 @@ pub async fn history(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room
     Ok(response)
 }
 
+/// `GET /api/rooms/{room}/search?q=&limit=`: one room's messages holding every word of `q`.
+pub async fn search_room(
+    State(node): State<Arc<Node>>,
+    Authed(s): Authed,
+    Path(room): Path<String>,
+    q: Query,
+) -> Answer {
+    search(&node, &s, Some(&room), &q).await
+}
+
+/// `GET /api/search?q=&limit=`: the same over every room the caller may read.
+pub async fn search_all(State(node): State<Arc<Node>>, Authed(s): Authed, q: Query) -> Answer {
+    search(&node, &s, None, &q).await
+}
+
+async fn search(node: &Node, s: &crate::service::Session, room: Option<&str>, q: &Query) -> Answer {
+    let text = q.0.get("q").map(String::as_str).unwrap_or_default();
+    let limit = q.number("limit")?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+    let found = node.search(s, room, text, limit).await?;
+    let views: Vec<_> = found.iter().map(|f| crate::protocol::message(&f.room, &f.message)).collect();
+    Ok(axum::Json(views).into_response())
+}
+
 pub async fn post_message(
     State(node): State<Arc<Node>>,
     Authed(s): Authed,

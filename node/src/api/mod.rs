@@ -82,6 +82,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/rooms/{room}/messages", get(http::history).post(http::post_message))
         .route("/api/rooms/{room}/messages/{seq}", delete(http::delete_message).patch(http::edit_message))
         .route("/api/rooms/{room}/receipts", get(http::receipts))
+        .route("/api/rooms/{room}/search", get(http::search_room))
+        .route("/api/search", get(http::search_all))
         .route(
             "/api/rooms/{room}/messages/{seq}/reactions/{emoji}",
             put(http::add_reaction).delete(http::remove_reaction),

@@ -99,6 +99,8 @@ pub enum RoomAnswer {
     Refused(String, String),
     /// To a [`RoomCall::Change`]: what it did.
     Changed(ChangeDone),
+    /// To [`RoomRead::Search`]: (room key, message), newest first.
+    Found(Vec<(u64, Message)>),
 }
 
 /// A change to a message, as a node forwards it to the leader of the
@@ -183,6 +185,16 @@ pub enum RoomRead {
         room_key: u64,
         /// The seq after the last one answered.
         before: u64,
+        /// Most messages answered.
+        limit: u32,
+    },
+    /// The newest messages of these rooms (all on one shard held by the
+    /// replica) holding every word, as of the leader's commit index.
+    Search {
+        /// Room ids and keys.
+        rooms: Vec<(String, u64)>,
+        /// The words, as the index splits them.
+        words: Vec<String>,
         /// Most messages answered.
         limit: u32,
     },

@@ -12,6 +12,7 @@ mod quotas;
 mod read_markers;
 mod reads;
 mod rooms;
+mod search;
 mod shards;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ pub use self::quotas::Quotas;
 pub use self::quotas::Usage;
 pub(crate) use self::rooms::check_room_id;
 pub(crate) use self::rooms::room_ref;
+pub use self::search::Found;
 pub use self::shards::Shards;
 use crate::auth::Passwords;
 use crate::cluster::Cluster;
@@ -132,6 +134,8 @@ pub struct Node {
     read_markers: Arc<read_markers::ReadMarkers>,
     /// Peers, when this node is part of a cluster.
     pub cluster: Option<Cluster>,
+    /// Full-text index of the room logs held here.
+    search: Arc<crate::search::SearchIndex>,
     /// The room logs' Raft groups (a node alone is a cluster of one).
     shards: Shards,
 }
@@ -230,6 +234,9 @@ impl Node {
             .map_err(|e| StartError::Setup(e.to_string()))?;
         let limits = settings.limits.clone();
         let barrier = ReadBarrier::new(consensus.clone(), cluster.as_ref().map(|c| c.endpoint.clone()), settings.id);
+        let search_dir = settings.data_dir.join("search");
+        let search = crate::search::SearchIndex::open(&search_dir)
+            .map_err(|e| StartError::Setup(format!("cannot open the search index: {e}")))?;
         let rooms_writer = storage::WriteThread::start(log.store().clone(), "rooms-store")
             .map_err(|e| StartError::Setup(format!("cannot start the room store's write thread: {e}")))?;
         let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
@@ -245,6 +252,7 @@ impl Node {
             settings: crate::shards::host::default_settings(),
             shard_count: Some(settings.shards),
             discard_after: crate::shards::host::DISCARD_AFTER,
+            search: Some(search.clone()),
         });
         let replication = settings.cluster.as_ref().map_or(1, |c| c.replication);
         let shards = Shards::new(host, settings.shards, replication);
@@ -264,6 +272,7 @@ impl Node {
             read_markers: Arc::default(),
             cluster,
             shards,
+            search,
         });
         let _ = slot.set(Arc::downgrade(&node));
         if node.cluster.is_some() {

@@ -41,6 +41,7 @@ use crate::raft::Timing;
 use crate::raft::types::blocking;
 use crate::rooms::Publisher;
 use crate::rooms::RoomLog;
+use crate::search::SearchIndex;
 use crate::storage::Store;
 use crate::storage::WriteThread;
 
@@ -114,6 +115,8 @@ pub struct HostParts {
     pub shard_count: Option<u32>,
     /// How long the copy of a shard that moved away stays ([`DISCARD_AFTER`]).
     pub discard_after: Duration,
+    /// The node's search index, fed by every shard held here.
+    pub search: Option<Arc<SearchIndex>>,
 }
 
 /// The shard groups of this node.
@@ -207,6 +210,10 @@ impl ShardHost {
             p.publish.clone(),
         )?
         .holding(lease);
+        let sm = match &p.search {
+            Some(index) => sm.indexing(index.clone()),
+            None => sm,
+        };
         let network = ShardNetwork { endpoint: p.endpoint.clone(), shard };
         let raft = ShardRaft::new(p.me, config, network, log, sm).await.map_err(|e| ShardError::Raft(e.to_string()))?;
         if let Some(members) = initial {
@@ -288,7 +295,12 @@ impl ShardHost {
     async fn finish_discard(&self, shard: ShardId) -> Result<usize, ShardError> {
         let p = &self.parts;
         let (raft, rooms, log, dir) = (p.raft_store.clone(), p.rooms.clone(), p.log.clone(), p.snapshots.clone());
-        Ok(blocking(move || discard::finish(&raft, &rooms, &log, &dir, shard)).await?)
+        let gone = blocking(move || discard::finish(&raft, &rooms, &log, &dir, shard)).await?;
+        // Reading the shard's rooms now finds none: its part of the index goes.
+        if let Some(index) = &p.search {
+            index.reindex(shard, super::indexing::mark(None), super::indexing::source(p.rooms.clone(), shard));
+        }
+        Ok(gone)
     }
 
     /// Waits (up to [`LEASE_WAIT`]) until no state machine of `shard` is

@@ -29,6 +29,7 @@ use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 use parking_lot::Mutex;
 
+use super::indexing;
 use super::placement::ShardId;
 use super::snapshot;
 use super::snapshot::SnapshotFile;
@@ -52,6 +53,8 @@ use crate::rooms::Reaction;
 use crate::rooms::RoomLog;
 use crate::rooms::StoredMessage;
 use crate::rooms::record;
+use crate::search::Change;
+use crate::search::SearchIndex;
 use crate::storage::Batch;
 use crate::storage::Store;
 use crate::storage::WriteThread;
@@ -93,6 +96,8 @@ struct Pending {
     dedup: HashMap<Vec<u8>, u64>,
     /// Rooms dropped: their cached committed seqs go once the batch is written.
     dropped: Vec<u64>,
+    /// What the search index is to change (when the node has one).
+    index: Vec<Change>,
     /// Per room given messages: its id and last seq, written once per
     /// apply (committed seq, shard membership) rather than once per message.
     touched: HashMap<u64, (String, u64)>,
@@ -117,6 +122,8 @@ pub struct ShardStateMachine {
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
     /// This shard's one-writer lease, if the host gave one.
     lease: Option<Lease>,
+    /// The node's search index, fed as the shard applies.
+    index: Option<Arc<SearchIndex>>,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -159,7 +166,19 @@ impl ShardStateMachine {
             shard_count,
             current: Arc::new(Mutex::new(current)),
             lease: None,
+            index: None,
         })
+    }
+
+    /// Feeds `index` from now on; the shard's part of it is made again from
+    /// the room logs when it is not as far as this state machine.
+    pub fn indexing(mut self, index: Arc<SearchIndex>) -> Self {
+        let mark = indexing::mark(self.applied.last);
+        if index.mark(self.shard).as_deref() != Some(mark.as_str()) {
+            index.reindex(self.shard, mark, indexing::source(self.store.clone(), self.shard));
+        }
+        self.index = Some(index);
+        self
     }
 
     /// Holds `lease` for as long as this state machine, or a snapshot build
@@ -228,6 +247,9 @@ impl ShardStateMachine {
         batch.put(record::DEDUP, dedup.clone(), seq.to_be_bytes().to_vec());
         pending.touched.entry(room_key).and_modify(|t| t.1 = seq).or_insert_with(|| (p.room.to_string(), seq));
         pending.dedup.insert(dedup, seq);
+        if self.index.is_some() {
+            pending.index.push(Change::Put { room_key, seq, ts, body: p.body.to_string() });
+        }
         pending.messages.insert((room_key, seq), stored.clone());
         out.push(Published::Message { room: p.room.into(), room_key, message: Message { seq, stored } });
         Ok(OpResult::Stored { seq, ts })
@@ -268,6 +290,14 @@ impl ShardStateMachine {
                 };
                 stored.edited_at = Some(ts);
                 self.rewrite(*room_key, *seq, &stored, pending, batch);
+                if self.index.is_some() {
+                    pending.index.push(Change::Put {
+                        room_key: *room_key,
+                        seq: *seq,
+                        ts: stored.ts,
+                        body: body.clone(),
+                    });
+                }
                 out.push(Published::Edited {
                     room: room.as_str().into(),
                     room_key: *room_key,
@@ -311,6 +341,9 @@ impl ShardStateMachine {
                     stored.body = None;
                     stored.reactions.clear();
                     self.rewrite(*room_key, *seq, &stored, pending, batch);
+                    if self.index.is_some() {
+                        pending.index.push(Change::Remove { room_key: *room_key, seq: *seq });
+                    }
                     out.push(Published::Deleted { room: room.as_str().into(), room_key: *room_key, seq: *seq });
                 }
                 Ok(OpResult::Deleted { sender: stored.from })
@@ -324,6 +357,9 @@ impl ShardStateMachine {
                 pending.dedup.retain(|k, _| !k.starts_with(&record::room_prefix(*room_key)));
                 pending.dropped.push(*room_key);
                 pending.touched.remove(room_key);
+                if self.index.is_some() {
+                    pending.index.push(Change::DropRoom { room_key: *room_key });
+                }
                 Ok(OpResult::Dropped)
             }
         }
@@ -387,6 +423,9 @@ impl ShardStateMachine {
         self.writer.write(batch).await?;
         for room_key in pending.dropped {
             self.log.forget(room_key);
+        }
+        if let Some(index) = &self.index {
+            index.apply(self.shard, pending.index, indexing::mark(self.applied.last));
         }
         // Visible in the store now: readers may see it, and the events go out.
         for p in published {
@@ -506,6 +545,10 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         let rooms = blocking(move || snapshot::install(&store, shard, &dir, &file_meta, snapshot)).await?;
         self.applied = Applied { last: meta.last_log_id, membership: meta.last_membership.clone() };
         self.last.clear();
+        if let Some(index) = &self.index {
+            let source = indexing::source(self.store.clone(), self.shard);
+            index.reindex(self.shard, indexing::mark(self.applied.last), source);
+        }
         *self.current.lock() = snapshot::load_current(&self.store, self.shard, &self.snapshots)?;
         // Local subscribers learn of what arrived by a live event past
         // their cursor: their delivery fills the gap from the store.

@@ -10,12 +10,14 @@
 //! - [`network`]: shard RPCs and snapshot streams over QUIC.
 //! - [`host`]: the groups this node takes part in: open, serve, close.
 //! - [`discard`]: removing the copy of a shard this node no longer holds.
+//! - [`indexing`]: what a shard gives the node's search index.
 //!
 //! The logs themselves live in the node's Raft store next to the metadata
 //! group's ([`crate::raft::LogStore`] in a [`crate::raft::Space::shard`]).
 
 pub mod discard;
 pub mod host;
+pub mod indexing;
 pub mod machine;
 pub mod network;
 pub mod placement;

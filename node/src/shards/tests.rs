@@ -538,6 +538,7 @@ mod groups {
             settings: settings(),
             shard_count: None,
             discard_after: Duration::ZERO,
+            search: None,
         });
         let _ = route.0.set(host.clone());
         Member { host, log, endpoint, dir }

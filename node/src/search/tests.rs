@@ -1,0 +1,80 @@
+use super::*;
+
+fn put(room_key: u64, seq: u64, body: &str) -> Change {
+    // Later seqs are newer; of equal seqs, the higher room.
+    Change::Put { room_key, seq, ts: seq * 10 + room_key, body: body.into() }
+}
+
+fn found(index: &SearchIndex, rooms: &[u64], q: &str) -> Vec<(u64, u64)> {
+    let words = index.words(q).expect("words");
+    index.search(rooms, &words, 100).expect("search").into_iter().map(|h| (h.room_key, h.seq)).collect()
+}
+
+#[tokio::test]
+async fn finds_all_words_newest_first_in_the_rooms_asked_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    let index = SearchIndex::open(dir.path()).expect("open");
+    let changes =
+        vec![put(1, 1, "The quick brown fox"), put(1, 2, "a QUICK reply"), put(2, 1, "quick fox in another room")];
+    index.apply(0, changes, "m1".into());
+    index.refresh().await.expect("refresh");
+    assert_eq!(found(&index, &[1], "quick"), vec![(1, 2), (1, 1)]);
+    assert_eq!(found(&index, &[1], "quick fox"), vec![(1, 1)]);
+    assert_eq!(found(&index, &[1, 2], "Fox"), vec![(2, 1), (1, 1)]);
+    assert_eq!(found(&index, &[3], "fox"), Vec::<(u64, u64)>::new());
+    assert_eq!(found(&index, &[1], "fo"), Vec::<(u64, u64)>::new(), "whole words only");
+}
+
+#[tokio::test]
+async fn edits_deletions_and_drops_are_reflected() {
+    let dir = tempfile::tempdir().expect("dir");
+    let index = SearchIndex::open(dir.path()).expect("open");
+    index.apply(0, vec![put(1, 1, "old words"), put(1, 2, "keep me"), put(2, 1, "other room words")], "m1".into());
+    index.apply(
+        0,
+        vec![put(1, 1, "new text"), Change::Remove { room_key: 1, seq: 2 }, Change::DropRoom { room_key: 2 }],
+        "m2".into(),
+    );
+    index.refresh().await.expect("refresh");
+    assert!(found(&index, &[1, 2], "old").is_empty(), "an edit replaces the old words");
+    assert_eq!(found(&index, &[1], "new"), vec![(1, 1)]);
+    assert!(found(&index, &[1], "keep").is_empty(), "a deleted message is gone");
+    assert!(found(&index, &[2], "words").is_empty(), "a dropped room is gone");
+    assert_eq!(index.documents(), 1);
+}
+
+#[tokio::test]
+async fn marks_survive_a_reopen_and_a_reindex_replaces_a_shard() {
+    let dir = tempfile::tempdir().expect("dir");
+    {
+        let index = SearchIndex::open(dir.path()).expect("open");
+        index.apply(3, vec![put(1, 1, "kept across restarts")], "m7".into());
+        index.apply(4, vec![put(9, 1, "another shard")], "m2".into());
+        index.refresh().await.expect("refresh");
+    }
+    let index = SearchIndex::open(dir.path()).expect("reopen");
+    assert_eq!(index.mark(3).as_deref(), Some("m7"));
+    assert_eq!(found(&index, &[1], "restarts"), vec![(1, 1)]);
+    // The shard's content, read again: message 1 is gone, 2 is new.
+    let source: Source = Box::new(|sink: &mut dyn FnMut(Change)| {
+        sink(put(1, 2, "read again"));
+        Ok(())
+    });
+    index.reindex(3, "m9".into(), source);
+    index.refresh().await.expect("refresh");
+    assert!(found(&index, &[1], "restarts").is_empty());
+    assert_eq!(found(&index, &[1], "again"), vec![(1, 2)]);
+    assert_eq!(found(&index, &[9], "shard"), vec![(9, 1)], "another shard's part stays");
+    assert_eq!(index.mark(3).as_deref(), Some("m9"));
+}
+
+#[tokio::test]
+async fn an_unreadable_index_is_made_anew() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("meta.json"), b"not json").expect("write");
+    let index = SearchIndex::open(dir.path()).expect("open");
+    assert_eq!(index.mark(0), None, "no shard is marked, so each indexes again");
+    index.apply(0, vec![put(1, 1, "fresh")], "m1".into());
+    index.refresh().await.expect("refresh");
+    assert_eq!(found(&index, &[1], "fresh"), vec![(1, 1)]);
+}
