@@ -300,6 +300,12 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// The folder the server's cluster keeps its files in (nodes' data in
+    /// `data/node-N`), for a Palaver cluster.
+    pub fn root(&self) -> Option<&std::path::Path> {
+        self._dir.as_deref().map(|d| d.path())
+    }
+
     fn new(process: Process, pid: u32, addr: String, label: &str, dir: Option<Arc<tempfile::TempDir>>) -> Server {
         register_pid(pid);
         Server { process, pid, addr, admin: None, label: label.into(), _dir: dir }
@@ -638,6 +644,17 @@ impl Api {
             bail!("{path}: {status} {text}");
         }
         Ok(serde_json::from_str(if text.is_empty() { "null" } else { &text })?)
+    }
+
+    /// GETs `path` with a token; answers the JSON reply.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, token: &str) -> Result<T> {
+        let resp = self.http.get(format!("{}{path}", self.base)).bearer_auth(token).send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{path}: {status} {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
     }
 
     /// Registers and logs in `n` users (8 at a time); answers their tokens.

@@ -28,6 +28,9 @@
 //!   Palaver balancer under each strategy, and through HAProxy.
 //! - `sends`*: answered sends/s on one node with 1 and `--senders` senders.
 //! - `relay`, `cluster`: older names (one node behind the balancer; durable).
+//! - `search` (not in `all`): `--search-messages` messages in
+//!   `--search-rooms` rooms, then search latency (every room, one room) and
+//!   the index's size per million messages.
 //!
 //! Servers run on core 0 and this generator on core 1 (`taskset`), unless
 //! `--no-pin`. Every loop is bounded in count and time.
@@ -58,6 +61,8 @@ mod bare;
 mod harness;
 #[path = "report.rs"]
 mod report;
+#[path = "search.rs"]
+mod search;
 
 use harness::CpuMeter;
 use harness::Dial;
@@ -75,7 +80,8 @@ use report::num;
 const USAGE: &str = "usage: cargo bench --bench load -- [all|connections|fanout|idle|rooms|durable|balancer|sends|relay|cluster]… \
 [--rate max|N[,N…]] [--members M] [--publishers P] [--step-secs S] [--drain-secs S] [--systems a,b] \
 [--conns C] [--direct-conns D] [--conn-rate R] [--idle N] [--rooms R] [--room-members K] \
-[--senders N] [--secs S] [--users U] [--latency-rate R] [--durable-rooms N[,N…]] [--durable-nodes N] [--durable-quick] [--no-pin]";
+[--senders N] [--secs S] [--users U] [--latency-rate R] [--durable-rooms N[,N…]] [--durable-nodes N] [--durable-quick] \
+[--search-messages N] [--search-rooms R] [--search-queries Q] [--no-pin]";
 
 /// What `--help` prints: the usage and what each option does.
 const HELP: &str = "\
@@ -95,6 +101,7 @@ scenarios (default: all of the first seven, in this order):
   sends         one node: answered sends/s with 1 and --senders senders
   relay         one node, direct vs through the balancer (older)
   cluster       same as durable (older name)
+  search        messages loaded into a 3-node cluster, then search latency and index size (not in all)
 
 options:
   --rate max|N[,N...]   sends/s per step, or max: double until saturated (max)
@@ -116,6 +123,9 @@ options:
   --durable-rooms N,... room counts of the durable sends runs (1,100,1000)
   --durable-nodes N     nodes of the durable cluster (3)
   --durable-quick       durable: only the sends runs on 3 nodes (no latency, no 5 nodes)
+  --search-messages N   search: messages loaded (1000000)
+  --search-rooms R      search: rooms they go to (1000)
+  --search-queries Q    search: timed searches per kind and scope (200)
   --no-pin              do not pin servers to core 0 and the generator to core 1
   -h, --help            this text";
 
@@ -147,6 +157,9 @@ struct Options {
     durable_rooms: Vec<usize>,
     durable_nodes: u64,
     durable_quick: bool,
+    search_messages: u64,
+    search_rooms: usize,
+    search_queries: usize,
     no_pin: bool,
 }
 
@@ -173,6 +186,9 @@ fn options(args: &[String]) -> Result<Options> {
         durable_rooms: vec![1, 100, 1_000],
         durable_nodes: 3,
         durable_quick: false,
+        search_messages: 1_000_000,
+        search_rooms: 1_000,
+        search_queries: 200,
         no_pin: false,
     };
     let mut it = args.iter();
@@ -217,6 +233,9 @@ fn options(args: &[String]) -> Result<Options> {
             }
             "--durable-nodes" => o.durable_nodes = n(value(a)?, a)?.clamp(1, 9) as u64,
             "--durable-quick" => o.durable_quick = true,
+            "--search-messages" => o.search_messages = n(value(a)?, a)?.max(1) as u64,
+            "--search-rooms" => o.search_rooms = n(value(a)?, a)?.max(1),
+            "--search-queries" => o.search_queries = n(value(a)?, a)?.clamp(1, 100_000),
             "--no-pin" => o.no_pin = true,
             "-h" | "--help" => o.help = true,
             s if !s.starts_with('-') => o.scenarios.push(s.to_string()),
@@ -347,6 +366,15 @@ fn main() -> Result<()> {
                 "balancer" => balancer(&o, &mut res).await?,
                 "sends" => sends_scenario(&o, &mut res).await?,
                 "relay" => relay(&o, &mut res).await?,
+                "search" => {
+                    let run = search::SearchRun {
+                        messages: o.search_messages,
+                        rooms: o.search_rooms,
+                        queries: o.search_queries,
+                        senders: o.senders,
+                    };
+                    search::search(&run, &mut res).await?
+                }
                 other => bail!("unknown scenario {other}\n{USAGE}"),
             }
         }

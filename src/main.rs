@@ -229,6 +229,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 members,
                 cluster: Some(cluster),
                 shards: config.cluster.shards,
+                retention: palaver_node::service::Retention::of(&config.cluster),
             };
             (settings, args.listen.unwrap_or(me.client))
         }
@@ -246,6 +247,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 members: BTreeMap::new(),
                 cluster: None,
                 shards: config.cluster.shards,
+                retention: palaver_node::service::Retention::of(&config.cluster),
             };
             (settings, listen)
         }

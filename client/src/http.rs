@@ -333,6 +333,12 @@ impl Http {
         self.json(Method::PATCH, &format!("/api/rooms/{room}/messages/{seq}"), Some(&payload), &[200]).await
     }
 
+    /// `PATCH /api/rooms/{room}`: the owner changes its title and/or retention.
+    pub async fn configure_room(&self, room: &str, title: Option<&str>, retention_days: Option<u32>) -> Result<Room> {
+        let payload = palaver_protocol::RoomSettings { title, retention_days };
+        self.json(Method::PATCH, &format!("/api/rooms/{room}"), Some(&payload), &[200]).await
+    }
+
     /// `PUT` (`on`) or `DELETE .../messages/{seq}/reactions/{emoji}`: 204.
     pub async fn react(&self, room: &str, seq: u64, emoji: &str, on: bool) -> Result<()> {
         let method = if on { Method::PUT } else { Method::DELETE };

@@ -63,6 +63,12 @@ pub struct ClusterSection {
     pub shards: u32,
     /// Replicas of each shard.
     pub replication: u8,
+    /// Days a room's messages are kept unless its owner says otherwise
+    /// (0: forever).
+    pub retention_days: u32,
+    /// The length of a retention "day" in ms: 86400000 except in tests and
+    /// try-outs that want to see expiry happen.
+    pub retention_day_ms: u64,
 }
 
 impl Default for ClusterSection {
@@ -75,6 +81,8 @@ impl Default for ClusterSection {
             tls_dir: None,
             shards: 64,
             replication: 3,
+            retention_days: 0,
+            retention_day_ms: crate::service::DAY_MS,
         }
     }
 }

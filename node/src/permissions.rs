@@ -50,6 +50,8 @@ pub enum Action {
     },
     /// Delete the room.
     DeleteRoom,
+    /// Change the room's title or retention.
+    Configure,
     /// Read the moderation audit trail.
     ReadAudit,
     /// Store a read marker.
@@ -84,7 +86,7 @@ pub fn check(standing: Standing, visibility: Visibility, admin: bool, action: Ac
         Standing::Member(role) => role,
         Standing::Outsider { invited } => {
             return match action {
-                DeleteRoom | ReadAudit if admin => Ok(()),
+                DeleteRoom | ReadAudit | Configure if admin => Ok(()),
                 _ if hidden && !(invited && action == Join) => Err(NotFound),
                 Read => Ok(()),
                 Join if visibility == Visibility::Direct => Err(NotFound),
@@ -94,7 +96,7 @@ pub fn check(standing: Standing, visibility: Visibility, admin: bool, action: Ac
         }
         Standing::Banned => {
             return match action {
-                DeleteRoom | ReadAudit if admin => Ok(()),
+                DeleteRoom | ReadAudit | Configure if admin => Ok(()),
                 // docs/protocol.md: "A banned user's join gets forbidden", private rooms included.
                 Join => Err(Forbidden),
                 _ if hidden => Err(NotFound),
@@ -115,7 +117,7 @@ pub fn check(standing: Standing, visibility: Visibility, admin: bool, action: Ac
         SetRole(target) => role == Role::Owner && target < Role::Owner && !direct,
         DeleteMessage { own } => own || moderator,
         DeleteRoom => role == Role::Owner && !direct || admin,
-        ReadAudit => role == Role::Owner || admin,
+        ReadAudit | Configure => role == Role::Owner || admin,
     };
     if allowed { Ok(()) } else { Err(Forbidden) }
 }

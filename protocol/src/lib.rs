@@ -53,6 +53,7 @@ pub use requests::NewMessage;
 pub use requests::NewRoom;
 pub use requests::ReadMarker;
 pub use requests::RoleChange;
+pub use requests::RoomSettings;
 pub use requests::UserTarget;
 pub use views::AuditEntry;
 pub use views::Login;

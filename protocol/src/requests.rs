@@ -49,6 +49,17 @@ pub struct EditMessage<S = String> {
     pub body: S,
 }
 
+/// `PATCH /api/rooms/{room}`: what the owner changes (at least one).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RoomSettings<S = String> {
+    /// A new title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<S>,
+    /// Days messages are kept (0: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+}
+
 /// `POST /api/rooms/{room}/invite`, `kick`, `ban`, `unban`, `unmute`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserTarget<S = String> {

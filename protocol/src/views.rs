@@ -159,6 +159,10 @@ pub struct Room {
     /// Messages after the caller's read marker; members only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unread: Option<u64>,
+    /// Days its messages are kept (0: forever): the owner's choice or the
+    /// cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
 }
 
 /// A room member: the `join` answer (with `room`) and `members` entries

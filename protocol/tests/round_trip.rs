@@ -192,13 +192,14 @@ fn views_have_their_exact_text() {
         created_at: 1_767_139_200_000,
         last_seq: 42,
         unread: Some(3),
+        retention_days: Some(30),
     };
     check(
         room.clone(),
-        r#"{"room":"lobby","title":"Lobby","visibility":"public","owner":"ann","created_at":1767139200000,"last_seq":42,"unread":3}"#,
+        r#"{"room":"lobby","title":"Lobby","visibility":"public","owner":"ann","created_at":1767139200000,"last_seq":42,"unread":3,"retention_days":30}"#,
     );
     check(
-        Room { unread: None, visibility: Visibility::Direct, title: s(""), ..room },
+        Room { unread: None, visibility: Visibility::Direct, title: s(""), retention_days: None, ..room },
         r#"{"room":"lobby","title":"","visibility":"direct","owner":"ann","created_at":1767139200000,"last_seq":42}"#,
     );
     check(

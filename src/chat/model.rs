@@ -919,7 +919,16 @@ pub(crate) mod fixtures {
     /// A room as `GET /api/rooms` lists it.
     pub(crate) fn room(id: &str, last_seq: u64, unread: Option<u64>) -> Room {
         let visibility = if id.starts_with("dm:") { Visibility::Direct } else { Visibility::Public };
-        Room { room: id.to_string(), title: id.to_string(), visibility, owner: None, created_at: 0, last_seq, unread }
+        Room {
+            room: id.to_string(),
+            title: id.to_string(),
+            visibility,
+            owner: None,
+            created_at: 0,
+            last_seq,
+            unread,
+            retention_days: None,
+        }
     }
 
     /// A message of `room` from `from`.

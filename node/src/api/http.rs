@@ -82,6 +82,16 @@ pub async fn get_room(State(node): State<Arc<Node>>, Authed(s): Authed, Path(roo
     ok(node.get_room(&s, &room).await?)
 }
 
+/// `PATCH /api/rooms/{room}`: the owner's title and retention.
+pub async fn configure_room(
+    State(node): State<Arc<Node>>,
+    Authed(s): Authed,
+    Path(room): Path<String>,
+    Json(settings): Json<palaver_protocol::RoomSettings>,
+) -> Answer {
+    ok(node.configure_room(&s, &room, settings.title, settings.retention_days).await?)
+}
+
 pub async fn delete_room(State(node): State<Arc<Node>>, Authed(s): Authed, Path(room): Path<String>) -> Answer {
     node.room_op(&s, &room, RoomOp::Delete).await?;
     no_content()

@@ -66,7 +66,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/me", get(http::me))
         .route("/api/ticket", post(http::ticket))
         .route("/api/rooms", get(http::list_rooms).post(http::create_room))
-        .route("/api/rooms/{room}", get(http::get_room).delete(http::delete_room))
+        .route("/api/rooms/{room}", get(http::get_room).patch(http::configure_room).delete(http::delete_room))
         .route("/api/rooms/{room}/join", post(http::join))
         .route("/api/rooms/{room}/leave", post(http::leave))
         .route("/api/rooms/{room}/invite", post(http::invite))

@@ -297,8 +297,9 @@ pub const OPS_ACTOR: &str = "@ops";
 
 impl MetaCommand {
     /// Whether applying this takes a right away from someone (a session, a
-    /// membership, a role, the right to send): such a write is answered only
-    /// once no node can grant the right any more.
+    /// membership, a role, the right to send), or changes what a read that
+    /// succeeds shows (a room's settings): such a write is answered only
+    /// once every node applied it.
     pub fn revokes_access(&self) -> bool {
         match self {
             MetaCommand::Logout { .. } | MetaCommand::Sweep => true,
@@ -310,6 +311,9 @@ impl MetaCommand {
                     | RoomOp::Ban(_)
                     | RoomOp::SetRole(..)
                     | RoomOp::Mute(..)
+                    // Not a revocation, but a success read elsewhere never
+                    // checks again: shown everywhere before it is answered.
+                    | RoomOp::Configure { .. }
             ),
             _ => false,
         }
@@ -365,6 +369,21 @@ pub enum RoomOp {
         seq: u64,
         /// The text before the edit.
         old_body: String,
+    },
+    /// Change the room's title and/or how long its messages are kept.
+    Configure {
+        /// A new title.
+        title: Option<String>,
+        /// Days messages are kept (0: forever).
+        retention_days: Option<u32>,
+    },
+    /// Audit an expiry: proposed by the node whose shard removed the
+    /// messages, never by a client.
+    AuditExpire {
+        /// Messages removed.
+        count: u64,
+        /// The newest seq removed.
+        through_seq: u64,
     },
 }
 
@@ -484,6 +503,29 @@ pub struct MetaState {
     pub draining: BTreeSet<NodeId>,
     /// The nodes and where each shard of room logs lives.
     pub layout: Layout,
+    /// Per room id, the days its messages are kept (0: forever), where its
+    /// owner set it; other rooms keep the cluster's default.
+    pub retention: BTreeMap<String, u32>,
+}
+
+/// The metadata state as snapshot format 2 stored it, before retention
+/// (data of an earlier version of Palaver).
+#[derive(Debug, Deserialize)]
+pub struct MetaStateV2 {
+    users: BTreeMap<String, User>,
+    sessions: BTreeMap<TokenHash, Session>,
+    tickets: BTreeMap<TokenHash, Ticket>,
+    rooms: BTreeMap<String, Room>,
+    next_room_key: u64,
+    draining: BTreeSet<NodeId>,
+    layout: Layout,
+}
+
+impl From<MetaStateV2> for MetaState {
+    fn from(v2: MetaStateV2) -> Self {
+        let MetaStateV2 { users, sessions, tickets, rooms, next_room_key, draining, layout } = v2;
+        MetaState { users, sessions, tickets, rooms, next_room_key, draining, layout, retention: BTreeMap::new() }
+    }
 }
 
 /// The metadata state as snapshot format 1 stored it, before the layout
@@ -501,7 +543,16 @@ pub struct MetaStateV1 {
 impl From<MetaStateV1> for MetaState {
     fn from(v1: MetaStateV1) -> Self {
         let MetaStateV1 { users, sessions, tickets, rooms, next_room_key, draining } = v1;
-        MetaState { users, sessions, tickets, rooms, next_room_key, draining, layout: Layout::default() }
+        MetaState {
+            users,
+            sessions,
+            tickets,
+            rooms,
+            next_room_key,
+            draining,
+            layout: Layout::default(),
+            retention: BTreeMap::new(),
+        }
     }
 }
 
@@ -755,8 +806,14 @@ impl MetaState {
             RoomOp::MarkRead(_) => Action::MarkRead,
             RoomOp::AuditDelete { .. } => Action::DeleteMessage { own: false },
             RoomOp::AuditEdit { .. } => Action::DeleteMessage { own: true },
+            RoomOp::Configure { .. } => Action::Configure,
+            // The node's own record: no client makes this op.
+            RoomOp::AuditExpire { .. } => Action::Read,
         };
-        permissions::check(standing, r.info.visibility, admin, action).map_err(|e| denied(e, room))?;
+        let system = matches!(op, RoomOp::AuditExpire { .. });
+        if !system {
+            permissions::check(standing, r.info.visibility, admin, action).map_err(|e| denied(e, room))?;
+        }
         // Only now, with the actor allowed to see the room, may we say who is missing.
         if target_missing {
             return Err(MetaError::NotFound("user".into()));
@@ -776,6 +833,7 @@ impl MetaState {
         match op {
             RoomOp::Delete => {
                 self.rooms.remove(room);
+                self.retention.remove(room);
                 effects.push(MetaEffect::RoomDeleted { room: room.to_string(), room_key: key });
                 return Ok(MetaOk::Done);
             }
@@ -864,6 +922,22 @@ impl MetaState {
             }
             RoomOp::AuditEdit { seq, old_body } => {
                 r.record(now, actor, "edit_message", actor, Some(format!("{seq}: {old_body}")));
+            }
+            RoomOp::Configure { title, retention_days } => {
+                if let Some(title) = title {
+                    r.record(now, actor, "set_title", room, Some(title.clone()));
+                    r.info.title = title.clone();
+                }
+                if let Some(days) = retention_days {
+                    r.record(now, actor, "set_retention", room, Some(days.to_string()));
+                    self.retention.insert(room.to_string(), *days);
+                }
+                r.mutes.retain(|_, until| *until > now);
+                return Ok(MetaOk::Room(r.info.clone()));
+            }
+            RoomOp::AuditExpire { count, through_seq } => {
+                let noun = if *count == 1 { "message" } else { "messages" };
+                r.record(now, "system", "expire", room, Some(format!("{count} {noun} through seq {through_seq}")));
             }
         }
         r.mutes.retain(|_, until| *until > now);

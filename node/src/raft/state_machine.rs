@@ -44,6 +44,7 @@ use crate::meta::MetaEffect;
 use crate::meta::MetaOk;
 use crate::meta::MetaState;
 use crate::meta::MetaStateV1;
+use crate::meta::MetaStateV2;
 use crate::storage::Batch;
 use crate::storage::Store;
 
@@ -52,7 +53,7 @@ const SNAPSHOT: &str = "raft_snapshot";
 const KEY_META: &[u8] = b"meta";
 const KEY_DATA: &[u8] = b"data";
 /// Bumped when [`SnapshotFile`] changes shape.
-const SNAPSHOT_VERSION: u8 = 2;
+const SNAPSHOT_VERSION: u8 = 3;
 
 /// Receives the effects of applied commands (close sockets, member events).
 ///
@@ -99,6 +100,10 @@ fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<MetaState> {
             let file: SnapshotFile<MetaStateV1> = decode(SNAPSHOT, data)?;
             (file.last_applied, file.membership, MetaState::from(file.state))
         }
+        Some(2) => {
+            let file: SnapshotFile<MetaStateV2> = decode(SNAPSHOT, data)?;
+            (file.last_applied, file.membership, MetaState::from(file.state))
+        }
         Some(&SNAPSHOT_VERSION) => {
             let file: SnapshotFile<MetaState> = decode(SNAPSHOT, data)?;
             (file.last_applied, file.membership, file.state)
@@ -106,7 +111,7 @@ fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<MetaState> {
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("snapshot format {other:?} is neither 1 nor {SNAPSHOT_VERSION}"),
+                format!("snapshot format {other:?} is not 1 to {SNAPSHOT_VERSION}"),
             ));
         }
     };
@@ -366,6 +371,24 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0] = 9;
         assert!(decode_snapshot(&meta, &bad).is_err(), "an unknown format is an error, not a panic");
+    }
+
+    #[test]
+    fn a_format_2_snapshot_loads_with_no_retention_set() {
+        let v2_state = (
+            BTreeMap::<String, User>::new(),
+            BTreeMap::<TokenHashAlias, crate::meta::Session>::new(),
+            BTreeMap::<TokenHashAlias, crate::meta::Ticket>::new(),
+            BTreeMap::<String, crate::meta::Room>::new(),
+            11u64,
+            BTreeSet::<u64>::new(),
+            crate::meta::Layout::default(),
+        );
+        let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
+        let bytes = postcard::to_stdvec(&(2u8, None::<LogId>, StoredMembership::default(), v2_state)).expect("encode");
+        let state = decode_snapshot(&meta, &bytes).expect("a format 2 snapshot decodes");
+        assert_eq!(state.next_room_key, 11);
+        assert!(state.retention.is_empty());
     }
 
     type TokenHashAlias = crate::meta::TokenHash;

@@ -70,6 +70,15 @@ impl RoomLog {
         }
     }
 
+    /// The committed seq last written to the store (0 when none), which
+    /// stays when the room's messages expire.
+    pub fn stored_committed(&self, room_key: u64) -> Result<u64, StorageError> {
+        match self.store.get(COMMITTED, &record::room_prefix(room_key))? {
+            Some(v) => record::decode_seq(&v),
+            None => Ok(0),
+        }
+    }
+
     /// Records that `seq` is committed in a room.
     pub(crate) fn raise(&self, room_key: u64, seq: u64) {
         let mut last = self.last.write();
@@ -101,6 +110,14 @@ impl RoomLog {
         let mut page = self.scan(Bound::Included(&start[..]), Bound::Excluded(&end[..]), Order::Descending, limit)?;
         page.reverse();
         Ok(page)
+    }
+
+    /// The oldest message stored, if any.
+    pub fn first_stored(&self, room_key: u64) -> Result<Option<Message>, StorageError> {
+        let start = record::message_key(room_key, 0);
+        let end = record::room_end(room_key);
+        let mut first = self.scan(Bound::Included(&start[..]), Bound::Excluded(&end[..]), Order::Ascending, 1)?;
+        Ok(first.pop())
     }
 
     /// One stored message, committed or not.

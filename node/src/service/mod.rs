@@ -11,6 +11,7 @@ mod peers;
 mod quotas;
 mod read_markers;
 mod reads;
+mod retention;
 mod rooms;
 mod search;
 mod shards;
@@ -39,6 +40,8 @@ pub(crate) use self::messages::may_react;
 pub(crate) use self::messages::may_send;
 pub use self::quotas::Quotas;
 pub use self::quotas::Usage;
+pub use self::retention::DAY_MS;
+pub use self::retention::Retention;
 pub(crate) use self::rooms::check_room_id;
 pub(crate) use self::rooms::room_ref;
 pub use self::search::Found;
@@ -92,6 +95,8 @@ pub struct NodeSettings {
     pub cluster: Option<ClusterSettings>,
     /// Room logs on this many shards (a node alone: each with one replica).
     pub shards: u32,
+    /// How long messages are kept.
+    pub retention: Retention,
 }
 
 /// How a node reaches its peers.
@@ -136,6 +141,8 @@ pub struct Node {
     pub cluster: Option<Cluster>,
     /// Full-text index of the room logs held here.
     search: Arc<crate::search::SearchIndex>,
+    /// How long messages are kept.
+    pub retention: Retention,
     /// The room logs' Raft groups (a node alone is a cluster of one).
     shards: Shards,
 }
@@ -273,6 +280,7 @@ impl Node {
             cluster,
             shards,
             search,
+            retention: settings.retention,
         });
         let _ = slot.set(Arc::downgrade(&node));
         if node.cluster.is_some() {
@@ -284,6 +292,7 @@ impl Node {
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
         tokio::spawn(read_markers::run(node.read_markers.clone(), Arc::downgrade(&node)));
         tokio::spawn(accounts::sweep_expired(Arc::downgrade(&node)));
+        tokio::spawn(retention::run(Arc::downgrade(&node)));
         node.wait_for_metadata_leader().await?;
         // Not fatal: a node whose shards are late still serves, and its
         // sends wait for a leader or answer 503.

@@ -41,6 +41,14 @@ pub(crate) fn check_room_id(room: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A title's limits.
+pub(super) fn check_title(title: &str) -> Result<(), ApiError> {
+    if title.chars().count() > MAX_TITLE {
+        return Err(ApiError::bad_request(format!("title is longer than {MAX_TITLE} characters")));
+    }
+    Ok(())
+}
+
 fn check_target(username: &str) -> Result<(), ApiError> {
     if valid_username(username) { Ok(()) } else { Err(ApiError::bad_request("invalid username")) }
 }
@@ -54,7 +62,10 @@ impl Node {
         Ok(seen
             .iter()
             .zip(seqs)
-            .map(|(s, last)| view(&s.info, last, s.read_seq.map(|read| last.saturating_sub(read))))
+            .map(|(s, last)| RoomView {
+                retention_days: Some(s.retention_days),
+                ..view(&s.info, last, s.read_seq.map(|read| last.saturating_sub(read)))
+            })
             .collect())
     }
 
@@ -69,7 +80,7 @@ impl Node {
                         r.members.contains_key(&*s.username)
                             || (r.info.visibility == Visibility::Public && !r.bans.contains(&*s.username))
                     })
-                    .map(|r| Seen::of(r, &s.username))
+                    .map(|r| Seen::of(r, &s.username, self.retention_days(meta, &r.info.id)))
                     .collect())
             })
             .await?;
@@ -88,9 +99,7 @@ impl Node {
             return Err(ApiError::bad_request("room must match ^[a-z0-9_-]{1,64}$"));
         }
         let title = title.unwrap_or_else(|| room.clone());
-        if title.chars().count() > MAX_TITLE {
-            return Err(ApiError::bad_request(format!("title is longer than {MAX_TITLE} characters")));
-        }
+        check_title(&title)?;
         let visibility = match visibility.as_deref() {
             None | Some("public") => Visibility::Public,
             Some("private") => Visibility::Private,
@@ -113,8 +122,12 @@ impl Node {
     /// One room, if the caller may see it.
     pub async fn get_room(&self, s: &Session, room: &str) -> Result<RoomView, ApiError> {
         check_room_id(room)?;
-        let seen =
-            self.read(|meta| Ok(Seen::of(meta.authorize(&s.username, room, Action::Read)?, &s.username))).await?;
+        let seen = self
+            .read(|meta| {
+                let r = meta.authorize(&s.username, room, Action::Read)?;
+                Ok(Seen::of(r, &s.username, self.retention_days(meta, room)))
+            })
+            .await?;
         let mut views = self.room_views(vec![seen]).await?;
         views.pop().ok_or_else(|| ApiError::internal("a room view went missing"))
     }
@@ -260,11 +273,13 @@ struct Seen {
     info: RoomInfo,
     /// The caller's read marker, if a member.
     read_seq: Option<u64>,
+    /// Days its messages are kept (0: forever).
+    retention_days: u32,
 }
 
 impl Seen {
-    fn of(room: &Room, caller: &str) -> Self {
-        Seen { info: room.info.clone(), read_seq: room.members.get(caller).map(|m| m.read_seq) }
+    fn of(room: &Room, caller: &str, retention_days: u32) -> Self {
+        Seen { info: room.info.clone(), read_seq: room.members.get(caller).map(|m| m.read_seq), retention_days }
     }
 }
 
@@ -277,6 +292,7 @@ fn view(info: &RoomInfo, last_seq: u64, unread: Option<u64>) -> RoomView {
         created_at: info.created_at,
         last_seq,
         unread,
+        retention_days: None,
     }
 }
 

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ use super::snapshot;
 use super::snapshot::SnapshotFile;
 use super::types::Entry;
 use super::types::LogId;
+use super::types::MAX_EXPIRE;
 use super::types::OpResult;
 use super::types::ShardBatch;
 use super::types::ShardOp;
@@ -56,6 +58,7 @@ use crate::rooms::record;
 use crate::search::Change;
 use crate::search::SearchIndex;
 use crate::storage::Batch;
+use crate::storage::Order;
 use crate::storage::Store;
 use crate::storage::WriteThread;
 
@@ -192,7 +195,9 @@ impl ShardStateMachine {
         if let Some(seq) = self.last.get(&room_key) {
             return Ok(*seq);
         }
-        let seq = self.log.stored_last(room_key).map_err(io_err)?;
+        // The committed mark outlives messages that expired.
+        let seq =
+            self.log.stored_last(room_key).map_err(io_err)?.max(self.log.stored_committed(room_key).map_err(io_err)?);
         self.last.insert(room_key, seq);
         Ok(seq)
     }
@@ -253,6 +258,47 @@ impl ShardStateMachine {
         pending.messages.insert((room_key, seq), stored.clone());
         out.push(Published::Message { room: p.room.into(), room_key, message: Message { seq, stored } });
         Ok(OpResult::Stored { seq, ts })
+    }
+
+    /// Removes the room's oldest stored messages while their `ts` is before
+    /// `before_ts`, at most [`MAX_EXPIRE`]. Messages of this apply are
+    /// newer than any retention, so the store holds every candidate.
+    fn expire(
+        &mut self,
+        room_key: u64,
+        before_ts: u64,
+        pending: &mut Pending,
+        batch: &mut Batch,
+    ) -> io::Result<OpResult> {
+        if pending.dropped.contains(&room_key) {
+            return Ok(OpResult::Expired { count: 0, through_seq: 0 });
+        }
+        let (start, end) = (record::message_key(room_key, 0), record::room_end(room_key));
+        let rows = self
+            .store
+            .range(
+                record::MESSAGES,
+                Bound::Included(&start[..]),
+                Bound::Excluded(&end[..]),
+                Order::Ascending,
+                MAX_EXPIRE,
+            )
+            .map_err(io_err)?;
+        let (mut count, mut through_seq) = (0, 0);
+        for (key, value) in rows {
+            let Some((_, seq)) = record::parse_message_key(&key) else { continue };
+            if record::decode(&value).map_err(io_err)?.ts >= before_ts {
+                break;
+            }
+            batch.delete(record::MESSAGES, key);
+            pending.messages.remove(&(room_key, seq));
+            if self.index.is_some() {
+                pending.index.push(Change::Remove { room_key, seq });
+            }
+            count += 1;
+            through_seq = seq;
+        }
+        Ok(OpResult::Expired { count, through_seq })
     }
 
     /// Writes a changed message back (and keeps it for later ops of this apply).
@@ -348,6 +394,7 @@ impl ShardStateMachine {
                 }
                 Ok(OpResult::Deleted { sender: stored.from })
             }
+            ShardOp::Expire { room_key, before_ts, .. } => self.expire(*room_key, *before_ts, pending, batch),
             ShardOp::Drop { room_key } => {
                 drop_room(batch, self.shard, *room_key);
                 // Not reloaded from the store, which keeps the old rows

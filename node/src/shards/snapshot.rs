@@ -144,12 +144,20 @@ pub(crate) fn rooms_of(store: &Store, shard: ShardId) -> io::Result<Vec<(u64, St
         .collect()
 }
 
+/// The room's last seq: its newest message, or the committed mark when
+/// its newest messages expired (a new replica must not hand those seqs out
+/// again).
 fn last_stored(store: &Store, room_key: u64) -> io::Result<u64> {
     let (start, end) = (record::message_key(room_key, 0), record::room_end(room_key));
     let last = store
         .range(record::MESSAGES, Bound::Included(&start[..]), Bound::Excluded(&end[..]), Order::Descending, 1)
         .map_err(io_err)?;
-    Ok(last.first().and_then(|(k, _)| record::parse_message_key(k)).map_or(0, |(_, seq)| seq))
+    let stored = last.first().and_then(|(k, _)| record::parse_message_key(k)).map_or(0, |(_, seq)| seq);
+    let committed = match store.get(record::COMMITTED, &record::room_prefix(room_key)).map_err(io_err)? {
+        Some(v) => record::decode_seq(&v).map_err(io_err)?,
+        None => 0,
+    };
+    Ok(stored.max(committed))
 }
 
 /// What a snapshot is built from, captured when openraft asked for it.

@@ -165,6 +165,41 @@ mod machine {
     }
 
     #[tokio::test]
+    async fn expiry_removes_the_oldest_messages_and_seqs_are_never_given_again() {
+        let mut r = replica();
+        r.apply(vec![
+            (100, vec![send(1, "ann", "a", "c1"), send(1, "ann", "b", "c2")]),
+            (200, vec![send(1, "ann", "c", "c3")]),
+        ])
+        .await;
+        let expire = |before_ts| ShardOp::Expire { room_key: 1, room: "r1".into(), before_ts };
+        let results = r.apply(vec![(300, vec![expire(150)])]).await;
+        assert_eq!(results[0].0, vec![OpResult::Expired { count: 2, through_seq: 2 }]);
+        assert_eq!(r.seqs(1), vec![(3, Some("c".into()))]);
+        let results = r.apply(vec![(300, vec![expire(150), expire(250)])]).await;
+        assert_eq!(
+            results[0].0,
+            vec![OpResult::Expired { count: 0, through_seq: 0 }, OpResult::Expired { count: 1, through_seq: 3 }]
+        );
+        assert!(r.seqs(1).is_empty());
+        // A state machine opened afresh over the same store (a restart)
+        // goes on after the last seq, though no message is left to show it.
+        let store = r.log.store().clone();
+        r.sm = ShardStateMachine::open(
+            SHARD,
+            None,
+            store.clone(),
+            WriteThread::start(store, "rooms-store").expect("write thread"),
+            r.log.clone(),
+            r._dir.path().join("snap"),
+            Arc::new(|_| {}),
+        )
+        .expect("reopen");
+        let results = r.apply(vec![(400, vec![send(1, "ann", "d", "c4")])]).await;
+        assert_eq!(results[0].0, vec![OpResult::Stored { seq: 4, ts: 400 }]);
+    }
+
+    #[tokio::test]
     async fn deletes_follow_the_sender_or_moderator_rule_and_drops_forget_the_room() {
         let mut r = replica();
         r.apply(vec![(1, vec![send(1, "ann", "a", "c1"), send(1, "bob", "b", "c1")])]).await;

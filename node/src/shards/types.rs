@@ -113,7 +113,21 @@ pub enum ShardOp {
         /// Add (true) or take back (false).
         on: bool,
     },
+    /// Remove the room's oldest messages sent before `before_ts` (its
+    /// retention), at most [`MAX_EXPIRE`] in one op; the seqs of what
+    /// remains do not change.
+    Expire {
+        /// The room's log key.
+        room_key: u64,
+        /// The room's id.
+        room: String,
+        /// Messages with an older `ts` go.
+        before_ts: u64,
+    },
 }
+
+/// Most messages one [`ShardOp::Expire`] removes (the next removes more).
+pub const MAX_EXPIRE: usize = 5_000;
 
 impl ShardOp {
     /// The room the operation is on, if it names one (a drop has only the key).
@@ -123,7 +137,8 @@ impl ShardOp {
             | ShardOp::Post { room, .. }
             | ShardOp::Delete { room, .. }
             | ShardOp::Edit { room, .. }
-            | ShardOp::React { room, .. } => Some(room),
+            | ShardOp::React { room, .. }
+            | ShardOp::Expire { room, .. } => Some(room),
             ShardOp::Drop { .. } => None,
         }
     }
@@ -194,6 +209,13 @@ pub enum OpResult {
     NoSuchReply,
     /// The message has as many different emoji as it may have.
     TooManyReactions,
+    /// Messages removed by retention.
+    Expired {
+        /// How many.
+        count: u64,
+        /// The newest seq removed (0: none).
+        through_seq: u64,
+    },
 }
 
 /// One result per operation of the batch, in order.
