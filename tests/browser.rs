@@ -149,6 +149,8 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
     shows(&ann, "our secret").await?;
     reply_edit_react(&ann, &bob).await?;
     bob.screenshot(&shots.join("desktop-reply-edit-react.png")).await?;
+    search_and_jump(&bob).await?;
+    bob.screenshot(&shots.join("desktop-search.png")).await?;
 
     // carol, on a phone, loads the page from a node whose origin may not
     // open WebSockets: the page falls back to SSE.
@@ -349,6 +351,25 @@ async fn reply_edit_react(ann: &Page, bob: &Page) -> Result<()> {
     }
     bob.wait("ann's receipt", &text_has(&test("seen-by"), "Seen by ann")).await?;
     Ok(())
+}
+
+/// bob searches every room for an old message of a room he never opened,
+/// clicks the one result and sees the message brought into view.
+async fn search_and_jump(bob: &Page) -> Result<()> {
+    bob.fill(&test("search-input"), "Archive 007").await?;
+    bob.click(&test("search-submit")).await?;
+    let hit = format!("{}[data-room=\"archive\"][data-seq=\"7\"]", test("search-result"));
+    bob.wait("the search result", &count(&hit)).await?;
+    assert_eq!(bob.eval(&count(&test("search-result"))).await?, 1, "only the message holding both words");
+    bob.click(&hit).await?;
+    bob.wait("the archive open", &text_is("#room-title", "archive")).await?;
+    let target = js(&item("message", "data-seq", "7"));
+    let in_view = format!(
+        "(() => {{ const e = document.querySelector({target}); if (!e) return false; \
+         const r = e.getBoundingClientRect(), s = document.getElementById('scroller').getBoundingClientRect(); \
+         return r.top >= s.top && r.bottom <= s.bottom; }})()"
+    );
+    bob.wait("the found message in view", &in_view).await.map(drop)
 }
 
 /// A public room with [`ARCHIVE`] messages, message i at seq i.

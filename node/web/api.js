@@ -102,6 +102,11 @@ export class Api {
     return this.request(on ? 'PUT' : 'DELETE', `${room(id)}/messages/${seq}/reactions/${encodeURIComponent(emoji)}`);
   }
   receipts(id) { return this.get(`${room(id)}/receipts`); }
+  /** Messages holding every word of `q`, newest first: in room `id`, or everywhere when null. */
+  search(q, id = null) {
+    const query = new URLSearchParams({ q, limit: '50' });
+    return this.get(id ? `${room(id)}/search?${query}` : `/api/search?${query}`);
+  }
 
   /**
    * One history page: `{messages, before}` where `before` is the cursor of

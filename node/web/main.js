@@ -4,6 +4,7 @@
 
 import { Api, ApiError, describe } from './api.js';
 import { Connection } from './connection.js';
+import { initSearch } from './search.js';
 import { Store } from './store.js';
 import * as view from './views.js';
 
@@ -703,6 +704,7 @@ function wire() {
   $('unban').addEventListener('click', () => inviteOrUnban('unban'));
   $('audit-open').addEventListener('click', showAudit);
   $('room-delete').addEventListener('click', deleteRoom);
+  initSearch({ api, store, openRoom, loadOlder });
   window.addEventListener('unhandledrejection', (e) => {
     e.preventDefault();
     view.showError(describe('Something failed', e.reason));

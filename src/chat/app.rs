@@ -116,6 +116,9 @@ macro_rules! with_login {
     }};
 }
 
+/// Results a `/search` lists.
+const SEARCH_RESULTS: u32 = 10;
+
 /// What a finished task reports.
 enum Done {
     Rooms {
@@ -143,6 +146,11 @@ enum Done {
     Left {
         room: String,
         result: palaver_client::Result<()>,
+    },
+    /// Search results to list in the room shown.
+    Found {
+        query: String,
+        result: palaver_client::Result<Vec<palaver_client::Message>>,
     },
     /// A line to show in `room`, or the error.
     Said {
@@ -444,6 +452,16 @@ impl App {
                 Ok(text) => self.model.note(Some(&room), text),
                 Err(e) => self.model.set_error(describe(&e), now),
             },
+            Done::Found { query, result } => match result {
+                Ok(found) => {
+                    self.model.note(None, format!("search {query:?}: {} found, newest first", found.len()));
+                    for m in found {
+                        let body = m.body.unwrap_or_default();
+                        self.model.note(None, format!("  #{} {} {}: {body}", m.room, m.seq, m.from));
+                    }
+                }
+                Err(e) => self.model.set_error(describe(&e), now),
+            },
             Done::ReadMarker { room, seq, result } => {
                 // A marker past what this node knows (400) would fail again;
                 // anything else is worth another try.
@@ -645,6 +663,12 @@ impl App {
                     let result = with_login!(api, |h| h.react(&room, seq, &emoji, on).await);
                     let done = if on { format!("reacted {emoji} to {from}") } else { format!("took back {emoji}") };
                     Done::Said { room, result: result.map(|()| done) }
+                });
+            }
+            Command::Search(query) => {
+                self.spawn(async move {
+                    let result = with_login!(api, |h| h.search(None, &query, Some(SEARCH_RESULTS)).await);
+                    Done::Found { query, result }
                 });
             }
             Command::Who => {

@@ -43,6 +43,8 @@ pub enum Command {
     /// `/react EMOJI`: add (or, chosen again, take back) a reaction to the
     /// newest message of someone else.
     React(String),
+    /// `/search WORDS`: messages holding every word, in every room one may read.
+    Search(String),
     /// `/quit`: leave the program.
     Quit,
     /// `/help`: list the commands and keys.
@@ -94,6 +96,7 @@ pub const HELP: &[&str] = &[
     "/reply TEXT           answer the newest message of someone else",
     "/edit TEXT            change the text of your newest message",
     "/react EMOJI          react to the newest message of someone else (again: take it back)",
+    "/search WORDS         find messages holding every word, in every room you may read",
     "/quit                 leave (Ctrl-C too)",
     "//text                send a line that starts with /",
     "keys: Enter send · Tab/Shift-Tab, Ctrl-N/Ctrl-P rooms · PageUp/PageDown scroll",
@@ -147,6 +150,7 @@ pub fn parse(line: &str) -> Result<Input, ParseError> {
         }
         "reply" | "re" => Command::Reply(text_arg("reply", "TEXT", rest)?),
         "edit" => Command::Edit(text_arg("edit", "TEXT", rest)?),
+        "search" | "find" => Command::Search(text_arg("search", "WORDS", rest)?),
         "react" => {
             let emoji =
                 args.first().ok_or(ParseError::Missing { command: "react", what: "an emoji", usage: "EMOJI" })?;
@@ -304,6 +308,7 @@ mod tests {
             ("/quit now", cmd(Command::Quit)),
             ("/help", cmd(Command::Help)),
             ("/reply sure, see you", cmd(Command::Reply("sure, see you".into()))),
+            ("/search rocket launch", cmd(Command::Search("rocket launch".into()))),
             ("/re  two  spaces", cmd(Command::Reply(" two  spaces".into()))),
             ("/edit fixed typo", cmd(Command::Edit("fixed typo".into()))),
             ("/react 👍", cmd(Command::React("👍".into()))),

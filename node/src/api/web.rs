@@ -41,6 +41,7 @@ const ASSETS: &[(&str, &[u8], &str)] = &[
     ("store.js", include_bytes!("../../web/store.js"), JS),
     ("views.js", include_bytes!("../../web/views.js"), JS),
     ("main.js", include_bytes!("../../web/main.js"), JS),
+    ("search.js", include_bytes!("../../web/search.js"), JS),
     ("icon.svg", include_bytes!("../../web/icon.svg"), "image/svg+xml"),
 ];
 

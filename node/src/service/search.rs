@@ -27,6 +27,8 @@ use super::rooms::room_ref;
 pub const DEFAULT_RESULTS: usize = 20;
 /// Most results one search answers.
 pub const MAX_RESULTS: usize = 100;
+/// Most rooms a search of every readable room looks in.
+pub const MAX_SEARCH_ROOMS: usize = 10_000;
 
 /// A message found, with its room.
 #[derive(Debug, Clone)]
@@ -60,15 +62,21 @@ impl Node {
             .collect())
     }
 
-    /// Every room the caller may read.
+    /// The rooms the caller may read: the rooms they are a member of, then
+    /// public ones, [`MAX_SEARCH_ROOMS`] at most.
     async fn readable_rooms(&self, s: &Session) -> Result<Vec<RoomRef>, ApiError> {
         self.read(|meta| {
-            Ok(meta
-                .rooms
-                .iter()
-                .filter(|(id, _)| meta.authorize(&s.username, id, Action::Read).is_ok())
-                .map(|(id, r)| room_ref(&r.info, id))
-                .collect())
+            let (mut mine, mut public) = (Vec::new(), Vec::new());
+            for (id, r) in &meta.rooms {
+                if r.members.contains_key(&*s.username) {
+                    mine.push(room_ref(&r.info, id));
+                } else if meta.authorize(&s.username, id, Action::Read).is_ok() {
+                    public.push(room_ref(&r.info, id));
+                }
+            }
+            mine.extend(public);
+            mine.truncate(MAX_SEARCH_ROOMS);
+            Ok(mine)
         })
         .await
     }
