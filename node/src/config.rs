@@ -169,6 +169,12 @@ pub struct Limits {
     pub password_hash_queue: usize,
     /// Frames one fragmented WebSocket message may span (close 1008 beyond).
     pub max_fragments: usize,
+    /// Largest attachment upload, bytes (`too_large` beyond).
+    pub attachment_bytes: u64,
+    /// Bytes of attachments one user may upload, all rooms together
+    /// (`too_large` beyond). Counted per node that takes the uploads, from
+    /// the node's start, not across restarts (see docs/messages.md).
+    pub attachment_quota_bytes: u64,
 }
 
 /// Most password workers a node may be given: each holds 19 MiB.
@@ -204,6 +210,8 @@ impl Default for Limits {
                 .min(MAX_PASSWORD_HASH_PARALLEL),
             password_hash_queue: 64,
             max_fragments: 64,
+            attachment_bytes: 10 * 1024 * 1024,
+            attachment_quota_bytes: 1024 * 1024 * 1024,
         }
     }
 }

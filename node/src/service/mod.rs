@@ -3,6 +3,7 @@
 //! call these operations and only translate their answers.
 
 mod accounts;
+mod attachments;
 mod consistency;
 mod effects;
 mod membership;
@@ -28,6 +29,9 @@ use palaver_protocol::ServerEvent;
 use parking_lot::Mutex;
 
 pub use self::accounts::Session;
+pub use self::attachments::Download;
+pub use self::attachments::STREAM_FILE_GET;
+pub use self::attachments::STREAM_FILE_PUT;
 pub use self::consistency::AWAIT_APPLIED;
 pub use self::consistency::CatchUpReason;
 pub use self::consistency::LEASE;
@@ -134,6 +138,10 @@ pub struct Node {
     pub cluster: Option<Cluster>,
     /// The room logs' Raft groups (a node alone is a cluster of one).
     shards: Shards,
+    /// Attachment files this node holds.
+    pub files: Arc<crate::rooms::files::Files>,
+    /// Attachment bytes each user uploaded through this node since it started.
+    uploaded: Mutex<HashMap<String, u64>>,
 }
 
 /// Why a node could not start.
@@ -232,7 +240,15 @@ impl Node {
         let barrier = ReadBarrier::new(consensus.clone(), cluster.as_ref().map(|c| c.endpoint.clone()), settings.id);
         let rooms_writer = storage::WriteThread::start(log.store().clone(), "rooms-store")
             .map_err(|e| StartError::Setup(format!("cannot start the room store's write thread: {e}")))?;
+        let files_dir = settings.data_dir.join("attachments");
+        let files = crate::rooms::files::Files::open(files_dir.clone())
+            .map_err(|e| StartError::Setup(format!("cannot open {}: {e}", files_dir.display())))?;
+        if let Err(e) = files.sweep(log.store()) {
+            tracing::warn!(error = %e, "cannot sweep the attachment files");
+        }
+        let files = Arc::new(files);
         let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
+            files: Some(files.clone()),
             me: settings.id,
             raft_store: consensus.store(),
             writer: consensus.writer(),
@@ -264,6 +280,8 @@ impl Node {
             read_markers: Arc::default(),
             cluster,
             shards,
+            files,
+            uploaded: Mutex::new(HashMap::new()),
         });
         let _ = slot.set(Arc::downgrade(&node));
         if node.cluster.is_some() {

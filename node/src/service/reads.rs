@@ -29,7 +29,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_READ_ROOMS: usize = 1_000;
 
 /// Where a room's log is read.
-enum ReadAt {
+pub(super) enum ReadAt {
     /// This node holds a replica.
     Here,
     /// These nodes do, the likely leader first.
@@ -52,7 +52,7 @@ impl Node {
         }
     }
 
-    fn read_at(&self, shard: ShardId) -> ReadAt {
+    pub(super) fn read_at(&self, shard: ShardId) -> ReadAt {
         let shards = self.shards();
         if self.cluster.is_none() || shards.host.get(shard).is_some() {
             return ReadAt::Here;
@@ -67,7 +67,7 @@ impl Node {
     }
 
     /// Asks the replicas in turn until one answers.
-    async fn read_remote(&self, replicas: &[u64], read: RoomRead) -> Result<RoomAnswer, ApiError> {
+    pub(super) async fn read_remote(&self, replicas: &[u64], read: RoomRead) -> Result<RoomAnswer, ApiError> {
         let cluster = self.cluster.as_ref().ok_or_else(|| ApiError::internal("no peers to read from"))?;
         let call = encode(&RoomCall::Read(read));
         let mut last = ApiError::unavailable("the room's shard has no replica yet; retry");
@@ -294,6 +294,10 @@ impl Node {
                 self.catch_up_room(&room_ref(&room, room_key)).await?;
                 let limit = (limit as usize).min(crate::rooms::MAX_PAGE);
                 Ok(RoomAnswer::Messages(self.log.before(room_key, before, limit)?))
+            }
+            RoomRead::Attachment { room, room_key, id } => {
+                here(&room)?;
+                Ok(RoomAnswer::Attachment(self.local_attachment(&room_ref(&room, room_key), &id).await?))
             }
         }
     }

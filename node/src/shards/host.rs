@@ -114,6 +114,8 @@ pub struct HostParts {
     pub shard_count: Option<u32>,
     /// How long the copy of a shard that moved away stays ([`DISCARD_AFTER`]).
     pub discard_after: Duration,
+    /// The node's attachment files (`None`: applies leave files alone).
+    pub files: Option<Arc<crate::rooms::files::Files>>,
 }
 
 /// The shard groups of this node.
@@ -206,7 +208,8 @@ impl ShardHost {
             p.snapshots.clone(),
             p.publish.clone(),
         )?
-        .holding(lease);
+        .holding(lease)
+        .with_files(p.files.clone());
         let network = ShardNetwork { endpoint: p.endpoint.clone(), shard };
         let raft = ShardRaft::new(p.me, config, network, log, sm).await.map_err(|e| ShardError::Raft(e.to_string()))?;
         if let Some(members) = initial {

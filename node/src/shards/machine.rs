@@ -45,12 +45,18 @@ use crate::raft::types::blocking;
 use crate::raft::types::decode;
 use crate::raft::types::encode;
 use crate::raft::types::io_err;
+use crate::rooms::Attached;
 use crate::rooms::Message;
 use crate::rooms::Published;
 use crate::rooms::Publisher;
 use crate::rooms::Reaction;
 use crate::rooms::RoomLog;
 use crate::rooms::StoredMessage;
+use crate::rooms::attachments;
+use crate::rooms::attachments::AttachmentId;
+use crate::rooms::attachments::Sha;
+use crate::rooms::attachments::StoredAttachment;
+use crate::rooms::files::Files;
 use crate::rooms::record;
 use crate::storage::Batch;
 use crate::storage::Store;
@@ -96,6 +102,12 @@ struct Pending {
     /// Per room given messages: its id and last seq, written once per
     /// apply (committed seq, shard membership) rather than once per message.
     touched: HashMap<u64, (String, u64)>,
+    /// Attachment rows written (`None`: removed) by this apply.
+    attachments: HashMap<(u64, AttachmentId), Option<StoredAttachment>>,
+    /// Contents recorded by this apply: their files are no longer pinned.
+    kept: Vec<Sha>,
+    /// Contents a row stopped naming: their files go unless named elsewhere.
+    released: Vec<Sha>,
 }
 
 /// One shard's state machine on this node.
@@ -117,6 +129,8 @@ pub struct ShardStateMachine {
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
     /// This shard's one-writer lease, if the host gave one.
     lease: Option<Lease>,
+    /// The node's attachment files, if the host gave them.
+    files: Option<Arc<Files>>,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -159,7 +173,15 @@ impl ShardStateMachine {
             shard_count,
             current: Arc::new(Mutex::new(current)),
             lease: None,
+            files: None,
         })
+    }
+
+    /// Removes attachment files no room names any more, and unpins those
+    /// recorded, as this shard applies; without, the files are left alone.
+    pub fn with_files(mut self, files: Option<Arc<Files>>) -> Self {
+        self.files = files;
+        self
     }
 
     /// Holds `lease` for as long as this state machine, or a snapshot build
@@ -189,6 +211,79 @@ impl ShardStateMachine {
         Ok(self.log.get_stored(room_key, seq).map_err(io_err)?.map(|m| m.stored))
     }
 
+    fn attachment(&self, pending: &Pending, room_key: u64, id: &AttachmentId) -> io::Result<Option<StoredAttachment>> {
+        if let Some(row) = pending.attachments.get(&(room_key, *id)) {
+            return Ok(row.clone());
+        }
+        if pending.dropped.contains(&room_key) {
+            return Ok(None);
+        }
+        match self.store.get(attachments::ATTACHMENTS, &attachments::attachment_key(room_key, id)).map_err(io_err)? {
+            Some(bytes) => Ok(Some(attachments::decode(&bytes).map_err(io_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes an attachment row back (and keeps it for later ops of this apply).
+    fn set_attachment(
+        &self,
+        room_key: u64,
+        id: &AttachmentId,
+        row: StoredAttachment,
+        pending: &mut Pending,
+        batch: &mut Batch,
+    ) {
+        let key = attachments::attachment_key(room_key, id).to_vec();
+        batch.put(attachments::ATTACHMENTS, key, attachments::encode(&row));
+        pending.attachments.insert((room_key, *id), Some(row));
+    }
+
+    /// Removes an attachment row and its use of the content: the last
+    /// message that carried it is deleted.
+    fn remove_attachment(
+        &self,
+        room_key: u64,
+        id: &AttachmentId,
+        row: &StoredAttachment,
+        pending: &mut Pending,
+        batch: &mut Batch,
+    ) {
+        batch.delete(attachments::ATTACHMENTS, attachments::attachment_key(room_key, id).to_vec());
+        batch.delete(attachments::FILE_USES, attachments::use_key(&row.sha, room_key, id));
+        pending.released.push(row.sha);
+        pending.attachments.insert((room_key, *id), None);
+    }
+
+    /// Records an uploaded file in its room (again: nothing changes).
+    fn attach(&mut self, op: &ShardOp, pending: &mut Pending, batch: &mut Batch) -> io::Result<OpResult> {
+        let ShardOp::Attach { room_key, room, id, sha, name, mime, size, uploader } = op else {
+            return Ok(OpResult::Nothing);
+        };
+        pending.kept.push(*sha);
+        if self.attachment(pending, *room_key, id)?.is_some() {
+            return Ok(OpResult::Attached);
+        }
+        let row = StoredAttachment {
+            sha: *sha,
+            name: name.clone(),
+            mime: mime.clone(),
+            size: *size,
+            uploader: uploader.clone(),
+            refs: 0,
+        };
+        batch.put(
+            attachments::ATTACHMENTS,
+            attachments::attachment_key(*room_key, id).to_vec(),
+            attachments::encode(&row),
+        );
+        batch.put(attachments::FILE_USES, attachments::use_key(sha, *room_key, id), Vec::new());
+        pending.attachments.insert((*room_key, *id), Some(row));
+        // Listed in the shard (so snapshots carry it) even with no message yet.
+        let last = self.last_seq(*room_key)?;
+        pending.touched.entry(*room_key).or_insert_with(|| (room.clone(), last));
+        Ok(OpResult::Attached)
+    }
+
     /// Stores a new message unless its (sender, client_id) was stored
     /// before, which answers the original.
     fn post(
@@ -214,6 +309,28 @@ impl ShardStateMachine {
         if p.reply_to.is_some_and(|r| r == 0 || r > last) {
             return Ok(OpResult::NoSuchReply);
         }
+        let mut carried = Vec::with_capacity(p.attachments.len());
+        for id in p.attachments {
+            match self.attachment(pending, room_key, id)? {
+                Some(row) => carried.push((*id, row)),
+                None => return Ok(OpResult::NoSuchAttachment),
+            }
+        }
+        let mut attached = Vec::with_capacity(carried.len());
+        for (id, mut row) in carried {
+            // Twice in one message: the row as this loop left it.
+            if let Some(Some(now)) = pending.attachments.get(&(room_key, id)) {
+                row = now.clone();
+            }
+            attached.push(Attached {
+                id: attachments::public_id(p.room, &id),
+                name: row.name.clone(),
+                mime: row.mime.clone(),
+                size: row.size,
+            });
+            row.refs = row.refs.saturating_add(1);
+            self.set_attachment(room_key, &id, row, pending, batch);
+        }
         let seq = last + 1;
         self.last.insert(room_key, seq);
         let stored = StoredMessage {
@@ -222,6 +339,7 @@ impl ShardStateMachine {
             ts,
             client_id: p.client_id.to_string(),
             reply_to: p.reply_to,
+            attachments: attached,
             ..StoredMessage::default()
         };
         batch.put(record::MESSAGES, record::message_key(room_key, seq).to_vec(), record::encode(&stored));
@@ -249,13 +367,19 @@ impl ShardStateMachine {
     ) -> io::Result<OpResult> {
         match op {
             ShardOp::Send { room_key, room, from, body, client_id } => {
-                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: None };
+                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: None, attachments: &[] };
                 self.post(ts, post, pending, batch, out)
             }
             ShardOp::Post { room_key, room, from, body, client_id, reply_to } => {
-                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: *reply_to };
+                let post =
+                    Post { room_key: *room_key, room, from, body, client_id, reply_to: *reply_to, attachments: &[] };
                 self.post(ts, post, pending, batch, out)
             }
+            ShardOp::PostWith { room_key, room, from, body, client_id, reply_to, attachments } => {
+                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: *reply_to, attachments };
+                self.post(ts, post, pending, batch, out)
+            }
+            ShardOp::Attach { .. } => self.attach(op, pending, batch),
             ShardOp::Edit { room_key, room, seq, actor, body } => {
                 let Some(mut stored) = self.message(pending, *room_key, *seq)? else {
                     return Ok(OpResult::NotFound);
@@ -310,13 +434,31 @@ impl ShardStateMachine {
                 if stored.body.is_some() {
                     stored.body = None;
                     stored.reactions.clear();
+                    for a in std::mem::take(&mut stored.attachments) {
+                        let Some((_, id)) = attachments::parse_public_id(&a.id) else { continue };
+                        if let Some(mut row) = self.attachment(pending, *room_key, &id)? {
+                            row.refs = row.refs.saturating_sub(1);
+                            if row.refs == 0 {
+                                self.remove_attachment(*room_key, &id, &row, pending, batch);
+                            } else {
+                                self.set_attachment(*room_key, &id, row, pending, batch);
+                            }
+                        }
+                    }
                     self.rewrite(*room_key, *seq, &stored, pending, batch);
                     out.push(Published::Deleted { room: room.as_str().into(), room_key: *room_key, seq: *seq });
                 }
                 Ok(OpResult::Deleted { sender: stored.from })
             }
             ShardOp::Drop { room_key } => {
-                drop_room(batch, self.shard, *room_key);
+                pending.released.extend(drop_room(&self.store, batch, self.shard, *room_key)?);
+                for ((r, id), row) in &pending.attachments {
+                    if let (true, Some(row)) = (r == room_key, row) {
+                        batch.delete(attachments::FILE_USES, attachments::use_key(&row.sha, *r, id));
+                        pending.released.push(row.sha);
+                    }
+                }
+                pending.attachments.retain(|(r, _), _| r != room_key);
                 // Not reloaded from the store, which keeps the old rows
                 // until this apply's batch is written.
                 self.last.insert(*room_key, 0);
@@ -388,6 +530,15 @@ impl ShardStateMachine {
         for room_key in pending.dropped {
             self.log.forget(room_key);
         }
+        if let Some(files) = &self.files {
+            for sha in &pending.kept {
+                files.unpin(sha);
+            }
+            if !pending.released.is_empty() {
+                let (files, store, released) = (files.clone(), self.store.clone(), pending.released);
+                tokio::task::spawn_blocking(move || files.collect(&store, &released));
+            }
+        }
         // Visible in the store now: readers may see it, and the events go out.
         for p in published {
             if let Published::Message { room_key, message, .. } = &p {
@@ -407,6 +558,7 @@ struct Post<'a> {
     body: &'a str,
     client_id: &'a str,
     reply_to: Option<u64>,
+    attachments: &'a [AttachmentId],
 }
 
 /// Distinct emoji a message may carry.
@@ -449,13 +601,34 @@ fn react(reactions: &mut Vec<Reaction>, emoji: &str, user: &str, on: bool) -> Re
     }
 }
 
-/// Adds to `batch` the removal of a room's log and its place in the shard.
-pub(crate) fn drop_room(batch: &mut Batch, shard: ShardId, room_key: u64) {
+/// Adds to `batch` the removal of a room's log, its attachments and its
+/// place in the shard; answers the contents its attachments named (as
+/// `store` holds them).
+pub(crate) fn drop_room(store: &Store, batch: &mut Batch, shard: ShardId, room_key: u64) -> io::Result<Vec<Sha>> {
     let (start, end) = (record::room_prefix(room_key).to_vec(), record::room_end(room_key).to_vec());
+    let rows = store
+        .range(
+            attachments::ATTACHMENTS,
+            std::ops::Bound::Included(&start[..]),
+            std::ops::Bound::Excluded(&end[..]),
+            crate::storage::Order::Ascending,
+            usize::MAX,
+        )
+        .map_err(io_err)?;
+    let mut released = Vec::with_capacity(rows.len());
+    for (key, value) in rows {
+        let (Some((_, id)), Ok(row)) = (attachments::parse_attachment_key(&key), attachments::decode(&value)) else {
+            continue;
+        };
+        batch.delete(attachments::FILE_USES, attachments::use_key(&row.sha, room_key, &id));
+        released.push(row.sha);
+    }
+    batch.delete_range(attachments::ATTACHMENTS, start.clone(), Some(end.clone()));
     batch.delete_range(record::MESSAGES, start.clone(), Some(end.clone()));
     batch.delete_range(record::DEDUP, start.clone(), Some(end));
     batch.delete(record::COMMITTED, start);
     batch.delete(SHARD_ROOMS, shard_room_key(shard, room_key).to_vec());
+    Ok(released)
 }
 
 impl RaftStateMachine<ShardTypes> for ShardStateMachine {

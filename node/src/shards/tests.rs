@@ -526,6 +526,7 @@ mod groups {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
         let endpoint = PeerEndpoint::bind(id, addr, identity, PeerSettings::default(), route.clone()).expect("bind");
         let host = ShardHost::new(HostParts {
+            files: None,
             me: id,
             raft_store: raft_store.clone(),
             writer: WriteThread::start(raft_store, "raft-store").expect("write thread"),
