@@ -298,18 +298,29 @@ fn png(len: usize, seed: u8) -> Vec<u8> {
 async fn attachments_through_the_balancer() -> Result<()> {
     const LIMIT: u64 = 64 * 1024;
     const OPEN: &str = "open-files";
-    let config = palaver_testkit::config::config(|c| c.limits.attachment_bytes = LIMIT);
+    const QUOTA: u64 = 300_000;
+    let config = palaver_testkit::config::config(|c| {
+        c.limits.attachment_bytes = LIMIT;
+        c.limits.attachment_quota_bytes = QUOTA;
+        // Uploads are not HTTP bodies of this limit.
+        c.limits.body_bytes = 16 * 1024;
+    });
     let mut cluster = Cluster::start_with(3, config).await?;
     let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
     let lb = balancer.http();
-    let (owner, ann, muted, outsider) =
-        (user(&lb, "owner").await?, user(&lb, "ann").await?, user(&lb, "muted").await?, user(&lb, "outsider").await?);
+    let (owner, ann, muted, outsider, hog) = (
+        user(&lb, "owner").await?,
+        user(&lb, "ann").await?,
+        user(&lb, "muted").await?,
+        user(&lb, "outsider").await?,
+        user(&lb, "hog").await?,
+    );
     owner.create_room(ROOM, "files", Visibility::Private).await?;
     owner.create_room(OPEN, "open files", Visibility::Public).await?;
-    for name in ["ann", "muted"] {
+    for name in ["ann", "muted", "hog"] {
         owner.invite(ROOM, name).await?;
     }
-    for member in [&ann, &muted] {
+    for member in [&ann, &muted, &hog] {
         member.join(ROOM).await?;
     }
     ann.join(OPEN).await?;
@@ -373,6 +384,20 @@ async fn attachments_through_the_balancer() -> Result<()> {
     let eleven: Vec<String> = (0..11).map(|i| format!("{ROOM}.{i:032x}")).collect();
     let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
     assert_eq!(code(ann.post_with(ROOM, "x", "f6", None, &eleven).await), "bad_request", "11 attachments");
+
+    // ----- the daily quota: five files of 60 kB fill 300 kB -----
+    let on_one = cluster.http(1).with_token(hog.token().context("hog's token")?.to_string());
+    for i in 0..5u8 {
+        on_one.upload(ROOM, "chunk.bin", "application/octet-stream", png(60_000, 10 + i)).await?;
+    }
+    let refused = on_one.upload(ROOM, "chunk.bin", "application/octet-stream", png(60_000, 20)).await;
+    match refused {
+        Err(palaver_client::Error::Api { code, retry_after_ms, .. }) => {
+            assert_eq!(code, "rate_limited", "over the quota");
+            ensure!(retry_after_ms.is_some_and(|ms| ms > 1000), "the wait is the quota's refill: {retry_after_ms:?}");
+        }
+        other => anyhow::bail!("a sixth 60 kB upload of a 300 kB quota answered {other:?}"),
+    }
 
     // ----- a deletion takes the files no other message carries -----
     let gone = ann.upload(ROOM, "gone.txt", "text/plain", b"soon gone".to_vec()).await?;

@@ -171,9 +171,10 @@ pub struct Limits {
     pub max_fragments: usize,
     /// Largest attachment upload, bytes (`too_large` beyond).
     pub attachment_bytes: u64,
-    /// Bytes of attachments one user may upload, all rooms together
-    /// (`too_large` beyond). Counted per node that takes the uploads, from
-    /// the node's start, not across restarts (see docs/messages.md).
+    /// Bytes of attachments one user may upload per day, all rooms and
+    /// nodes together (a token bucket refilled over a day, shared like the
+    /// other per-user limits): `rate_limited` beyond, `too_large` for one
+    /// file larger than all of it.
     pub attachment_quota_bytes: u64,
 }
 

@@ -93,6 +93,17 @@ pub(crate) fn no_such_attachment() -> ApiError {
     ApiError::bad_request("an attachment is not a file uploaded to this room")
 }
 
+/// The user's attachment quota is spent: `rate_limited` with the wait, or
+/// `too_large` for a file larger than the whole quota.
+fn over_quota(quota: u64, wait_ms: u64) -> ApiError {
+    if wait_ms == u64::MAX {
+        return ApiError::too_large(format!("an upload is at most your daily attachment quota of {quota} bytes"));
+    }
+    let mut e = ApiError::rate_limited(wait_ms);
+    e.message = format!("your daily attachment quota of {quota} bytes is used up for now; retry later");
+    e
+}
+
 fn io_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("attachment file: {e}"))
 }
@@ -142,9 +153,10 @@ impl Node {
         if declared.is_some_and(|len| len > limit) {
             return Err(ApiError::too_large(format!("an attachment is at most {limit} bytes")));
         }
-        if self.uploaded_by(&s.username) >= self.limits.attachment_quota_bytes {
-            return Err(self.over_quota());
+        if let Err(wait) = self.quotas.take_upload(&s.username, 1, now_ms()) {
+            return Err(over_quota(self.limits.attachment_quota_bytes, wait));
         }
+        self.quotas.uploaded(&s.username, 1, false, now_ms());
         let (tmp, mut file) = self.files.temp().await.map_err(io_error)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -168,7 +180,9 @@ impl Node {
         file.sync_all().await.map_err(io_error)?;
         drop(file);
         let sha: Sha = hasher.finalize().into();
-        self.charge_upload(&s.username, size)?;
+        if let Err(wait) = self.quotas.take_upload(&s.username, size, now_ms()) {
+            return Err(over_quota(self.limits.attachment_quota_bytes, wait));
+        }
         let id = attachments::make_id(r.key, &sha, &name, &mime);
         let recorded = async {
             self.replicate(&r, tmp, &sha, size).await?;
@@ -182,40 +196,11 @@ impl Node {
             };
             self.record_attachment(r.clone(), new).await
         };
-        if let Err(e) = recorded.await {
-            self.refund_upload(&s.username, size);
-            return Err(e);
-        }
+        let recorded = recorded.await;
+        self.quotas.uploaded(&s.username, size, recorded.is_ok(), now_ms());
+        recorded?;
         metrics::counter!("palaver_attachments_total").increment(1);
         Ok(palaver_protocol::Attachment { id: attachments::public_id(room, &id), name, kind: mime, size })
-    }
-
-    fn uploaded_by(&self, user: &str) -> u64 {
-        self.uploaded.lock().get(user).copied().unwrap_or(0)
-    }
-
-    fn over_quota(&self) -> ApiError {
-        ApiError::too_large(format!(
-            "you have uploaded {} bytes of attachments, your quota",
-            self.limits.attachment_quota_bytes
-        ))
-    }
-
-    fn charge_upload(&self, user: &str, size: u64) -> Result<(), ApiError> {
-        let mut uploaded = self.uploaded.lock();
-        let used = uploaded.entry(user.to_string()).or_default();
-        if used.saturating_add(size) > self.limits.attachment_quota_bytes {
-            drop(uploaded);
-            return Err(self.over_quota());
-        }
-        *used += size;
-        Ok(())
-    }
-
-    fn refund_upload(&self, user: &str, size: u64) {
-        if let Some(used) = self.uploaded.lock().get_mut(user) {
-            *used = used.saturating_sub(size);
-        }
     }
 
     /// Puts a written file on the replicas of the room's shard (this node's

@@ -140,8 +140,6 @@ pub struct Node {
     shards: Shards,
     /// Attachment files this node holds.
     pub files: Arc<crate::rooms::files::Files>,
-    /// Attachment bytes each user uploaded through this node since it started.
-    uploaded: Mutex<HashMap<String, u64>>,
 }
 
 /// Why a node could not start.
@@ -281,7 +279,6 @@ impl Node {
             cluster,
             shards,
             files,
-            uploaded: Mutex::new(HashMap::new()),
         });
         let _ = slot.set(Arc::downgrade(&node));
         if node.cluster.is_some() {
