@@ -292,8 +292,10 @@ fn png(len: usize, seed: u8) -> Vec<u8> {
 /// Attachments (docs/protocol.md §8): upload, send with them, download with
 /// the right headers by whoever may read the room and by no one else;
 /// muted members, files over the limit, ids of another room or of nothing
-/// refused; a message's deletion takes its files; and a file uploaded
-/// before a node is killed is downloadable through every node left.
+/// refused; the daily quota; a message's deletion takes its files; a file
+/// uploaded before a node is killed is downloadable through every node
+/// left, and the node, back, has the file uploaded while it was down and
+/// fetches one it lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attachments_through_the_balancer() -> Result<()> {
     const LIMIT: u64 = 64 * 1024;
@@ -385,10 +387,10 @@ async fn attachments_through_the_balancer() -> Result<()> {
     let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
     assert_eq!(code(ann.post_with(ROOM, "x", "f6", None, &eleven).await), "bad_request", "11 attachments");
 
-    // ----- the daily quota: five files of 60 kB fill 300 kB -----
+    // ----- the daily quota: five files of 50 kB leave 50 kB of 300 kB -----
     let on_one = cluster.http(1).with_token(hog.token().context("hog's token")?.to_string());
     for i in 0..5u8 {
-        on_one.upload(ROOM, "chunk.bin", "application/octet-stream", png(60_000, 10 + i)).await?;
+        on_one.upload(ROOM, "chunk.bin", "application/octet-stream", png(50_000, 10 + i)).await?;
     }
     let refused = on_one.upload(ROOM, "chunk.bin", "application/octet-stream", png(60_000, 20)).await;
     match refused {
@@ -396,7 +398,7 @@ async fn attachments_through_the_balancer() -> Result<()> {
             assert_eq!(code, "rate_limited", "over the quota");
             ensure!(retry_after_ms.is_some_and(|ms| ms > 1000), "the wait is the quota's refill: {retry_after_ms:?}");
         }
-        other => anyhow::bail!("a sixth 60 kB upload of a 300 kB quota answered {other:?}"),
+        other => anyhow::bail!("60 kB more of a 300 kB quota answered {other:?}"),
     }
 
     // ----- a deletion takes the files no other message carries -----
@@ -425,5 +427,44 @@ async fn attachments_through_the_balancer() -> Result<()> {
         .await?;
         assert_eq!(bytes.as_ref(), image.as_slice(), "node {id}");
     }
+
+    // ----- a replica that missed an upload fetches the file once back -----
+    let on_two = cluster.http(2).with_token(ann.token().context("ann's token")?.to_string());
+    let late = png(30_000, 9);
+    let late_up = eventually("an upload while node 1 is down", WAIT, async || {
+        match on_two.upload(ROOM, "late.png", "image/png", late.clone()).await {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if e.code() == "unavailable" => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    on_two.post_with(ROOM, "while node 1 was away", "f8", None, &[&late_up.id]).await?;
+    // Its copy of the first image is lost as well (a disk replaced, say).
+    let dir = cluster.file().config.cluster.data_dir.join("node-1").join("attachments");
+    let holds = |bytes: &[u8]| -> Result<bool> {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_file() && std::fs::read(&path)? == bytes {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.is_file() && std::fs::read(&path)? == image {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 1, "node 1 held the image before it was killed");
+    cluster.restart(1).await?;
+    for (what, bytes) in [("the file uploaded while it was down", &late), ("the file it lost", &image)] {
+        eventually(&format!("node 1 holds {what}"), WAIT, async || Ok(holds(bytes)?.then_some(()))).await?;
+    }
+    let on_one = cluster.http(1).with_token(owner.token().context("owner's token")?.to_string());
+    assert_eq!(on_one.download(&late_up.id).await?.bytes.as_ref(), late.as_slice());
     Ok(())
 }

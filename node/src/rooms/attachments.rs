@@ -53,6 +53,8 @@ pub struct StoredAttachment {
     pub size: u64,
     /// Who uploaded it.
     pub uploader: String,
+    /// The room's id (its shard's replicas hold the file).
+    pub room: String,
     /// Messages that carry it and are not deleted: the row (and, with no
     /// other use, the file) goes when a deletion brings it to 0.
     pub refs: u32,
@@ -222,6 +224,7 @@ mod tests {
             mime: "text/plain".into(),
             size: 4,
             uploader: "ann".into(),
+            room: "lobby".into(),
             refs: 2,
         };
         assert_eq!(decode(&encode(&a)).expect("decode"), a);

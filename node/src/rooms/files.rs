@@ -24,12 +24,26 @@ use crate::storage::Store;
 /// (the upload failed after the bytes arrived).
 const PIN_FOR: Duration = Duration::from_secs(3600);
 
+/// A content a row of this node names and this node lacks (its copy did
+/// not arrive with the upload, or the row came with a snapshot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// The room whose row names it (its shard's replicas have it).
+    pub room: String,
+    /// The content.
+    pub sha: Sha,
+    /// Its length.
+    pub size: u64,
+}
+
 /// A node's attachment files.
 #[derive(Debug)]
 pub struct Files {
     dir: PathBuf,
     tmp: PathBuf,
     pins: Mutex<HashMap<Sha, Instant>>,
+    /// Where [`Files::want`] sends, once the node listens.
+    wants: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Wanted>>>,
 }
 
 impl Files {
@@ -41,7 +55,25 @@ impl Files {
             std::fs::remove_dir_all(&tmp)?;
         }
         std::fs::create_dir_all(&tmp)?;
-        Ok(Self { dir, tmp, pins: Mutex::new(HashMap::new()) })
+        Ok(Self { dir, tmp, pins: Mutex::new(HashMap::new()), wants: Mutex::new(None) })
+    }
+
+    /// The contents wanted from now on ([`Files::want`]), for the task that
+    /// fetches them from other replicas.
+    pub fn wanted(&self) -> tokio::sync::mpsc::UnboundedReceiver<Wanted> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.wants.lock() = Some(tx);
+        rx
+    }
+
+    /// Asks for a content a row names, unless this node has it.
+    pub fn want(&self, wanted: Wanted) {
+        if self.has(&wanted.sha) {
+            return;
+        }
+        if let Some(tx) = self.wants.lock().as_ref() {
+            let _ = tx.send(wanted);
+        }
     }
 
     /// Where the content with this hash is kept.
@@ -108,8 +140,9 @@ impl Files {
     }
 
     /// Removes every file no row names (those left by a shard that moved
-    /// away, or by a removal a stop interrupted): run at start, before any
-    /// upload arrives.
+    /// away, or by a removal a stop interrupted). Not at start: the store
+    /// may trail the shards' logs until they replayed what a crash lost,
+    /// and a row not replayed yet would cost its file.
     pub fn sweep(&self, store: &Store) -> io::Result<()> {
         let mut shas = Vec::new();
         for entry in std::fs::read_dir(&self.dir)?.flatten() {
@@ -119,6 +152,19 @@ impl Files {
             }
         }
         self.collect(store, &shas);
+        Ok(())
+    }
+
+    /// Asks for every content a row names and this node lacks ([`Files::want`]).
+    pub fn scrub(&self, store: &Store) -> io::Result<()> {
+        let rows = store
+            .range(super::attachments::ATTACHMENTS, Bound::Unbounded, Bound::Unbounded, Order::Ascending, usize::MAX)
+            .map_err(io::Error::other)?;
+        for (_, value) in rows {
+            if let Ok(row) = super::attachments::decode(&value) {
+                self.want(Wanted { room: row.room, sha: row.sha, size: row.size });
+            }
+        }
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! ([`STREAM_FILE_PUT`], [`STREAM_FILE_GET`]): a frame with the header,
 //! the bytes in frames, an empty frame.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +37,7 @@ use crate::cluster::wire::RoomAnswer;
 use crate::cluster::wire::RoomCall;
 use crate::cluster::wire::RoomRead;
 use crate::peer::Channel;
+use crate::peer::PeerEndpoint;
 use crate::peer::codec::decode;
 use crate::peer::codec::encode;
 use crate::peer::frame;
@@ -204,37 +206,48 @@ impl Node {
     }
 
     /// Puts a written file on the replicas of the room's shard (this node's
-    /// copy kept if it is one): a majority must have it.
+    /// copy kept first if it is one): answers once a majority has it; the
+    /// copies to the others go on in the background (a dead replica does
+    /// not hold the upload up; one that misses its copy fetches it when it
+    /// applies the row).
     async fn replicate(&self, room: &RoomRef, tmp: TempFile, sha: &Sha, size: u64) -> Result<(), ApiError> {
         let shard = self.shard_of(&room.id)?;
         let replicas: Vec<u64> = match &self.cluster {
             Some(_) => self.meta().layout.replicas(shard).to_vec(),
             None => vec![self.id],
         };
-        let path = tmp.path().to_path_buf();
-        let others = replicas.iter().filter(|r| **r != self.id).map(|peer| {
-            let path = path.clone();
-            async move {
-                let copied = tokio::time::timeout(COPY_TIMEOUT, self.push_file(*peer, &path, sha, size)).await;
-                match copied {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => {
-                        tracing::warn!(peer, error = %e, "an attachment did not reach a replica");
-                        false
-                    }
-                    Err(_) => {
-                        tracing::warn!(peer, "copying an attachment to a replica timed out");
-                        false
-                    }
-                }
-            }
-        });
-        let mut copies = futures_util::future::join_all(others).await.into_iter().filter(|ok| *ok).count();
-        if replicas.contains(&self.id) {
+        let need = replicas.len() / 2 + 1;
+        let mut copies = 0;
+        // Read by the copies to the others: the kept file, or the temporary
+        // one, which then lives until the last copy is done.
+        let (path, tmp) = if replicas.contains(&self.id) {
             self.files.keep(tmp, sha).await.map_err(io_error)?;
             copies += 1;
+            (self.files.path(sha), None)
+        } else {
+            (tmp.path().to_path_buf(), Some(tmp))
+        };
+        let mut pushes: futures_util::stream::FuturesUnordered<_> = match &self.cluster {
+            Some(cluster) => replicas
+                .iter()
+                .filter(|r| **r != self.id)
+                .map(|peer| push_logged(cluster.endpoint.clone(), *peer, path.clone(), *sha, size))
+                .collect(),
+            None => futures_util::stream::FuturesUnordered::new(),
+        };
+        while copies < need {
+            match pushes.next().await {
+                Some(true) => copies += 1,
+                Some(false) => {}
+                None => break,
+            }
         }
-        let need = replicas.len() / 2 + 1;
+        if !pushes.is_empty() {
+            tokio::spawn(async move {
+                while pushes.next().await.is_some() {}
+                drop(tmp);
+            });
+        }
         if copies < need {
             return Err(ApiError::unavailable(format!(
                 "the file reached {copies} of the room's {} replicas; retry",
@@ -242,32 +255,6 @@ impl Node {
             )));
         }
         Ok(())
-    }
-
-    /// Copies a file to one peer; answers once the peer has it on disk.
-    async fn push_file(&self, peer: u64, path: &std::path::Path, sha: &Sha, size: u64) -> Result<(), String> {
-        let cluster = self.cluster.as_ref().ok_or("no peers")?;
-        let mut file = tokio::fs::File::open(path).await.map_err(|e| e.to_string())?;
-        let (mut send, mut recv) =
-            cluster.endpoint.open_stream(peer, Channel::Rooms).await.map_err(|e| e.to_string())?;
-        let e = |e: frame::FrameError| e.to_string();
-        frame::write_frame(&mut send, &[STREAM_FILE_PUT]).await.map_err(e)?;
-        frame::write_frame(&mut send, &encode(&FileHeader { sha: *sha, size })).await.map_err(e)?;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = file.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            frame::write_frame(&mut send, &buf[..n]).await.map_err(e)?;
-        }
-        frame::write_frame(&mut send, &[]).await.map_err(e)?;
-        let _ = send.finish();
-        let answer = frame::read_frame(&mut recv, frame::DEFAULT_MAX_FRAME)
-            .await
-            .map_err(e)?
-            .ok_or("the replica ended the stream without an answer")?;
-        decode::<Result<(), String>>(&answer)?
     }
 
     /// Records an attachment where the room's shard is led.
@@ -370,7 +357,7 @@ impl Node {
         let row = self.attachment_row(&r, &id).await?.ok_or_else(|| ApiError::not_found("attachment"))?;
         let body = match self.local_file(&row.sha, row.size).await {
             Some(body) => body,
-            None => self.remote_file(&r, &row.sha, row.size).await?,
+            None => self.remote_file(&r.id, &row.sha, row.size).await?,
         };
         Ok(Download { name: row.name, mime: row.mime, size: row.size, body })
     }
@@ -387,12 +374,12 @@ impl Node {
     /// A content streamed from a replica of the room's shard that has it.
     async fn remote_file(
         &self,
-        room: &RoomRef,
+        room: &str,
         sha: &Sha,
         size: u64,
     ) -> Result<BoxStream<'static, std::io::Result<Bytes>>, ApiError> {
         let cluster = self.cluster.as_ref().ok_or_else(|| ApiError::internal("the attachment's file is missing"))?;
-        let shard = self.shard_of(&room.id)?;
+        let shard = self.shard_of(room)?;
         let replicas: Vec<u64> = self.meta().layout.replicas(shard).iter().copied().filter(|r| *r != self.id).collect();
         let mut last = String::from("no replica to read from");
         for peer in replicas {
@@ -420,6 +407,166 @@ impl Node {
         }
         Err(ApiError::unavailable(format!("no replica could send the attachment ({last}); retry")))
     }
+}
+
+/// When a node first looks for files its rows name and it lacks, and how
+/// often after.
+const SCRUB_FIRST: Duration = Duration::from_secs(5);
+const SCRUB_EVERY: Duration = Duration::from_secs(3600);
+/// When a node first removes the files no row names, and how often after:
+/// late enough that the shards replayed what a crash took from the store.
+const SWEEP_FIRST: Duration = Duration::from_secs(600);
+const SWEEP_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// Keeps this node's files in line with its rows: fetches the missing
+/// ones ([`fetch_wanted`]), removes the ones no row names.
+pub(super) async fn maintain(node: std::sync::Weak<Node>) {
+    let start = tokio::time::Instant::now();
+    let mut scrub = tokio::time::interval_at(start + SCRUB_FIRST, SCRUB_EVERY);
+    let mut sweep = tokio::time::interval_at(start + SWEEP_FIRST, SWEEP_EVERY);
+    loop {
+        let scrubbing = tokio::select! {
+            _ = scrub.tick() => true,
+            _ = sweep.tick() => false,
+        };
+        let Some(n) = node.upgrade() else { return };
+        let (files, store) = (n.files.clone(), n.log.store().clone());
+        let cluster = n.cluster.is_some();
+        drop(n);
+        let done = tokio::task::spawn_blocking(move || match (scrubbing, cluster) {
+            (true, true) => files.scrub(&store),
+            (true, false) => Ok(()),
+            (false, _) => files.sweep(&store),
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, scrubbing, "attachment files not checked");
+        }
+    }
+}
+
+/// Attempts at fetching a wanted file, and the wait before the first retry
+/// (tripled each time).
+const FETCH_ATTEMPTS: u32 = 6;
+const FETCH_RETRY: Duration = Duration::from_secs(1);
+
+/// Fetches the files this node's rows name and it lacks ([`Files::want`]:
+/// a copy that did not arrive with its upload, rows that came with a
+/// snapshot) from the replicas of their room's shard, so each file ends up
+/// on every replica as the messages do.
+///
+/// [`Files::want`]: crate::rooms::files::Files::want
+pub(super) async fn fetch_wanted(
+    node: std::sync::Weak<Node>,
+    mut wanted: tokio::sync::mpsc::UnboundedReceiver<crate::rooms::files::Wanted>,
+) {
+    let busy: Arc<parking_lot::Mutex<std::collections::HashSet<Sha>>> = Arc::default();
+    while let Some(w) = wanted.recv().await {
+        let Some(n) = node.upgrade() else { return };
+        if n.files.has(&w.sha) || !busy.lock().insert(w.sha) {
+            continue;
+        }
+        drop(n);
+        let (node, busy) = (node.clone(), busy.clone());
+        tokio::spawn(async move {
+            let mut wait = FETCH_RETRY;
+            for attempt in 1..=FETCH_ATTEMPTS {
+                let Some(n) = node.upgrade() else { break };
+                match n.fetch_file(&w).await {
+                    Ok(()) => {
+                        tracing::debug!(sha = %hex::encode(w.sha), "a missing attachment file fetched");
+                        break;
+                    }
+                    Err(e) if attempt == FETCH_ATTEMPTS => {
+                        tracing::warn!(sha = %hex::encode(w.sha), error = %e.message, "a missing attachment file could not be fetched");
+                    }
+                    Err(_) => {}
+                }
+                drop(n);
+                tokio::time::sleep(wait).await;
+                wait *= 3;
+            }
+            busy.lock().remove(&w.sha);
+        });
+    }
+}
+
+impl Node {
+    /// Copies a content from a replica of its room's shard to this node.
+    async fn fetch_file(&self, w: &crate::rooms::files::Wanted) -> Result<(), ApiError> {
+        if self.files.has(&w.sha) {
+            return Ok(());
+        }
+        let mut body = self.remote_file(&w.room, &w.sha, w.size).await?;
+        let (tmp, mut file) = self.files.temp().await.map_err(io_error)?;
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ApiError::unavailable(format!("the copy broke off: {e}")))?;
+            received += chunk.len() as u64;
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(io_error)?;
+        }
+        let sha: Sha = hasher.finalize().into();
+        if received != w.size || sha != w.sha {
+            return Err(ApiError::internal("a replica's copy differs from its row"));
+        }
+        file.sync_all().await.map_err(io_error)?;
+        drop(file);
+        self.files.keep(tmp, &sha).await.map_err(io_error)?;
+        // Its row is applied already: the file goes by the rows at once
+        // (and now, if a removal came while it was on its way).
+        self.files.unpin(&sha);
+        let (files, store) = (self.files.clone(), self.log.store().clone());
+        let _ = tokio::task::spawn_blocking(move || files.collect(&store, &[sha])).await;
+        Ok(())
+    }
+}
+
+/// Copies a file to one replica, within [`COPY_TIMEOUT`]; answers whether
+/// it has it on disk.
+async fn push_logged(endpoint: PeerEndpoint, peer: u64, path: PathBuf, sha: Sha, size: u64) -> bool {
+    match tokio::time::timeout(COPY_TIMEOUT, push_file(&endpoint, peer, &path, &sha, size)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(peer, error = %e, "an attachment did not reach a replica");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(peer, "copying an attachment to a replica timed out");
+            false
+        }
+    }
+}
+
+/// Copies a file to one peer; answers once the peer has it on disk.
+async fn push_file(
+    endpoint: &PeerEndpoint,
+    peer: u64,
+    path: &std::path::Path,
+    sha: &Sha,
+    size: u64,
+) -> Result<(), String> {
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = endpoint.open_stream(peer, Channel::Rooms).await.map_err(|e| e.to_string())?;
+    let e = |e: frame::FrameError| e.to_string();
+    frame::write_frame(&mut send, &[STREAM_FILE_PUT]).await.map_err(e)?;
+    frame::write_frame(&mut send, &encode(&FileHeader { sha: *sha, size })).await.map_err(e)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        frame::write_frame(&mut send, &buf[..n]).await.map_err(e)?;
+    }
+    frame::write_frame(&mut send, &[]).await.map_err(e)?;
+    let _ = send.finish();
+    let answer = frame::read_frame(&mut recv, frame::DEFAULT_MAX_FRAME)
+        .await
+        .map_err(e)?
+        .ok_or("the replica ended the stream without an answer")?;
+    decode::<Result<(), String>>(&answer)?
 }
 
 /// A file in chunks.

@@ -241,9 +241,9 @@ impl Node {
         let files_dir = settings.data_dir.join("attachments");
         let files = crate::rooms::files::Files::open(files_dir.clone())
             .map_err(|e| StartError::Setup(format!("cannot open {}: {e}", files_dir.display())))?;
-        if let Err(e) = files.sweep(log.store()) {
-            tracing::warn!(error = %e, "cannot sweep the attachment files");
-        }
+        // Listened to before any shard applies: rows applied at start name
+        // files too.
+        let wanted = settings.cluster.is_some().then(|| files.wanted());
         let files = Arc::new(files);
         let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
             files: Some(files.clone()),
@@ -286,6 +286,10 @@ impl Node {
             let relay_node: Arc<dyn crate::cluster::relay::RelayNode> = node.clone();
             tokio::spawn(crate::cluster::relay::run(Arc::downgrade(&relay_node)));
         }
+        if let Some(wanted) = wanted {
+            tokio::spawn(attachments::fetch_wanted(Arc::downgrade(&node), wanted));
+        }
+        tokio::spawn(attachments::maintain(Arc::downgrade(&node)));
         tokio::spawn(Node::run_shards(Arc::downgrade(&node)));
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
         tokio::spawn(read_markers::run(node.read_markers.clone(), Arc::downgrade(&node)));

@@ -57,6 +57,7 @@ use crate::rooms::attachments::AttachmentId;
 use crate::rooms::attachments::Sha;
 use crate::rooms::attachments::StoredAttachment;
 use crate::rooms::files::Files;
+use crate::rooms::files::Wanted;
 use crate::rooms::record;
 use crate::storage::Batch;
 use crate::storage::Store;
@@ -104,8 +105,9 @@ struct Pending {
     touched: HashMap<u64, (String, u64)>,
     /// Attachment rows written (`None`: removed) by this apply.
     attachments: HashMap<(u64, AttachmentId), Option<StoredAttachment>>,
-    /// Contents recorded by this apply: their files are no longer pinned.
-    kept: Vec<Sha>,
+    /// Contents recorded by this apply (room, sha, size): their files are
+    /// no longer pinned, and are fetched when missing here.
+    kept: Vec<(String, Sha, u64)>,
     /// Contents a row stopped naming: their files go unless named elsewhere.
     released: Vec<Sha>,
 }
@@ -259,7 +261,7 @@ impl ShardStateMachine {
         let ShardOp::Attach { room_key, room, id, sha, name, mime, size, uploader } = op else {
             return Ok(OpResult::Nothing);
         };
-        pending.kept.push(*sha);
+        pending.kept.push((room.clone(), *sha, *size));
         if self.attachment(pending, *room_key, id)?.is_some() {
             return Ok(OpResult::Attached);
         }
@@ -269,6 +271,7 @@ impl ShardStateMachine {
             mime: mime.clone(),
             size: *size,
             uploader: uploader.clone(),
+            room: room.clone(),
             refs: 0,
         };
         batch.put(
@@ -531,8 +534,9 @@ impl ShardStateMachine {
             self.log.forget(room_key);
         }
         if let Some(files) = &self.files {
-            for sha in &pending.kept {
-                files.unpin(sha);
+            for (room, sha, size) in pending.kept {
+                files.unpin(&sha);
+                files.want(Wanted { room, sha, size });
             }
             if !pending.released.is_empty() {
                 let (files, store, released) = (files.clone(), self.store.clone(), pending.released);
@@ -547,6 +551,32 @@ impl ShardStateMachine {
             (self.publish)(p);
         }
         Ok(answers)
+    }
+}
+
+impl ShardStateMachine {
+    /// Asks for the files the rows of these rooms name that this node lacks
+    /// (rows that came with a snapshot come without their files).
+    fn want_files(&self, files: &Files, rooms: &[(u64, String, u64)]) -> io::Result<()> {
+        for (room_key, room, _) in rooms {
+            let (start, end) = (record::room_prefix(*room_key), record::room_end(*room_key));
+            let rows = self
+                .store
+                .range(
+                    attachments::ATTACHMENTS,
+                    std::ops::Bound::Included(&start[..]),
+                    std::ops::Bound::Excluded(&end[..]),
+                    crate::storage::Order::Ascending,
+                    usize::MAX,
+                )
+                .map_err(io_err)?;
+            for (_, value) in rows {
+                if let Ok(row) = attachments::decode(&value) {
+                    files.want(Wanted { room: room.clone(), sha: row.sha, size: row.size });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -680,6 +710,9 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         self.applied = Applied { last: meta.last_log_id, membership: meta.last_membership.clone() };
         self.last.clear();
         *self.current.lock() = snapshot::load_current(&self.store, self.shard, &self.snapshots)?;
+        if let Some(files) = &self.files {
+            self.want_files(files, &rooms)?;
+        }
         // Local subscribers learn of what arrived by a live event past
         // their cursor: their delivery fills the gap from the store.
         for (room_key, room, last) in rooms {
