@@ -55,9 +55,27 @@ pub struct StoredAttachment {
     pub uploader: String,
     /// The room's id (its shard's replicas hold the file).
     pub room: String,
-    /// Messages that carry it and are not deleted: the row (and, with no
-    /// other use, the file) goes when a deletion brings it to 0.
-    pub refs: u32,
+    /// The seqs of the messages that carry it and are not deleted.
+    pub carriers: Vec<u64>,
+    /// Set when the deletion of this seq left no carrier: the attachment is
+    /// gone for clients (and its file, with no other use), the row stays as
+    /// a tombstone until the room is dropped. A send of seq `s` naming it
+    /// is refused unless `s` ≤ this seq: only a replay over a snapshot
+    /// built after the deletion meets that, and there it must be accepted
+    /// as it was the first time (snapshots are fuzzy, see `shards::machine`).
+    pub retired_by: Option<u64>,
+}
+
+impl StoredAttachment {
+    /// Whether a send of message `seq` may carry it.
+    pub fn usable_by(&self, seq: u64) -> bool {
+        self.retired_by.is_none_or(|by| by >= seq)
+    }
+
+    /// Whether clients see it.
+    pub fn live(&self) -> bool {
+        self.retired_by.is_none()
+    }
 }
 
 /// The store key of an attachment.
@@ -225,7 +243,8 @@ mod tests {
             size: 4,
             uploader: "ann".into(),
             room: "lobby".into(),
-            refs: 2,
+            carriers: vec![3, 9],
+            retired_by: None,
         };
         assert_eq!(decode(&encode(&a)).expect("decode"), a);
         assert!(decode(&[9, 9]).is_err());

@@ -161,7 +161,9 @@ impl Files {
             .range(super::attachments::ATTACHMENTS, Bound::Unbounded, Bound::Unbounded, Order::Ascending, usize::MAX)
             .map_err(io::Error::other)?;
         for (_, value) in rows {
-            if let Ok(row) = super::attachments::decode(&value) {
+            if let Ok(row) = super::attachments::decode(&value)
+                && row.live()
+            {
                 self.want(Wanted { room: row.room, sha: row.sha, size: row.size });
             }
         }

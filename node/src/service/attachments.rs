@@ -326,7 +326,7 @@ impl Node {
                 None => Ok(None),
             }
         };
-        if let Some(row) = get()? {
+        if let Some(row) = get()?.filter(StoredAttachment::live) {
             return Ok(Some(row));
         }
         self.catch_up_room(room).await?;
@@ -354,7 +354,11 @@ impl Node {
     pub async fn download(&self, s: &Session, public_id: &str) -> Result<Download, ApiError> {
         let (room, id) = attachments::parse_public_id(public_id).ok_or_else(|| ApiError::not_found("attachment"))?;
         let r = self.readable_room(s, room).await?;
-        let row = self.attachment_row(&r, &id).await?.ok_or_else(|| ApiError::not_found("attachment"))?;
+        let row = self
+            .attachment_row(&r, &id)
+            .await?
+            .filter(StoredAttachment::live)
+            .ok_or_else(|| ApiError::not_found("attachment"))?;
         let body = match self.local_file(&row.sha, row.size).await {
             Some(body) => body,
             None => self.remote_file(&r.id, &row.sha, row.size).await?,

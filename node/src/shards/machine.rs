@@ -103,7 +103,7 @@ struct Pending {
     /// Per room given messages: its id and last seq, written once per
     /// apply (committed seq, shard membership) rather than once per message.
     touched: HashMap<u64, (String, u64)>,
-    /// Attachment rows written (`None`: removed) by this apply.
+    /// Attachment rows written (`None`: dropped with their room) by this apply.
     attachments: HashMap<(u64, AttachmentId), Option<StoredAttachment>>,
     /// Contents recorded by this apply (room, sha, size): their files are
     /// no longer pinned, and are fetched when missing here.
@@ -240,20 +240,37 @@ impl ShardStateMachine {
         pending.attachments.insert((room_key, *id), Some(row));
     }
 
-    /// Removes an attachment row and its use of the content: the last
-    /// message that carried it is deleted.
-    fn remove_attachment(
+    /// Retires an attachment whose last carrier was deleted (message
+    /// `seq`): its use of the content goes; the row stays as a tombstone.
+    fn retire_attachment(
         &self,
         room_key: u64,
         id: &AttachmentId,
-        row: &StoredAttachment,
+        mut row: StoredAttachment,
+        seq: u64,
         pending: &mut Pending,
         batch: &mut Batch,
     ) {
-        batch.delete(attachments::ATTACHMENTS, attachments::attachment_key(room_key, id).to_vec());
         batch.delete(attachments::FILE_USES, attachments::use_key(&row.sha, room_key, id));
         pending.released.push(row.sha);
-        pending.attachments.insert((room_key, *id), None);
+        row.retired_by = Some(seq);
+        self.set_attachment(room_key, id, row, pending, batch);
+    }
+
+    /// Makes a retired attachment live again (an upload of it again, or a
+    /// replay of a send that carried it before it was retired).
+    fn revive(
+        &self,
+        room_key: u64,
+        id: &AttachmentId,
+        row: &mut StoredAttachment,
+        pending: &mut Pending,
+        batch: &mut Batch,
+    ) {
+        if row.retired_by.take().is_some() {
+            batch.put(attachments::FILE_USES, attachments::use_key(&row.sha, room_key, id), Vec::new());
+            pending.kept.push((row.room.clone(), row.sha, row.size));
+        }
     }
 
     /// Records an uploaded file in its room (again: nothing changes).
@@ -262,7 +279,11 @@ impl ShardStateMachine {
             return Ok(OpResult::Nothing);
         };
         pending.kept.push((room.clone(), *sha, *size));
-        if self.attachment(pending, *room_key, id)?.is_some() {
+        if let Some(mut row) = self.attachment(pending, *room_key, id)? {
+            if !row.live() {
+                self.revive(*room_key, id, &mut row, pending, batch);
+                self.set_attachment(*room_key, id, row, pending, batch);
+            }
             return Ok(OpResult::Attached);
         }
         let row = StoredAttachment {
@@ -272,7 +293,8 @@ impl ShardStateMachine {
             size: *size,
             uploader: uploader.clone(),
             room: room.clone(),
-            refs: 0,
+            carriers: Vec::new(),
+            retired_by: None,
         };
         batch.put(
             attachments::ATTACHMENTS,
@@ -312,11 +334,12 @@ impl ShardStateMachine {
         if p.reply_to.is_some_and(|r| r == 0 || r > last) {
             return Ok(OpResult::NoSuchReply);
         }
+        let seq = last + 1;
         let mut carried = Vec::with_capacity(p.attachments.len());
         for id in p.attachments {
             match self.attachment(pending, room_key, id)? {
-                Some(row) => carried.push((*id, row)),
-                None => return Ok(OpResult::NoSuchAttachment),
+                Some(row) if row.usable_by(seq) => carried.push((*id, row)),
+                _ => return Ok(OpResult::NoSuchAttachment),
             }
         }
         let mut attached = Vec::with_capacity(carried.len());
@@ -331,10 +354,12 @@ impl ShardStateMachine {
                 mime: row.mime.clone(),
                 size: row.size,
             });
-            row.refs = row.refs.saturating_add(1);
+            self.revive(room_key, &id, &mut row, pending, batch);
+            if !row.carriers.contains(&seq) {
+                row.carriers.push(seq);
+            }
             self.set_attachment(room_key, &id, row, pending, batch);
         }
-        let seq = last + 1;
         self.last.insert(room_key, seq);
         let stored = StoredMessage {
             from: p.from.to_string(),
@@ -440,9 +465,9 @@ impl ShardStateMachine {
                     for a in std::mem::take(&mut stored.attachments) {
                         let Some((_, id)) = attachments::parse_public_id(&a.id) else { continue };
                         if let Some(mut row) = self.attachment(pending, *room_key, &id)? {
-                            row.refs = row.refs.saturating_sub(1);
-                            if row.refs == 0 {
-                                self.remove_attachment(*room_key, &id, &row, pending, batch);
+                            row.carriers.retain(|c| c != seq);
+                            if row.carriers.is_empty() && row.live() {
+                                self.retire_attachment(*room_key, &id, row, *seq, pending, batch);
                             } else {
                                 self.set_attachment(*room_key, &id, row, pending, batch);
                             }
@@ -571,7 +596,9 @@ impl ShardStateMachine {
                 )
                 .map_err(io_err)?;
             for (_, value) in rows {
-                if let Ok(row) = attachments::decode(&value) {
+                if let Ok(row) = attachments::decode(&value)
+                    && row.live()
+                {
                     files.want(Wanted { room: room.clone(), sha: row.sha, size: row.size });
                 }
             }

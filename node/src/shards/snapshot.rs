@@ -416,9 +416,12 @@ fn replace_rooms(store: &Store, shard: ShardId, path: &Path) -> io::Result<Vec<(
                 batch.put(record::MESSAGES, record::message_key(room_key, seq).to_vec(), bytes);
             }
             Record::Attachment { room_key, id, row } => {
-                let sha = attachments::decode(&row).map_err(io_err)?.sha;
+                let decoded = attachments::decode(&row).map_err(io_err)?;
                 batch.put(attachments::ATTACHMENTS, attachments::attachment_key(room_key, &id).to_vec(), row);
-                batch.put(attachments::FILE_USES, attachments::use_key(&sha, room_key, &id), Vec::new());
+                // A tombstone names no file.
+                if decoded.live() {
+                    batch.put(attachments::FILE_USES, attachments::use_key(&decoded.sha, room_key, &id), Vec::new());
+                }
             }
             Record::Dedup { key, seq } => batch.put(record::DEDUP, key, seq.to_be_bytes().to_vec()),
             Record::End => break,
