@@ -196,3 +196,67 @@ impl Drop for TempFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::attachments;
+    use crate::storage;
+    use crate::storage::Batch;
+    use crate::storage::EngineKind;
+
+    async fn write(files: &Files, sha: &Sha) {
+        let (tmp, mut f) = files.temp().await.expect("temp");
+        tokio::io::AsyncWriteExt::write_all(&mut f, b"x").await.expect("write");
+        drop(f);
+        files.keep(tmp, sha).await.expect("keep");
+    }
+
+    /// A file goes once no use names it and it is not pinned; a sweep
+    /// takes every unnamed file; a scrub asks for the live rows' missing ones.
+    #[tokio::test]
+    async fn attachment_files_follow_their_uses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = storage::open(EngineKind::Redb, &dir.path().join("rooms.db")).expect("store");
+        let files = Files::open(dir.path().join("attachments")).expect("files");
+        let (used, pinned, loose) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        for sha in [&used, &pinned, &loose] {
+            write(&files, sha).await;
+        }
+        let mut batch = Batch::new();
+        batch.put(FILE_USES, attachments::use_key(&used, 7, &[9; 16]), Vec::new());
+        store.write(batch).expect("write");
+        files.unpin(&used);
+        files.unpin(&loose);
+        files.collect(&store, &[used, pinned, loose]);
+        assert!(files.has(&used), "named by a use");
+        assert!(files.has(&pinned), "pinned: its row is on its way");
+        assert!(!files.has(&loose), "named by nothing");
+        files.unpin(&pinned);
+        files.sweep(&store).expect("sweep");
+        assert!((files.has(&used), files.has(&pinned)) == (true, false), "a sweep takes what no use names");
+
+        let mut wanted = files.wanted();
+        let row = |sha: Sha, retired_by: Option<u64>| attachments::StoredAttachment {
+            sha,
+            name: "n".into(),
+            mime: "text/plain".into(),
+            size: 1,
+            uploader: "ann".into(),
+            room: "lobby".into(),
+            carriers: Vec::new(),
+            retired_by,
+        };
+        let mut batch = Batch::new();
+        for (id, sha, retired) in [(1u8, used, None), (2, [4; 32], None), (3, [5; 32], Some(1))] {
+            batch.put(attachments::ATTACHMENTS, attachments::attachment_key(7, &[id; 16]).to_vec(), {
+                attachments::encode(&row(sha, retired))
+            });
+        }
+        store.write(batch).expect("write");
+        files.scrub(&store).expect("scrub");
+        let w = wanted.try_recv().expect("one wanted");
+        assert_eq!((w.room.as_str(), w.sha, w.size), ("lobby", [4; 32], 1));
+        assert!(wanted.try_recv().is_err(), "held, or retired: not wanted");
+    }
+}
