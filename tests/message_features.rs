@@ -282,6 +282,36 @@ async fn read_receipts_reach_members_only() -> Result<()> {
     Ok(())
 }
 
+/// Uploads `len` bytes with no `Content-Length` (chunked), as a streaming
+/// client does, over a raw connection to `addr`; answers the status line.
+async fn chunked_upload(addr: &str, token: &str, room: &str, len: usize) -> Result<String> {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST /api/rooms/{room}/attachments?name=stream.bin HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await?;
+    let chunk = vec![b'z'; 8192];
+    let mut sent = 0;
+    // The node may answer and close before the end: the answer is what counts.
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        let framed = [format!("{n:x}\r\n").as_bytes(), &chunk[..n], b"\r\n"].concat();
+        if conn.write_all(&framed).await.is_err() {
+            break;
+        }
+        sent += n;
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, conn.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
 /// A PNG-looking file of `len` bytes whose content depends on `seed`.
 fn png(len: usize, seed: u8) -> Vec<u8> {
     let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
@@ -376,6 +406,11 @@ async fn attachments_through_the_balancer() -> Result<()> {
     assert_eq!(code(outsider.upload(ROOM, "x.txt", "text/plain", b"hi".to_vec()).await), history, "an outsider");
     let big = png(LIMIT as usize + 1, 3);
     assert_eq!(code(ann.upload(ROOM, "big.png", "image/png", big).await), "too_large");
+    let token = ann.token().context("ann's token")?;
+    let status = chunked_upload(&addr, token, ROOM, LIMIT as usize + 10_000).await?;
+    ensure!(status.contains(" 413 "), "a streamed upload past the limit, with no length announced: {status}");
+    let status = chunked_upload(&addr, token, ROOM, 20_000).await?;
+    ensure!(status.contains(" 201 "), "a streamed upload within the limit: {status}");
     let exact = ann.upload(ROOM, "exact.png", "image/png", png(LIMIT as usize, 4)).await?;
     assert_eq!(exact.size, LIMIT, "exactly the limit is accepted");
     assert_eq!(code(ann.upload(ROOM, "x", "not a type", b"hi".to_vec()).await), "bad_request", "a bad type");
