@@ -856,7 +856,10 @@ impl Target {
         let text = match &self.proto {
             Proto::Palaver { .. } => {
                 let (room, body, client_id) = (room.to_string(), stamp.to_string(), format!("{nonce}-{j}-{n}"));
-                return palaver_frame(n, PalaverCommand::Send { room, body, client_id, reply_to: None });
+                return palaver_frame(
+                    n,
+                    PalaverCommand::Send { room, body, client_id, reply_to: None, attachments: Vec::new() },
+                );
             }
             Proto::Plain => {
                 let head = format!(r#"{{"type":"message","room":"{room}","from":"bench","body":"{stamp}","pad":""#);

@@ -764,7 +764,13 @@ async fn cluster_latency(nodes: &[Server], rate: u64, secs: u64, res: &mut Resul
     while Instant::now() < deadline {
         tick.tick().await;
         let body = format!("@0:{};", epoch.elapsed().as_micros());
-        let send = Command::Send { room: "latency".into(), body, client_id: format!("{nonce}-{n}"), reply_to: None };
+        let send = Command::Send {
+            room: "latency".into(),
+            body,
+            client_id: format!("{nonce}-{n}"),
+            reply_to: None,
+            attachments: Vec::new(),
+        };
         tx.send(harness::palaver_frame(n, send)).await?;
         n += 1;
     }
@@ -847,6 +853,7 @@ async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64
                         body: "x".into(),
                         client_id: format!("{nonce}-{i}-{sent}"),
                         reply_to: None,
+                        attachments: Vec::new(),
                     };
                     started.insert(sent, Instant::now());
                     tx.send(harness::palaver_frame(sent, send)).await?;
@@ -922,7 +929,13 @@ async fn closed_loop(
                     Command::Typing { room: room.clone() }
                 } else {
                     let client_id = format!("{nonce}-{i}-{n}");
-                    Command::Send { room: room.clone(), body: "benchmark message".into(), client_id, reply_to: None }
+                    Command::Send {
+                        room: room.clone(),
+                        body: "benchmark message".into(),
+                        client_id,
+                        reply_to: None,
+                        attachments: Vec::new(),
+                    }
                 };
                 call(&mut ws, n, cmd).await?;
                 h.saturating_record(started.elapsed().as_micros() as u64);

@@ -158,6 +158,7 @@ fn wire(c: &mut Criterion) {
             applied: 4_242,
             relayed: false,
             reply_to: None,
+            attachments: Vec::new(),
         })
         .collect();
     let bytes = encode(&sends);

@@ -134,7 +134,13 @@ pub async fn search(run: &SearchRun, res: &mut Results) -> Result<()> {
                 while sent < per_sender && sent - answered < WINDOW {
                     let body = (0..WORDS).map(|_| word(zipf.draw(&mut rng))).collect::<Vec<_>>().join(" ");
                     let room = format!("sr-{}", i + senders * (sent as usize % own));
-                    let send = Command::Send { room, body, client_id: format!("s{i}-{sent}"), reply_to: None };
+                    let send = Command::Send {
+                        room,
+                        body,
+                        client_id: format!("s{i}-{sent}"),
+                        reply_to: None,
+                        attachments: Vec::new(),
+                    };
                     tx.send(harness::palaver_frame(sent, send)).await?;
                     sent += 1;
                 }

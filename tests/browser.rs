@@ -4,7 +4,8 @@
 //! address as a person would.
 //!
 //! People register, create and join rooms, chat both ways, see each other
-//! typing and online; answer, correct and react to a message and see who
+//! typing and online; answer, correct and react to a message, attach an
+//! image and a file, and see who
 //! read it; a private room stays hidden from a third person; a
 //! direct message works (over SSE, for a page whose origin may not open
 //! WebSockets); markup in a message stays text; a node is SIGKILLed while
@@ -149,6 +150,8 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
     shows(&ann, "our secret").await?;
     reply_edit_react(&ann, &bob).await?;
     bob.screenshot(&shots.join("desktop-reply-edit-react.png")).await?;
+    attach_files(&ann, &bob).await?;
+    bob.screenshot(&shots.join("desktop-attachments.png")).await?;
     search_and_jump(&bob).await?;
     bob.screenshot(&shots.join("desktop-search.png")).await?;
 
@@ -350,6 +353,42 @@ async fn reply_edit_react(ann: &Page, bob: &Page) -> Result<()> {
         page.wait("the reaction", &count(&chip)).await?;
     }
     bob.wait("ann's receipt", &text_has(&test("seen-by"), "Seen by ann")).await?;
+    Ok(())
+}
+
+/// A 1×1 PNG.
+const DOT_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
+
+/// Picks a file for the `attach` input as a person would (the bytes made
+/// in the page: a test cannot drive the browser's file dialog).
+async fn attach(page: &Page, name: &str, kind: &str, base64: &str) -> Result<()> {
+    page.eval(&format!(
+        "(() => {{ const bytes = Uint8Array.from(atob({b}), c => c.charCodeAt(0)); \
+           const dt = new DataTransfer(); dt.items.add(new File([bytes], {n}, {{ type: {k} }})); \
+           const input = document.querySelector({sel}); input.files = dt.files; \
+           input.dispatchEvent(new Event('change')); return true; }})()",
+        b = js(base64),
+        n = js(name),
+        k = js(kind),
+        sel = js(&test("attach")),
+    ))
+    .await?;
+    Ok(())
+}
+
+/// In the private room: ann attaches an image and a text file; both
+/// screens show the picture (loaded: it has a width) and a link to the
+/// other file.
+async fn attach_files(ann: &Page, bob: &Page) -> Result<()> {
+    attach(ann, "dot.png", "image/png", DOT_PNG).await?;
+    attach(ann, "notes.txt", "text/plain", "aGVsbG8gZnJvbSBhbm4K").await?;
+    let image = format!("{}[alt=\"dot.png\"]", test("attachment-image"));
+    let loaded = format!("(document.querySelector({})?.naturalWidth ?? 0) === 1", js(&image));
+    let link = format!("{}[data-name=\"notes.txt\"]", test("attachment"));
+    for page in [ann, bob] {
+        page.wait("the image, shown", &loaded).await?;
+        page.wait("the file, as a link", &text_has(&link, "notes.txt")).await?;
+    }
     Ok(())
 }
 

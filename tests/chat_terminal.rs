@@ -3,7 +3,8 @@
 //! `capture-pane`. A line typed is shown and stored; a message sent by
 //! someone else over HTTP shows up; the node restarting costs nothing (a
 //! line typed while it is down waits with `*`, then goes through once); a
-//! resize does not stop the program; `/quit` ends it with status 0.
+//! resize does not stop the program; `/attach` sends a file, shown as a
+//! link; `/quit` ends it with status 0.
 //!
 //! Without tmux the test says why and passes; with `PALAVER_CI` set (as
 //! `.ci/run` does) that is a failure instead.
@@ -239,6 +240,17 @@ async fn a_person_chats_in_a_terminal_through_a_node_restart() -> Result<()> {
     tmux.type_line("still here")?;
     tmux.wait_for("a line after the resizes", |s| s.contains("ann: still here") && !s.contains("* ann:")).await?;
     stored_once(&bob, "lobby", "ann", "still here").await?;
+
+    // /attach uploads a file and sends it; the message shows it as a link.
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "a file from a terminal\n").context("writing the file to attach")?;
+    tmux.type_line(&format!("/attach {}", notes.display()))?;
+    tmux.wait_for("the file sent, as a link", |s| s.contains("ann: notes.txt") && s.contains("[notes.txt](")).await?;
+    let sent = bob.http.messages_after("lobby", 0, Some(500)).await?;
+    let carried = sent.iter().rev().find(|m| m.from == "ann" && !m.attachments.is_empty()).context("the message")?;
+    let file = &carried.attachments[0];
+    assert_eq!((file.name.as_str(), file.kind.as_str()), ("notes.txt", "text/plain"));
+    assert_eq!(bob.http.download(&file.id).await?.bytes.as_ref(), b"a file from a terminal\n");
 
     // /quit ends the program with status 0.
     tmux.type_line("/quit")?;

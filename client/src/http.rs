@@ -24,6 +24,7 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::error::Result;
 use crate::error::clip;
+use crate::types::Attachment;
 use crate::types::AuditEntry;
 use crate::types::Event;
 use crate::types::Login;
@@ -52,6 +53,22 @@ pub struct Http {
     addr: String,
     base: String,
     token: Option<String>,
+}
+
+/// A downloaded attachment.
+#[derive(Clone, Debug)]
+pub struct Download {
+    /// The answer's headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The file.
+    pub bytes: Bytes,
+}
+
+impl Download {
+    /// A header's value, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
 }
 
 /// One page of a room's history (§4) and where the rest of it starts.
@@ -323,8 +340,52 @@ impl Http {
 
     /// `POST /api/rooms/{room}/messages` with `reply_to`: 201 once durable.
     pub async fn post_reply(&self, room: &str, body: &str, client_id: &str, reply_to: Option<u64>) -> Result<SendAck> {
-        let payload = NewMessage { body: Some(body), client_id: Some(client_id), reply_to };
+        self.post_with(room, body, client_id, reply_to, &[]).await
+    }
+
+    /// `POST /api/rooms/{room}/messages` with `reply_to` and `attachments`
+    /// (ids from [`Http::upload`]): 201 once durable.
+    pub async fn post_with(
+        &self,
+        room: &str,
+        body: &str,
+        client_id: &str,
+        reply_to: Option<u64>,
+        attachments: &[&str],
+    ) -> Result<SendAck> {
+        let payload =
+            NewMessage { body: Some(body), client_id: Some(client_id), reply_to, attachments: attachments.to_vec() };
         self.json(Method::POST, &format!("/api/rooms/{room}/messages"), Some(&payload), &[201]).await
+    }
+
+    /// `POST /api/rooms/{room}/attachments?name=`: 201 with the attachment
+    /// once its file is on the room's replicas.
+    pub async fn upload(
+        &self,
+        room: &str,
+        name: &str,
+        content_type: &str,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Result<Attachment> {
+        let name = utf8_percent_encode(name, NON_ALPHANUMERIC);
+        let req = self
+            .builder(Method::POST, &format!("/api/rooms/{room}/attachments?name={name}"))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes.into());
+        decode(&checked(req.send().await?, &[201]).await?)
+    }
+
+    /// `GET /api/attachments/{id}`: the file's bytes and the answer's
+    /// headers (lower-case names).
+    pub async fn download(&self, id: &str) -> Result<Download> {
+        let resp = self.builder(Method::GET, &format!("/api/attachments/{id}")).send().await?;
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let bytes = checked(resp, &[200]).await?;
+        Ok(Download { headers, bytes })
     }
 
     /// `PATCH /api/rooms/{room}/messages/{seq}`: the message with its new text.

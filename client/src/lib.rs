@@ -56,6 +56,7 @@ mod ws;
 
 pub use error::Error;
 pub use error::Result;
+pub use http::Download;
 pub use http::HistoryPage;
 pub use http::Http;
 pub use http::Method;
@@ -72,6 +73,7 @@ pub use resilient::order;
 pub use sse::Sse;
 pub use sse::SseEvent;
 pub use sse::SseOptions;
+pub use types::Attachment;
 pub use types::AuditEntry;
 pub use types::Event;
 pub use types::Login;

@@ -991,6 +991,7 @@ impl Driver {
             body: p.body.clone(),
             client_id: p.client_id.clone(),
             reply_to: None,
+            attachments: Vec::new(),
         };
         let id = self.write(s, cmd, Waiting::Send(key)).await?;
         if let Some(p) = self.sends.get_mut(&key) {

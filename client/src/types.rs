@@ -4,6 +4,7 @@
 //! an `error` reply without a usable `id`, and frames the protocol does not
 //! describe.
 
+pub use palaver_protocol::Attachment;
 pub use palaver_protocol::AuditEntry;
 use palaver_protocol::Done;
 pub use palaver_protocol::Login;

@@ -147,13 +147,30 @@ impl Ws {
     /// Sends `send` without waiting; answers the command id for [`Ws::send_ack`].
     pub async fn start_send(&mut self, room: &str, body: &str, client_id: &str) -> Result<u64> {
         let (room, body, client_id) = (room.to_string(), body.to_string(), client_id.to_string());
-        self.start_command(Command::Send { room, body, client_id, reply_to: None }).await
+        self.start_command(Command::Send { room, body, client_id, reply_to: None, attachments: Vec::new() }).await
     }
 
     /// `send` with `reply_to`: answers seq and ts once the message is durable.
     pub async fn send_reply(&mut self, room: &str, body: &str, client_id: &str, reply_to: u64) -> Result<SendAck> {
         let (room, body, client_id) = (room.to_string(), body.to_string(), client_id.to_string());
-        let id = self.start_command(Command::Send { room, body, client_id, reply_to: Some(reply_to) }).await?;
+        let id = self
+            .start_command(Command::Send { room, body, client_id, reply_to: Some(reply_to), attachments: Vec::new() })
+            .await?;
+        self.send_ack(id).await
+    }
+
+    /// `send` with `attachments` (ids from `Http::upload`): answers seq and
+    /// ts once the message is durable.
+    pub async fn send_with(
+        &mut self,
+        room: &str,
+        body: &str,
+        client_id: &str,
+        attachments: &[&str],
+    ) -> Result<SendAck> {
+        let (room, body, client_id) = (room.to_string(), body.to_string(), client_id.to_string());
+        let attachments = attachments.iter().map(|a| a.to_string()).collect();
+        let id = self.start_command(Command::Send { room, body, client_id, reply_to: None, attachments }).await?;
         self.send_ack(id).await
     }
 

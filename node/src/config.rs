@@ -177,6 +177,13 @@ pub struct Limits {
     pub password_hash_queue: usize,
     /// Frames one fragmented WebSocket message may span (close 1008 beyond).
     pub max_fragments: usize,
+    /// Largest attachment upload, bytes (`too_large` beyond).
+    pub attachment_bytes: u64,
+    /// Bytes of attachments one user may upload per day, all rooms and
+    /// nodes together (a token bucket refilled over a day, shared like the
+    /// other per-user limits): `rate_limited` beyond, `too_large` for one
+    /// file larger than all of it.
+    pub attachment_quota_bytes: u64,
 }
 
 /// Most password workers a node may be given: each holds 19 MiB.
@@ -212,6 +219,8 @@ impl Default for Limits {
                 .min(MAX_PASSWORD_HASH_PARALLEL),
             password_hash_queue: 64,
             max_fragments: 64,
+            attachment_bytes: 10 * 1024 * 1024,
+            attachment_quota_bytes: 1024 * 1024 * 1024,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! node's own types: encoding to text, the protocol's view of a stored
 //! message, and the WebSocket reply frames.
 
+use palaver_protocol::Attachment;
 use palaver_protocol::Done;
 use palaver_protocol::FrameId;
 use palaver_protocol::Message;
@@ -38,6 +39,12 @@ pub fn message<'a>(room: &'a str, m: &'a rooms::Message) -> Message<&'a str> {
                 .map(|r| (r.emoji.as_str(), r.users.iter().map(String::as_str).collect()))
                 .collect(),
         ),
+        attachments: m
+            .stored
+            .attachments
+            .iter()
+            .map(|a| Attachment { id: a.id.as_str(), name: a.name.as_str(), kind: a.mime.as_str(), size: a.size })
+            .collect(),
     }
 }
 

@@ -29,6 +29,9 @@ pub enum Usage {
     Room,
     /// Any other metadata write.
     Write,
+    /// Attachment bytes uploaded, counted per user (appended: gossip
+    /// carries this enum by variant index).
+    UploadBytes,
 }
 
 impl Usage {
@@ -43,6 +46,7 @@ impl Usage {
             Usage::Ticket => "ticket",
             Usage::Room => "room",
             Usage::Write => "write",
+            Usage::UploadBytes => "upload_bytes",
         }
     }
 }
@@ -96,6 +100,26 @@ impl TokenBucket {
     pub fn charge(&mut self, n: f64, now_ms: u64) {
         self.refill(now_ms);
         self.tokens = (self.tokens - n).max(-self.burst);
+    }
+
+    /// Takes `n` tokens at once, or says how many ms until they are there
+    /// (`u64::MAX` when `n` is more than the bucket holds).
+    pub fn take_n(&mut self, n: f64, now_ms: u64) -> Result<(), u64> {
+        self.refill(now_ms);
+        if self.tokens >= n {
+            self.tokens -= n;
+            Ok(())
+        } else if n > self.burst {
+            Err(u64::MAX)
+        } else {
+            Err((((n - self.tokens) / self.rate) * 1000.0).ceil().max(1.0) as u64)
+        }
+    }
+
+    /// Gives back `n` tokens taken for something that turned out not to count.
+    pub fn refund_n(&mut self, n: f64, now_ms: u64) {
+        self.refill(now_ms);
+        self.tokens = (self.tokens + n).min(self.burst);
     }
 
     /// Gives back one token taken for something that turned out not to count.
@@ -152,6 +176,18 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         self.with(key, now_ms, |b| b.charge(f64::from(n), now_ms));
     }
 
+    /// Takes `n` at once for `key` (see [`TokenBucket::take_n`]).
+    pub fn take_n(&self, key: &K, n: f64, now_ms: u64) -> Result<(), u64> {
+        self.with(key, now_ms, |b| b.take_n(n, now_ms))
+    }
+
+    /// Gives back `n` taken for `key`.
+    pub fn refund_n(&self, key: &K, n: f64, now_ms: u64) {
+        if let Some(b) = self.buckets.lock().get_mut(key) {
+            b.refund_n(n, now_ms);
+        }
+    }
+
     /// Gives back one attempt taken for `key` (it turned out not to count).
     pub fn refund(&self, key: &K, now_ms: u64) {
         if let Some(b) = self.buckets.lock().get_mut(key) {
@@ -194,6 +230,17 @@ mod tests {
         assert!(l.take(&"a", 2_000).is_err());
         assert!(l.take(&"a", 3_000).is_ok());
         assert!(l.check(&"b", 0).is_ok() && l.check(&"b", 0).is_ok(), "checks take nothing");
+    }
+
+    #[test]
+    fn many_tokens_are_taken_at_once_or_not_at_all() {
+        let mut b = TokenBucket::new(10.0, 100.0, 0);
+        assert_eq!(b.take_n(60.0, 0), Ok(()));
+        assert_eq!(b.take_n(60.0, 0), Err(2000), "20 missing at 10 a second");
+        assert_eq!(b.take_n(40.0, 0), Ok(()), "a refused take took nothing");
+        assert_eq!(b.take_n(101.0, 10_000), Err(u64::MAX), "more than the bucket holds, ever");
+        b.refund_n(40.0, 0);
+        assert_eq!(b.take_n(40.0, 0), Ok(()));
     }
 
     #[test]

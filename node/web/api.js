@@ -90,9 +90,10 @@ export class Api {
     return this.post(`${room(id)}/${action}`, { username, ...extra });
   }
   deleteMessage(id, seq) { return this.request('DELETE', `${room(id)}/messages/${seq}`); }
-  async send(id, body, clientId, replyTo = null) {
+  async send(id, body, clientId, replyTo = null, attachments = []) {
     const payload = { body, client_id: clientId };
     if (replyTo) payload.reply_to = replyTo;
+    if (attachments.length) payload.attachments = attachments;
     return (await this.request('POST', `${room(id)}/messages`, payload)).data;
   }
   async editMessage(id, seq, body) {
@@ -106,6 +107,43 @@ export class Api {
   search(q, id = null) {
     const query = new URLSearchParams({ q, limit: '50' });
     return this.get(id ? `${room(id)}/search?${query}` : `/api/search?${query}`);
+  }
+
+  /** Uploads a File to a room: `{id, name, type, size}`. */
+  async upload(id, file) {
+    const headers = { 'Content-Type': file.type || 'application/octet-stream' };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    let res;
+    try {
+      res = await fetch(`${room(id)}/attachments?name=${encodeURIComponent(file.name)}`, {
+        method: 'POST', headers, body: file, cache: 'no-store',
+      });
+    } catch {
+      throw new ApiError('network', 'cannot reach the server');
+    }
+    const data = await res.json().catch(() => null);
+    if (!res.ok) {
+      const e = data && data.error;
+      throw e ? new ApiError(e.code, e.message, res.status) : new ApiError('http', `HTTP ${res.status}`, res.status);
+    }
+    return data;
+  }
+
+  /** An attachment's bytes as a Blob (the token cannot go in an img src). */
+  async attachment(id) {
+    const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
+    let res;
+    try {
+      res = await fetch(`/api/attachments/${encodeURIComponent(id)}`, { headers });
+    } catch {
+      throw new ApiError('network', 'cannot reach the server');
+    }
+    if (!res.ok) {
+      const data = await res.json().catch(() => null);
+      const e = data && data.error;
+      throw e ? new ApiError(e.code, e.message, res.status) : new ApiError('http', `HTTP ${res.status}`, res.status);
+    }
+    return res.blob();
   }
 
   /**

@@ -83,10 +83,11 @@ export class Connection {
     this.rooms.delete(room);
   }
 
-  send(room, body, clientId, replyTo = null) {
-    if (this.mode === 'sse') return this.api.send(room, body, clientId, replyTo);
+  send(room, body, clientId, replyTo = null, attachments = []) {
+    if (this.mode === 'sse') return this.api.send(room, body, clientId, replyTo, attachments);
     const cmd = { type: 'send', room, body, client_id: clientId };
     if (replyTo) cmd.reply_to = replyTo;
+    if (attachments.length) cmd.attachments = attachments;
     return this.command(cmd);
   }
 

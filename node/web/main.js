@@ -443,7 +443,7 @@ async function pump(room) {
 async function deliver(p) {
   while (store.pending.has(p.clientId)) {
     try {
-      const ok = await conn.send(p.room, p.body, p.clientId, p.replyTo);
+      const ok = await conn.send(p.room, p.body, p.clientId, p.replyTo, p.attachments || []);
       store.ack(p, ok);
       checkGap(p.room);
       // One has read a room up to one's own message, also after leaving it.
@@ -462,6 +462,58 @@ async function deliver(p) {
       await sleep((e.retryAfterMs ?? Math.min(2000, 100 * 2 ** p.tries)) + Math.random() * 100);
     }
   }
+}
+
+// ---- attachments -------------------------------------------------------------
+
+/** Object URLs of attachments fetched, by id (kept for the page's life). */
+const blobs = new Map();
+
+async function blobUrl(id) {
+  if (!blobs.has(id)) blobs.set(id, api.attachment(id).then((b) => URL.createObjectURL(b)));
+  try { return await blobs.get(id); } catch (e) { blobs.delete(id); throw e; }
+}
+
+/** Fills in the images of the messages shown that have no picture yet. */
+function loadImages() {
+  for (const img of document.querySelectorAll('img[data-attachment]:not([data-loading])')) {
+    img.setAttribute('data-loading', '');
+    blobUrl(img.getAttribute('data-attachment'))
+      .then((url) => { img.src = url; })
+      .catch((e) => view.showError(describe('Image not loaded', e)));
+  }
+}
+
+async function openAttachment(a) {
+  try {
+    const link = view.el('a', { href: await blobUrl(a.getAttribute('data-attachment')), download: a.getAttribute('data-name') });
+    link.click();
+  } catch (e) { view.showError(describe('File not downloaded', e)); }
+}
+
+/** Uploads the chosen file, then sends it with what the composer holds (or its name). */
+async function onAttach() {
+  const input = $('attach-file');
+  const file = input.files && input.files[0];
+  input.value = '';
+  const room = store.active;
+  if (!file || !room) return;
+  let a;
+  try {
+    a = await api.upload(room, file);
+  } catch (e) { view.showError(describe('File not uploaded', e)); return; }
+  const body = $('composer').value.trim() ? $('composer').value : a.name;
+  $('composer').value = '';
+  resizeComposer();
+  const was = composing;
+  stopComposing();
+  const p = {
+    room, body, clientId: newClientId(), tries: 0, replyTo: was?.mode === 'reply' ? was.seq : null, attachments: [a.id], files: [a],
+  };
+  store.addPending(p);
+  if (!outbox.has(room)) outbox.set(room, []);
+  outbox.get(room).push(p);
+  if (outbox.get(room).length === 1) pump(room);
 }
 
 let lastTyping = 0;
@@ -606,6 +658,7 @@ function renderAll() {
   view.renderRooms(store);
   view.renderHead(store);
   view.renderMessages(store, canDelete);
+  loadImages();
   view.renderPending(store);
   view.renderMembers(store);
   view.renderTyping(store);
@@ -627,6 +680,7 @@ store.addEventListener('change', ({ detail: { what, room } }) => {
     view.renderHead(store);
     view.renderMessages(store, canDelete);
   }
+  loadImages(); // items redrawn above come without their picture
 });
 
 // ---- wiring -----------------------------------------------------------------
@@ -676,7 +730,10 @@ function wire() {
   // New public rooms, direct messages and joins by others announce nothing
   // to this user: look again now and then.
   setInterval(() => { if (document.visibilityState === 'visible') refreshRooms(); }, 15000);
+  $('attach-file').addEventListener('change', onAttach);
   $('messages').addEventListener('click', (e) => {
+    const file = e.target.closest('a[data-attachment]');
+    if (file) { e.preventDefault(); openAttachment(file); return; }
     const b = e.target.closest('[data-delete]');
     if (b) { deleteMessage(Number(b.getAttribute('data-delete'))); return; }
     const reply = e.target.closest('[data-reply]');

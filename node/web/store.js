@@ -209,6 +209,7 @@ export class Store extends EventTarget {
   ack(p, ok) {
     const m = { room: p.room, seq: ok.seq, ts: ok.ts, from: this.me.username, body: p.body, client_id: p.clientId };
     if (p.replyTo) m.reply_to = p.replyTo;
+    if (p.files && p.files.length) m.attachments = p.files;
     this.dropPending(p.clientId);
     if (this.loaded(p.room)) this.addMessages(p.room, [m]);
   }

@@ -140,6 +140,7 @@ export function renderMessages(store, canDelete) {
     const mine = m.from === store.me?.username;
     const state = [
       m.deleted ? 'deleted' : 'shown', can ? 'delete' : '', m.edited_at || '', JSON.stringify(m.reactions || {}),
+      (m.attachments || []).length,
       quoted ? `${quoted.deleted ? 'gone' : quoted.body}` : '', mine ? 'mine' : '',
     ].join('|');
     let li = existing.get(m.seq);
@@ -190,11 +191,40 @@ function messageItem(m, { canDelete, quoted, mine, me }, state) {
     }) : null),
   quote,
   el('p', { class: 'body', text: m.deleted ? 'message deleted' : m.body }),
+  attachmentList(m),
   reactions.length ? el('div', { class: 'reactions' }, ...reactions.map(([emoji, users]) => el('button', {
     type: 'button', class: users.includes(me) ? 'reaction mine' : 'reaction', 'data-test': 'reaction',
     'data-emoji': emoji, 'data-count': users.length, 'data-seq': m.seq, title: users.join(', '),
     text: `${emoji} ${users.length}`,
   }))) : null);
+}
+
+/** Types shown in the page; every other file is a download link. */
+const INLINE_IMAGES = ['image/png', 'image/jpeg', 'image/gif', 'image/webp'];
+
+function size(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+/**
+ * A message's files: images as `img` whose `src` main.js fills in (the
+ * bytes need the token, so they come as a blob), the rest as links.
+ */
+function attachmentList(m) {
+  const list = m.deleted ? [] : (m.attachments || []);
+  if (!list.length) return null;
+  return el('div', { class: 'attachments' }, ...list.map((a) => {
+    const type = (a.type || '').split(';')[0].trim();
+    if (INLINE_IMAGES.includes(type)) {
+      return el('img', { 'data-test': 'attachment-image', 'data-attachment': a.id, alt: a.name, title: a.name });
+    }
+    return el('a', {
+      'data-test': 'attachment', 'data-attachment': a.id, 'data-name': a.name, href: '#',
+      text: `${a.name} (${size(a.size)})`,
+    });
+  }));
 }
 
 /** "Seen by" under the newest message: who else has read that far. */

@@ -69,6 +69,9 @@ pub struct Frame {
     /// For `react`: add (true, the default) or take back (false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on: Option<bool>,
+    /// For `send`: ids of files uploaded to the room, sent with the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<Vec<String>>,
 }
 
 /// A checked client command; travels as a [`Frame`].
@@ -102,6 +105,8 @@ pub enum Command {
         client_id: String,
         /// The message of the same room it answers.
         reply_to: Option<u64>,
+        /// Ids of files uploaded to the room (empty: none).
+        attachments: Vec<String>,
     },
     /// Change the text of one of the caller's messages.
     Edit {
@@ -195,6 +200,7 @@ impl Command {
                 body: need(f.body, "body", k)?,
                 client_id: need(f.client_id, "client_id", k)?,
                 reply_to: f.reply_to,
+                attachments: f.attachments.unwrap_or_default(),
             },
             "edit" => Command::Edit {
                 room: need(f.room, "room", k)?,
@@ -244,8 +250,9 @@ impl Command {
             Command::Auth { token } => f.token = Some(token),
             Command::Subscribe { room, since } => (f.room, f.since) = (Some(room), since),
             Command::Unsubscribe { room } | Command::Typing { room } => f.room = Some(room),
-            Command::Send { room, body, client_id, reply_to } => {
+            Command::Send { room, body, client_id, reply_to, attachments } => {
                 (f.room, f.body, f.client_id, f.reply_to) = (Some(room), Some(body), Some(client_id), reply_to);
+                f.attachments = (!attachments.is_empty()).then_some(attachments);
             }
             Command::Edit { room, seq, body } => (f.room, f.seq, f.body) = (Some(room), Some(seq), Some(body)),
             Command::React { room, seq, emoji, on } => {

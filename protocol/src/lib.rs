@@ -55,6 +55,7 @@ pub use requests::ReadMarker;
 pub use requests::RoleChange;
 pub use requests::RoomSettings;
 pub use requests::UserTarget;
+pub use views::Attachment;
 pub use views::AuditEntry;
 pub use views::Login;
 pub use views::Me;

@@ -40,6 +40,9 @@ pub struct NewMessage<S = String> {
     /// The seq of the message of the same room this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<u64>,
+    /// Ids of files uploaded to the same room, sent with the message.
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<S>,
 }
 
 /// `PATCH /api/rooms/{room}/messages/{seq}`: the new text.

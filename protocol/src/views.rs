@@ -88,6 +88,25 @@ pub struct Message<S = String> {
     /// Each emoji with who reacted with it: `{"👍":["ann","bob"]}`.
     #[serde(default = "Reactions::default", skip_serializing_if = "Reactions::is_empty")]
     pub reactions: Reactions<S>,
+    /// Files sent with it, in the order the sender named them.
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment<S>>,
+}
+
+/// A file uploaded to a room (`POST /api/rooms/{room}/attachments`), as a
+/// message shows it; its bytes are at `GET /api/attachments/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment<S = String> {
+    /// Opaque id, valid in the room it was uploaded to only.
+    pub id: S,
+    /// File name as given at upload (cleaned of path separators and
+    /// control characters).
+    pub name: S,
+    /// Media type as given at upload (`type/subtype`).
+    #[serde(rename = "type")]
+    pub kind: S,
+    /// Bytes.
+    pub size: u64,
 }
 
 /// A message's reactions: a JSON object from emoji to usernames, in the

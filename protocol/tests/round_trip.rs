@@ -80,6 +80,18 @@ fn events_have_their_exact_text() {
             r#"{"type":"message","room":"lobby","seq":7,"from":"ann","body":"hi","ts":1767139260000,"client_id":"m-7","reply_to":3,"edited_at":1767139261000,"reactions":{"👍":["bob","cy"],":tada:":["ann"]}}"#,
         ),
         (
+            ServerEvent::Message(Message {
+                attachments: vec![Attachment {
+                    id: s("lobby.0a1b"),
+                    name: s("cat.png"),
+                    kind: s("image/png"),
+                    size: 42,
+                }],
+                ..message(Some("look"))
+            }),
+            r#"{"type":"message","room":"lobby","seq":7,"from":"ann","body":"look","ts":1767139260000,"client_id":"m-7","attachments":[{"id":"lobby.0a1b","name":"cat.png","type":"image/png","size":42}]}"#,
+        ),
+        (
             ServerEvent::Edited { room: s("lobby"), seq: 7, body: s("fixed"), edited_at: 5 },
             r#"{"type":"edited","room":"lobby","seq":7,"body":"fixed","edited_at":5}"#,
         ),
@@ -265,14 +277,18 @@ fn request_bodies_have_their_exact_text() {
     );
     check(NewRoom { room: s("lobby"), title: None, visibility: None }, r#"{"room":"lobby"}"#);
     check(
-        NewMessage { body: Some(s("hello")), client_id: Some(s("m1")), reply_to: None },
+        NewMessage { body: Some(s("hello")), client_id: Some(s("m1")), reply_to: None, attachments: vec![] },
         r#"{"body":"hello","client_id":"m1"}"#,
     );
     check(
-        NewMessage { body: Some(s("re")), client_id: Some(s("m2")), reply_to: Some(4) },
+        NewMessage { body: Some(s("re")), client_id: Some(s("m2")), reply_to: Some(4), attachments: vec![] },
         r#"{"body":"re","client_id":"m2","reply_to":4}"#,
     );
-    check(NewMessage::<String> { body: None, client_id: None, reply_to: None }, r#"{}"#);
+    check(
+        NewMessage { body: Some(s("see")), client_id: Some(s("m3")), reply_to: None, attachments: vec![s("a.1f")] },
+        r#"{"body":"see","client_id":"m3","attachments":["a.1f"]}"#,
+    );
+    check(NewMessage::<String> { body: None, client_id: None, reply_to: None, attachments: vec![] }, r#"{}"#);
     check(UserTarget { username: s("bob") }, r#"{"username":"bob"}"#);
     check(RoleChange { username: s("bob"), role: s("moderator") }, r#"{"username":"bob","role":"moderator"}"#);
     check(Mute { username: s("bob"), seconds: 60 }, r#"{"username":"bob","seconds":60}"#);
@@ -342,11 +358,21 @@ fn frames_become_commands_and_back() {
         (r#"{"type":"unsubscribe","id":3,"room":"a"}"#, Command::Unsubscribe { room: s("a") }),
         (
             r#"{"type":"send","id":4,"room":"a","body":"hi","client_id":"c"}"#,
-            Command::Send { room: s("a"), body: s("hi"), client_id: s("c"), reply_to: None },
+            Command::Send { room: s("a"), body: s("hi"), client_id: s("c"), reply_to: None, attachments: vec![] },
         ),
         (
             r#"{"type":"send","id":4,"room":"a","body":"re","client_id":"c","reply_to":2}"#,
-            Command::Send { room: s("a"), body: s("re"), client_id: s("c"), reply_to: Some(2) },
+            Command::Send { room: s("a"), body: s("re"), client_id: s("c"), reply_to: Some(2), attachments: vec![] },
+        ),
+        (
+            r#"{"type":"send","id":4,"room":"a","body":"see","client_id":"c","attachments":["a.1f"]}"#,
+            Command::Send {
+                room: s("a"),
+                body: s("see"),
+                client_id: s("c"),
+                reply_to: None,
+                attachments: vec![s("a.1f")],
+            },
         ),
         (
             r#"{"type":"edit","id":6,"room":"a","body":"fixed","seq":2}"#,

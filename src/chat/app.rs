@@ -116,6 +116,41 @@ macro_rules! with_login {
     }};
 }
 
+/// Uploads the file at `path` (`~/` is the home folder) to `room` and sends
+/// a message carrying it, named after it.
+async fn attach(api: &Api, room: &str, path: &str, client_id: &str) -> palaver_client::Result<String> {
+    let full = match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => std::path::Path::new(&home).join(rest),
+        _ => std::path::PathBuf::from(path),
+    };
+    let bytes = tokio::fs::read(&full).await.map_err(|e| palaver_client::Error::Api {
+        status: None,
+        code: "bad_request".into(),
+        message: format!("cannot read {}: {e}", full.display()),
+        retry_after_ms: None,
+    })?;
+    let name = full.file_name().map_or_else(|| "file".to_string(), |n| n.to_string_lossy().into_owned());
+    let kind = media_type(&name);
+    let a = with_login!(api, |h| h.upload(room, &name, kind, bytes.clone()).await)?;
+    with_login!(api, |h| h.post_with(room, &a.name, client_id, None, &[a.id.as_str()]).await)?;
+    Ok(format!("sent {} ({} bytes)", a.name, a.size))
+}
+
+/// The media type of a file, by its name's extension.
+fn media_type(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "txt" | "md" | "log" => "text/plain",
+        "pdf" => "application/pdf",
+        "json" => "application/json",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
 /// Results a `/search` lists.
 const SEARCH_RESULTS: u32 = 10;
 
@@ -259,7 +294,7 @@ pub async fn run(client: ResilientClient, events: ClientEvents, api: Api, me: &s
     spawn_keys(key_tx, stop.clone())?;
     let (done_tx, done) = mpsc::unbounded_channel();
     let mut app = App {
-        model: Model::new(me),
+        model: Model::new(me).with_base(api.http().base()),
         client: client.clone(),
         api,
         done: done_tx,
@@ -663,6 +698,14 @@ impl App {
                     let result = with_login!(api, |h| h.react(&room, seq, &emoji, on).await);
                     let done = if on { format!("reacted {emoji} to {from}") } else { format!("took back {emoji}") };
                     Done::Said { room, result: result.map(|()| done) }
+                });
+            }
+            Command::Attach(path) => {
+                let Some(room) = self.current_room("/attach") else { return };
+                let client_id = self.client.next_client_id();
+                self.spawn(async move {
+                    let result = attach(&api, &room, &path, &client_id).await;
+                    Done::Said { room, result }
                 });
             }
             Command::Search(query) => {

@@ -43,6 +43,8 @@ pub enum Command {
     /// `/react EMOJI`: add (or, chosen again, take back) a reaction to the
     /// newest message of someone else.
     React(String),
+    /// `/attach PATH`: upload the file and send it to the current room.
+    Attach(String),
     /// `/search WORDS`: messages holding every word, in every room one may read.
     Search(String),
     /// `/quit`: leave the program.
@@ -96,6 +98,7 @@ pub const HELP: &[&str] = &[
     "/reply TEXT           answer the newest message of someone else",
     "/edit TEXT            change the text of your newest message",
     "/react EMOJI          react to the newest message of someone else (again: take it back)",
+    "/attach PATH          upload a file and send it to the current room",
     "/search WORDS         find messages holding every word, in every room you may read",
     "/quit                 leave (Ctrl-C too)",
     "//text                send a line that starts with /",
@@ -158,6 +161,13 @@ pub fn parse(line: &str) -> Result<Input, ParseError> {
                 return Err(ParseError::Extra { command: "react", usage: "EMOJI", extra: extra.to_string() });
             }
             Command::React(emoji.to_string())
+        }
+        "attach" | "file" => {
+            let path = rest.split_once(char::is_whitespace).map_or("", |(_, path)| path).trim();
+            if path.is_empty() {
+                return Err(ParseError::Missing { command: "attach", what: "a path", usage: "PATH" });
+            }
+            Command::Attach(path.to_string())
         }
         "quit" | "exit" | "q" => Command::Quit,
         "help" | "h" | "?" => Command::Help,
@@ -313,6 +323,7 @@ mod tests {
             ("/edit fixed typo", cmd(Command::Edit("fixed typo".into()))),
             ("/react 👍", cmd(Command::React("👍".into()))),
             ("/react :tada:", cmd(Command::React(":tada:".into()))),
+            ("/attach ~/my cat.png", cmd(Command::Attach("~/my cat.png".into()))),
         ]);
     }
 
@@ -338,6 +349,7 @@ mod tests {
             ("/reply", Err("/reply needs some text: /reply TEXT")),
             ("/edit   ", Err("/edit needs some text")),
             ("/react", Err("/react needs an emoji: /react EMOJI")),
+            ("/attach", Err("/attach needs a path: /attach PATH")),
             ("/react 👍 🎉", Err("/react takes EMOJI, not \"🎉\"")),
             ("/frobnicate", Err("unknown command /frobnicate")),
             ("/", Err("unknown command /:")),

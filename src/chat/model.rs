@@ -75,6 +75,8 @@ pub struct Entry {
     pub reply_to: Option<u64>,
     /// Each emoji with who chose it.
     pub reactions: Vec<(String, Vec<String>)>,
+    /// Files it carries: (name, attachment id).
+    pub attachments: Vec<(String, String)>,
 }
 
 /// A send that has no `ok` yet (shown with `*`) or that failed (with `!`).
@@ -220,6 +222,11 @@ impl RoomState {
             edited: m.edited_at.is_some(),
             reply_to: m.reply_to,
             reactions: m.reactions.0,
+            attachments: if m.deleted {
+                Vec::new()
+            } else {
+                m.attachments.into_iter().map(|a| (a.name, a.id)).collect()
+            },
         };
         self.messages.insert(m.seq, entry);
     }
@@ -354,6 +361,8 @@ pub struct Model {
     max_scroll: usize,
     /// Rows the pane shows (from the last drawing).
     pane_rows: usize,
+    /// The server's address, for the links of attachments.
+    base: String,
 }
 
 impl Model {
@@ -371,7 +380,20 @@ impl Model {
             read_sent_at: None,
             max_scroll: 0,
             pane_rows: 0,
+            base: String::new(),
         }
+    }
+
+    /// The same model, showing attachments as links under `base`
+    /// (`http://host:port`).
+    pub fn with_base(mut self, base: &str) -> Self {
+        self.base = base.trim_end_matches('/').to_string();
+        self
+    }
+
+    /// Where an attachment is downloaded (with the session's token).
+    pub fn attachment_url(&self, id: &str) -> String {
+        format!("{}/api/attachments/{id}", self.base)
     }
 
     /// The user's name.
@@ -510,6 +532,7 @@ impl Model {
                 if let Some(e) = self.rooms.get_mut(&room).and_then(|r| r.messages.get_mut(&seq)) {
                     e.body = None;
                     e.reactions.clear();
+                    e.attachments.clear();
                 }
             }
             Event::Edited { room, seq, body, .. } => {
@@ -669,6 +692,7 @@ impl Model {
                     edited: false,
                     reply_to: None,
                     reactions: Vec::new(),
+                    attachments: Vec::new(),
                 });
                 self.mark_read();
             }
@@ -1163,6 +1187,23 @@ mod tests {
         let r = m.current().expect("room a");
         assert!(r.message(1).is_some_and(|e| e.body.is_none() && e.reactions.is_empty()));
         assert_eq!(r.newest("ann", false).map(|e| e.seq), None, "a deleted message is not answered");
+    }
+
+    /// A message's files are kept as (name, id) and linked under the
+    /// server's address; a deletion takes them.
+    #[test]
+    fn attachments_are_shown_until_the_message_is_deleted() {
+        let mut m = Model::new("ann").with_base("http://127.0.0.1:8080/");
+        let now = Instant::now();
+        m.apply_room_list(&[room("a", 0, Some(0))], true);
+        let file =
+            palaver_client::Attachment { id: "a.0f".into(), name: "cat.png".into(), kind: "image/png".into(), size: 3 };
+        m.on_message(Message { attachments: vec![file], ..msg("a", 1, "bob", "look") });
+        let r = m.current().expect("room a");
+        assert_eq!(r.message(1).map(|e| e.attachments.clone()), Some(vec![("cat.png".into(), "a.0f".into())]));
+        assert_eq!(m.attachment_url("a.0f"), "http://127.0.0.1:8080/api/attachments/a.0f");
+        m.on_client_event(ClientEvent::Event(Event::Deleted { room: "a".into(), seq: 1 }), now);
+        assert!(m.current().and_then(|r| r.message(1)).is_some_and(|e| e.attachments.is_empty()));
     }
 
     #[test]

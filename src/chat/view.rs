@@ -182,6 +182,10 @@ fn room_rows(model: &Model, room: &RoomState, width: usize) -> Vec<Line<'static>
                 if e.edited && e.body.is_some() {
                     spans.push(Span::styled(" (edited)", dim()));
                 }
+                for (name, id) in &e.attachments {
+                    let link = format!(" [{}]({})", visible(name), visible(&model.attachment_url(id)));
+                    spans.push(Span::styled(link, Style::new().fg(Color::Blue)));
+                }
                 if !e.reactions.is_empty() {
                     let counts: Vec<String> = e
                         .reactions

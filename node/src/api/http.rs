@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::HeaderValue;
 use axum::http::StatusCode;
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use palaver_protocol::Credentials;
@@ -254,8 +257,13 @@ pub async fn post_message(
     Path(room): Path<String>,
     Json(m): Json<NewMessage>,
 ) -> Answer {
-    let post =
-        NewPost { body: m.body.unwrap_or_default(), client_id: m.client_id.unwrap_or_default(), reply_to: m.reply_to };
+    let attachments = node.attachment_ids(&room, &m.attachments)?;
+    let post = NewPost {
+        body: m.body.unwrap_or_default(),
+        client_id: m.client_id.unwrap_or_default(),
+        reply_to: m.reply_to,
+        attachments,
+    };
     let appended = node.send(&s, &room, post).await?;
     created(SendAck { seq: appended.seq, ts: appended.ts })
 }
@@ -299,4 +307,39 @@ pub async fn delete_message(
 ) -> Answer {
     node.delete_message(&s, &room, parse_seq(&seq)?).await?;
     no_content()
+}
+
+/// `POST /api/rooms/{room}/attachments?name=`: the body is the file.
+pub async fn upload(
+    State(node): State<Arc<Node>>,
+    Authed(s): Authed,
+    Path(room): Path<String>,
+    q: Query,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Answer {
+    let mime = match headers.get(header::CONTENT_TYPE) {
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("Content-Type must be plain ASCII"))?),
+        None => None,
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let name = q.0.get("name").map(String::as_str);
+    created(node.upload(&s, &room, name, mime, declared, body.into_data_stream()).await?)
+}
+
+/// `GET /api/attachments/{id}`: the file, as a download (images inline).
+pub async fn download(State(node): State<Arc<Node>>, Authed(s): Authed, Path(id): Path<String>) -> Answer {
+    let d = node.download(&s, &id).await?;
+    let disposition = crate::rooms::attachments::content_disposition(&d.name, &d.mime);
+    let value = |v: &str| HeaderValue::from_str(v).map_err(|_| ApiError::internal("an attachment header"));
+    let mut response = Response::new(axum::body::Body::from_stream(d.body));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, value(&d.mime)?);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(d.size));
+    h.insert(header::CONTENT_DISPOSITION, value(&disposition)?);
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // A file opened on its own runs nothing and reaches nothing.
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+    Ok(response)
 }

@@ -88,6 +88,8 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/rooms/{room}/messages/{seq}/reactions/{emoji}",
             put(http::add_reaction).delete(http::remove_reaction),
         )
+        .route("/api/rooms/{room}/attachments", post(http::upload))
+        .route("/api/attachments/{id}", get(http::download))
         .route("/api/dm/{username}", post(http::open_direct))
         .route("/api/poll", get(poll::poll))
         .route("/api/cluster", get(ops::cluster))

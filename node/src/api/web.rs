@@ -47,10 +47,11 @@ const ASSETS: &[(&str, &[u8], &str)] = &[
 
 const JS: &str = "text/javascript; charset=utf-8";
 
-/// Only this origin's files, no inline script or style, WebSockets to any
+/// Only this origin's files (images also as `blob:`: attachments are
+/// fetched with the token and shown from memory), no inline script or style, WebSockets to any
 /// host (the page opens them to its own; `'self'` does not cover `ws:` in
 /// every browser), no framing, no plugins.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; \
                    connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// A versioned asset may be kept this long.

@@ -584,10 +584,11 @@ impl Reader {
                 }
                 self.reply(ok_reply(id, Done {})).await;
             }
-            Command::Send { room, body, client_id, reply_to } => {
+            Command::Send { room, body, client_id, reply_to, attachments } => {
                 self.rate()?;
+                let attachments = node.attachment_ids(&room, &attachments)?;
                 let r = node.check_send(s, &room, &body, &client_id).await?;
-                let pending = node.submit_message(s, r, NewPost { body, client_id, reply_to }).await?;
+                let pending = node.submit_message(s, r, NewPost { body, client_id, reply_to, attachments }).await?;
                 let (tx, budget) = (self.tx.clone(), self.budget.clone());
                 tokio::spawn(async move {
                     let reply = match pending.await {

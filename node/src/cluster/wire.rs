@@ -13,6 +13,9 @@ use crate::raft::types::SnapshotMeta;
 use crate::raft::types::Vote;
 use crate::rooms::Appended;
 use crate::rooms::Message;
+use crate::rooms::attachments::AttachmentId;
+use crate::rooms::attachments::Sha;
+use crate::rooms::attachments::StoredAttachment;
 
 /// A Raft RPC or a metadata write forwarded to the leader.
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,6 +87,8 @@ pub enum RoomCall {
     Read(RoomRead),
     /// Edit or react to a message on the leader of the room's shard.
     Change(ForwardedChange),
+    /// Record an uploaded file on the leader of the room's shard.
+    Attach(ForwardedAttach),
 }
 
 /// The answer to a [`RoomCall`].
@@ -99,8 +104,44 @@ pub enum RoomAnswer {
     Refused(String, String),
     /// To a [`RoomCall::Change`]: what it did.
     Changed(ChangeDone),
+    /// To a [`RoomCall::Attach`]: recorded.
+    Attached,
+    /// To [`RoomRead::Attachment`]: the row, if the room has it.
+    Attachment(Option<StoredAttachment>),
     /// To [`RoomRead::Search`]: (room key, message), newest first.
     Found(Vec<(u64, Message)>),
+}
+
+/// An upload forwarded to the leader of the room's shard once its file is
+/// on the shard's replicas.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedAttach {
+    /// Who uploaded it.
+    pub uploader: String,
+    /// Room id.
+    pub room: String,
+    /// The attachment's id in the room.
+    pub id: AttachmentId,
+    /// The content's SHA-256.
+    pub sha: Sha,
+    /// File name.
+    pub name: String,
+    /// Media type.
+    pub mime: String,
+    /// Bytes.
+    pub size: u64,
+    /// The forwarding node's applied Raft index (see [`ForwardedSend`]).
+    pub applied: u64,
+}
+
+/// What a stream of kind [`crate::service::STREAM_FILE_PUT`] carries first:
+/// the content whose bytes follow (in frames, then an empty frame).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// The content's SHA-256 (the receiver checks it).
+    pub sha: Sha,
+    /// Bytes that follow.
+    pub size: u64,
 }
 
 /// A change to a message, as a node forwards it to the leader of the
@@ -188,6 +229,15 @@ pub enum RoomRead {
         /// Most messages answered.
         limit: u32,
     },
+    /// An attachment's row (after a catch-up when this replica has none).
+    Attachment {
+        /// Room id.
+        room: String,
+        /// Room key.
+        room_key: u64,
+        /// The attachment's id.
+        id: AttachmentId,
+    },
     /// The newest messages of these rooms (all on one shard held by the
     /// replica) holding every word, as of the leader's commit index.
     Search {
@@ -234,6 +284,8 @@ pub struct ForwardedSend {
     pub relayed: bool,
     /// The message of the same room it answers.
     pub reply_to: Option<u64>,
+    /// Attachments of the room it carries.
+    pub attachments: Vec<AttachmentId>,
 }
 
 /// The shard leader's answer to a [`ForwardedSend`].

@@ -4,12 +4,15 @@
 //! This module knows nothing of sockets or Raft: it takes room keys from
 //! the metadata and reads what the shards applied.
 
+pub(crate) mod attachments;
+pub mod files;
 mod log;
 pub(crate) mod record;
 
 use std::sync::Arc;
 
 pub use log::RoomLog;
+pub use record::Attached;
 pub use record::Message;
 pub use record::Reaction;
 pub use record::StoredMessage;

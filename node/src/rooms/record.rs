@@ -34,6 +34,23 @@ pub struct StoredMessage {
     pub edited_at: Option<u64>,
     /// Reactions: each emoji with who reacted, in the order they first did.
     pub reactions: Vec<Reaction>,
+    /// Files sent with it (format 3 on), in the order the sender named them.
+    pub attachments: Vec<Attached>,
+}
+
+/// A file a message carries, as the message keeps it (the bytes are found
+/// through the room's attachment row, [`super::attachments`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    /// The attachment's id as clients see it (`<room>.<hex>`,
+    /// [`super::attachments::public_id`]).
+    pub id: String,
+    /// File name.
+    pub name: String,
+    /// Media type.
+    pub mime: String,
+    /// Bytes.
+    pub size: u64,
 }
 
 /// One emoji on a message and who chose it.
@@ -57,11 +74,44 @@ struct FirstFormat {
     epoch: u64,
 }
 
+/// The second record format (replies, edits, reactions; mark `[0, 2]`):
+/// what every message written before attachments is stored as, and what a
+/// snapshot file carries (so files of either version install on the other).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SecondFormat {
+    pub from: String,
+    pub body: Option<String>,
+    pub ts: u64,
+    pub client_id: String,
+    pub epoch: u64,
+    pub reply_to: Option<u64>,
+    pub edited_at: Option<u64>,
+    pub reactions: Vec<Reaction>,
+}
+
+impl From<SecondFormat> for StoredMessage {
+    fn from(m: SecondFormat) -> Self {
+        StoredMessage {
+            from: m.from,
+            body: m.body,
+            ts: m.ts,
+            client_id: m.client_id,
+            epoch: m.epoch,
+            reply_to: m.reply_to,
+            edited_at: m.edited_at,
+            reactions: m.reactions,
+            attachments: Vec::new(),
+        }
+    }
+}
+
 /// The byte a record of a later format starts with. A first-format record
 /// starts with its sender's length, never 0 (usernames are not empty).
 const FORMAT_MARK: u8 = 0;
 /// The format [`encode`] writes after [`FORMAT_MARK`].
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// The format of replies, edits and reactions, before attachments.
+const SECOND_FORMAT: u8 = 2;
 
 /// A message with its place in the room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +171,9 @@ pub fn decode(bytes: &[u8]) -> Result<StoredMessage, StorageError> {
     let corrupt = |message: String| StorageError::Corrupt { tree: MESSAGES, message };
     match bytes {
         [FORMAT_MARK, FORMAT, rest @ ..] => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
+        [FORMAT_MARK, SECOND_FORMAT, rest @ ..] => {
+            postcard::from_bytes::<SecondFormat>(rest).map(StoredMessage::from).map_err(|e| corrupt(e.to_string()))
+        }
         [FORMAT_MARK, other, ..] => Err(corrupt(format!("unknown message record format {other}"))),
         _ => {
             let first: FirstFormat = postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
@@ -176,6 +229,28 @@ mod tests {
         assert_eq!((m.reply_to, m.edited_at, m.reactions.len()), (None, None, 0));
     }
 
+    /// A record written with replies, edits and reactions but before
+    /// attachments (mark `[0, 2]`) still reads, with no attachment.
+    #[test]
+    fn second_format_records_still_decode() {
+        let old = SecondFormat {
+            from: "ann".into(),
+            body: Some("hi".into()),
+            ts: 5,
+            client_id: "c1".into(),
+            epoch: 0,
+            reply_to: Some(2),
+            edited_at: Some(8),
+            reactions: vec![Reaction { emoji: "👍".into(), users: vec!["bob".into()] }],
+        };
+        let mut bytes = vec![FORMAT_MARK, SECOND_FORMAT];
+        bytes.extend(postcard::to_stdvec(&old).expect("encode"));
+        let m = decode(&bytes).expect("decode");
+        assert_eq!(m, StoredMessage::from(old));
+        assert_eq!((m.reply_to, m.edited_at, m.reactions.len(), m.attachments.len()), (Some(2), Some(8), 1, 0));
+        assert_eq!(encode(&m)[..2], [FORMAT_MARK, FORMAT], "rewritten in the current format");
+    }
+
     #[test]
     fn records_round_trip_and_garbage_is_an_error() {
         let m = StoredMessage {
@@ -187,6 +262,7 @@ mod tests {
             reply_to: Some(3),
             edited_at: Some(9),
             reactions: vec![Reaction { emoji: "👍".into(), users: vec!["bob".into()] }],
+            attachments: vec![Attached { id: "a.07".into(), name: "a.png".into(), mime: "image/png".into(), size: 3 }],
         };
         assert_eq!(decode(&encode(&m)).expect("decode"), m);
         assert!(decode(&[FORMAT_MARK, FORMAT + 1, 1]).is_err(), "a format from the future is refused");

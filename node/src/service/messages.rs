@@ -108,7 +108,7 @@ impl Node {
         post: NewPost,
         relayed: bool,
     ) -> Result<futures_util::future::BoxFuture<'static, Result<Appended, ApiError>>, ApiError> {
-        let NewPost { body, client_id, reply_to } = post;
+        let NewPost { body, client_id, reply_to, attachments } = post;
         let shards = self.shards();
         let shard = self.shard_of(&room.id)?;
         let mut led = shards.led(shard);
@@ -118,13 +118,19 @@ impl Node {
             led = shards.led(shard);
         }
         if let Some(raft) = led {
-            let op = ShardOp::Post { room_key: room.key, room: room.id.to_string(), from, body, client_id, reply_to };
+            let (room_key, room) = (room.key, room.id.to_string());
+            let op = if attachments.is_empty() {
+                ShardOp::Post { room_key, room, from, body, client_id, reply_to }
+            } else {
+                ShardOp::PostWith { room_key, room, from, body, client_id, reply_to, attachments }
+            };
             let wait = shards.enqueue(shard, raft, op).await?;
             return Ok(async move {
                 let appended = match super::shards::answered(wait).await? {
                     OpResult::Stored { seq, ts } => Appended { seq, ts, duplicate: false },
                     OpResult::Duplicate { seq, ts } => Appended { seq, ts, duplicate: true },
                     OpResult::NoSuchReply => return Err(no_such_reply()),
+                    OpResult::NoSuchAttachment => return Err(super::attachments::no_such_attachment()),
                     other => return Err(ApiError::internal(format!("a send answered {other:?}"))),
                 };
                 metrics::counter!("palaver_sends_total").increment(1);
@@ -145,6 +151,7 @@ impl Node {
             applied: self.consensus.applied_index(),
             relayed,
             reply_to,
+            attachments,
         };
         let answer = cluster.forwarder.submit(leader, send).await?;
         Ok(async move {
@@ -222,7 +229,7 @@ impl Node {
 
     /// Sends a room call to the leader of the room's shard; its refusal
     /// comes back as the error it was there.
-    async fn call_leader(&self, leader: u64, call: &RoomCall) -> Result<RoomAnswer, ApiError> {
+    pub(super) async fn call_leader(&self, leader: u64, call: &RoomCall) -> Result<RoomAnswer, ApiError> {
         let cluster = self.cluster.as_ref().ok_or_else(|| ApiError::internal("no peers to forward a call to"))?;
         let bytes = cluster
             .endpoint
@@ -420,6 +427,8 @@ pub struct NewPost {
     pub client_id: String,
     /// The message of the same room it answers.
     pub reply_to: Option<u64>,
+    /// Attachments of the same room it carries ([`Node::attachment_ids`]).
+    pub attachments: Vec<crate::rooms::attachments::AttachmentId>,
 }
 
 fn no_such_reply() -> ApiError {

@@ -3,6 +3,7 @@
 //! call these operations and only translate their answers.
 
 mod accounts;
+mod attachments;
 mod consistency;
 mod effects;
 mod membership;
@@ -30,6 +31,9 @@ use palaver_protocol::ServerEvent;
 use parking_lot::Mutex;
 
 pub use self::accounts::Session;
+pub use self::attachments::Download;
+pub use self::attachments::STREAM_FILE_GET;
+pub use self::attachments::STREAM_FILE_PUT;
 pub use self::consistency::AWAIT_APPLIED;
 pub use self::consistency::CatchUpReason;
 pub use self::consistency::LEASE;
@@ -145,6 +149,8 @@ pub struct Node {
     pub retention: Retention,
     /// The room logs' Raft groups (a node alone is a cluster of one).
     shards: Shards,
+    /// Attachment files this node holds.
+    pub files: Arc<crate::rooms::files::Files>,
 }
 
 /// Why a node could not start.
@@ -246,7 +252,15 @@ impl Node {
             .map_err(|e| StartError::Setup(format!("cannot open the search index: {e}")))?;
         let rooms_writer = storage::WriteThread::start(log.store().clone(), "rooms-store")
             .map_err(|e| StartError::Setup(format!("cannot start the room store's write thread: {e}")))?;
+        let files_dir = settings.data_dir.join("attachments");
+        let files = crate::rooms::files::Files::open(files_dir.clone())
+            .map_err(|e| StartError::Setup(format!("cannot open {}: {e}", files_dir.display())))?;
+        // Listened to before any shard applies: rows applied at start name
+        // files too.
+        let wanted = settings.cluster.is_some().then(|| files.wanted());
+        let files = Arc::new(files);
         let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
+            files: Some(files.clone()),
             me: settings.id,
             raft_store: consensus.store(),
             writer: consensus.writer(),
@@ -279,6 +293,7 @@ impl Node {
             read_markers: Arc::default(),
             cluster,
             shards,
+            files,
             search,
             retention: settings.retention,
         });
@@ -288,6 +303,10 @@ impl Node {
             let relay_node: Arc<dyn crate::cluster::relay::RelayNode> = node.clone();
             tokio::spawn(crate::cluster::relay::run(Arc::downgrade(&relay_node)));
         }
+        if let Some(wanted) = wanted {
+            tokio::spawn(attachments::fetch_wanted(Arc::downgrade(&node), wanted));
+        }
+        tokio::spawn(attachments::maintain(Arc::downgrade(&node)));
         tokio::spawn(Node::run_shards(Arc::downgrade(&node)));
         tokio::spawn(effects::run(Arc::downgrade(&node), effects_rx));
         tokio::spawn(read_markers::run(node.read_markers.clone(), Arc::downgrade(&node)));

@@ -26,6 +26,7 @@ use crate::cluster::forward::SendTarget;
 use crate::cluster::relay;
 use crate::cluster::relay::RelayNode;
 use crate::cluster::wire::ChangeDone;
+use crate::cluster::wire::ForwardedAttach;
 use crate::cluster::wire::ForwardedChange;
 use crate::cluster::wire::ForwardedDelete;
 use crate::cluster::wire::ForwardedSend;
@@ -118,6 +119,12 @@ impl PeerHandler for Handler {
             match frame::read_frame(&mut recv, 16).await {
                 Ok(Some(kind)) if kind == [forward::STREAM_FORWARD] => forward::serve(node, from, recv, send).await,
                 Ok(Some(kind)) if kind == [relay::STREAM_RELAY] => relay::serve(node, from, recv, send).await,
+                Ok(Some(kind)) if kind == [super::STREAM_FILE_PUT] => {
+                    super::attachments::serve_put(node, recv, send).await
+                }
+                Ok(Some(kind)) if kind == [super::STREAM_FILE_GET] => {
+                    super::attachments::serve_get(node, recv, send).await
+                }
                 other => tracing::warn!(from, ?other, "unknown room stream kind"),
             }
         }
@@ -175,6 +182,10 @@ async fn room_call(node: &Arc<Node>, call: RoomCall) -> RoomAnswer {
         },
         RoomCall::Read(read) => node.serve_read(read).await.unwrap_or_else(refused),
         RoomCall::Change(c) => change_here(node, c).await.map_or_else(refused, RoomAnswer::Changed),
+        RoomCall::Attach(a) => match attach_here(node, a).await {
+            Ok(()) => RoomAnswer::Attached,
+            Err(e) => refused(e),
+        },
     }
 }
 
@@ -189,6 +200,24 @@ async fn change_here(node: &Arc<Node>, c: ForwardedChange) -> Result<ChangeDone,
         MessageChange::React { .. } => super::may_react(&node.meta(), &c.actor, &c.room)?,
     };
     node.change_on_shard(room, c.seq, c.actor, c.change).await
+}
+
+/// An upload forwarded to this node as the leader of the room's shard:
+/// the uploader's standing is decided here too (see [`delete_here`]).
+async fn attach_here(node: &Arc<Node>, a: ForwardedAttach) -> Result<(), ApiError> {
+    if node.consensus.applied_index() < a.applied {
+        node.consensus.wait_applied(a.applied, CATCH_UP).await?;
+    }
+    let room = super::may_send(&node.meta(), &a.uploader, &a.room)?;
+    let attach = super::attachments::NewAttachment {
+        id: a.id,
+        sha: a.sha,
+        name: a.name,
+        mime: a.mime,
+        size: a.size,
+        uploader: a.uploader,
+    };
+    node.attach_on_shard(room, attach).await
 }
 
 /// A delete forwarded to this node as the leader of the room's shard: the
@@ -274,7 +303,8 @@ async fn accept(node: &Node, s: ForwardedSend) -> Result<Pending, ApiError> {
             return Err(ApiError::unavailable(format!("node {} does not lead shard {shard}; retry", node.id)));
         }
     }
-    let post = super::NewPost { body: s.body, client_id: s.client_id, reply_to: s.reply_to };
+    let post =
+        super::NewPost { body: s.body, client_id: s.client_id, reply_to: s.reply_to, attachments: s.attachments };
     Ok(node.submit_to_shard(s.from, room, post, true).await?.boxed())
 }
 

@@ -48,6 +48,8 @@ pub struct Quotas {
     tickets: KeyedLimiter<String>,
     rooms: KeyedLimiter<String>,
     writes: KeyedLimiter<String>,
+    /// Attachment bytes per user: a day's quota, refilled over a day.
+    upload_bytes: KeyedLimiter<String>,
     /// Accounts being slowed down: when the last attempt here started.
     slowed: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>>>,
     /// What this node admitted since the last gossip (kept only when there
@@ -77,6 +79,10 @@ impl Quotas {
             tickets: KeyedLimiter::per_minute(s.tickets_per_user_per_min),
             rooms: KeyedLimiter::per_minute(s.rooms_per_user_per_min),
             writes: KeyedLimiter::per_minute(s.writes_per_user_per_min),
+            upload_bytes: {
+                let quota = s.attachment_quota_bytes.max(1) as f64;
+                KeyedLimiter::new(quota / 86_400.0, quota)
+            },
             slowed: Mutex::new(HashMap::new()),
             tally: shared.then(|| Mutex::new(HashMap::new())),
         }
@@ -92,16 +98,40 @@ impl Quotas {
             Usage::Ticket => &self.tickets,
             Usage::Room => &self.rooms,
             Usage::Write => &self.writes,
+            Usage::UploadBytes => &self.upload_bytes,
         }
     }
 
     fn count(&self, usage: Usage, key: &str) {
+        self.count_n(usage, key, 1);
+    }
+
+    fn count_n(&self, usage: Usage, key: &str, n: u32) {
         let Some(tally) = &self.tally else { return };
         let mut tally = tally.lock();
         let key = (usage, key.to_string());
         // Bounded even if nobody drains it (peers unreachable for long).
         if tally.len() < TALLY_MAX * 4 || tally.contains_key(&key) {
-            *tally.entry(key).or_insert(0) += 1;
+            let count = tally.entry(key).or_insert(0);
+            *count = count.saturating_add(n);
+        }
+    }
+
+    /// Takes `bytes` of `user`'s attachment quota, or `rate_limited` with
+    /// the wait until that much is there again (`u64::MAX`: more than the
+    /// whole quota). Peers hear of it only once [`Quotas::uploaded`] says
+    /// the upload counted.
+    pub fn take_upload(&self, user: &str, bytes: u64, now_ms: u64) -> Result<(), u64> {
+        self.upload_bytes.take_n(&user.to_string(), bytes as f64, now_ms)
+    }
+
+    /// An upload taken with [`Quotas::take_upload`] was answered: peers
+    /// charge it too. Without `ok`, it failed: the bytes go back.
+    pub fn uploaded(&self, user: &str, bytes: u64, ok: bool, now_ms: u64) {
+        if ok {
+            self.count_n(Usage::UploadBytes, user, u32::try_from(bytes).unwrap_or(u32::MAX));
+        } else {
+            self.upload_bytes.refund_n(&user.to_string(), bytes as f64, now_ms);
         }
     }
 
@@ -240,6 +270,25 @@ mod tests {
         drop(l.slow_down("ann", 0).await.expect("hot"));
         assert_eq!(start.elapsed(), SLOW_SPACING * 2, "three attempts, two spacings");
         assert!(l.slow_down("bob", 0).await.is_none(), "other accounts are not slowed");
+    }
+
+    /// A user's upload bytes come from a day's quota, shared with the other
+    /// nodes once an upload counted; a failed one gives its bytes back.
+    #[test]
+    fn upload_bytes_count_on_every_node() {
+        let s = Settings { attachment_quota_bytes: 1000, ..settings() };
+        let (here, there) = (Quotas::new(&s, true), Quotas::new(&s, true));
+        assert!(there.take_upload("ann", 600, 0).is_ok());
+        there.uploaded("ann", 600, true, 0);
+        assert!(there.take_upload("ann", 500, 0).is_err(), "400 left");
+        assert!(there.take_upload("ann", 400, 0).is_ok());
+        there.uploaded("ann", 400, false, 0);
+        assert!(there.take_upload("ann", 400, 0).is_ok(), "a failed upload gave its bytes back");
+        here.charge_remote(&there.drain_tally(), 0);
+        assert!(here.take_upload("ann", 500, 0).is_err(), "600 were uploaded through the other node");
+        assert!(here.take_upload("bob", 1000, 0).is_ok());
+        assert_eq!(here.take_upload("bob", 1001, 86_400_000), Err(u64::MAX), "more than a day's quota, ever");
+        assert!(here.take_upload("ann", 1000, 86_400_000).is_ok(), "a day later the quota is whole again");
     }
 
     #[test]

@@ -295,6 +295,10 @@ impl Node {
                 let limit = (limit as usize).min(crate::rooms::MAX_PAGE);
                 Ok(RoomAnswer::Messages(self.log.before(room_key, before, limit)?))
             }
+            RoomRead::Attachment { room, room_key, id } => {
+                here(&room)?;
+                Ok(RoomAnswer::Attachment(self.local_attachment(&room_ref(&room, room_key), &id).await?))
+            }
             RoomRead::Search { rooms, words, limit } => self.serve_search(rooms, words, limit).await,
         }
     }

@@ -55,7 +55,8 @@ pub fn finish(raft: &Store, rooms: &Store, log: &RoomLog, snapshots: &Path, shar
     let keys: Vec<u64> = snapshot::rooms_of(rooms, shard)?.into_iter().map(|(key, _)| key).collect();
     let mut batch = Batch::new();
     for key in &keys {
-        drop_room(&mut batch, shard, *key);
+        // Files no room names any more go at the node's next start (sweep).
+        drop_room(rooms, &mut batch, shard, *key)?;
     }
     batch.delete(SHARD_APPLIED, shard.to_be_bytes().to_vec());
     batch.delete(SHARD_DISCARD, shard.to_be_bytes().to_vec());

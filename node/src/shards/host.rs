@@ -115,6 +115,8 @@ pub struct HostParts {
     pub shard_count: Option<u32>,
     /// How long the copy of a shard that moved away stays ([`DISCARD_AFTER`]).
     pub discard_after: Duration,
+    /// The node's attachment files (`None`: applies leave files alone).
+    pub files: Option<Arc<crate::rooms::files::Files>>,
     /// The node's search index, fed by every shard held here.
     pub search: Option<Arc<SearchIndex>>,
 }
@@ -209,7 +211,8 @@ impl ShardHost {
             p.snapshots.clone(),
             p.publish.clone(),
         )?
-        .holding(lease);
+        .holding(lease)
+        .with_files(p.files.clone());
         let sm = match &p.search {
             Some(index) => sm.indexing(index.clone()),
             None => sm,

@@ -48,12 +48,19 @@ use crate::raft::types::blocking;
 use crate::raft::types::decode;
 use crate::raft::types::encode;
 use crate::raft::types::io_err;
+use crate::rooms::Attached;
 use crate::rooms::Message;
 use crate::rooms::Published;
 use crate::rooms::Publisher;
 use crate::rooms::Reaction;
 use crate::rooms::RoomLog;
 use crate::rooms::StoredMessage;
+use crate::rooms::attachments;
+use crate::rooms::attachments::AttachmentId;
+use crate::rooms::attachments::Sha;
+use crate::rooms::attachments::StoredAttachment;
+use crate::rooms::files::Files;
+use crate::rooms::files::Wanted;
 use crate::rooms::record;
 use crate::search::Change;
 use crate::search::SearchIndex;
@@ -104,6 +111,13 @@ struct Pending {
     /// Per room given messages: its id and last seq, written once per
     /// apply (committed seq, shard membership) rather than once per message.
     touched: HashMap<u64, (String, u64)>,
+    /// Attachment rows written (`None`: dropped with their room) by this apply.
+    attachments: HashMap<(u64, AttachmentId), Option<StoredAttachment>>,
+    /// Contents recorded by this apply (room, sha, size): their files are
+    /// no longer pinned, and are fetched when missing here.
+    kept: Vec<(String, Sha, u64)>,
+    /// Contents a row stopped naming: their files go unless named elsewhere.
+    released: Vec<Sha>,
 }
 
 /// One shard's state machine on this node.
@@ -127,6 +141,8 @@ pub struct ShardStateMachine {
     lease: Option<Lease>,
     /// The node's search index, fed as the shard applies.
     index: Option<Arc<SearchIndex>>,
+    /// The node's attachment files, if the host gave them.
+    files: Option<Arc<Files>>,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -170,6 +186,7 @@ impl ShardStateMachine {
             current: Arc::new(Mutex::new(current)),
             lease: None,
             index: None,
+            files: None,
         })
     }
 
@@ -181,6 +198,13 @@ impl ShardStateMachine {
             index.reindex(self.shard, mark, indexing::source(self.store.clone(), self.shard));
         }
         self.index = Some(index);
+        self
+    }
+
+    /// Removes attachment files no room names any more, and unpins those
+    /// recorded, as this shard applies; without, the files are left alone.
+    pub fn with_files(mut self, files: Option<Arc<Files>>) -> Self {
+        self.files = files;
         self
     }
 
@@ -213,6 +237,126 @@ impl ShardStateMachine {
         Ok(self.log.get_stored(room_key, seq).map_err(io_err)?.map(|m| m.stored))
     }
 
+    fn attachment(&self, pending: &Pending, room_key: u64, id: &AttachmentId) -> io::Result<Option<StoredAttachment>> {
+        if let Some(row) = pending.attachments.get(&(room_key, *id)) {
+            return Ok(row.clone());
+        }
+        if pending.dropped.contains(&room_key) {
+            return Ok(None);
+        }
+        match self.store.get(attachments::ATTACHMENTS, &attachments::attachment_key(room_key, id)).map_err(io_err)? {
+            Some(bytes) => Ok(Some(attachments::decode(&bytes).map_err(io_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes an attachment row back (and keeps it for later ops of this apply).
+    fn set_attachment(
+        &self,
+        room_key: u64,
+        id: &AttachmentId,
+        row: StoredAttachment,
+        pending: &mut Pending,
+        batch: &mut Batch,
+    ) {
+        let key = attachments::attachment_key(room_key, id).to_vec();
+        batch.put(attachments::ATTACHMENTS, key, attachments::encode(&row));
+        pending.attachments.insert((room_key, *id), Some(row));
+    }
+
+    /// Retires an attachment whose last carrier was deleted (message
+    /// `seq`): its use of the content goes; the row stays as a tombstone.
+    fn retire_attachment(
+        &self,
+        room_key: u64,
+        id: &AttachmentId,
+        mut row: StoredAttachment,
+        seq: u64,
+        pending: &mut Pending,
+        batch: &mut Batch,
+    ) {
+        batch.delete(attachments::FILE_USES, attachments::use_key(&row.sha, room_key, id));
+        pending.released.push(row.sha);
+        row.retired_by = Some(seq);
+        self.set_attachment(room_key, id, row, pending, batch);
+    }
+
+    /// Message `seq` no longer carries `attached` (deleted or expired): an
+    /// attachment no other message carries is retired.
+    fn release_attachments(
+        &self,
+        room_key: u64,
+        seq: u64,
+        attached: Vec<Attached>,
+        pending: &mut Pending,
+        batch: &mut Batch,
+    ) -> io::Result<()> {
+        for a in attached {
+            let Some((_, id)) = attachments::parse_public_id(&a.id) else { continue };
+            if let Some(mut row) = self.attachment(pending, room_key, &id)? {
+                row.carriers.retain(|c| *c != seq);
+                if row.carriers.is_empty() && row.live() {
+                    self.retire_attachment(room_key, &id, row, seq, pending, batch);
+                } else {
+                    self.set_attachment(room_key, &id, row, pending, batch);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a retired attachment live again (an upload of it again, or a
+    /// replay of a send that carried it before it was retired).
+    fn revive(
+        &self,
+        room_key: u64,
+        id: &AttachmentId,
+        row: &mut StoredAttachment,
+        pending: &mut Pending,
+        batch: &mut Batch,
+    ) {
+        if row.retired_by.take().is_some() {
+            batch.put(attachments::FILE_USES, attachments::use_key(&row.sha, room_key, id), Vec::new());
+            pending.kept.push((row.room.clone(), row.sha, row.size));
+        }
+    }
+
+    /// Records an uploaded file in its room (again: nothing changes).
+    fn attach(&mut self, op: &ShardOp, pending: &mut Pending, batch: &mut Batch) -> io::Result<OpResult> {
+        let ShardOp::Attach { room_key, room, id, sha, name, mime, size, uploader } = op else {
+            return Ok(OpResult::Nothing);
+        };
+        pending.kept.push((room.clone(), *sha, *size));
+        if let Some(mut row) = self.attachment(pending, *room_key, id)? {
+            if !row.live() {
+                self.revive(*room_key, id, &mut row, pending, batch);
+                self.set_attachment(*room_key, id, row, pending, batch);
+            }
+            return Ok(OpResult::Attached);
+        }
+        let row = StoredAttachment {
+            sha: *sha,
+            name: name.clone(),
+            mime: mime.clone(),
+            size: *size,
+            uploader: uploader.clone(),
+            room: room.clone(),
+            carriers: Vec::new(),
+            retired_by: None,
+        };
+        batch.put(
+            attachments::ATTACHMENTS,
+            attachments::attachment_key(*room_key, id).to_vec(),
+            attachments::encode(&row),
+        );
+        batch.put(attachments::FILE_USES, attachments::use_key(sha, *room_key, id), Vec::new());
+        pending.attachments.insert((*room_key, *id), Some(row));
+        // Listed in the shard (so snapshots carry it) even with no message yet.
+        let last = self.last_seq(*room_key)?;
+        pending.touched.entry(*room_key).or_insert_with(|| (room.clone(), last));
+        Ok(OpResult::Attached)
+    }
+
     /// Stores a new message unless its (sender, client_id) was stored
     /// before, which answers the original.
     fn post(
@@ -239,6 +383,31 @@ impl ShardStateMachine {
             return Ok(OpResult::NoSuchReply);
         }
         let seq = last + 1;
+        let mut carried = Vec::with_capacity(p.attachments.len());
+        for id in p.attachments {
+            match self.attachment(pending, room_key, id)? {
+                Some(row) if row.usable_by(seq) => carried.push((*id, row)),
+                _ => return Ok(OpResult::NoSuchAttachment),
+            }
+        }
+        let mut attached = Vec::with_capacity(carried.len());
+        for (id, mut row) in carried {
+            // Twice in one message: the row as this loop left it.
+            if let Some(Some(now)) = pending.attachments.get(&(room_key, id)) {
+                row = now.clone();
+            }
+            attached.push(Attached {
+                id: attachments::public_id(p.room, &id),
+                name: row.name.clone(),
+                mime: row.mime.clone(),
+                size: row.size,
+            });
+            self.revive(room_key, &id, &mut row, pending, batch);
+            if !row.carriers.contains(&seq) {
+                row.carriers.push(seq);
+            }
+            self.set_attachment(room_key, &id, row, pending, batch);
+        }
         self.last.insert(room_key, seq);
         let stored = StoredMessage {
             from: p.from.to_string(),
@@ -246,6 +415,7 @@ impl ShardStateMachine {
             ts,
             client_id: p.client_id.to_string(),
             reply_to: p.reply_to,
+            attachments: attached,
             ..StoredMessage::default()
         };
         batch.put(record::MESSAGES, record::message_key(room_key, seq).to_vec(), record::encode(&stored));
@@ -287,9 +457,15 @@ impl ShardStateMachine {
         let (mut count, mut through_seq) = (0, 0);
         for (key, value) in rows {
             let Some((_, seq)) = record::parse_message_key(&key) else { continue };
-            if record::decode(&value).map_err(io_err)?.ts >= before_ts {
+            // An edit or a deletion earlier in this apply is in `pending`.
+            let stored = match pending.messages.get(&(room_key, seq)) {
+                Some(m) => m.clone(),
+                None => record::decode(&value).map_err(io_err)?,
+            };
+            if stored.ts >= before_ts {
                 break;
             }
+            self.release_attachments(room_key, seq, stored.attachments, pending, batch)?;
             batch.delete(record::MESSAGES, key);
             pending.messages.remove(&(room_key, seq));
             if self.index.is_some() {
@@ -317,13 +493,19 @@ impl ShardStateMachine {
     ) -> io::Result<OpResult> {
         match op {
             ShardOp::Send { room_key, room, from, body, client_id } => {
-                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: None };
+                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: None, attachments: &[] };
                 self.post(ts, post, pending, batch, out)
             }
             ShardOp::Post { room_key, room, from, body, client_id, reply_to } => {
-                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: *reply_to };
+                let post =
+                    Post { room_key: *room_key, room, from, body, client_id, reply_to: *reply_to, attachments: &[] };
                 self.post(ts, post, pending, batch, out)
             }
+            ShardOp::PostWith { room_key, room, from, body, client_id, reply_to, attachments } => {
+                let post = Post { room_key: *room_key, room, from, body, client_id, reply_to: *reply_to, attachments };
+                self.post(ts, post, pending, batch, out)
+            }
+            ShardOp::Attach { .. } => self.attach(op, pending, batch),
             ShardOp::Edit { room_key, room, seq, actor, body } => {
                 let Some(mut stored) = self.message(pending, *room_key, *seq)? else {
                     return Ok(OpResult::NotFound);
@@ -386,6 +568,7 @@ impl ShardStateMachine {
                 if stored.body.is_some() {
                     stored.body = None;
                     stored.reactions.clear();
+                    self.release_attachments(*room_key, *seq, std::mem::take(&mut stored.attachments), pending, batch)?;
                     self.rewrite(*room_key, *seq, &stored, pending, batch);
                     if self.index.is_some() {
                         pending.index.push(Change::Remove { room_key: *room_key, seq: *seq });
@@ -396,7 +579,14 @@ impl ShardStateMachine {
             }
             ShardOp::Expire { room_key, before_ts, .. } => self.expire(*room_key, *before_ts, pending, batch),
             ShardOp::Drop { room_key } => {
-                drop_room(batch, self.shard, *room_key);
+                pending.released.extend(drop_room(&self.store, batch, self.shard, *room_key)?);
+                for ((r, id), row) in &pending.attachments {
+                    if let (true, Some(row)) = (r == room_key, row) {
+                        batch.delete(attachments::FILE_USES, attachments::use_key(&row.sha, *r, id));
+                        pending.released.push(row.sha);
+                    }
+                }
+                pending.attachments.retain(|(r, _), _| r != room_key);
                 // Not reloaded from the store, which keeps the old rows
                 // until this apply's batch is written.
                 self.last.insert(*room_key, 0);
@@ -474,6 +664,16 @@ impl ShardStateMachine {
         if let Some(index) = &self.index {
             index.apply(self.shard, pending.index, indexing::mark(self.applied.last));
         }
+        if let Some(files) = &self.files {
+            for (room, sha, size) in pending.kept {
+                files.unpin(&sha);
+                files.want(Wanted { room, sha, size });
+            }
+            if !pending.released.is_empty() {
+                let (files, store, released) = (files.clone(), self.store.clone(), pending.released);
+                tokio::task::spawn_blocking(move || files.collect(&store, &released));
+            }
+        }
         // Visible in the store now: readers may see it, and the events go out.
         for p in published {
             if let Published::Message { room_key, message, .. } = &p {
@@ -485,6 +685,34 @@ impl ShardStateMachine {
     }
 }
 
+impl ShardStateMachine {
+    /// Asks for the files the rows of these rooms name that this node lacks
+    /// (rows that came with a snapshot come without their files).
+    fn want_files(&self, files: &Files, rooms: &[(u64, String, u64)]) -> io::Result<()> {
+        for (room_key, room, _) in rooms {
+            let (start, end) = (record::room_prefix(*room_key), record::room_end(*room_key));
+            let rows = self
+                .store
+                .range(
+                    attachments::ATTACHMENTS,
+                    std::ops::Bound::Included(&start[..]),
+                    std::ops::Bound::Excluded(&end[..]),
+                    crate::storage::Order::Ascending,
+                    usize::MAX,
+                )
+                .map_err(io_err)?;
+            for (_, value) in rows {
+                if let Ok(row) = attachments::decode(&value)
+                    && row.live()
+                {
+                    files.want(Wanted { room: room.clone(), sha: row.sha, size: row.size });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A message to store, as a `Send` or a `Post` names it.
 struct Post<'a> {
     room_key: u64,
@@ -493,6 +721,7 @@ struct Post<'a> {
     body: &'a str,
     client_id: &'a str,
     reply_to: Option<u64>,
+    attachments: &'a [AttachmentId],
 }
 
 /// Distinct emoji a message may carry.
@@ -535,13 +764,34 @@ fn react(reactions: &mut Vec<Reaction>, emoji: &str, user: &str, on: bool) -> Re
     }
 }
 
-/// Adds to `batch` the removal of a room's log and its place in the shard.
-pub(crate) fn drop_room(batch: &mut Batch, shard: ShardId, room_key: u64) {
+/// Adds to `batch` the removal of a room's log, its attachments and its
+/// place in the shard; answers the contents its attachments named (as
+/// `store` holds them).
+pub(crate) fn drop_room(store: &Store, batch: &mut Batch, shard: ShardId, room_key: u64) -> io::Result<Vec<Sha>> {
     let (start, end) = (record::room_prefix(room_key).to_vec(), record::room_end(room_key).to_vec());
+    let rows = store
+        .range(
+            attachments::ATTACHMENTS,
+            std::ops::Bound::Included(&start[..]),
+            std::ops::Bound::Excluded(&end[..]),
+            crate::storage::Order::Ascending,
+            usize::MAX,
+        )
+        .map_err(io_err)?;
+    let mut released = Vec::with_capacity(rows.len());
+    for (key, value) in rows {
+        let (Some((_, id)), Ok(row)) = (attachments::parse_attachment_key(&key), attachments::decode(&value)) else {
+            continue;
+        };
+        batch.delete(attachments::FILE_USES, attachments::use_key(&row.sha, room_key, &id));
+        released.push(row.sha);
+    }
+    batch.delete_range(attachments::ATTACHMENTS, start.clone(), Some(end.clone()));
     batch.delete_range(record::MESSAGES, start.clone(), Some(end.clone()));
     batch.delete_range(record::DEDUP, start.clone(), Some(end));
     batch.delete(record::COMMITTED, start);
     batch.delete(SHARD_ROOMS, shard_room_key(shard, room_key).to_vec());
+    Ok(released)
 }
 
 impl RaftStateMachine<ShardTypes> for ShardStateMachine {
@@ -597,6 +847,9 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
             index.reindex(self.shard, indexing::mark(self.applied.last), source);
         }
         *self.current.lock() = snapshot::load_current(&self.store, self.shard, &self.snapshots)?;
+        if let Some(files) = &self.files {
+            self.want_files(files, &rooms)?;
+        }
         // Local subscribers learn of what arrived by a live event past
         // their cursor: their delivery fills the gap from the store.
         for (room_key, room, last) in rooms {

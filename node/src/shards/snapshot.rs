@@ -39,6 +39,8 @@ use crate::raft::types::decode;
 use crate::raft::types::encode;
 use crate::raft::types::io_err;
 use crate::rooms::StoredMessage;
+use crate::rooms::attachments;
+use crate::rooms::attachments::AttachmentId;
 use crate::rooms::record;
 use crate::storage::Batch;
 use crate::storage::Order;
@@ -60,11 +62,39 @@ const SCAN: usize = 1_000;
 /// One record of a snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Record {
-    Header { version: u32, shard: ShardId },
-    Room { room_key: u64, room: String, last: u64 },
-    Message { room_key: u64, seq: u64, message: StoredMessage },
-    Dedup { key: Vec<u8>, seq: u64 },
+    Header {
+        version: u32,
+        shard: ShardId,
+    },
+    Room {
+        room_key: u64,
+        room: String,
+        last: u64,
+    },
+    /// A message in the second record format (files written before
+    /// attachments); [`Record::Stored`] since.
+    Message {
+        room_key: u64,
+        seq: u64,
+        message: record::SecondFormat,
+    },
+    Dedup {
+        key: Vec<u8>,
+        seq: u64,
+    },
     End,
+    /// A message as its store record (any format [`record::decode`] reads).
+    Stored {
+        room_key: u64,
+        seq: u64,
+        record: Vec<u8>,
+    },
+    /// An attachment row of the room ([`attachments::encode`]).
+    Attachment {
+        room_key: u64,
+        id: AttachmentId,
+        row: Vec<u8>,
+    },
 }
 
 /// A snapshot's data: a file on this node.
@@ -224,13 +254,29 @@ impl Job {
                     .map_err(io_err)?;
                 let Some((last_key, _)) = rows.last() else { break };
                 from = record::parse_message_key(last_key).map_or(u64::MAX, |(_, s)| s.saturating_add(1));
-                for (k, v) in &rows {
-                    let seq = record::parse_message_key(k).map_or(0, |(_, s)| s);
-                    let message = record::decode(v).map_err(io_err)?;
-                    write_record(&mut out, &Record::Message { room_key: *room_key, seq, message })?;
+                for (k, v) in rows {
+                    let seq = record::parse_message_key(&k).map_or(0, |(_, s)| s);
+                    // Refused here rather than in the install of a replica.
+                    record::decode(&v).map_err(io_err)?;
+                    write_record(&mut out, &Record::Stored { room_key: *room_key, seq, record: v })?;
                 }
             }
             let (start, end) = (record::room_prefix(*room_key), record::room_end(*room_key));
+            let rows = self
+                .store
+                .range(
+                    attachments::ATTACHMENTS,
+                    Bound::Included(&start[..]),
+                    Bound::Excluded(&end[..]),
+                    Order::Ascending,
+                    usize::MAX,
+                )
+                .map_err(io_err)?;
+            for (key, row) in rows {
+                if let Some((_, id)) = attachments::parse_attachment_key(&key) {
+                    write_record(&mut out, &Record::Attachment { room_key: *room_key, id, row })?;
+                }
+            }
             let dedup = self
                 .store
                 .range(
@@ -350,7 +396,8 @@ fn replace_rooms(store: &Store, shard: ShardId, path: &Path) -> io::Result<Vec<(
     }
     let mut batch = Batch::new();
     for (room_key, _) in rooms_of(store, shard)? {
-        drop_room(&mut batch, shard, room_key);
+        // Files no room names any more go at the node's next start (sweep).
+        drop_room(store, &mut batch, shard, room_key)?;
     }
     let mut rooms = Vec::new();
     let mut seen = HashSet::new();
@@ -369,7 +416,20 @@ fn replace_rooms(store: &Store, shard: ShardId, path: &Path) -> io::Result<Vec<(
                 rooms.push((room_key, room, last));
             }
             Record::Message { room_key, seq, message } => {
+                let message = StoredMessage::from(message);
                 batch.put(record::MESSAGES, record::message_key(room_key, seq).to_vec(), record::encode(&message));
+            }
+            Record::Stored { room_key, seq, record: bytes } => {
+                record::decode(&bytes).map_err(io_err)?;
+                batch.put(record::MESSAGES, record::message_key(room_key, seq).to_vec(), bytes);
+            }
+            Record::Attachment { room_key, id, row } => {
+                let decoded = attachments::decode(&row).map_err(io_err)?;
+                batch.put(attachments::ATTACHMENTS, attachments::attachment_key(room_key, &id).to_vec(), row);
+                // A tombstone names no file.
+                if decoded.live() {
+                    batch.put(attachments::FILE_USES, attachments::use_key(&decoded.sha, room_key, &id), Vec::new());
+                }
             }
             Record::Dedup { key, seq } => batch.put(record::DEDUP, key, seq.to_be_bytes().to_vec()),
             Record::End => break,

@@ -66,6 +66,11 @@ mod machine {
 
     use crate::rooms::Published;
     use crate::rooms::RoomLog;
+    use crate::rooms::attachments;
+    use crate::rooms::attachments::AttachmentId;
+    use crate::rooms::attachments::Sha;
+    use crate::rooms::attachments::StoredAttachment;
+    use crate::rooms::files::Files;
     use crate::shards::machine::SHARD_ROOMS;
     use crate::shards::machine::ShardStateMachine;
     use crate::shards::machine::shard_room_key;
@@ -85,6 +90,7 @@ mod machine {
         sm: ShardStateMachine,
         log: Arc<RoomLog>,
         published: Arc<Mutex<Vec<Published>>>,
+        files: Arc<Files>,
         next: u64,
         _dir: TempDir,
     }
@@ -106,7 +112,9 @@ mod machine {
             Arc::new(move |p| sink.lock().push(p)),
         )
         .expect("state machine");
-        Replica { sm, log, published, next: 1, _dir: dir }
+        let files = Arc::new(Files::open(dir.path().join("attachments")).expect("files"));
+        let sm = sm.with_files(Some(files.clone()));
+        Replica { sm, log, published, files, next: 1, _dir: dir }
     }
 
     fn send(room_key: u64, from: &str, body: &str, client_id: &str) -> ShardOp {
@@ -457,6 +465,199 @@ mod machine {
         assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(30));
         assert!(!b.published.lock().is_empty(), "local subscribers hear of what the snapshot brought");
     }
+    fn attach(room_key: u64, id: AttachmentId, sha: Sha) -> ShardOp {
+        ShardOp::Attach {
+            room_key,
+            room: format!("r{room_key}"),
+            id,
+            sha,
+            name: format!("f{}.png", id[0]),
+            mime: "image/png".into(),
+            size: 3,
+            uploader: "ann".into(),
+        }
+    }
+
+    fn post_with(room_key: u64, client_id: &str, ids: &[AttachmentId]) -> ShardOp {
+        ShardOp::PostWith {
+            room_key,
+            room: format!("r{room_key}"),
+            from: "ann".into(),
+            body: "see".into(),
+            client_id: client_id.into(),
+            reply_to: None,
+            attachments: ids.to_vec(),
+        }
+    }
+
+    fn delete(room_key: u64, seq: u64) -> ShardOp {
+        ShardOp::Delete { room_key, room: format!("r{room_key}"), seq, actor: "ann".into(), moderator: false }
+    }
+
+    impl Replica {
+        fn row(&self, room_key: u64, id: &AttachmentId) -> Option<StoredAttachment> {
+            let key = attachments::attachment_key(room_key, id);
+            let bytes = self.log.store().get(attachments::ATTACHMENTS, &key).expect("read")?;
+            Some(attachments::decode(&bytes).expect("row"))
+        }
+
+        /// Writes a content's file as an arriving copy does (pinned).
+        async fn file(&self, sha: &Sha) {
+            let (tmp, mut f) = self.files.temp().await.expect("temp");
+            tokio::io::AsyncWriteExt::write_all(&mut f, b"abc").await.expect("write");
+            drop(f);
+            self.files.keep(tmp, sha).await.expect("keep");
+        }
+
+        /// Waits (up to a generous deadline) until the content's file is
+        /// there or gone as `want` says; answers whether it got there.
+        async fn file_becomes(&self, sha: &Sha, want: bool) -> bool {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while self.files.has(sha) != want {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            true
+        }
+    }
+
+    /// A send names attachments recorded in its own room only; the message
+    /// shows each (id, name, type, size); a refused send takes no seq; an
+    /// upload recorded again changes nothing.
+    #[tokio::test]
+    async fn attachments_of_another_room_or_unknown_are_refused() {
+        let mut r = replica();
+        let (a, b, unknown) = ([1u8; 16], [2u8; 16], [9u8; 16]);
+        let results = r
+            .apply(vec![(
+                5,
+                vec![
+                    attach(1, a, [7; 32]),
+                    attach(2, b, [8; 32]),
+                    post_with(1, "c1", &[a]),
+                    post_with(1, "c2", &[b]),
+                    post_with(1, "c3", &[a, unknown]),
+                    attach(1, a, [7; 32]),
+                ],
+            )])
+            .await;
+        assert_eq!(
+            results[0].0,
+            vec![
+                OpResult::Attached,
+                OpResult::Attached,
+                OpResult::Stored { seq: 1, ts: 5 },
+                OpResult::NoSuchAttachment,
+                OpResult::NoSuchAttachment,
+                OpResult::Attached,
+            ]
+        );
+        assert_eq!(r.log.last_seq(1).expect("seq"), 1, "a refused send takes no seq");
+        let m = r.log.get_stored(1, 1).expect("read").expect("there");
+        assert_eq!(m.stored.attachments.len(), 1);
+        let shown = &m.stored.attachments[0];
+        assert_eq!(
+            (shown.id.as_str(), shown.name.as_str(), shown.mime.as_str(), shown.size),
+            (attachments::public_id("r1", &a).as_str(), "f1.png", "image/png", 3)
+        );
+        assert_eq!(r.row(1, &a).map(|row| row.carriers), Some(vec![1]), "recorded again: still message 1 carries it");
+        assert_eq!(r.row(2, &b).map(|row| row.carriers), Some(vec![]));
+        // Sends of a later apply see the rows in the store, not only in this apply.
+        let later = r.apply(vec![(6, vec![post_with(2, "c1", &[b]), post_with(2, "c2", &[a])])]).await;
+        assert_eq!(later[0].0, vec![OpResult::Stored { seq: 1, ts: 6 }, OpResult::NoSuchAttachment]);
+    }
+
+    /// A row goes with the last message that carries it, and all of a
+    /// room's with the room; a file goes once no row names its content (the
+    /// same content in another room keeps it).
+    #[tokio::test]
+    async fn attachments_go_with_their_last_message_and_their_room() {
+        let mut r = replica();
+        let (a, b, c) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+        let (shared, own) = ([7u8; 32], [8u8; 32]);
+        r.file(&shared).await;
+        r.file(&own).await;
+        r.apply(vec![(
+            1,
+            vec![
+                attach(1, a, shared),
+                attach(1, b, own),
+                attach(2, c, shared),
+                post_with(1, "c1", &[a]),
+                post_with(1, "c2", &[a, b]),
+            ],
+        )])
+        .await;
+        assert_eq!(r.row(1, &a).map(|row| row.carriers), Some(vec![1, 2]));
+        r.apply(vec![(2, vec![delete(1, 1)])]).await;
+        assert_eq!(r.row(1, &a).map(|row| row.carriers), Some(vec![2]), "another message still carries it");
+        assert!(r.log.get_stored(1, 1).expect("read").expect("there").stored.attachments.is_empty());
+        r.apply(vec![(3, vec![delete(1, 2)])]).await;
+        let retired = |r: &Replica, id| r.row(1, id).and_then(|row| row.retired_by);
+        assert_eq!((retired(&r, &a), retired(&r, &b)), (Some(2), Some(2)), "the last message carrying them is deleted");
+        assert!(r.file_becomes(&own, false).await, "no row names that content: its file goes");
+        assert!(r.files.has(&shared), "room 2 still names that content");
+        let refused = r.apply(vec![(4, vec![post_with(1, "c3", &[a])])]).await;
+        assert_eq!(refused[0].0, vec![OpResult::NoSuchAttachment], "a retired attachment cannot be sent again");
+        // Uploaded again, it is live again.
+        r.file(&own).await;
+        let again = r.apply(vec![(5, vec![attach(1, b, own), post_with(1, "c4", &[b])])]).await;
+        assert_eq!(again[0].0, vec![OpResult::Attached, OpResult::Stored { seq: 3, ts: 5 }]);
+        assert_eq!(r.row(1, &b).map(|row| (row.retired_by, row.carriers)), Some((None, vec![3])));
+        r.apply(vec![(6, vec![ShardOp::Drop { room_key: 2 }])]).await;
+        assert_eq!(r.row(2, &c), None);
+        assert!(r.file_becomes(&shared, false).await, "the room that named it last is dropped");
+        assert!(r.files.has(&own), "a live attachment keeps its file");
+    }
+
+    /// Snapshots are fuzzy: one built after a send and the deletion that
+    /// retired its attachment holds the retired row but not the message.
+    /// Replaying the send over it must store it as the first time (a refusal
+    /// would number the room's next messages differently on this replica).
+    #[tokio::test]
+    async fn a_send_replayed_over_a_later_snapshot_is_stored_as_the_first_time() {
+        let mut a = replica();
+        let x = [5u8; 16];
+        a.apply(vec![(1, vec![attach(1, x, [5; 32])])]).await;
+        let mut builder = a.sm.get_snapshot_builder().await;
+        let later = vec![(2, vec![post_with(1, "c1", &[x])]), (3, vec![delete(1, 1)])];
+        let first = a.apply(later.clone()).await;
+        let snapshot = builder.build_snapshot().await.expect("build");
+        assert_eq!(a.row(1, &x).and_then(|row| row.retired_by), Some(1), "built after the deletion");
+
+        let mut b = replica();
+        b.sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        b.next = 2;
+        let replayed = b.apply(later).await;
+        assert_eq!(replayed, first, "the same results as the first time");
+        assert_eq!(b.seqs(1), a.seqs(1));
+        assert_eq!(b.row(1, &x), a.row(1, &x));
+        let next = vec![(4, vec![post_with(1, "c2", &[x]), post(1, "ann", "plain", "c3", None)])];
+        let (on_a, on_b) = (a.apply(next.clone()).await, b.apply(next).await);
+        assert_eq!(on_a, on_b);
+        assert_eq!(on_a[0].0, vec![OpResult::NoSuchAttachment, OpResult::Stored { seq: 2, ts: 4 }]);
+    }
+
+    /// A snapshot carries the rooms' attachment rows: a replica that
+    /// installs it accepts sends that name them.
+    #[tokio::test]
+    async fn attachments_travel_in_snapshots() {
+        let mut a = replica();
+        let id = [4u8; 16];
+        a.apply(vec![(1, vec![attach(1, id, [5; 32]), attach(3, [6; 16], [6; 32]), post_with(1, "c1", &[id])])]).await;
+        let mut builder = a.sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.expect("build");
+        let mut b = replica();
+        b.sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        assert_eq!(b.row(1, &id), a.row(1, &id));
+        assert!(b.row(3, &[6; 16]).is_some(), "a room with an upload and no message yet");
+        assert_eq!(b.log.get_stored(1, 1).expect("read").expect("there").stored.attachments.len(), 1);
+        b.next = 2;
+        let results = b.apply(vec![(2, vec![post_with(1, "c2", &[id])])]).await;
+        assert_eq!(results[0].0, vec![OpResult::Stored { seq: 2, ts: 2 }]);
+    }
 }
 
 mod groups {
@@ -561,6 +762,7 @@ mod groups {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
         let endpoint = PeerEndpoint::bind(id, addr, identity, PeerSettings::default(), route.clone()).expect("bind");
         let host = ShardHost::new(HostParts {
+            files: None,
             me: id,
             raft_store: raft_store.clone(),
             writer: WriteThread::start(raft_store, "raft-store").expect("write thread"),

@@ -13,6 +13,8 @@ use serde::Serialize;
 
 use super::placement::ShardId;
 use crate::raft::PeerNode;
+use crate::rooms::attachments::AttachmentId;
+use crate::rooms::attachments::Sha;
 
 openraft::declare_raft_types!(
     /// The openraft types of a room-log shard: entries are [`ShardBatch`]es,
@@ -113,6 +115,44 @@ pub enum ShardOp {
         /// Add (true) or take back (false).
         on: bool,
     },
+    /// Record a file uploaded to a room (its bytes are on the shard's
+    /// replicas already); the same upload again changes nothing.
+    Attach {
+        /// The room's log key.
+        room_key: u64,
+        /// The room's id.
+        room: String,
+        /// The attachment's id in the room.
+        id: AttachmentId,
+        /// The content's SHA-256.
+        sha: Sha,
+        /// File name (cleaned where the upload arrived).
+        name: String,
+        /// Media type (checked where the upload arrived).
+        mime: String,
+        /// Bytes.
+        size: u64,
+        /// Who uploaded it.
+        uploader: String,
+    },
+    /// Store a message that carries attachments of its room (a `Post` with
+    /// them; `Post` keeps its encoding for the entries written before).
+    PostWith {
+        /// The room's log key.
+        room_key: u64,
+        /// The room's id (for the events this publishes).
+        room: String,
+        /// The sender.
+        from: String,
+        /// The text.
+        body: String,
+        /// The sender's idempotency key.
+        client_id: String,
+        /// The message of the same room it answers; must exist.
+        reply_to: Option<u64>,
+        /// Attachment ids of the room, each recorded by an `Attach` before.
+        attachments: Vec<AttachmentId>,
+    },
     /// Remove the room's oldest messages sent before `before_ts` (its
     /// retention), at most [`MAX_EXPIRE`] in one op; the seqs of what
     /// remains do not change.
@@ -138,6 +178,8 @@ impl ShardOp {
             | ShardOp::Delete { room, .. }
             | ShardOp::Edit { room, .. }
             | ShardOp::React { room, .. }
+            | ShardOp::Attach { room, .. }
+            | ShardOp::PostWith { room, .. }
             | ShardOp::Expire { room, .. } => Some(room),
             ShardOp::Drop { .. } => None,
         }
@@ -209,6 +251,10 @@ pub enum OpResult {
     NoSuchReply,
     /// The message has as many different emoji as it may have.
     TooManyReactions,
+    /// The attachment is recorded.
+    Attached,
+    /// An attachment named by a send is not one of the room's.
+    NoSuchAttachment,
     /// Messages removed by retention.
     Expired {
         /// How many.
