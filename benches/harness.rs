@@ -657,6 +657,37 @@ impl Api {
         Ok(serde_json::from_str(&text)?)
     }
 
+    /// Uploads `bytes` as a file of `room`; answers the attachment's id.
+    pub async fn upload(&self, room: &str, token: &str, bytes: Vec<u8>) -> Result<String> {
+        let url = format!("{}/api/rooms/{room}/attachments?name=bench.bin", self.base);
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("upload: {status} {text}");
+        }
+        let v: Value = serde_json::from_str(&text)?;
+        v.get("id").and_then(Value::as_str).map(str::to_string).context("an upload answered no id")
+    }
+
+    /// Downloads attachment `id`; answers its length.
+    pub async fn download(&self, id: &str, token: &str) -> Result<usize> {
+        let resp = self.http.get(format!("{}/api/attachments/{id}", self.base)).bearer_auth(token).send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            bail!("download: {status}");
+        }
+        Ok(bytes.len())
+    }
+
     /// Registers and logs in `n` users (8 at a time); answers their tokens.
     pub async fn users(self: &Arc<Self>, prefix: &str, n: usize) -> Result<Vec<String>> {
         let gate = Arc::new(Semaphore::new(8));

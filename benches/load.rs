@@ -31,6 +31,8 @@
 //! - `search` (not in `all`): `--search-messages` messages in
 //!   `--search-rooms` rooms, then search latency (every room, one room) and
 //!   the index's size per million messages.
+//! - `upload` (not in `all`): 10 MiB files through the balancer, one at a
+//!   time and four at once, and one downloaded back.
 //!
 //! Servers run on core 0 and this generator on core 1 (`taskset`), unless
 //! `--no-pin`. Every loop is bounded in count and time.
@@ -63,6 +65,8 @@ mod harness;
 mod report;
 #[path = "search.rs"]
 mod search;
+#[path = "upload.rs"]
+mod upload;
 
 use harness::CpuMeter;
 use harness::Dial;
@@ -81,7 +85,7 @@ const USAGE: &str = "usage: cargo bench --bench load -- [all|connections|fanout|
 [--rate max|N[,N…]] [--members M] [--publishers P] [--step-secs S] [--drain-secs S] [--systems a,b] \
 [--conns C] [--direct-conns D] [--conn-rate R] [--idle N] [--rooms R] [--room-members K] \
 [--senders N] [--secs S] [--users U] [--latency-rate R] [--durable-rooms N[,N…]] [--durable-nodes N] [--durable-quick] \
-[--search-messages N] [--search-rooms R] [--search-queries Q] [--no-pin]";
+[--search-messages N] [--search-rooms R] [--search-queries Q] [--uploads N] [--no-pin]";
 
 /// What `--help` prints: the usage and what each option does.
 const HELP: &str = "\
@@ -102,6 +106,7 @@ scenarios (default: all of the first seven, in this order):
   relay         one node, direct vs through the balancer (older)
   cluster       same as durable (older name)
   search        messages loaded into a 3-node cluster, then search latency and index size (not in all)
+  upload        10 MiB files through the balancer of a 3-node cluster (not in all)
 
 options:
   --rate max|N[,N...]   sends/s per step, or max: double until saturated (max)
@@ -126,6 +131,7 @@ options:
   --search-messages N   search: messages loaded (1000000)
   --search-rooms R      search: rooms they go to (1000)
   --search-queries Q    search: timed searches per kind and scope (200)
+  --uploads N           upload: files per measurement (20)
   --no-pin              do not pin servers to core 0 and the generator to core 1
   -h, --help            this text";
 
@@ -160,6 +166,7 @@ struct Options {
     search_messages: u64,
     search_rooms: usize,
     search_queries: usize,
+    uploads: usize,
     no_pin: bool,
 }
 
@@ -189,6 +196,7 @@ fn options(args: &[String]) -> Result<Options> {
         search_messages: 1_000_000,
         search_rooms: 1_000,
         search_queries: 200,
+        uploads: 20,
         no_pin: false,
     };
     let mut it = args.iter();
@@ -236,6 +244,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--search-messages" => o.search_messages = n(value(a)?, a)?.max(1) as u64,
             "--search-rooms" => o.search_rooms = n(value(a)?, a)?.max(1),
             "--search-queries" => o.search_queries = n(value(a)?, a)?.clamp(1, 100_000),
+            "--uploads" => o.uploads = n(value(a)?, a)?.clamp(1, 90),
             "--no-pin" => o.no_pin = true,
             "-h" | "--help" => o.help = true,
             s if !s.starts_with('-') => o.scenarios.push(s.to_string()),
@@ -366,6 +375,7 @@ fn main() -> Result<()> {
                 "balancer" => balancer(&o, &mut res).await?,
                 "sends" => sends_scenario(&o, &mut res).await?,
                 "relay" => relay(&o, &mut res).await?,
+                "upload" => upload::upload(o.uploads, &mut res).await?,
                 "search" => {
                     let run = search::SearchRun {
                         messages: o.search_messages,
