@@ -17,25 +17,10 @@ use palaver_client::Ws;
 use palaver_testkit::Balancer;
 use palaver_testkit::Cluster;
 use palaver_testkit::WAIT;
+use palaver_testkit::code_of;
 use palaver_testkit::eventually;
 
 const ROOM: &str = "features";
-
-/// Registers and logs in through the balancer.
-async fn user(lb: &Http, name: &str) -> Result<Http> {
-    let password = format!("password-of-{name}");
-    lb.register(name, &password).await.with_context(|| format!("register {name}"))?;
-    let login = lb.login(name, &password).await.with_context(|| format!("login {name}"))?;
-    Ok(lb.with_token(login.token))
-}
-
-/// The protocol code of a refused request, or what it answered instead.
-fn code<T: std::fmt::Debug>(r: palaver_client::Result<T>) -> String {
-    match r {
-        Err(e) => e.code().to_string(),
-        Ok(v) => format!("ok: {v:?}"),
-    }
-}
 
 async fn message(http: &Http, seq: u64) -> Result<Message> {
     let page = http.messages_after(ROOM, seq - 1, Some(1)).await?;
@@ -50,15 +35,14 @@ fn reactions(m: &Message) -> Vec<(String, Vec<String>)> {
 async fn replies_edits_and_reactions_through_the_balancer() -> Result<()> {
     let mut cluster = Cluster::start(3).await?;
     let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
-    let lb = balancer.http();
-    let owner = user(&lb, "owner").await?;
+    let owner = balancer.user("owner").await?;
     let (ann, bob, moder, muted, banned, outsider) = (
-        user(&lb, "ann").await?,
-        user(&lb, "bob").await?,
-        user(&lb, "moder").await?,
-        user(&lb, "muted").await?,
-        user(&lb, "banned").await?,
-        user(&lb, "outsider").await?,
+        balancer.user("ann").await?,
+        balancer.user("bob").await?,
+        balancer.user("moder").await?,
+        balancer.user("muted").await?,
+        balancer.user("banned").await?,
+        balancer.user("outsider").await?,
     );
     owner.create_room(ROOM, "replies, edits, reactions", Visibility::Private).await?;
     for name in ["ann", "bob", "moder", "muted", "banned"] {
@@ -79,8 +63,8 @@ async fn replies_edits_and_reactions_through_the_balancer() -> Result<()> {
     let answer = bob.post_reply(ROOM, "yes", "a1", Some(question.seq)).await?;
     ensure!(message(&owner, answer.seq).await?.reply_to == Some(question.seq), "the reply names its question");
     ensure!(message(&owner, question.seq).await?.reply_to.is_none(), "a plain message answers nothing");
-    assert_eq!(code(bob.post_reply(ROOM, "to nothing", "a2", Some(999)).await), "bad_request");
-    assert_eq!(code(bob.post_reply(ROOM, "to zero", "a3", Some(0)).await), "bad_request");
+    assert_eq!(code_of(bob.post_reply(ROOM, "to nothing", "a2", Some(999)).await), "bad_request");
+    assert_eq!(code_of(bob.post_reply(ROOM, "to zero", "a3", Some(0)).await), "bad_request");
     let mut ws_bob = Ws::connect_auth(&addr, bob.token().context("bob's token")?).await?;
     let ws_reply = ws_bob.send_reply(ROOM, "over the socket", "a4", question.seq).await?;
     ensure!(message(&ann, ws_reply.seq).await?.reply_to == Some(question.seq), "a socket's reply names its question");
@@ -133,7 +117,7 @@ async fn replies_edits_and_reactions_through_the_balancer() -> Result<()> {
     owner.mute(ROOM, "muted", 600).await?;
     owner.ban(ROOM, "banned").await?;
     let by_muted = muted.post_message(ROOM, "before the mute? no: after", "m1").await;
-    assert_eq!(code(by_muted), "forbidden", "a muted member does not send");
+    assert_eq!(code_of(by_muted), "forbidden", "a muted member does not send");
     // Whose message, who edits, what they get.
     for (who, http, seq, want) in [
         ("the sender", &ann, question.seq, "ok"),
@@ -143,7 +127,7 @@ async fn replies_edits_and_reactions_through_the_balancer() -> Result<()> {
         ("a banned user", &banned, question.seq, "not_found"),
         ("an outsider", &outsider, question.seq, "not_found"),
     ] {
-        let got = code(http.edit_message(ROOM, seq, "changed by someone").await);
+        let got = code_of(http.edit_message(ROOM, seq, "changed by someone").await);
         let got = if got.starts_with("ok") { "ok".to_string() } else { got };
         assert_eq!(got, want, "{who} edits ann's message");
     }
@@ -155,7 +139,7 @@ async fn replies_edits_and_reactions_through_the_balancer() -> Result<()> {
         ack.seq
     };
     assert_eq!(
-        code(muted.edit_message(ROOM, muted_msg, "muted now").await),
+        code_of(muted.edit_message(ROOM, muted_msg, "muted now").await),
         "forbidden",
         "a muted sender edits nothing"
     );
@@ -167,7 +151,7 @@ async fn replies_edits_and_reactions_through_the_balancer() -> Result<()> {
         ("a banned user", &banned, "not_found"),
         ("an outsider", &outsider, "not_found"),
     ] {
-        let got = code(http.react(ROOM, answer.seq, "👀", true).await);
+        let got = code_of(http.react(ROOM, answer.seq, "👀", true).await);
         let got = if got.starts_with("ok") { "ok".to_string() } else { got };
         assert_eq!(got, want, "{who} reacts");
     }
@@ -175,22 +159,22 @@ async fn replies_edits_and_reactions_through_the_balancer() -> Result<()> {
     assert_eq!(reactors, vec![("👀".into(), vec!["bob".into(), "moder".into(), "owner".into(), "muted".into()])]);
 
     // ----- bad input -----
-    assert_eq!(code(ann.edit_message(ROOM, 999, "x").await), "not_found", "an unknown seq");
-    assert_eq!(code(ann.edit_message(ROOM, question.seq, "").await), "bad_request", "an empty body");
+    assert_eq!(code_of(ann.edit_message(ROOM, 999, "x").await), "not_found", "an unknown seq");
+    assert_eq!(code_of(ann.edit_message(ROOM, question.seq, "").await), "bad_request", "an empty body");
     let long = "x".repeat(100_000);
-    assert_eq!(code(ann.edit_message(ROOM, question.seq, &long).await), "too_large", "an over-long body");
-    assert_eq!(code(bob.react(ROOM, 999, "👍", true).await), "not_found", "a reaction to an unknown seq");
+    assert_eq!(code_of(ann.edit_message(ROOM, question.seq, &long).await), "too_large", "an over-long body");
+    assert_eq!(code_of(bob.react(ROOM, 999, "👍", true).await), "not_found", "a reaction to an unknown seq");
     for bad in ["ok", "👍👍", ":has space:", ":this-name-is-far-too-long-for-a-reaction:"] {
-        assert_eq!(code(bob.react(ROOM, question.seq, bad, true).await), "bad_request", "reaction {bad:?}");
+        assert_eq!(code_of(bob.react(ROOM, question.seq, bad, true).await), "bad_request", "reaction {bad:?}");
     }
-    assert_eq!(code(ann.delete_message(ROOM, ws_reply.seq).await), "forbidden", "not hers to delete");
+    assert_eq!(code_of(ann.delete_message(ROOM, ws_reply.seq).await), "forbidden", "not hers to delete");
     bob.delete_message(ROOM, ws_reply.seq).await?;
-    assert_eq!(code(bob.edit_message(ROOM, ws_reply.seq, "undelete").await), "not_found", "a deleted message");
+    assert_eq!(code_of(bob.edit_message(ROOM, ws_reply.seq, "undelete").await), "not_found", "a deleted message");
     // At most 20 different emoji: 3 are there.
     for i in 0..17 {
         bob.react(ROOM, question.seq, &format!(":e{i}:"), true).await?;
     }
-    assert_eq!(code(bob.react(ROOM, question.seq, ":one-too-many:", true).await), "bad_request", "a 21st emoji");
+    assert_eq!(code_of(bob.react(ROOM, question.seq, ":one-too-many:", true).await), "bad_request", "a 21st emoji");
     ann.react(ROOM, question.seq, ":e0:", true).await.context("an emoji already there takes more users")?;
 
     // ----- a node killed: what was answered before is on every node left -----
@@ -221,13 +205,12 @@ async fn replies_edits_and_reactions_through_the_balancer() -> Result<()> {
 async fn read_receipts_reach_members_only() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
-    let lb = balancer.http();
     let (ann, bob, carl, outsider, banned) = (
-        user(&lb, "ann").await?,
-        user(&lb, "bob").await?,
-        user(&lb, "carl").await?,
-        user(&lb, "outsider").await?,
-        user(&lb, "banned").await?,
+        balancer.user("ann").await?,
+        balancer.user("bob").await?,
+        balancer.user("carl").await?,
+        balancer.user("outsider").await?,
+        balancer.user("banned").await?,
     );
     ann.create_room(ROOM, "receipts", Visibility::Public).await?;
     bob.join(ROOM).await?;
@@ -276,9 +259,9 @@ async fn read_receipts_reach_members_only() -> Result<()> {
         .context("ann sees bob's second move, and no event for the marker that stayed")?;
     ensure!(matches!(seen, Event::Read { .. }));
     for (who, http) in [("an outsider", &outsider), ("a banned user", &banned)] {
-        assert_eq!(code(http.receipts(ROOM).await), "forbidden", "{who} lists receipts");
+        assert_eq!(code_of(http.receipts(ROOM).await), "forbidden", "{who} lists receipts");
     }
-    assert_eq!(code(outsider.receipts("no-such-room").await), "not_found");
+    assert_eq!(code_of(outsider.receipts("no-such-room").await), "not_found");
     Ok(())
 }
 
@@ -339,13 +322,12 @@ async fn attachments_through_the_balancer() -> Result<()> {
     });
     let mut cluster = Cluster::start_with(3, config).await?;
     let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
-    let lb = balancer.http();
     let (owner, ann, muted, outsider, hog) = (
-        user(&lb, "owner").await?,
-        user(&lb, "ann").await?,
-        user(&lb, "muted").await?,
-        user(&lb, "outsider").await?,
-        user(&lb, "hog").await?,
+        balancer.user("owner").await?,
+        balancer.user("ann").await?,
+        balancer.user("muted").await?,
+        balancer.user("outsider").await?,
+        balancer.user("hog").await?,
     );
     owner.create_room(ROOM, "files", Visibility::Private).await?;
     owner.create_room(OPEN, "open files", Visibility::Public).await?;
@@ -391,21 +373,21 @@ async fn attachments_through_the_balancer() -> Result<()> {
     assert_eq!(message(&owner, over_ws.seq).await?.attachments, vec![up.clone()]);
 
     // ----- who may read: as for history -----
-    let history = code(outsider.messages_after(ROOM, 0, Some(1)).await);
-    assert_eq!(code(outsider.download(&up.id).await), history, "an outsider of a private room, as for history");
+    let history = code_of(outsider.messages_after(ROOM, 0, Some(1)).await);
+    assert_eq!(code_of(outsider.download(&up.id).await), history, "an outsider of a private room, as for history");
     ensure!(history == "not_found" || history == "forbidden", "{history}");
     let public = ann.upload(OPEN, "open.png", "image/png", png(1000, 2)).await?;
     ann.post_with(OPEN, "for all", "p1", None, &[&public.id]).await?;
     assert_eq!(outsider.download(&public.id).await?.bytes.len(), 1000, "a public room's reader downloads");
     let forged = format!("{ROOM}.{}", &public.id[OPEN.len() + 1..]);
-    assert_eq!(code(outsider.download(&forged).await), history, "another room's id part gives nothing");
+    assert_eq!(code_of(outsider.download(&forged).await), history, "another room's id part gives nothing");
 
     // ----- refusals -----
     owner.mute(ROOM, "muted", 600).await?;
-    assert_eq!(code(muted.upload(ROOM, "x.txt", "text/plain", b"hi".to_vec()).await), "forbidden", "muted");
-    assert_eq!(code(outsider.upload(ROOM, "x.txt", "text/plain", b"hi".to_vec()).await), history, "an outsider");
+    assert_eq!(code_of(muted.upload(ROOM, "x.txt", "text/plain", b"hi".to_vec()).await), "forbidden", "muted");
+    assert_eq!(code_of(outsider.upload(ROOM, "x.txt", "text/plain", b"hi".to_vec()).await), history, "an outsider");
     let big = png(LIMIT as usize + 1, 3);
-    assert_eq!(code(ann.upload(ROOM, "big.png", "image/png", big).await), "too_large");
+    assert_eq!(code_of(ann.upload(ROOM, "big.png", "image/png", big).await), "too_large");
     let token = ann.token().context("ann's token")?;
     let status = chunked_upload(&addr, token, ROOM, LIMIT as usize + 10_000).await?;
     ensure!(status.contains(" 413 "), "a streamed upload past the limit, with no length announced: {status}");
@@ -413,14 +395,14 @@ async fn attachments_through_the_balancer() -> Result<()> {
     ensure!(status.contains(" 201 "), "a streamed upload within the limit: {status}");
     let exact = ann.upload(ROOM, "exact.png", "image/png", png(LIMIT as usize, 4)).await?;
     assert_eq!(exact.size, LIMIT, "exactly the limit is accepted");
-    assert_eq!(code(ann.upload(ROOM, "x", "not a type", b"hi".to_vec()).await), "bad_request", "a bad type");
+    assert_eq!(code_of(ann.upload(ROOM, "x", "not a type", b"hi".to_vec()).await), "bad_request", "a bad type");
     let unknown = format!("{ROOM}.{}", "0".repeat(32));
-    assert_eq!(code(ann.post_with(ROOM, "x", "f3", None, &[&unknown]).await), "bad_request", "an unknown id");
-    assert_eq!(code(ann.post_with(ROOM, "x", "f4", None, &["garbage"]).await), "bad_request", "not an id");
-    assert_eq!(code(ann.post_with(ROOM, "x", "f5", None, &[&public.id]).await), "bad_request", "another room's");
+    assert_eq!(code_of(ann.post_with(ROOM, "x", "f3", None, &[&unknown]).await), "bad_request", "an unknown id");
+    assert_eq!(code_of(ann.post_with(ROOM, "x", "f4", None, &["garbage"]).await), "bad_request", "not an id");
+    assert_eq!(code_of(ann.post_with(ROOM, "x", "f5", None, &[&public.id]).await), "bad_request", "another room's");
     let eleven: Vec<String> = (0..11).map(|i| format!("{ROOM}.{i:032x}")).collect();
     let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
-    assert_eq!(code(ann.post_with(ROOM, "x", "f6", None, &eleven).await), "bad_request", "11 attachments");
+    assert_eq!(code_of(ann.post_with(ROOM, "x", "f6", None, &eleven).await), "bad_request", "11 attachments");
 
     // ----- the daily quota: five files of 50 kB leave 50 kB of 300 kB -----
     let on_one = cluster.http(1).with_token(hog.token().context("hog's token")?.to_string());
@@ -441,7 +423,7 @@ async fn attachments_through_the_balancer() -> Result<()> {
     let doomed = ann.post_with(ROOM, "short-lived", "f7", None, &[&gone.id]).await?;
     ann.delete_message(ROOM, doomed.seq).await?;
     eventually("the deleted message's attachment is gone", WAIT, async || {
-        Ok((code(owner.download(&gone.id).await) == "not_found").then_some(()))
+        Ok((code_of(owner.download(&gone.id).await) == "not_found").then_some(()))
     })
     .await?;
     ensure!(message(&owner, doomed.seq).await?.attachments.is_empty(), "a deleted message shows no attachment");

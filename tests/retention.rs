@@ -15,24 +15,11 @@ use palaver_client::Http;
 use palaver_client::Visibility;
 use palaver_testkit::Balancer;
 use palaver_testkit::Cluster;
+use palaver_testkit::code_of;
 use palaver_testkit::eventually;
 
 /// A retention day in this test, ms.
 const DAY_MS: u64 = 2_000;
-
-async fn user(lb: &Http, name: &str) -> Result<Http> {
-    let password = format!("password-of-{name}");
-    lb.register(name, &password).await.with_context(|| format!("register {name}"))?;
-    let login = lb.login(name, &password).await.with_context(|| format!("login {name}"))?;
-    Ok(lb.with_token(login.token))
-}
-
-fn code<T: std::fmt::Debug>(r: palaver_client::Result<T>) -> String {
-    match r {
-        Err(e) => e.code().to_string(),
-        Ok(v) => format!("ok: {v:?}"),
-    }
-}
 
 async fn seqs(http: &Http, room: &str) -> Result<Vec<u64>> {
     Ok(http.messages_after(room, 0, Some(100)).await?.into_iter().map(|m| m.seq).collect())
@@ -44,12 +31,11 @@ async fn expired_messages_go_everywhere_and_seqs_go_on() -> Result<()> {
     config.cluster.retention_day_ms = DAY_MS;
     let cluster = Cluster::start_with(3, config).await?;
     let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
-    let lb = balancer.http();
     let (owner, moder, member, outsider) = (
-        user(&lb, "owner").await?,
-        user(&lb, "moder").await?,
-        user(&lb, "member").await?,
-        user(&lb, "outsider").await?,
+        balancer.user("owner").await?,
+        balancer.user("moder").await?,
+        balancer.user("member").await?,
+        balancer.user("outsider").await?,
     );
     owner.create_room("old", "short memory", Visibility::Private).await?;
     owner.create_room("keep", "long memory", Visibility::Public).await?;
@@ -65,13 +51,13 @@ async fn expired_messages_go_everywhere_and_seqs_go_on() -> Result<()> {
     assert_eq!(owner.room("old").await?.retention_days, Some(0), "the cluster's default: forever");
 
     // Who may set it, and what is refused.
-    assert_eq!(code(moder.configure_room("old", None, Some(1)).await), "forbidden", "a moderator");
-    assert_eq!(code(member.configure_room("old", None, Some(1)).await), "forbidden", "a member");
-    assert_eq!(code(outsider.configure_room("old", None, Some(1)).await), "not_found", "an outsider");
-    assert_eq!(code(owner.configure_room("old", None, Some(36_501)).await), "bad_request", "over 100 years");
-    assert_eq!(code(owner.configure_room("old", None, None).await), "bad_request", "nothing to change");
-    assert_eq!(code(owner.configure_room("old", Some(&"t".repeat(201)), None).await), "bad_request", "long title");
-    assert_eq!(code(owner.configure_room("nope", None, Some(1)).await), "not_found");
+    assert_eq!(code_of(moder.configure_room("old", None, Some(1)).await), "forbidden", "a moderator");
+    assert_eq!(code_of(member.configure_room("old", None, Some(1)).await), "forbidden", "a member");
+    assert_eq!(code_of(outsider.configure_room("old", None, Some(1)).await), "not_found", "an outsider");
+    assert_eq!(code_of(owner.configure_room("old", None, Some(36_501)).await), "bad_request", "over 100 years");
+    assert_eq!(code_of(owner.configure_room("old", None, None).await), "bad_request", "nothing to change");
+    assert_eq!(code_of(owner.configure_room("old", Some(&"t".repeat(201)), None).await), "bad_request", "long title");
+    assert_eq!(code_of(owner.configure_room("nope", None, Some(1)).await), "not_found");
 
     let set = owner.configure_room("old", Some("fading"), Some(1)).await?;
     assert_eq!((set.title.as_str(), set.retention_days), ("fading", Some(1)));

@@ -13,22 +13,7 @@ use palaver_client::Http;
 use palaver_client::Visibility;
 use palaver_testkit::Balancer;
 use palaver_testkit::Cluster;
-
-/// Registers and logs in through the balancer.
-async fn user(lb: &Http, name: &str) -> Result<Http> {
-    let password = format!("password-of-{name}");
-    lb.register(name, &password).await.with_context(|| format!("register {name}"))?;
-    let login = lb.login(name, &password).await.with_context(|| format!("login {name}"))?;
-    Ok(lb.with_token(login.token))
-}
-
-/// The protocol code of a refused request, or what it answered instead.
-fn code<T: std::fmt::Debug>(r: palaver_client::Result<T>) -> String {
-    match r {
-        Err(e) => e.code().to_string(),
-        Ok(v) => format!("ok: {v:?}"),
-    }
-}
+use palaver_testkit::code_of;
 
 /// (room, seq) of what a search finds.
 async fn found(http: &Http, room: Option<&str>, q: &str) -> Result<Vec<(String, u64)>> {
@@ -44,14 +29,13 @@ fn at(room: &str, seq: u64) -> (String, u64) {
 async fn search_finds_what_the_caller_may_read_through_the_balancer() -> Result<()> {
     let mut cluster = Cluster::start(3).await?;
     let balancer = Balancer::over(&cluster, Strategy::RoundRobin).await?;
-    let lb = balancer.http();
     let (owner, ann, moder, muted, banned, outsider) = (
-        user(&lb, "owner").await?,
-        user(&lb, "ann").await?,
-        user(&lb, "moder").await?,
-        user(&lb, "muted").await?,
-        user(&lb, "banned").await?,
-        user(&lb, "outsider").await?,
+        balancer.user("owner").await?,
+        balancer.user("ann").await?,
+        balancer.user("moder").await?,
+        balancer.user("muted").await?,
+        balancer.user("banned").await?,
+        balancer.user("outsider").await?,
     );
     owner.create_room("secret", "private", Visibility::Private).await?;
     owner.create_room("lobby", "public", Visibility::Public).await?;
@@ -92,7 +76,7 @@ async fn search_finds_what_the_caller_may_read_through_the_balancer() -> Result<
     for (who, http) in [("owner", &owner), ("moderator", &moder), ("muted member", &muted)] {
         assert_eq!(found(http, Some("secret"), "rocket").await?.len(), 6, "{who} searches the room");
     }
-    assert_eq!(code(outsider.search(Some("secret"), "rocket", None).await), "not_found", "outsider, private room");
+    assert_eq!(code_of(outsider.search(Some("secret"), "rocket", None).await), "not_found", "outsider, private room");
     assert_eq!(
         found(&outsider, None, "rocket").await?,
         vec![at("lobby", lobby.seq)],
@@ -100,10 +84,10 @@ async fn search_finds_what_the_caller_may_read_through_the_balancer() -> Result<
     );
     assert_eq!(found(&outsider, Some("lobby"), "rocket").await?, vec![at("lobby", lobby.seq)]);
     owner.ban("secret", "banned").await?;
-    assert_eq!(code(banned.search(Some("secret"), "rocket", None).await), "not_found", "banned, private room");
+    assert_eq!(code_of(banned.search(Some("secret"), "rocket", None).await), "not_found", "banned, private room");
     assert_eq!(found(&banned, None, "rocket").await?, vec![at("lobby", lobby.seq)], "a ban hides the room at once");
     owner.ban("lobby", "banned").await?;
-    assert_eq!(code(banned.search(Some("lobby"), "rocket", None).await), "forbidden", "banned, public room");
+    assert_eq!(code_of(banned.search(Some("lobby"), "rocket", None).await), "forbidden", "banned, public room");
     ensure!(found(&banned, None, "rocket").await?.is_empty(), "a banned user finds nothing of either room");
 
     // Edits and deletions are what a search sees next.
@@ -116,11 +100,11 @@ async fn search_finds_what_the_caller_may_read_through_the_balancer() -> Result<
     // Bad input.
     for (what, q) in [("empty", String::new()), ("no word", " ,.; ".into()), ("10,000 characters", "x".repeat(10_000))]
     {
-        assert_eq!(code(ann.search(Some("secret"), &q, None).await), "bad_request", "{what}");
-        assert_eq!(code(ann.search(None, &q, None).await), "bad_request", "{what}, every room");
+        assert_eq!(code_of(ann.search(Some("secret"), &q, None).await), "bad_request", "{what}");
+        assert_eq!(code_of(ann.search(None, &q, None).await), "bad_request", "{what}, every room");
     }
-    assert_eq!(code(ann.search(Some("no-such-room"), "rocket", None).await), "not_found");
-    assert_eq!(code(ann.search(Some("Not A Room!"), "rocket", None).await), "bad_request");
+    assert_eq!(code_of(ann.search(Some("no-such-room"), "rocket", None).await), "not_found");
+    assert_eq!(code_of(ann.search(Some("Not A Room!"), "rocket", None).await), "bad_request");
 
     // A node killed: the others answer the same.
     cluster.kill(2);

@@ -69,6 +69,16 @@ impl Balancer {
         Http::unpooled(&self.addr.to_string()).expect("an HTTP client for 127.0.0.1 can always be built")
     }
 
+    /// Registers `name` (password `password-of-NAME`) and logs in, through
+    /// the balancer as a user would; answers a client with the token.
+    pub async fn user(&self, name: &str) -> Result<Http> {
+        let lb = self.http();
+        let password = format!("password-of-{name}");
+        lb.register(name, &password).await.with_context(|| format!("register {name}"))?;
+        let login = lb.login(name, &password).await.with_context(|| format!("login {name}"))?;
+        Ok(lb.with_token(login.token))
+    }
+
     /// A `GET path` request to the public address (its timeout that of admin reads).
     pub fn public_get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http.get(format!("http://{}{path}", self.addr))

@@ -42,6 +42,7 @@ pub use process::Readiness;
 pub use process::Role;
 pub use recorder::Recorder;
 pub use wait::WAIT;
+pub use wait::code_of;
 pub use wait::eventually;
 pub use wait::expect_close;
 pub use wait::expect_code;

@@ -48,6 +48,15 @@ pub fn expect_code<T: Debug>(r: palaver_client::Result<T>, code: &str) -> palave
     }
 }
 
+/// The protocol code of a refused request, or what it answered instead
+/// (for `assert_eq!` against a code, which then shows the answer).
+pub fn code_of<T: Debug>(r: palaver_client::Result<T>) -> String {
+    match r {
+        Err(e) => e.code().to_string(),
+        Ok(v) => format!("ok: {v:?}"),
+    }
+}
+
 /// Asserts the WebSocket is (or gets) closed with `code`.
 pub async fn expect_close(ws: &mut Ws, code: u16) {
     match ws.wait_closed(WAIT).await {

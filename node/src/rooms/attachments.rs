@@ -14,7 +14,10 @@ use serde::Serialize;
 use sha2::Digest;
 use sha2::Sha256;
 
+use crate::storage::Bytes;
+use crate::storage::Order;
 use crate::storage::StorageError;
+use crate::storage::Store;
 
 /// Tree of attachments: key (room key, id), value [`StoredAttachment`].
 pub const ATTACHMENTS: &str = "attachments";
@@ -76,6 +79,18 @@ impl StoredAttachment {
     pub fn live(&self) -> bool {
         self.retired_by.is_none()
     }
+}
+
+/// Every attachment row of a room: (key, value) as stored.
+pub fn room_rows(store: &Store, room_key: u64) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
+    let (start, end) = (super::record::room_prefix(room_key), super::record::room_end(room_key));
+    store.range(
+        ATTACHMENTS,
+        std::ops::Bound::Included(&start[..]),
+        std::ops::Bound::Excluded(&end[..]),
+        Order::Ascending,
+        usize::MAX,
+    )
 }
 
 /// The store key of an attachment.

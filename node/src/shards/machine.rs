@@ -690,17 +690,7 @@ impl ShardStateMachine {
     /// (rows that came with a snapshot come without their files).
     fn want_files(&self, files: &Files, rooms: &[(u64, String, u64)]) -> io::Result<()> {
         for (room_key, room, _) in rooms {
-            let (start, end) = (record::room_prefix(*room_key), record::room_end(*room_key));
-            let rows = self
-                .store
-                .range(
-                    attachments::ATTACHMENTS,
-                    std::ops::Bound::Included(&start[..]),
-                    std::ops::Bound::Excluded(&end[..]),
-                    crate::storage::Order::Ascending,
-                    usize::MAX,
-                )
-                .map_err(io_err)?;
+            let rows = attachments::room_rows(&self.store, *room_key).map_err(io_err)?;
             for (_, value) in rows {
                 if let Ok(row) = attachments::decode(&value)
                     && row.live()
@@ -769,15 +759,7 @@ fn react(reactions: &mut Vec<Reaction>, emoji: &str, user: &str, on: bool) -> Re
 /// `store` holds them).
 pub(crate) fn drop_room(store: &Store, batch: &mut Batch, shard: ShardId, room_key: u64) -> io::Result<Vec<Sha>> {
     let (start, end) = (record::room_prefix(room_key).to_vec(), record::room_end(room_key).to_vec());
-    let rows = store
-        .range(
-            attachments::ATTACHMENTS,
-            std::ops::Bound::Included(&start[..]),
-            std::ops::Bound::Excluded(&end[..]),
-            crate::storage::Order::Ascending,
-            usize::MAX,
-        )
-        .map_err(io_err)?;
+    let rows = attachments::room_rows(store, room_key).map_err(io_err)?;
     let mut released = Vec::with_capacity(rows.len());
     for (key, value) in rows {
         let (Some((_, id)), Ok(row)) = (attachments::parse_attachment_key(&key), attachments::decode(&value)) else {
