@@ -612,6 +612,27 @@ mod machine {
         assert!(r.files.has(&own), "a live attachment keeps its file");
     }
 
+    /// An expired message releases its attachments as a deletion does: the
+    /// attachment it alone carried is retired and its file goes.
+    #[tokio::test]
+    async fn an_expired_message_releases_its_attachments() {
+        let mut r = replica();
+        let (old, kept) = ([4u8; 16], [6u8; 16]);
+        let (old_sha, kept_sha) = ([9u8; 32], [10u8; 32]);
+        r.file(&old_sha).await;
+        r.file(&kept_sha).await;
+        r.apply(vec![(10, vec![attach(1, old, old_sha), attach(1, kept, kept_sha), post_with(1, "c1", &[old, kept])])])
+            .await;
+        r.apply(vec![(50, vec![post_with(1, "c2", &[kept])])]).await;
+        let expired =
+            r.apply(vec![(60, vec![ShardOp::Expire { room_key: 1, room: "r1".into(), before_ts: 20 }])]).await;
+        assert_eq!(expired[0].0, vec![OpResult::Expired { count: 1, through_seq: 1 }]);
+        assert_eq!(r.row(1, &old).and_then(|row| row.retired_by), Some(1), "its only carrier expired");
+        assert_eq!(r.row(1, &kept).map(|row| (row.retired_by, row.carriers)), Some((None, vec![2])));
+        assert!(r.file_becomes(&old_sha, false).await, "no row names that content: its file goes");
+        assert!(r.files.has(&kept_sha), "a live attachment keeps its file");
+    }
+
     /// Snapshots are fuzzy: one built after a send and the deletion that
     /// retired its attachment holds the retired row but not the message.
     /// Replaying the send over it must store it as the first time (a refusal
