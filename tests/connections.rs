@@ -27,6 +27,7 @@ use palaver_testkit::Node;
 use palaver_testkit::WAIT;
 use palaver_testkit::config;
 use palaver_testkit::eventually;
+use palaver_testkit::process::socket_count;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
@@ -40,11 +41,6 @@ async fn connect_from(ip: [u8; 4], addr: SocketAddr) -> Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((ip, 0)))?;
     tokio::time::timeout(WAIT, socket.connect(addr)).await.context("connect timed out")?.context("connect")
-}
-
-/// Open file descriptors of process `pid`.
-fn fd_count(pid: u32) -> Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("listing /proc/{pid}/fd"))?.count())
 }
 
 /// Resident memory of process `pid`, in KiB (for the report only).
@@ -212,7 +208,7 @@ async fn a_client_that_never_reads_is_cut_after_the_write_timeout() -> Result<()
     for i in 0..40 {
         alice.http.post_message("big", &body, &format!("c{i}")).await?;
     }
-    let before = fd_count(pid)?;
+    let before = socket_count(pid)?;
     let rss_before = rss_kib(pid);
     // A small receive buffer, 20 pipelined requests for a 1.2 MB page each
     // (24 MB in all), and never a read.
@@ -226,13 +222,13 @@ async fn a_client_that_never_reads_is_cut_after_the_write_timeout() -> Result<()
     s.write_all(request.repeat(20).as_bytes()).await?;
     let started = Instant::now();
     let during = eventually("the node holds the connection", WAIT, async || {
-        let n = fd_count(pid)?;
+        let n = socket_count(pid)?;
         Ok((n > before).then_some(n))
     })
     .await?;
     let rss_during = rss_kib(pid);
     let after = eventually("the node lets the connection go", WAIT, async || {
-        let n = fd_count(pid)?;
+        let n = socket_count(pid)?;
         Ok((n <= before).then_some(n))
     })
     .await?;
@@ -267,7 +263,7 @@ async fn one_address_stops_at_its_cap_while_health_answers_and_descriptors_come_
     .await?;
     let pid = node.pid().context("pid")?;
     let addr: SocketAddr = node.addr().parse()?;
-    let before = fd_count(pid)?;
+    let before = socket_count(pid)?;
     // Each sends full headers announcing a body, then nothing.
     let mut conns = Vec::with_capacity(ATTEMPTS);
     let started = Instant::now();
@@ -283,7 +279,7 @@ async fn one_address_stops_at_its_cap_while_health_answers_and_descriptors_come_
     .await?;
     eprintln!("{ATTEMPTS} attempts in {:?}: {closed} closed at once", started.elapsed());
     assert_eq!(closed, ATTEMPTS - CAP, "exactly the cap stays open");
-    let holding = fd_count(pid)?;
+    let holding = socket_count(pid)?;
     assert!(
         holding >= before + CAP && holding <= before + CAP + 5,
         "fds before {before}, with {CAP} held connections {holding}"
@@ -293,7 +289,7 @@ async fn one_address_stops_at_its_cap_while_health_answers_and_descriptors_come_
     assert_eq!(refused(node.addr(), "per_address").await?, (ATTEMPTS - CAP) as u64);
     drop(conns);
     let after = eventually("the descriptors come back", WAIT, async || {
-        let n = fd_count(pid)?;
+        let n = socket_count(pid)?;
         Ok((n <= before + 2).then_some(n))
     })
     .await?;

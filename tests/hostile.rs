@@ -49,6 +49,7 @@ use palaver_testkit::Node;
 use palaver_testkit::WAIT;
 use palaver_testkit::config;
 use palaver_testkit::eventually;
+use palaver_testkit::process::socket_count;
 use serde_json::Value;
 use serde_json::json;
 use tokio::io::AsyncRead;
@@ -73,11 +74,6 @@ const CLOSE_MARGIN: Duration = Duration::from_secs(30);
 const SMALL_RCVBUF: u32 = 4096;
 
 // ----- what the node holds -----
-
-/// Open file descriptors of process `pid`.
-fn fd_count(pid: u32) -> Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("listing /proc/{pid}/fd"))?.count())
-}
 
 /// VmRSS of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -381,7 +377,7 @@ async fn a_signed_in_socket_that_asks_for_history_and_never_reads_is_closed_and_
     // close it, so they leave no descriptor behind.
     let norma_http = Http::unpooled(node.addr())?.with_token(&norma.token);
 
-    let fds_before = fd_count(pid)?;
+    let fds_before = socket_count(pid)?;
     let rss_before = rss_kib(pid)?;
     let sampler = RssPeak::start(pid);
 
@@ -433,7 +429,7 @@ async fn a_signed_in_socket_that_asks_for_history_and_never_reads_is_closed_and_
     .await;
     let took = started.elapsed();
     let fds_after = eventually("the node's descriptors come back", WAIT, async || {
-        let n = fd_count(pid)?;
+        let n = socket_count(pid)?;
         Ok((n <= fds_before).then_some(n))
     })
     .await;
@@ -730,7 +726,7 @@ async fn an_sse_client_that_never_reads_is_disconnected_and_the_node_keeps_its_m
     let sid = node.user("sid").await?;
     sid.http.join("busy").await?;
     let mut sender = node.ws(&alice).await?;
-    let fds_before = fd_count(pid)?;
+    let fds_before = socket_count(pid)?;
     let rss_before = rss_kib(pid)?;
 
     let mut s = small_buffer_connection(node_addr).await?;
@@ -762,7 +758,7 @@ async fn an_sse_client_that_never_reads_is_disconnected_and_the_node_keeps_its_m
     .await;
     let took = started.elapsed();
     let fds_after = eventually("the node's descriptors come back", WAIT, async || {
-        let n = fd_count(pid)?;
+        let n = socket_count(pid)?;
         Ok((n <= fds_before).then_some(n))
     })
     .await;
@@ -827,7 +823,7 @@ async fn a_message_of_100000_empty_continuation_frames_is_closed_with_1008() -> 
     mallory.http.create_room("frag", "Frag", Visibility::Public).await?;
     let bearer = format!("Bearer {}", mallory.token);
     let headers = [("Host", addr.as_str()), ("Authorization", bearer.as_str())];
-    let fds_before = fd_count(pid)?;
+    let fds_before = socket_count(pid)?;
 
     // Exactly max_fragments frames: one message, answered.
     let (mut s, status, _) = raw_upgrade(&addr, &headers).await?;
@@ -888,7 +884,7 @@ async fn a_message_of_100000_empty_continuation_frames_is_closed_with_1008() -> 
     let page = ws.history("frag", History::After(0), Some(1)).await?;
     ws.close().await?;
     let fds_after = eventually("the node's descriptors come back", WAIT, async || {
-        let n = fd_count(pid)?;
+        let n = socket_count(pid)?;
         Ok((n <= fds_before).then_some(n))
     })
     .await;
@@ -1099,7 +1095,7 @@ async fn a_subscriber_that_stops_reading_is_closed_after_the_write_timeout_thoug
     let slug = node.user("slug").await?;
     slug.http.join("quiet").await?;
     let mut sender = node.ws(&alice).await?;
-    let fds_before = fd_count(pid)?;
+    let fds_before = socket_count(pid)?;
 
     let opts = WsOptions { recv_buffer: Some(SMALL_RCVBUF), ..WsOptions::default() };
     let mut slow = Ws::connect_with(node.addr(), opts).await?;
@@ -1124,7 +1120,7 @@ async fn a_subscriber_that_stops_reading_is_closed_after_the_write_timeout_thoug
             .await;
     let took = started.elapsed();
     let fds_after = eventually("the node's descriptors come back", WAIT, async || {
-        let n = fd_count(pid)?;
+        let n = socket_count(pid)?;
         Ok((n <= fds_before).then_some(n))
     })
     .await;

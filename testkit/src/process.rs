@@ -430,3 +430,16 @@ fn push_line(logs: &Mutex<VecDeque<String>>, line: String) {
         l.push_back(line);
     }
 }
+
+/// The sockets process `pid` has open (from `/proc/PID/fd`): what a test
+/// of held and released connections counts. Other descriptors are left
+/// out, since a node opens and closes files of its own (its search index's
+/// segments as it commits).
+pub fn socket_count(pid: u32) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("listing /proc/{pid}/fd"))?;
+    Ok(dir
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count())
+}
