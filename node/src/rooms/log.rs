@@ -51,32 +51,10 @@ impl RoomLog {
         Ok(seq)
     }
 
-    /// The highest seq stored here.
+    /// The room's last seq as the store has it: its newest message, or
+    /// the committed mark when its newest messages expired.
     pub fn stored_last(&self, room_key: u64) -> Result<u64, StorageError> {
-        let start = record::message_key(room_key, 0);
-        let end = record::room_end(room_key);
-        let found = self.store.range(
-            MESSAGES,
-            Bound::Included(start.as_slice()),
-            Bound::Excluded(end.as_slice()),
-            Order::Descending,
-            1,
-        )?;
-        match found.first() {
-            Some((k, _)) => Ok(record::parse_message_key(k)
-                .ok_or_else(|| StorageError::Corrupt { tree: MESSAGES, message: "short key".into() })?
-                .1),
-            None => Ok(0),
-        }
-    }
-
-    /// The committed seq last written to the store (0 when none), which
-    /// stays when the room's messages expire.
-    pub fn stored_committed(&self, room_key: u64) -> Result<u64, StorageError> {
-        match self.store.get(COMMITTED, &record::room_prefix(room_key))? {
-            Some(v) => record::decode_seq(&v),
-            None => Ok(0),
-        }
+        stored_last(&self.store, room_key)
     }
 
     /// Records that `seq` is committed in a room.
@@ -152,4 +130,33 @@ impl RoomLog {
             })
             .collect()
     }
+}
+
+/// The last seq of a room in `store`: its newest message, or the committed
+/// mark, which outlives messages that expired (a seq must never be given
+/// twice: not by this replica's state machine, nor by one that installs a
+/// snapshot of it).
+pub(crate) fn stored_last(store: &Store, room_key: u64) -> Result<u64, StorageError> {
+    let start = record::message_key(room_key, 0);
+    let end = record::room_end(room_key);
+    let found = store.range(
+        MESSAGES,
+        Bound::Included(start.as_slice()),
+        Bound::Excluded(end.as_slice()),
+        Order::Descending,
+        1,
+    )?;
+    let newest = match found.first() {
+        Some((k, _)) => {
+            record::parse_message_key(k)
+                .ok_or_else(|| StorageError::Corrupt { tree: MESSAGES, message: "short key".into() })?
+                .1
+        }
+        None => 0,
+    };
+    let committed = match store.get(COMMITTED, &record::room_prefix(room_key))? {
+        Some(v) => record::decode_seq(&v)?,
+        None => 0,
+    };
+    Ok(newest.max(committed))
 }

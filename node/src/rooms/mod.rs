@@ -12,6 +12,7 @@ pub(crate) mod record;
 use std::sync::Arc;
 
 pub use log::RoomLog;
+pub(crate) use log::stored_last;
 pub use record::Attached;
 pub use record::Message;
 pub use record::Reaction;

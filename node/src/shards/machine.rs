@@ -219,9 +219,7 @@ impl ShardStateMachine {
         if let Some(seq) = self.last.get(&room_key) {
             return Ok(*seq);
         }
-        // The committed mark outlives messages that expired.
-        let seq =
-            self.log.stored_last(room_key).map_err(io_err)?.max(self.log.stored_committed(room_key).map_err(io_err)?);
+        let seq = self.log.stored_last(room_key).map_err(io_err)?;
         self.last.insert(room_key, seq);
         Ok(seq)
     }

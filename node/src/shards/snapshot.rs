@@ -42,6 +42,7 @@ use crate::rooms::StoredMessage;
 use crate::rooms::attachments;
 use crate::rooms::attachments::AttachmentId;
 use crate::rooms::record;
+use crate::rooms::stored_last;
 use crate::storage::Batch;
 use crate::storage::Order;
 use crate::storage::Store;
@@ -174,22 +175,6 @@ pub(crate) fn rooms_of(store: &Store, shard: ShardId) -> io::Result<Vec<(u64, St
         .collect()
 }
 
-/// The room's last seq: its newest message, or the committed mark when
-/// its newest messages expired (a new replica must not hand those seqs out
-/// again).
-fn last_stored(store: &Store, room_key: u64) -> io::Result<u64> {
-    let (start, end) = (record::message_key(room_key, 0), record::room_end(room_key));
-    let last = store
-        .range(record::MESSAGES, Bound::Included(&start[..]), Bound::Excluded(&end[..]), Order::Descending, 1)
-        .map_err(io_err)?;
-    let stored = last.first().and_then(|(k, _)| record::parse_message_key(k)).map_or(0, |(_, seq)| seq);
-    let committed = match store.get(record::COMMITTED, &record::room_prefix(room_key)).map_err(io_err)? {
-        Some(v) => record::decode_seq(&v).map_err(io_err)?,
-        None => 0,
-    };
-    Ok(stored.max(committed))
-}
-
 /// What a snapshot is built from, captured when openraft asked for it.
 pub struct Job {
     shard: ShardId,
@@ -218,7 +203,7 @@ impl Builder {
         lease: Option<Lease>,
     ) -> Self {
         let rooms = rooms_of(&store, shard).and_then(|rooms| {
-            rooms.into_iter().map(|(key, room)| Ok((key, room, last_stored(&store, key)?))).collect()
+            rooms.into_iter().map(|(key, room)| Ok((key, room, stored_last(&store, key).map_err(io_err)?))).collect()
         });
         Self { job: rooms.map(|rooms| Job { shard, store, dir, meta, rooms, current, _lease: lease }) }
     }
