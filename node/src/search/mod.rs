@@ -30,12 +30,14 @@ use parking_lot::Mutex;
 pub use query::MAX_QUERY_CHARS;
 pub use query::MAX_QUERY_WORDS;
 pub use query::QueryError;
+use rustc_hash::FxHashSet;
 use tantivy::Index;
 use tantivy::IndexReader;
 use tantivy::IndexWriter;
 use tantivy::ReloadPolicy;
 use tantivy::TantivyDocument;
 use tantivy::Term;
+use tantivy::collector::FilterCollector;
 use tantivy::collector::TopDocs;
 use tantivy::query::BooleanQuery;
 use tantivy::query::Occur;
@@ -56,6 +58,11 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 const WRITER_BYTES: usize = 32 * 1024 * 1024;
 /// How long a search waits for what was applied before it to be searchable.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most rooms a search names as index terms. Past it, the rooms are
+/// checked per matching message instead: a term set costs a pass over every
+/// message of its rooms (6 ms for 1,000 rooms of 1,000 messages, whatever
+/// the words), a check only over the messages holding the words.
+const ROOMS_AS_TERMS: usize = 64;
 /// The tokenizer's name in the index.
 const TOKENIZER: &str = "words";
 
@@ -296,15 +303,24 @@ impl SearchIndex {
             return Ok(Vec::new());
         }
         let f = self.fields;
-        let in_rooms = TermSetQuery::new(rooms.iter().map(|r| Term::from_field_u64(f.room, *r)));
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, Box::new(in_rooms))];
-        for w in words {
-            let term = Term::from_field_text(f.body, w);
-            clauses.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
-        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = words
+            .iter()
+            .map(|w| {
+                let term = Term::from_field_text(f.body, w);
+                (Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic)) as Box<dyn Query>)
+            })
+            .collect();
         let searcher = self.reader.searcher();
         let top = TopDocs::with_limit(limit).order_by_u64_field("ts", tantivy::Order::Desc);
-        let found = searcher.search(&BooleanQuery::new(clauses), &top)?;
+        let found = if rooms.len() <= ROOMS_AS_TERMS {
+            let in_rooms = TermSetQuery::new(rooms.iter().map(|r| Term::from_field_u64(f.room, *r)));
+            clauses.push((Occur::Must, Box::new(in_rooms)));
+            searcher.search(&BooleanQuery::new(clauses), &top)?
+        } else {
+            let rooms: Arc<FxHashSet<u64>> = Arc::new(rooms.iter().copied().collect());
+            let in_rooms = FilterCollector::new("room".to_string(), move |room: u64| rooms.contains(&room), top);
+            searcher.search(&BooleanQuery::new(clauses), &in_rooms)?
+        };
         let mut hits = Vec::with_capacity(found.len());
         for (ts, address) in found {
             let segment = searcher.segment_reader(address.segment_ord);

@@ -78,3 +78,19 @@ async fn an_unreadable_index_is_made_anew() {
     index.refresh().await.expect("refresh");
     assert_eq!(found(&index, &[1], "fresh"), vec![(1, 1)]);
 }
+
+#[tokio::test]
+async fn a_search_of_many_rooms_finds_only_theirs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let index = SearchIndex::open(dir.path()).expect("open");
+    let rooms = ROOMS_AS_TERMS as u64 * 3;
+    index.apply(0, (0..rooms).map(|r| put(r, 1, "common words")).collect(), "m1".into());
+    index.refresh().await.expect("refresh");
+    // Every other room: more than the term-set limit, so rooms are checked per message.
+    let asked: Vec<u64> = (0..rooms).filter(|r| r % 2 == 1).collect();
+    assert!(asked.len() > ROOMS_AS_TERMS);
+    let words = index.words("common").expect("words");
+    let hits = index.search(&asked, &words, 10).expect("search");
+    let newest: Vec<(u64, u64)> = asked.iter().rev().take(10).map(|r| (*r, 1)).collect();
+    assert_eq!(hits.iter().map(|h| (h.room_key, h.seq)).collect::<Vec<_>>(), newest);
+}
