@@ -247,17 +247,7 @@ impl Job {
                 }
             }
             let (start, end) = (record::room_prefix(*room_key), record::room_end(*room_key));
-            let rows = self
-                .store
-                .range(
-                    attachments::ATTACHMENTS,
-                    Bound::Included(&start[..]),
-                    Bound::Excluded(&end[..]),
-                    Order::Ascending,
-                    usize::MAX,
-                )
-                .map_err(io_err)?;
-            for (key, row) in rows {
+            for (key, row) in attachments::room_rows(&self.store, *room_key).map_err(io_err)? {
                 if let Some((_, id)) = attachments::parse_attachment_key(&key) {
                     write_record(&mut out, &Record::Attachment { room_key: *room_key, id, row })?;
                 }
