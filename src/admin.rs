@@ -52,6 +52,13 @@ pub struct OpsArgs {
     timeout: u64,
 }
 
+impl OpsArgs {
+    /// Whether to print JSON.
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// `palaver drain | add-node | remove-node N`.
 #[derive(clap::Args)]
 pub struct NodeOpArgs {
@@ -70,7 +77,7 @@ pub struct StatusArgs {
 }
 
 /// Where the cluster is, and how to be let in.
-struct Target {
+pub(crate) struct Target {
     config: Option<Config>,
     entry: Vec<String>,
     token: String,
@@ -78,7 +85,7 @@ struct Target {
 }
 
 impl Target {
-    fn new(args: &OpsArgs) -> Result<Target> {
+    pub(crate) fn new(args: &OpsArgs) -> Result<Target> {
         let config = if args.config.exists() {
             Some(Config::load(&args.config)?)
         } else if args.url.is_none() {
@@ -156,7 +163,7 @@ impl Target {
     }
 
     /// Sends a change to the nodes in turn until one takes it.
-    async fn change(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+    pub(crate) async fn change(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut last = String::new();
@@ -165,6 +172,7 @@ impl Target {
                     Ok((s, v)) if (200..300).contains(&s) => return Ok(v),
                     Ok((503, v)) => last = format!("{addr}: {v}"),
                     Ok((s, v)) => bail!("{addr} answered {s}: {}", message(&v)),
+                    Err(e) if e.is::<Denied>() => return Err(e),
                     Err(e) => last = format!("{e:#}"),
                 }
             }
@@ -173,6 +181,21 @@ impl Target {
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
+    }
+
+    /// Reads `path` from the first node that answers it.
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
+        let mut errors = Vec::new();
+        for addr in &self.entry {
+            match self.ask(addr, Method::GET, path, None).await {
+                Ok((200, v)) => return Ok(v),
+                Ok((s, v)) if s != 503 => bail!("{addr} answered {s}: {}", message(&v)),
+                Ok((s, v)) => errors.push(format!("{addr}: {s} {}", message(&v))),
+                Err(e) if e.is::<Denied>() => return Err(e),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        bail!("no node answered: {}", errors.join("; "))
     }
 
     fn deadline(&self) -> tokio::time::Instant {

@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
 
+mod accounts;
 mod admin;
 mod chat;
+mod password;
 mod up;
 
 use anyhow::Context;
@@ -20,6 +22,8 @@ use clap::Subcommand;
 use palaver_node::config::Config;
 use palaver_node::config::OPS_TOKEN_ENV;
 use palaver_node::config::OpsToken;
+use palaver_node::config::RegistrationMode;
+use palaver_node::config::Security;
 use palaver_node::peer::ensure_cluster_certs;
 use palaver_node::peer::load_identity;
 use palaver_node::raft::PeerNode;
@@ -69,6 +73,9 @@ enum Command {
     /// Remove node N: its shards move to the other nodes, then it leaves the
     /// cluster; waits until it has, after which it may be stopped.
     RemoveNode(admin::NodeOpArgs),
+    /// Account administration: `create-user NAME [--admin]` (how the first
+    /// admin is made), `users`, `disable NAME`, `enable NAME`, `invite`.
+    Admin(accounts::AdminArgs),
 }
 
 #[derive(clap::Args)]
@@ -165,6 +172,7 @@ fn main() -> Result<()> {
             Command::Drain(args) => admin::drain(args).await,
             Command::AddNode(args) => admin::add_node(args).await,
             Command::RemoveNode(args) => admin::remove_node(args).await,
+            Command::Admin(args) => accounts::run(args).await,
         }
     })
 }
@@ -225,7 +233,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 data_dir,
                 storage,
                 limits: config.limits.clone(),
-                security: config.security.clone(),
+                security: Security { registration: Some(config.registration()), ..config.security.clone() },
                 members,
                 cluster: Some(cluster),
                 shards: config.cluster.shards,
@@ -243,7 +251,14 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("palaver-data")),
                 storage,
                 limits: config.limits.clone(),
-                security: config.security.clone(),
+                security: Security {
+                    registration: Some(config.security.registration.unwrap_or(if listen.ip().is_loopback() {
+                        RegistrationMode::Open
+                    } else {
+                        RegistrationMode::Invite
+                    })),
+                    ..config.security.clone()
+                },
                 members: BTreeMap::new(),
                 cluster: None,
                 shards: config.cluster.shards,
@@ -294,7 +309,7 @@ async fn serve(mut settings: NodeSettings, listen: SocketAddr, exit_with_parent:
         let me = PeerNode { client_addr: addr.to_string(), peer_addr: String::new() };
         settings.members = BTreeMap::from([(id, me)]);
     }
-    tracing::info!(id, %addr, data = %settings.data_dir.display(), storage = %settings.storage, "starting node");
+    tracing::info!(id, %addr, data = %settings.data_dir.display(), storage = %settings.storage, registration = settings.security.registration.map_or("invite", |m| m.as_str()), "starting node");
     let node = Node::start(settings).await.with_context(|| format!("node {id} failed to start"))?;
     println!("{}", palaver_node::ready::ready_line(id, addr));
     let handing = node.clone();

@@ -119,6 +119,11 @@ pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
     for n in &config.nodes {
         println!("  node {}: http://{}", n.id, n.client);
     }
+    println!(
+        "  registration: {} (make an admin with `palaver admin create-user NAME --admin --config {}`)",
+        config.registration().as_str(),
+        config_path.display()
+    );
     println!("Ctrl-C stops the cluster.");
     let web = format!("http://{}/", balancer.public);
     let origin = web.trim_end_matches('/');

@@ -104,14 +104,16 @@ async fn register_checks_names_and_passwords() -> Result<()> {
 }
 
 #[tokio::test]
-async fn the_first_account_is_admin_and_later_ones_are_users() -> Result<()> {
+async fn registering_never_makes_an_admin_and_the_ops_token_does() -> Result<()> {
     let node = Node::start().await?;
     let first = node.user("first").await?;
     let second = node.user("second").await?;
-    let me = first.http.me().await?;
-    assert_eq!((me.username.as_str(), me.role.as_str()), ("first", "admin"));
-    let me = second.http.me().await?;
-    assert_eq!((me.username.as_str(), me.role.as_str()), ("second", "user"));
+    for u in [&first, &second] {
+        let me = u.http.me().await?;
+        assert_eq!((me.username.as_str(), me.role.as_str()), (u.name.as_str(), "user"));
+    }
+    let boss = node.admin("boss").await?;
+    assert_eq!(boss.http.me().await?.role, "admin");
     Ok(())
 }
 

@@ -58,7 +58,7 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
         c.limits.history_page_bytes = 8192;
     });
     let mut cluster = Cluster::start_with(3, config).await?;
-    let root = cluster.user(1, "root").await?;
+    let root = cluster.admin(1, "root").await?;
     let _balancer = balance(&cluster, public).await?;
     seed_archive(&cluster.http_as(1, &root)).await?;
     let chrome = cdp::Chrome::launch(&exe).await?;
@@ -209,11 +209,67 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
     bob.click(&test("logout")).await?;
     bob.wait("bob's login form", &visible(&test("login"))).await?;
     online(&ann, "bob", false).await?;
+    accounts(&chrome, &base, &ann, &bob, &root).await?;
+    bob.screenshot(&shots.join("desktop-disabled.png")).await?;
 
     for page in [&ann, &bob, &carol] {
         assert!(page.dialogs().is_empty(), "{} opened dialogs: {:?}", page.name, page.dialogs());
     }
     println!("browser test done in {:?}; screenshots in {}", t0.elapsed(), shots.display());
+    Ok(())
+}
+
+/// bob logs in and changes his password in the account panel; ann, a user,
+/// has no admin panel; root, the admin, makes an invite code and disables
+/// bob, whose page is sent back to the login at once.
+async fn accounts(chrome: &cdp::Chrome, base: &str, ann: &Page, bob: &Page, root: &User) -> Result<()> {
+    // The login form keeps the name typed before: typing adds to it.
+    clear(bob, &test("username")).await?;
+    bob.fill(&test("username"), "bob").await?;
+    bob.fill(&test("password"), &password("bob")).await?;
+    bob.click(&test("login")).await?;
+    logged_in(bob, "bob").await?;
+    bob.click(&test("account-open")).await?;
+    bob.wait("bob's account panel", &visible(&test("password-save"))).await?;
+    let admin_panel = bob.eval(&format!("document.querySelector({}).hidden", js(&test("admin-panel")))).await?;
+    assert_eq!(admin_panel, true, "a user sees the admin panel");
+    bob.fill(&test("password-old"), &password("bob")).await?;
+    bob.fill(&test("password-new"), "bobs-new-password").await?;
+    bob.click(&test("password-save")).await?;
+    bob.wait("the password change", &text_has(&test("password-status"), "Password changed")).await?;
+    bob.click(&test("account-close")).await?;
+
+    let admin = chrome.page("root", DESKTOP.0, DESKTOP.1).await?;
+    admin.goto(&format!("{base}/")).await?;
+    admin.fill(&test("username"), &root.name).await?;
+    admin.fill(&test("password"), &root.password).await?;
+    admin.click(&test("login")).await?;
+    admin.wait("root's name", &text_has("#me", "(admin)")).await?;
+    admin.click(&test("account-open")).await?;
+    admin.click(&test("invite-create")).await?;
+    let code = admin
+        .wait("an invite code", &format!("document.querySelector({}).textContent || null", js(&test("invite-code"))))
+        .await?;
+    assert!(code.as_str().is_some_and(|c| c.len() >= 16), "invite code {code}");
+    admin.fill(&test("users-prefix"), "bo").await?;
+    admin.click(&test("users-find")).await?;
+    let bob_row = item("admin-user", "data-username", "bob");
+    admin
+        .wait(
+            "the list of names starting bo",
+            &format!("{} === 1 && {}", count(&test("admin-user")), visible(&bob_row)),
+        )
+        .await?;
+    admin.click(&format!("{bob_row} {}", test("admin-toggle"))).await?;
+    admin.wait("bob disabled", &visible(&item("admin-user", "data-disabled", "true"))).await?;
+    bob.wait("bob sent back to the login", &visible(&test("login"))).await?;
+    online(ann, "bob", false).await?;
+    clear(bob, &test("username")).await?;
+    clear(bob, &test("password")).await?;
+    bob.fill(&test("username"), "bob").await?;
+    bob.fill(&test("password"), "bobs-new-password").await?;
+    bob.click(&test("login")).await?;
+    bob.wait("bob told he is disabled", &text_has(&test("error"), "disabled")).await?;
     Ok(())
 }
 
@@ -569,6 +625,12 @@ async fn online(page: &Page, user: &str, online: bool) -> Result<Value> {
 
 fn test(name: &str) -> String {
     format!("[data-test=\"{name}\"]")
+}
+
+/// Empties an input.
+async fn clear(page: &Page, selector: &str) -> Result<()> {
+    page.eval(&format!("(document.querySelector({}).value = '', true)", js(selector))).await?;
+    Ok(())
 }
 
 fn item(name: &str, attr: &str, value: &str) -> String {

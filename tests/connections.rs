@@ -24,6 +24,7 @@ use palaver_client::Visibility;
 use palaver_node::config::OpsToken;
 use palaver_testkit::Balancer;
 use palaver_testkit::Node;
+use palaver_testkit::User;
 use palaver_testkit::WAIT;
 use palaver_testkit::config;
 use palaver_testkit::eventually;
@@ -425,7 +426,9 @@ async fn operations_endpoints_want_the_ops_token_or_an_admin_and_discovery_sends
         c.security.metrics_public = false;
     }))
     .await?;
-    let admin = node.user("admin").await?;
+    // This node's own ops token makes the admin (the kit's is replaced).
+    node.http().with_token(token).create_user("admin", &User::password_of("admin"), true).await?;
+    let admin = node.login("admin").await?;
     let bob = node.user("bob").await?;
     let addr = node.addr();
     for path in ["/api/cluster/members", "/metrics"] {

@@ -32,11 +32,11 @@ async fn answered_messages_survive_every_node_losing_its_unflushed_writes() -> R
     let addr = |i: usize| addrs[i].clone();
 
     let anon = Http::new(&addr(0))?;
-    anon.register("admin", "durable-password").await?;
+    anon.register("owner", "durable-password").await?;
     anon.register("sender", "durable-password").await?;
-    let admin = anon.with_token(anon.login("admin", "durable-password").await?.token);
+    let owner = anon.with_token(anon.login("owner", "durable-password").await?.token);
     for room in ["alpha", "beta"] {
-        admin.create_room(room, room, Visibility::Public).await?;
+        owner.create_room(room, room, Visibility::Public).await?;
     }
     // Every node must see the rooms before the burst (creation reaches every
     // node through Raft; this only waits for it).

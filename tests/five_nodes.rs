@@ -78,7 +78,7 @@ async fn send_all(http: &Http, room: &str, tag: &str, n: usize) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rooms_traffic_reaches_its_replicas_and_its_subscribers_node_only() -> Result<()> {
     let mut c = Cluster::start(5).await?;
-    let admin = c.user(1, "admin").await?;
+    let admin = c.admin(1, "admin").await?;
     let room = "five";
     admin.http.create_room(room, "Five", Visibility::Public).await?;
 

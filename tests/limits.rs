@@ -226,7 +226,7 @@ async fn applied(admin: &Http) -> Result<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_markers_are_coalesced_into_few_writes() -> Result<()> {
     let node = Node::start().await?;
-    let admin = node.user("admin").await?;
+    let admin = node.admin("admin").await?;
     let reader = node.user("reader").await?;
     admin.http.create_room("markers", "m", Visibility::Public).await?;
     reader.http.join("markers").await?;

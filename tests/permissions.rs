@@ -268,8 +268,6 @@ fn room_id(prefix: &str, action: Action, column: &str) -> String {
 }
 
 async fn world(node: &Node) -> Result<World> {
-    // The first account is admin: registered first so no actor is one.
-    node.user("admin").await?;
     Ok(World {
         owner: node.user("owner").await?,
         moderator: node.user("moder").await?,
@@ -319,7 +317,6 @@ async fn permission_matrix_private_rooms() -> Result<()> {
 #[tokio::test]
 async fn permission_matrix_direct_rooms() -> Result<()> {
     let node = Node::start().await?;
-    node.user("admin").await?;
     let outsider = node.user("outsider").await?;
     let newbie = node.user("newbie").await?;
     let mut failures = Vec::new();
@@ -365,7 +362,6 @@ struct Upward {
 #[tokio::test]
 async fn moderation_is_never_aimed_at_an_equal_or_higher_role() -> Result<()> {
     let node = Node::start().await?;
-    node.user("admin").await?;
     let users =
         [node.user("boss").await?, node.user("mod1").await?, node.user("mod2").await?, node.user("pleb").await?];
     let by_name = |n: &str| users.iter().find(|u| u.name == n).expect("user of the table");
@@ -412,7 +408,7 @@ async fn moderation_is_never_aimed_at_an_equal_or_higher_role() -> Result<()> {
 #[tokio::test]
 async fn an_admin_may_delete_and_audit_any_room() -> Result<()> {
     let node = Node::start().await?;
-    let admin = node.user("admin").await?;
+    let admin = node.admin("admin").await?;
     assert_eq!(admin.http.me().await?.role, "admin");
     let alice = node.user("alice").await?;
     let bob = node.user("bob").await?;

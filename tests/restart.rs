@@ -50,7 +50,7 @@ async fn settle(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_messages_and_metadata_survive_sigkill() -> Result<()> {
     let mut node = Node::start().await?;
-    let admin = node.user("admin").await?;
+    let admin = node.admin("admin").await?;
     let alice = node.user("alice").await?;
     let bob = node.user("bob").await?;
     let carol = node.user("carol").await?;

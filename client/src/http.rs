@@ -6,14 +6,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use palaver_protocol::Credentials;
 use palaver_protocol::EditMessage;
+use palaver_protocol::Invite;
 use palaver_protocol::Mute;
+use palaver_protocol::NewInvite;
 use palaver_protocol::NewMessage;
 use palaver_protocol::NewRoom;
+use palaver_protocol::NewUser;
+use palaver_protocol::PasswordChange;
 use palaver_protocol::ReadMarker;
 use palaver_protocol::Receipt;
 use palaver_protocol::Registered;
+use palaver_protocol::Registration;
 use palaver_protocol::RoleChange;
 use palaver_protocol::Ticket;
+use palaver_protocol::UserEntry;
+use palaver_protocol::UserMade;
 use palaver_protocol::UserTarget;
 use percent_encoding::NON_ALPHANUMERIC;
 use percent_encoding::utf8_percent_encode;
@@ -182,6 +189,50 @@ impl Http {
     /// `POST /api/login`: 200 with token.
     pub async fn login(&self, username: &str, password: &str) -> Result<Login> {
         self.json(Method::POST, "/api/login", Some(&Credentials { username, password }), &[200]).await
+    }
+
+    /// `POST /api/register` with an invite code (a cluster in `invite` mode).
+    pub async fn register_invited(&self, username: &str, password: &str, invite: &str) -> Result<String> {
+        let body = Registration { username, password, invite: Some(invite) };
+        let answer: Registered = self.json(Method::POST, "/api/register", Some(&body), &[201]).await?;
+        Ok(answer.username)
+    }
+
+    /// `POST /api/me/password`: 204; the caller's other sessions end.
+    pub async fn change_password(&self, old: &str, new: &str) -> Result<()> {
+        self.empty(Method::POST, "/api/me/password", Some(&PasswordChange { old, new })).await
+    }
+
+    // ----- account administration (§8, admins and the ops token) -----
+
+    /// `POST /api/admin/users`: 201; `admin` makes an admin.
+    pub async fn create_user(&self, username: &str, password: &str, admin: bool) -> Result<UserMade> {
+        let body = NewUser { username, password, role: Some(if admin { "admin" } else { "user" }) };
+        self.json(Method::POST, "/api/admin/users", Some(&body), &[201]).await
+    }
+
+    /// `GET /api/admin/users?prefix=&limit=`.
+    pub async fn list_users(&self, prefix: &str, limit: u32) -> Result<Vec<UserEntry>> {
+        let path = format!("/api/admin/users?prefix={}&limit={limit}", utf8_percent_encode(prefix, NON_ALPHANUMERIC));
+        self.json(Method::GET, &path, NO_BODY, &[200]).await
+    }
+
+    /// `POST /api/admin/users/{u}/disable` (or `enable`): 204.
+    pub async fn set_disabled(&self, username: &str, disabled: bool) -> Result<()> {
+        let what = if disabled { "disable" } else { "enable" };
+        self.empty(
+            Method::POST,
+            &format!("/api/admin/users/{}/{what}", utf8_percent_encode(username, NON_ALPHANUMERIC)),
+            NO_BODY,
+        )
+        .await
+    }
+
+    /// `POST /api/admin/invites`: 201 with the code.
+    pub async fn create_invite(&self, uses: u32, ttl_secs: u64) -> Result<String> {
+        let body = NewInvite { uses: Some(uses), ttl_secs: Some(ttl_secs) };
+        let answer: Invite = self.json(Method::POST, "/api/admin/invites", Some(&body), &[201]).await?;
+        Ok(answer.code)
     }
 
     /// `POST /api/logout`: 204; this client's token stops working.

@@ -250,6 +250,34 @@ pub struct Security {
     pub ops_token: Option<OpsToken>,
     /// `/metrics` answers without credentials.
     pub metrics_public: bool,
+    /// Who may register: `open`, `invite` (an admin's invite code) or
+    /// `closed`. When absent: `open` if every address clients reach (the
+    /// balancer's and the nodes') is loopback, `invite` otherwise; see
+    /// [`Config::registration`].
+    pub registration: Option<RegistrationMode>,
+}
+
+/// Who may register through `POST /api/register`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Anyone who can reach the public address.
+    Open,
+    /// With an invite code made by an admin.
+    Invite,
+    /// Nobody: admins make accounts.
+    Closed,
+}
+
+impl RegistrationMode {
+    /// The name in the cluster file and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationMode::Open => "open",
+            RegistrationMode::Invite => "invite",
+            RegistrationMode::Closed => "closed",
+        }
+    }
 }
 
 impl Default for Security {
@@ -262,6 +290,7 @@ impl Default for Security {
             trusted_proxies: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
             ops_token: None,
             metrics_public: true,
+            registration: None,
         }
     }
 }
@@ -342,6 +371,28 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The registration mode: the file's, else `open` only when every
+    /// address clients can reach (the balancer's `listen`, each node's
+    /// `client`) is loopback, so a try-out on a laptop needs no invite and
+    /// a server on a public address is never open by accident.
+    pub fn registration(&self) -> RegistrationMode {
+        if let Some(mode) = self.security.registration {
+            return mode;
+        }
+        let balancer_listen = self
+            .balancer
+            .as_ref()
+            .and_then(|b| b.get("listen"))
+            .and_then(|l| l.as_str())
+            .map(|l| l.parse::<SocketAddr>().map(|a| a.ip().is_loopback()).unwrap_or(false));
+        let nodes_loopback = self.nodes.iter().all(|n| n.client.ip().is_loopback());
+        if nodes_loopback && balancer_listen.unwrap_or(true) {
+            RegistrationMode::Open
+        } else {
+            RegistrationMode::Invite
+        }
+    }
+
     /// Reads and checks a cluster file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
@@ -458,6 +509,20 @@ mod tests {
         assert!(Config::parse("").expect("empty config").ignored_fields().is_empty());
         let out = toml::to_string(&c).expect("serialises");
         assert!(!out.contains("ack") && !out.contains("failure_timeout_ms"), "{out}");
+    }
+
+    #[test]
+    fn registration_is_open_only_on_loopback_unless_the_file_says() {
+        let local = "[[node]]\nid = 1\nclient = \"127.0.0.1:7101\"\npeer = \"127.0.0.1:7201\"\n";
+        assert_eq!(Config::parse("").expect("empty").registration(), RegistrationMode::Open);
+        assert_eq!(Config::parse(local).expect("local").registration(), RegistrationMode::Open);
+        let public = local.replace("127.0.0.1:7101", "0.0.0.0:7101");
+        assert_eq!(Config::parse(&public).expect("public").registration(), RegistrationMode::Invite);
+        let behind = format!("{local}[balancer]\nlisten = \"0.0.0.0:8080\"\n");
+        assert_eq!(Config::parse(&behind).expect("balancer").registration(), RegistrationMode::Invite);
+        let closed = format!("{public}[security]\nregistration = \"closed\"\n");
+        assert_eq!(Config::parse(&closed).expect("closed").registration(), RegistrationMode::Closed);
+        assert!(Config::parse("[security]\nregistration = \"maybe\"\n").is_err());
     }
 
     #[test]

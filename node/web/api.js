@@ -70,11 +70,23 @@ export class Api {
   async get(path) { return (await this.request('GET', path)).data; }
   async post(path, body = {}) { return (await this.request('POST', path, body)).data; }
 
-  register(username, password) { return this.post('/api/register', { username, password }); }
+  register(username, password, invite = '') {
+    return this.post('/api/register', invite ? { username, password, invite } : { username, password });
+  }
   login(username, password) { return this.post('/api/login', { username, password }); }
   logout() { return this.post('/api/logout'); }
   me() { return this.get('/api/me'); }
   async ticket() { return (await this.post('/api/ticket')).ticket; }
+  changePassword(old, next) { return this.post('/api/me/password', { old, new: next }); }
+
+  // Account administration (admins only).
+  users(prefix = '', limit = 200) {
+    return this.get(`/api/admin/users?prefix=${encodeURIComponent(prefix)}&limit=${limit}`);
+  }
+  setDisabled(username, disabled) {
+    return this.post(`/api/admin/users/${encodeURIComponent(username)}/${disabled ? 'disable' : 'enable'}`);
+  }
+  async invite(uses, ttlSecs) { return (await this.post('/api/admin/invites', { uses, ttl_secs: ttlSecs })).code; }
 
   rooms() { return this.get('/api/rooms'); }
   createRoom(id, visibility) { return this.post('/api/rooms', { room: id, title: id, visibility }); }

@@ -4,6 +4,7 @@
 
 import { Api, ApiError, describe } from './api.js';
 import { Connection } from './connection.js';
+import { initAccount } from './account.js';
 import { initSearch } from './search.js';
 import { Store } from './store.js';
 import * as view from './views.js';
@@ -48,6 +49,8 @@ async function boot() {
 
 function showLogin() {
   $('chat-view').hidden = true;
+  $('account-view').hidden = true;
+  $('account-open').hidden = true;
   $('logout').hidden = true;
   $('me').textContent = '';
   $('conn').textContent = '';
@@ -87,7 +90,8 @@ async function onRegister() {
     return;
   }
   try {
-    await api.register(username, password);
+    await api.register(username, password, $('register-invite').value.trim());
+    $('register-invite').value = '';
     await logIn(username, password);
   } catch (err) { view.showError(describe('Register', err)); }
 }
@@ -99,6 +103,7 @@ function enterChat(me, token) {
   $('login-view').hidden = true;
   $('chat-view').hidden = false;
   $('logout').hidden = false;
+  $('account-open').hidden = false;
   $('me').textContent = me.role === 'admin' ? `${me.username} (admin)` : me.username;
   renderAll();
   conn.start(token);
@@ -124,7 +129,11 @@ function loggedOut(why) {
 }
 
 async function onLogout() {
+  const token = api.token;
   try { await api.logout(); } catch { /* the token is dropped here anyway */ }
+  // The answer waits until every node has ended the session; the person
+  // may have logged in again meanwhile, and that session stays.
+  if (api.token !== token) return;
   view.clearError();
   loggedOut(null);
 }
@@ -762,6 +771,7 @@ function wire() {
   $('audit-open').addEventListener('click', showAudit);
   $('room-delete').addEventListener('click', deleteRoom);
   initSearch({ api, store, openRoom, loadOlder });
+  initAccount({ api, store });
   window.addEventListener('unhandledrejection', (e) => {
     e.preventDefault();
     view.showError(describe('Something failed', e.reason));

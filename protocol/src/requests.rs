@@ -14,6 +14,51 @@ pub struct Credentials<S = String> {
     pub password: S,
 }
 
+/// `POST /api/register`: credentials, plus the invite code a cluster in
+/// `invite` mode asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration<S = String> {
+    /// Account name.
+    pub username: S,
+    /// Password (8..128 characters).
+    pub password: S,
+    /// An invite code from `POST /api/admin/invites`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<S>,
+}
+
+/// `POST /api/me/password`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChange<S = String> {
+    /// The current password.
+    pub old: S,
+    /// The new one (8..128 characters).
+    pub new: S,
+}
+
+/// `POST /api/admin/users`: an account made by an admin or the operations CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewUser<S = String> {
+    /// Account name.
+    pub username: S,
+    /// Password (8..128 characters).
+    pub password: S,
+    /// `user` (when absent) or `admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<S>,
+}
+
+/// `POST /api/admin/invites`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewInvite {
+    /// Sign-ups the code admits (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+    /// Seconds the code stays valid (default 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
 /// `POST /api/rooms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewRoom<S = String> {

@@ -253,6 +253,35 @@ pub struct Me {
     pub role: UserRole,
 }
 
+/// One account in `GET /api/admin/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEntry {
+    /// The account's name.
+    pub username: String,
+    /// Admin or user.
+    pub role: UserRole,
+    /// Whether the account may not log in.
+    pub disabled: bool,
+    /// When the account was made (Unix ms).
+    pub created_at: u64,
+}
+
+/// Answer of `POST /api/admin/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserMade {
+    /// The new account's name.
+    pub username: String,
+    /// Its role.
+    pub role: UserRole,
+}
+
+/// Answer of `POST /api/admin/invites`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    /// The code, shown once: `POST /api/register` takes it as `invite`.
+    pub code: String,
+}
+
 /// Answer of `POST /api/ticket`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {

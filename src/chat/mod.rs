@@ -19,8 +19,6 @@ pub mod view;
 
 mod app;
 
-use std::io::Write;
-
 use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
@@ -76,7 +74,11 @@ pub fn main(args: ChatArgs) -> Result<()> {
     if !command::valid_user(&args.user) {
         bail!("{:?} is not a username: use 3 to 32 of a-z, 0-9, _, . and -", args.user);
     }
-    let password = if args.password_stdin { password_from_stdin()? } else { prompt_password(&args.user)? };
+    let password = if args.password_stdin {
+        crate::password::from_stdin()?
+    } else {
+        crate::password::prompt(&format!("password for {}: ", args.user))?
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let result = runtime.block_on(run(&addr, &args, &password));
     // Tasks still waiting on the network are of no use any more.
@@ -123,69 +125,6 @@ fn address(url: &str) -> Result<String> {
         bail!("{url}: expected http://HOST:PORT");
     }
     Ok(rest.to_string())
-}
-
-fn password_from_stdin() -> Result<String> {
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
-    let password = line.trim_end_matches(['\n', '\r']);
-    if password.is_empty() {
-        bail!("no password on standard input (--password-stdin reads its first line)");
-    }
-    Ok(password.to_string())
-}
-
-/// Asks for the password on the terminal without echoing it.
-fn prompt_password(user: &str) -> Result<String> {
-    use crossterm::event::Event;
-    use crossterm::event::KeyCode;
-    use crossterm::event::KeyEventKind;
-    use crossterm::event::KeyModifiers;
-
-    /// Leaves raw mode however the prompt ends.
-    struct Raw;
-    impl Drop for Raw {
-        fn drop(&mut self) {
-            let _ = crossterm::terminal::disable_raw_mode();
-        }
-    }
-
-    crossterm::terminal::enable_raw_mode()
-        .context("no terminal to ask for the password on (pass it with --password-stdin)")?;
-    let _raw = Raw;
-    let mut out = std::io::stderr();
-    write!(out, "password for {user}: ").and_then(|()| out.flush()).context("writing the prompt")?;
-    let mut password = String::new();
-    loop {
-        let event = crossterm::event::read().context("reading the password")?;
-        let Event::Key(key) = event else { continue };
-        if key.kind == KeyEventKind::Release {
-            continue;
-        }
-        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-        match key.code {
-            KeyCode::Enter => break,
-            KeyCode::Char('c') | KeyCode::Char('d') if ctrl => {
-                let _ = write!(out, "\r\n");
-                bail!("cancelled");
-            }
-            KeyCode::Esc => {
-                let _ = write!(out, "\r\n");
-                bail!("cancelled");
-            }
-            KeyCode::Char('u') if ctrl => password.clear(),
-            KeyCode::Char(c) if !ctrl => password.push(c),
-            KeyCode::Backspace => {
-                password.pop();
-            }
-            _ => {}
-        }
-    }
-    let _ = write!(out, "\r\n");
-    if password.is_empty() {
-        bail!("no password given");
-    }
-    Ok(password)
 }
 
 #[cfg(test)]

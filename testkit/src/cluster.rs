@@ -219,6 +219,12 @@ impl Cluster {
         User::register(&self.http(id), name).await.with_context(|| format!("on node {id}"))
     }
 
+    /// Makes `name` an admin on node `id` (with the kit's ops token) and
+    /// logs in.
+    pub async fn admin(&self, id: u64, name: &str) -> Result<User> {
+        User::admin(&self.http(id), name).await.with_context(|| format!("on node {id}"))
+    }
+
     /// Logs an existing user in on node `id`.
     pub async fn login(&self, id: u64, name: &str) -> Result<User> {
         User::login(&self.http(id), name).await.with_context(|| format!("on node {id}"))
@@ -332,7 +338,7 @@ impl Cluster {
 }
 
 /// One cluster shared by every test of a test binary that asks for it, with
-/// an `admin` account registered first (so it is the admin). Its nodes stop
+/// an `admin` account made with the ops token. Its nodes stop
 /// when the test binary exits (their stdin closes); its folder is removed by
 /// the next run (folders of processes that are gone).
 pub struct SharedCluster {
@@ -387,9 +393,9 @@ impl SharedCluster {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let cluster = Cluster::builder(3).start_in(&root).await?;
-        let admin = cluster.user(1, "admin").await?;
+        let admin = cluster.admin(1, "admin").await?;
         let me = admin.http.me().await?;
-        anyhow::ensure!(me.role == "admin", "the first account is not admin: {me:?}");
+        anyhow::ensure!(me.role == "admin", "the account made as admin is not one: {me:?}");
         Ok(SharedCluster { cluster, admin_token: admin.token })
     }
 }

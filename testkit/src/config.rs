@@ -13,6 +13,7 @@ use anyhow::Result;
 use palaver_balancer::config::BalancerSection;
 use palaver_balancer::config::NodeEntry;
 use palaver_node::config::Config;
+use palaver_node::config::OpsToken;
 
 use crate::ports;
 
@@ -30,11 +31,16 @@ pub const SHARDS_ENV: &str = "PALAVER_TEST_SHARDS";
 /// test, few enough that a debug build starts a cluster in a second or two.
 pub const TEST_SHARDS: u32 = 8;
 
+/// The ops token of every node the kit configures: tests make admins with
+/// it (`POST /api/admin/users`), as `palaver admin create-user` does.
+pub const TEST_OPS_TOKEN: &str = "palaver-test-ops-token-0123456789";
+
 /// The node's defaults, with rate limits and quotas raised so ordinary tests
 /// never trip them, and [`ALLOWED_ORIGIN`] as the only browser origin.
 pub fn test_config() -> Config {
     let mut c = raised_limits(HIGH_RATE, HIGH_QUOTA);
     c.security.allowed_origins = vec![ALLOWED_ORIGIN.to_string()];
+    c.security.ops_token = Some(OpsToken::new(TEST_OPS_TOKEN).expect("the test ops token is valid"));
     c.cluster.shards = std::env::var(SHARDS_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(TEST_SHARDS);
     c
 }

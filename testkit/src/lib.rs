@@ -32,6 +32,7 @@ pub use cluster::Cluster;
 pub use cluster::SharedCluster;
 pub use config::ALLOWED_ORIGIN;
 pub use config::ClusterFile;
+pub use config::TEST_OPS_TOKEN;
 pub use config::config;
 pub use config::test_config;
 pub use node::Node;

@@ -42,6 +42,16 @@ impl User {
         User::login(http, name).await
     }
 
+    /// Makes `name` an admin account through `http` with the kit's ops
+    /// token (as `palaver admin create-user NAME --admin` does) and logs in.
+    pub async fn admin(http: &Http, name: &str) -> Result<User> {
+        http.with_token(crate::config::TEST_OPS_TOKEN.to_string())
+            .create_user(name, &User::password_of(name), true)
+            .await
+            .with_context(|| format!("making the admin {name}"))?;
+        User::login(http, name).await
+    }
+
     /// Logs `name`, registered before, in through `http`.
     pub async fn login(http: &Http, name: &str) -> Result<User> {
         let password = User::password_of(name);
@@ -116,6 +126,11 @@ impl Node {
     /// Registers `name` and logs in.
     pub async fn user(&self, name: &str) -> Result<User> {
         User::register(&self.http(), name).await
+    }
+
+    /// Makes `name` an admin (with the kit's ops token) and logs in.
+    pub async fn admin(&self, name: &str) -> Result<User> {
+        User::admin(&self.http(), name).await
     }
 
     /// Logs an existing user in again (after a restart, say).

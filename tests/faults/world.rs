@@ -24,7 +24,6 @@ use palaver_client::Message;
 use palaver_client::ResilientClient;
 use palaver_client::ResilientOptions;
 use palaver_client::Visibility;
-use palaver_node::config::OpsToken;
 use palaver_testkit::Balancer;
 use palaver_testkit::Cluster;
 use palaver_testkit::Recorder;
@@ -127,7 +126,7 @@ const NODE_LOG: &str = "info,openraft=warn,palaver_node::shards::machine=debug,p
 const APPLIED_SHOWN: usize = 12;
 
 /// The operations token of the fault cluster (the CLI's and the balancer's).
-pub const OPS_TOKEN: &str = "fault-suite-ops-token-0123456789abcdef";
+pub const OPS_TOKEN: &str = palaver_testkit::TEST_OPS_TOKEN;
 
 /// The options of a resilient client of `user` at `addr` in these tests.
 pub fn client_options(addr: &str, user: &User) -> ResilientOptions {
@@ -160,11 +159,10 @@ impl World {
             None => vec![("RUST_LOG".into(), NODE_LOG.into())],
         };
         let launch = palaver_testkit::Launch { log_dir: Some(log_dir.clone()), env, ..Default::default() };
-        let config = palaver_testkit::config::config(|c| {
-            c.security.ops_token = Some(OpsToken::new(OPS_TOKEN).expect("a valid ops token"));
-        });
-        let c = Cluster::builder(3).config(config).launch(launch).start().await?;
-        let admin = c.user(1, "admin").await?;
+        // The kit's config carries OPS_TOKEN: the balancer, the CLI and the
+        // admin below all use it.
+        let c = Cluster::builder(3).launch(launch).start().await?;
+        let admin = c.admin(1, "admin").await?;
         let settings = BalancerSettings {
             strategy: Strategy::RoundRobin,
             nodes: c.backends(),

@@ -17,6 +17,7 @@ use palaver_protocol::NewRoom;
 use palaver_protocol::Page;
 use palaver_protocol::ReadMarker;
 use palaver_protocol::Registered;
+use palaver_protocol::Registration;
 use palaver_protocol::RoleChange;
 use palaver_protocol::SendAck;
 use palaver_protocol::Ticket;
@@ -50,9 +51,9 @@ fn no_content() -> Answer {
 pub async fn register(
     State(node): State<Arc<Node>>,
     ClientAddr(addr): ClientAddr,
-    Json(c): Json<Credentials>,
+    Json(c): Json<Registration>,
 ) -> Answer {
-    node.register(addr, c.username.clone(), c.password).await?;
+    node.register(addr, c.username.clone(), c.password, c.invite).await?;
     created(Registered { username: c.username })
 }
 

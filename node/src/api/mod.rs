@@ -2,6 +2,7 @@
 //! polling, plus the accept loop. They translate requests into
 //! [`crate::service`] calls and answers back; no rules live here.
 
+mod admin;
 mod admission;
 mod conn_io;
 mod delivery;
@@ -65,6 +66,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/logout", post(http::logout))
         .route("/api/me", get(http::me))
         .route("/api/ticket", post(http::ticket))
+        .route("/api/me/password", post(admin::change_password))
+        .route("/api/admin/users", get(admin::list_users).post(admin::create_user))
+        .route("/api/admin/users/{username}/disable", post(admin::disable_user))
+        .route("/api/admin/users/{username}/enable", post(admin::enable_user))
+        .route("/api/admin/invites", post(admin::create_invite))
         .route("/api/rooms", get(http::list_rooms).post(http::create_room))
         .route("/api/rooms/{room}", get(http::get_room).patch(http::configure_room).delete(http::delete_room))
         .route("/api/rooms/{room}/join", post(http::join))

@@ -42,6 +42,7 @@ const ASSETS: &[(&str, &[u8], &str)] = &[
     ("views.js", include_bytes!("../../web/views.js"), JS),
     ("main.js", include_bytes!("../../web/main.js"), JS),
     ("search.js", include_bytes!("../../web/search.js"), JS),
+    ("account.js", include_bytes!("../../web/account.js"), JS),
     ("icon.svg", include_bytes!("../../web/icon.svg"), "image/svg+xml"),
 ];
 

@@ -7,6 +7,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
+use super::accounts::AccountCommand;
+use super::accounts::AccountsState;
 use super::layout::Layout;
 use super::layout::LayoutCommand;
 
@@ -183,7 +185,9 @@ impl fmt::Display for MetaRequest {
 /// Every change to the metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
-    /// Make an account.
+    /// Make an account; the first one of the cluster became admin. Kept so
+    /// that older logs replay as they did: nodes now propose
+    /// [`AccountCommand::SignUp`], which never makes an admin.
     Register {
         /// Validated username.
         username: String,
@@ -289,6 +293,8 @@ pub enum MetaCommand {
         /// What.
         cmd: LayoutCommand,
     },
+    /// Account administration (`meta/accounts.rs`).
+    Account(AccountCommand),
 }
 
 /// The actor of a command made with the cluster's ops token (checked by the
@@ -315,6 +321,7 @@ impl MetaCommand {
                     // checks again: shown everywhere before it is answered.
                     | RoomOp::Configure { .. }
             ),
+            MetaCommand::Account(cmd) => cmd.revokes_access(),
             _ => false,
         }
     }
@@ -506,6 +513,39 @@ pub struct MetaState {
     /// Per room id, the days its messages are kept (0: forever), where its
     /// owner set it; other rooms keep the cluster's default.
     pub retention: BTreeMap<String, u32>,
+    /// Disabled accounts and invite codes.
+    pub accounts: AccountsState,
+}
+
+/// The metadata state as snapshot format 3 stored it, before account
+/// administration (data of an earlier version of Palaver).
+#[derive(Debug, Deserialize)]
+pub struct MetaStateV3 {
+    users: BTreeMap<String, User>,
+    sessions: BTreeMap<TokenHash, Session>,
+    tickets: BTreeMap<TokenHash, Ticket>,
+    rooms: BTreeMap<String, Room>,
+    next_room_key: u64,
+    draining: BTreeSet<NodeId>,
+    layout: Layout,
+    retention: BTreeMap<String, u32>,
+}
+
+impl From<MetaStateV3> for MetaState {
+    fn from(v3: MetaStateV3) -> Self {
+        let MetaStateV3 { users, sessions, tickets, rooms, next_room_key, draining, layout, retention } = v3;
+        MetaState {
+            users,
+            sessions,
+            tickets,
+            rooms,
+            next_room_key,
+            draining,
+            layout,
+            retention,
+            accounts: AccountsState::default(),
+        }
+    }
 }
 
 /// The metadata state as snapshot format 2 stored it, before retention
@@ -524,7 +564,17 @@ pub struct MetaStateV2 {
 impl From<MetaStateV2> for MetaState {
     fn from(v2: MetaStateV2) -> Self {
         let MetaStateV2 { users, sessions, tickets, rooms, next_room_key, draining, layout } = v2;
-        MetaState { users, sessions, tickets, rooms, next_room_key, draining, layout, retention: BTreeMap::new() }
+        MetaState {
+            users,
+            sessions,
+            tickets,
+            rooms,
+            next_room_key,
+            draining,
+            layout,
+            retention: BTreeMap::new(),
+            accounts: AccountsState::default(),
+        }
     }
 }
 
@@ -552,6 +602,7 @@ impl From<MetaStateV1> for MetaState {
             draining,
             layout: Layout::default(),
             retention: BTreeMap::new(),
+            accounts: AccountsState::default(),
         }
     }
 }
@@ -606,6 +657,9 @@ impl MetaState {
                 if !self.users.contains_key(username) {
                     return Err(MetaError::Unauthorized);
                 }
+                if self.is_disabled(username) {
+                    return Err(MetaError::Forbidden("this account is disabled".into()));
+                }
                 self.sessions.insert(
                     *token_hash,
                     Session {
@@ -642,6 +696,7 @@ impl MetaState {
                 }
                 let sessions = &self.sessions;
                 self.tickets.retain(|_, t| t.expires_at > now && sessions.contains_key(&t.token_hash));
+                self.sweep_invites(now);
                 Ok(MetaOk::Done)
             }
             MetaCommand::IssueTicket { ticket_hash, token_hash, expires_at } => {
@@ -737,6 +792,7 @@ impl MetaState {
                 effects.push(MetaEffect::LayoutChanged);
                 Ok(MetaOk::Done)
             }
+            MetaCommand::Account(cmd) => self.apply_account(now, cmd, effects),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::permissions::{self};
 
 /// A time well away from zero, so that "before" and "after" both exist.
 const T0: u64 = 1_700_000_000_000;
+const DAY: u64 = 86_400_000;
 
 /// The reply code a client would see, without the human text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1704,4 +1705,102 @@ mod permission_check {
             assert_eq!(answer, expected, "{s:?} (admin={admin}) leaving a {v:?} room");
         }
     }
+}
+
+// ----- account administration (meta/accounts.rs) -----
+
+fn account(cmd: AccountCommand) -> MetaCommand {
+    MetaCommand::Account(cmd)
+}
+
+fn sign_up(username: &str, invite: Option<u8>) -> MetaCommand {
+    account(AccountCommand::SignUp {
+        username: username.into(),
+        password_hash: format!("$argon2id$test${username}"),
+        invite: invite.map(tok),
+    })
+}
+
+#[test]
+fn sign_up_never_makes_an_admin_and_only_admins_or_the_ops_actor_make_accounts() {
+    let mut s = MetaState::default();
+    assert_eq!(run(&mut s, T0, sign_up("first", None)).0, Ok(MetaOk::Registered(UserRole::User)));
+    let by = |actor: &str, name: &str| {
+        account(AccountCommand::Create {
+            actor: actor.into(),
+            username: name.into(),
+            password_hash: "h".into(),
+            role: UserRole::Admin,
+        })
+    };
+    assert_eq!(code(&run(&mut s, T0, by("first", "boss")).0), Code::Forbidden);
+    assert_eq!(run(&mut s, T0, by(OPS_ACTOR, "boss")).0, Ok(MetaOk::Registered(UserRole::Admin)));
+    assert_eq!(run(&mut s, T0, by("boss", "deputy")).0, Ok(MetaOk::Registered(UserRole::Admin)));
+    assert_eq!(code(&run(&mut s, T0, by("boss", "first")).0), Code::Conflict);
+}
+
+#[test]
+fn an_invite_admits_as_many_sign_ups_as_its_uses_and_none_after_its_end() {
+    let mut s = MetaState::default();
+    build(&mut s, &at(T0, vec![register("boss")]));
+    let invite = |uses, expires_at| {
+        account(AccountCommand::CreateInvite { actor: "boss".into(), code_hash: tok(7), uses, expires_at })
+    };
+    assert_eq!(code(&run(&mut s, T0, invite(0, T0 + 10)).0), Code::BadRequest);
+    assert_eq!(code(&run(&mut s, T0, invite(2, T0)).0), Code::BadRequest);
+    build(&mut s, &at(T0, vec![invite(2, T0 + 1_000)]));
+    assert_eq!(code(&run(&mut s, T0, sign_up("a", Some(9))).0), Code::Forbidden, "unknown code");
+    assert_eq!(code(&run(&mut s, T0, sign_up("a", Some(7))).0), Code::Ok);
+    assert_eq!(code(&run(&mut s, T0, sign_up("a", Some(7))).0), Code::Conflict, "a taken name uses nothing");
+    assert_eq!(code(&run(&mut s, T0, sign_up("b", Some(7))).0), Code::Ok);
+    assert_eq!(code(&run(&mut s, T0, sign_up("c", Some(7))).0), Code::Forbidden, "used up");
+    assert!(s.accounts.invites.is_empty(), "a used-up code is dropped");
+    build(&mut s, &at(T0, vec![invite(5, T0 + 1_000)]));
+    assert_eq!(code(&run(&mut s, T0 + 1_000, sign_up("d", Some(7))).0), Code::Forbidden, "expired");
+    build(&mut s, &at(T0, vec![invite(5, T0 + 1_000)]));
+    assert!(run(&mut s, T0 + 2_000, MetaCommand::Sweep).0.is_ok());
+    assert!(s.accounts.invites.is_empty(), "the sweep drops expired codes");
+}
+
+#[test]
+fn disabling_ends_every_session_and_refuses_logins_until_enabled() {
+    let mut s = MetaState::default();
+    build(&mut s, &at(T0, vec![register("boss"), register("eve"), login("eve", 1, T0 + DAY, DAY)]));
+    build(&mut s, &at(T0, vec![login("eve", 2, T0 + DAY, DAY), login("boss", 3, T0 + DAY, DAY)]));
+    let set = |actor: &str, disabled| {
+        account(AccountCommand::SetDisabled { actor: actor.into(), username: "eve".into(), disabled })
+    };
+    assert_eq!(code(&run(&mut s, T0, set("eve", true)).0), Code::Forbidden, "not an admin");
+    let (reply, effects) = run(&mut s, T0, set("boss", true));
+    assert_eq!(code(&reply), Code::Ok);
+    let ended: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            MetaEffect::SessionEnded { token_hash } => Some(*token_hash),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, [tok(1), tok(2)]);
+    assert!(s.session(&tok(3), T0).is_some(), "other users' sessions stay");
+    assert_eq!(code(&run(&mut s, T0, login("eve", 4, T0 + DAY, DAY)).0), Code::Forbidden);
+    let self_disable =
+        account(AccountCommand::SetDisabled { actor: "boss".into(), username: "boss".into(), disabled: true });
+    assert_eq!(code(&run(&mut s, T0, self_disable).0), Code::Conflict);
+    build(&mut s, &at(T0, vec![set("boss", false)]));
+    assert_eq!(code(&run(&mut s, T0, login("eve", 4, T0 + DAY, DAY)).0), Code::Ok);
+}
+
+#[test]
+fn a_password_change_ends_every_other_session_of_the_user() {
+    let mut s = MetaState::default();
+    build(&mut s, &at(T0, vec![register("ann"), register("bob")]));
+    build(&mut s, &at(T0, vec![login("ann", 1, T0 + DAY, DAY), login("ann", 2, T0 + DAY, DAY)]));
+    build(&mut s, &at(T0, vec![login("bob", 3, T0 + DAY, DAY)]));
+    let change =
+        account(AccountCommand::SetPassword { username: "ann".into(), password_hash: "new".into(), keep: tok(1) });
+    let (reply, effects) = run(&mut s, T0, change);
+    assert_eq!(code(&reply), Code::Ok);
+    assert_eq!(effects, [MetaEffect::SessionEnded { token_hash: tok(2) }]);
+    assert!(s.session(&tok(1), T0).is_some() && s.session(&tok(3), T0).is_some());
+    assert_eq!(s.users["ann"].password_hash, "new");
 }

@@ -45,6 +45,7 @@ use crate::meta::MetaOk;
 use crate::meta::MetaState;
 use crate::meta::MetaStateV1;
 use crate::meta::MetaStateV2;
+use crate::meta::MetaStateV3;
 use crate::storage::Batch;
 use crate::storage::Store;
 
@@ -53,7 +54,7 @@ const SNAPSHOT: &str = "raft_snapshot";
 const KEY_META: &[u8] = b"meta";
 const KEY_DATA: &[u8] = b"data";
 /// Bumped when [`SnapshotFile`] changes shape.
-const SNAPSHOT_VERSION: u8 = 3;
+const SNAPSHOT_VERSION: u8 = 4;
 
 /// Receives the effects of applied commands (close sockets, member events).
 ///
@@ -102,6 +103,10 @@ fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<MetaState> {
         }
         Some(2) => {
             let file: SnapshotFile<MetaStateV2> = decode(SNAPSHOT, data)?;
+            (file.last_applied, file.membership, MetaState::from(file.state))
+        }
+        Some(3) => {
+            let file: SnapshotFile<MetaStateV3> = decode(SNAPSHOT, data)?;
             (file.last_applied, file.membership, MetaState::from(file.state))
         }
         Some(&SNAPSHOT_VERSION) => {
@@ -389,6 +394,25 @@ mod tests {
         let state = decode_snapshot(&meta, &bytes).expect("a format 2 snapshot decodes");
         assert_eq!(state.next_room_key, 11);
         assert!(state.retention.is_empty());
+    }
+
+    #[test]
+    fn a_format_3_snapshot_loads_with_no_account_administration() {
+        let v3_state = (
+            BTreeMap::<String, User>::new(),
+            BTreeMap::<TokenHashAlias, crate::meta::Session>::new(),
+            BTreeMap::<TokenHashAlias, crate::meta::Ticket>::new(),
+            BTreeMap::<String, crate::meta::Room>::new(),
+            13u64,
+            BTreeSet::<u64>::new(),
+            crate::meta::Layout::default(),
+            BTreeMap::from([("r".to_string(), 3u32)]),
+        );
+        let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
+        let bytes = postcard::to_stdvec(&(3u8, None::<LogId>, StoredMembership::default(), v3_state)).expect("encode");
+        let state = decode_snapshot(&meta, &bytes).expect("a format 3 snapshot decodes");
+        assert_eq!((state.next_room_key, state.retention.get("r")), (13, Some(&3)));
+        assert!(state.accounts.disabled.is_empty() && state.accounts.invites.is_empty());
     }
 
     type TokenHashAlias = crate::meta::TokenHash;

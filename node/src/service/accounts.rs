@@ -18,6 +18,8 @@ use crate::auth::token_hash;
 use crate::auth::valid_password;
 use crate::auth::valid_username;
 use crate::clock::now_ms;
+use crate::config::RegistrationMode;
+use crate::meta::AccountCommand;
 use crate::meta::MetaCommand;
 use crate::meta::MetaOk;
 use crate::meta::TokenHash;
@@ -37,26 +39,52 @@ pub struct Session {
 }
 
 impl Node {
-    /// Makes an account; the first one of the cluster is the admin.
-    pub async fn register(&self, addr: IpAddr, username: String, password: String) -> Result<UserRole, ApiError> {
+    /// Makes a user account through the public route, as the registration
+    /// mode allows (`invite`: `invite` must be a live code). Nobody becomes
+    /// admin this way: `palaver admin create-user NAME --admin` makes admins.
+    pub async fn register(
+        &self,
+        addr: IpAddr,
+        username: String,
+        password: String,
+        invite: Option<String>,
+    ) -> Result<UserRole, ApiError> {
         if !valid_username(&username) {
             return Err(ApiError::bad_request("username must match ^[a-z0-9_.-]{3,32}$"));
         }
         if !valid_password(&password) {
             return Err(ApiError::bad_request("password must be 8 to 128 characters"));
         }
+        let invite = match (self.registration(), invite) {
+            (RegistrationMode::Closed, _) => {
+                return Err(ApiError::forbidden("registration is closed: an admin makes accounts"));
+            }
+            (RegistrationMode::Invite, None) => {
+                return Err(ApiError::forbidden("registration needs an invite code (\"invite\")"));
+            }
+            (RegistrationMode::Invite, Some(code)) => Some(token_hash(&code)),
+            (RegistrationMode::Open, _) => None,
+        };
         self.quotas.take_register(addr, now_ms())?;
         if self.meta().users.contains_key(&username) {
             return Err(ApiError::new(Code::Conflict, format!("username {username} is taken")));
         }
         let password_hash = self.passwords.hash(password).await?;
-        match self.propose(MetaCommand::Register { username: username.clone(), password_hash }).await? {
+        let cmd = AccountCommand::SignUp { username: username.clone(), password_hash, invite };
+        match self.propose(MetaCommand::Account(cmd)).await? {
             MetaOk::Registered(role) => {
-                tracing::info!(%username, role = role.as_str(), "account registered");
+                tracing::info!(%username, role = role.as_str(), invited = invite.is_some(), "account registered");
                 Ok(role)
             }
             other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// Who may register on this cluster.
+    pub fn registration(&self) -> RegistrationMode {
+        // Resolved by the binary from the cluster file; a node built
+        // without it is never open by accident.
+        self.security.registration.unwrap_or(RegistrationMode::Invite)
     }
 
     /// Checks a password and issues a token. Unknown user and wrong password
@@ -81,6 +109,11 @@ impl Node {
                 return Err(e);
             }
         }
+        // Only after the password matched: a guess must not learn whether
+        // an account exists or is disabled.
+        if self.meta().is_disabled(&username) {
+            return Err(ApiError::forbidden("this account is disabled"));
+        }
         let token = random_token();
         let expires_at = now + self.security.token_absolute_secs * 1000;
         self.propose(MetaCommand::Login {
@@ -95,7 +128,7 @@ impl Node {
     }
 
     /// Whether `password` is `username`'s; an unknown user costs the same.
-    async fn password_matches(&self, username: &str, password: String) -> Result<bool, ApiError> {
+    pub(super) async fn password_matches(&self, username: &str, password: String) -> Result<bool, ApiError> {
         // An account registered elsewhere a moment ago must not look unknown here.
         let hash = match self
             .read(|meta| meta.users.get(username).map(|u| u.password_hash.clone()).ok_or_else(ApiError::unauthorized))
@@ -207,7 +240,8 @@ pub(super) async fn sweep_expired(node: Weak<Node>) {
         }
         let now = now_ms();
         let expired = node.meta().sessions.values().any(|s| !s.valid_at(now))
-            || node.meta().tickets.values().any(|t| t.expires_at <= now);
+            || node.meta().tickets.values().any(|t| t.expires_at <= now)
+            || node.meta().accounts.invites.values().any(|i| i.expires_at <= now);
         if expired && let Err(e) = node.propose(MetaCommand::Sweep).await {
             tracing::debug!(error = %e.message, "session sweep deferred");
         }

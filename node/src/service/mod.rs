@@ -3,6 +3,7 @@
 //! call these operations and only translate their answers.
 
 mod accounts;
+mod administration;
 mod attachments;
 mod consistency;
 mod effects;
