@@ -12,6 +12,7 @@ use std::path::PathBuf;
 mod accounts;
 mod admin;
 mod chat;
+mod local_ca;
 mod password;
 mod up;
 
@@ -22,6 +23,7 @@ use clap::Subcommand;
 use palaver_node::config::Config;
 use palaver_node::config::OPS_TOKEN_ENV;
 use palaver_node::config::OpsToken;
+use palaver_node::config::PUBLIC_TLS_ENV;
 use palaver_node::config::RegistrationMode;
 use palaver_node::config::Security;
 use palaver_node::peer::ensure_cluster_certs;
@@ -50,7 +52,8 @@ enum Command {
     /// their logs; Ctrl-C stops them all.
     Up(UpArgs),
     /// Create the cluster CA and one certificate per node of the cluster
-    /// file in its tls_dir (existing files are kept).
+    /// file in its tls_dir (existing files are kept); with --tls also the
+    /// public address's local CA and certificate.
     Certs(UpArgs),
     /// Run the balancer: one public address in front of the cluster's nodes
     /// (the `[balancer]` section and `[[node]]` list of the cluster file).
@@ -121,6 +124,12 @@ struct UpArgs {
     /// Cluster file.
     #[arg(long, value_name = "FILE", default_value = "cluster.example.toml")]
     config: PathBuf,
+    /// Serve the public address over TLS with a certificate for localhost
+    /// and 127.0.0.1 from a local CA made on first use in
+    /// <data_dir>/public-tls (the file's [public] tls_cert and tls_key win
+    /// when set); prints how to trust the CA.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// How long a stopping node may spend handing its rooms over.
@@ -159,9 +168,24 @@ fn main() -> Result<()> {
             Command::Node(args) => run_node(args).await,
             Command::Up(args) => {
                 make_certs(&args.config)?;
-                up::run(&args.config, ops_token_from_env()?).await
+                let tls = if args.tls { Some(local_ca::for_config(&args.config)?) } else { None };
+                up::run(&args.config, ops_token_from_env()?, tls).await
             }
-            Command::Certs(args) => make_certs(&args.config),
+            Command::Certs(args) => {
+                make_certs(&args.config)?;
+                if args.tls {
+                    let public = local_ca::for_config(&args.config)?;
+                    println!(
+                        "public certificate: {} (key {})",
+                        public.files.cert.display(),
+                        public.files.key.display()
+                    );
+                    if let Some(ca) = &public.ca {
+                        println!("{}", local_ca::trust_help(ca));
+                    }
+                }
+                Ok(())
+            }
             Command::Balancer(args) => run_balancer(args).await,
             Command::Status(args) => {
                 if !admin::status(args).await? {
@@ -194,6 +218,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             config.security.ops_token = Some(token);
         }
     }
+    config.security.hsts = config.public.tls_cert.is_some() || std::env::var_os(PUBLIC_TLS_ENV).is_some();
     let storage = match args.storage.as_deref() {
         None => config.cluster.storage,
         Some("redb") => EngineKind::Redb,

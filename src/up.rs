@@ -23,14 +23,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use anyhow::Result;
+use palaver_balancer::TlsFiles;
 use palaver_node::config::Config;
 use palaver_node::config::OPS_TOKEN_ENV;
 use palaver_node::config::OpsToken;
+use palaver_node::config::PUBLIC_TLS_ENV;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::BufReader;
 use tokio::process::Child;
 use tokio::process::Command;
 use tokio::sync::oneshot;
+
+use crate::local_ca::PublicCert;
 
 /// How long nodes get to become healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,7 +53,7 @@ struct Launched {
 
 /// Starts every node of `config_path`, waits for them, and runs until
 /// Ctrl-C. `env_token`: `PALAVER_OPS_TOKEN`, if set.
-pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
+pub async fn run(config_path: &Path, env_token: Option<String>, tls: Option<PublicCert>) -> Result<()> {
     let config = Config::load(config_path)?;
     anyhow::ensure!(!config.nodes.is_empty(), "{} lists no [[node]]", config_path.display());
     let (ops_token, token_from) = match (env_token, &config.security.ops_token) {
@@ -71,6 +75,7 @@ pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
             .arg(n.id.to_string())
             .arg("--exit-with-parent")
             .env(OPS_TOKEN_ENV, ops_token.expose())
+            .envs(tls.as_ref().map(|_| (PUBLIC_TLS_ENV, "1")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -101,7 +106,7 @@ pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
         }
         Some(Ok(())) => {}
     }
-    let balancer = match start_balancer(config_path, &ops_token).await {
+    let balancer = match start_balancer(config_path, &ops_token, tls.as_ref().map(|t| t.files.clone())).await {
         Ok(b) => b,
         Err(e) => {
             stop(&mut nodes).await;
@@ -110,10 +115,14 @@ pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
     };
     println!();
     println!("Palaver is up: {} node(s), data in {}", nodes.len(), config.cluster.data_dir.display());
+    let (http, ws) = if balancer.tls { ("https", "wss") } else { ("http", "ws") };
     println!(
-        "  clients connect to http://{}  (WebSocket ws://{}/ws), balanced {}",
+        "  clients connect to {http}://{}  (WebSocket {ws}://{}/ws), balanced {}",
         balancer.public, balancer.public, balancer.strategy
     );
+    if let Some(ca) = tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        println!("{}", crate::local_ca::trust_help(ca));
+    }
     println!("  balancer admin: http://{}/balancer/nodes", balancer.admin);
     println!("  ops token (Authorization: Bearer, for the admin address and /api/cluster/members): {token_from}");
     for n in &config.nodes {
@@ -125,7 +134,7 @@ pub async fn run(config_path: &Path, env_token: Option<String>) -> Result<()> {
         config_path.display()
     );
     println!("Ctrl-C stops the cluster.");
-    let web = format!("http://{}/", balancer.public);
+    let web = format!("{http}://{}/", balancer.public);
     let origin = web.trim_end_matches('/');
     let security = &config.security;
     if !palaver_node::api::origin::allowed(
@@ -162,15 +171,21 @@ struct Balancer {
     public: std::net::SocketAddr,
     admin: std::net::SocketAddr,
     strategy: palaver_balancer::Strategy,
+    /// The public address serves TLS.
+    tls: bool,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the balancer of the cluster file in this process.
-async fn start_balancer(config_path: &Path, ops_token: &OpsToken) -> Result<Balancer> {
+async fn start_balancer(config_path: &Path, ops_token: &OpsToken, tls: Option<TlsFiles>) -> Result<Balancer> {
     let mut settings = palaver_balancer::BalancerSettings::load(config_path, None)
         .with_context(|| format!("reading the balancer settings from {}", config_path.display()))?;
     settings.ops_token = Some(palaver_balancer::OpsToken::new(ops_token.expose())?);
+    if tls.is_some() {
+        settings.tls = tls;
+    }
+    let serves_tls = settings.tls.is_some();
     let (public, admin) = palaver_balancer::bind(&settings).await.context("opening the balancer's addresses")?;
     let (public_addr, admin_addr) = (public.local_addr()?, admin.local_addr()?);
     let strategy = settings.strategy;
@@ -194,7 +209,7 @@ async fn start_balancer(config_path: &Path, ops_token: &OpsToken) -> Result<Bala
         }
     });
     let _ = running.await;
-    Ok(Balancer { public: public_addr, admin: admin_addr, strategy, stop, task })
+    Ok(Balancer { public: public_addr, admin: admin_addr, strategy, tls: serves_tls, stop, task })
 }
 
 /// The token kept in `path`, made (random, 256 bits) and written there

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::tls::TlsFiles;
+
 /// How a node is chosen for each new client connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Strategy {
@@ -103,6 +105,17 @@ pub struct BalancerSettings {
     /// The cluster's operations token (`[security] ops_token`): required on
     /// the admin address (except `/healthz`) and sent with member discovery.
     pub ops_token: Option<OpsToken>,
+    /// TLS on the public address (`[public] tls_cert`, `tls_key`); plain
+    /// TCP when absent.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The `[public]` section of the cluster file: what clients connect to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct PublicSection {
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// Shortest operations token accepted (as the nodes require).
@@ -169,6 +182,7 @@ impl Default for BalancerSettings {
             proxy_protocol: true,
             max_connections_per_address: 1000,
             ops_token: None,
+            tls: None,
         }
     }
 }
@@ -293,6 +307,22 @@ impl BalancerSettings {
             }
             None => SecuritySection::default(),
         };
+        let public: PublicSection = match value.get("public") {
+            Some(v) => {
+                v.clone().try_into().map_err(|e| ConfigError::Section { section: "public", source: Box::new(e) })?
+            }
+            None => PublicSection::default(),
+        };
+        let tls = match (public.tls_cert, public.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "tls_cert",
+                    reason: "[public] needs both tls_cert and tls_key, or neither".into(),
+                });
+            }
+        };
         let d = BalancerSettings::default();
         let strategy = match (strategy_override, &section.strategy) {
             (Some(s), _) => s,
@@ -316,6 +346,7 @@ impl BalancerSettings {
             proxy_protocol: section.proxy_protocol.unwrap_or(d.proxy_protocol),
             max_connections_per_address: section.max_connections_per_address.unwrap_or(d.max_connections_per_address),
             ops_token: security.ops_token.map(OpsToken::new).transpose()?,
+            tls,
         };
         settings.validate()?;
         Ok(settings)
@@ -404,6 +435,9 @@ mod tests {
             [security]
             ops_token = "0123456789abcdef-ops"
             allowed_origins = ["http://x"]
+            [public]
+            tls_cert = "/etc/p/cert.pem"
+            tls_key = "/etc/p/key.pem"
             [[node]]
             id = 1
             client = "127.0.0.1:7101"
@@ -436,6 +470,7 @@ mod tests {
             proxy_protocol: false,
             max_connections_per_address: 9,
             ops_token: Some(OpsToken::new("0123456789abcdef-ops").expect("token")),
+            tls: Some(TlsFiles { cert: "/etc/p/cert.pem".into(), key: "/etc/p/key.pem".into() }),
         };
         assert_eq!(s, expected);
         assert!(!format!("{s:?}").contains("abcdef"), "Debug shows the token");

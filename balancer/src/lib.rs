@@ -25,6 +25,7 @@
 //! - `relay`, `assign`: the byte pipe, and the first-bytes switch.
 //! - `server`, `admin`, `meters`: [`run`], the operations endpoints and
 //!   Prometheus metrics.
+//! - [`tls`]: TLS on the public address, reloaded on SIGHUP.
 //! - [`config`]: [`BalancerSettings`] from the cluster file.
 //! - [`ready`]: the line printed once the balancer listens, and its reading.
 //!
@@ -44,6 +45,7 @@ mod relay;
 pub mod select;
 mod server;
 pub mod table;
+pub mod tls;
 
 pub use config::Backend;
 pub use config::BalancerSettings;
@@ -53,3 +55,4 @@ pub use config::Strategy;
 pub use server::BalancerError;
 pub use server::bind;
 pub use server::run;
+pub use tls::TlsFiles;

@@ -41,6 +41,8 @@ pub struct Meters {
     pub idle_closed: Counter,
     /// Relayed connections closed at the end of the shutdown grace.
     pub grace_closed: Counter,
+    /// TLS handshakes that failed or timed out (the client is closed).
+    pub tls_failed: Counter,
     /// Client connections open now.
     pub open: Gauge,
 }
@@ -78,6 +80,7 @@ impl Meters {
         Meters {
             accepted: counter("palaver_balancer_accepted_total", &[]),
             refused_full: counter("palaver_balancer_refused_total", &[("reason", "max_connections")]),
+            tls_failed: counter("palaver_balancer_refused_total", &[("reason", "tls_handshake")]),
             refused_per_address: counter("palaver_balancer_refused_total", &[("reason", "per_address")]),
             refused_no_node: counter("palaver_balancer_refused_total", &[("reason", "no_node")]),
             retries: counter("palaver_balancer_connect_retries_total", &[]),

@@ -11,11 +11,17 @@
 //! one way still finish.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::task::Context;
+use std::task::Poll;
 use std::time::Duration;
 
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
+use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 use tokio::net::tcp::WriteHalf;
@@ -58,21 +64,85 @@ pub async fn relay(client: &mut TcpStream, node: &mut TcpStream, idle: Duration)
     let (node_read, node_write) = node.split();
     let both =
         async { tokio::try_join!(pump(client_read, node_write, &activity), pump(node_read, client_write, &activity)) };
-    let watch = async {
-        loop {
-            let deadline = activity.deadline(idle);
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
+    let watch = idle_watch(&activity, idle);
     tokio::select! {
         r = both => match r {
             Ok(_) => End::Closed,
             Err(e) => End::Failed(e),
         },
         () = watch => End::Idle,
+    }
+}
+
+/// Relays between a client `C` the balancer cannot read from without
+/// buffering (a TLS stream) and `node`, until the connection ends. Unlike
+/// [`relay`] it holds two buffers of [`STREAM_BUF`] for the connection's
+/// life: what TLS termination costs on top of rustls' own state.
+pub async fn relay_stream<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    node: &mut TcpStream,
+    idle: Duration,
+) -> End {
+    let activity = Activity { start: Instant::now(), last_ms: AtomicU64::new(0) };
+    let mut client = Touching { inner: client, activity: &activity };
+    let both = tokio::io::copy_bidirectional_with_sizes(&mut client, node, STREAM_BUF, STREAM_BUF);
+    tokio::select! {
+        r = both => match r {
+            Ok(_) => End::Closed,
+            Err(e) => End::Failed(e),
+        },
+        () = idle_watch(&activity, idle) => End::Idle,
+    }
+}
+
+/// Each direction's buffer in [`relay_stream`]: a quarter of a TLS record.
+const STREAM_BUF: usize = 4 * 1024;
+
+/// Resolves once nothing moved for `idle`.
+async fn idle_watch(activity: &Activity, idle: Duration) {
+    loop {
+        let deadline = activity.deadline(idle);
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// A stream that records every byte it moves in an [`Activity`].
+struct Touching<'a, S> {
+    inner: &'a mut S,
+    activity: &'a Activity,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Touching<'_, S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Touching<'_, S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

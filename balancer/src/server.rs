@@ -35,6 +35,8 @@ use crate::relay::End;
 use crate::table::Pick;
 use crate::table::Purpose;
 use crate::table::Table;
+use crate::tls::PublicTls;
+use tokio_rustls::TlsAcceptor;
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,9 @@ pub enum BalancerError {
     /// There is no node to send clients to, nor one to learn nodes from.
     #[error("no nodes: the cluster file lists no [[node]]")]
     NoNodes,
+    /// The public certificate could not be read.
+    #[error("TLS on the public address: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// An address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -86,6 +91,7 @@ pub async fn run(
     if settings.nodes.is_empty() {
         return Err(BalancerError::NoNodes);
     }
+    let tls = settings.tls.clone().map(PublicTls::load).transpose()?.map(Arc::new);
     let thresholds = Thresholds { down_after: settings.down_after, up_after: settings.up_after };
     let table = Table::new(&settings.nodes, settings.strategy, thresholds);
     let shared = Arc::new(Shared { table: Mutex::new(table), meters: Meters::new(), settings });
@@ -95,6 +101,7 @@ pub async fn run(
         admin = ?admin.local_addr().ok(),
         strategy = %shared.settings.strategy,
         nodes = shared.settings.nodes.len(),
+        tls = tls.is_some(),
         "balancer running"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -102,6 +109,9 @@ pub async fn run(
     let mut background = JoinSet::new();
     background.spawn(monitor::supervise(shared.clone(), stop_rx));
     background.spawn(admin::serve(admin, shared.clone()));
+    if let Some(tls) = &tls {
+        background.spawn(reload_on_hangup(tls.clone()));
+    }
 
     let limit = Arc::new(Semaphore::new(shared.settings.max_connections));
     let per_address = PerAddress::new(shared.settings.max_connections_per_address);
@@ -123,7 +133,8 @@ pub async fn run(
                         drop(stream);
                         continue;
                     };
-                    conns.spawn(client(shared.clone(), stream, peer, (permit, slot), close_rx.clone()));
+                    let tls = tls.as_ref().map(|t| t.acceptor());
+                    conns.spawn(client(shared.clone(), stream, tls, peer, (permit, slot), close_rx.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin.
@@ -163,30 +174,133 @@ pub async fn run(
 async fn client(
     shared: Arc<Shared>,
     mut stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     peer: SocketAddr,
     _held: (OwnedSemaphorePermit, Slot),
     mut close: watch::Receiver<bool>,
 ) {
     shared.meters.open.increment(1.0);
-    tokio::select! {
-        () = serve(&shared, &mut stream, peer) => {}
-        _ = close.wait_for(|c| *c) => {}
+    match tls {
+        // Boxed: a TLS connection's state is large, and a plain client's
+        // task should not carry room for it.
+        Some(tls) => tokio::select! {
+            () = Box::pin(serve_tls(&shared, tls, stream, peer)) => {}
+            _ = close.wait_for(|c| *c) => {}
+        },
+        None => tokio::select! {
+            () = serve(&shared, &mut stream, peer) => {}
+            _ = close.wait_for(|c| *c) => {}
+        },
     }
     shared.meters.open.decrement(1.0);
+}
+
+/// The PROXY header naming the client's address and the one it connected
+/// to, for the node; `Err` when the socket has no local address (gone).
+fn proxy_header(
+    settings: &BalancerSettings,
+    stream: &TcpStream,
+    peer: SocketAddr,
+) -> Result<Option<proxy::Header>, ()> {
+    match (settings.proxy_protocol, stream.local_addr()) {
+        (true, Ok(local)) => Ok(Some(proxy::Header::new(peer, local))),
+        (true, Err(e)) => {
+            tracing::debug!(error = %e, "client socket without a local address");
+            Err(())
+        }
+        (false, _) => Ok(None),
+    }
+}
+
+/// A client on the TLS address: handshake, then relay the plain bytes.
+/// `GET /assign` is not answered here (it names plain `http://` node
+/// addresses, which a client that chose TLS should not be sent to): it is
+/// relayed, and a node answers 404.
+async fn serve_tls(shared: &Shared, tls: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
+    let settings = &shared.settings;
+    let _ = stream.set_nodelay(true);
+    let Ok(header) = proxy_header(settings, &stream, peer) else { return };
+    let mut stream = match tokio::time::timeout(settings.connect_timeout, tls.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared.meters.tls_failed.increment(1);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.meters.tls_failed.increment(1);
+            tracing::debug!(%peer, "no TLS handshake within the connect timeout");
+            return;
+        }
+    };
+    let Some((lease, mut node)) = open_node(shared, header.as_ref()).await else {
+        let _ = stream.write_all(&assign::response(None)).await;
+        let _ = stream.shutdown().await;
+        return;
+    };
+    let end = relay::relay_stream(&mut stream, &mut node, settings.idle_timeout).await;
+    ended(shared, lease.pick.id, end);
+}
+
+/// Picks a node and connects to it, trying the others while connects fail;
+/// `None` when no node is left.
+async fn open_node<'a>(shared: &'a Shared, header: Option<&proxy::Header>) -> Option<(Lease<'a>, TcpStream)> {
+    let mut tried: Vec<u64> = Vec::new();
+    loop {
+        let Some(pick) = shared.table.lock().pick(Purpose::Relay, &tried) else {
+            shared.meters.refused_no_node.increment(1);
+            tracing::debug!(tried = ?tried, "no node for a client");
+            return None;
+        };
+        let lease = Lease { shared, pick, armed: true };
+        match connect(pick.addr, shared.settings.connect_timeout, header).await {
+            Ok(node) => {
+                shared.table.lock().connected(&pick);
+                return Some((lease, node));
+            }
+            Err(e) => {
+                lease.failed(e);
+                tried.push(pick.id);
+                shared.meters.retries.increment(1);
+            }
+        }
+    }
+}
+
+/// Records how a relayed connection ended.
+fn ended(shared: &Shared, node: u64, end: End) {
+    match end {
+        End::Idle => shared.meters.idle_closed.increment(1),
+        End::Closed => {}
+        End::Failed(e) => tracing::trace!(node, error = %e, "relayed connection failed"),
+    }
+}
+
+/// Reads the public certificate again on every SIGHUP (a renewal); an
+/// unreadable new pair is logged and the one in use stays.
+async fn reload_on_hangup(tls: Arc<PublicTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::SignalKind;
+        let Ok(mut hangups) = tokio::signal::unix::signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the public certificate is read only at start");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "public certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "public certificate not reloaded; the old one stays"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn serve(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) {
     let settings = &shared.settings;
     let _ = stream.set_nodelay(true);
-    // The client's address and the one it connected to, for the node.
-    let header = match (settings.proxy_protocol, stream.local_addr()) {
-        (true, Ok(local)) => Some(proxy::Header::new(peer, local)),
-        (true, Err(e)) => {
-            tracing::debug!(error = %e, "client socket without a local address");
-            return;
-        }
-        (false, _) => None,
-    };
+    let Ok(header) = proxy_header(settings, stream, peer) else { return };
     let first = match assign::sniff(stream, settings.connect_timeout).await {
         Ok(FirstBytes::Closed) | Err(_) => return,
         Ok(FirstBytes::Decided(first)) => first,
@@ -198,35 +312,14 @@ async fn serve(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) {
         let _ = assign::answer(stream, &answer, settings.connect_timeout).await;
         return;
     }
-    let mut tried: Vec<u64> = Vec::new();
-    loop {
-        let Some(pick) = shared.table.lock().pick(Purpose::Relay, &tried) else {
-            shared.meters.refused_no_node.increment(1);
-            tracing::debug!(tried = ?tried, "no node for a client");
-            if first.http {
-                let _ = assign::answer(stream, &assign::response(None), settings.connect_timeout).await;
-            }
-            return;
-        };
-        let lease = Lease { shared, pick, armed: true };
-        match connect(pick.addr, settings.connect_timeout, header.as_ref()).await {
-            Ok(mut node) => {
-                shared.table.lock().connected(&pick);
-                match relay::relay(stream, &mut node, settings.idle_timeout).await {
-                    End::Idle => shared.meters.idle_closed.increment(1),
-                    End::Closed => {}
-                    End::Failed(e) => tracing::trace!(node = pick.id, error = %e, "relayed connection failed"),
-                }
-                drop(lease);
-                return;
-            }
-            Err(e) => {
-                lease.failed(e);
-                tried.push(pick.id);
-                shared.meters.retries.increment(1);
-            }
+    let Some((lease, mut node)) = open_node(shared, header.as_ref()).await else {
+        if first.http {
+            let _ = assign::answer(stream, &assign::response(None), settings.connect_timeout).await;
         }
-    }
+        return;
+    };
+    let end = relay::relay(stream, &mut node, settings.idle_timeout).await;
+    ended(shared, lease.pick.id, end);
 }
 
 /// Connects to a node and writes the PROXY header, if any, before anything
@@ -296,7 +389,7 @@ mod tests {
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("permit");
         let slot = PerAddress::new(1).claim(peer.ip()).expect("slot");
         let (_tx, rx) = watch::channel(false);
-        let task = client(shared, stream, peer, (permit, slot), rx);
+        let task = client(shared, stream, None, peer, (permit, slot), rx);
         let size = std::mem::size_of_val(&task);
         eprintln!("client task future: {size} bytes");
         assert!(size <= 2048, "a client task takes {size} bytes before any buffer");

@@ -36,6 +36,19 @@ pub struct Config {
     pub security: Security,
     /// The balancer (read by `palaver balancer` and `palaver up`).
     pub balancer: Option<toml::Value>,
+    /// The public address: TLS (terminated by the balancer).
+    pub public: PublicSection,
+}
+
+/// `[public]`: what clients connect to. With `tls_cert` and `tls_key` (PEM)
+/// the balancer serves TLS, and the nodes answer with HSTS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublicSection {
+    /// The certificate chain, leaf first.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Cluster-wide settings.
@@ -255,6 +268,10 @@ pub struct Security {
     /// balancer's and the nodes') is loopback, `invite` otherwise; see
     /// [`Config::registration`].
     pub registration: Option<RegistrationMode>,
+    /// Clients reach the cluster over TLS: answers carry HSTS. Set from
+    /// `[public]` (or by `palaver up --tls`), never read from `[security]`.
+    #[serde(skip)]
+    pub hsts: bool,
 }
 
 /// Who may register through `POST /api/register`.
@@ -283,7 +300,13 @@ impl RegistrationMode {
 impl Default for Security {
     fn default() -> Self {
         Self {
-            allowed_origins: vec!["http://127.0.0.1:8080".into(), "http://localhost:8080".into()],
+            // The balancer's default address, plain and (`palaver up --tls`) over TLS.
+            allowed_origins: vec![
+                "http://127.0.0.1:8080".into(),
+                "http://localhost:8080".into(),
+                "https://127.0.0.1:8080".into(),
+                "https://localhost:8080".into(),
+            ],
             public_url: None,
             token_idle_secs: 24 * 3600,
             token_absolute_secs: 30 * 24 * 3600,
@@ -291,9 +314,14 @@ impl Default for Security {
             ops_token: None,
             metrics_public: true,
             registration: None,
+            hsts: false,
         }
     }
 }
+
+/// Set (to anything) by `palaver up --tls` for its nodes: the balancer in
+/// front of them serves TLS, so their answers carry HSTS.
+pub const PUBLIC_TLS_ENV: &str = "PALAVER_PUBLIC_TLS";
 
 /// The environment variable that overrides `[security] ops_token`.
 pub const OPS_TOKEN_ENV: &str = "PALAVER_OPS_TOKEN";

@@ -21,6 +21,11 @@ pub mod ws_guard;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::Extensions;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::http::Version;
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::delete;
@@ -30,6 +35,10 @@ use axum::routing::put;
 use palaver_protocol::Code;
 use palaver_protocol::HttpError;
 pub use server::serve;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::Predicate;
+use tower_http::compression::predicate::NotForContentType;
+use tower_http::compression::predicate::SizeAbove;
 
 use crate::service::ApiError;
 use crate::service::Node;
@@ -115,5 +124,33 @@ pub fn router(node: Arc<Node>) -> Router {
             (axum::http::StatusCode::METHOD_NOT_ALLOWED, e.into_response().into_body())
         })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(compression())
+        .layer(axum::middleware::map_response_with_state(node.clone(), hsts))
         .with_state(node)
+}
+
+/// Browsers that reached the public address over TLS keep to it for a
+/// year (RFC 6797; a browser ignores the header on plain HTTP).
+async fn hsts(axum::extract::State(node): axum::extract::State<Arc<Node>>, mut response: Response) -> Response {
+    if node.security.hsts {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, axum::http::HeaderValue::from_static("max-age=31536000"));
+    }
+    response
+}
+
+/// Answers of at least this many bytes are compressed for a client that
+/// sends `Accept-Encoding`; below it the header costs more than it saves.
+pub const COMPRESS_FROM_BYTES: u16 = 1024;
+
+/// gzip, br or zstd, as the client prefers, for answers of at least
+/// [`COMPRESS_FROM_BYTES`]; never for event streams (each event must leave at
+/// once) nor for attachment downloads (files, often compressed already,
+/// sent as they are read).
+fn compression() -> CompressionLayer<impl Predicate> {
+    let not_a_download =
+        |_: StatusCode, _: Version, h: &HeaderMap, _: &Extensions| !h.contains_key(header::CONTENT_DISPOSITION);
+    let when = SizeAbove::new(COMPRESS_FROM_BYTES).and(NotForContentType::SSE).and(not_a_download);
+    CompressionLayer::new().compress_when(when)
 }
