@@ -16,6 +16,7 @@ mod sse;
 mod web;
 mod ws;
 pub mod ws_guard;
+pub mod ws_inflate;
 pub mod ws_negotiate;
 
 use std::sync::Arc;
