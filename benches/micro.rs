@@ -100,6 +100,7 @@ fn event(c: &mut Criterion) {
             room: room.clone(),
             seq: message.seq,
             json: json.into(),
+            deflated: std::sync::OnceLock::new(),
             except: None,
             relay: palaver_node::hub::Relay::Watchers,
         });

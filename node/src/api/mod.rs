@@ -15,6 +15,7 @@ mod server;
 mod sse;
 mod web;
 mod ws;
+pub mod ws_compress;
 pub mod ws_guard;
 pub mod ws_inflate;
 pub mod ws_negotiate;

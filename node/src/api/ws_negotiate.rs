@@ -250,11 +250,9 @@ mod tests {
 
     #[test]
     fn the_first_acceptable_offer_wins() {
-        let a = one(
-            "x-other; a=1, permessage-deflate; server_max_window_bits=8, \
+        let a = one("x-other; a=1, permessage-deflate; server_max_window_bits=8, \
              permessage-deflate; client_max_window_bits=\"a,b\", permessage-deflate; client_max_window_bits=9, \
-             permessage-deflate",
-        )
+             permessage-deflate")
         .expect("accepted");
         assert_eq!(a.client_window, Some(9));
         // Offers spread over several headers are read in order.
