@@ -8,7 +8,6 @@
 //! window: a hub event is compressed once, by its first such recipient,
 //! into [`crate::hub::Event::deflated`], and the others send those bytes.
 
-use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
@@ -35,42 +34,31 @@ pub const DEFLATE_MIN: usize = 256;
 /// What a sync flush ends with, left out of the message (§7.2.1).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-thread_local! {
-    /// One compressor per thread, reset for each message: making one
-    /// allocates and clears a few hundred KiB, more than compressing a
-    /// message costs.
-    static COMPRESSOR: RefCell<Option<(u8, Compress)>> = const { RefCell::new(None) };
-}
-
 /// `payload` compressed on its own with a `window`-bit window (9..=15), the
 /// sync flush's tail removed; `None` if that is no shorter than `payload`.
 pub fn deflate_message(payload: &[u8], window: u8) -> Option<Bytes> {
     metrics::counter!("palaver_ws_deflate_total").increment(1);
     let window = window.clamp(9, MAX_WINDOW);
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(w, _)| *w != window) {
-            *slot = Some((window, Compress::new_with_window_bits(Compression::default(), false, window)));
+    // A compressor per message: measured as fast as resetting one kept per
+    // thread (12-28 µs for a 360-byte event, 40-48 µs for 4 KB, on a busy
+    // 2-core machine), and no few hundred KiB of state stay around.
+    let mut c = Compress::new_with_window_bits(Compression::default(), false, window);
+    let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+    let mut consumed = 0;
+    loop {
+        let before = c.total_in();
+        c.compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync).ok()?;
+        consumed += (c.total_in() - before) as usize;
+        // The flush is complete once it left room in the output.
+        if consumed == payload.len() && out.len() < out.capacity() {
+            break;
         }
-        let (_, c) = slot.as_mut()?;
-        c.reset();
-        let mut out = Vec::with_capacity(payload.len() / 2 + 64);
-        let mut consumed = 0;
-        loop {
-            let before = c.total_in();
-            c.compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync).ok()?;
-            consumed += (c.total_in() - before) as usize;
-            // The flush is complete once it left room in the output.
-            if consumed == payload.len() && out.len() < out.capacity() {
-                break;
-            }
-            out.reserve(out.capacity().max(64));
-        }
-        if out.ends_with(&TAIL) {
-            out.truncate(out.len() - TAIL.len());
-        }
-        (out.len() < payload.len()).then(|| Bytes::from(out))
-    })
+        out.reserve(out.capacity().max(64));
+    }
+    if out.ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    }
+    (out.len() < payload.len()).then(|| Bytes::from(out))
 }
 
 /// How one socket sends its text frames.
