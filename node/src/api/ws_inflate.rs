@@ -47,9 +47,6 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 const READ_CHUNK: usize = 4096;
 /// Growth step of the inflated-frame buffer.
 const GROW: usize = 8 * 1024;
-/// Buffers above this are freed rather than kept once empty, so an idle
-/// socket holds none.
-const KEEP: usize = 8 * 1024;
 
 /// What the frame being read is for this layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,11 +334,8 @@ impl Inflater {
         }
         out.extend_from_slice(&self.payload);
         self.inflated += len;
-        if self.payload.capacity() > KEEP {
-            self.payload = Vec::new();
-        } else {
-            self.payload.clear();
-        }
+        // Freed rather than kept: an idle socket holds no buffer.
+        self.payload = Vec::new();
         if cur.fin {
             self.inflated = 0;
             if self.fresh_each_message || self.ended {
@@ -389,12 +383,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for InflateIo<T> {
                 buf.put_slice(&this.out[this.served..this.served + n]);
                 this.served += n;
                 if this.served == this.out.len() {
+                    // Freed once served, so an idle socket holds no buffer.
                     this.served = 0;
-                    if this.out.capacity() > KEEP {
-                        this.out = Vec::new();
-                    } else {
-                        this.out.clear();
-                    }
+                    this.out = Vec::new();
                 }
                 return Poll::Ready(Ok(()));
             }
