@@ -7,6 +7,12 @@
 //!
 //! Text is echoed through the same `Outgoing` as `/ws` (compressed at 256
 //! bytes and over when agreed); binary is echoed plain.
+//!
+//! Last run (Autobahn|Testsuite 25.10.1, cases 1-7, 10, 12 and 13, dev
+//! build): 463 cases, 458 OK, 2 NON-STRICT (6.4.3, 6.4.4: invalid UTF-8
+//! noticed at the message's end rather than mid-frame), 3 INFORMATIONAL
+//! (7.1.6, 7.13.1, 7.13.2), none failed; all 216 permessage-deflate cases (12.*,
+//! 13.*) OK. Case 9 (performance) was left out.
 
 use std::error::Error;
 
