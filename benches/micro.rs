@@ -100,6 +100,7 @@ fn event(c: &mut Criterion) {
             room: room.clone(),
             seq: message.seq,
             json: json.into(),
+            deflated: std::sync::OnceLock::new(),
             except: None,
             relay: palaver_node::hub::Relay::Watchers,
         });
@@ -111,6 +112,11 @@ fn event(c: &mut Criterion) {
         // What a connection's writer does per frame: the JSON handle, no copy.
         group.bench_with_input(BenchmarkId::new("deliver-utf8bytes", len), &event, |b, e| {
             b.iter(|| black_box(e).json.clone());
+        });
+        // The one compression of an event for permessage-deflate sockets
+        // (the body here repeats, so it compresses better than chat does).
+        group.bench_with_input(BenchmarkId::new("deflate", len), &event, |b, e| {
+            b.iter(|| palaver_node::api::ws_compress::deflate_message(black_box(e.json.as_bytes()), 15));
         });
     }
     group.finish();

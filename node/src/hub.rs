@@ -10,11 +10,13 @@
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU16;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use palaver_protocol::ServerEvent;
 use palaver_protocol::close;
 use parking_lot::Mutex;
@@ -40,6 +42,10 @@ pub struct Event {
     pub seq: u64,
     /// The JSON text, shared by all recipients.
     pub json: Utf8Bytes,
+    /// The JSON compressed once for every WebSocket recipient that agreed to
+    /// permessage-deflate, by the first of them (inside, `None`: compressing
+    /// did not make it shorter).
+    pub deflated: OnceLock<Option<Bytes>>,
     /// A user who must not receive it (the one typing).
     pub except: Option<Arc<str>>,
     /// Whether a replica passes it on to the nodes that watch the room on
@@ -69,6 +75,7 @@ impl Event {
             room: Arc::from(event.room()),
             seq: 0,
             json: to_json(event).into(),
+            deflated: OnceLock::new(),
             except,
             relay: Relay::Local,
         }
@@ -502,7 +509,15 @@ mod tests {
     }
 
     fn event(room_key: u64, seq: u64) -> Event {
-        Event { room_key, room: "r".into(), seq, json: Utf8Bytes::from_static("{}"), except: None, relay: Relay::Local }
+        Event {
+            room_key,
+            room: "r".into(),
+            seq,
+            json: Utf8Bytes::from_static("{}"),
+            deflated: OnceLock::new(),
+            except: None,
+            relay: Relay::Local,
+        }
     }
 
     #[test]

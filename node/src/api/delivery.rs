@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::cluster::relay::WatchGuard;
 use crate::hub::EndSub;
+use crate::hub::Event;
 use crate::hub::Outbound;
 use crate::hub::StartSub;
 use crate::protocol::message_event;
@@ -52,11 +53,14 @@ pub struct OutFrame {
     pub message: Option<(Arc<str>, u64)>,
     /// A keep-alive ping instead of a text frame.
     pub ping: bool,
+    /// The hub event it is, whose compressed bytes a WebSocket shares with
+    /// the event's other recipients.
+    pub event: Option<Arc<Event>>,
 }
 
 impl OutFrame {
     fn plain(json: Utf8Bytes) -> Self {
-        Self { json, message: None, ping: false }
+        Self { json, message: None, ping: false, event: None }
     }
 }
 
@@ -107,7 +111,7 @@ impl Delivery {
         );
         for m in page.iter().take_while(|m| m.seq <= r.last) {
             let json = message_event(&r.room, m);
-            out.push(OutFrame { json: json.into(), message: Some((r.room.clone(), m.seq)), ping: false });
+            out.push(OutFrame { json: json.into(), message: Some((r.room.clone(), m.seq)), ping: false, event: None });
             r.from = m.seq;
         }
         if page.len() < REPLAY_PAGE || r.from >= r.last {
@@ -120,11 +124,13 @@ impl Delivery {
     pub async fn handle(&mut self, item: Outbound, out: &mut Vec<OutFrame>) -> Result<(), ApiError> {
         match item {
             Outbound::Reply(json) => out.push(OutFrame::plain(*json)),
-            Outbound::Ping => out.push(OutFrame { json: Utf8Bytes::from_static(""), message: None, ping: true }),
+            Outbound::Ping => {
+                out.push(OutFrame { json: Utf8Bytes::from_static(""), message: None, ping: true, event: None })
+            }
             Outbound::Event(event) => {
                 let Some(cursor) = self.cursors.get_mut(&event.room_key) else { return Ok(()) };
                 if event.seq == 0 {
-                    out.push(OutFrame::plain(event.json.clone()));
+                    out.push(OutFrame { event: Some(event.clone()), ..OutFrame::plain(event.json.clone()) });
                     return Ok(());
                 }
                 if event.seq <= *cursor {
@@ -148,6 +154,7 @@ impl Delivery {
                     json: event.json.clone(),
                     message: Some((event.room.clone(), event.seq)),
                     ping: false,
+                    event: Some(event),
                 });
             }
             Outbound::Start(start) => {

@@ -16,7 +16,10 @@ mod server;
 mod sse;
 mod web;
 mod ws;
+pub mod ws_compress;
 pub mod ws_guard;
+pub mod ws_inflate;
+pub mod ws_negotiate;
 
 use std::sync::Arc;
 

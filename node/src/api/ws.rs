@@ -40,9 +40,13 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::delivery::Delivery;
 use super::delivery::OutFrame;
 use super::extract::bearer;
+use super::ws_compress::Outgoing;
 use super::ws_guard::GuardedIo;
 use super::ws_guard::Recorded;
 use super::ws_guard::Violation;
+use super::ws_inflate::InflateIo;
+use super::ws_inflate::Inflater;
+use super::ws_negotiate::negotiate;
 use crate::clock::now_ms;
 use crate::hub::ConnId;
 use crate::hub::KillSwitch;
@@ -76,8 +80,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// The upgraded connection, its client→server frames checked by the guard.
-type WebSocket = WebSocketStream<GuardedIo<TokioIo<hyper::upgrade::Upgraded>>>;
+/// The upgraded connection, its client→server frames checked by the guard,
+/// then inflated if permessage-deflate was agreed.
+type WebSocket = WebSocketStream<InflateIo<GuardedIo<TokioIo<hyper::upgrade::Upgraded>>>>;
 
 /// Whether the request asks for a WebSocket (RFC 6455 §4.2.1); answers the
 /// `Sec-WebSocket-Key`.
@@ -136,6 +141,9 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         .max_message_size(Some(frame))
         .max_frame_size(Some(frame));
     let max_fragments = node.limits.max_fragments;
+    let offers = headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok());
+    let deflate = negotiate(offers);
+    let extensions = deflate.map(|a| a.response());
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -144,10 +152,12 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
                 return;
             }
         };
-        let io = GuardedIo::new(TokioIo::new(upgraded), max_fragments);
-        let recorded = io.recorded();
+        let guarded = GuardedIo::new(TokioIo::new(upgraded), max_fragments);
+        let recorded = guarded.recorded();
+        let inflater = deflate.as_ref().map(|a| Inflater::new(a, frame));
+        let io = InflateIo::new(guarded, inflater, recorded.clone());
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        connection(node, socket, session, recorded).await;
+        connection(node, socket, session, recorded, Outgoing::new(deflate.as_ref())).await;
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
@@ -155,6 +165,9 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(v) = extensions.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
     response
 }
@@ -238,7 +251,13 @@ async fn authenticate(
     }
 }
 
-async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>, recorded: Recorded) {
+async fn connection(
+    node: Arc<Node>,
+    socket: WebSocket,
+    session: Option<Session>,
+    recorded: Recorded,
+    outgoing: Outgoing,
+) {
     let (mut sink, mut stream) = socket.split();
     let session = match session {
         Some(s) => s,
@@ -269,7 +288,8 @@ async fn connection(node: Arc<Node>, socket: WebSocket, session: Option<Session>
         kill.fire(close::TOKEN_REVOKED);
     }
     let write_timeout = Duration::from_millis(node.limits.write_timeout_ms);
-    let writer = tokio::spawn(write_loop(node.clone(), sink, rx, kill.clone(), budget.clone(), write_timeout));
+    let writer =
+        tokio::spawn(write_loop(node.clone(), sink, rx, kill.clone(), budget.clone(), write_timeout, outgoing));
     let mut reader = Reader {
         node: node.clone(),
         session,
@@ -315,9 +335,10 @@ async fn write_loop(
     kill: Arc<KillSwitch>,
     budget: Arc<QueueBudget>,
     write_timeout: Duration,
+    outgoing: Outgoing,
 ) {
     let mut delivery = Delivery::new(node);
-    let mut frames = Vec::new();
+    let mut round = Round { frames: Vec::new(), outgoing };
     loop {
         let item = tokio::select! {
             biased;
@@ -334,8 +355,8 @@ async fn write_loop(
         let Some(item) = item else { return };
         // A client that stops reading fills its socket buffer; it gets
         // `write_timeout` to take a round of frames, then it is closed.
-        let round = write_round(&mut delivery, &mut sink, &mut rx, item, &mut frames, &kill, &budget);
-        match tokio::time::timeout(write_timeout, round).await {
+        let writing = write_round(&mut delivery, &mut sink, &mut rx, item, &mut round, &kill, &budget);
+        match tokio::time::timeout(write_timeout, writing).await {
             Ok(true) => {}
             Ok(false) => {
                 // The socket failed a write: the connection's IO gave up on
@@ -366,7 +387,7 @@ async fn write_round(
     sink: &mut SplitSink<WebSocket, Message>,
     rx: &mut mpsc::Receiver<Outbound>,
     first: Outbound,
-    frames: &mut Vec<OutFrame>,
+    round: &mut Round,
     kill: &KillSwitch,
     budget: &QueueBudget,
 ) -> bool {
@@ -374,23 +395,23 @@ async fn write_round(
     let mut handled = 0;
     while let Some(item) = next.take() {
         let size = item.size();
-        let handled_ok = delivery.handle(item, frames).await;
+        let handled_ok = delivery.handle(item, &mut round.frames).await;
         budget.release(size);
         if let Err(e) = handled_ok {
             tracing::warn!(error = %e.message, "cannot read the room log for delivery");
-            return closing(sink, frames, kill, super::delivery::close_code(&e)).await;
+            return closing(sink, round, kill, super::delivery::close_code(&e)).await;
         }
         while delivery.replaying() {
-            if let Err(e) = delivery.replay_page(frames).await {
+            if let Err(e) = delivery.replay_page(&mut round.frames).await {
                 tracing::warn!(error = %e.message, "cannot read the room log for a replay");
-                return closing(sink, frames, kill, super::delivery::close_code(&e)).await;
+                return closing(sink, round, kill, super::delivery::close_code(&e)).await;
             }
-            if !feed(sink, frames).await {
+            if !feed(sink, round).await {
                 kill.fire(close::SERVER_ERROR);
                 return false;
             }
         }
-        if !feed(sink, frames).await {
+        if !feed(sink, round).await {
             return false;
         }
         handled += 1;
@@ -405,20 +426,26 @@ async fn write_round(
 /// is sent (a live message after an unfilled gap would make the client
 /// resume past the gap), what was already sent is flushed, and the
 /// connection closes with `code` so the client resubscribes from what it has.
-async fn closing(
-    sink: &mut SplitSink<WebSocket, Message>,
-    frames: &mut Vec<OutFrame>,
-    kill: &KillSwitch,
-    code: u16,
-) -> bool {
-    frames.clear();
+async fn closing(sink: &mut SplitSink<WebSocket, Message>, round: &mut Round, kill: &KillSwitch, code: u16) -> bool {
+    round.frames.clear();
     kill.fire(code);
     sink.flush().await.is_ok()
 }
 
-async fn feed(sink: &mut SplitSink<WebSocket, Message>, frames: &mut Vec<OutFrame>) -> bool {
-    for f in frames.drain(..) {
-        let msg = if f.ping { Message::Ping(bytes::Bytes::new()) } else { Message::Text(f.json) };
+/// The frames of one write round, and how this socket encodes them.
+struct Round {
+    frames: Vec<OutFrame>,
+    outgoing: Outgoing,
+}
+
+async fn feed(sink: &mut SplitSink<WebSocket, Message>, round: &mut Round) -> bool {
+    for f in round.frames.drain(..) {
+        let msg = if f.ping {
+            Message::Ping(bytes::Bytes::new())
+        } else {
+            // An event's compressed bytes are made once, for all its recipients.
+            round.outgoing.text(f.json, f.event.as_ref().map(|e| &e.deflated))
+        };
         if sink.feed(msg).await.is_err() {
             return false;
         }

@@ -39,6 +39,16 @@ pub enum Violation {
         /// The configured `max_fragments`.
         max: usize,
     },
+    /// A compressed message inflates past the frame limit, or one
+    /// compressed frame is itself longer than it ([`super::ws_inflate`]).
+    #[error("a compressed message inflates past {max} bytes")]
+    InflatedTooLarge {
+        /// The configured `frame_bytes`.
+        max: usize,
+    },
+    /// A compressed message is not a valid deflate stream.
+    #[error("a compressed message is not valid deflate data")]
+    BadCompression,
 }
 
 impl Violation {
@@ -46,6 +56,8 @@ impl Violation {
     pub fn close_code(&self) -> u16 {
         match self {
             Violation::TooManyFragments { .. } => CLOSE_POLICY,
+            Violation::InflatedTooLarge { .. } => palaver_protocol::close::TOO_LARGE,
+            Violation::BadCompression => palaver_protocol::close::PROTOCOL_ERROR,
         }
     }
 
@@ -192,6 +204,11 @@ impl Recorded {
     pub fn get(&self) -> Option<Violation> {
         self.0.get().copied()
     }
+
+    /// Records `v` unless a violation was recorded already.
+    pub fn record(&self, v: Violation) {
+        let _ = self.0.set(v);
+    }
 }
 
 /// An upgraded connection whose incoming bytes pass through a
@@ -225,7 +242,8 @@ impl<T> GuardedIo<T> {
     }
 }
 
-fn violation_error(v: Violation) -> io::Error {
+/// The I/O error carrying `v`, found again by [`Violation::from_io`].
+pub fn violation_error(v: Violation) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, v)
 }
 
@@ -242,7 +260,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
             other => return other,
         }
         if let Err(v) = this.scanner.feed(&buf.filled()[before..]) {
-            let _ = this.recorded.0.set(v);
+            this.recorded.record(v);
             // The connection is closing on policy: none of these bytes, the
             // frames before the offending one included, reach tungstenite.
             buf.set_filled(before);

@@ -227,6 +227,7 @@ impl Watcher {
                         room: r.room.clone(),
                         seq,
                         json: json.into(),
+                        deflated: std::sync::OnceLock::new(),
                         except: except.map(Arc::from),
                         relay: Relay::Local,
                     });

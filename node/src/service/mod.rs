@@ -442,6 +442,7 @@ fn publish_committed(hub: &Hub, p: Published) {
                 seq: message.seq,
                 room,
                 json: json.into(),
+                deflated: std::sync::OnceLock::new(),
                 except: None,
                 relay: Relay::Watchers,
             });
