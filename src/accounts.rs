@@ -6,6 +6,8 @@
 use anyhow::Context;
 use anyhow::Result;
 use palaver_client::Method;
+use percent_encoding::NON_ALPHANUMERIC;
+use percent_encoding::utf8_percent_encode;
 use serde_json::Value;
 use serde_json::json;
 
@@ -93,7 +95,8 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         }
         AdminCommand::Users { prefix, limit, ops } => {
             let target = Target::new(&ops)?;
-            let path = format!("/api/admin/users?prefix={}&limit={limit}", query_value(&prefix));
+            let path =
+                format!("/api/admin/users?prefix={}&limit={limit}", utf8_percent_encode(&prefix, NON_ALPHANUMERIC));
             let users = target.get(&path).await?;
             print(&ops, &users, || {
                 let mut out = format!("{:<32}  {:<5}  {:<8}  created_at", "username", "role", "disabled");
@@ -137,15 +140,4 @@ fn print(ops: &OpsArgs, value: &Value, text: impl FnOnce() -> String) -> Result<
         println!("{}", text());
     }
     Ok(())
-}
-
-/// A query value with the characters a username prefix may hold kept and
-/// everything else percent-encoded.
-fn query_value(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }

@@ -1,7 +1,9 @@
 //! The web client in a real browser: headless Chromium, driven over the
 //! DevTools protocol (`browser/cdp.rs`), against three `palaver node`
 //! processes behind the balancer, the page loaded from the balancer's
-//! address as a person would.
+//! address as a person would, over TLS with the certificate `palaver certs
+//! --tls` makes (the browser trusts its key, as a person trusts the local
+//! CA).
 //!
 //! People register, create and join rooms, chat both ways, see each other
 //! typing and online; answer, correct and react to a message, attach an
@@ -49,9 +51,14 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
         return Ok(());
     };
     let t0 = Instant::now();
+    // The public address serves TLS with the certificate `palaver certs
+    // --tls` makes, as `palaver up --tls` does; the browser trusts exactly
+    // that certificate's key.
+    let tls_dir = tempfile::tempdir()?;
+    let (tls, spki) = public_certificate(tls_dir.path())?;
     // The balancer's port is chosen first: the nodes must allow its origin.
     let public = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", public.local_addr()?);
+    let base = format!("https://{}", public.local_addr()?);
     let config = palaver_testkit::config(|c| {
         c.security.allowed_origins = vec![base.clone()];
         // Small pages, so paging back follows the server's `x-next-page`.
@@ -59,9 +66,9 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
     });
     let mut cluster = Cluster::start_with(3, config).await?;
     let root = cluster.admin(1, "root").await?;
-    let _balancer = balance(&cluster, public).await?;
+    let _balancer = balance(&cluster, public, tls).await?;
     seed_archive(&cluster.http_as(1, &root)).await?;
-    let chrome = cdp::Chrome::launch(&exe).await?;
+    let chrome = cdp::Chrome::launch(&exe, &[format!("--ignore-certificate-errors-spki-list={spki}")]).await?;
     println!("cluster, balancer and browser up in {:?}", t0.elapsed());
     let shots = screenshot_dir();
 
@@ -553,10 +560,40 @@ async fn server_history(http: &Http, room: &str) -> Result<Vec<(u64, String)>> {
 }
 
 /// Starts the in-process balancer over `cluster` on an already bound listener.
-async fn balance(cluster: &Cluster, listener: tokio::net::TcpListener) -> Result<Balancer> {
+/// Runs `palaver certs --tls` for a cluster file whose data folder is in
+/// `dir`: the certificate and key it made, and the base64 SHA-256 of the
+/// key's SubjectPublicKeyInfo (what Chromium's
+/// `--ignore-certificate-errors-spki-list` trusts).
+fn public_certificate(dir: &std::path::Path) -> Result<(palaver_balancer::TlsFiles, String)> {
+    use base64::Engine;
+    use rcgen::PublicKeyData;
+    use sha2::Digest;
+    let file = dir.join("cluster.toml");
+    std::fs::write(&file, format!("[cluster]\ndata_dir = {:?}\n", dir.join("data").display().to_string()))?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palaver"))
+        .args(["certs", "--tls", "--config"])
+        .arg(&file)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "palaver certs --tls: {}", String::from_utf8_lossy(&out.stderr));
+    let tls = dir.join("data").join("public-tls");
+    let files = palaver_balancer::TlsFiles { cert: tls.join("localhost.pem"), key: tls.join("localhost.key") };
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&files.key)?)?;
+    let spki = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(key.subject_public_key_info()));
+    Ok((files, spki))
+}
+
+async fn balance(
+    cluster: &Cluster,
+    listener: tokio::net::TcpListener,
+    tls: palaver_balancer::TlsFiles,
+) -> Result<Balancer> {
     let nodes = cluster.backends();
-    let settings =
-        palaver_balancer::BalancerSettings { nodes, discover: false, ..palaver_balancer::BalancerSettings::default() };
+    let settings = palaver_balancer::BalancerSettings {
+        nodes,
+        discover: false,
+        tls: Some(tls),
+        ..palaver_balancer::BalancerSettings::default()
+    };
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(palaver_balancer::run(settings, listener, admin, async move {

@@ -3,7 +3,8 @@
 //! compression) on tungstenite, as `/ws` stacks them, for checking them
 //! against the Autobahn|Testsuite (`fuzzingclient`):
 //!
-//! `cargo run -p palaver-node --example ws_echo -- 127.0.0.1:9001`
+//! `cargo run -p palaver-node --example ws_echo -- 127.0.0.1:9001`, or all
+//! of it (install, echo server, suite, counts) with `scripts/autobahn.sh`.
 //!
 //! Text is echoed through the same `Outgoing` as `/ws` (compressed at 256
 //! bytes and over when agreed); binary is echoed plain.

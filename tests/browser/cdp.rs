@@ -156,8 +156,9 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    /// Starts `exe` headless with a fresh profile and connects to it.
-    pub async fn launch(exe: &Path) -> Result<Chrome> {
+    /// Starts `exe` headless with a fresh profile and connects to it;
+    /// `extra` flags go on its command line.
+    pub async fn launch(exe: &Path, extra: &[String]) -> Result<Chrome> {
         let profile = tempfile::tempdir().context("creating the browser profile folder")?;
         // The flags this machine's Chromium needs: no sandbox as root, no GPU,
         // and none of its background calls to Google's hosts.
@@ -177,6 +178,7 @@ impl Chrome {
                 "--remote-allow-origins=*",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
