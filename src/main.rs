@@ -225,6 +225,18 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         Some("sled") => EngineKind::Sled,
         Some(other) => anyhow::bail!("--storage {other}: expected redb or sled"),
     };
+    // A node alone serves its clients itself, over TLS when the file names
+    // a certificate; in a cluster the balancer in front terminates TLS.
+    let tls = match (&args.id, &config.public.tls_cert, &config.public.tls_key) {
+        (None, Some(cert), Some(key)) => {
+            let files = palaver_balancer::TlsFiles { cert: cert.clone(), key: key.clone() };
+            Some(palaver_balancer::tls::server_config(&files).context("[public] tls_cert and tls_key")?)
+        }
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            anyhow::bail!("[public] needs both tls_cert and tls_key, or neither")
+        }
+        _ => None,
+    };
     let (settings, listen) = match args.id {
         Some(id) => {
             let me =
@@ -292,7 +304,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             (settings, listen)
         }
     };
-    serve(settings, listen, args.exit_with_parent).await
+    serve(settings, listen, tls, args.exit_with_parent).await
 }
 
 async fn run_balancer(args: BalancerArgs) -> Result<()> {
@@ -326,7 +338,12 @@ fn make_certs(config_path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn serve(mut settings: NodeSettings, listen: SocketAddr, exit_with_parent: bool) -> Result<()> {
+async fn serve(
+    mut settings: NodeSettings,
+    listen: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    exit_with_parent: bool,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let id = settings.id;
@@ -347,7 +364,10 @@ async fn serve(mut settings: NodeSettings, listen: SocketAddr, exit_with_parent:
         // move first, then clients are told to reconnect (1012).
         handing.hand_over(HAND_OVER_WITHIN).await;
     };
-    palaver_node::api::serve(listener, node.clone(), stop).await;
+    if tls.is_some() {
+        tracing::info!(%addr, "serving clients over TLS ([public] tls_cert)");
+    }
+    palaver_node::api::serve(listener, node.clone(), tls, stop).await;
     node.shutdown().await;
     tracing::info!(id, "node stopped");
     Ok(())

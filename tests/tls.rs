@@ -1,7 +1,8 @@
 //! TLS on the public address (docs/protocol.md §8 "Wire"): the balancer
 //! terminates it with the certificate `palaver certs --tls` makes, HTTP and
 //! WebSocket work over it, a client that does not trust the CA is refused,
-//! and a new certificate read on SIGHUP drops no open connection.
+//! and a new certificate read on SIGHUP drops no open connection; a node
+//! alone serves TLS itself.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -238,5 +239,36 @@ async fn a_new_certificate_read_on_sighup_drops_no_open_connection() -> Result<(
             call(ws, id, json!({"type": "send", "room": "lobby", "body": body, "client_id": format!("r{i}")})).await?;
         assert_eq!(sent["type"], "ok", "socket {i}: {sent}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_serves_https_and_wss_itself_when_the_file_names_a_certificate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (files, ca) = tokio::task::block_in_place(|| make_public_cert(dir.path()))?;
+    let node = Node::start_with(palaver_testkit::config(|c| {
+        c.public.tls_cert = Some(files.cert.clone());
+        c.public.tls_key = Some(files.key.clone());
+    }))
+    .await?;
+    let addr = node.addr().to_string();
+    let trusting = connector(Some(&ca))?;
+    let (status, head, _) = https(&trusting, &addr, "GET", "/healthz", None, None).await?;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("strict-transport-security: max-age="), "HSTS: {head}");
+    let creds = json!({"username": "alone", "password": "alone-password"});
+    assert_eq!(https(&trusting, &addr, "POST", "/api/register", None, Some(&creds)).await?.0, 201);
+    let (_, _, login) = https(&trusting, &addr, "POST", "/api/login", None, Some(&creds)).await?;
+    let token = login["token"].as_str().context("a token")?.to_string();
+    let room = json!({"room": "solo", "title": "Solo", "visibility": "public"});
+    assert_eq!(https(&trusting, &addr, "POST", "/api/rooms", Some(&token), Some(&room)).await?.0, 201);
+    let mut ws = wss(&trusting, &addr, &token).await?;
+    assert_eq!(call(&mut ws, 1, json!({"type": "subscribe", "room": "solo"})).await?["type"], "ok");
+    assert!(tls_connect(&connector(None)?, &addr, "localhost").await.is_err(), "a client without the CA got in");
+    let mut plain = TcpStream::connect(&addr).await?;
+    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut got)).await;
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "plain HTTP answered on a TLS node");
     Ok(())
 }

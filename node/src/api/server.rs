@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::admission::PerAddress;
@@ -37,8 +38,15 @@ const GRACE: Duration = Duration::from_secs(5);
 /// signature (it normally arrives whole, in the proxy's first segment).
 const PEEK_PAUSE: Duration = Duration::from_millis(5);
 
-/// Serves clients on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+/// Serves clients on `listener` until `shutdown` resolves; over TLS with
+/// `tls` (a node serving clients itself, with no balancer in front).
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let tls = tls.map(TlsAcceptor::from);
     let router = super::router(node.clone());
     let permits = Arc::new(Semaphore::new(node.limits.max_connections));
     let per_address = PerAddress::new(node.limits.max_connections_per_address);
@@ -82,9 +90,10 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let per_address = per_address.clone();
         let refusals = refusals.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let (addr, slot) = match early_slot {
                 Some(slot) => (peer, slot),
@@ -116,25 +125,17 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
             });
             // The places under the caps go with the IO: after a WebSocket
             // upgrade it lives on in the socket, past this task.
-            let io = ConnIo::new(stream, write_timeout, (permit, slot));
-            // hyper's header timeout also runs while a keep-alive connection
-            // waits for its next request, so an idle one closes too.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(head_timeout)
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%addr, error = %e, "client connection ended with an error");
-                    }
+            let held = (permit, slot);
+            let Some(tls) = tls else {
+                let io = ConnIo::new(stream, write_timeout, held);
+                return http1(io, service, head_timeout, addr, stop).await;
+            };
+            match tokio::time::timeout(head_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    http1(ConnIo::new(stream, write_timeout, held), service, head_timeout, addr, stop).await
                 }
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(GRACE, conn).await;
-                }
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "no TLS handshake within the handshake timeout"),
             }
         });
     }
@@ -144,6 +145,38 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     let deadline = tokio::time::Instant::now() + GRACE;
     while node.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection until it ends, or
+/// until the stop signal and a grace period.
+async fn http1<T, S>(io: T, service: S, head_timeout: Duration, addr: SocketAddr, mut stop: watch::Receiver<bool>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // hyper's header timeout also runs while a keep-alive connection
+    // waits for its next request, so an idle one closes too.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%addr, error = %e, "client connection ended with an error");
+            }
+        }
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(GRACE, conn).await;
+        }
     }
 }
 
