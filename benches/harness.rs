@@ -53,6 +53,8 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -479,6 +481,38 @@ pub async fn palaver_cluster(n: u64, label: &str) -> Result<Vec<Server>> {
 /// A Palaver balancer in front of `nodes` (client addresses), with
 /// `strategy` (`round-robin`, `weighted`, `least-connections`), every node up.
 pub fn palaver_balancer(nodes: &[&str], strategy: &str, label: &str) -> Result<Server> {
+    palaver_balancer_with(nodes, strategy, label, None)
+}
+
+/// A certificate for `localhost`/`127.0.0.1` and its CA, made by
+/// `palaver certs --tls` in `dir`.
+#[derive(Clone, Debug)]
+pub struct PublicCert {
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The local CA that signed it (PEM).
+    pub ca: PathBuf,
+}
+
+/// Runs `palaver certs --tls` for a cluster file whose data folder is in `dir`.
+pub fn public_cert(dir: &Path) -> Result<PublicCert> {
+    let file = dir.join("cluster.toml");
+    std::fs::write(&file, format!("[cluster]\ndata_dir = {:?}\n", dir.join("data").display().to_string()))?;
+    let out = Command::new(env!("CARGO_BIN_EXE_palaver"))
+        .args(["certs", "--tls", "--config"])
+        .arg(&file)
+        .output()
+        .context("running palaver certs --tls")?;
+    anyhow::ensure!(out.status.success(), "palaver certs --tls: {}", String::from_utf8_lossy(&out.stderr));
+    let tls = dir.join("data").join("public-tls");
+    Ok(PublicCert { cert: tls.join("localhost.pem"), key: tls.join("localhost.key"), ca: tls.join("ca.pem") })
+}
+
+/// The Palaver balancer in front of `nodes`, terminating TLS with `tls`
+/// when given.
+pub fn palaver_balancer_with(nodes: &[&str], strategy: &str, label: &str, tls: Option<&PublicCert>) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("balancer.toml");
     let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
@@ -495,7 +529,15 @@ pub fn palaver_balancer(nodes: &[&str], strategy: &str, label: &str) -> Result<S
         .zip(1..)
         .map(|(n, id)| Ok(NodeEntry { id, client: n.parse()?, weight: 1 }))
         .collect::<Result<Vec<_>>>()?;
-    std::fs::write(&config, palaver_testkit::config::balancer_file(&section, &entries)?)?;
+    let mut text = palaver_testkit::config::balancer_file(&section, &entries)?;
+    if let Some(t) = tls {
+        text.push_str(&format!(
+            "\n[public]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            t.cert.display().to_string(),
+            t.key.display().to_string()
+        ));
+    }
+    std::fs::write(&config, text)?;
     let mut cmd = server_command(env!("CARGO_BIN_EXE_palaver"));
     cmd.args(["balancer".as_ref(), "--config".as_ref(), config.as_os_str(), "--strategy".as_ref(), strategy.as_ref()]);
     cmd.env("RUST_LOG", "warn");
@@ -513,14 +555,36 @@ pub fn palaver_balancer(nodes: &[&str], strategy: &str, label: &str) -> Result<S
 
 /// Connections the balancer holds per node, from its admin address.
 pub fn balancer_active(balancer: &Server) -> Result<Vec<(String, u64)>> {
+    balancer_counts(balancer, |n| n["active"].as_u64().unwrap_or(0))
+}
+
+/// Connections the balancer has routed to each node since it started
+/// (relayed or named by `/assign`), from its admin address.
+pub fn balancer_routed(balancer: &Server) -> Result<Vec<(String, u64)>> {
+    balancer_counts(balancer, |n| n["routed"].as_u64().unwrap_or(0) + n["assigned"].as_u64().unwrap_or(0))
+}
+
+/// One count per node of the balancer's `/balancer/nodes`, by node address.
+fn balancer_counts(balancer: &Server, count: impl Fn(&Value) -> u64) -> Result<Vec<(String, u64)>> {
     let admin = balancer.admin.as_deref().context("not a balancer")?;
     let (_, body) = http_get(admin, "/balancer/nodes")?;
     let v: Value = serde_json::from_str(&body)?;
     Ok(v.as_array()
         .context("node list")?
         .iter()
-        .map(|n| (n["address"].as_str().unwrap_or_default().to_string(), n["active"].as_u64().unwrap_or(0)))
+        .map(|n| (n["address"].as_str().unwrap_or_default().to_string(), count(n)))
         .collect())
+}
+
+/// The node address `GET /assign` on `balancer` names (`host:port` of its
+/// `ws` URL).
+pub fn assigned_node(balancer: &str) -> Result<String> {
+    let (status, body) = http_get(balancer, "/assign")?;
+    anyhow::ensure!(status == 200, "/assign answered {status}: {body}");
+    let v: Value = serde_json::from_str(&body).context("/assign's answer")?;
+    let ws = v["ws"].as_str().context("/assign names no ws URL")?;
+    let rest = ws.strip_prefix("ws://").context("/assign named a non-ws URL")?;
+    Ok(rest.split('/').next().unwrap_or(rest).to_string())
 }
 
 /// Why HAProxy cannot run here, if it cannot.
@@ -772,7 +836,11 @@ pub fn is_error(text: &str) -> bool {
 
 /// Sends a Palaver command and waits for the reply with its id, skipping
 /// events (30 s at most).
-pub async fn call(ws: &mut Ws, id: u64, cmd: PalaverCommand) -> Result<Value> {
+pub async fn call<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    id: u64,
+    cmd: PalaverCommand,
+) -> Result<Value> {
     ws.send(palaver_frame(id, cmd)).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

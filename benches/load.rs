@@ -67,6 +67,8 @@ mod report;
 mod search;
 #[path = "upload.rs"]
 mod upload;
+#[path = "wire.rs"]
+mod wire;
 
 use harness::CpuMeter;
 use harness::Dial;
@@ -81,11 +83,12 @@ use harness::ms;
 use report::Row;
 use report::num;
 
-const USAGE: &str = "usage: cargo bench --bench load -- [all|connections|fanout|idle|rooms|durable|balancer|sends|relay|cluster]… \
+const USAGE: &str = "usage: cargo bench --bench load -- [all|connections|fanout|idle|rooms|durable|balancer|sends|wire|relay|cluster]… \
 [--rate max|N[,N…]] [--members M] [--publishers P] [--step-secs S] [--drain-secs S] [--systems a,b] \
 [--conns C] [--direct-conns D] [--conn-rate R] [--idle N] [--rooms R] [--room-members K] \
 [--senders N] [--secs S] [--users U] [--latency-rate R] [--durable-rooms N[,N…]] [--durable-nodes N] [--durable-quick] \
-[--search-messages N] [--search-rooms R] [--search-queries Q] [--uploads N] [--no-pin]";
+[--search-messages N] [--search-rooms R] [--search-queries Q] [--uploads N] \
+[--wire-idle N] [--wire-members M] [--wire-rate R] [--no-pin]";
 
 /// What `--help` prints: the usage and what each option does.
 const HELP: &str = "\
@@ -95,7 +98,7 @@ HAProxy) on 127.0.0.1, drives them over WebSocket and prints a table; JSON and
 SVG charts go to target/bench-results/. Peers need `benches/peers/setup.sh`
 once. See benches/README.md.
 
-scenarios (default: all of the first seven, in this order):
+scenarios (default: all of the first eight, in this order):
   connections   idle WebSockets through the balancer, then straight to the nodes
   fanout        one room, --members receivers, --publishers senders, rate steps
   idle          RSS per idle socket on a node and on each peer
@@ -103,6 +106,8 @@ scenarios (default: all of the first seven, in this order):
   durable       majority-acked sends: latency, then answered sends/s (1, 100, 1,000 rooms; 5 nodes)
   balancer      direct vs the Palaver balancer (each strategy) vs HAProxy
   sends         one node: answered sends/s with 1 and --senders senders
+  wire          TLS on the balancer (RSS per connection, CPU per round trip) and
+                permessage-deflate fan-out (bytes on the wire, deliveries/s, CPU)
   relay         one node, direct vs through the balancer (older)
   cluster       same as durable (older name)
   search        messages loaded into a 3-node cluster, then search latency and index size (not in all)
@@ -114,7 +119,7 @@ options:
   --publishers P        fan-out senders (4)
   --step-secs S         seconds per rate step (3)
   --drain-secs S        seconds to wait for owed deliveries after a step (3)
-  --systems a,b         fan-out systems: palaver-cluster,palaver-node,ws,socketio,bare
+  --systems a,b         fan-out systems: palaver-cluster,palaver-cluster-assign,palaver-node,ws,socketio,bare
   --conns C             connections through the balancer (9000)
   --direct-conns D      connections straight to the nodes (30000)
   --conn-rate R         connections opened per second (2000)
@@ -132,11 +137,14 @@ options:
   --search-rooms R      search: rooms they go to (1000)
   --search-queries Q    search: timed searches per kind and scope (200)
   --uploads N           upload: files per measurement (20)
+  --wire-idle N         wire: idle WebSockets through each balancer (2000)
+  --wire-members M      wire: receivers of the compression fan-out (300)
+  --wire-rate R         wire: messages/s of the compression fan-out (100)
   --no-pin              do not pin servers to core 0 and the generator to core 1
   -h, --help            this text";
 
 /// Every system of the fan-out comparison.
-const SYSTEMS: [&str; 5] = ["palaver-cluster", "palaver-node", "ws", "socketio", "bare"];
+const SYSTEMS: [&str; 6] = ["palaver-cluster", "palaver-cluster-assign", "palaver-node", "ws", "socketio", "bare"];
 
 /// Options from the command line.
 struct Options {
@@ -167,6 +175,9 @@ struct Options {
     search_rooms: usize,
     search_queries: usize,
     uploads: usize,
+    wire_idle: usize,
+    wire_members: usize,
+    wire_rate: f64,
     no_pin: bool,
 }
 
@@ -197,6 +208,9 @@ fn options(args: &[String]) -> Result<Options> {
         search_rooms: 1_000,
         search_queries: 200,
         uploads: 20,
+        wire_idle: 2000,
+        wire_members: 300,
+        wire_rate: 100.0,
         no_pin: false,
     };
     let mut it = args.iter();
@@ -245,6 +259,9 @@ fn options(args: &[String]) -> Result<Options> {
             "--search-rooms" => o.search_rooms = n(value(a)?, a)?.max(1),
             "--search-queries" => o.search_queries = n(value(a)?, a)?.clamp(1, 100_000),
             "--uploads" => o.uploads = n(value(a)?, a)?.clamp(1, 90),
+            "--wire-idle" => o.wire_idle = n(value(a)?, a)?.clamp(1, 9_000),
+            "--wire-members" => o.wire_members = n(value(a)?, a)?.clamp(1, 9_000),
+            "--wire-rate" => o.wire_rate = f(value(a)?, a)?.clamp(1.0, 100_000.0),
             "--no-pin" => o.no_pin = true,
             "-h" | "--help" => o.help = true,
             s if !s.starts_with('-') => o.scenarios.push(s.to_string()),
@@ -255,7 +272,7 @@ fn options(args: &[String]) -> Result<Options> {
         anyhow::ensure!(SYSTEMS.contains(&s.as_str()), "unknown system {s} (expected {})", SYSTEMS.join(","));
     }
     if o.scenarios.is_empty() || o.scenarios.iter().any(|s| s == "all") {
-        o.scenarios = ["connections", "fanout", "idle", "rooms", "durable", "balancer", "sends"]
+        o.scenarios = ["connections", "fanout", "idle", "rooms", "durable", "balancer", "sends", "wire"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -376,6 +393,16 @@ fn main() -> Result<()> {
                 "sends" => sends_scenario(&o, &mut res).await?,
                 "relay" => relay(&o, &mut res).await?,
                 "upload" => upload::upload(o.uploads, &mut res).await?,
+                "wire" => {
+                    let w = wire::WireOptions {
+                        idle: o.wire_idle,
+                        senders: o.senders,
+                        secs: o.secs,
+                        members: o.wire_members,
+                        rate: o.wire_rate,
+                    };
+                    wire::wire(&w, &mut res).await?
+                }
                 "search" => {
                     let run = search::SearchRun {
                         messages: o.search_messages,
@@ -569,7 +596,7 @@ fn conn_time_rows(
 /// Starts `system` and answers its target (and the processes to keep alive).
 async fn start_system(system: &str, o: &Options, room: &str) -> Result<(Target, Vec<Server>)> {
     Ok(match system {
-        "palaver-cluster" => {
+        "palaver-cluster" | "palaver-cluster-assign" => {
             let nodes = harness::palaver_cluster(3, "fan-cluster").await?;
             let addrs = node_addrs(&nodes);
             let b = harness::palaver_balancer(
@@ -578,7 +605,13 @@ async fn start_system(system: &str, o: &Options, room: &str) -> Result<(Target, 
                 "fan-balancer",
             )?;
             let tokens = palaver_setup(&nodes, "fan", o.users, &[room.to_string()]).await?;
-            let target = palaver_target(system, &tokens, vec![b.addr.clone()]);
+            let addrs = if system == "palaver-cluster" {
+                vec![b.addr.clone()]
+            } else {
+                // Each socket asks `/assign` once and connects to the node it names.
+                (0..o.members.max(o.publishers)).map(|_| harness::assigned_node(&b.addr)).collect::<Result<Vec<_>>>()?
+            };
+            let target = palaver_target(system, &tokens, addrs);
             let mut all = nodes;
             all.push(b);
             (target, all)
@@ -642,7 +675,7 @@ async fn fanout(o: &Options, res: &mut Results) -> Result<()> {
 }
 
 async fn idle(o: &Options, res: &mut Results) -> Result<()> {
-    let mut systems: Vec<String> = o.systems.iter().filter(|s| s.as_str() != "palaver-cluster").cloned().collect();
+    let mut systems: Vec<String> = o.systems.iter().filter(|s| !s.starts_with("palaver-cluster")).cloned().collect();
     if systems.iter().any(|s| s == "bare") {
         systems.push("bare-128k".into());
     }
@@ -1008,6 +1041,10 @@ async fn relay(o: &Options, res: &mut Results) -> Result<()> {
 
 // --------------------------------------------------------------- balancer --
 
+/// The balancer path whose clients ask `/assign` and connect to the node
+/// it names.
+const ASSIGN_PATH: &str = "palaver balancer assign (direct to the named node)";
+
 async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
     let nodes = harness::palaver_cluster(3, "bal-cluster").await?;
     let addrs = node_addrs(&nodes);
@@ -1019,10 +1056,13 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
     for s in ["round-robin", "weighted", "least-connections"] {
         paths.push(format!("palaver balancer {s}"));
     }
+    paths.push(ASSIGN_PATH.into());
     paths.push("haproxy roundrobin".into());
     let mut direct = (0.0, 0.0);
     for name in &paths {
-        let server = if name.starts_with("palaver balancer") {
+        let server = if name == ASSIGN_PATH {
+            Some(harness::palaver_balancer(&addr_refs, "round-robin", "bal-assign")?)
+        } else if name.starts_with("palaver balancer") {
             let strategy = name.rsplit(' ').next().unwrap_or("round-robin");
             Some(harness::palaver_balancer(&addr_refs, strategy, &format!("bal-{strategy}"))?)
         } else if name.starts_with("haproxy") {
@@ -1034,7 +1074,15 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
         } else {
             None
         };
-        let path_addrs = server.as_ref().map_or(addrs.clone(), |s| vec![s.addr.clone()]);
+        let path_addrs = match &server {
+            // Each socket asks `/assign` once and connects where it is told:
+            // the balancer carries no byte of the traffic.
+            Some(s) if name == ASSIGN_PATH => (0..o.senders.max(members + o.publishers))
+                .map(|_| harness::assigned_node(&s.addr))
+                .collect::<Result<Vec<_>>>()?,
+            Some(s) => vec![s.addr.clone()],
+            None => addrs.clone(),
+        };
         let waited = harness::settle(Duration::from_secs(20)).await;
         eprintln!(
             "  {name}: {} closed-loop round trips, then fan-out to {members} (servers idle after {:.1} s)",
@@ -1085,6 +1133,11 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
         }
         if let Some(s) = &server {
             res.push(&sc, name, "relay RSS (after)", s.rss_kib()? as f64 / 1024.0, "MiB", &meter);
+            if s.admin.is_some() {
+                let routed = harness::balancer_routed(s)?;
+                let spread: Vec<String> = routed.iter().map(|(a, n)| format!("{a} {n}")).collect();
+                res.note(format!("balancer: {name} routed {}", spread.join(", ")));
+            }
         }
         res.balancer.push((name.clone(), rate, p99, run.best(), step.p99));
         drop(server);
@@ -1121,7 +1174,7 @@ fn comparison(res: &Results) -> String {
     let members =
         res.fanout.first().and_then(|r| r.steps.first()).map_or(0, |s| (s.offered_deliveries / s.offered_sends) as u64);
     let mut out = format!(
-        "Side by side, same run, same load (fan-out: {} receivers in one room; idle: RSS growth per idle socket)\n{:<18} {:>18} {:>18} {:>18}\n",
+        "Side by side, same run, same load (fan-out: {} receivers in one room; idle: RSS growth per idle socket)\n{:<24} {:>18} {:>18} {:>18}\n",
         num(members as f64).split('.').next().unwrap_or("0"),
         "system",
         "max deliveries/s",
@@ -1130,7 +1183,7 @@ fn comparison(res: &Results) -> String {
     );
     for s in &systems {
         let f = |v: f64| if v.is_finite() { num(v) } else { "-".into() };
-        out.push_str(&format!("{s:<18} {:>18} {:>18} {:>18}\n", f(best(s)), f(p99_at(s)), f(rss(s))));
+        out.push_str(&format!("{s:<24} {:>18} {:>18} {:>18}\n", f(best(s)), f(p99_at(s)), f(rss(s))));
     }
     let peers: Vec<&str> = ["ws", "socketio", "bare"].into_iter().filter(|p| systems.iter().any(|s| s == p)).collect();
     if !peers.is_empty() {
@@ -1139,10 +1192,12 @@ fn comparison(res: &Results) -> String {
             out.push_str(&format!(" {:>12}", format!("vs {p}")));
         }
         out.push('\n');
-        let lines: [(&str, Figure, &str); 5] = [
+        let lines: [(&str, Figure, &str); 7] = [
             ("max deliveries/s, 3 nodes + balancer", &best, "palaver-cluster"),
+            ("max deliveries/s, 3 nodes, /assign", &best, "palaver-cluster-assign"),
             ("max deliveries/s, 1 node", &best, "palaver-node"),
             ("p99 @100k/s, 3 nodes + balancer", &p99_at, "palaver-cluster"),
+            ("p99 @100k/s, 3 nodes, /assign", &p99_at, "palaver-cluster-assign"),
             ("p99 @100k/s, 1 node", &p99_at, "palaver-node"),
             ("RSS per idle socket, 1 node", &rss, "palaver-node"),
         ];

@@ -44,12 +44,7 @@ const DURING_FAILOVER: usize = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
-    let Some(exe) = cdp::find_chromium() else {
-        let why = "no Chromium on PATH (apt-get install chromium, or set PALAVER_CHROMIUM)";
-        assert!(std::env::var_os("PALAVER_CI").is_none(), "PALAVER_CI is set, so a skipped browser test fails: {why}");
-        eprintln!("skipping the browser test: {why}");
-        return Ok(());
-    };
+    let Some(exe) = chromium() else { return Ok(()) };
     let t0 = Instant::now();
     // The public address serves TLS with the certificate `palaver certs
     // --tls` makes, as `palaver up --tls` does; the browser trusts exactly
@@ -66,7 +61,7 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
     });
     let mut cluster = Cluster::start_with(3, config).await?;
     let root = cluster.admin(1, "root").await?;
-    let _balancer = balance(&cluster, public, tls).await?;
+    let _balancer = balance(&cluster, public, Some(tls)).await?;
     seed_archive(&cluster.http_as(1, &root)).await?;
     let chrome = cdp::Chrome::launch(&exe, &[format!("--ignore-certificate-errors-spki-list={spki}")]).await?;
     println!("cluster, balancer and browser up in {:?}", t0.elapsed());
@@ -229,6 +224,50 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
 /// bob logs in and changes his password in the account panel; ann, a user,
 /// has no admin panel; root, the admin, makes an invite code and disables
 /// bob, whose page is sent back to the login at once.
+/// Behind a plain balancer whose nodes are on the page's host, the page's
+/// WebSocket goes to the node `GET /assign` names (the node the page's
+/// connection was relayed to answers it): once the pages are
+/// online the balancer can stop, and with it every connection it relays,
+/// while the two people go on chatting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_talks_to_its_assigned_node_without_the_balancer() -> Result<()> {
+    let Some(exe) = chromium() else { return Ok(()) };
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", public.local_addr()?);
+    let config = palaver_testkit::config(|c| c.security.allowed_origins = vec![base.clone()]);
+    let cluster = Cluster::start_with(2, config).await?;
+    let balancer = balance(&cluster, public, None).await?;
+    let chrome = cdp::Chrome::launch(&exe, &[]).await?;
+    let ann = chrome.page("ann", DESKTOP.0, DESKTOP.1).await?;
+    ann.goto(&format!("{base}/")).await?;
+    ann.fill(&test("username"), "ann").await?;
+    ann.fill(&test("password"), &password("ann")).await?;
+    ann.click(&test("register")).await?;
+    logged_in(&ann, "ann").await?;
+    create_room(&ann, "direct", "public").await?;
+    let bob = chrome.page("bob", DESKTOP.0, DESKTOP.1).await?;
+    bob.goto(&format!("{base}/")).await?;
+    bob.fill(&test("username"), "bob").await?;
+    bob.fill(&test("password"), &password("bob")).await?;
+    bob.click(&test("register")).await?;
+    logged_in(&bob, "bob").await?;
+    bob.click(&item("room-item", "data-room", "direct")).await?;
+    bob.click("#join-this").await?;
+    bob.wait("bob's composer", &visible(&test("composer"))).await?;
+    online(&ann, "bob", true).await?;
+    say(&ann, "through the node it was given").await?;
+    shows(&bob, "through the node it was given").await?;
+
+    // Dropped, the balancer's task ends and takes every relayed connection
+    // with it: a page whose socket went through it would go offline here.
+    drop(balancer);
+    say(&bob, "the balancer is gone and we still talk").await?;
+    shows(&ann, "the balancer is gone and we still talk").await?;
+    say(&ann, "both ways").await?;
+    shows(&bob, "both ways").await?;
+    Ok(())
+}
+
 async fn accounts(chrome: &cdp::Chrome, base: &str, ann: &Page, bob: &Page, root: &User) -> Result<()> {
     // The login form keeps the name typed before: typing adds to it.
     clear(bob, &test("username")).await?;
@@ -585,13 +624,13 @@ fn public_certificate(dir: &std::path::Path) -> Result<(palaver_balancer::TlsFil
 async fn balance(
     cluster: &Cluster,
     listener: tokio::net::TcpListener,
-    tls: palaver_balancer::TlsFiles,
+    tls: Option<palaver_balancer::TlsFiles>,
 ) -> Result<Balancer> {
     let nodes = cluster.backends();
     let settings = palaver_balancer::BalancerSettings {
         nodes,
         discover: false,
-        tls: Some(tls),
+        tls,
         ..palaver_balancer::BalancerSettings::default()
     };
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -602,7 +641,8 @@ async fn balance(
     Ok(Balancer { _stop: stop, task })
 }
 
-/// The balancer's task; it stops when dropped.
+/// The balancer's task; it stops when dropped, and with it every
+/// connection it relays.
 struct Balancer {
     _stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::result::Result<(), palaver_balancer::BalancerError>>,
@@ -612,6 +652,18 @@ impl Drop for Balancer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Chromium's path; without one the test says why and is skipped, unless
+/// `PALAVER_CI` is set: then it fails.
+fn chromium() -> Option<PathBuf> {
+    let exe = cdp::find_chromium();
+    if exe.is_none() {
+        let why = "no Chromium on PATH (apt-get install chromium, or set PALAVER_CHROMIUM)";
+        assert!(std::env::var_os("PALAVER_CI").is_none(), "PALAVER_CI is set, so a skipped browser test fails: {why}");
+        eprintln!("skipping the browser test: {why}");
+    }
+    exe
 }
 
 fn screenshot_dir() -> PathBuf {

@@ -7,11 +7,17 @@
 // twice. 4001/4003 mean the session is over. When no WebSocket opens but
 // HTTP works (a proxy or the origin rule refuses the upgrade) it streams
 // events over SSE instead, with a ticket, and sends over HTTP.
+// Behind the Palaver balancer the socket goes straight to the node that
+// `GET /assign` names when that node is on this page's own host, so the
+// balancer carries none of its bytes; a direct socket that does not open
+// sends this page's sockets through the balancer from then on.
 
 import { ApiError } from './api.js';
 
 /** How long a command may wait for its reply. */
 const COMMAND_TIMEOUT_MS = 20000;
+/** How long `/assign` and then a direct socket may take to answer or open. */
+const DIRECT_TIMEOUT_MS = 3000;
 /** Longest pause between reconnection attempts. */
 const MAX_BACKOFF_MS = 15000;
 
@@ -33,6 +39,10 @@ export class Connection {
     this.nextId = 1;
     this.attempt = 0;
     this.wsFailures = 0;
+    // Counts socket openings, so an opening left behind by a newer one stops.
+    this.wsGeneration = 0;
+    // Set once a socket to an assigned node failed: relayed from then on.
+    this.relayedOnly = false;
     this.timer = null;
     this.reopenTimer = null;
     this.stopped = true;
@@ -112,6 +122,7 @@ export class Connection {
   }
 
   teardown() {
+    this.wsGeneration++;
     this.setReady(false);
     const ws = this.ws;
     this.ws = null;
@@ -127,13 +138,46 @@ export class Connection {
     this.waiting.clear();
   }
 
-  openWs() {
+  /**
+   * The WebSocket URL of the node the balancer assigns this page, or null
+   * (no balancer, TLS, a node on another host, or no answer in time).
+   */
+  async assignedUrl() {
+    if (this.relayedOnly || location.protocol !== 'http:') return null;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), DIRECT_TIMEOUT_MS);
+    try {
+      const r = await fetch('/assign', { cache: 'no-store', signal: abort.signal });
+      if (r.status === 404) {
+        this.relayedOnly = true; // nothing assigns here
+        return null;
+      }
+      if (!r.ok) return null; // no node to assign now: relayed this time
+      const url = new URL((await r.json()).ws);
+      if (url.protocol !== 'ws:' || !sameHost(url.hostname, location.hostname)) {
+        this.relayedOnly = true;
+        return null;
+      }
+      return url.href;
+    } catch {
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async openWs() {
+    const generation = ++this.wsGeneration;
+    const direct = await this.assignedUrl();
+    if (this.stopped || generation !== this.wsGeneration) return;
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const ws = new WebSocket(`${scheme}://${location.host}/ws`);
+    const ws = new WebSocket(direct || `${scheme}://${location.host}/ws`);
     let opened = false;
     this.ws = ws;
+    const openTimer = direct ? setTimeout(() => { if (!opened) ws.close(); }, DIRECT_TIMEOUT_MS) : null;
     ws.onopen = async () => {
       opened = true;
+      clearTimeout(openTimer);
       this.wsFailures = 0;
       try {
         await this.raw({ type: 'auth', token: this.token });
@@ -148,8 +192,15 @@ export class Connection {
     };
     ws.onmessage = (e) => this.onFrame(e.data);
     ws.onclose = (e) => {
+      clearTimeout(openTimer);
       if (this.ws !== ws) return;
       this.ws = null;
+      if (direct && !opened) {
+        // The assigned node is not reachable from here: use the relay.
+        this.relayedOnly = true;
+        this.connect();
+        return;
+      }
       this.closed(e.code, opened);
     };
   }
@@ -325,4 +376,10 @@ export class Connection {
   }
 
   status(text) { this.h.onStatus(text); }
+}
+
+/** Whether two host names are the same host (loopback names count as one). */
+function sameHost(a, b) {
+  const loopback = (h) => h === 'localhost' || h === '[::1]' || h.startsWith('127.');
+  return a === b || (loopback(a) && loopback(b));
 }

@@ -117,6 +117,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/cluster/nodes/{id}", delete(ops::remove_node))
         .route("/ws", get(ws::upgrade))
         .route("/sse", get(sse::stream))
+        .route("/assign", get(ops::assign))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .merge(web::routes())

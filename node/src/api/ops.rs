@@ -32,6 +32,25 @@ pub async fn healthz(State(node): State<Arc<Node>>) -> Response {
     (status, axum::Json(json!({"status": text, "node": node.id}))).into_response()
 }
 
+/// `GET /assign` on a node: this node, in the balancer's answer format. A
+/// browser asks on the keep-alive connection that loaded the page, which
+/// the balancer already relays to the node its strategy picked, so the
+/// balancer never sees the request; this node answers for it. 503 while
+/// the node takes no new clients (draining, leaving, not yet a member):
+/// the client then stays on the relayed path.
+pub async fn assign(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let m = node.consensus.metrics();
+    let Some(me) = m.members.get(&node.id) else {
+        return Err(ApiError::unavailable("this node is not (yet) a cluster member"));
+    };
+    if node.avoided_nodes().contains(&node.id) {
+        return Err(ApiError::unavailable("this node takes no new clients"));
+    }
+    let addr = &me.client_addr;
+    let body = json!({"node": node.id, "url": format!("http://{addr}"), "ws": format!("ws://{addr}/ws")});
+    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response())
+}
+
 /// The nodes clients may be sent to, for the balancer (which sends the ops
 /// token) and admins. A draining node, or one leaving the cluster, is
 /// listed as `draining`: it gets no new clients. A node that is not in its
