@@ -391,6 +391,9 @@ impl World {
                 l.contains("log entries truncated")
                     || l.contains("gap before a live message")
                     || l.contains("relay watch")
+                    || l.contains("snapshot installed")
+                    || l.contains("state machine opened")
+                    || l.contains("snapshot install a stop interrupted")
                     || near(l)
             });
             for line in rare.take(APPLIED_SHOWN * 4) {
@@ -403,15 +406,28 @@ impl World {
             for path in &files {
                 let Ok(text) = std::fs::read_to_string(path) else { continue };
                 let name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let lines = text
-                    .lines()
-                    .filter(|l| l.contains("applied"))
-                    .filter_map(|l| needles.iter().find_map(|n| l.find(n.as_str())).map(|at| (l, at)));
-                for (line, at) in lines.take(APPLIED_SHOWN) {
-                    // The head (time, shard, log id) and the results near the match.
-                    let head: String = line.chars().take(160).collect();
-                    let near = line.get(at.saturating_sub(120)..(at + 80).min(line.len())).unwrap_or(&line[at..]);
-                    out.push_str(&format!("  {name}: {head} … {near}\n"));
+                // Each matching entry with the entry its copy applied just
+                // before it in the same shard: where two copies part, that
+                // one says what the other copy made of the entry between.
+                let mut before: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+                let mut shown = 0;
+                for line in text.lines().filter(|l| l.contains("applied") && l.contains("log_id=")) {
+                    let shard = line.split_whitespace().find(|w| w.starts_with("shard=")).unwrap_or("").to_string();
+                    let at = needles.iter().find_map(|n| line.find(n.as_str()));
+                    if let Some(at) = at
+                        && shown < APPLIED_SHOWN
+                    {
+                        shown += 1;
+                        if let Some(prev) = before.get(&shard) {
+                            let prev: String = prev.chars().take(300).collect();
+                            out.push_str(&format!("  {name}: (before) {prev}\n"));
+                        }
+                        // The head (time, shard, log id) and the results near the match.
+                        let head: String = line.chars().take(160).collect();
+                        let near = line.get(at.saturating_sub(120)..(at + 80).min(line.len())).unwrap_or(&line[at..]);
+                        out.push_str(&format!("  {name}: {head} … {near}\n"));
+                    }
+                    before.insert(shard, line);
                 }
             }
         }

@@ -173,6 +173,12 @@ impl ShardStateMachine {
             None => Applied::default(),
         };
         let current = snapshot::load_current(&store, shard, &snapshots)?;
+        tracing::debug!(
+            shard,
+            applied = ?applied.last,
+            snapshot = ?current.as_ref().map(|(meta, _)| meta.last_log_id),
+            "state machine opened"
+        );
         Ok(Self {
             shard,
             store,
@@ -820,6 +826,12 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         let store = self.store.clone();
         let (shard, dir, file_meta) = (self.shard, self.snapshots.clone(), meta.clone());
         let rooms = blocking(move || snapshot::install(&store, shard, &dir, &file_meta, snapshot)).await?;
+        tracing::debug!(
+            shard = self.shard,
+            last_log_id = ?meta.last_log_id,
+            rooms = ?rooms.iter().map(|(_, room, last)| (room.as_str(), *last)).collect::<Vec<_>>(),
+            "snapshot installed"
+        );
         self.applied = Applied { last: meta.last_log_id, membership: meta.last_membership.clone() };
         self.last.clear();
         if let Some(index) = &self.index {
