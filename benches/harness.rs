@@ -36,6 +36,7 @@ use futures_util::SinkExt;
 use futures_util::StreamExt;
 use futures_util::stream::SplitSink;
 use hdrhistogram::Histogram;
+use palaver_balancer::TlsFiles;
 use palaver_balancer::config::BalancerSection;
 use palaver_balancer::config::NodeEntry;
 use palaver_node::config::Config;
@@ -174,7 +175,7 @@ fn unregister_pid(pid: u32) {
 }
 
 /// CPU ticks (user + system) a process has used, threads included.
-fn process_ticks(pid: &str) -> u64 {
+pub fn process_ticks(pid: &str) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
     let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0 };
     // After the command name: state is field 3; utime and stime are 14 and 15.
@@ -484,35 +485,9 @@ pub fn palaver_balancer(nodes: &[&str], strategy: &str, label: &str) -> Result<S
     palaver_balancer_with(nodes, strategy, label, None)
 }
 
-/// A certificate for `localhost`/`127.0.0.1` and its CA, made by
-/// `palaver certs --tls` in `dir`.
-#[derive(Clone, Debug)]
-pub struct PublicCert {
-    /// The certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Its private key (PEM).
-    pub key: PathBuf,
-    /// The local CA that signed it (PEM).
-    pub ca: PathBuf,
-}
-
-/// Runs `palaver certs --tls` for a cluster file whose data folder is in `dir`.
-pub fn public_cert(dir: &Path) -> Result<PublicCert> {
-    let file = dir.join("cluster.toml");
-    std::fs::write(&file, format!("[cluster]\ndata_dir = {:?}\n", dir.join("data").display().to_string()))?;
-    let out = Command::new(env!("CARGO_BIN_EXE_palaver"))
-        .args(["certs", "--tls", "--config"])
-        .arg(&file)
-        .output()
-        .context("running palaver certs --tls")?;
-    anyhow::ensure!(out.status.success(), "palaver certs --tls: {}", String::from_utf8_lossy(&out.stderr));
-    let tls = dir.join("data").join("public-tls");
-    Ok(PublicCert { cert: tls.join("localhost.pem"), key: tls.join("localhost.key"), ca: tls.join("ca.pem") })
-}
-
 /// The Palaver balancer in front of `nodes`, terminating TLS with `tls`
 /// when given.
-pub fn palaver_balancer_with(nodes: &[&str], strategy: &str, label: &str, tls: Option<&PublicCert>) -> Result<Server> {
+pub fn palaver_balancer_with(nodes: &[&str], strategy: &str, label: &str, tls: Option<&TlsFiles>) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("balancer.toml");
     let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));

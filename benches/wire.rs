@@ -90,13 +90,13 @@ pub struct WireOptions {
 /// Runs the scenario.
 pub async fn wire(o: &WireOptions, res: &mut Results) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let cert = harness::public_cert(dir.path())?;
+    let cert = palaver_testkit::public_cert(dir.path())?;
     let tls = TlsConnector::from(Arc::new(client_config(&cert.ca)?));
     let nodes = harness::palaver_cluster(3, "wire").await?;
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let plain = harness::palaver_balancer_with(&refs, "round-robin", "wire-plain", None)?;
-    let secure = harness::palaver_balancer_with(&refs, "round-robin", "wire-tls", Some(&cert))?;
+    let secure = harness::palaver_balancer_with(&refs, "round-robin", "wire-tls", Some(&cert.files))?;
     let users = o.senders.max(SENDERS).max(2);
     let tokens = crate::palaver_setup(&nodes, "wire", users, &[ROOM.to_string()]).await?;
 
@@ -111,9 +111,10 @@ pub async fn wire(o: &WireOptions, res: &mut Results) -> Result<()> {
         harness::settle(Duration::from_secs(20)).await;
         let sc = format!("wire, {} closed-loop typing round trips via balancer", o.senders);
         let meter = CpuMeter::start();
-        let cpu_before = process_cpu_secs(balancer.pid());
+        let cpu_before = harness::process_ticks(&balancer.pid().to_string());
         let (rate, h) = round_trips(balancer, connector, &tokens[..o.senders], o.secs).await?;
-        let cpu = process_cpu_secs(balancer.pid()) - cpu_before;
+        // /proc counts in USER_HZ, 100 a second on Linux.
+        let cpu = harness::process_ticks(&balancer.pid().to_string()).saturating_sub(cpu_before) as f64 / 100.0;
         let trips = h.len() as f64;
         res.push(&sc, &format!("balancer {name}"), "round trips/s", rate, "/s", &meter);
         res.push(&sc, &format!("balancer {name}"), "round trip p99", ms(&h, 0.99), "ms", &meter);
@@ -266,16 +267,6 @@ async fn round_trips(
         all.add(t.await??)?;
     }
     Ok((all.len() as f64 / started.elapsed().as_secs_f64(), all))
-}
-
-/// User plus system CPU seconds `pid` has used.
-fn process_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0.0 };
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // /proc reports in USER_HZ, 100 on Linux.
-    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// What one compression fan-out measured.

@@ -92,10 +92,7 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
     ann.screenshot(&shots.join("desktop-login.png")).await?;
 
     // ann registers with the mouse and creates a public room.
-    ann.fill(&test("username"), "ann").await?;
-    ann.fill(&test("password"), &password("ann")).await?;
-    ann.click(&test("register")).await?;
-    logged_in(&ann, "ann").await?;
+    register(&ann, "ann").await?;
     create_room(&ann, "lobby", "public").await?;
 
     // bob registers with the keyboard only, finds the room and joins it.
@@ -163,10 +160,7 @@ async fn people_chat_in_a_real_browser_through_the_balancer() -> Result<()> {
     let node_url = format!("http://{}/", cluster.addr(1));
     carol.goto(&node_url).await?;
     carol.screenshot(&shots.join("phone-login.png")).await?;
-    carol.fill(&test("username"), "carol").await?;
-    carol.fill(&test("password"), &password("carol")).await?;
-    carol.click(&test("register")).await?;
-    logged_in(&carol, "carol").await?;
+    register(&carol, "carol").await?;
     carol.wait("carol on SSE", &text_has("#conn", "(SSE)")).await?;
     carol.wait("carol's room list", &visible(&item("room-item", "data-room", "lobby"))).await?;
     let hidden = carol.eval(&count(&item("room-item", "data-room", "secret"))).await?;
@@ -240,17 +234,11 @@ async fn a_page_talks_to_its_assigned_node_without_the_balancer() -> Result<()> 
     let chrome = cdp::Chrome::launch(&exe, &[]).await?;
     let ann = chrome.page("ann", DESKTOP.0, DESKTOP.1).await?;
     ann.goto(&format!("{base}/")).await?;
-    ann.fill(&test("username"), "ann").await?;
-    ann.fill(&test("password"), &password("ann")).await?;
-    ann.click(&test("register")).await?;
-    logged_in(&ann, "ann").await?;
+    register(&ann, "ann").await?;
     create_room(&ann, "direct", "public").await?;
     let bob = chrome.page("bob", DESKTOP.0, DESKTOP.1).await?;
     bob.goto(&format!("{base}/")).await?;
-    bob.fill(&test("username"), "bob").await?;
-    bob.fill(&test("password"), &password("bob")).await?;
-    bob.click(&test("register")).await?;
-    logged_in(&bob, "bob").await?;
+    register(&bob, "bob").await?;
     bob.click(&item("room-item", "data-room", "direct")).await?;
     bob.click("#join-this").await?;
     bob.wait("bob's composer", &visible(&test("composer"))).await?;
@@ -607,15 +595,7 @@ fn public_certificate(dir: &std::path::Path) -> Result<(palaver_balancer::TlsFil
     use base64::Engine;
     use rcgen::PublicKeyData;
     use sha2::Digest;
-    let file = dir.join("cluster.toml");
-    std::fs::write(&file, format!("[cluster]\ndata_dir = {:?}\n", dir.join("data").display().to_string()))?;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palaver"))
-        .args(["certs", "--tls", "--config"])
-        .arg(&file)
-        .output()?;
-    anyhow::ensure!(out.status.success(), "palaver certs --tls: {}", String::from_utf8_lossy(&out.stderr));
-    let tls = dir.join("data").join("public-tls");
-    let files = palaver_balancer::TlsFiles { cert: tls.join("localhost.pem"), key: tls.join("localhost.key") };
+    let files = palaver_testkit::public_cert(dir)?.files;
     let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&files.key)?)?;
     let spki = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(key.subject_public_key_info()));
     Ok((files, spki))
@@ -684,6 +664,14 @@ async fn last_seq_from(page: &Page, user: &str) -> Result<String> {
         .eval(&format!("[...document.querySelectorAll({})].pop().dataset.seq", js(&item("message", "data-from", user))))
         .await?;
     Ok(seq.as_str().context("a seq")?.to_string())
+}
+
+/// Registers `name` with the mouse and waits until the page is logged in.
+async fn register(page: &Page, name: &str) -> Result<Value> {
+    page.fill(&test("username"), name).await?;
+    page.fill(&test("password"), &password(name)).await?;
+    page.click(&test("register")).await?;
+    logged_in(page, name).await
 }
 
 async fn logged_in(page: &Page, name: &str) -> Result<Value> {

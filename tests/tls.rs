@@ -35,23 +35,10 @@ use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// Runs `palaver certs --tls` for a cluster file whose data folder is
-/// `dir`; answers the certificate, key and CA it made.
+/// The certificate, key and CA `palaver certs --tls` makes in `dir`.
 fn make_public_cert(dir: &Path) -> Result<(TlsFiles, PathBuf)> {
-    let file = dir.join("cluster.toml");
-    std::fs::write(&file, format!("[cluster]\ndata_dir = {:?}\n", dir.join("data").display().to_string()))?;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palaver"))
-        .args(["certs", "--tls", "--config"])
-        .arg(&file)
-        .output()
-        .context("running palaver certs --tls")?;
-    anyhow::ensure!(out.status.success(), "palaver certs --tls: {}", String::from_utf8_lossy(&out.stderr));
-    let tls = dir.join("data").join("public-tls");
-    let files = TlsFiles { cert: tls.join("localhost.pem"), key: tls.join("localhost.key") };
-    for f in [&files.cert, &files.key, &tls.join("ca.pem")] {
-        anyhow::ensure!(f.exists(), "{} was not made", f.display());
-    }
-    Ok((files, tls.join("ca.pem")))
+    let made = palaver_testkit::public_cert(dir)?;
+    Ok((made.files, made.ca))
 }
 
 /// A TLS client trusting only the CA in `ca` (none: trusting nothing).

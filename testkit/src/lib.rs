@@ -24,6 +24,7 @@ pub mod config;
 pub mod node;
 pub mod ports;
 pub mod process;
+pub mod public_tls;
 pub mod recorder;
 pub mod wait;
 
@@ -41,6 +42,8 @@ pub use process::Launch;
 pub use process::NodeProcess;
 pub use process::Readiness;
 pub use process::Role;
+pub use public_tls::PublicCert;
+pub use public_tls::public_cert;
 pub use recorder::Recorder;
 pub use wait::WAIT;
 pub use wait::code_of;
