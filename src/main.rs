@@ -269,6 +269,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 id,
                 data_dir,
                 storage,
+                store_cache_bytes: config.cluster.store_cache_bytes(),
                 limits: config.limits.clone(),
                 security: Security { registration: Some(config.registration()), ..config.security.clone() },
                 members,
@@ -287,6 +288,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 id: 1,
                 data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("palaver-data")),
                 storage,
+                store_cache_bytes: config.cluster.store_cache_bytes(),
                 limits: config.limits.clone(),
                 security: Security {
                     registration: Some(config.security.registration.unwrap_or(if listen.ip().is_loopback() {

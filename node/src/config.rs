@@ -16,6 +16,10 @@ use serde::Serialize;
 use crate::api::origin::OriginPolicy;
 use crate::storage::EngineKind;
 
+/// The default `[cluster] store_cache_mib`.
+pub const DEFAULT_STORE_CACHE_MIB: u32 = 256;
+/// The largest `[cluster] store_cache_mib` (1 TiB).
+const MAX_STORE_CACHE_MIB: u32 = 1 << 20;
 /// The most shards a cluster may have (each is a Raft group on its nodes).
 pub const MAX_SHARDS: u32 = 1024;
 /// The most replicas a shard may have.
@@ -76,6 +80,10 @@ pub struct ClusterSection {
     pub shards: u32,
     /// Replicas of each shard.
     pub replication: u8,
+    /// Memory for the storage engine's page cache, in MiB, shared by the
+    /// node's two stores (Raft logs and room logs). The engines' own
+    /// default is 1 GiB each, which a laptop running three nodes feels.
+    pub store_cache_mib: u32,
     /// Days a room's messages are kept unless its owner says otherwise
     /// (0: forever).
     pub retention_days: u32,
@@ -94,6 +102,7 @@ impl Default for ClusterSection {
             tls_dir: None,
             shards: 64,
             replication: 3,
+            store_cache_mib: DEFAULT_STORE_CACHE_MIB,
             retention_days: 0,
             retention_day_ms: crate::service::DAY_MS,
         }
@@ -101,6 +110,11 @@ impl Default for ClusterSection {
 }
 
 impl ClusterSection {
+    /// The page-cache bytes of each of a node's two stores.
+    pub fn store_cache_bytes(&self) -> usize {
+        usize::try_from(u64::from(self.store_cache_mib) * 1024 * 1024 / 2).unwrap_or(usize::MAX)
+    }
+
     /// The folder of the cluster's certificates.
     pub fn tls_dir(&self) -> PathBuf {
         self.tls_dir.clone().unwrap_or_else(|| self.data_dir.join("tls"))
@@ -456,6 +470,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !(2..=MAX_STORE_CACHE_MIB).contains(&self.cluster.store_cache_mib) {
+            return Err(ConfigError::Invalid(format!(
+                "[cluster] store_cache_mib must be from 2 to {MAX_STORE_CACHE_MIB}"
+            )));
+        }
         if !(1..=MAX_SHARDS).contains(&self.cluster.shards) {
             return Err(ConfigError::Invalid(format!("[cluster] shards must be from 1 to {MAX_SHARDS}")));
         }
@@ -556,7 +575,13 @@ mod tests {
     #[test]
     fn shard_counts_out_of_range_are_refused() {
         assert_eq!(Config::parse("").expect("empty config").cluster.shards, 64);
-        for bad in ["[cluster]\nshards = 0\n", "[cluster]\nshards = 1025\n", "[cluster]\nreplication = 0\n"] {
+        for bad in [
+            "[cluster]\nshards = 0\n",
+            "[cluster]\nshards = 1025\n",
+            "[cluster]\nreplication = 0\n",
+            "[cluster]\nstore_cache_mib = 1\n",
+            "[cluster]\nstore_cache_mib = 1048577\n",
+        ] {
             assert!(matches!(Config::parse(bad), Err(ConfigError::Invalid(_))), "{bad}");
         }
     }
@@ -571,6 +596,7 @@ mod tests {
         assert_eq!(c.limits.password_hash_parallel, cores.min(MAX_PASSWORD_HASH_PARALLEL));
         assert_eq!(c.security.public_url, None);
         assert_eq!(c.cluster.storage, EngineKind::Redb);
+        assert_eq!(c.cluster.store_cache_bytes(), 128 * 1024 * 1024);
         assert!(c.nodes.is_empty());
     }
 

@@ -54,8 +54,10 @@ use tantivy::schema::TextOptions;
 const SCHEMA_VERSION: u32 = 1;
 /// How often the indexing thread commits what it was given.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
-/// The indexing thread's memory budget (tantivy flushes a segment past it).
-const WRITER_BYTES: usize = 32 * 1024 * 1024;
+/// The indexing thread's memory budget (tantivy flushes a segment past it):
+/// tantivy's least. More buys nothing here, where a commit every second
+/// flushes far less than this.
+const WRITER_BYTES: usize = 15_000_000;
 /// How long a search waits for what was applied before it to be searchable.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most rooms a search names as index terms. Past it, the rooms are

@@ -90,6 +90,8 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     /// Storage engine.
     pub storage: EngineKind,
+    /// The page cache of each of the node's two stores, in bytes.
+    pub store_cache_bytes: usize,
     /// Client limits.
     pub limits: Limits,
     /// Token and origin settings.
@@ -196,12 +198,17 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-fn open_store(dir: &std::path::Path, name: &str, kind: EngineKind) -> Result<storage::Store, StartError> {
+fn open_store(
+    dir: &std::path::Path,
+    name: &str,
+    kind: EngineKind,
+    cache_bytes: usize,
+) -> Result<storage::Store, StartError> {
     let path = match kind {
         EngineKind::Redb => dir.join(format!("{name}.redb")),
         EngineKind::Sled => dir.join(format!("{name}.sled")),
     };
-    storage::open(kind, &path).map_err(|source| StartError::Storage { path, source })
+    storage::open_cached(kind, &path, cache_bytes).map_err(|source| StartError::Storage { path, source })
 }
 
 impl Node {
@@ -212,8 +219,8 @@ impl Node {
             StartError::Setup(format!("cannot create data folder {}: {e}", settings.data_dir.display()))
         })?;
         let metrics = metrics_handle();
-        let raft_store = open_store(&settings.data_dir, "raft", settings.storage)?;
-        let rooms_store = open_store(&settings.data_dir, "rooms", settings.storage)?;
+        let raft_store = open_store(&settings.data_dir, "raft", settings.storage, settings.store_cache_bytes)?;
+        let rooms_store = open_store(&settings.data_dir, "rooms", settings.storage, settings.store_cache_bytes)?;
         let hub = Arc::new(Hub::new());
         let log = Arc::new(RoomLog::new(rooms_store));
         let publish_hub = hub.clone();

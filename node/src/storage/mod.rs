@@ -199,13 +199,23 @@ pub trait Engine: Send + Sync + 'static {
 /// A shared handle to an engine.
 pub type Store = Arc<dyn Engine>;
 
-/// Opens (creating when absent) the store at `path` with the chosen engine.
+/// The page cache of a store opened with [`open`] (tests and tools).
+const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Opens (creating when absent) the store at `path` with the chosen engine
+/// and a 64 MiB page cache.
+pub fn open(kind: EngineKind, path: &Path) -> Result<Store, StorageError> {
+    open_cached(kind, path, DEFAULT_CACHE_BYTES)
+}
+
+/// Opens (creating when absent) the store at `path` with the chosen engine,
+/// its page cache bounded by `cache_bytes`.
 ///
 /// redb uses `path` as one file; sled as a directory.
-pub fn open(kind: EngineKind, path: &Path) -> Result<Store, StorageError> {
+pub fn open_cached(kind: EngineKind, path: &Path, cache_bytes: usize) -> Result<Store, StorageError> {
     let store: Store = match kind {
-        EngineKind::Redb => Arc::new(RedbEngine::open(path)?),
-        EngineKind::Sled => Arc::new(SledEngine::open(path)?),
+        EngineKind::Redb => Arc::new(RedbEngine::open(path, cache_bytes)?),
+        EngineKind::Sled => Arc::new(SledEngine::open(path, cache_bytes)?),
     };
     if std::env::var_os(LOSE_UNFLUSHED_ENV).is_some() {
         tracing::warn!(path = %path.display(), "test mode: unflushed writes die with the process");

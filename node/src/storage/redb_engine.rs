@@ -65,15 +65,19 @@ impl std::fmt::Debug for RedbEngine {
 }
 
 impl RedbEngine {
-    /// Opens (creating when absent, with its parent directory) the redb file at `path`.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
+    /// Opens (creating when absent, with its parent directory) the redb file
+    /// at `path`, its page cache bounded by `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent)
                 .map_err(|e| engine_err(format_args!("cannot create directory {}: {e}", parent.display())))?;
         }
-        let db = Database::create(path).map_err(|e| engine_err(format_args!("cannot open {}: {e}", path.display())))?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| engine_err(format_args!("cannot open {}: {e}", path.display())))?;
         Ok(Self { db, committed: AtomicU64::new(0), durable: Mutex::new(0) })
     }
 

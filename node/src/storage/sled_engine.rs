@@ -54,11 +54,13 @@ impl std::fmt::Debug for SledEngine {
 }
 
 impl SledEngine {
-    /// Opens (creating when absent) the sled database in directory `path`.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
+    /// Opens (creating when absent) the sled database in directory `path`,
+    /// its page cache bounded by `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
         std::fs::create_dir_all(path)
             .map_err(|e| engine_err(format_args!("cannot create directory {}: {e}", path.display())))?;
-        let db = open_db(path).map_err(|e| engine_err(format_args!("cannot open {}: {e}", path.display())))?;
+        let db =
+            open_db(path, cache_bytes).map_err(|e| engine_err(format_args!("cannot open {}: {e}", path.display())))?;
         Ok(Self { db, trees: RwLock::new(HashMap::new()), writer: Mutex::new(()) })
     }
 
@@ -127,11 +129,11 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// After a `Db` is dropped, sled's background threads may hold its file lock
 /// a little longer (spacejam/sled#1234), so reopening at once can fail. A lock
 /// held by a live store lasts far longer than `LOCK_WAIT` and still fails.
-fn open_db(path: &Path) -> sled::Result<sled::Db> {
+fn open_db(path: &Path, cache_bytes: usize) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + LOCK_WAIT;
     let mut pause = Duration::from_millis(2);
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled::Config::new().path(path).cache_capacity(cache_bytes as u64).open() {
             // sled reports this as ErrorKind::Other, so only the text tells it apart.
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
