@@ -21,6 +21,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -58,6 +59,14 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// tantivy's least. More buys nothing here, where a commit every second
 /// flushes far less than this.
 const WRITER_BYTES: usize = 15_000_000;
+/// The most message bytes waiting for the indexing thread. Past it a
+/// shard's changes are not queued: its part of the index is made again from
+/// its room logs instead (the index is a cache of them), so a thread that
+/// falls behind (a shard indexed again, a flood of long messages) never
+/// holds more than this.
+const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+/// What a queued change counts for besides its text.
+const CHANGE_BYTES: usize = 64;
 /// How long a search waits for what was applied before it to be searchable.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most rooms a search names as index terms. Past it, the rooms are
@@ -113,6 +122,16 @@ pub enum Change {
         /// Room log key.
         room_key: u64,
     },
+}
+
+impl Change {
+    /// What the change holds in the queue to the indexing thread.
+    fn queued_bytes(&self) -> usize {
+        match self {
+            Change::Put { body, .. } => CHANGE_BYTES + body.len(),
+            Change::Remove { .. } | Change::DropRoom { .. } => CHANGE_BYTES,
+        }
+    }
 }
 
 /// Feeds a shard's whole content to the index: called with a sink it gives
@@ -177,9 +196,30 @@ struct Payload {
 
 /// Work for the indexing thread.
 enum Job {
-    Apply { shard: u32, changes: Vec<Change>, mark: String },
-    Reindex { shard: u32, mark: String, source: Source },
+    /// Changes of one apply, counting `bytes` of the queue.
+    Apply {
+        shard: u32,
+        changes: Vec<Change>,
+        mark: String,
+        bytes: usize,
+    },
+    Reindex {
+        shard: u32,
+        mark: String,
+        source: Source,
+    },
     Commit,
+}
+
+/// The queue's bookkeeping, shared with the indexing thread.
+#[derive(Default)]
+struct Queue {
+    /// Bytes of the `Apply` jobs not yet done.
+    bytes: AtomicUsize,
+    /// The most `bytes` may reach ([`MAX_QUEUED_BYTES`] but in tests).
+    limit: AtomicUsize,
+    /// Shards whose changes are dropped until their queued re-index starts.
+    behind: Mutex<FxHashSet<u32>>,
 }
 
 /// The node's search index.
@@ -195,6 +235,7 @@ pub struct SearchIndex {
     visible: tokio::sync::watch::Receiver<u64>,
     /// Serializes searches' waits, so concurrent ones share one commit.
     refreshing: tokio::sync::Mutex<()>,
+    queue: Arc<Queue>,
     /// The indexing thread, joined on drop so the index's lock is free after.
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -226,7 +267,9 @@ impl SearchIndex {
         let writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, WRITER_BYTES)?;
         let (tx, rx) = mpsc::channel();
         let (visible_tx, visible) = tokio::sync::watch::channel(0);
+        let queue = Arc::new(Queue { limit: AtomicUsize::new(MAX_QUEUED_BYTES), ..Queue::default() });
         let indexer = Indexer {
+            queue: queue.clone(),
             fields,
             writer,
             reader: reader.clone(),
@@ -245,6 +288,7 @@ impl SearchIndex {
             sent: AtomicU64::new(0),
             visible,
             refreshing: tokio::sync::Mutex::new(()),
+            queue,
             thread: Some(thread),
         }))
     }
@@ -262,10 +306,30 @@ impl SearchIndex {
         self.sent_marks.lock().get(&shard).cloned()
     }
 
-    /// Records what an apply of shard `shard` changed, up to `mark`.
-    pub fn apply(&self, shard: u32, changes: Vec<Change>, mark: String) {
+    /// Records what an apply of shard `shard` changed, up to `mark`. When
+    /// the queue is full, the shard's part is made again from `source`
+    /// (called at once; it reads the store when the thread gets to it)
+    /// instead, and its changes are dropped until then: the apply wrote
+    /// them to the store first, so the re-index reads them.
+    pub fn apply(&self, shard: u32, changes: Vec<Change>, mark: String, source: impl FnOnce() -> Source) {
+        let bytes: usize = changes.iter().map(Change::queued_bytes).sum();
+        let mut behind = self.queue.behind.lock();
         self.sent_marks.lock().insert(shard, mark.clone());
-        self.send(Job::Apply { shard, changes, mark });
+        if behind.contains(&shard) {
+            return;
+        }
+        if self.queue.bytes.load(Ordering::SeqCst) + bytes > self.queue.limit.load(Ordering::SeqCst) {
+            tracing::warn!(
+                shard,
+                queued_bytes = self.queue.bytes.load(Ordering::SeqCst),
+                "search index: the indexing thread is behind; the shard's part is to be made again"
+            );
+            behind.insert(shard);
+            self.send(Job::Reindex { shard, mark, source: source() });
+            return;
+        }
+        self.queue.bytes.fetch_add(bytes, Ordering::SeqCst);
+        self.send(Job::Apply { shard, changes, mark, bytes });
     }
 
     /// Replaces shard `shard`'s part of the index with what `source` gives,
@@ -381,6 +445,7 @@ struct Indexer {
     reader: IndexReader,
     /// What the next commit records.
     payload: Payload,
+    queue: Arc<Queue>,
     /// The last job done.
     done: u64,
     /// Changes made since the last commit.
@@ -422,14 +487,18 @@ impl Indexer {
 
     fn run_job(&mut self, job: Job) {
         match job {
-            Job::Apply { shard, changes, mark } => {
+            Job::Apply { shard, changes, mark, bytes } => {
                 for change in changes {
                     self.change(shard, change);
                 }
+                self.queue.bytes.fetch_sub(bytes, Ordering::SeqCst);
                 self.payload.marks.insert(shard, mark);
                 self.dirty = true;
             }
             Job::Reindex { shard, mark, source } => {
+                // Before the store is read: an apply from now on is queued
+                // (after this job); one dropped before wrote the store first.
+                self.queue.behind.lock().remove(&shard);
                 self.writer.delete_term(Term::from_field_u64(self.fields.shard, u64::from(shard)));
                 let mut added = 0u64;
                 let fed = source(&mut |change| {

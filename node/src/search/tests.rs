@@ -5,6 +5,11 @@ fn put(room_key: u64, seq: u64, body: &str) -> Change {
     Change::Put { room_key, seq, ts: seq * 10 + room_key, body: body.into() }
 }
 
+/// A shard's content for a re-index that must not happen.
+fn nothing() -> Source {
+    Box::new(|_: &mut dyn FnMut(Change)| Err(io::Error::other("no re-index expected")))
+}
+
 fn found(index: &SearchIndex, rooms: &[u64], q: &str) -> Vec<(u64, u64)> {
     let words = index.words(q).expect("words");
     index.search(rooms, &words, 100).expect("search").into_iter().map(|h| (h.room_key, h.seq)).collect()
@@ -16,7 +21,7 @@ async fn finds_all_words_newest_first_in_the_rooms_asked_only() {
     let index = SearchIndex::open(dir.path()).expect("open");
     let changes =
         vec![put(1, 1, "The quick brown fox"), put(1, 2, "a QUICK reply"), put(2, 1, "quick fox in another room")];
-    index.apply(0, changes, "m1".into());
+    index.apply(0, changes, "m1".into(), nothing);
     index.refresh().await.expect("refresh");
     assert_eq!(found(&index, &[1], "quick"), vec![(1, 2), (1, 1)]);
     assert_eq!(found(&index, &[1], "quick fox"), vec![(1, 1)]);
@@ -29,11 +34,17 @@ async fn finds_all_words_newest_first_in_the_rooms_asked_only() {
 async fn edits_deletions_and_drops_are_reflected() {
     let dir = tempfile::tempdir().expect("dir");
     let index = SearchIndex::open(dir.path()).expect("open");
-    index.apply(0, vec![put(1, 1, "old words"), put(1, 2, "keep me"), put(2, 1, "other room words")], "m1".into());
+    index.apply(
+        0,
+        vec![put(1, 1, "old words"), put(1, 2, "keep me"), put(2, 1, "other room words")],
+        "m1".into(),
+        nothing,
+    );
     index.apply(
         0,
         vec![put(1, 1, "new text"), Change::Remove { room_key: 1, seq: 2 }, Change::DropRoom { room_key: 2 }],
         "m2".into(),
+        nothing,
     );
     index.refresh().await.expect("refresh");
     assert!(found(&index, &[1, 2], "old").is_empty(), "an edit replaces the old words");
@@ -48,8 +59,8 @@ async fn marks_survive_a_reopen_and_a_reindex_replaces_a_shard() {
     let dir = tempfile::tempdir().expect("dir");
     {
         let index = SearchIndex::open(dir.path()).expect("open");
-        index.apply(3, vec![put(1, 1, "kept across restarts")], "m7".into());
-        index.apply(4, vec![put(9, 1, "another shard")], "m2".into());
+        index.apply(3, vec![put(1, 1, "kept across restarts")], "m7".into(), nothing);
+        index.apply(4, vec![put(9, 1, "another shard")], "m2".into(), nothing);
         index.refresh().await.expect("refresh");
     }
     let index = SearchIndex::open(dir.path()).expect("reopen");
@@ -74,7 +85,7 @@ async fn an_unreadable_index_is_made_anew() {
     std::fs::write(dir.path().join("meta.json"), b"not json").expect("write");
     let index = SearchIndex::open(dir.path()).expect("open");
     assert_eq!(index.mark(0), None, "no shard is marked, so each indexes again");
-    index.apply(0, vec![put(1, 1, "fresh")], "m1".into());
+    index.apply(0, vec![put(1, 1, "fresh")], "m1".into(), nothing);
     index.refresh().await.expect("refresh");
     assert_eq!(found(&index, &[1], "fresh"), vec![(1, 1)]);
 }
@@ -84,7 +95,7 @@ async fn a_search_of_many_rooms_finds_only_theirs() {
     let dir = tempfile::tempdir().expect("dir");
     let index = SearchIndex::open(dir.path()).expect("open");
     let rooms = ROOMS_AS_TERMS as u64 * 3;
-    index.apply(0, (0..rooms).map(|r| put(r, 1, "common words")).collect(), "m1".into());
+    index.apply(0, (0..rooms).map(|r| put(r, 1, "common words")).collect(), "m1".into(), nothing);
     index.refresh().await.expect("refresh");
     // Every other room: more than the term-set limit, so rooms are checked per message.
     let asked: Vec<u64> = (0..rooms).filter(|r| r % 2 == 1).collect();
@@ -93,4 +104,34 @@ async fn a_search_of_many_rooms_finds_only_theirs() {
     let hits = index.search(&asked, &words, 10).expect("search");
     let newest: Vec<(u64, u64)> = asked.iter().rev().take(10).map(|r| (*r, 1)).collect();
     assert_eq!(hits.iter().map(|h| (h.room_key, h.seq)).collect::<Vec<_>>(), newest);
+}
+
+#[tokio::test]
+async fn a_full_queue_makes_the_shard_be_indexed_again_from_its_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let index = SearchIndex::open(dir.path()).expect("open");
+    index.queue.limit.store(CHANGE_BYTES * 2, Ordering::SeqCst);
+    // Within the limit: queued as it is.
+    index.apply(1, vec![put(5, 1, "queued words")], "a1".into(), nothing);
+    index.refresh().await.expect("refresh");
+    // Past it: not queued; the shard's part is read again from its store,
+    // which holds every message the apply wrote (and the ones before).
+    let store: Source = Box::new(|sink: &mut dyn FnMut(Change)| {
+        sink(put(1, 1, "stored before"));
+        sink(put(1, 2, "stored by the apply"));
+        sink(put(1, 3, "stored by a later apply"));
+        Ok(())
+    });
+    let big = vec![put(1, 2, "stored by the apply"), put(1, 9, "a change the store does not hold")];
+    index.apply(0, big, "b2".into(), || store);
+    index.refresh().await.expect("refresh");
+    assert_eq!(found(&index, &[1], "stored"), vec![(1, 3), (1, 2), (1, 1)]);
+    assert!(found(&index, &[1], "change").is_empty(), "the dropped apply's own changes are not what counts");
+    assert_eq!(found(&index, &[5], "queued"), vec![(5, 1)], "another shard's part stays");
+    assert_eq!(index.queue.bytes.load(Ordering::SeqCst), 0, "the queue is empty again");
+    assert!(index.queue.behind.lock().is_empty(), "the re-index started, so the shard queues again");
+    index.apply(0, vec![put(1, 4, "after")], "b3".into(), nothing);
+    index.refresh().await.expect("refresh");
+    assert_eq!(found(&index, &[1], "after"), vec![(1, 4)]);
+    assert_eq!(index.mark(0).as_deref(), Some("b3"));
 }

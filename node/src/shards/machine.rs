@@ -666,7 +666,9 @@ impl ShardStateMachine {
             self.log.forget(room_key);
         }
         if let Some(index) = &self.index {
-            index.apply(self.shard, pending.index, indexing::mark(self.applied.last));
+            let store = self.store.clone();
+            let shard = self.shard;
+            index.apply(shard, pending.index, indexing::mark(self.applied.last), || indexing::source(store, shard));
         }
         if let Some(files) = &self.files {
             for (room, sha, size) in pending.kept {
