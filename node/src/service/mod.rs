@@ -198,6 +198,12 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// How long the room-log store's writes may wait for a flush: the shards'
+/// state machines never ask for one (their Raft logs are durable), so this
+/// bounds the log a node replays after a crash, and thus how long its
+/// shards take to answer again.
+const ROOMS_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn open_store(
     dir: &std::path::Path,
     name: &str,
@@ -258,7 +264,7 @@ impl Node {
         let search_dir = settings.data_dir.join("search");
         let search = crate::search::SearchIndex::open(&search_dir)
             .map_err(|e| StartError::Setup(format!("cannot open the search index: {e}")))?;
-        let rooms_writer = storage::WriteThread::start(log.store().clone(), "rooms-store")
+        let rooms_writer = storage::WriteThread::start_flushing(log.store().clone(), "rooms-store", ROOMS_FLUSH_EVERY)
             .map_err(|e| StartError::Setup(format!("cannot start the room store's write thread: {e}")))?;
         let files_dir = settings.data_dir.join("attachments");
         let files = crate::rooms::files::Files::open(files_dir.clone())
