@@ -120,6 +120,15 @@ impl Timing {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             enable_pre_vote: Some(self.pre_vote),
+            // openraft 0.10 lets a leader that restarts resume its term
+            // without an election by default. Its log may have lost the
+            // unflushed tail that followers already hold; leading on in
+            // the same term, it then makes new entries under the log ids of
+            // the lost ones, and followers that hold the old ones never
+            // replace them (Raft trusts equal log ids to be equal entries).
+            // The fault suite saw exactly that: T5-N1.433 stored different
+            // sends on the restarted leader and on every other copy.
+            enable_leader_restore: Some(false),
             ..Config::default()
         };
         // A follower further behind than this gets a snapshot; it must exceed
@@ -426,5 +435,23 @@ impl Consensus {
             Ok(Err(e)) => tracing::warn!("flushing the raft store at shutdown: {e}"),
             Err(e) => tracing::warn!("flushing the raft store at shutdown: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_leader_must_win_an_election_before_it_leads_again() {
+        let timing = Timing {
+            heartbeat: Duration::from_millis(100),
+            election: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            snapshot_every: 1000,
+            keep_after_snapshot: 100,
+            pre_vote: true,
+        };
+        let config = timing.openraft_config("test").expect("valid");
+        assert_eq!(config.enable_leader_restore, Some(false));
     }
 }
