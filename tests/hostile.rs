@@ -64,7 +64,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 /// What the node's memory may grow by under one hostile client. The
 /// client can make the node hold its outbound budget (1 MiB by default),
 /// one history page (256 KiB) and one frame being written; the rest is
-/// allocator and store-cache noise, and the search index's writer (15 MB
+/// allocator and store-cache noise, and the search index's writer (32 MiB
 /// arena, segments made and merged as messages arrive: 20-35 MiB at peak
 /// while 8.6 MiB of messages are stored). Before the byte budget, the test of
 /// case 1 grew the node by about 700 MB.
