@@ -17,7 +17,7 @@ use crate::api::origin::OriginPolicy;
 use crate::storage::EngineKind;
 
 /// The default `[cluster] store_cache_mib`.
-pub const DEFAULT_STORE_CACHE_MIB: u32 = 256;
+const DEFAULT_STORE_CACHE_MIB: u32 = 256;
 /// The largest `[cluster] store_cache_mib` (1 TiB).
 const MAX_STORE_CACHE_MIB: u32 = 1 << 20;
 /// The most shards a cluster may have (each is a Raft group on its nodes).

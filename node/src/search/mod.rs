@@ -319,10 +319,11 @@ impl SearchIndex {
         if behind.contains(&shard) {
             return;
         }
-        if self.queue.bytes.load(Ordering::SeqCst) + bytes > self.queue.limit.load(Ordering::SeqCst) {
+        let queued = self.queue.bytes.load(Ordering::SeqCst);
+        if queued + bytes > self.queue.limit.load(Ordering::SeqCst) {
             tracing::warn!(
                 shard,
-                queued_bytes = self.queue.bytes.load(Ordering::SeqCst),
+                queued_bytes = queued,
                 "search index: the indexing thread is behind; the shard's part is to be made again"
             );
             behind.insert(shard);
