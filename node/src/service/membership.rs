@@ -106,8 +106,10 @@ fn peer_of(nodes: &BTreeMap<u64, crate::meta::ClusterNode>, id: u64) -> Result<P
     Ok(PeerNode { client_addr: n.client.clone(), peer_addr: n.peer.clone() })
 }
 
-/// The replicas that acknowledged the leader recently and hold its whole log.
-fn caught_up(raft: &ShardRaft) -> BTreeSet<u64> {
+/// The replicas that acknowledged the leader recently and hold its whole
+/// log; those of a quiet shard (`quiet`: the followers that accepted its
+/// last beacon) get no heartbeats to acknowledge.
+fn caught_up(raft: &ShardRaft, quiet: BTreeSet<u64>) -> BTreeSet<u64> {
     let metrics = raft.metrics();
     let m = metrics.borrow_watched();
     let last = m.last_log_index;
@@ -116,10 +118,11 @@ fn caught_up(raft: &ShardRaft) -> BTreeSet<u64> {
         .iter()
         .filter(|(_, matched)| matched.as_ref().map(|l| l.index) == last)
         .filter(|(id, _)| {
-            heartbeat
-                .get(*id)
-                .and_then(|at| at.as_ref())
-                .is_some_and(|at| openraft::Instant::elapsed(&**at) < RECENT_ACK)
+            quiet.contains(*id)
+                || heartbeat
+                    .get(*id)
+                    .and_then(|at| at.as_ref())
+                    .is_some_and(|at| openraft::Instant::elapsed(&**at) < RECENT_ACK)
         })
         .map(|(id, _)| *id)
         .collect()
@@ -157,8 +160,10 @@ impl Node {
             for shard in shards.host.open_shards() {
                 let Some(raft) = shards.led(shard) else { continue };
                 let (voters, _) = membership(&raft);
-                let ready: Vec<u64> =
-                    caught_up(&raft).into_iter().filter(|id| *id != self.id && voters.contains(id)).collect();
+                let ready: Vec<u64> = caught_up(&raft, shards.host.quiet_followers(shard))
+                    .into_iter()
+                    .filter(|id| *id != self.id && voters.contains(id))
+                    .collect();
                 // Spread the shards over the replicas that can take them.
                 let Some(to) = ready.get(shard as usize % ready.len().max(1)).copied() else {
                     tracing::warn!(shard, "no caught-up replica to hand the shard to; it elects after the stop");
@@ -241,7 +246,7 @@ impl Node {
                 continue;
             }
             let (voters, members) = membership(&raft);
-            let caught_up = caught_up(&raft);
+            let caught_up = caught_up(&raft, shards.host.quiet_followers(shard));
             let view = ShardView {
                 me: self.id,
                 recorded,
@@ -293,6 +298,10 @@ impl Node {
     ) -> Result<(), ApiError> {
         let raft_error =
             |what: &str, e: &dyn std::fmt::Display| ApiError::unavailable(format!("shard {shard}: {what}: {e}"));
+        if !matches!(step, ShardStep::Stay) {
+            // Membership changes are writes: a quiet leader renews its lease.
+            self.shards().host.ready_to_write(shard, raft).await;
+        }
         match step {
             ShardStep::Stay => Ok(()),
             ShardStep::ChangeVoters { learners, voters, remove } => {

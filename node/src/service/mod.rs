@@ -273,6 +273,7 @@ impl Node {
         // files too.
         let wanted = settings.cluster.is_some().then(|| files.wanted());
         let files = Arc::new(files);
+        let shard_settings = crate::shards::host::default_settings();
         let host = crate::shards::host::ShardHost::new(crate::shards::host::HostParts {
             files: Some(files.clone()),
             me: settings.id,
@@ -284,7 +285,11 @@ impl Node {
             snapshots: settings.data_dir.join("shard-snapshots"),
             publish: publish.clone(),
             endpoint: cluster.as_ref().map(|c| c.endpoint.clone()),
-            settings: crate::shards::host::default_settings(),
+            settings: shard_settings.clone(),
+            quiet: Some(crate::shards::quiet::QuietSettings::for_election(
+                shard_settings.election.0,
+                shard_settings.heartbeat,
+            )),
             shard_count: Some(settings.shards),
             discard_after: crate::shards::host::DISCARD_AFTER,
             search: Some(search.clone()),

@@ -109,7 +109,7 @@ impl PeerHandler for Handler {
         async move {
             let Some(node) = wait_node(&slot).await else { return };
             if channel == Channel::Shards {
-                serve_stream(&*node.shards().host, recv, send).await;
+                serve_stream(&node.shards().host, recv, send).await;
                 return;
             }
             if channel != Channel::Rooms {

@@ -76,7 +76,7 @@ impl Shards {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {
                     let (tx, rx) = mpsc::channel(QUEUE);
-                    tokio::spawn(batch_loop(shard, raft, rx));
+                    tokio::spawn(batch_loop(shard, self.host.clone(), raft, rx));
                     batchers.insert(shard, tx.clone());
                     tx
                 }
@@ -139,7 +139,7 @@ pub async fn answered(wait: OpAnswer) -> Result<OpResult, ApiError> {
 
 /// Writes what is queued as one entry, waits for it, answers each op; the
 /// next entry takes everything that arrived meanwhile (group commit).
-async fn batch_loop(shard: ShardId, raft: ShardRaft, mut rx: mpsc::Receiver<Pending>) {
+async fn batch_loop(shard: ShardId, host: Arc<ShardHost>, raft: ShardRaft, mut rx: mpsc::Receiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut ops = Vec::new();
         let mut answers = Vec::new();
@@ -151,6 +151,7 @@ async fn batch_loop(shard: ShardId, raft: ShardRaft, mut rx: mpsc::Receiver<Pend
                 next = rx.try_recv().ok();
             }
         }
+        host.ready_to_write(shard, &raft).await;
         let batch = ShardBatch { shard, ts: now_ms(), ops };
         match raft.client_write(batch).await {
             Ok(written) => {

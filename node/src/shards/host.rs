@@ -16,6 +16,7 @@ use futures_util::FutureExt;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
 use openraft::raft::AppendEntriesRequest;
@@ -31,6 +32,11 @@ use super::network::ShardRpcs;
 use super::network::SnapshotHeader;
 use super::network::StreamAnswer;
 use super::placement::ShardId;
+use super::quiet::Actions;
+use super::quiet::Beacon;
+use super::quiet::GroupView;
+use super::quiet::QuietSettings;
+use super::quiet::Quieter;
 use super::snapshot::SnapshotFile;
 use super::types::ShardTypes;
 use crate::peer::PeerEndpoint;
@@ -119,6 +125,8 @@ pub struct HostParts {
     pub files: Option<Arc<crate::rooms::files::Files>>,
     /// The node's search index, fed by every shard held here.
     pub search: Option<Arc<SearchIndex>>,
+    /// When idle shards go quiet ([`super::quiet`]); `None`: never.
+    pub quiet: Option<QuietSettings>,
 }
 
 /// The shard groups of this node.
@@ -133,6 +141,10 @@ pub struct ShardHost {
     leases: parking_lot::Mutex<BTreeMap<ShardId, Arc<tokio::sync::Mutex<()>>>>,
     /// Shards that moved away, and when their copy here may go.
     retired: parking_lot::Mutex<BTreeMap<ShardId, Instant>>,
+    /// Which shards are quiet here and why (`None`: shards never go quiet).
+    quiet: Option<parking_lot::Mutex<Quieter>>,
+    /// Nodes a beacon is on its way to (one at a time per node).
+    beaconing: parking_lot::Mutex<BTreeSet<u64>>,
 }
 
 impl ShardHost {
@@ -147,14 +159,21 @@ impl ShardHost {
             Vec::new()
         });
         let now = Instant::now();
-        Arc::new(Self {
+        let quiet = parts.quiet.map(|settings| parking_lot::Mutex::new(Quieter::new(parts.me, settings)));
+        let host = Arc::new(Self {
             parts,
             calls,
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
             leases: parking_lot::Mutex::new(BTreeMap::new()),
             retired: parking_lot::Mutex::new(marked.into_iter().map(|shard| (shard, now)).collect()),
-        })
+            quiet,
+            beaconing: parking_lot::Mutex::new(BTreeSet::new()),
+        });
+        if let Some(settings) = host.parts.quiet {
+            tokio::spawn(keep_quiet(Arc::downgrade(&host), settings.every));
+        }
+        host
     }
 
     /// This node's id.
@@ -231,6 +250,15 @@ impl ShardHost {
                 }
             }
         }
+        if let Some(quiet) = &self.quiet {
+            // A restarted replica waits for a beacon before it may stand
+            // (see `quiet`); a group alone has no one to wait for.
+            let voters = raft.metrics().borrow_watched().membership_config.membership().voter_ids().count();
+            if voters != 1 {
+                raft.runtime_config().tick(false);
+                quiet.lock().opened(shard, Instant::now());
+            }
+        }
         self.groups.write().insert(shard, raft.clone());
         tracing::debug!(shard, "shard group open");
         Ok(raft)
@@ -243,6 +271,9 @@ impl ShardHost {
     pub async fn close(&self, shard: ShardId) {
         let _one_at_a_time = self.opening.lock().await;
         let raft = self.groups.write().remove(&shard);
+        if let Some(quiet) = &self.quiet {
+            quiet.lock().closed(shard);
+        }
         if let Some(raft) = raft
             && let Err(e) = raft.shutdown().await
         {
@@ -322,6 +353,123 @@ impl ShardHost {
         self.leases.lock().get(&shard).is_none_or(|slot| slot.try_lock().is_ok())
     }
 
+    /// The view of each open group (of `only` those, if given) the
+    /// quieting rules need.
+    fn views(&self, only: Option<&BTreeSet<ShardId>>) -> BTreeMap<ShardId, GroupView> {
+        let groups: Vec<(ShardId, ShardRaft)> = self
+            .groups
+            .read()
+            .iter()
+            .filter(|(shard, _)| only.is_none_or(|o| o.contains(shard)))
+            .map(|(shard, raft)| (*shard, raft.clone()))
+            .collect();
+        groups.into_iter().map(|(shard, raft)| (shard, group_view(self.parts.me, &raft))).collect()
+    }
+
+    /// One check of the quieting rules, and what it asks for done.
+    fn check_quiet(self: &Arc<Self>) {
+        let Some(quiet) = &self.quiet else { return };
+        let views = self.views(None);
+        let actions = quiet.lock().check(Instant::now(), &views);
+        self.act(actions);
+    }
+
+    /// Turns timers on and off, sends the woken leaders' heartbeats and the
+    /// beacons.
+    fn act(self: &Arc<Self>, actions: Actions) {
+        let Actions { ticks, woken, beacons } = actions;
+        for (shard, on) in ticks {
+            if let Some(raft) = self.get(shard) {
+                tracing::debug!(shard, on, "shard timer");
+                raft.runtime_config().tick(on);
+            }
+        }
+        for shard in woken {
+            if let Some(raft) = self.get(shard) {
+                tracing::debug!(shard, "quiet shard woken");
+                tokio::spawn(async move {
+                    let _ = raft.trigger().heartbeat().await;
+                });
+            }
+        }
+        if let Some(quiet) = &self.quiet {
+            metrics::gauge!("palaver_shards_quiet").set(quiet.lock().quiet_count() as f64);
+        }
+        let Some(endpoint) = self.parts.endpoint.clone() else { return };
+        let timeout = self.parts.quiet.map_or(Duration::from_secs(1), |q| q.grace / 2);
+        for (to, beacon) in beacons {
+            if !self.beaconing.lock().insert(to) {
+                continue;
+            }
+            let (host, endpoint) = (Arc::downgrade(self), endpoint.clone());
+            tokio::spawn(async move {
+                let answer = super::network::ShardClient::beacon(&endpoint, to, &beacon, timeout).await;
+                let Some(host) = host.upgrade() else { return };
+                host.beaconing.lock().remove(&to);
+                match answer {
+                    Ok(accepted) => {
+                        let Some(quiet) = &host.quiet else { return };
+                        let actions = quiet.lock().on_answer(to, &beacon.offers, &accepted, Instant::now());
+                        host.act(actions);
+                    }
+                    Err(e) => tracing::debug!(to, error = %e, "beacon not answered"),
+                }
+            });
+        }
+    }
+
+    /// A peer's beacon: answers the shards kept quiet here.
+    fn on_beacon(self: &Arc<Self>, beacon: &Beacon) -> Vec<ShardId> {
+        let Some(quiet) = &self.quiet else { return Vec::new() };
+        let offered: BTreeSet<ShardId> = beacon.offers.iter().map(|o| o.shard).collect();
+        let views = self.views(Some(&offered));
+        let (accepted, actions) = quiet.lock().on_beacon(beacon, Instant::now(), &views);
+        self.act(actions);
+        accepted
+    }
+
+    /// On its leader: wakes `shard` if quiet and keeps it awake for a
+    /// while (its leadership is about to be handed on, say).
+    pub fn wake(self: &Arc<Self>, shard: ShardId) {
+        let Some(quiet) = &self.quiet else { return };
+        let mut actions = Actions::default();
+        quiet.lock().wake(shard, Instant::now(), &mut actions);
+        self.act(actions);
+    }
+
+    /// On `shard`'s leader, before a write: openraft takes writes only
+    /// under a leader lease, which runs out while a shard is quiet (no
+    /// heartbeat acknowledged). Wakes the shard and renews the lease with
+    /// one round to the followers when its last acknowledgement is old.
+    pub async fn ready_to_write(self: &Arc<Self>, shard: ShardId, raft: &ShardRaft) {
+        if self.quiet.is_none() {
+            return;
+        }
+        if self.is_quiet(shard) {
+            self.wake(shard);
+        }
+        let lease = self.read_lease();
+        let acked =
+            raft.metrics().borrow_watched().last_quorum_acked.as_ref().map(|at| openraft::Instant::elapsed(&**at));
+        if acked.is_none_or(|age| age >= lease / 2)
+            && let Err(e) = read_index(raft, lease).await
+        {
+            tracing::debug!(shard, error = %e, "the lease of a quiet shard's leader was not renewed");
+        }
+    }
+
+    /// Whether `shard`'s timer is off here.
+    pub fn is_quiet(&self, shard: ShardId) -> bool {
+        self.quiet.as_ref().is_some_and(|q| q.lock().is_quiet(shard))
+    }
+
+    /// On its leader: the followers of quiet `shard` known to hold its
+    /// whole log (they accepted its last beacon, recently); they get no
+    /// heartbeats to say so.
+    pub fn quiet_followers(&self, shard: ShardId) -> BTreeSet<u64> {
+        self.quiet.as_ref().map(|q| q.lock().quiet_followers(shard, Instant::now())).unwrap_or_default()
+    }
+
     /// Stops every group.
     pub async fn shutdown(&self) {
         for shard in self.open_shards() {
@@ -342,9 +490,44 @@ fn refused(e: impl std::fmt::Display) -> ShardAnswer {
     ShardAnswer::Refused(e.to_string())
 }
 
-impl ShardRpcs for ShardHost {
+/// What `raft`'s metrics say, as the quieting rules need it.
+fn group_view(me: u64, raft: &ShardRaft) -> GroupView {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let membership = m.membership_config.membership();
+    let last_log = m.last_log_index;
+    GroupView {
+        me,
+        leader: m.current_leader,
+        vote: m.vote.clone(),
+        last_log,
+        committed: m.local_committed.as_ref().map(|l| l.index),
+        voters: membership.voter_ids().collect(),
+        joint: membership.get_joint_config().len() > 1,
+        all_matched: m
+            .replication
+            .as_ref()
+            .is_some_and(|r| r.values().all(|matched| matched.as_ref().map(|l| l.index) == last_log)),
+    }
+}
+
+/// Checks the quieting rules every `every` while the host lives.
+async fn keep_quiet(host: std::sync::Weak<ShardHost>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(host) = host.upgrade() else { return };
+        host.check_quiet();
+    }
+}
+
+impl ShardRpcs for Arc<ShardHost> {
     fn call(&self, call: ShardCall) -> BoxFuture<'static, ShardAnswer> {
         let shard = match &call {
+            ShardCall::Beacon(beacon) => {
+                return futures_util::future::ready(ShardAnswer::Quiet(self.on_beacon(beacon))).boxed();
+            }
             ShardCall::Append(s, _)
             | ShardCall::Vote(s, _)
             | ShardCall::PreVote(s, _)
@@ -372,6 +555,7 @@ impl ShardRpcs for ShardHost {
                     Ok(index) => ShardAnswer::ReadIndex(index),
                     Err(e) => refused(e),
                 },
+                ShardCall::Beacon(_) => refused("a beacon is no shard's"),
             }
         }
         .boxed()

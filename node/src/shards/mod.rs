@@ -9,6 +9,7 @@
 //! - [`snapshot`]: snapshots as files, built and installed as streams.
 //! - [`network`]: shard RPCs and snapshot streams over QUIC.
 //! - [`host`]: the groups this node takes part in: open, serve, close.
+//! - [`quiet`]: idle shards stop their timers, watched by beacons (pure).
 //! - [`discard`]: removing the copy of a shard this node no longer holds.
 //! - [`indexing`]: what a shard gives the node's search index.
 //!
@@ -22,6 +23,7 @@ pub mod machine;
 pub mod network;
 pub mod placement;
 pub mod plan;
+pub mod quiet;
 pub mod snapshot;
 pub mod types;
 

@@ -46,6 +46,7 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
 use super::placement::ShardId;
+use super::quiet::Beacon;
 use super::snapshot::SnapshotFile;
 use super::types::ShardTypes;
 use super::types::SnapshotMeta;
@@ -80,6 +81,9 @@ pub enum ShardCall {
     ReadIndex(ShardId),
     /// The leader hands leadership to the node named in the request.
     TransferLeader(ShardId, TransferLeaderRequest<ShardTypes>),
+    /// A node's beacon: the shards it leads that may be quiet
+    /// ([`super::quiet`]); not about one shard.
+    Beacon(Beacon),
 }
 
 /// The answer to a [`ShardCall`].
@@ -95,6 +99,8 @@ pub enum ShardAnswer {
     ReadIndex(u64),
     /// To TransferLeader.
     Transferred,
+    /// To a beacon: the shards the receiver keeps quiet.
+    Quiet(Vec<ShardId>),
     /// The receiving node has no group for that shard (yet, or any more).
     NoGroup(ShardId),
     /// Raft refused the call.
@@ -493,6 +499,23 @@ async fn receive(rpcs: &dyn ShardRpcs, header: &SnapshotHeader, recv: &mut RecvS
 }
 
 impl ShardClient {
+    /// Sends `target` this node's beacon; answers the shards it keeps quiet.
+    pub async fn beacon(
+        endpoint: &PeerEndpoint,
+        target: u64,
+        beacon: &Beacon,
+        timeout: Duration,
+    ) -> Result<Vec<ShardId>, String> {
+        let bytes = endpoint
+            .request(target, Channel::Shards, encode(&ShardCall::Beacon(beacon.clone())), timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        match decode::<ShardAnswer>(&bytes)? {
+            ShardAnswer::Quiet(shards) => Ok(shards),
+            other => Err(format!("unexpected shard answer: {other:?}")),
+        }
+    }
+
     /// Asks `target` (the shard's leader) for its ReadIndex.
     pub async fn read_index(
         endpoint: &PeerEndpoint,

@@ -718,6 +718,7 @@ mod groups {
     use crate::shards::network::ShardCall;
     use crate::shards::network::ShardRpcs;
     use crate::shards::network::serve_stream;
+    use crate::shards::quiet::QuietSettings;
     use crate::shards::types::OpResult;
     use crate::shards::types::ShardBatch;
     use crate::shards::types::ShardOp;
@@ -750,7 +751,7 @@ mod groups {
             let host = self.0.get().cloned();
             async move {
                 if let Some(host) = host {
-                    serve_stream(&*host, recv, send).await;
+                    serve_stream(&host, recv, send).await;
                 }
             }
             .boxed()
@@ -775,6 +776,10 @@ mod groups {
     }
 
     fn member(id: u64, identity: &NodeIdentity) -> Member {
+        member_quieting(id, identity, None)
+    }
+
+    fn member_quieting(id: u64, identity: &NodeIdentity, quiet: Option<QuietSettings>) -> Member {
         let dir = tempfile::tempdir().expect("tempdir");
         let raft_store = storage::open(EngineKind::Redb, &dir.path().join("raft.db")).expect("raft store");
         let rooms = storage::open(EngineKind::Redb, &dir.path().join("rooms.db")).expect("rooms store");
@@ -797,6 +802,7 @@ mod groups {
             shard_count: None,
             discard_after: Duration::ZERO,
             search: None,
+            quiet,
         });
         let _ = route.0.set(host.clone());
         Member { host, log, endpoint, dir }
@@ -863,6 +869,12 @@ mod groups {
             let deadline = Instant::now() + WAIT;
             let answer = loop {
                 let raft = leader_of(members, shard).await;
+                // As the batcher does: a quiet leader renews its lease first.
+                if let Some(m) = members.iter().find(|m| {
+                    m.host.get(shard).is_some_and(|r| r.metrics().borrow_watched().current_leader == Some(m.host.me()))
+                }) {
+                    m.host.ready_to_write(shard, &raft).await;
+                }
                 match raft.client_write(ShardBatch { shard, ts: i, ops: vec![op.clone()] }).await {
                     Ok(answer) => break answer,
                     Err(e) => {
@@ -1076,6 +1088,84 @@ mod groups {
         raft.change_membership(voters, false).await.expect("change membership");
         assert_eq!(write(&[rest[0], rest[1], &ms[3]], 40, 5).await, (41..=45).collect::<Vec<u64>>());
         same_log(&[rest[0], rest[1], &ms[3]], 45).await;
+        for m in &ms {
+            m.host.shutdown().await;
+        }
+    }
+
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An idle shard goes quiet on its three replicas (no heartbeats),
+    /// takes writes and hands its leadership on while quiet, and elects a
+    /// new leader when its leader's group goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_shard_goes_quiet_and_still_writes_moves_and_elects() {
+        let quiet = QuietSettings {
+            after: Duration::from_millis(300),
+            grace: Duration::from_millis(500),
+            every: Duration::from_millis(100),
+        };
+        let (_ca, ids) = generate_cluster(&[1, 2, 3]).expect("certs");
+        let ms: Vec<Member> = ids.iter().map(|(id, identity)| member_quieting(*id, identity, Some(quiet))).collect();
+        let all: Vec<&Member> = ms.iter().collect();
+        introduce(&all);
+        let first: BTreeMap<u64, PeerNode> = ms.iter().map(|m| (m.host.me(), node(m))).collect();
+        for (i, m) in ms.iter().enumerate() {
+            m.host.open(SHARD, (i == 0).then(|| first.clone())).await.expect("open");
+        }
+        // Quiet on every replica, the leader included (a group just opened
+        // is held quiet too, but its leader only once every voter agreed).
+        let quiet_everywhere = |members: &[&Member]| {
+            members.iter().all(|m| m.host.is_quiet(SHARD))
+                && members.iter().any(|m| {
+                    m.host.get(SHARD).is_some_and(|r| r.metrics().borrow_watched().current_leader == Some(m.host.me()))
+                })
+        };
+        assert_eq!(write(&all, 0, 5).await, (1..=5).collect::<Vec<u64>>());
+        wait_until("quiet on every replica", || quiet_everywhere(&all)).await;
+
+        // No heartbeat goes out while quiet: the leader's last
+        // acknowledgements from its followers grow old.
+        let raft = leader(&all).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        if quiet_everywhere(&all) {
+            let m = raft.metrics().borrow_watched().clone();
+            let acks = m.heartbeat.expect("a leader's heartbeat metrics");
+            for (id, at) in acks.iter().filter(|(id, _)| **id != m.id) {
+                let age = at.as_ref().map(|at| openraft::Instant::elapsed(&**at));
+                assert!(age.is_none_or(|a| a >= Duration::from_millis(500)), "node {id} acked {age:?} ago while quiet");
+            }
+        }
+
+        // A write to the quiet shard is answered, and wakes it.
+        assert_eq!(write(&all, 5, 1).await, vec![6]);
+        wait_until("awake after a write", || all.iter().all(|m| !m.host.is_quiet(SHARD))).await;
+        wait_until("quiet again", || quiet_everywhere(&all)).await;
+
+        // Leadership handed on while quiet.
+        let old = raft.metrics().borrow_watched().current_leader.expect("a leader");
+        let to = ms.iter().map(|m| m.host.me()).find(|id| *id != old).expect("another node");
+        raft.trigger().transfer_leader(to).await.expect("transfer");
+        let target = ms.iter().find(|m| m.host.me() == to).expect("target");
+        wait_until("the target leads", || {
+            target.host.get(SHARD).is_some_and(|r| r.metrics().borrow_watched().current_leader == Some(to))
+        })
+        .await;
+        assert_eq!(write(&all, 6, 2).await, vec![7, 8]);
+
+        // The leader's group goes once the shard is quiet again: the
+        // others elect and go on.
+        wait_until("quiet under the new leader", || quiet_everywhere(&all)).await;
+        target.host.close(SHARD).await;
+        let rest: Vec<&Member> = ms.iter().filter(|m| m.host.me() != to).collect();
+        assert_eq!(write(&rest, 8, 3).await, vec![9, 10, 11]);
+        same_log(&rest, 11).await;
         for m in &ms {
             m.host.shutdown().await;
         }
