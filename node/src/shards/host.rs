@@ -499,7 +499,7 @@ fn group_view(me: u64, raft: &ShardRaft) -> GroupView {
     GroupView {
         me,
         leader: m.current_leader,
-        vote: m.vote.clone(),
+        vote: m.vote,
         last_log,
         committed: m.local_committed.as_ref().map(|l| l.index),
         voters: membership.voter_ids().collect(),

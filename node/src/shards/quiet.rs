@@ -273,13 +273,8 @@ impl Quieter {
         actions: &mut Actions,
         offered_to: &mut BTreeSet<u64>,
     ) -> bool {
-        let fresh = || Leading {
-            vote: view.vote.clone(),
-            index: view.last_log,
-            since: now,
-            quiet: false,
-            accepted: BTreeSet::new(),
-        };
+        let fresh =
+            || Leading { vote: view.vote, index: view.last_log, since: now, quiet: false, accepted: BTreeSet::new() };
         let rec = self.leading.entry(shard).or_insert_with(fresh);
         if rec.vote != view.vote || rec.index != view.last_log {
             if rec.quiet {
@@ -304,7 +299,7 @@ impl Quieter {
         if !ready {
             return true;
         }
-        let offer = QuietOffer { shard, vote: view.vote.clone(), index: view.last_log.unwrap_or(0) };
+        let offer = QuietOffer { shard, vote: view.vote, index: view.last_log.unwrap_or(0) };
         for id in view.followers() {
             offered_to.insert(id);
             actions
@@ -379,7 +374,7 @@ impl Quieter {
             // order, so the first stands alone and wins.
             let rank = view.voters.iter().filter(|id| **id != beacon.from && **id < self.me).count();
             let until = now + self.settings.grace + self.settings.every * 2 * u32::try_from(rank).unwrap_or(u32::MAX);
-            self.following.insert(offer.shard, Following { leader: beacon.from, vote: offer.vote.clone(), until });
+            self.following.insert(offer.shard, Following { leader: beacon.from, vote: offer.vote, until });
             self.held.remove(&offer.shard);
             self.set_tick(offer.shard, false, &mut actions);
             accepted.push(offer.shard);
