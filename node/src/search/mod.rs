@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 pub use query::MAX_QUERY_CHARS;
 pub use query::MAX_QUERY_WORDS;
 pub use query::QueryError;
+use rustc_hash::FxHashMap;
 use rustc_hash::FxHashSet;
 use tantivy::Index;
 use tantivy::IndexReader;
@@ -100,7 +101,7 @@ pub enum SearchError {
 /// A change to what the index holds, as a shard applied it.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// A message's text, new or edited.
+    /// A new message's text.
     Put {
         /// Room log key.
         room_key: u64,
@@ -109,6 +110,17 @@ pub enum Change {
         /// When it was sent.
         ts: u64,
         /// The text.
+        body: String,
+    },
+    /// A message's text, edited.
+    Edit {
+        /// Room log key.
+        room_key: u64,
+        /// Its seq.
+        seq: u64,
+        /// When it was sent.
+        ts: u64,
+        /// The new text.
         body: String,
     },
     /// A message is gone (deleted or expired).
@@ -129,7 +141,7 @@ impl Change {
     /// What the change holds in the queue to the indexing thread.
     fn queued_bytes(&self) -> usize {
         match self {
-            Change::Put { body, .. } => CHANGE_BYTES + body.len(),
+            Change::Put { body, .. } | Change::Edit { body, .. } => CHANGE_BYTES + body.len(),
             Change::Remove { .. } | Change::DropRoom { .. } => CHANGE_BYTES,
         }
     }
@@ -278,6 +290,7 @@ impl SearchIndex {
             done: 0,
             dirty: false,
             visible: visible_tx,
+            read_upto: FxHashMap::default(),
         };
         let thread =
             std::thread::Builder::new().name("search-index".into()).spawn(move || indexer.run(rx)).map_err(dir_err)?;
@@ -453,6 +466,12 @@ struct Indexer {
     /// Changes made since the last commit.
     dirty: bool,
     visible: tokio::sync::watch::Sender<u64>,
+    /// Per shard indexed again, per room, the last seq the re-index read.
+    /// Applies queued after a re-index may repeat messages it read already
+    /// (they were in the store when it read); those are skipped, so a new
+    /// message costs no delete (which cost a third of a one-room flood's
+    /// CPU: every delete is looked up in every segment).
+    read_upto: FxHashMap<u32, FxHashMap<u64, u64>>,
 }
 
 impl Indexer {
@@ -491,7 +510,7 @@ impl Indexer {
         match job {
             Job::Apply { shard, changes, mark, bytes } => {
                 for change in changes {
-                    self.change(shard, change);
+                    self.apply_change(shard, change);
                 }
                 self.queue.bytes.fetch_sub(bytes, Ordering::SeqCst);
                 self.payload.marks.insert(shard, mark);
@@ -503,10 +522,16 @@ impl Indexer {
                 self.queue.behind.lock().remove(&shard);
                 self.writer.delete_term(Term::from_field_u64(self.fields.shard, u64::from(shard)));
                 let mut added = 0u64;
+                let mut read = FxHashMap::default();
                 let fed = source(&mut |change| {
                     added += 1;
+                    if let Change::Put { room_key, seq, .. } = &change {
+                        let last = read.entry(*room_key).or_insert(0);
+                        *last = (*last).max(*seq);
+                    }
                     self.change(shard, change);
                 });
+                self.read_upto.insert(shard, read);
                 match fed {
                     Ok(()) => {
                         tracing::info!(shard, messages = added, "search index: the shard's part is made again");
@@ -524,22 +549,38 @@ impl Indexer {
         }
     }
 
+    /// An applied change; one a re-index of the shard read already is
+    /// skipped.
+    fn apply_change(&mut self, shard: u32, change: Change) {
+        if let Some(read) = self.read_upto.get_mut(&shard) {
+            match &change {
+                Change::Put { room_key, seq, .. } => match read.get(room_key) {
+                    Some(last) if seq <= last => return,
+                    // A room's seqs only grow: none of its next puts was read.
+                    Some(_) => {
+                        read.remove(room_key);
+                    }
+                    None => {}
+                },
+                Change::DropRoom { room_key } => {
+                    read.remove(room_key);
+                }
+                Change::Edit { .. } | Change::Remove { .. } => {}
+            }
+            if read.is_empty() {
+                self.read_upto.remove(&shard);
+            }
+        }
+        self.change(shard, change);
+    }
+
     fn change(&mut self, shard: u32, change: Change) {
         let f = self.fields;
         match change {
-            Change::Put { room_key, seq, ts, body } => {
-                // An edit, or a message a re-index read already.
+            Change::Put { room_key, seq, ts, body } => self.add(shard, room_key, seq, ts, &body),
+            Change::Edit { room_key, seq, ts, body } => {
                 self.writer.delete_term(f.id(room_key, seq));
-                let mut doc = TantivyDocument::new();
-                doc.add_text(f.body, &body);
-                doc.add_u64(f.room, room_key);
-                doc.add_u64(f.shard, u64::from(shard));
-                doc.add_bytes(f.id, &id_bytes(room_key, seq));
-                doc.add_u64(f.seq, seq);
-                doc.add_u64(f.ts, ts);
-                if let Err(e) = self.writer.add_document(doc) {
-                    tracing::error!(error = %e, "search index: a message could not be added");
-                }
+                self.add(shard, room_key, seq, ts, &body);
             }
             Change::Remove { room_key, seq } => {
                 self.writer.delete_term(f.id(room_key, seq));
@@ -547,6 +588,20 @@ impl Indexer {
             Change::DropRoom { room_key } => {
                 self.writer.delete_term(Term::from_field_u64(f.room, room_key));
             }
+        }
+    }
+
+    fn add(&mut self, shard: u32, room_key: u64, seq: u64, ts: u64, body: &str) {
+        let f = self.fields;
+        let mut doc = TantivyDocument::new();
+        doc.add_text(f.body, body);
+        doc.add_u64(f.room, room_key);
+        doc.add_u64(f.shard, u64::from(shard));
+        doc.add_bytes(f.id, &id_bytes(room_key, seq));
+        doc.add_u64(f.seq, seq);
+        doc.add_u64(f.ts, ts);
+        if let Err(e) = self.writer.add_document(doc) {
+            tracing::error!(error = %e, "search index: a message could not be added");
         }
     }
 

@@ -42,7 +42,11 @@ async fn edits_deletions_and_drops_are_reflected() {
     );
     index.apply(
         0,
-        vec![put(1, 1, "new text"), Change::Remove { room_key: 1, seq: 2 }, Change::DropRoom { room_key: 2 }],
+        vec![
+            Change::Edit { room_key: 1, seq: 1, ts: 11, body: "new text".into() },
+            Change::Remove { room_key: 1, seq: 2 },
+            Change::DropRoom { room_key: 2 },
+        ],
         "m2".into(),
         nothing,
     );
@@ -134,4 +138,32 @@ async fn a_full_queue_makes_the_shard_be_indexed_again_from_its_store() {
     index.refresh().await.expect("refresh");
     assert_eq!(found(&index, &[1], "after"), vec![(1, 4)]);
     assert_eq!(index.mark(0).as_deref(), Some("b3"));
+}
+
+#[tokio::test]
+async fn applies_after_a_reindex_add_only_what_it_did_not_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let index = SearchIndex::open(dir.path()).expect("open");
+    // The store held messages 1-3 of room 1 and 1 of room 2 when the
+    // re-index read it; applies queued after it repeat some of them.
+    let store: Source = Box::new(|sink: &mut dyn FnMut(Change)| {
+        for seq in 1..=3 {
+            sink(put(1, seq, "read words"));
+        }
+        sink(put(2, 1, "read words"));
+        Ok(())
+    });
+    index.reindex(0, "r1".into(), store);
+    index.apply(
+        0,
+        vec![put(1, 2, "read words"), put(1, 3, "read words"), put(1, 4, "read words")],
+        "r2".into(),
+        nothing,
+    );
+    // A dropped room's seqs start again: nothing of it is taken as read.
+    index.apply(0, vec![Change::DropRoom { room_key: 2 }, put(2, 1, "read words anew")], "r3".into(), nothing);
+    index.refresh().await.expect("refresh");
+    assert_eq!(found(&index, &[1], "read"), vec![(1, 4), (1, 3), (1, 2), (1, 1)], "each message once");
+    assert_eq!(found(&index, &[2], "anew"), vec![(2, 1)]);
+    assert_eq!(index.documents(), 5);
 }

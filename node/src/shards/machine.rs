@@ -523,7 +523,7 @@ impl ShardStateMachine {
                 stored.edited_at = Some(ts);
                 self.rewrite(*room_key, *seq, &stored, pending, batch);
                 if self.index.is_some() {
-                    pending.index.push(Change::Put {
+                    pending.index.push(Change::Edit {
                         room_key: *room_key,
                         seq: *seq,
                         ts: stored.ts,
