@@ -169,6 +169,7 @@ impl Node {
                     tracing::warn!(shard, "no caught-up replica to hand the shard to; it elects after the stop");
                     continue;
                 };
+                shards.host.hold_awake(shard);
                 match raft.trigger().transfer_leader(to).await {
                     Ok(()) => handed.push(shard),
                     Err(e) => tracing::warn!(shard, to, error = %e, "shard leadership not handed on"),
@@ -341,6 +342,7 @@ impl Node {
             ShardStep::Record(replicas) => self.record_replicas(shard, replicas).await,
             ShardStep::TransferLeader(to) => {
                 tracing::info!(shard, to, "shard leadership handed on");
+                self.shards().host.hold_awake(shard);
                 raft.trigger().transfer_leader(to).await.map_err(|e| raft_error("transferring leadership", &e))
             }
         }

@@ -86,6 +86,10 @@ pub enum ShardError {
     Busy(ShardId),
 }
 
+/// How long a shard whose leadership is being handed on stays awake: a
+/// hand-over to a node that died is ended by an election within a few
+/// election timeouts.
+const HAND_OVER_AWAKE: Duration = Duration::from_secs(10);
 /// How long opening a shard waits for its previous state machine to stop.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
 /// How long the copy of a shard that moved away stays after its group
@@ -461,6 +465,16 @@ impl ShardHost {
     /// Whether `shard`'s timer is off here.
     pub fn is_quiet(&self, shard: ShardId) -> bool {
         self.quiet.as_ref().is_some_and(|q| q.lock().is_quiet(shard))
+    }
+
+    /// On its leader, before handing `shard`'s leadership on: wakes it and
+    /// keeps it awake for [`HAND_OVER_AWAKE`] ([`Quieter::hold_awake`]).
+    pub fn hold_awake(self: &Arc<Self>, shard: ShardId) {
+        let Some(quiet) = &self.quiet else { return };
+        let mut actions = Actions::default();
+        let now = Instant::now();
+        quiet.lock().hold_awake(shard, now + HAND_OVER_AWAKE, now, &mut actions);
+        self.act(actions);
     }
 
     /// On its leader: the followers of quiet `shard` known to hold its

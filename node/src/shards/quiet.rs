@@ -157,6 +157,9 @@ pub struct Quieter {
     answered: BTreeMap<u64, Instant>,
     /// The nodes offered something at the last check.
     offered_to: BTreeSet<u64>,
+    /// Shards this node leads that are not offered before these times
+    /// (their leadership is being handed on).
+    held_awake: BTreeMap<ShardId, Instant>,
     /// The shards whose timer is off here.
     off: BTreeSet<ShardId>,
 }
@@ -172,6 +175,7 @@ impl Quieter {
             held: BTreeMap::new(),
             answered: BTreeMap::new(),
             offered_to: BTreeSet::new(),
+            held_awake: BTreeMap::new(),
             off: BTreeSet::new(),
         }
     }
@@ -228,6 +232,16 @@ impl Quieter {
         self.set_tick(shard, true, actions);
     }
 
+    /// On the leader, before handing `shard`'s leadership on: wakes it,
+    /// and offers it to no one until `until`. openraft's leader stops its
+    /// heartbeats and takes no write once it hands leadership on, and never
+    /// resumes; if the new leader never takes over (it died), only the
+    /// followers' elections end that, so their timers must run.
+    pub fn hold_awake(&mut self, shard: ShardId, until: Instant, now: Instant, actions: &mut Actions) {
+        self.held_awake.insert(shard, until);
+        self.wake(shard, now, actions);
+    }
+
     fn recently_answered(&self, node: u64, now: Instant) -> bool {
         self.answered.get(&node).is_some_and(|at| now.saturating_duration_since(*at) < self.settings.grace / 2)
     }
@@ -244,6 +258,7 @@ impl Quieter {
         let mut actions = Actions::default();
         self.leading.retain(|shard, _| views.contains_key(shard));
         self.following.retain(|shard, _| views.contains_key(shard));
+        self.held_awake.retain(|shard, until| views.contains_key(shard) && now < *until);
         let mut offered_to = BTreeSet::new();
         for (&shard, view) in views {
             if view.leading() {
@@ -292,6 +307,7 @@ impl Quieter {
             actions.woken.push(shard);
         }
         let ready = now.saturating_duration_since(rec.since) >= self.settings.after
+            && !self.held_awake.contains_key(&shard)
             && view.all_matched
             && !view.joint
             && view.last_log.is_some()
@@ -589,6 +605,29 @@ mod tests {
         unknown.leader = None;
         assert!(fresh.check(now + Duration::from_millis(700), &one(unknown.clone())).ticks.is_empty());
         assert_eq!(fresh.check(now + Duration::from_millis(900), &one(unknown)).ticks, vec![(SHARD, true)]);
+    }
+
+    #[test]
+    fn a_shard_whose_leadership_is_handed_on_wakes_everywhere_and_stays_awake() {
+        let mut t = Trio::new(10);
+        for _ in 0..30 {
+            t.step(Duration::from_millis(100));
+        }
+        assert!((1..=3).all(|id| t.quiet(id)));
+        // The leader hands leadership to a node that dies: nothing changes
+        // in its log or vote, yet no one may stay quiet.
+        let mut actions = Actions::default();
+        let now = t.now;
+        t.q.get_mut(&1).expect("leader").hold_awake(SHARD, now + Duration::from_secs(3), now, &mut actions);
+        assert_eq!(actions.woken, vec![SHARD]);
+        for _ in 0..29 {
+            t.step(Duration::from_millis(100));
+            assert!((1..=3).all(|id| !t.quiet(id)), "awake while the hand-over may be under way");
+        }
+        for _ in 0..30 {
+            t.step(Duration::from_millis(100));
+        }
+        assert!((1..=3).all(|id| t.quiet(id)), "offered again once the hold is over");
     }
 
     #[test]
