@@ -180,11 +180,6 @@ impl Quieter {
         }
     }
 
-    /// The settings.
-    pub fn settings(&self) -> QuietSettings {
-        self.settings
-    }
-
     /// How many shards have their timer off here.
     pub fn quiet_count(&self) -> usize {
         self.off.len()
