@@ -136,6 +136,21 @@ struct Leading {
     accepted: BTreeSet<u64>,
 }
 
+impl Leading {
+    /// Not quiet, and not offered again for the idle time from `now`;
+    /// answers whether it was quiet.
+    fn wake(&mut self, now: Instant) -> bool {
+        self.since = now;
+        self.accepted.clear();
+        std::mem::replace(&mut self.quiet, false)
+    }
+}
+
+/// Whether `node` answered a beacon less than half the grace ago.
+fn answered_recently(answered: &BTreeMap<u64, Instant>, node: u64, now: Instant, grace: Duration) -> bool {
+    answered.get(&node).is_some_and(|at| now.saturating_duration_since(*at) < grace / 2)
+}
+
 #[derive(Debug)]
 struct Following {
     leader: u64,
@@ -216,13 +231,8 @@ impl Quieter {
     /// On the leader: wake `shard` now (before handing its leadership on,
     /// for one); it is not offered again for [`QuietSettings::after`].
     pub fn wake(&mut self, shard: ShardId, now: Instant, actions: &mut Actions) {
-        if let Some(rec) = self.leading.get_mut(&shard) {
-            rec.since = now;
-            rec.accepted.clear();
-            if rec.quiet {
-                rec.quiet = false;
-                actions.woken.push(shard);
-            }
+        if self.leading.get_mut(&shard).is_some_and(|rec| rec.wake(now)) {
+            actions.woken.push(shard);
         }
         self.set_tick(shard, true, actions);
     }
@@ -238,7 +248,7 @@ impl Quieter {
     }
 
     fn recently_answered(&self, node: u64, now: Instant) -> bool {
-        self.answered.get(&node).is_some_and(|at| now.saturating_duration_since(*at) < self.settings.grace / 2)
+        answered_recently(&self.answered, node, now, self.settings.grace)
     }
 
     fn set_tick(&mut self, shard: ShardId, on: bool, actions: &mut Actions) {
@@ -294,11 +304,9 @@ impl Quieter {
         }
         let answered = &self.answered;
         let grace = self.settings.grace;
-        let recent = |id: u64| answered.get(&id).is_some_and(|at| now.saturating_duration_since(*at) < grace / 2);
+        let recent = |id: u64| answered_recently(answered, id, now, grace);
         if rec.quiet && !view.followers().all(|id| rec.accepted.contains(&id) && recent(id)) {
-            rec.quiet = false;
-            rec.since = now;
-            rec.accepted.clear();
+            rec.wake(now);
             actions.woken.push(shard);
         }
         let ready = now.saturating_duration_since(rec.since) >= self.settings.after
