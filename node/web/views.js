@@ -61,11 +61,18 @@ export function renderRooms(store) {
     ['Direct messages', rooms.filter((r) => r.visibility === 'direct')],
     ['Public rooms to join', rooms.filter((r) => !r.member && r.visibility !== 'direct')],
   ].filter(([, list]) => list.length > 0);
+  const unread = rooms.reduce((n, r) => n + (r.unread || 0), 0);
+  document.title = unread ? `(${unread}) Palaver` : 'Palaver';
+  // The list is rebuilt only when what it shows changed: a rebuild between
+  // a press and its release would swallow the click (the pressed button is
+  // gone), and the list is refreshed often while nothing in it changes.
+  const shown = JSON.stringify(groups.map(([title, list]) =>
+    [title, list.map((r) => [r.room, roomLabel(store, r), r.room === store.active, r.unread || 0, r.visibility])]));
+  if (nav.dataset.shown === shown && nav.childElementCount > 0) return;
+  nav.dataset.shown = shown;
   nav.replaceChildren(...groups.map(([title, list]) =>
     el('section', {}, el('h3', { text: title }), el('ul', {}, ...list.map((r) => roomItem(store, r))))));
   if (groups.length === 0) nav.append(el('p', { class: 'hint', text: 'No rooms yet: create one below.' }));
-  const unread = rooms.reduce((n, r) => n + (r.unread || 0), 0);
-  document.title = unread ? `(${unread}) Palaver` : 'Palaver';
   if (focused) nav.querySelector(`[data-room="${CSS.escape(focused)}"]`)?.focus();
 }
 
