@@ -10,21 +10,23 @@
 //! `committed`, `purged`, postcard values. The metadata group's space has
 //! an empty prefix in trees `raft_log` and `raft_state`.
 //!
-//! Durability: `append` writes its entries in one atomic batch (in one
-//! transaction with every other group's writes queued meanwhile) before it
-//! returns, so they are readable at once, and hands the flush callback to the
-//! store's write thread, which calls [`crate::storage::Engine::flush`] once
-//! for every callback queued meanwhile, from any group (group commit), and
-//! only then reports the entries as persisted. `save_vote` is durable before
-//! it returns. `committed`, truncation and purge are written without their
-//! own fsync: the next flush covers them, and losing one in a crash is
-//! harmless to Raft (a lower committed is re-learned from the leader,
-//! un-truncated entries are truncated again, un-purged entries are purged
-//! again).
+//! Durability: `append` queues its entries in one atomic batch and their
+//! flush together on the store's write thread, which writes every group's
+//! batches queued meanwhile in one transaction, durably when a flush is
+//! queued with them (group commit: one fsync for all), and only then
+//! reports the entries as persisted; they are readable when `append`
+//! returns. `save_vote` is durable before it returns. Truncation and purge
+//! are written without their own fsync: the next flush covers them. A
+//! shard's committed log id is kept in memory and written with its next
+//! append or purge, not in a transaction of its own at every commit (its
+//! state machine records how far it applied; the metadata group's is
+//! written at once).
+//! Losing any of these in a crash is harmless to Raft (a lower committed is
+//! re-learned from the leader, un-truncated entries are truncated again,
+//! un-purged entries are purged again).
 
 use std::fmt::Debug;
 use std::io;
-use std::marker::PhantomData;
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 use openraft::type_config::alias::LogIdOf;
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -62,18 +65,23 @@ pub struct Space {
     log: &'static str,
     state: &'static str,
     prefix: Vec<u8>,
+    /// Whether the committed log id waits for the group's next append or
+    /// purge instead of a transaction of its own. Right for a group whose
+    /// state machine records how far it applied (the shards); the
+    /// metadata group re-applies up to the saved committed id at start.
+    lazy_committed: bool,
 }
 
 impl Space {
     /// The metadata group's space (trees `raft_log`, `raft_state`, no prefix).
     pub fn meta() -> Self {
-        Self { log: "raft_log", state: "raft_state", prefix: Vec::new() }
+        Self { log: "raft_log", state: "raft_state", prefix: Vec::new(), lazy_committed: false }
     }
 
     /// A room-log shard's space: trees `shard_log` and `shard_state`, keys
     /// prefixed by the shard's number.
     pub fn shard(shard: u32) -> Self {
-        Self { log: "shard_log", state: "shard_state", prefix: shard.to_be_bytes().to_vec() }
+        Self { log: "shard_log", state: "shard_state", prefix: shard.to_be_bytes().to_vec(), lazy_committed: true }
     }
 
     fn index_key(&self, index: u64) -> Vec<u8> {
@@ -141,20 +149,26 @@ pub fn discard_space(store: &Store, space: &Space) -> io::Result<()> {
 
 /// The Raft log storage of one group on one node (a cheap handle: clones
 /// share the store and its write thread).
-pub struct LogStore<C> {
+pub struct LogStore<C: RaftTypeConfig> {
     store: Store,
     space: Arc<Space>,
     writer: WriteThread,
-    types: PhantomData<fn() -> C>,
+    /// The committed log id saved since the last write that carried one.
+    committed: Arc<Mutex<Option<Option<LogIdOf<C>>>>>,
 }
 
-impl<C> Clone for LogStore<C> {
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), space: self.space.clone(), writer: self.writer.clone(), types: PhantomData }
+        Self {
+            store: self.store.clone(),
+            space: self.space.clone(),
+            writer: self.writer.clone(),
+            committed: self.committed.clone(),
+        }
     }
 }
 
-impl<C> Debug for LogStore<C> {
+impl<C: RaftTypeConfig> Debug for LogStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogStore")
             .field("engine", &self.store.name())
@@ -173,7 +187,7 @@ where
     /// The log of the group in `space` over `store`, written and flushed by
     /// `writer` (the store's one write thread).
     pub fn new(store: Store, space: Space, writer: WriteThread) -> Self {
-        Self { store, space: Arc::new(space), writer, types: PhantomData }
+        Self { store, space: Arc::new(space), writer, committed: Arc::new(Mutex::new(None)) }
     }
 
     fn get_state<T: DeserializeOwned>(&self, name: &[u8]) -> io::Result<Option<T>> {
@@ -222,6 +236,21 @@ where
     /// with the other groups' batches queued meanwhile.
     async fn write(&self, batch: Batch) -> io::Result<()> {
         self.writer.write(batch).await
+    }
+
+    /// A batch that starts with the committed log id not written yet, if
+    /// any: it rides along with the next append or purge rather than
+    /// costing a transaction of its own at every commit.
+    fn with_committed(&self) -> io::Result<Batch> {
+        let mut batch = Batch::new();
+        if let Some(committed) = self.committed.lock().take() {
+            let key = self.space.state_key(KEY_COMMITTED);
+            match committed {
+                Some(id) => batch.put(self.space.state, key, encode("committed", &id)?),
+                None => batch.delete(self.space.state, key),
+            }
+        }
+        Ok(batch)
     }
 }
 
@@ -311,17 +340,19 @@ where
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        let mut batch = Batch::new();
-        let key = self.space.state_key(KEY_COMMITTED);
-        match committed {
-            Some(id) => batch.put(self.space.state, key, encode("committed", &id)?),
-            None => batch.delete(self.space.state, key),
+        *self.committed.lock() = Some(committed);
+        if self.space.lazy_committed {
+            return Ok(());
         }
+        let batch = self.with_committed()?;
         self.write(batch).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        self.get_state(KEY_COMMITTED)
+        match &*self.committed.lock() {
+            Some(unwritten) => Ok(unwritten.clone()),
+            None => self.get_state(KEY_COMMITTED),
+        }
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
@@ -329,16 +360,15 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = Batch::new();
+        let mut batch = self.with_committed()?;
         for entry in entries {
             batch.put(self.space.log, self.space.index_key(entry.index()), encode("log entry", &entry)?);
         }
-        self.write(batch).await?;
-        // Readable now; durable once the write thread has flushed after this point.
-        self.writer.after_next_flush(Box::new(move |result| {
+        // Readable when this returns; durable when the callback is called.
+        let durable = Box::new(move |result: Result<(), String>| {
             callback.io_completed(result.map_err(io::Error::other));
-        }));
-        Ok(())
+        });
+        self.writer.write_and_flush(batch, durable).await
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
@@ -363,7 +393,7 @@ where
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         // One atomic batch: the purge mark and the removal never disagree.
-        let mut batch = Batch::new();
+        let mut batch = self.with_committed()?;
         batch.put(self.space.state, self.space.state_key(KEY_PURGED), encode("purged log id", &log_id)?);
         let end = match log_id.index().checked_add(1) {
             Some(next) => Some(self.space.index_key(next)),

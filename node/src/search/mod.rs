@@ -277,23 +277,52 @@ impl SearchIndex {
         };
         query::register(&index);
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        let writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, WRITER_BYTES)?;
         let (tx, rx) = mpsc::channel();
         let (visible_tx, visible) = tokio::sync::watch::channel(0);
         let queue = Arc::new(Queue { limit: AtomicUsize::new(MAX_QUEUED_BYTES), ..Queue::default() });
-        let indexer = Indexer {
-            queue: queue.clone(),
-            fields,
-            writer,
-            reader: reader.clone(),
-            payload: Payload { version: SCHEMA_VERSION, marks: payload.marks.clone() },
-            done: 0,
-            dirty: false,
-            visible: visible_tx,
-            read_upto: FxHashMap::default(),
-        };
-        let thread =
-            std::thread::Builder::new().name("search-index".into()).spawn(move || indexer.run(rx)).map_err(dir_err)?;
+        let (started_tx, started) = mpsc::sync_channel(1);
+        let indexer_queue = queue.clone();
+        let indexer_reader = reader.clone();
+        let marks = payload.marks.clone();
+        let thread = std::thread::Builder::new()
+            .name("search-index".into())
+            .spawn(move || {
+                // Indexing may lag (search waits for it, and an overfull
+                // queue re-indexes later); delivering messages may not. The
+                // writer's own threads, started below, inherit the priority.
+                lower_priority();
+                let writer: IndexWriter<TantivyDocument> = match index.writer_with_num_threads(1, WRITER_BYTES) {
+                    Ok(writer) => writer,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(()));
+                let indexer = Indexer {
+                    queue: indexer_queue,
+                    fields,
+                    writer,
+                    reader: indexer_reader,
+                    payload: Payload { version: SCHEMA_VERSION, marks },
+                    done: 0,
+                    dirty: false,
+                    visible: visible_tx,
+                    read_upto: FxHashMap::default(),
+                };
+                indexer.run(rx)
+            })
+            .map_err(dir_err)?;
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(SearchError::Dir {
+                    path: dir.to_path_buf(),
+                    source: std::io::Error::other("the indexing thread ended at start"),
+                });
+            }
+        }
         Ok(Arc::new(Self {
             fields,
             reader,
@@ -472,6 +501,15 @@ struct Indexer {
     /// message costs no delete (which cost a third of a one-room flood's
     /// CPU: every delete is looked up in every segment).
     read_upto: FxHashMap<u32, FxHashMap<u64, u64>>,
+}
+
+/// Lowers the calling thread's scheduling priority (niceness 10): on
+/// Linux it is per thread, and threads it starts inherit it.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::nice(10) {
+        tracing::debug!(error = %e, "search index: the indexing thread keeps its priority");
+    }
 }
 
 impl Indexer {

@@ -113,6 +113,27 @@ fn apply(table: &mut Table<'_, Raw, Raw>, op: &Op) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// Applies every op of `batch` in `txn`; on error the caller drops the
+/// transaction uncommitted, which aborts it: none of the batch is applied.
+fn fill(txn: &redb::WriteTransaction, batch: &Batch) -> Result<(), StorageError> {
+    // A table may be open only once per transaction, so keep each one open
+    // for the whole batch; all must be dropped before commit. A batch
+    // touches few trees, so a list beats a map here.
+    let mut tables: Vec<(&'static str, Table<'_, Raw, Raw>)> = Vec::new();
+    for op in &batch.ops {
+        let name = op_tree(op);
+        let index = match tables.iter().position(|(n, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                tables.push((name, txn.open_table(def(name)).map_err(engine_err)?));
+                tables.len() - 1
+            }
+        };
+        apply(&mut tables[index].1, op).map_err(engine_err)?;
+    }
+    Ok(())
+}
+
 fn op_tree(op: &Op) -> &'static str {
     match op {
         Op::Put { tree, .. } | Op::Delete { tree, .. } | Op::DeleteRange { tree, .. } => tree,
@@ -162,27 +183,23 @@ impl Engine for RedbEngine {
         // redb itself serialises writers; no lock of our own is needed.
         let mut txn = self.db.begin_write().map_err(engine_err)?;
         txn.set_durability(Durability::None).map_err(engine_err)?;
-        {
-            // A table may be open only once per transaction, so keep each one
-            // open for the whole batch; all must be dropped before commit. A
-            // batch touches few trees, so a list beats a map here.
-            let mut tables: Vec<(&'static str, Table<'_, Raw, Raw>)> = Vec::new();
-            for op in &batch.ops {
-                let name = op_tree(op);
-                let index = match tables.iter().position(|(n, _)| *n == name) {
-                    Some(i) => i,
-                    None => {
-                        tables.push((name, txn.open_table(def(name)).map_err(engine_err)?));
-                        tables.len() - 1
-                    }
-                };
-                // On error the transaction is dropped uncommitted, which
-                // aborts it: none of the batch is applied.
-                apply(&mut tables[index].1, op).map_err(engine_err)?;
-            }
-        }
+        fill(&txn, &batch)?;
         txn.commit().map_err(engine_err)?;
         self.committed.fetch_add(1, AtomicOrdering::SeqCst);
+        Ok(())
+    }
+
+    fn write_durable(&self, batch: Batch) -> Result<(), StorageError> {
+        // Held across the commit, like `flush`, so `durable` only grows.
+        let mut durable = self.durable.lock();
+        let mut txn = self.db.begin_write().map_err(engine_err)?;
+        txn.set_durability(Durability::Immediate).map_err(engine_err)?;
+        fill(&txn, &batch)?;
+        txn.commit().map_err(engine_err)?;
+        // No other commit runs while a write transaction is open, so every
+        // one counted before this one came earlier and is durable with it.
+        let before = self.committed.fetch_add(1, AtomicOrdering::SeqCst);
+        *durable = (*durable).max(before + 1);
         Ok(())
     }
 

@@ -83,6 +83,20 @@ impl WriteThread {
                         Job::Flush(done) => flushes.push(done),
                     }
                 }
+                if !written.is_empty() && !flushes.is_empty() {
+                    // One durable commit instead of a commit and then an
+                    // empty durable one: a Raft append queues its entries
+                    // and their flush together.
+                    let result = store.write_durable(combined).map_err(|e| e.to_string());
+                    for done in written {
+                        let _ = done.send(result.clone());
+                    }
+                    for done in flushes {
+                        done(result.clone());
+                    }
+                    due = None;
+                    continue;
+                }
                 if !written.is_empty() {
                     let result = store.write(combined).map_err(|e| e.to_string());
                     for done in written {
@@ -113,6 +127,21 @@ impl WriteThread {
         }
         let (done, written) = oneshot::channel();
         self.0.send(Job::Write(batch, done)).map_err(|_| gone())?;
+        written.await.map_err(|_| gone())?.map_err(std::io::Error::other)
+    }
+
+    /// Writes `batch` like [`WriteThread::write`] and calls `durable` once
+    /// it is durable. Queued together, the two usually cost one durable
+    /// commit.
+    pub async fn write_and_flush(&self, batch: Batch, durable: FlushDone) -> std::io::Result<()> {
+        let (done, written) = oneshot::channel();
+        if batch.is_empty() {
+            let _ = done.send(Ok(()));
+        } else if self.0.send(Job::Write(batch, done)).is_err() {
+            durable(Err("the store's write thread is gone".into()));
+            return Err(gone());
+        }
+        self.after_next_flush(durable);
         written.await.map_err(|_| gone())?.map_err(std::io::Error::other)
     }
 
