@@ -68,7 +68,7 @@ export function renderRooms(store) {
   // gone), and the list is refreshed often while nothing in it changes.
   const shown = JSON.stringify(groups.map(([title, list]) =>
     [title, list.map((r) => [r.room, roomLabel(store, r), r.room === store.active, r.unread || 0, r.visibility])]));
-  if (nav.dataset.shown === shown && nav.childElementCount > 0) return;
+  if (nav.dataset.shown === shown) return;
   nav.dataset.shown = shown;
   nav.replaceChildren(...groups.map(([title, list]) =>
     el('section', {}, el('h3', { text: title }), el('ul', {}, ...list.map((r) => roomItem(store, r))))));

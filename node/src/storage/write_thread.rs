@@ -83,36 +83,27 @@ impl WriteThread {
                         Job::Flush(done) => flushes.push(done),
                     }
                 }
-                if !written.is_empty() && !flushes.is_empty() {
-                    // One durable commit instead of a commit and then an
-                    // empty durable one: a Raft append queues its entries
-                    // and their flush together.
-                    let result = store.write_durable(combined).map_err(|e| e.to_string());
+                let flushing = !flushes.is_empty();
+                let wrote = (!written.is_empty()).then(|| {
+                    // With a flush queued, one durable commit instead of a
+                    // commit and then an empty durable one: a Raft append
+                    // queues its entries and their flush together.
+                    let result = if flushing { store.write_durable(combined) } else { store.write(combined) };
+                    let result = result.map_err(|e| e.to_string());
                     for done in written {
                         let _ = done.send(result.clone());
                     }
-                    for done in flushes {
-                        done(result.clone());
-                    }
-                    due = None;
-                    continue;
-                }
-                if !written.is_empty() {
-                    let result = store.write(combined).map_err(|e| e.to_string());
-                    for done in written {
-                        let _ = done.send(result.clone());
-                    }
-                    if let Some(every) = every {
-                        due.get_or_insert_with(|| Instant::now() + every);
-                    }
-                }
-                if !flushes.is_empty() {
+                    result
+                });
+                if flushing {
                     // Every write queued before these flushes is in the store now.
-                    let result = store.flush().map_err(|e| e.to_string());
+                    let result = wrote.unwrap_or_else(|| store.flush().map_err(|e| e.to_string()));
                     for done in flushes {
                         done(result.clone());
                     }
                     due = None;
+                } else if let (Some(_), Some(every)) = (wrote, every) {
+                    due.get_or_insert_with(|| Instant::now() + every);
                 }
             }
         })?;
@@ -134,10 +125,12 @@ impl WriteThread {
     /// it is durable. Queued together, the two usually cost one durable
     /// commit.
     pub async fn write_and_flush(&self, batch: Batch, durable: FlushDone) -> std::io::Result<()> {
-        let (done, written) = oneshot::channel();
         if batch.is_empty() {
-            let _ = done.send(Ok(()));
-        } else if self.0.send(Job::Write(batch, done)).is_err() {
+            self.after_next_flush(durable);
+            return Ok(());
+        }
+        let (done, written) = oneshot::channel();
+        if self.0.send(Job::Write(batch, done)).is_err() {
             durable(Err("the store's write thread is gone".into()));
             return Err(gone());
         }
