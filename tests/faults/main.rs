@@ -382,8 +382,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_fails_no_send() -> Resul
     let order: Vec<u64> = (0..passes).flat_map(|_| w.c.ids()).collect();
     for (i, id) in order.into_iter().enumerate() {
         let step = async {
-            w.wait_healthy(HEAL_WAIT).await.with_context(|| format!("before stopping node {id}"))?;
-            let (_, view) = w.view_any().await?;
+            let (_, view) = w.healthy_view(HEAL_WAIT).await.with_context(|| format!("before stopping node {id}"))?;
             let owned: Vec<String> = owners(&view).into_iter().filter(|(_, o)| *o == id).map(|(r, _)| r).collect();
             let at = Instant::now();
             eprintln!("[{:6.1}s] SIGTERM node {id} (owns {owned:?}, leader {:?})", w.secs(), view["leader"].as_u64());
@@ -485,8 +484,7 @@ async fn the_cluster_grows_to_five_nodes_and_shrinks_to_four_while_clients_chat(
             });
         }
         // Shrink: node 2 leaves; once out it stops (SIGTERM: its clients get 1012).
-        w.wait_healthy(HEAL_WAIT).await.context("before removing node 2")?;
-        let (_, view) = w.view_any().await?;
+        let (_, view) = w.healthy_view(HEAL_WAIT).await.context("before removing node 2")?;
         let owned: Vec<String> = owners(&view).into_iter().filter(|(_, o)| *o == 2).map(|(r, _)| r).collect();
         let at = Instant::now();
         let removed = w.palaver(&["remove-node", "2"]).await?;

@@ -203,11 +203,11 @@ async fn owned_as_hit(w: &World, victim: u64, owned: &mut Vec<String>) {
 pub async fn run_nemesis(w: &mut World, steps: &[Step], partition_skip: &Option<String>) -> Result<Vec<Executed>> {
     let mut done = Vec::new();
     for (i, step) in steps.iter().enumerate() {
-        let took = w.wait_healthy(HEAL_WAIT).await.with_context(|| format!("before step {i}"))?;
         if i == 0 {
+            w.wait_healthy(HEAL_WAIT).await.context("before the first step")?;
             w.wait_rooms(w.start, "the setup").await;
         }
-        let (_, view) = w.view_any().await?;
+        let (took, view) = w.healthy_view(HEAL_WAIT).await.with_context(|| format!("before step {i}"))?;
         let own = owners(&view);
         let ids = w.live();
         let victim = match step.fault {

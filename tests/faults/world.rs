@@ -448,6 +448,26 @@ impl World {
         bail!("the cluster was not healthy within {timeout:?}; last: {last}")
     }
 
+    /// Waits until the cluster is healthy and a view of it names an owner
+    /// for every room: a shard leadership hand-off (drain, balancing) leaves
+    /// a room without one for a moment, even right after a healthy check.
+    /// Answers how long that took and the view.
+    pub async fn healthy_view(&self, timeout: Duration) -> Result<(Duration, Value)> {
+        let start = Instant::now();
+        loop {
+            self.wait_healthy(timeout.saturating_sub(start.elapsed())).await?;
+            let (_, view) = self.view_any().await?;
+            let own = owners(&view);
+            if self.rooms.iter().all(|room| own.contains_key(room)) {
+                return Ok((start.elapsed(), view));
+            }
+            if start.elapsed() >= timeout {
+                bail!("no view within {timeout:?} named an owner of every room; last: {own:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits (bounded by [`ROOM_RECOVERY`]) until every room answered a
     /// load send issued at or after `since`; a room that does not is noted
     /// as a violation. Answers whether every room did.

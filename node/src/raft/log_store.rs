@@ -21,6 +21,10 @@
 //! append or purge, not in a transaction of its own at every commit (its
 //! state machine records how far it applied; the metadata group's is
 //! written at once).
+//! An append of no entries (a heartbeat's) writes nothing and waits only
+//! for the writes before it, which costs no fsync when they are durable.
+//! The newest entries are also kept decoded in memory ([`Recent`]): the
+//! reads that follow an append (replication, apply) are served from there.
 //! Losing any of these in a crash is harmless to Raft (a lower committed is
 //! re-learned from the leader, un-truncated entries are truncated again,
 //! un-purged entries are purged again).
@@ -43,6 +47,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::recent::Recent;
 use super::types::blocking;
 use super::types::decode;
 use super::types::encode;
@@ -155,6 +160,8 @@ pub struct LogStore<C: RaftTypeConfig> {
     writer: WriteThread,
     /// The committed log id saved since the last write that carried one.
     committed: Arc<Mutex<Option<Option<LogIdOf<C>>>>>,
+    /// The newest entries, decoded, for the reads that follow an append.
+    recent: Arc<Mutex<Recent<C::Entry>>>,
 }
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
@@ -164,6 +171,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
             space: self.space.clone(),
             writer: self.writer.clone(),
             committed: self.committed.clone(),
+            recent: self.recent.clone(),
         }
     }
 }
@@ -180,14 +188,20 @@ impl<C: RaftTypeConfig> Debug for LogStore<C> {
 impl<C> LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
     C::Vote: Serialize + DeserializeOwned,
     LogIdOf<C>: Serialize + DeserializeOwned,
 {
     /// The log of the group in `space` over `store`, written and flushed by
     /// `writer` (the store's one write thread).
     pub fn new(store: Store, space: Space, writer: WriteThread) -> Self {
-        Self { store, space: Arc::new(space), writer, committed: Arc::new(Mutex::new(None)) }
+        Self {
+            store,
+            space: Arc::new(space),
+            writer,
+            committed: Arc::new(Mutex::new(None)),
+            recent: Arc::new(Mutex::new(Recent::default())),
+        }
     }
 
     fn get_state<T: DeserializeOwned>(&self, name: &[u8]) -> io::Result<Option<T>> {
@@ -198,6 +212,21 @@ where
     }
 
     fn read_range(&self, start: Bound<u64>, end: Bound<u64>, limit: usize) -> io::Result<Vec<C::Entry>> {
+        let first = match start {
+            Bound::Included(i) => Some(i),
+            Bound::Excluded(i) => i.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let past = match end {
+            Bound::Included(i) => i.checked_add(1),
+            Bound::Excluded(i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        if let (Some(first), Some(past)) = (first, past)
+            && let Some(entries) = self.recent.lock().get(first, past, limit)
+        {
+            return Ok(entries);
+        }
         let space = &self.space;
         let start = match start {
             Bound::Unbounded => Bound::Included(space.index_key(0)),
@@ -238,11 +267,10 @@ where
         self.writer.write(batch).await
     }
 
-    /// A batch that starts with the committed log id not written yet, if
-    /// any: it rides along with the next append or purge rather than
-    /// costing a transaction of its own at every commit.
-    fn with_committed(&self) -> io::Result<Batch> {
-        let mut batch = Batch::new();
+    /// Adds the committed log id not written yet, if any, to `batch`: it
+    /// rides along with the next append or purge rather than costing a
+    /// transaction of its own at every commit.
+    fn carry_committed(&self, batch: &mut Batch) -> io::Result<()> {
         if let Some(committed) = self.committed.lock().take() {
             let key = self.space.state_key(KEY_COMMITTED);
             match committed {
@@ -250,7 +278,7 @@ where
                 None => batch.delete(self.space.state, key),
             }
         }
-        Ok(batch)
+        Ok(())
     }
 }
 
@@ -280,7 +308,7 @@ fn bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(Bound<u64>, Bound<u64>)> 
 impl<C> RaftLogReader<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
     C::Vote: Serialize + DeserializeOwned,
     LogIdOf<C>: Serialize + DeserializeOwned,
 {
@@ -306,7 +334,7 @@ where
 impl<C> RaftLogStorage<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
     C::Vote: Serialize + DeserializeOwned,
     LogIdOf<C>: Serialize + DeserializeOwned,
 {
@@ -344,7 +372,8 @@ where
         if self.space.lazy_committed {
             return Ok(());
         }
-        let batch = self.with_committed()?;
+        let mut batch = Batch::new();
+        self.carry_committed(&mut batch)?;
         self.write(batch).await
     }
 
@@ -360,15 +389,35 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = self.with_committed()?;
+        let mut batch = Batch::new();
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put(self.space.log, self.space.index_key(entry.index()), encode("log entry", &entry)?);
+            let index = entry.index();
+            let value = encode("log entry", &entry)?;
+            let size = value.len();
+            batch.put(self.space.log, self.space.index_key(index), value);
+            appended.push((index, size, entry));
+        }
+        // An append of nothing (a heartbeat) only waits for the writes
+        // before it to be durable, which mostly costs nothing: it carries no
+        // committed log id, which would make it a write of its own.
+        if !batch.is_empty() {
+            self.carry_committed(&mut batch)?;
         }
         // Readable when this returns; durable when the callback is called.
         let durable = Box::new(move |result: Result<(), String>| {
             callback.io_completed(result.map_err(io::Error::other));
         });
-        self.writer.write_and_flush(batch, durable).await
+        match self.writer.write_and_flush(batch, durable).await {
+            Ok(()) => {
+                self.recent.lock().appended(appended);
+                Ok(())
+            }
+            Err(e) => {
+                self.recent.lock().clear();
+                Err(e)
+            }
+        }
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
@@ -382,6 +431,8 @@ where
         // Rare (a leader's unacknowledged tail replaced by a new leader's
         // entries) and what a lost entry would show first: logged.
         tracing::info!(group = %self.space.group(), from, "log entries truncated");
+        // Before the write: a read meanwhile goes to the store.
+        self.recent.lock().truncated_after(from.checked_sub(1));
         let mut batch = Batch::new();
         let end = match self.space.end() {
             Bound::Excluded(e) => Some(e),
@@ -393,7 +444,9 @@ where
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         // One atomic batch: the purge mark and the removal never disagree.
-        let mut batch = self.with_committed()?;
+        self.recent.lock().purged_to(log_id.index());
+        let mut batch = Batch::new();
+        self.carry_committed(&mut batch)?;
         batch.put(self.space.state, self.space.state_key(KEY_PURGED), encode("purged log id", &log_id)?);
         let end = match log_id.index().checked_add(1) {
             Some(next) => Some(self.space.index_key(next)),

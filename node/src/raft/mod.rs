@@ -24,6 +24,7 @@
 pub mod handle;
 pub mod log_store;
 pub mod network;
+mod recent;
 pub mod state_machine;
 pub mod types;
 

@@ -152,6 +152,8 @@ async fn batch_loop(shard: ShardId, host: Arc<ShardHost>, raft: ShardRaft, mut r
             }
         }
         host.ready_to_write(shard, &raft).await;
+        metrics::counter!("palaver_shard_entries_total").increment(1);
+        metrics::counter!("palaver_shard_entry_ops_total").increment(ops.len() as u64);
         let batch = ShardBatch { shard, ts: now_ms(), ops };
         match raft.client_write(batch).await {
             Ok(written) => {
