@@ -224,3 +224,35 @@ impl Engine for RedbEngine {
         ENGINE
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(value: u8) -> Batch {
+        let mut b = Batch::new();
+        b.put("t", b"k".to_vec(), vec![value]);
+        b
+    }
+
+    /// Whether a flush now would have a commit to make durable.
+    fn uncovered(engine: &RedbEngine) -> bool {
+        *engine.durable.lock() < engine.committed.load(AtomicOrdering::SeqCst)
+    }
+
+    #[test]
+    fn a_flush_with_nothing_to_cover_costs_no_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = RedbEngine::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+        engine.write(put(1)).expect("write");
+        assert!(uncovered(&engine), "a write to cover");
+        engine.flush().expect("flush");
+        assert!(!uncovered(&engine), "covered by the flush");
+        engine.write_durable(put(2)).expect("durable write");
+        assert!(!uncovered(&engine), "a durable write covers itself and all before it: a flush after it does nothing");
+        engine.write(put(3)).expect("write");
+        engine.flush().expect("flush");
+        assert!(!uncovered(&engine));
+        assert_eq!(engine.get("t", b"k").expect("read"), Some(vec![3]));
+    }
+}

@@ -5,8 +5,7 @@
 //! many shards costs one transaction and one fsync instead of one each.
 //!
 //! Order: a batch is written after every batch queued before it, and a
-//! flush covers every batch queued before it. A flush with nothing to
-//! cover (every write so far already durable) is answered without an fsync.
+//! flush covers every batch queued before it.
 //!
 //! Started with [`WriteThread::start_flushing`], it also flushes by itself
 //! a while after a write that no flush covered yet: for a store whose
@@ -51,9 +50,6 @@ impl WriteThread {
         std::thread::Builder::new().name(name.into()).spawn(move || {
             // When the oldest write no flush covers is due to be flushed.
             let mut due: Option<Instant> = None;
-            // A write since the last durable commit: a flush with nothing
-            // to cover (a Raft heartbeat's empty append) costs no fsync.
-            let mut dirty = false;
             loop {
                 let first = match due {
                     None => match rx.recv() {
@@ -63,11 +59,8 @@ impl WriteThread {
                     Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                         Ok(job) => job,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
-                            match store.flush() {
-                                Ok(()) => dirty = false,
-                                Err(e) => {
-                                    tracing::error!(error = %e, "the timed flush of a store failed; retrying at the next write")
-                                }
+                            if let Err(e) = store.flush() {
+                                tracing::error!(error = %e, "the timed flush of a store failed; retrying at the next write");
                             }
                             due = None;
                             continue;
@@ -103,22 +96,16 @@ impl WriteThread {
                     result
                 });
                 if flushing {
-                    // Every write queued before these flushes is in the store now.
-                    let result = match wrote {
-                        Some(result) => result,
-                        None if dirty => store.flush().map_err(|e| e.to_string()),
-                        None => Ok(()),
-                    };
-                    dirty = result.is_err();
+                    // Every write queued before these flushes is in the store
+                    // now. With nothing left to cover, the engine's flush
+                    // costs no fsync (a heartbeat's empty append).
+                    let result = wrote.unwrap_or_else(|| store.flush().map_err(|e| e.to_string()));
                     for done in flushes {
                         done(result.clone());
                     }
                     due = None;
-                } else if wrote.is_some() {
-                    dirty = true;
-                    if let Some(every) = every {
-                        due.get_or_insert_with(|| Instant::now() + every);
-                    }
+                } else if let (Some(_), Some(every)) = (wrote, every) {
+                    due.get_or_insert_with(|| Instant::now() + every);
                 }
             }
         })?;
@@ -167,14 +154,8 @@ fn gone() -> std::io::Error {
 
 #[cfg(test)]
 mod tests {
-    use std::ops::Bound;
-
     use super::*;
-    use crate::storage::Bytes;
-    use crate::storage::Engine;
     use crate::storage::EngineKind;
-    use crate::storage::Order;
-    use crate::storage::StorageError;
 
     fn put(value: u8) -> Batch {
         let mut b = Batch::new();
@@ -198,81 +179,6 @@ mod tests {
             let _ = done.send(r);
         }));
         assert_eq!(flushed.await.expect("called"), Ok(()));
-    }
-
-    /// Counts the flushes and durable writes that reach the store.
-    struct Counting {
-        inner: Store,
-        syncs: std::sync::atomic::AtomicUsize,
-    }
-
-    impl crate::storage::Engine for Counting {
-        fn get(&self, tree: &'static str, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
-            self.inner.get(tree, key)
-        }
-        fn range(
-            &self,
-            tree: &'static str,
-            start: Bound<&[u8]>,
-            end: Bound<&[u8]>,
-            order: Order,
-            limit: usize,
-        ) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
-            self.inner.range(tree, start, end, order, limit)
-        }
-        fn write(&self, batch: Batch) -> Result<(), StorageError> {
-            self.inner.write(batch)
-        }
-        fn flush(&self) -> Result<(), StorageError> {
-            self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.inner.flush()
-        }
-        fn write_durable(&self, batch: Batch) -> Result<(), StorageError> {
-            self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.inner.write_durable(batch)
-        }
-        fn name(&self) -> &'static str {
-            "counting"
-        }
-    }
-
-    async fn flushed(writer: &WriteThread) -> Result<(), String> {
-        let (done, flushed) = oneshot::channel();
-        writer.after_next_flush(Box::new(move |r| {
-            let _ = done.send(r);
-        }));
-        flushed.await.expect("called")
-    }
-
-    #[tokio::test]
-    async fn a_flush_with_nothing_to_cover_costs_no_sync() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let inner = crate::storage::open(EngineKind::Redb, &dir.path().join("s.redb")).expect("store");
-        let counting = std::sync::Arc::new(Counting { inner, syncs: Default::default() });
-        let writer = WriteThread::start(counting.clone(), "test-syncs").expect("thread");
-        let syncs = || counting.syncs.load(std::sync::atomic::Ordering::SeqCst);
-        writer.write(put(1)).await.expect("write");
-        assert_eq!(flushed(&writer).await, Ok(()));
-        assert_eq!(syncs(), 1, "a write to cover: one sync");
-        assert_eq!(flushed(&writer).await, Ok(()));
-        assert_eq!(syncs(), 1, "nothing written since: no sync");
-        let (durable, done) = oneshot::channel();
-        writer
-            .write_and_flush(
-                put(2),
-                Box::new(move |r| {
-                    let _ = durable.send(r);
-                }),
-            )
-            .await
-            .expect("write");
-        assert_eq!(done.await.expect("called"), Ok(()));
-        assert_eq!(flushed(&writer).await, Ok(()));
-        assert_eq!(syncs(), 2, "a write and its flush: one durable write, then nothing to cover");
-        writer.write(put(3)).await.expect("write");
-        assert_eq!(flushed(&writer).await, Ok(()));
-        assert_eq!(syncs(), 3);
-        assert_eq!(counting.get("t", b"k").expect("read"), Some(vec![3]));
     }
 
     #[tokio::test]
