@@ -100,7 +100,9 @@ impl Delivery {
     pub async fn replay_page(&mut self, out: &mut Vec<OutFrame>) -> Result<(), ApiError> {
         let Some(r) = self.replays.front_mut() else { return Ok(()) };
         let room = RoomRef { key: r.room_key, id: r.room.clone() };
-        let page = self.node.read_after(&room, r.from, REPLAY_PAGE, r.last).await?;
+        // Boxed, as below: a read may go to a replica over the network, and
+        // its state inline would sit in every idle socket's writer task.
+        let page = Box::pin(self.node.read_after(&room, r.from, REPLAY_PAGE, r.last)).await?;
         tracing::debug!(
             room = %r.room,
             from = r.from,
@@ -159,7 +161,8 @@ impl Delivery {
             }
             Outbound::Start(start) => {
                 let StartSub { room_key, room, since, ack, reply_id } = *start;
-                let (watch, last) = self.node.listen_to_room(&RoomRef { key: room_key, id: room.clone() }).await?;
+                let (watch, last) =
+                    Box::pin(self.node.listen_to_room(&RoomRef { key: room_key, id: room.clone() })).await?;
                 self.watches.insert(room_key, watch);
                 if ack {
                     out.push(OutFrame::plain(ok_reply(reply_id, Subscribed { last_seq: last }).into()));

@@ -251,17 +251,32 @@ async fn authenticate(
     }
 }
 
-async fn connection(
+/// Serves one upgraded socket until it closes. Split here, outside the
+/// future: an async fn keeps its arguments for its whole life, and the
+/// whole socket is 464 bytes that every idle connection would carry.
+fn connection(
     node: Arc<Node>,
     socket: WebSocket,
     session: Option<Session>,
     recorded: Recorded,
     outgoing: Outgoing,
+) -> impl Future<Output = ()> {
+    let (sink, stream) = socket.split();
+    serve(node, sink, stream, session, recorded, outgoing)
+}
+
+async fn serve(
+    node: Arc<Node>,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    session: Option<Session>,
+    recorded: Recorded,
+    outgoing: Outgoing,
 ) {
-    let (mut sink, mut stream) = socket.split();
     let session = match session {
         Some(s) => s,
-        None => match authenticate(&node, &mut sink, &mut stream, &recorded).await {
+        // Boxed: its state would otherwise stay in the task of every socket.
+        None => match Box::pin(authenticate(&node, &mut sink, &mut stream, &recorded)).await {
             Some(s) => s,
             None => return,
         },
@@ -307,9 +322,14 @@ async fn connection(
     if let Some(change) = node.hub.disconnect(conn) {
         node.announce_presence(change);
     }
+    // Boxed: the closing's timers are not kept in every open socket's task.
+    Box::pin(finish(writer, &mut stream)).await;
+}
+
+/// Waits for the writer to send the close, then for the client's reply.
+async fn finish(mut writer: tokio::task::JoinHandle<()>, stream: &mut SplitStream<WebSocket>) {
     // A client that reads nothing at all would keep the writer waiting
     // forever on a full socket: it gets a bounded time to take the close.
-    let mut writer = writer;
     if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
         writer.abort();
         return;
@@ -355,7 +375,9 @@ async fn write_loop(
         let Some(item) = item else { return };
         // A client that stops reading fills its socket buffer; it gets
         // `write_timeout` to take a round of frames, then it is closed.
-        let writing = write_round(&mut delivery, &mut sink, &mut rx, item, &mut round, &kill, &budget);
+        // Boxed: a round's state (a log read for a replay, the writes) lives
+        // only while it runs, so an idle socket's writer task stays small.
+        let writing = Box::pin(write_round(&mut delivery, &mut sink, &mut rx, item, &mut round, &kill, &budget));
         match tokio::time::timeout(write_timeout, writing).await {
             Ok(true) => {}
             Ok(false) => {
@@ -504,7 +526,8 @@ impl Reader {
                 // idle socket's task stays small.
                 Some(Ok(Message::Text(text))) => Box::pin(self.command(&text)).await,
                 Some(Ok(Message::Binary(_))) => {
-                    self.error(None, &ApiError::bad_request("binary frames are not part of the protocol")).await;
+                    let refusal = ApiError::bad_request("binary frames are not part of the protocol");
+                    Box::pin(self.error(None, &refusal)).await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
             }
