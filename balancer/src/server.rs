@@ -220,19 +220,9 @@ async fn serve_tls(shared: &Shared, tls: TlsAcceptor, stream: TcpStream, peer: S
     let settings = &shared.settings;
     let _ = stream.set_nodelay(true);
     let Ok(header) = proxy_header(settings, &stream, peer) else { return };
-    let mut stream = match tokio::time::timeout(settings.connect_timeout, tls.accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            shared.meters.tls_failed.increment(1);
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            shared.meters.tls_failed.increment(1);
-            tracing::debug!(%peer, "no TLS handshake within the connect timeout");
-            return;
-        }
-    };
+    // Boxed: the handshake's state (a second TLS stream, 1.2 KB) is freed
+    // once it is done instead of staying in every idle connection's task.
+    let Some(mut stream) = Box::pin(handshake(shared, tls, stream, peer)).await else { return };
     let Some((lease, mut node)) = open_node(shared, header.as_ref()).await else {
         let _ = stream.write_all(&assign::response(None)).await;
         let _ = stream.shutdown().await;
@@ -240,6 +230,28 @@ async fn serve_tls(shared: &Shared, tls: TlsAcceptor, stream: TcpStream, peer: S
     };
     let end = relay::relay_stream(&mut stream, &mut node, settings.idle_timeout).await;
     ended(shared, lease.pick.id, end);
+}
+
+/// The TLS handshake, within the connect timeout; `None` when it failed.
+async fn handshake(
+    shared: &Shared,
+    tls: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(shared.settings.connect_timeout, tls.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            shared.meters.tls_failed.increment(1);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            shared.meters.tls_failed.increment(1);
+            tracing::debug!(%peer, "no TLS handshake within the connect timeout");
+            None
+        }
+    }
 }
 
 /// Picks a node and connects to it, trying the others while connects fail;
