@@ -101,7 +101,8 @@ impl Delivery {
         let Some(r) = self.replays.front_mut() else { return Ok(()) };
         let room = RoomRef { key: r.room_key, id: r.room.clone() };
         // Boxed, as below: a read may go to a replica over the network, and
-        // its state inline would sit in every idle socket's writer task.
+        // its state inline would make every write round (ws.rs boxes each)
+        // as large as the rare round that reads.
         let page = Box::pin(self.node.read_after(&room, r.from, REPLAY_PAGE, r.last)).await?;
         tracing::debug!(
             room = %r.room,

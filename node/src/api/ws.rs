@@ -265,6 +265,7 @@ fn connection(
     serve(node, sink, stream, session, recorded, outgoing)
 }
 
+/// [`connection`]'s body: authenticate, register, read commands, close.
 async fn serve(
     node: Arc<Node>,
     mut sink: SplitSink<WebSocket, Message>,
