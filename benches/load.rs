@@ -25,7 +25,9 @@
 //!   `--latency-rate` msg/s, answered sends/s for 1, 100 and 1,000 rooms,
 //!   then 100 rooms on five nodes.
 //! - `balancer`*: the same traffic straight to the nodes, through the
-//!   Palaver balancer under each strategy, and through HAProxy.
+//!   Palaver balancer under each strategy, and through HAProxy: closed-loop
+//!   round trips, the same round trips paced at half the direct path's rate
+//!   (the p99 each path adds at half load), and a fan-out.
 //! - `sends`*: answered sends/s on one node with 1 and `--senders` senders.
 //! - `relay`, `cluster`: older names (one node behind the balancer; durable).
 //! - `search` (not in `all`): `--search-messages` messages in
@@ -869,6 +871,8 @@ async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     const WINDOW: u64 = 16;
+    // Said when the sending starts, so that a profiler can be started then.
+    eprintln!("  durable: {rooms} room(s) set up, sending for {secs} s");
     let nonce = harness::nonce();
     let meter = CpuMeter::start();
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -956,18 +960,54 @@ async fn closed_loop(
     secs: u64,
     typing: bool,
 ) -> Result<(f64, Histogram<u64>)> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let nonce = harness::nonce();
-    let mut tasks = Vec::new();
+    round_trips(addrs, tokens, &[room.to_string()], secs, typing, None).await
+}
+
+/// Round trips as [`closed_loop`], caller i in `rooms[i % rooms.len()]`;
+/// with `pace` (round trips/s in all), each caller starts its calls on a
+/// fixed schedule. A paced call's
+/// latency counts from when it was due, so a call that waited for a slow
+/// one before it counts that wait (no coordinated omission).
+async fn round_trips(
+    addrs: &[String],
+    tokens: &[String],
+    rooms: &[String],
+    secs: u64,
+    typing: bool,
+    pace: Option<f64>,
+) -> Result<(f64, Histogram<u64>)> {
+    let mut sockets = Vec::with_capacity(tokens.len());
     for (i, token) in tokens.iter().enumerate() {
-        let mut ws = harness::dial(&addrs[i % addrs.len()], "/ws", Some(token), Dial::default()).await?;
-        let room = room.to_string();
+        sockets.push(harness::dial(&addrs[i % addrs.len()], "/ws", Some(token), Dial::default()).await?);
+    }
+    // Every socket is open before the clock starts, so a paced run's first
+    // calls are not due before their sockets exist.
+    let begin = Instant::now();
+    let deadline = begin + Duration::from_secs(secs);
+    // Each caller's interval between calls; caller i starts i / callers of
+    // an interval late, so that the calls interleave evenly.
+    let interval = pace.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(tokens.len() as f64 / r));
+    let nonce = harness::nonce();
+    let callers = tokens.len();
+    let mut tasks = Vec::new();
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        let room = rooms[i % rooms.len()].clone();
         let nonce = nonce.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = harness::histogram();
             let mut n = 0u64;
             while Instant::now() < deadline && n < 10_000_000 {
-                let started = Instant::now();
+                let started = match interval {
+                    Some(every) => {
+                        let due = begin + every.mul_f64(n as f64 + i as f64 / callers as f64);
+                        if due >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let cmd = if typing {
                     Command::Typing { room: room.clone() }
                 } else {
@@ -1049,7 +1089,16 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
     let nodes = harness::palaver_cluster(3, "bal-cluster").await?;
     let addrs = node_addrs(&nodes);
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let tokens = palaver_setup(&nodes, "bal", o.senders.max(2), &["balrtt".to_string(), "balfan".to_string()]).await?;
+    let tokens = palaver_setup(&nodes, "bal", o.senders.max(2), &["balfan".to_string()]).await?;
+    // Each round-tripper types in a room of its own, so that a round trip
+    // is a frame each way through the path, not also a typing event to
+    // every other round-tripper (50 round-trippers in one room made each
+    // round trip a fan-out of 50, and the relay's latency was lost in it).
+    let rtt_rooms: Vec<String> = (0..o.senders).map(|i| format!("balrtt-{i}")).collect();
+    let api = harness::Api::new(&nodes[0].addr);
+    for (room, owner) in rtt_rooms.iter().zip(&tokens) {
+        api.room(room, owner, &[]).await?;
+    }
     let members = o.members.min(1000);
     let rates = o.rate.clone().unwrap_or_else(|| harness::doubling_rates(100_000.0, 800_000.0, members));
     let mut paths: Vec<String> = vec!["direct (spread over nodes)".into()];
@@ -1059,6 +1108,10 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
     paths.push(ASSIGN_PATH.into());
     paths.push("haproxy roundrobin".into());
     let mut direct = (0.0, 0.0);
+    // Half the direct path's rate (the direct path runs first), and each
+    // path's p99 at it with the other processes' cores meanwhile.
+    let mut half_rate = 0.0;
+    let mut half_load: Vec<(String, f64, f64)> = Vec::new();
     for name in &paths {
         let server = if name == ASSIGN_PATH {
             Some(harness::palaver_balancer(&addr_refs, "round-robin", "bal-assign")?)
@@ -1090,12 +1143,22 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
             waited.as_secs_f64()
         );
         let meter = CpuMeter::start();
-        let (rate, h) = closed_loop(&path_addrs, &tokens[..o.senders], "balrtt", o.secs, true).await?;
+        let (rate, h) = round_trips(&path_addrs, &tokens[..o.senders], &rtt_rooms, o.secs, true, None).await?;
         let sc = format!("balancer, {} round-trippers", o.senders);
         res.push(&sc, name, "round trips/s (typing)", rate, "/s", &meter);
         res.push(&sc, name, "round trip p50", ms(&h, 0.5), "ms", &meter);
         res.push(&sc, name, "round trip p99", ms(&h, 0.99), "ms", &meter);
         let p99 = ms(&h, 0.99);
+        // Half load: every path paced at half the direct path's closed-loop
+        // rate, so that their p99s are taken at the same offered rate.
+        if server.is_none() {
+            half_rate = rate / 2.0;
+        }
+        let meter = CpuMeter::start();
+        let (_, paced) =
+            round_trips(&path_addrs, &tokens[..o.senders], &rtt_rooms, o.secs, true, Some(half_rate)).await?;
+        res.push(&sc, name, &half_label(half_rate), ms(&paced, 0.99), "ms", &meter);
+        half_load.push((name.clone(), ms(&paced, 0.99), meter.other_cores()));
         let target = palaver_target(name, &tokens, path_addrs);
         let spec = FanoutSpec {
             rooms: 1,
@@ -1142,7 +1205,33 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
         res.balancer.push((name.clone(), rate, p99, run.best(), step.p99));
         drop(server);
     }
+    // The direct path at half load once more, last: a single run of it
+    // right after the set-up has been seen at 50 ms where every relayed
+    // path took 6-8 ms. Each path's added p99 is taken against the lower
+    // of the two, which errs toward a larger figure.
+    let sc = format!("balancer, {} round-trippers", o.senders);
+    harness::settle(Duration::from_secs(20)).await;
+    let meter = CpuMeter::start();
+    let (_, again) = round_trips(&addrs, &tokens[..o.senders], &rtt_rooms, o.secs, true, Some(half_rate)).await?;
+    res.push(&sc, "direct (spread over nodes), again last", &half_label(half_rate), ms(&again, 0.99), "ms", &meter);
+    let direct_p99 = half_load.first().map_or(f64::NAN, |d| d.1).min(ms(&again, 0.99));
+    for (name, p99, other_cores) in half_load.iter().skip(1) {
+        res.rows.push(Row {
+            scenario: sc.clone(),
+            system: name.clone(),
+            figure: "added round-trip p99 at half load vs direct".into(),
+            value: p99 - direct_p99,
+            unit: "ms",
+            load1: harness::load_average()[0],
+            other_cores: *other_cores,
+        });
+    }
     Ok(())
+}
+
+/// The figure name of a round-trip p99 at half load.
+fn half_label(rate: f64) -> String {
+    format!("round trip p99 at half load ({} /s)", num(rate))
 }
 
 // ------------------------------------------------------------- comparison --
