@@ -191,7 +191,7 @@ impl Default for BalancerSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The cluster file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read the cluster file {path} (another can be named with --config)")]
     Read {
         /// The file.
         path: PathBuf,

@@ -392,7 +392,7 @@ impl std::fmt::Debug for OpsToken {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read the cluster file {path} (another can be named with --config)")]
     Read {
         /// The file.
         path: PathBuf,
