@@ -241,6 +241,9 @@ struct Slot {
     dial: tokio::sync::Mutex<()>,
     /// The connection and the address it went to.
     conn: Mutex<Option<(SocketAddr, Connection)>>,
+    /// The last dial failed: the next failure is not logged again, and the
+    /// next success says the peer is back.
+    unreachable: AtomicBool,
 }
 
 impl Slot {
@@ -531,7 +534,22 @@ impl PeerEndpoint {
         if let Some(conn) = slot.live(addr) {
             return Ok(conn);
         }
-        let conn = self.dial(peer, addr).await?;
+        let conn = match self.dial(peer, addr).await {
+            Ok(conn) => {
+                if slot.unreachable.swap(false, Ordering::Relaxed) {
+                    info!(node = self.inner.node_id, peer, %addr, "peer reachable again");
+                }
+                conn
+            }
+            Err(e) => {
+                // Once per outage: every Raft group would otherwise report
+                // the same dead peer on every heartbeat.
+                if !slot.unreachable.swap(true, Ordering::Relaxed) {
+                    warn!(node = self.inner.node_id, peer, %addr, error = %e, "peer unreachable");
+                }
+                return Err(e);
+            }
+        };
         let old = slot.conn.lock().replace((addr, conn.clone()));
         if let Some((_, old)) = old {
             old.close(VarInt::from_u32(CODE_REPLACED), b"replaced");

@@ -379,7 +379,9 @@ impl SearchIndex {
     /// Replaces shard `shard`'s part of the index with what `source` gives,
     /// which is its content as of `mark`.
     pub fn reindex(&self, shard: u32, mark: String, source: Source) {
-        tracing::info!(shard, "search index: the shard's part is made again from its room logs");
+        // Said once it is done (with the count): a new index does this for
+        // every shard, and an empty shard's is not news.
+        tracing::debug!(shard, "search index: the shard's part is made again from its room logs");
         self.sent_marks.lock().insert(shard, mark.clone());
         self.send(Job::Reindex { shard, mark, source });
     }
@@ -572,7 +574,11 @@ impl Indexer {
                 self.read_upto.insert(shard, read);
                 match fed {
                     Ok(()) => {
-                        tracing::info!(shard, messages = added, "search index: the shard's part is made again");
+                        if added > 0 {
+                            tracing::info!(shard, messages = added, "search index: the shard's part is made again");
+                        } else {
+                            tracing::debug!(shard, "search index: the shard's part is made again, empty");
+                        }
                         self.payload.marks.insert(shard, mark);
                     }
                     Err(e) => {
