@@ -965,9 +965,9 @@ async fn closed_loop(
 
 /// Round trips as [`closed_loop`], caller i in `rooms[i % rooms.len()]`;
 /// with `pace` (round trips/s in all), each caller starts its calls on a
-/// fixed schedule. A paced call's
-/// latency counts from when it was due, so a call that waited for a slow
-/// one before it counts that wait (no coordinated omission).
+/// fixed schedule. A paced call's latency counts from when it was due, so
+/// a call that waited for a slow one before it counts that wait (no
+/// coordinated omission).
 async fn round_trips(
     addrs: &[String],
     tokens: &[String],
@@ -984,11 +984,11 @@ async fn round_trips(
     // calls are not due before their sockets exist.
     let begin = Instant::now();
     let deadline = begin + Duration::from_secs(secs);
+    let callers = sockets.len();
     // Each caller's interval between calls; caller i starts i / callers of
     // an interval late, so that the calls interleave evenly.
-    let interval = pace.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(tokens.len() as f64 / r));
+    let interval = pace.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(callers as f64 / r));
     let nonce = harness::nonce();
-    let callers = tokens.len();
     let mut tasks = Vec::new();
     for (i, mut ws) in sockets.into_iter().enumerate() {
         let room = rooms[i % rooms.len()].clone();
