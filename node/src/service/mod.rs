@@ -198,10 +198,11 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// How long the room-log store's writes may wait for a flush: the shards'
-/// state machines never ask for one (their Raft logs are durable), so this
-/// bounds the log a node replays after a crash, and thus how long its
-/// shards take to answer again.
+/// How long the room-log store's writes stay in memory before they are
+/// committed, all in one transaction ([`storage::MemtableEngine`]): the
+/// shards' state machines never ask for a flush (their Raft logs are
+/// durable), so this bounds the log a node replays after a crash, and thus
+/// how long its shards take to answer again.
 const ROOMS_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn open_store(
@@ -227,6 +228,10 @@ impl Node {
         let metrics = metrics_handle();
         let raft_store = open_store(&settings.data_dir, "raft", settings.storage, settings.store_cache_bytes)?;
         let rooms_store = open_store(&settings.data_dir, "rooms", settings.storage, settings.store_cache_bytes)?;
+        let rooms_store: storage::Store = Arc::new(
+            storage::MemtableEngine::start(rooms_store, ROOMS_FLUSH_EVERY)
+                .map_err(|e| StartError::Setup(format!("cannot start the room store's flush thread: {e}")))?,
+        );
         let hub = Arc::new(Hub::new());
         let log = Arc::new(RoomLog::new(rooms_store));
         let publish_hub = hub.clone();
@@ -264,7 +269,7 @@ impl Node {
         let search_dir = settings.data_dir.join("search");
         let search = crate::search::SearchIndex::open(&search_dir)
             .map_err(|e| StartError::Setup(format!("cannot open the search index: {e}")))?;
-        let rooms_writer = storage::WriteThread::start_flushing(log.store().clone(), "rooms-store", ROOMS_FLUSH_EVERY)
+        let rooms_writer = storage::WriteThread::start(log.store().clone(), "rooms-store")
             .map_err(|e| StartError::Setup(format!("cannot start the room store's write thread: {e}")))?;
         let files_dir = settings.data_dir.join("attachments");
         let files = crate::rooms::files::Files::open(files_dir.clone())

@@ -1,6 +1,7 @@
 //! The conformance suite: every engine must pass the same checks.
 //!
-//! Each check is a plain function taking the engine kind; the macro at the
+//! Each check is a plain function taking the engine (its kind, bare or behind
+//! a [`MemtableEngine`]); the macro at the
 //! bottom turns each into one `#[test]` per engine, so a failure names both
 //! the check and the engine.
 
@@ -10,13 +11,16 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering as AtomicOrdering;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
 use super::Batch;
 use super::Bytes;
 use super::EngineKind;
+use super::MemtableEngine;
 use super::Order;
 use super::StorageError;
 use super::Store;
@@ -25,20 +29,45 @@ use super::open;
 const A: &str = "tree_a";
 const B: &str = "tree_b";
 
+/// An engine as a check opens it.
+#[derive(Debug, Clone, Copy)]
+struct Flavor {
+    kind: EngineKind,
+    /// Behind a [`MemtableEngine`], as the room logs are.
+    memtable: bool,
+}
+
+impl Flavor {
+    fn open(self, path: &Path) -> Result<Store, StorageError> {
+        let store = open(self.kind, path)?;
+        if !self.memtable {
+            return Ok(store);
+        }
+        // Its timer never fires within a check: a check's flushes are its own.
+        let memtable = MemtableEngine::start(store, Duration::from_secs(3600)).expect("start the flush thread");
+        Ok(Arc::new(memtable))
+    }
+
+    /// The test module of this flavour's checks.
+    fn module(self) -> String {
+        format!("on_{}{}", self.kind, if self.memtable { "_memtable" } else { "" })
+    }
+}
+
 /// A store in its own temporary directory, which outlives the store.
 struct Fixture {
-    kind: EngineKind,
+    kind: Flavor,
     path: PathBuf,
     store: Option<Store>,
     _dir: TempDir,
 }
 
 impl Fixture {
-    fn new(kind: EngineKind) -> Self {
+    fn new(kind: Flavor) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         // A parent that does not exist yet: opening must create it.
-        let path = dir.path().join("not").join("yet").join(format!("store.{kind}"));
-        let store = Some(open(kind, &path).expect("open store"));
+        let path = dir.path().join("not").join("yet").join(format!("store.{}", kind.kind));
+        let store = Some(kind.open(&path).expect("open store"));
         Self { kind, path, store, _dir: dir }
     }
 
@@ -52,7 +81,7 @@ impl Fixture {
         // Only the last handle closes the files; a leaked clone would keep them locked.
         assert_eq!(Arc::strong_count(&store), 1, "a handle to the store leaked");
         drop(store);
-        self.store = Some(open(self.kind, &self.path).expect("reopen store"));
+        self.store = Some(self.kind.open(&self.path).expect("reopen store"));
     }
 }
 
@@ -91,7 +120,7 @@ fn numbers(keys: &[Bytes]) -> Vec<u64> {
     keys.iter().map(|k| u64::from_be_bytes(k.as_slice().try_into().expect("8-byte key"))).collect()
 }
 
-fn get_missing_key_and_missing_tree(kind: EngineKind) {
+fn get_missing_key_and_missing_tree(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     assert_eq!(get(s, A, b"nothing"), None);
@@ -106,7 +135,7 @@ fn get_missing_key_and_missing_tree(kind: EngineKind) {
     assert_eq!(get(s, B, b"k"), None, "a write to one tree must not create keys in another");
 }
 
-fn put_get_overwrite(kind: EngineKind) {
+fn put_get_overwrite(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     put(s, A, b"k".to_vec(), b"one".to_vec());
@@ -118,7 +147,7 @@ fn put_get_overwrite(kind: EngineKind) {
     assert_eq!(all(s, A).len(), 1, "overwriting must not add entries");
 }
 
-fn delete(kind: EngineKind) {
+fn delete(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     put_numbers(s, A, 1..=3);
@@ -131,7 +160,7 @@ fn delete(kind: EngineKind) {
     assert_eq!(numbers(&keys(s, A)), vec![1, 3]);
 }
 
-fn delete_range_with_end(kind: EngineKind) {
+fn delete_range_with_end(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     put_numbers(s, A, 1..=10);
@@ -151,7 +180,7 @@ fn delete_range_with_end(kind: EngineKind) {
     assert_eq!(numbers(&keys(s, A)), vec![1, 2, 7, 8, 10]);
 }
 
-fn delete_range_without_end(kind: EngineKind) {
+fn delete_range_without_end(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     put_numbers(s, A, 1..=10);
@@ -167,7 +196,7 @@ fn delete_range_without_end(kind: EngineKind) {
     assert!(all(s, A).is_empty(), "an empty start with no end clears the tree");
 }
 
-fn delete_range_sees_earlier_ops_in_the_batch(kind: EngineKind) {
+fn delete_range_sees_earlier_ops_in_the_batch(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     put_numbers(s, A, [1, 5]);
@@ -196,7 +225,7 @@ fn model_range(model: &BTreeMap<Bytes, Bytes>, start: Bound<&[u8]>, end: Bound<&
     model.range::<[u8], _>((start, end)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn range_bounds_and_orders(kind: EngineKind) {
+fn range_bounds_and_orders(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     let stored = [1u64, 2, 4, 5, 7];
@@ -229,7 +258,7 @@ fn range_bounds_and_orders(kind: EngineKind) {
     assert_eq!(numbers(&r.into_iter().map(|(k, _)| k).collect::<Vec<_>>()), vec![5, 4]);
 }
 
-fn range_limits(kind: EngineKind) {
+fn range_limits(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     put_numbers(s, A, 1..=5);
@@ -251,7 +280,7 @@ fn range_limits(kind: EngineKind) {
     assert_eq!(run(Bound::Unbounded, Order::Descending, usize::MAX), vec![5, 4, 3, 2, 1]);
 }
 
-fn byte_ordering(kind: EngineKind) {
+fn byte_ordering(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     // Inserted out of order, and in separate batches so no engine can rely on batch order.
@@ -299,7 +328,7 @@ fn byte_ordering(kind: EngineKind) {
     assert_eq!(after_a, vec![b"ab".to_vec(), b"abc".to_vec()]);
 }
 
-fn trees_are_independent(kind: EngineKind) {
+fn trees_are_independent(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     put(s, A, b"k".to_vec(), b"in a".to_vec());
@@ -324,7 +353,7 @@ fn trees_are_independent(kind: EngineKind) {
     assert_eq!(keys(s, A), vec![b"again".to_vec()]);
 }
 
-fn batch_applies_ops_in_order(kind: EngineKind) {
+fn batch_applies_ops_in_order(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     put(s, A, b"old".to_vec(), b"x".to_vec());
@@ -341,7 +370,7 @@ fn batch_applies_ops_in_order(kind: EngineKind) {
     assert_eq!(get(s, A, b"old"), Some(b"back".to_vec()));
 }
 
-fn batch_across_two_trees_is_all_visible(kind: EngineKind) {
+fn batch_across_two_trees_is_all_visible(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     put_numbers(s, B, [9]);
@@ -360,16 +389,15 @@ fn batch_across_two_trees_is_all_visible(kind: EngineKind) {
 /// While batches that put key `i` in both trees are written, a reader that
 /// sees `i` in one tree must then also see it in the other: seeing one half
 /// means the whole batch was already committed.
-fn batch_is_atomic_for_concurrent_readers(kind: EngineKind) {
+fn batch_is_atomic_for_concurrent_readers(kind: Flavor) {
     const BATCHES: u64 = 300;
     let f = Fixture::new(kind);
     let s = f.store().clone();
     let done = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
     let reader = {
-        let s = s.clone();
-        let done = done.clone();
+        let (s, done, seen) = (s.clone(), done.clone(), seen.clone());
         std::thread::spawn(move || {
-            let mut seen = 0u64;
             while !done.load(AtomicOrdering::SeqCst) {
                 // Both directions, so a split commit is caught whichever half lands first.
                 for (first, second) in [(B, A), (A, B)] {
@@ -378,10 +406,9 @@ fn batch_is_atomic_for_concurrent_readers(kind: EngineKind) {
                     };
                     let other = s.get(second, &k).expect("get");
                     assert!(other.is_some(), "saw {first}'s half of a batch without {second}'s");
-                    seen += 1;
+                    seen.fetch_add(1, AtomicOrdering::SeqCst);
                 }
             }
-            seen
         })
     };
     for i in 0..BATCHES {
@@ -389,15 +416,25 @@ fn batch_is_atomic_for_concurrent_readers(kind: EngineKind) {
         batch.put(B, be(i), b"b".to_vec());
         batch.put(A, be(i), b"a".to_vec());
         s.write(batch).expect("write");
+        // Flushes among the writes: an engine that moves writes from one
+        // place to another on a flush must not show half a batch meanwhile.
+        if i % 50 == 49 {
+            s.flush().expect("flush");
+        }
+    }
+    // Writes into memory may all be done before the reader first looks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.load(AtomicOrdering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
     done.store(true, AtomicOrdering::SeqCst);
-    let seen = reader.join().expect("reader thread");
-    assert!(seen > 0, "the reader never observed a batch");
+    reader.join().expect("reader thread");
+    assert!(seen.load(AtomicOrdering::SeqCst) > 0, "the reader never observed a batch");
     drop(s);
     assert_eq!(all(f.store(), A).len(), BATCHES as usize);
 }
 
-fn last_entry(kind: EngineKind) {
+fn last_entry(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     assert_eq!(s.last(A).expect("last"), None);
@@ -410,7 +447,7 @@ fn last_entry(kind: EngineKind) {
     assert_eq!(s.last(B).expect("last"), None);
 }
 
-fn data_survives_reopen_after_flush(kind: EngineKind) {
+fn data_survives_reopen_after_flush(kind: Flavor) {
     let mut f = Fixture::new(kind);
     put_numbers(f.store(), A, 1..=100);
     put(f.store(), B, b"b".to_vec(), b"kept".to_vec());
@@ -438,7 +475,7 @@ fn data_survives_reopen_after_flush(kind: EngineKind) {
     assert_eq!(all(f.store(), A).len(), 51);
 }
 
-fn empty_batch_is_fine(kind: EngineKind) {
+fn empty_batch_is_fine(kind: Flavor) {
     let f = Fixture::new(kind);
     let s = f.store();
     s.write(Batch::new()).expect("empty write on a fresh store");
@@ -451,7 +488,7 @@ fn empty_batch_is_fine(kind: EngineKind) {
     assert_eq!(all(s, A), vec![(b"k".to_vec(), b"v".to_vec())]);
 }
 
-fn large_values(kind: EngineKind) {
+fn large_values(kind: Flavor) {
     const MIB: usize = 1 << 20;
     let mut f = Fixture::new(kind);
     let first: Bytes = (0..MIB).map(|i| (i % 251) as u8).collect();
@@ -473,7 +510,7 @@ fn large_values(kind: EngineKind) {
 
 /// Many threads writing and flushing at once (the group-commit pattern):
 /// every flush succeeds and every write survives a reopen.
-fn concurrent_writes_and_flushes(kind: EngineKind) {
+fn concurrent_writes_and_flushes(kind: Flavor) {
     const THREADS: u64 = 4;
     const WRITES: u64 = 25;
     let mut f = Fixture::new(kind);
@@ -509,10 +546,10 @@ const CRASH_CHILD_ENV: &str = "PALAVER_STORAGE_CRASH_CHILD";
 /// the unflushed batch must be there whole or not at all. A clean close would
 /// hide a flush that does nothing (redb persists pending commits on close),
 /// hence the abort.
-fn flushed_writes_survive_a_crash(kind: EngineKind) {
+fn flushed_writes_survive_a_crash(kind: Flavor) {
     const FLUSHED: u64 = 50;
     if let Some(path) = std::env::var_os(CRASH_CHILD_ENV) {
-        let store = open(kind, Path::new(&path)).expect("open in child");
+        let store = kind.open(Path::new(&path)).expect("open in child");
         for i in 0..FLUSHED {
             let mut batch = Batch::new();
             batch.put(A, be(i), b"a".to_vec());
@@ -528,8 +565,8 @@ fn flushed_writes_survive_a_crash(kind: EngineKind) {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(format!("crash.{kind}"));
-    let test = format!("storage::conformance::on_{kind}::flushed_writes_survive_a_crash");
+    let path = dir.path().join(format!("crash.{}", kind.kind));
+    let test = format!("storage::conformance::{}::flushed_writes_survive_a_crash", kind.module());
     let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", &test, "--test-threads=1", "--nocapture"])
         .env(CRASH_CHILD_ENV, &path)
@@ -540,7 +577,7 @@ fn flushed_writes_survive_a_crash(kind: EngineKind) {
     // Success would mean the child ran no test (a renamed test) or never crashed.
     assert!(!status.success(), "the child did not abort: {status}");
 
-    let store = open(kind, &path).expect("reopen after crash");
+    let store = kind.open(&path).expect("reopen after crash");
     for i in 0..FLUSHED {
         assert_eq!(get(&store, A, &be(i)), Some(b"a".to_vec()), "flushed key {i} lost in A");
         assert_eq!(get(&store, B, &be(i)), Some(b"b".to_vec()), "flushed key {i} lost in B");
@@ -550,18 +587,18 @@ fn flushed_writes_survive_a_crash(kind: EngineKind) {
     assert_eq!(a, b, "the unflushed batch survived only in part");
 }
 
-fn engine_names(kind: EngineKind) {
+fn engine_names(kind: Flavor) {
     let f = Fixture::new(kind);
-    assert_eq!(f.store().name(), kind.to_string());
+    assert_eq!(f.store().name(), kind.kind.to_string());
 }
 
 /// Two stores on one path would be two uncoordinated writers: the second
 /// open must fail with an engine error, not panic or succeed.
-fn second_open_of_same_path_fails_cleanly(kind: EngineKind) {
+fn second_open_of_same_path_fails_cleanly(kind: Flavor) {
     let f = Fixture::new(kind);
     put(f.store(), A, b"k".to_vec(), b"v".to_vec());
-    match open(kind, &f.path) {
-        Err(StorageError::Engine { engine, .. }) => assert_eq!(engine, kind.to_string()),
+    match kind.open(&f.path) {
+        Err(StorageError::Engine { engine, .. }) => assert_eq!(engine, kind.kind.to_string()),
         Err(other) => panic!("unexpected error kind: {other}"),
         Ok(_) => panic!("a second open of a store in use succeeded"),
     }
@@ -570,19 +607,16 @@ fn second_open_of_same_path_fails_cleanly(kind: EngineKind) {
 
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
-        mod on_redb {
+        conformance!(@on on_redb, Redb, false; $($check),*);
+        conformance!(@on on_sled, Sled, false; $($check),*);
+        conformance!(@on on_redb_memtable, Redb, true; $($check),*);
+    };
+    (@on $module:ident, $kind:ident, $memtable:expr; $($check:ident),*) => {
+        mod $module {
             $(
                 #[test]
                 fn $check() {
-                    super::$check(super::EngineKind::Redb);
-                }
-            )*
-        }
-        mod on_sled {
-            $(
-                #[test]
-                fn $check() {
-                    super::$check(super::EngineKind::Sled);
+                    super::$check(super::Flavor { kind: super::EngineKind::$kind, memtable: $memtable });
                 }
             )*
         }

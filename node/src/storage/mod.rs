@@ -14,11 +14,13 @@ use serde::Serialize;
 
 #[cfg(test)]
 mod conformance;
+mod memtable;
 mod redb_engine;
 mod sled_engine;
 mod staged;
 mod write_thread;
 
+pub use memtable::MemtableEngine;
 pub use redb_engine::RedbEngine;
 pub use sled_engine::SledEngine;
 pub use staged::StagedEngine;

@@ -6,15 +6,8 @@
 //!
 //! Order: a batch is written after every batch queued before it, and a
 //! flush covers every batch queued before it.
-//!
-//! Started with [`WriteThread::start_flushing`], it also flushes by itself
-//! a while after a write that no flush covered yet: for a store whose
-//! writers never ask (the shards' state machines), so that a crash loses
-//! at most that while of their work.
 
 use std::sync::mpsc;
-use std::time::Duration;
-use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -36,41 +29,9 @@ pub struct WriteThread(mpsc::Sender<Job>);
 impl WriteThread {
     /// Starts the thread, named `name`; it ends when the last handle is dropped.
     pub fn start(store: Store, name: &str) -> std::io::Result<Self> {
-        Self::spawn(store, name, None)
-    }
-
-    /// Like [`WriteThread::start`], and the thread flushes by itself `every`
-    /// after a write no flush has covered.
-    pub fn start_flushing(store: Store, name: &str, every: Duration) -> std::io::Result<Self> {
-        Self::spawn(store, name, Some(every))
-    }
-
-    fn spawn(store: Store, name: &str, every: Option<Duration>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new().name(name.into()).spawn(move || {
-            // When the oldest write no flush covers is due to be flushed.
-            let mut due: Option<Instant> = None;
-            loop {
-                let first = match due {
-                    None => match rx.recv() {
-                        Ok(job) => job,
-                        Err(_) => return,
-                    },
-                    Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                        Ok(job) => job,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = store.flush() {
-                                tracing::error!(error = %e, "the timed flush of a store failed; retrying at the next write");
-                            }
-                            due = None;
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            let _ = store.flush();
-                            return;
-                        }
-                    },
-                };
+            while let Ok(first) = rx.recv() {
                 let mut combined = Batch::new();
                 let mut written = Vec::new();
                 let mut flushes = Vec::new();
@@ -103,9 +64,6 @@ impl WriteThread {
                     for done in flushes {
                         done(result.clone());
                     }
-                    due = None;
-                } else if let (Some(_), Some(every)) = (wrote, every) {
-                    due.get_or_insert_with(|| Instant::now() + every);
                 }
             }
         })?;
@@ -179,23 +137,5 @@ mod tests {
             let _ = done.send(r);
         }));
         assert_eq!(flushed.await.expect("called"), Ok(()));
-    }
-
-    #[tokio::test]
-    async fn a_flushing_thread_makes_a_write_durable_by_itself() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let inner = crate::storage::open(EngineKind::Redb, &dir.path().join("s.redb")).expect("store");
-        // Writes reach `inner` only when flushed.
-        let staged: Store = std::sync::Arc::new(crate::storage::staged::StagedEngine::new(inner.clone()));
-        let writer =
-            WriteThread::start_flushing(staged.clone(), "test-flushing", Duration::from_millis(50)).expect("thread");
-        writer.write(put(7)).await.expect("write");
-        assert_eq!(staged.get("t", b"k").expect("read"), Some(vec![7]), "readable at once");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while inner.get("t", b"k").expect("read").is_none() {
-            assert!(Instant::now() < deadline, "no flush within 30 s of the write");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(inner.get("t", b"k").expect("read"), Some(vec![7]));
     }
 }
