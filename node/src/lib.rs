@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod auth;
+mod background;
 pub mod clock;
 pub mod cluster;
 pub mod config;

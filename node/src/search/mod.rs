@@ -290,7 +290,7 @@ impl SearchIndex {
                 // Indexing may lag (search waits for it, and an overfull
                 // queue re-indexes later); delivering messages may not. The
                 // writer's own threads, started below, inherit the priority.
-                lower_priority();
+                crate::background::lower_priority("search index");
                 let writer: IndexWriter<TantivyDocument> = match index.writer_with_num_threads(1, WRITER_BYTES) {
                     Ok(writer) => writer,
                     Err(e) => {
@@ -503,15 +503,6 @@ struct Indexer {
     /// message costs no delete (which cost a third of a one-room flood's
     /// CPU: every delete is looked up in every segment).
     read_upto: FxHashMap<u32, FxHashMap<u64, u64>>,
-}
-
-/// Lowers the calling thread's scheduling priority (niceness 10): on
-/// Linux it is per thread, and threads it starts inherit it.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::nice(10) {
-        tracing::debug!(error = %e, "search index: the indexing thread keeps its priority");
-    }
 }
 
 impl Indexer {

@@ -108,6 +108,9 @@ impl MemtableEngine {
         let timer = {
             let shared = shared.clone();
             std::thread::Builder::new().name("store-flush".into()).spawn(move || {
+                // A second's writes are one burst of work; at the request
+                // threads' priority it stalled deliveries while it ran.
+                crate::background::lower_priority("store flush");
                 loop {
                     {
                         let mut wake = shared.wake.lock();
