@@ -5,9 +5,12 @@
 //! interval is copied and written once, not once per apply.
 //!
 //! Writes land in the *active* layer. A flush freezes it (readers still see
-//! it) and commits it to the inner engine durably, then drops it; a timer
+//! it) and commits it to the inner engine durably, then drops it (or, when
+//! the commit fails, takes it back under the newer writes); a timer
 //! thread flushes every interval, or sooner once the layer holds
-//! [`FLUSH_AT_BYTES`]. A batch with a range delete is written through at
+//! [`FLUSH_AT_BYTES`]; a writer that finds the layer at [`HOLD_AT_BYTES`]
+//! (the timer thread, which runs niced, fell behind) flushes it itself
+//! before going on. A batch with a range delete is written through at
 //! once, with everything before it, so a layer never has to shadow a range.
 //!
 //! Reads merge the layers over the inner engine under a read lock, which a
@@ -34,10 +37,13 @@ use super::Store;
 
 /// A layer this big is flushed without waiting for the timer.
 const FLUSH_AT_BYTES: usize = 32 << 20;
+/// A layer this big is flushed by the writer that finds it so: the bound
+/// on the memory the layers hold.
+const HOLD_AT_BYTES: usize = 4 * FLUSH_AT_BYTES;
 
 /// Writes not yet in the inner engine: per tree, each key's newest value
 /// (`None`: deleted).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Layer {
     trees: HashMap<&'static str, BTreeMap<Bytes, Option<Bytes>>>,
     /// Keys and values held, roughly (to bound memory).
@@ -48,6 +54,20 @@ impl Layer {
     fn apply(&mut self, tree: &'static str, key: Bytes, value: Option<Bytes>) {
         self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
         self.trees.entry(tree).or_default().insert(key, value);
+    }
+
+    /// Takes back the entries of `older` (a layer written before this
+    /// one) for keys this layer does not have.
+    fn take_older(&mut self, older: Layer) {
+        for (tree, keys) in older.trees {
+            let mine = self.trees.entry(tree).or_default();
+            for (key, value) in keys {
+                if let std::collections::btree_map::Entry::Vacant(slot) = mine.entry(key) {
+                    self.bytes += slot.key().len() + value.as_ref().map_or(0, Vec::len);
+                    slot.insert(value);
+                }
+            }
+        }
     }
 
     fn get(&self, tree: &'static str, key: &[u8]) -> Option<&Option<Bytes>> {
@@ -151,19 +171,24 @@ impl Shared {
         // A batch written through is committed with readers held off: they
         // would otherwise see the frozen layer over a range already deleted
         // below it.
-        let mut held = written_through.then(|| self.layers.write());
+        let held = written_through.then(|| self.layers.write());
         let result = match (batch.is_empty(), durable) {
             (true, true) => self.inner.flush(),
             (true, false) => Ok(()),
             (false, true) => self.inner.write_durable(batch),
             (false, false) => self.inner.write(batch),
         };
-        match held.as_mut() {
-            Some(layers) => layers.frozen = None,
-            None => self.layers.write().frozen = None,
-        }
+        let mut layers = match held {
+            Some(layers) => layers,
+            None => self.layers.write(),
+        };
+        layers.frozen = None;
         if let Err(e) = &result {
-            tracing::error!(error = %e, "a store's memory layer could not be written: its writes since the last flush are lost");
+            // Kept for the next flush: dropping them would lose writes
+            // that readers have seen. Should flushes keep failing, the
+            // layer reaches HOLD_AT_BYTES and the writers get the error.
+            tracing::error!(error = %e, "a store's memory layer could not be committed; kept for the next flush");
+            layers.active.take_older(Arc::unwrap_or_clone(frozen));
         }
         result
     }
@@ -329,7 +354,7 @@ impl Engine for MemtableEngine {
         if batch.ops.iter().any(|op| matches!(op, Op::DeleteRange { .. })) {
             return self.shared.commit(false, Some(batch));
         }
-        let big = {
+        let held = {
             let mut layers = self.shared.layers.write();
             for op in batch.ops {
                 match op {
@@ -338,9 +363,12 @@ impl Engine for MemtableEngine {
                     Op::DeleteRange { .. } => unreachable!("a batch with a range delete is written through above"),
                 }
             }
-            layers.active.bytes >= FLUSH_AT_BYTES
+            layers.active.bytes
         };
-        if big {
+        if held >= HOLD_AT_BYTES {
+            return self.shared.flush();
+        }
+        if held >= FLUSH_AT_BYTES {
             self.shared.wake.lock().0 = true;
             self.shared.woken.notify_one();
         }
@@ -481,6 +509,82 @@ mod tests {
         assert_eq!(inner.get(T, b"k").expect("get"), None, "held in memory until a flush");
         drop(engine);
         assert_eq!(inner.get(T, b"k").expect("get"), Some(b"v".to_vec()));
+    }
+
+    /// An engine whose writes fail while `failing` is set.
+    struct Flaky {
+        inner: Store,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), StorageError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StorageError::Engine { engine: "flaky", message: "disk full".into() });
+            }
+            Ok(())
+        }
+    }
+
+    impl Engine for Flaky {
+        fn get(&self, tree: &'static str, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+            self.inner.get(tree, key)
+        }
+
+        fn range(
+            &self,
+            tree: &'static str,
+            start: Bound<&[u8]>,
+            end: Bound<&[u8]>,
+            order: Order,
+            limit: usize,
+        ) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
+            self.inner.range(tree, start, end, order, limit)
+        }
+
+        fn write(&self, batch: Batch) -> Result<(), StorageError> {
+            self.check()?;
+            self.inner.write(batch)
+        }
+
+        fn flush(&self) -> Result<(), StorageError> {
+            self.check()?;
+            self.inner.flush()
+        }
+
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+    }
+
+    /// A flush that fails keeps its writes: readers still see them, and the
+    /// next flush commits them under what was written since.
+    #[test]
+    fn a_failed_flush_keeps_its_writes_for_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let redb = crate::storage::open(EngineKind::Redb, &dir.path().join("f.redb")).expect("open");
+        let flaky = Arc::new(Flaky { inner: redb.clone(), failing: false.into() });
+        let engine = MemtableEngine::start(flaky.clone(), Duration::from_secs(3600)).expect("start");
+        let put = |k: &[u8], v: &[u8]| {
+            let mut batch = Batch::new();
+            batch.put(T, k.to_vec(), v.to_vec());
+            engine.write(batch).expect("write");
+        };
+        put(b"a", b"1");
+        put(b"b", b"1");
+        flaky.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(engine.flush().is_err(), "the inner engine refused the commit");
+        assert_eq!(engine.get(T, b"a").expect("get"), Some(b"1".to_vec()), "still readable");
+        put(b"b", b"2");
+        let mut dropped = Batch::new();
+        dropped.delete_range(T, b"x".to_vec(), None);
+        assert!(engine.write(dropped).is_err(), "a write-through fails with its commit");
+        flaky.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        let all = engine.range(T, Bound::Unbounded, Bound::Unbounded, Order::Ascending, 10).expect("range");
+        assert_eq!(all, vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+        engine.flush().expect("flush");
+        assert_eq!(redb.get(T, b"a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(redb.get(T, b"b").expect("get"), Some(b"2".to_vec()), "the newer write wins");
     }
 
     /// The timer thread flushes by itself.
