@@ -129,6 +129,13 @@ impl Timing {
             // The fault suite saw exactly that: T5-N1.433 stored different
             // sends on the restarted leader and on every other copy.
             enable_leader_restore: Some(false),
+            // A follower that acknowledged an append within the last
+            // interval gets no heartbeat: under a steady stream of sends
+            // every shard's heartbeats (a QUIC stream each, two followers
+            // every 150 ms, 64 shards) were work that proved nothing new.
+            // openraft's rule, interval + this + one tick < the election
+            // timeout, holds: 150 + 150 + 30 < 750 ms.
+            heartbeat_min_interval: Some(ms(self.heartbeat)),
             ..Config::default()
         };
         // A follower further behind than this gets a snapshot; it must exceed
