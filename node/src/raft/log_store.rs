@@ -56,6 +56,7 @@ use crate::storage::Batch;
 use crate::storage::Order;
 use crate::storage::Store;
 use crate::storage::WriteThread;
+use crate::storage::bound_slice;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -236,8 +237,10 @@ where
             Bound::Unbounded => space.end(),
             other => other.map(|i| space.index_key(i)),
         };
-        let rows =
-            self.store.range(space.log, as_slice(&start), as_slice(&end), Order::Ascending, limit).map_err(io_err)?;
+        let rows = self
+            .store
+            .range(space.log, bound_slice(&start), bound_slice(&end), Order::Ascending, limit)
+            .map_err(io_err)?;
         let mut entries: Vec<C::Entry> = Vec::with_capacity(rows.len());
         for (key, value) in rows {
             let index = space.key_index(&key)?;
@@ -279,14 +282,6 @@ where
             }
         }
         Ok(())
-    }
-}
-
-fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(v) => Bound::Included(v.as_slice()),
-        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
     }
 }
 
@@ -347,7 +342,7 @@ where
         let end = space.end();
         let last = self
             .store
-            .range(space.log, Bound::Included(start.as_slice()), as_slice(&end), Order::Descending, 1)
+            .range(space.log, Bound::Included(start.as_slice()), bound_slice(&end), Order::Descending, 1)
             .map_err(io_err)?;
         let last = match last.first() {
             Some((_, value)) => Some(decode::<C::Entry>(space.log, value)?.log_id()),

@@ -1,7 +1,7 @@
 //! The conformance suite: every engine must pass the same checks.
 //!
-//! Each check is a plain function taking the engine (its kind, bare or behind
-//! a [`MemtableEngine`]); the macro at the
+//! Each check is a plain function taking the engine (its kind, bare or
+//! behind a [`MemtableEngine`]); the macro at the
 //! bottom turns each into one `#[test]` per engine, so a failure names both
 //! the check and the engine.
 
@@ -32,14 +32,14 @@ const B: &str = "tree_b";
 /// An engine as a check opens it.
 #[derive(Debug, Clone, Copy)]
 struct Flavor {
-    kind: EngineKind,
+    engine: EngineKind,
     /// Behind a [`MemtableEngine`], as the room logs are.
     memtable: bool,
 }
 
 impl Flavor {
     fn open(self, path: &Path) -> Result<Store, StorageError> {
-        let store = open(self.kind, path)?;
+        let store = open(self.engine, path)?;
         if !self.memtable {
             return Ok(store);
         }
@@ -50,25 +50,25 @@ impl Flavor {
 
     /// The test module of this flavour's checks.
     fn module(self) -> String {
-        format!("on_{}{}", self.kind, if self.memtable { "_memtable" } else { "" })
+        format!("on_{}{}", self.engine, if self.memtable { "_memtable" } else { "" })
     }
 }
 
 /// A store in its own temporary directory, which outlives the store.
 struct Fixture {
-    kind: Flavor,
+    flavor: Flavor,
     path: PathBuf,
     store: Option<Store>,
     _dir: TempDir,
 }
 
 impl Fixture {
-    fn new(kind: Flavor) -> Self {
+    fn new(flavor: Flavor) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         // A parent that does not exist yet: opening must create it.
-        let path = dir.path().join("not").join("yet").join(format!("store.{}", kind.kind));
-        let store = Some(kind.open(&path).expect("open store"));
-        Self { kind, path, store, _dir: dir }
+        let path = dir.path().join("not").join("yet").join(format!("store.{}", flavor.engine));
+        let store = Some(flavor.open(&path).expect("open store"));
+        Self { flavor, path, store, _dir: dir }
     }
 
     fn store(&self) -> &Store {
@@ -81,7 +81,7 @@ impl Fixture {
         // Only the last handle closes the files; a leaked clone would keep them locked.
         assert_eq!(Arc::strong_count(&store), 1, "a handle to the store leaked");
         drop(store);
-        self.store = Some(self.kind.open(&self.path).expect("reopen store"));
+        self.store = Some(self.flavor.open(&self.path).expect("reopen store"));
     }
 }
 
@@ -120,8 +120,8 @@ fn numbers(keys: &[Bytes]) -> Vec<u64> {
     keys.iter().map(|k| u64::from_be_bytes(k.as_slice().try_into().expect("8-byte key"))).collect()
 }
 
-fn get_missing_key_and_missing_tree(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn get_missing_key_and_missing_tree(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     assert_eq!(get(s, A, b"nothing"), None);
     assert!(all(s, A).is_empty());
@@ -135,8 +135,8 @@ fn get_missing_key_and_missing_tree(kind: Flavor) {
     assert_eq!(get(s, B, b"k"), None, "a write to one tree must not create keys in another");
 }
 
-fn put_get_overwrite(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn put_get_overwrite(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     put(s, A, b"k".to_vec(), b"one".to_vec());
     assert_eq!(get(s, A, b"k"), Some(b"one".to_vec()));
@@ -147,8 +147,8 @@ fn put_get_overwrite(kind: Flavor) {
     assert_eq!(all(s, A).len(), 1, "overwriting must not add entries");
 }
 
-fn delete(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn delete(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     put_numbers(s, A, 1..=3);
     let mut batch = Batch::new();
@@ -160,8 +160,8 @@ fn delete(kind: Flavor) {
     assert_eq!(numbers(&keys(s, A)), vec![1, 3]);
 }
 
-fn delete_range_with_end(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn delete_range_with_end(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     put_numbers(s, A, 1..=10);
     put_numbers(s, B, 1..=10);
@@ -180,8 +180,8 @@ fn delete_range_with_end(kind: Flavor) {
     assert_eq!(numbers(&keys(s, A)), vec![1, 2, 7, 8, 10]);
 }
 
-fn delete_range_without_end(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn delete_range_without_end(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     put_numbers(s, A, 1..=10);
     put(s, A, vec![0xff; 20], b"high".to_vec());
@@ -196,8 +196,8 @@ fn delete_range_without_end(kind: Flavor) {
     assert!(all(s, A).is_empty(), "an empty start with no end clears the tree");
 }
 
-fn delete_range_sees_earlier_ops_in_the_batch(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn delete_range_sees_earlier_ops_in_the_batch(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     put_numbers(s, A, [1, 5]);
     let mut batch = Batch::new();
@@ -225,8 +225,8 @@ fn model_range(model: &BTreeMap<Bytes, Bytes>, start: Bound<&[u8]>, end: Bound<&
     model.range::<[u8], _>((start, end)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn range_bounds_and_orders(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn range_bounds_and_orders(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     let stored = [1u64, 2, 4, 5, 7];
     put_numbers(s, A, stored);
@@ -258,8 +258,8 @@ fn range_bounds_and_orders(kind: Flavor) {
     assert_eq!(numbers(&r.into_iter().map(|(k, _)| k).collect::<Vec<_>>()), vec![5, 4]);
 }
 
-fn range_limits(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn range_limits(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     put_numbers(s, A, 1..=5);
     let run = |start: Bound<&[u8]>, order, limit| {
@@ -280,8 +280,8 @@ fn range_limits(kind: Flavor) {
     assert_eq!(run(Bound::Unbounded, Order::Descending, usize::MAX), vec![5, 4, 3, 2, 1]);
 }
 
-fn byte_ordering(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn byte_ordering(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     // Inserted out of order, and in separate batches so no engine can rely on batch order.
     let ns = [256u64, 1, u64::MAX, 65_536, 0, 255, 2, 1 << 40];
@@ -328,8 +328,8 @@ fn byte_ordering(kind: Flavor) {
     assert_eq!(after_a, vec![b"ab".to_vec(), b"abc".to_vec()]);
 }
 
-fn trees_are_independent(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn trees_are_independent(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     put(s, A, b"k".to_vec(), b"in a".to_vec());
     put(s, B, b"k".to_vec(), b"in b".to_vec());
@@ -353,8 +353,8 @@ fn trees_are_independent(kind: Flavor) {
     assert_eq!(keys(s, A), vec![b"again".to_vec()]);
 }
 
-fn batch_applies_ops_in_order(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn batch_applies_ops_in_order(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     put(s, A, b"old".to_vec(), b"x".to_vec());
     let mut batch = Batch::new();
@@ -370,8 +370,8 @@ fn batch_applies_ops_in_order(kind: Flavor) {
     assert_eq!(get(s, A, b"old"), Some(b"back".to_vec()));
 }
 
-fn batch_across_two_trees_is_all_visible(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn batch_across_two_trees_is_all_visible(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     put_numbers(s, B, [9]);
     let mut batch = Batch::new();
@@ -389,9 +389,9 @@ fn batch_across_two_trees_is_all_visible(kind: Flavor) {
 /// While batches that put key `i` in both trees are written, a reader that
 /// sees `i` in one tree must then also see it in the other: seeing one half
 /// means the whole batch was already committed.
-fn batch_is_atomic_for_concurrent_readers(kind: Flavor) {
+fn batch_is_atomic_for_concurrent_readers(flavor: Flavor) {
     const BATCHES: u64 = 300;
-    let f = Fixture::new(kind);
+    let f = Fixture::new(flavor);
     let s = f.store().clone();
     let done = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicU64::new(0));
@@ -434,8 +434,8 @@ fn batch_is_atomic_for_concurrent_readers(kind: Flavor) {
     assert_eq!(all(f.store(), A).len(), BATCHES as usize);
 }
 
-fn last_entry(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn last_entry(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     assert_eq!(s.last(A).expect("last"), None);
     put_numbers(s, A, [3, 300, 30]);
@@ -447,8 +447,8 @@ fn last_entry(kind: Flavor) {
     assert_eq!(s.last(B).expect("last"), None);
 }
 
-fn data_survives_reopen_after_flush(kind: Flavor) {
-    let mut f = Fixture::new(kind);
+fn data_survives_reopen_after_flush(flavor: Flavor) {
+    let mut f = Fixture::new(flavor);
     put_numbers(f.store(), A, 1..=100);
     put(f.store(), B, b"b".to_vec(), b"kept".to_vec());
     let mut batch = Batch::new();
@@ -475,8 +475,8 @@ fn data_survives_reopen_after_flush(kind: Flavor) {
     assert_eq!(all(f.store(), A).len(), 51);
 }
 
-fn empty_batch_is_fine(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn empty_batch_is_fine(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     let s = f.store();
     s.write(Batch::new()).expect("empty write on a fresh store");
     s.write_durable(Batch::new()).expect("empty durable write");
@@ -488,9 +488,9 @@ fn empty_batch_is_fine(kind: Flavor) {
     assert_eq!(all(s, A), vec![(b"k".to_vec(), b"v".to_vec())]);
 }
 
-fn large_values(kind: Flavor) {
+fn large_values(flavor: Flavor) {
     const MIB: usize = 1 << 20;
-    let mut f = Fixture::new(kind);
+    let mut f = Fixture::new(flavor);
     let first: Bytes = (0..MIB).map(|i| (i % 251) as u8).collect();
     let second: Bytes = (0..MIB + 7).map(|i| (i % 241) as u8).collect();
     put(f.store(), A, b"big".to_vec(), first.clone());
@@ -510,10 +510,10 @@ fn large_values(kind: Flavor) {
 
 /// Many threads writing and flushing at once (the group-commit pattern):
 /// every flush succeeds and every write survives a reopen.
-fn concurrent_writes_and_flushes(kind: Flavor) {
+fn concurrent_writes_and_flushes(flavor: Flavor) {
     const THREADS: u64 = 4;
     const WRITES: u64 = 25;
-    let mut f = Fixture::new(kind);
+    let mut f = Fixture::new(flavor);
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             let s = f.store().clone();
@@ -546,10 +546,10 @@ const CRASH_CHILD_ENV: &str = "PALAVER_STORAGE_CRASH_CHILD";
 /// the unflushed batch must be there whole or not at all. A clean close would
 /// hide a flush that does nothing (redb persists pending commits on close),
 /// hence the abort.
-fn flushed_writes_survive_a_crash(kind: Flavor) {
+fn flushed_writes_survive_a_crash(flavor: Flavor) {
     const FLUSHED: u64 = 50;
     if let Some(path) = std::env::var_os(CRASH_CHILD_ENV) {
-        let store = kind.open(Path::new(&path)).expect("open in child");
+        let store = flavor.open(Path::new(&path)).expect("open in child");
         for i in 0..FLUSHED {
             let mut batch = Batch::new();
             batch.put(A, be(i), b"a".to_vec());
@@ -565,8 +565,8 @@ fn flushed_writes_survive_a_crash(kind: Flavor) {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(format!("crash.{}", kind.kind));
-    let test = format!("storage::conformance::{}::flushed_writes_survive_a_crash", kind.module());
+    let path = dir.path().join(format!("crash.{}", flavor.engine));
+    let test = format!("storage::conformance::{}::flushed_writes_survive_a_crash", flavor.module());
     let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", &test, "--test-threads=1", "--nocapture"])
         .env(CRASH_CHILD_ENV, &path)
@@ -577,7 +577,7 @@ fn flushed_writes_survive_a_crash(kind: Flavor) {
     // Success would mean the child ran no test (a renamed test) or never crashed.
     assert!(!status.success(), "the child did not abort: {status}");
 
-    let store = kind.open(&path).expect("reopen after crash");
+    let store = flavor.open(&path).expect("reopen after crash");
     for i in 0..FLUSHED {
         assert_eq!(get(&store, A, &be(i)), Some(b"a".to_vec()), "flushed key {i} lost in A");
         assert_eq!(get(&store, B, &be(i)), Some(b"b".to_vec()), "flushed key {i} lost in B");
@@ -587,18 +587,18 @@ fn flushed_writes_survive_a_crash(kind: Flavor) {
     assert_eq!(a, b, "the unflushed batch survived only in part");
 }
 
-fn engine_names(kind: Flavor) {
-    let f = Fixture::new(kind);
-    assert_eq!(f.store().name(), kind.kind.to_string());
+fn engine_names(flavor: Flavor) {
+    let f = Fixture::new(flavor);
+    assert_eq!(f.store().name(), flavor.engine.to_string());
 }
 
 /// Two stores on one path would be two uncoordinated writers: the second
 /// open must fail with an engine error, not panic or succeed.
-fn second_open_of_same_path_fails_cleanly(kind: Flavor) {
-    let f = Fixture::new(kind);
+fn second_open_of_same_path_fails_cleanly(flavor: Flavor) {
+    let f = Fixture::new(flavor);
     put(f.store(), A, b"k".to_vec(), b"v".to_vec());
-    match kind.open(&f.path) {
-        Err(StorageError::Engine { engine, .. }) => assert_eq!(engine, kind.kind.to_string()),
+    match flavor.open(&f.path) {
+        Err(StorageError::Engine { engine, .. }) => assert_eq!(engine, flavor.engine.to_string()),
         Err(other) => panic!("unexpected error kind: {other}"),
         Ok(_) => panic!("a second open of a store in use succeeded"),
     }
@@ -616,7 +616,7 @@ macro_rules! conformance {
             $(
                 #[test]
                 fn $check() {
-                    super::$check(super::Flavor { kind: super::EngineKind::$kind, memtable: $memtable });
+                    super::$check(super::Flavor { engine: super::EngineKind::$kind, memtable: $memtable });
                 }
             )*
         }

@@ -96,14 +96,23 @@ struct Layers {
     frozen: Option<Arc<Layer>>,
 }
 
+/// A call to the timer thread.
+#[derive(Default)]
+struct Wake {
+    /// Flush now: the layer is big.
+    now: bool,
+    /// End: the engine is dropped.
+    stop: bool,
+}
+
 /// What the engine and its timer thread share.
 struct Shared {
     inner: Store,
     layers: RwLock<Layers>,
     /// One flush at a time.
     flushing: Mutex<()>,
-    /// Tells the timer thread to flush now (`.0`) or to end (`.1`).
-    wake: Mutex<(bool, bool)>,
+    /// What the timer thread is told besides its interval.
+    wake: Mutex<Wake>,
     woken: Condvar,
 }
 
@@ -122,7 +131,7 @@ impl MemtableEngine {
             inner,
             layers: RwLock::new(Layers::default()),
             flushing: Mutex::new(()),
-            wake: Mutex::new((false, false)),
+            wake: Mutex::new(Wake::default()),
             woken: Condvar::new(),
         });
         let timer = {
@@ -134,13 +143,13 @@ impl MemtableEngine {
                 loop {
                     {
                         let mut wake = shared.wake.lock();
-                        if !wake.0 && !wake.1 {
+                        if !wake.now && !wake.stop {
                             shared.woken.wait_for(&mut wake, every);
                         }
-                        if wake.1 {
+                        if wake.stop {
                             return;
                         }
-                        wake.0 = false;
+                        wake.now = false;
                     }
                     if let Err(e) = shared.flush() {
                         tracing::error!(error = %e, "the timed flush of a store failed; retrying at the next");
@@ -239,10 +248,6 @@ fn comes_after(a: &[u8], b: &[u8], order: Order) -> bool {
     }
 }
 
-fn as_slice(b: &Bound<Bytes>) -> Bound<&[u8]> {
-    b.as_ref().map(Vec::as_slice)
-}
-
 /// Two layers' entries, each in scan order, merged in scan order; on a key
 /// in both, the newer layer's entry.
 struct Merge<'a> {
@@ -305,9 +310,15 @@ impl Engine for MemtableEngine {
             return inner.range(tree, start, end, order, limit);
         }
         let mut out = Vec::new();
-        let (mut lo, mut hi) = (start.map(<[u8]>::to_vec), end.map(<[u8]>::to_vec));
+        // The last row of the page before, which the next page starts after.
+        let mut after: Option<Bytes> = None;
         loop {
-            let page = inner.range(tree, as_slice(&lo), as_slice(&hi), order, limit)?;
+            let (lo, hi) = match (&after, order) {
+                (Some(k), Order::Ascending) => (Bound::Excluded(k.as_slice()), end),
+                (Some(k), Order::Descending) => (start, Bound::Excluded(k.as_slice())),
+                (None, _) => (start, end),
+            };
+            let page = inner.range(tree, lo, hi, order, limit)?;
             let exhausted = page.len() < limit;
             let last = page.last().map(|(k, _)| k.clone());
             for (k, v) in page {
@@ -332,12 +343,7 @@ impl Engine for MemtableEngine {
                 break;
             }
             // Tombstones hid rows of this page: the next one starts after it.
-            if let Some(last) = last {
-                match order {
-                    Order::Ascending => lo = Bound::Excluded(last),
-                    Order::Descending => hi = Bound::Excluded(last),
-                }
-            }
+            after = last;
         }
         for (lk, lv) in layered {
             if let Some(lv) = lv {
@@ -369,7 +375,7 @@ impl Engine for MemtableEngine {
             return self.shared.flush();
         }
         if held >= FLUSH_AT_BYTES {
-            self.shared.wake.lock().0 = true;
+            self.shared.wake.lock().now = true;
             self.shared.woken.notify_one();
         }
         Ok(())
@@ -389,7 +395,7 @@ impl Drop for MemtableEngine {
     /// engine is closed when this returns (a store reopened at once must
     /// not find its files still in use).
     fn drop(&mut self) {
-        self.shared.wake.lock().1 = true;
+        self.shared.wake.lock().stop = true;
         self.shared.woken.notify_one();
         if let Some(timer) = self.timer.take() {
             let _ = timer.join();
@@ -406,6 +412,7 @@ mod tests {
 
     use super::*;
     use crate::storage::EngineKind;
+    use crate::storage::bound_slice;
 
     const T: &str = "t";
 
@@ -430,14 +437,6 @@ mod tests {
             0 => Bound::Included(k.clone()),
             1 => Bound::Excluded(k.clone()),
             _ => Bound::Unbounded,
-        }
-    }
-
-    fn as_ref(b: &Bound<Bytes>) -> Bound<&[u8]> {
-        match b {
-            Bound::Included(k) => Bound::Included(k.as_slice()),
-            Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-            Bound::Unbounded => Bound::Unbounded,
         }
     }
 
@@ -482,10 +481,10 @@ mod tests {
             let (start, end) = (bound(&mut d, &a), bound(&mut d, &b));
             let limit = [0, 1, 2, 5, usize::MAX][d.below(5) as usize];
             let order = if d.below(2) == 0 { Order::Ascending } else { Order::Descending };
-            let got = engine.range(T, as_ref(&start), as_ref(&end), order, limit).expect("range");
+            let got = engine.range(T, bound_slice(&start), bound_slice(&end), order, limit).expect("range");
             let mut want: Vec<(Bytes, Bytes)> = model
                 .iter()
-                .filter(|(k, _)| RangeBounds::<[u8]>::contains(&(as_ref(&start), as_ref(&end)), k.as_slice()))
+                .filter(|(k, _)| RangeBounds::<[u8]>::contains(&(bound_slice(&start), bound_slice(&end)), k.as_slice()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if order == Order::Descending {

@@ -145,6 +145,11 @@ impl Batch {
     }
 }
 
+/// An owned key bound as the borrowed one [`Engine::range`] takes.
+pub fn bound_slice(b: &Bound<Bytes>) -> Bound<&[u8]> {
+    b.as_ref().map(Vec::as_slice)
+}
+
 /// Scan direction for [`Engine::range`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
