@@ -10,20 +10,13 @@
 //! passed on (`shutdown(Write)`), so request/response protocols that close
 //! one way still finish.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::task::Context;
-use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::AsyncRead;
-use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::io::Interest;
-use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 use tokio::net::tcp::WriteHalf;
@@ -44,13 +37,19 @@ pub enum End {
 }
 
 /// When the relay last moved a byte, in milliseconds since it started.
-struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn touch(&self) {
+    /// Starts counting now.
+    pub(crate) fn new() -> Self {
+        Self { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    /// Something moved just now.
+    pub(crate) fn touch(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
@@ -61,7 +60,7 @@ impl Activity {
 
 /// Relays between `client` and `node` until the connection ends.
 pub async fn relay(client: &mut TcpStream, node: &mut TcpStream, idle: Duration) -> End {
-    let activity = Activity { start: Instant::now(), last_ms: AtomicU64::new(0) };
+    let activity = Activity::new();
     let (client_read, client_write) = client.split();
     let (node_read, node_write) = node.split();
     let both =
@@ -76,154 +75,8 @@ pub async fn relay(client: &mut TcpStream, node: &mut TcpStream, idle: Duration)
     }
 }
 
-/// Relays between a client `C` the balancer cannot read from without
-/// buffering (a TLS stream) and `node`, until the connection ends. Like
-/// [`relay`], an idle connection holds no relay buffer: each poll reads
-/// into a stack buffer and keeps on the heap only what the other side
-/// could not take yet. What stays per connection is rustls' own state.
-pub async fn relay_stream<C: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut C,
-    node: &mut TcpStream,
-    idle: Duration,
-) -> End {
-    let activity = Activity { start: Instant::now(), last_ms: AtomicU64::new(0) };
-    let both =
-        Bidirectional { client, node, up: Direction::default(), down: Direction::default(), activity: &activity };
-    tokio::select! {
-        r = both => match r {
-            Ok(()) => End::Closed,
-            Err(e) => End::Failed(e),
-        },
-        () = idle_watch(&activity, idle) => End::Idle,
-    }
-}
-
-/// One direction of [`Bidirectional`]: what it still owes its destination.
-#[derive(Default)]
-struct Direction {
-    /// Bytes read but not yet taken by the destination.
-    pending: Vec<u8>,
-    /// Bytes were written since the last flush (a TLS destination holds
-    /// records until flushed).
-    unflushed: bool,
-    /// The source ended; the destination is to be shut down.
-    eof: bool,
-    /// The destination is shut down: this direction is over.
-    done: bool,
-}
-
-impl Direction {
-    /// Moves bytes from `src` to `dst` until `src` has none, `dst` takes no
-    /// more, or the direction ends. Ready only when it ended (or failed).
-    fn poll_move<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        src: &mut R,
-        dst: &mut W,
-        activity: &Activity,
-    ) -> Poll<io::Result<()>>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        loop {
-            if self.done {
-                return Poll::Ready(Ok(()));
-            }
-            if !self.pending.is_empty() {
-                let n = std::task::ready!(Pin::new(&mut *dst).poll_write(cx, &self.pending))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pending.drain(..n);
-                self.unflushed = true;
-                activity.touch();
-                if self.pending.is_empty() {
-                    // Give the memory back: an idle relay holds no buffer.
-                    self.pending = Vec::new();
-                }
-                continue;
-            }
-            if self.unflushed {
-                std::task::ready!(Pin::new(&mut *dst).poll_flush(cx))?;
-                self.unflushed = false;
-            }
-            if self.eof {
-                // The peer may be gone already; its end is reported by the other direction.
-                let _ = std::task::ready!(Pin::new(&mut *dst).poll_shutdown(cx));
-                self.done = true;
-                continue;
-            }
-            match read_on_stack(cx, src, dst)? {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Read::Eof) => self.eof = true,
-                Poll::Ready(Read::Moved { rest }) => {
-                    activity.touch();
-                    self.unflushed = true;
-                    self.pending = rest;
-                }
-            }
-        }
-    }
-}
-
-/// What [`read_on_stack`] did.
-enum Read {
-    /// The source ended.
-    Eof,
-    /// Bytes were read and offered to the destination; `rest` it did not take.
-    Moved { rest: Vec<u8> },
-}
-
-/// Reads one chunk from `src` and offers it to `dst` at once. A plain
-/// function, so its buffer lives on the stack only while it runs.
-fn read_on_stack<R, W>(cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> io::Result<Poll<Read>>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = [0u8; CHUNK];
-    let mut read = ReadBuf::new(&mut buf);
-    match Pin::new(&mut *src).poll_read(cx, &mut read) {
-        Poll::Pending => return Ok(Poll::Pending),
-        Poll::Ready(r) => r?,
-    }
-    let n = read.filled().len();
-    if n == 0 {
-        return Ok(Poll::Ready(Read::Eof));
-    }
-    let written = match Pin::new(&mut *dst).poll_write(cx, &buf[..n]) {
-        Poll::Ready(Ok(w)) => w,
-        Poll::Ready(Err(e)) => return Err(e),
-        Poll::Pending => 0,
-    };
-    Ok(Poll::Ready(Read::Moved { rest: buf[written..n].to_vec() }))
-}
-
-/// Both directions of a stream relay, polled in one task.
-struct Bidirectional<'a, C> {
-    client: &'a mut C,
-    node: &'a mut TcpStream,
-    /// Client to node.
-    up: Direction,
-    /// Node to client.
-    down: Direction,
-    activity: &'a Activity,
-}
-
-impl<C: AsyncRead + AsyncWrite + Unpin> Future for Bidirectional<'_, C> {
-    type Output = io::Result<()>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let up = this.up.poll_move(cx, this.client, this.node, this.activity)?;
-        let down = this.down.poll_move(cx, this.node, this.client, this.activity)?;
-        if up.is_ready() && down.is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending }
-    }
-}
-
 /// Resolves once nothing moved for `idle`.
-async fn idle_watch(activity: &Activity, idle: Duration) {
+pub(crate) async fn idle_watch(activity: &Activity, idle: Duration) {
     loop {
         let deadline = activity.deadline(idle);
         if Instant::now() >= deadline {
@@ -281,7 +134,7 @@ async fn pump(src: ReadHalf<'_>, mut dst: WriteHalf<'_>, activity: &Activity) ->
 /// stack only while it runs.
 fn transfer(src: &ReadHalf<'_>, dst: &WriteHalf<'_>, pending: &mut Vec<u8>) -> io::Result<Step> {
     let mut buf = [0u8; CHUNK];
-    let n = match read_draining(src, &mut buf) {
+    let n = match read_draining(src.as_ref(), &mut buf) {
         Ok(0) => return Ok(Step::Eof),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Nothing),
@@ -305,10 +158,10 @@ fn transfer(src: &ReadHalf<'_>, dst: &WriteHalf<'_>, pending: &mut Vec<u8>) -> i
 /// system calls of a relayed chat frame; HAProxy does the same). Bytes
 /// that arrive meanwhile raise a new readiness event, which a clear made
 /// for an older one leaves alone, so none wait unseen.
-fn read_draining(src: &ReadHalf<'_>, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let capacity = buf.len();
     let mut got = None;
-    let r = src.as_ref().try_io(Interest::READABLE, || {
+    let r = src.try_io(Interest::READABLE, || {
         let n = src.try_read(buf)?;
         got = Some(n);
         // `WouldBlock` is how `try_io` is told to clear the readiness.
@@ -337,10 +190,7 @@ mod tests {
 
     /// Writes `payload` on `client`, half-closes it, then reads what comes
     /// back until the other side closes.
-    fn write_then_read_back<S>(mut client: S, payload: Vec<u8>) -> tokio::task::JoinHandle<Vec<u8>>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    fn write_then_read_back(mut client: TcpStream, payload: Vec<u8>) -> tokio::task::JoinHandle<Vec<u8>> {
         tokio::spawn(async move {
             client.write_all(&payload).await.expect("write");
             client.shutdown().await.expect("half-close");
@@ -395,31 +245,6 @@ mod tests {
         drop(node);
         let end = tokio::time::timeout(Duration::from_secs(30), relay).await.expect("in time").expect("task");
         assert!(!matches!(end, End::Idle), "{end:?}");
-    }
-
-    /// The stream relay (a TLS client's) over an in-memory client whose
-    /// buffer is far smaller than the payload, so both sides wait on each
-    /// other: bytes arrive whole and in order both ways, a half-close
-    /// passes, and the relay ends `Closed`.
-    #[tokio::test]
-    async fn the_stream_relay_moves_bytes_both_ways_with_backpressure() {
-        let (client, mut client_side) = tokio::io::duplex(1024);
-        let (mut node_side, mut node) = pair().await;
-        let relay =
-            tokio::spawn(async move { relay_stream(&mut client_side, &mut node_side, Duration::from_secs(30)).await });
-        let payload: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-        let writer = write_then_read_back(client, payload.clone());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut got = Vec::new();
-        node.read_to_end(&mut got).await.expect("node reads until the half-close");
-        assert!(got == payload, "payload arrived changed ({} of {} bytes)", got.len(), payload.len());
-        let answer: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 13) as u8).collect();
-        node.write_all(&answer).await.expect("write");
-        node.shutdown().await.expect("close");
-        let back = tokio::time::timeout(Duration::from_secs(30), writer).await.expect("in time").expect("task");
-        assert!(back == answer, "answer arrived changed ({} of {} bytes)", back.len(), answer.len());
-        let end = tokio::time::timeout(Duration::from_secs(30), relay).await.expect("in time").expect("task");
-        assert!(matches!(end, End::Closed), "{end:?}");
     }
 
     #[tokio::test]

@@ -35,8 +35,10 @@ use crate::relay::End;
 use crate::table::Pick;
 use crate::table::Purpose;
 use crate::table::Table;
+use crate::tls;
 use crate::tls::PublicTls;
-use tokio_rustls::TlsAcceptor;
+use crate::tls::handshake::Session;
+use rustls::ServerConfig;
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +135,7 @@ pub async fn run(
                         drop(stream);
                         continue;
                     };
-                    let tls = tls.as_ref().map(|t| t.acceptor());
+                    let tls = tls.as_ref().map(|t| t.config());
                     conns.spawn(client(shared.clone(), stream, tls, peer, (permit, slot), close_rx.clone()));
                 }
                 Err(e) => {
@@ -174,7 +176,7 @@ pub async fn run(
 async fn client(
     shared: Arc<Shared>,
     mut stream: TcpStream,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
     peer: SocketAddr,
     _held: (OwnedSemaphorePermit, Slot),
     mut close: watch::Receiver<bool>,
@@ -216,30 +218,24 @@ fn proxy_header(
 /// `GET /assign` is not answered here (it names plain `http://` node
 /// addresses, which a client that chose TLS should not be sent to): it is
 /// relayed, and a node answers 404.
-async fn serve_tls(shared: &Shared, tls: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
+async fn serve_tls(shared: &Shared, tls: Arc<ServerConfig>, stream: TcpStream, peer: SocketAddr) {
     let settings = &shared.settings;
     let _ = stream.set_nodelay(true);
     let Ok(header) = proxy_header(settings, &stream, peer) else { return };
-    // Boxed: the handshake's state (a second TLS stream, 1.2 KB) is freed
-    // once it is done instead of staying in every idle connection's task.
-    let Some(mut stream) = Box::pin(handshake(shared, tls, stream, peer)).await else { return };
+    // Boxed: the handshake's state and buffers are freed once it is done
+    // instead of staying in every idle connection's task.
+    let Some(session) = Box::pin(handshake(shared, tls, stream, peer)).await else { return };
     let Some((lease, mut node)) = open_node(shared, header.as_ref()).await else {
-        let _ = stream.write_all(&assign::response(None)).await;
-        let _ = stream.shutdown().await;
+        let _ = tls::relay::answer_and_close(session, &assign::response(None)).await;
         return;
     };
-    let end = relay::relay_stream(&mut stream, &mut node, settings.idle_timeout).await;
+    let end = tls::relay::relay(session, &mut node, settings.idle_timeout).await;
     ended(shared, lease.pick.id, end);
 }
 
 /// The TLS handshake, within the connect timeout; `None` when it failed.
-async fn handshake(
-    shared: &Shared,
-    tls: TlsAcceptor,
-    stream: TcpStream,
-    peer: SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    match tokio::time::timeout(shared.settings.connect_timeout, tls.accept(stream)).await {
+async fn handshake(shared: &Shared, tls: Arc<ServerConfig>, stream: TcpStream, peer: SocketAddr) -> Option<Session> {
+    match tokio::time::timeout(shared.settings.connect_timeout, tls::handshake::accept(tls, stream)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             shared.meters.tls_failed.increment(1);

@@ -7,6 +7,17 @@
 //! handshakes use the new one, and connections already open keep theirs,
 //! so a renewal drops nothing. rustls with its defaults: TLS 1.2 and 1.3,
 //! modern suites only; ALPN `http/1.1` (WebSockets upgrade over it).
+//!
+//! rustls makes the handshake ([`handshake`]); after it the balancer seals
+//! and opens records itself ([`record`]) with the keys rustls hands over,
+//! so that an idle connection keeps its keys and nothing else
+//! ([`relay`]).
+
+pub mod handshake;
+pub mod record;
+pub mod relay;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -17,7 +28,6 @@ use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use tokio_rustls::TlsAcceptor;
 
 /// Where the public certificate chain and its key are (PEM files).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,32 +57,40 @@ pub enum TlsError {
 /// The public TLS settings in use, swapped whole on reload.
 pub struct PublicTls {
     files: TlsFiles,
-    acceptor: RwLock<TlsAcceptor>,
+    config: RwLock<Arc<ServerConfig>>,
 }
 
 impl PublicTls {
     /// Reads the certificate and key.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
-        let acceptor = RwLock::new(TlsAcceptor::from(server_config(&files)?));
-        Ok(Self { files, acceptor })
+        let config = RwLock::new(relay_config(&files)?);
+        Ok(Self { files, config })
     }
 
     /// Reads the files again; on an error the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = TlsAcceptor::from(server_config(&self.files)?);
-        *self.acceptor.write() = fresh;
+        let fresh = relay_config(&self.files)?;
+        *self.config.write() = fresh;
         Ok(())
     }
 
-    /// The acceptor for the next handshake.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor.read().clone()
+    /// The config for the next handshake.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.read().clone()
     }
 
     /// The files it reads.
     pub fn files(&self) -> &TlsFiles {
         &self.files
     }
+}
+
+/// [`server_config`] that hands its keys over after the handshake, for
+/// [`record`].
+fn relay_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = Arc::unwrap_or_clone(server_config(files)?);
+    config.enable_secret_extraction = true;
+    Ok(Arc::new(config))
 }
 
 fn pem_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
