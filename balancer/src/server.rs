@@ -135,8 +135,13 @@ pub async fn run(
                         drop(stream);
                         continue;
                     };
-                    let tls = tls.as_ref().map(|t| t.config());
-                    conns.spawn(client(shared.clone(), stream, tls, peer, (permit, slot), close_rx.clone()));
+                    let held = (permit, slot);
+                    match &tls {
+                        Some(tls) => {
+                            conns.spawn(client_tls(shared.clone(), stream, tls.config(), peer, held, close_rx.clone()))
+                        }
+                        None => conns.spawn(client(shared.clone(), stream, peer, held, close_rx.clone())),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin.
@@ -171,28 +176,39 @@ pub async fn run(
     Ok(())
 }
 
-/// One client connection, from accept to close; `_held` are its places
-/// under the connection caps, given back when it ends.
+/// One plain client connection, from accept to close; `_held` are its
+/// places under the connection caps, given back when it ends.
 async fn client(
     shared: Arc<Shared>,
     mut stream: TcpStream,
-    tls: Option<Arc<ServerConfig>>,
     peer: SocketAddr,
     _held: (OwnedSemaphorePermit, Slot),
     mut close: watch::Receiver<bool>,
 ) {
     shared.meters.open.increment(1.0);
-    match tls {
-        // Boxed: a TLS connection's state is large, and a plain client's
-        // task should not carry room for it.
-        Some(tls) => tokio::select! {
-            () = Box::pin(serve_tls(&shared, tls, stream, peer)) => {}
-            _ = close.wait_for(|c| *c) => {}
-        },
-        None => tokio::select! {
-            () = serve(&shared, &mut stream, peer) => {}
-            _ = close.wait_for(|c| *c) => {}
-        },
+    tokio::select! {
+        () = serve(&shared, &mut stream, peer) => {}
+        _ = close.wait_for(|c| *c) => {}
+    }
+    shared.meters.open.decrement(1.0);
+}
+
+/// One TLS client connection, from accept to close. A task of its own
+/// kind, so that neither kind's task carries room for the other's state.
+async fn client_tls(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    tls: Arc<ServerConfig>,
+    peer: SocketAddr,
+    _held: (OwnedSemaphorePermit, Slot),
+    mut close: watch::Receiver<bool>,
+) {
+    shared.meters.open.increment(1.0);
+    // The work is made inside the select: an argument moved into it would
+    // be held twice by this future.
+    tokio::select! {
+        () = serve_tls(&shared, tls, stream, peer) => {}
+        _ = close.wait_for(|c| *c) => {}
     }
     shared.meters.open.decrement(1.0);
 }
@@ -397,7 +413,7 @@ mod tests {
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("permit");
         let slot = PerAddress::new(1).claim(peer.ip()).expect("slot");
         let (_tx, rx) = watch::channel(false);
-        let task = client(shared, stream, None, peer, (permit, slot), rx);
+        let task = client(shared, stream, peer, (permit, slot), rx);
         let size = std::mem::size_of_val(&task);
         eprintln!("client task future: {size} bytes");
         assert!(size <= 2048, "a client task takes {size} bytes before any buffer");
