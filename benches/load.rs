@@ -27,7 +27,8 @@
 //! - `balancer`*: the same traffic straight to the nodes, through the
 //!   Palaver balancer under each strategy, and through HAProxy: closed-loop
 //!   round trips, the same round trips paced at half the direct path's rate
-//!   (the p99 each path adds at half load), and a fan-out.
+//!   with each caller alternating straight and through the path (the p99
+//!   each path adds at half load, paired in one run), and a fan-out.
 //! - `sends`*: answered sends/s on one node with 1 and `--senders` senders.
 //! - `relay`, `cluster`: older names (one node behind the balancer; durable).
 //! - `search` (not in `all`): `--search-messages` messages in
@@ -1035,6 +1036,65 @@ async fn round_trips(
     Ok((all.len() as f64 / started.elapsed().as_secs_f64(), all))
 }
 
+/// Where the paired round trips go: straight to the nodes, and the path
+/// under test.
+struct PairedPaths<'a> {
+    direct: &'a [String],
+    path: &'a [String],
+}
+
+/// Typing round trips paced at `rate` in all, each caller alternating
+/// between a socket straight to a node and one through the path; returns
+/// the two histograms (straight, through).
+async fn paired_round_trips(
+    paths: PairedPaths<'_>,
+    tokens: &[String],
+    rooms: &[String],
+    secs: u64,
+    rate: f64,
+) -> Result<(Histogram<u64>, Histogram<u64>)> {
+    let mut sockets = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().enumerate() {
+        let straight =
+            harness::dial(&paths.direct[i % paths.direct.len()], "/ws", Some(token), Dial::default()).await?;
+        let through = harness::dial(&paths.path[i % paths.path.len()], "/ws", Some(token), Dial::default()).await?;
+        sockets.push([straight, through]);
+    }
+    let begin = Instant::now();
+    let deadline = begin + Duration::from_secs(secs);
+    let callers = sockets.len();
+    let every = Duration::from_secs_f64(callers as f64 / rate.max(1.0));
+    let mut tasks = Vec::new();
+    for (i, mut pair) in sockets.into_iter().enumerate() {
+        let room = rooms[i % rooms.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = [harness::histogram(), harness::histogram()];
+            let mut n = 0u64;
+            while n < 10_000_000 {
+                let due = begin + every.mul_f64(n as f64 + i as f64 / callers as f64);
+                if due >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                // Which path goes first alternates with the caller, so
+                // neither is always the one right after a sleep.
+                let side = ((n + i as u64) % 2) as usize;
+                call(&mut pair[side], n, Command::Typing { room: room.clone() }).await?;
+                h[side].saturating_record(due.elapsed().as_micros() as u64);
+                n += 1;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let (mut straight, mut through) = (harness::histogram(), harness::histogram());
+    for t in tasks {
+        let [a, b] = t.await??;
+        straight.add(a)?;
+        through.add(b)?;
+    }
+    Ok((straight, through))
+}
+
 async fn sends_scenario(o: &Options, res: &mut Results) -> Result<()> {
     let node = harness::palaver_node("sends-node").await?;
     let nodes = std::slice::from_ref(&node);
@@ -1108,10 +1168,8 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
     paths.push(ASSIGN_PATH.into());
     paths.push("haproxy roundrobin".into());
     let mut direct = (0.0, 0.0);
-    // Half the direct path's rate (the direct path runs first), and each
-    // path's p99 at it with the other processes' cores meanwhile.
+    // Half the direct path's rate (the direct path runs first).
     let mut half_rate = 0.0;
-    let mut half_load: Vec<(String, f64, f64)> = Vec::new();
     for name in &paths {
         let server = if name == ASSIGN_PATH {
             Some(harness::palaver_balancer(&addr_refs, "round-robin", "bal-assign")?)
@@ -1149,16 +1207,39 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
         res.push(&sc, name, "round trip p50", ms(&h, 0.5), "ms", &meter);
         res.push(&sc, name, "round trip p99", ms(&h, 0.99), "ms", &meter);
         let p99 = ms(&h, 0.99);
-        // Half load: every path paced at half the direct path's closed-loop
-        // rate, so that their p99s are taken at the same offered rate.
+        // Half load, paired: every path paced at half the direct path's
+        // closed-loop rate, each caller alternating one round trip straight
+        // to a node with one through the path, so that both see the same
+        // moment's load and the difference is the path's own. (Taken in
+        // separate runs, the direct path's p99 alone moved by 2 ms from one
+        // run to the next, four times the 0.5 ms target.)
         if server.is_none() {
             half_rate = rate / 2.0;
+        } else {
+            let meter = CpuMeter::start();
+            let pair = PairedPaths { direct: &addrs, path: &path_addrs };
+            let (straight, through) =
+                paired_round_trips(pair, &tokens[..o.senders], &rtt_rooms, o.secs, half_rate).await?;
+            let label = half_label(half_rate);
+            res.push(&sc, name, &format!("{label}, straight in the same run"), ms(&straight, 0.99), "ms", &meter);
+            res.push(&sc, name, &format!("{label}, through the path"), ms(&through, 0.99), "ms", &meter);
+            res.push(
+                &sc,
+                name,
+                "added round-trip p99 at half load (paired)",
+                ms(&through, 0.99) - ms(&straight, 0.99),
+                "ms",
+                &meter,
+            );
+            res.push(
+                &sc,
+                name,
+                "added round-trip p50 at half load (paired)",
+                ms(&through, 0.5) - ms(&straight, 0.5),
+                "ms",
+                &meter,
+            );
         }
-        let meter = CpuMeter::start();
-        let (_, paced) =
-            round_trips(&path_addrs, &tokens[..o.senders], &rtt_rooms, o.secs, true, Some(half_rate)).await?;
-        res.push(&sc, name, &half_label(half_rate), ms(&paced, 0.99), "ms", &meter);
-        half_load.push((name.clone(), ms(&paced, 0.99), meter.other_cores()));
         let target = palaver_target(name, &tokens, path_addrs);
         let spec = FanoutSpec {
             rooms: 1,
@@ -1204,27 +1285,6 @@ async fn balancer(o: &Options, res: &mut Results) -> Result<()> {
         }
         res.balancer.push((name.clone(), rate, p99, run.best(), step.p99));
         drop(server);
-    }
-    // The direct path at half load once more, last: a single run of it
-    // right after the set-up has been seen at 50 ms where every relayed
-    // path took 6-8 ms. Each path's added p99 is taken against the lower
-    // of the two, which errs toward a larger figure.
-    let sc = format!("balancer, {} round-trippers", o.senders);
-    harness::settle(Duration::from_secs(20)).await;
-    let meter = CpuMeter::start();
-    let (_, again) = round_trips(&addrs, &tokens[..o.senders], &rtt_rooms, o.secs, true, Some(half_rate)).await?;
-    res.push(&sc, "direct (spread over nodes), again last", &half_label(half_rate), ms(&again, 0.99), "ms", &meter);
-    let direct_p99 = half_load.first().map_or(f64::NAN, |d| d.1).min(ms(&again, 0.99));
-    for (name, p99, other_cores) in half_load.iter().skip(1) {
-        res.rows.push(Row {
-            scenario: sc.clone(),
-            system: name.clone(),
-            figure: "added round-trip p99 at half load vs direct".into(),
-            value: p99 - direct_p99,
-            unit: "ms",
-            load1: harness::load_average()[0],
-            other_cores: *other_cores,
-        });
     }
     Ok(())
 }
