@@ -25,7 +25,8 @@
 //! - `relay`, `assign`: the byte pipe, and the first-bytes switch.
 //! - `server`, `admin`, `meters`: [`run`], the operations endpoints and
 //!   Prometheus metrics.
-//! - [`tls`]: TLS on the public address, reloaded on SIGHUP.
+//! - [`tls`]: TLS on the public address, reloaded on SIGHUP: rustls'
+//!   handshake, then the balancer's own record layer (pure) and TLS relay.
 //! - [`config`]: [`BalancerSettings`] from the cluster file.
 //! - [`ready`]: the line printed once the balancer listens, and its reading.
 //!

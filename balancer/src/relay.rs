@@ -8,7 +8,8 @@
 //! writes straight on; only bytes the other side cannot take yet are kept,
 //! in a heap buffer freed as soon as they are written. A half-close is
 //! passed on (`shutdown(Write)`), so request/response protocols that close
-//! one way still finish.
+//! one way still finish. TLS clients have their own relay in
+//! [`crate::tls::relay`], built the same way.
 
 use std::io;
 use std::sync::atomic::AtomicU64;

@@ -117,7 +117,16 @@ pub async fn accept(config: Arc<ServerConfig>, mut socket: TcpStream) -> Result<
                     opened.extend_from_slice(record.payload);
                 }
             }
-            ConnectionState::WriteTraffic(_) => done = true,
+            ConnectionState::WriteTraffic(_) => {
+                // Every record rustls made has been transmitted already
+                // (TransmitTlsData comes first); flushed here all the same,
+                // as the keys change hands next.
+                if !outgoing.is_empty() {
+                    socket.write_all(&outgoing).await?;
+                    outgoing.clear();
+                }
+                done = true;
+            }
             // Early data is off (`max_early_data_size` 0); a close now
             // leaves nothing to relay.
             _ => return Err(HandshakeError::Closed),
