@@ -6,7 +6,8 @@
 //!   WebSockets through each (the balancer's RSS per connection), then
 //!   closed-loop `typing` round trips through each (the balancer's CPU per
 //!   round trip: each carries one frame each way, so the difference is what
-//!   TLS costs per frame relayed).
+//!   TLS costs per frame relayed). HAProxy (`mode tcp`) in front of the
+//!   same nodes is a third path, measured the same way, where installed.
 //! - Compression: receivers straight to the nodes, with and without
 //!   `permessage-deflate`, get chat-sized messages at a fixed rate: bytes on
 //!   the wire per delivery, deliveries/s, the nodes' CPU, delivery latency,
@@ -97,17 +98,31 @@ pub async fn wire(o: &WireOptions, res: &mut Results) -> Result<()> {
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let plain = harness::palaver_balancer_with(&refs, "round-robin", "wire-plain", None)?;
     let secure = harness::palaver_balancer_with(&refs, "round-robin", "wire-tls", Some(&cert.files))?;
+    // HAProxy in front of the same nodes, for the plain relay's figures
+    // side by side (skipped, with a note, where it is not installed).
+    let haproxy = match harness::haproxy_missing() {
+        None => Some(harness::haproxy(&refs, "wire-haproxy")?),
+        Some(why) => {
+            res.note(format!("wire: HAProxy skipped: {why}"));
+            None
+        }
+    };
+    let mut paths: Vec<(&str, &Server, Option<&TlsConnector>)> =
+        vec![("plain", &plain, None), ("TLS", &secure, Some(&tls))];
+    if let Some(h) = &haproxy {
+        paths.push(("HAProxy, plain", h, None));
+    }
     let users = o.senders.max(SENDERS).max(2);
     let tokens = crate::palaver_setup(&nodes, "wire", users, &[ROOM.to_string()]).await?;
 
-    for (name, balancer, connector) in [("plain", &plain, None), ("TLS", &secure, Some(&tls))] {
+    for &(name, balancer, connector) in &paths {
         let sc = format!("wire, {} idle WebSockets via balancer", o.idle);
         let meter = CpuMeter::start();
         let (kib, held) = idle_kib(balancer, connector, &tokens, o.idle).await?;
         res.push(&sc, &format!("balancer {name}"), "RSS per idle relayed connection", kib, "KiB", &meter);
         res.push(&sc, &format!("balancer {name}"), "connections held", held as f64, "", &meter);
     }
-    for (name, balancer, connector) in [("plain", &plain, None), ("TLS", &secure, Some(&tls))] {
+    for &(name, balancer, connector) in &paths {
         harness::settle(Duration::from_secs(20)).await;
         let sc = format!("wire, {} closed-loop typing round trips via balancer", o.senders);
         let meter = CpuMeter::start();
@@ -120,7 +135,8 @@ pub async fn wire(o: &WireOptions, res: &mut Results) -> Result<()> {
         res.push(&sc, &format!("balancer {name}"), "round trip p99", ms(&h, 0.99), "ms", &meter);
         res.push(&sc, &format!("balancer {name}"), "balancer CPU per round trip", cpu * 1e6 / trips, "µs", &meter);
     }
-    drop((plain, secure));
+    drop(paths);
+    drop((plain, secure, haproxy));
     for deflate in [false, true] {
         harness::settle(Duration::from_secs(20)).await;
         let name = if deflate { "permessage-deflate" } else { "no compression" };
