@@ -14,6 +14,8 @@ use super::record::DEDUP;
 use super::record::MESSAGES;
 use super::record::Message;
 use super::record::{self};
+use super::seen::FILTER_BYTES;
+use super::seen::SeenFilter;
 use crate::storage::Order;
 use crate::storage::StorageError;
 use crate::storage::Store;
@@ -24,12 +26,26 @@ pub struct RoomLog {
     /// Committed seq per room key. Only ever raised, so a reader that
     /// loaded an old value from the store can never lower it.
     last: RwLock<HashMap<u64, u64>>,
+    /// Which dedup keys may be stored; trusted once filled
+    /// ([`RoomLog::fill_seen`]), until then every lookup asks the store.
+    seen: std::sync::Arc<SeenFilter>,
 }
 
 impl RoomLog {
     /// Wraps the room-log store.
     pub fn new(store: Store) -> Self {
-        Self { store, last: RwLock::new(HashMap::new()) }
+        Self { store, last: RwLock::new(HashMap::new()), seen: std::sync::Arc::new(SeenFilter::new(FILTER_BYTES)) }
+    }
+
+    /// Starts filling the dedup filter from the store in the background.
+    pub fn fill_seen(&self) -> std::io::Result<()> {
+        super::seen::fill_in_background(self.seen.clone(), std::sync::Arc::downgrade(&self.store))
+    }
+
+    /// The dedup filter, for the writers of dedup entries: each adds its
+    /// key before writing it.
+    pub(crate) fn seen(&self) -> &SeenFilter {
+        &self.seen
     }
 
     /// The store, for the shards' state machines.
@@ -108,10 +124,11 @@ impl RoomLog {
 
     /// The seq already given to (sender, client_id) in a room, if any.
     pub fn deduped(&self, room_key: u64, sender: &str, client_id: &str) -> Result<Option<u64>, StorageError> {
-        self.store
-            .get(DEDUP, &record::dedup_key(room_key, sender, client_id))?
-            .map(|v| record::decode_seq(&v))
-            .transpose()
+        let key = record::dedup_key(room_key, sender, client_id);
+        if !self.seen.may_hold(&key) {
+            return Ok(None);
+        }
+        self.store.get(DEDUP, &key)?.map(|v| record::decode_seq(&v)).transpose()
     }
 
     fn scan(

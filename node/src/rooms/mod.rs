@@ -8,6 +8,7 @@ pub(crate) mod attachments;
 pub mod files;
 mod log;
 pub(crate) mod record;
+pub(crate) mod seen;
 
 use std::sync::Arc;
 

@@ -234,6 +234,7 @@ impl Node {
         );
         let hub = Arc::new(Hub::new());
         let log = Arc::new(RoomLog::new(rooms_store));
+        log.fill_seen().map_err(|e| StartError::Setup(format!("cannot start the dedup filter's thread: {e}")))?;
         let publish_hub = hub.clone();
         let publish: Publisher = Arc::new(move |p| publish_committed(&publish_hub, p));
         let slot: peers::NodeSlot = Arc::new(OnceLock::new());

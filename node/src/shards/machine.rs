@@ -167,7 +167,7 @@ impl ShardStateMachine {
         publish: Publisher,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshots)?;
-        snapshot::resume_install(&store, shard, &snapshots)?;
+        snapshot::resume_install(&store, shard, &snapshots, log.seen())?;
         let applied = match store.get(SHARD_APPLIED, &shard.to_be_bytes()).map_err(io_err)? {
             Some(bytes) => decode(SHARD_APPLIED, &bytes)?,
             None => Applied::default(),
@@ -423,6 +423,8 @@ impl ShardStateMachine {
             ..StoredMessage::default()
         };
         batch.put(record::MESSAGES, record::message_key(room_key, seq).to_vec(), record::encode(&stored));
+        // In the filter before the store: a lookup must never miss it.
+        self.log.seen().insert(&dedup);
         batch.put(record::DEDUP, dedup.clone(), seq.to_be_bytes().to_vec());
         pending.touched.entry(room_key).and_modify(|t| t.1 = seq).or_insert_with(|| (p.room.to_string(), seq));
         pending.dedup.insert(dedup, seq);
@@ -825,9 +827,9 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
-        let store = self.store.clone();
+        let (store, log) = (self.store.clone(), self.log.clone());
         let (shard, dir, file_meta) = (self.shard, self.snapshots.clone(), meta.clone());
-        let rooms = blocking(move || snapshot::install(&store, shard, &dir, &file_meta, snapshot)).await?;
+        let rooms = blocking(move || snapshot::install(&store, shard, &dir, &file_meta, snapshot, log.seen())).await?;
         tracing::debug!(
             shard = self.shard,
             last_log_id = ?meta.last_log_id,

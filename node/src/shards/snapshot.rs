@@ -42,6 +42,7 @@ use crate::rooms::StoredMessage;
 use crate::rooms::attachments;
 use crate::rooms::attachments::AttachmentId;
 use crate::rooms::record;
+use crate::rooms::seen::SeenFilter;
 use crate::rooms::stored_last;
 use crate::storage::Batch;
 use crate::storage::Order;
@@ -324,13 +325,15 @@ pub fn discard(store: &Store, shard: ShardId, dir: &Path) -> io::Result<()> {
 }
 
 /// Replaces the shard's rooms with the snapshot's; answers the rooms it
-/// holds now as (room key, room id, last seq).
+/// holds now as (room key, room id, last seq). Each dedup key written is
+/// added to `dedup_filter` first.
 pub fn install(
     store: &Store,
     shard: ShardId,
     dir: &Path,
     meta: &SnapshotMeta,
     file: SnapshotFile,
+    dedup_filter: &SeenFilter,
 ) -> io::Result<Vec<(u64, String, u64)>> {
     let name = file_name(shard, meta);
     let path = dir.join(&name);
@@ -340,7 +343,7 @@ pub fn install(
     let mut mark = Batch::new();
     mark.put(SHARD_INSTALLING, shard.to_be_bytes().to_vec(), encode("install mark", &(meta, &name))?);
     store.write_durable(mark).map_err(io_err)?;
-    let rooms = replace_rooms(store, shard, &path)?;
+    let rooms = replace_rooms(store, shard, &path, dedup_filter)?;
     let mut done = Batch::new();
     let applied = Applied { last: meta.last_log_id, membership: meta.last_membership.clone() };
     done.put(SHARD_APPLIED, shard.to_be_bytes().to_vec(), encode("shard applied state", &applied)?);
@@ -351,14 +354,19 @@ pub fn install(
 }
 
 /// Finishes an install a crash interrupted, if there is one.
-pub fn resume_install(store: &Store, shard: ShardId, dir: &Path) -> io::Result<()> {
+pub fn resume_install(store: &Store, shard: ShardId, dir: &Path, dedup_filter: &SeenFilter) -> io::Result<()> {
     let Some(bytes) = store.get(SHARD_INSTALLING, &shard.to_be_bytes()).map_err(io_err)? else { return Ok(()) };
     let (meta, name): (SnapshotMeta, String) = decode(SHARD_INSTALLING, &bytes)?;
     tracing::warn!(shard, snapshot = %name, "finishing a snapshot install a stop interrupted");
-    install(store, shard, dir, &meta, SnapshotFile::open(dir.join(name))?).map(|_| ())
+    install(store, shard, dir, &meta, SnapshotFile::open(dir.join(name))?, dedup_filter).map(|_| ())
 }
 
-fn replace_rooms(store: &Store, shard: ShardId, path: &Path) -> io::Result<Vec<(u64, String, u64)>> {
+fn replace_rooms(
+    store: &Store,
+    shard: ShardId,
+    path: &Path,
+    dedup_filter: &SeenFilter,
+) -> io::Result<Vec<(u64, String, u64)>> {
     let mut input = BufReader::new(File::open(path)?);
     match read_record(&mut input)? {
         Record::Header { version: VERSION, shard: s } if s == shard => {}
@@ -406,7 +414,10 @@ fn replace_rooms(store: &Store, shard: ShardId, path: &Path) -> io::Result<Vec<(
                     batch.put(attachments::FILE_USES, attachments::use_key(&decoded.sha, room_key, &id), Vec::new());
                 }
             }
-            Record::Dedup { key, seq } => batch.put(record::DEDUP, key, seq.to_be_bytes().to_vec()),
+            Record::Dedup { key, seq } => {
+                dedup_filter.insert(&key);
+                batch.put(record::DEDUP, key, seq.to_be_bytes().to_vec());
+            }
             Record::End => break,
         }
     }

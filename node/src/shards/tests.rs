@@ -95,10 +95,23 @@ mod machine {
         _dir: TempDir,
     }
 
+    /// A room log over `store` whose dedup filter is filled from it, so
+    /// that lookups trust the filter as a running node's do.
+    fn filled_log(store: &storage::Store) -> Arc<RoomLog> {
+        let log = Arc::new(RoomLog::new(store.clone()));
+        log.fill_seen().expect("filter thread");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !log.seen().is_ready() {
+            assert!(std::time::Instant::now() < deadline, "the dedup filter was not filled within 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        log
+    }
+
     fn replica() -> Replica {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = storage::open(EngineKind::Redb, &dir.path().join("rooms.db")).expect("store");
-        let log = Arc::new(RoomLog::new(store.clone()));
+        let log = filled_log(&store);
         let published: Arc<Mutex<Vec<Published>>> = Arc::default();
         let sink = published.clone();
         let writer = WriteThread::start(store.clone(), "rooms-store").expect("write thread");
@@ -464,6 +477,40 @@ mod machine {
         let current = b.sm.get_current_snapshot().await.expect("read").expect("a snapshot");
         assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(30));
         assert!(!b.published.lock().is_empty(), "local subscribers hear of what the snapshot brought");
+        // A send the snapshot brought, retried: the dedup filter learned
+        // its key in the install, so it is answered, not stored again.
+        let retried = b.apply(vec![(50, vec![send(1, "ann", "m0", "c0")])]).await;
+        assert_eq!(retried[0].0, vec![OpResult::Duplicate { seq: 1, ts: 0 }]);
+    }
+
+    /// After a restart the dedup filter starts empty and is filled from the
+    /// store: a send retried across the restart is still answered with its
+    /// first seq, and a new one is stored.
+    #[tokio::test]
+    async fn a_send_retried_after_a_restart_is_a_duplicate_once_the_filter_is_filled() {
+        let mut r = replica();
+        let mut batches = Vec::new();
+        for i in 0..50u64 {
+            batches.push((i, vec![send(1 + i % 5, "ann", "hi", &format!("c{i}"))]));
+        }
+        r.apply(batches).await;
+        let store = r.log.store().clone();
+        r.log = filled_log(&store);
+        r.sm = ShardStateMachine::open(
+            SHARD,
+            None,
+            store.clone(),
+            WriteThread::start(store, "rooms-store").expect("write thread"),
+            r.log.clone(),
+            r._dir.path().join("snap"),
+            Arc::new(|_| {}),
+        )
+        .expect("reopen");
+        let results = r.apply(vec![(60, vec![send(3, "ann", "hi", "c7"), send(3, "ann", "new", "c50")])]).await;
+        assert_eq!(results[0].0, vec![OpResult::Duplicate { seq: 2, ts: 7 }, OpResult::Stored { seq: 11, ts: 60 }]);
+        // Stored after the filter was filled, retried in a later entry.
+        let results = r.apply(vec![(70, vec![send(3, "ann", "new", "c50")])]).await;
+        assert_eq!(results[0].0, vec![OpResult::Duplicate { seq: 11, ts: 60 }]);
     }
     fn attach(room_key: u64, id: AttachmentId, sha: Sha) -> ShardOp {
         ShardOp::Attach {
