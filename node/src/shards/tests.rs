@@ -154,6 +154,22 @@ mod machine {
             self.sm.apply_entries(entries).await.expect("apply")
         }
 
+        /// Opens the state machine afresh over the same store, as a
+        /// restart does.
+        fn reopen(&mut self) {
+            let store = self.log.store().clone();
+            self.sm = ShardStateMachine::open(
+                SHARD,
+                None,
+                store.clone(),
+                WriteThread::start(store, "rooms-store").expect("write thread"),
+                self.log.clone(),
+                self._dir.path().join("snap"),
+                Arc::new(|_| {}),
+            )
+            .expect("reopen");
+        }
+
         fn seqs(&self, room_key: u64) -> Vec<(u64, Option<String>)> {
             self.log.after(room_key, 0, 10_000).expect("read").into_iter().map(|m| (m.seq, m.stored.body)).collect()
         }
@@ -205,17 +221,7 @@ mod machine {
         assert!(r.seqs(1).is_empty());
         // A state machine opened afresh over the same store (a restart)
         // goes on after the last seq, though no message is left to show it.
-        let store = r.log.store().clone();
-        r.sm = ShardStateMachine::open(
-            SHARD,
-            None,
-            store.clone(),
-            WriteThread::start(store, "rooms-store").expect("write thread"),
-            r.log.clone(),
-            r._dir.path().join("snap"),
-            Arc::new(|_| {}),
-        )
-        .expect("reopen");
+        r.reopen();
         let results = r.apply(vec![(400, vec![send(1, "ann", "d", "c4")])]).await;
         assert_eq!(results[0].0, vec![OpResult::Stored { seq: 4, ts: 400 }]);
     }
@@ -494,18 +500,9 @@ mod machine {
             batches.push((i, vec![send(1 + i % 5, "ann", "hi", &format!("c{i}"))]));
         }
         r.apply(batches).await;
-        let store = r.log.store().clone();
-        r.log = filled_log(&store);
-        r.sm = ShardStateMachine::open(
-            SHARD,
-            None,
-            store.clone(),
-            WriteThread::start(store, "rooms-store").expect("write thread"),
-            r.log.clone(),
-            r._dir.path().join("snap"),
-            Arc::new(|_| {}),
-        )
-        .expect("reopen");
+        // A restart: the room log (and its filter) made anew too.
+        r.log = filled_log(r.log.store());
+        r.reopen();
         let results = r.apply(vec![(60, vec![send(3, "ann", "hi", "c7"), send(3, "ann", "new", "c50")])]).await;
         assert_eq!(results[0].0, vec![OpResult::Duplicate { seq: 2, ts: 7 }, OpResult::Stored { seq: 11, ts: 60 }]);
         // Stored after the filter was filled, retried in a later entry.
