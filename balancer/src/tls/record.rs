@@ -364,6 +364,19 @@ impl Opener<'_> {
     }
 }
 
+/// Whether `buf` starts with a whole record, or with a header longer
+/// than any version allows (which opening refuses): only then is an
+/// opener worth making.
+pub fn has_whole_record(buf: &[u8]) -> bool {
+    match buf.get(..HEADER) {
+        Some(header) => {
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            len > MAX_RECORD - HEADER || buf.len() >= HEADER + len
+        }
+        None => false,
+    }
+}
+
 /// Seals records with one expanded key.
 pub struct Sealer<'a> {
     key: aead::LessSafeKey,
@@ -554,6 +567,16 @@ mod tests {
             let Opened::Data(range) = opened else { panic!("{opened:?}") };
             assert_eq!(&wire[range], b"hello", "{version:?} chacha {chacha}");
         }
+    }
+
+    #[test]
+    fn a_whole_record_is_told_from_its_start_and_an_overlong_header_at_once() {
+        let (_, mut theirs) = pair(Version::Tls13, false);
+        let wire = seal(&mut theirs, ContentType::ApplicationData, b"hello");
+        assert!(!has_whole_record(&wire[..HEADER - 1]));
+        assert!(!has_whole_record(&wire[..wire.len() - 1]));
+        assert!(has_whole_record(&wire));
+        assert!(has_whole_record(&[23, 3, 3, 0xff, 0xff]), "refused by open, not waited for");
     }
 
     #[test]

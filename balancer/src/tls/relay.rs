@@ -31,8 +31,10 @@ use super::record::MAX_RECORD;
 use super::record::Opened;
 use super::record::RecordError;
 use super::record::RecordLayer;
+use super::record::Sealer;
 use super::record::TrafficKey;
 use super::record::fatal;
+use super::record::has_whole_record;
 use crate::relay::Activity;
 use crate::relay::End;
 use crate::relay::idle_watch;
@@ -76,12 +78,8 @@ pub async fn answer_and_close(mut session: Session, bytes: &[u8]) -> io::Result<
     session.socket.shutdown().await
 }
 
-fn seal_onto(
-    sealer: &mut super::record::Sealer<'_>,
-    typ: ContentType,
-    plain: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), RecordError> {
+/// Seals `plain` as one record onto the end of `out`.
+fn seal_onto(sealer: &mut Sealer<'_>, typ: ContentType, plain: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
     let at = out.len();
     out.resize(at + plain.len() + MAX_OVERHEAD, 0);
     let n = sealer.seal(typ, plain, &mut out[at..])?;
@@ -180,9 +178,9 @@ impl Pipe<'_> {
             Failure::Io(e) => e,
             Failure::Record(e) => {
                 if let Some(description) = e.alert() {
-                    let mut out = [0u8; 2 + MAX_OVERHEAD];
-                    if let Ok(n) = self.layer.sealer().seal(ContentType::Alert, &fatal(description), &mut out) {
-                        let _ = self.client.try_write(&out[..n]);
+                    let mut out = Vec::new();
+                    if seal_onto(&mut self.layer.sealer(), ContentType::Alert, &fatal(description), &mut out).is_ok() {
+                        let _ = self.client.try_write(&out);
                     }
                 }
                 invalid(e)
@@ -264,6 +262,10 @@ impl Pipe<'_> {
     fn open_records(&mut self, buf: &mut [u8]) -> Result<(usize, usize, bool), Failure> {
         let mut at = 0;
         let mut plain = 0;
+        // Expanding the key costs; most polls bring no whole record.
+        if !has_whole_record(buf) {
+            return Ok((0, 0, false));
+        }
         'key: loop {
             let mut opener = self.layer.opener();
             while let Some((used, opened)) = opener.open(&mut buf[at..])? {
@@ -306,9 +308,7 @@ impl Pipe<'_> {
             }
             if self.down.eof {
                 if !self.down.close_sealed {
-                    let mut out = [0u8; 2 + MAX_OVERHEAD];
-                    let n = self.layer.sealer().seal(ContentType::Alert, &CLOSE_NOTIFY, &mut out)?;
-                    self.down.to_client.extend_from_slice(&out[..n]);
+                    seal_onto(&mut self.layer.sealer(), ContentType::Alert, &CLOSE_NOTIFY, &mut self.down.to_client)?;
                     self.down.close_sealed = true;
                     continue;
                 }
@@ -329,9 +329,8 @@ impl Pipe<'_> {
     /// one (RFC 8446 §4.6.3); TLS 1.2 cannot, and ends the connection.
     fn update_our_key(&mut self) -> Result<(), Failure> {
         let Some(rekey) = self.rekey.as_mut() else { return Err(RecordError::Exhausted.into()) };
-        let mut out = [0u8; KEY_UPDATE_NOT_REQUESTED.len() + MAX_OVERHEAD];
-        let n = self.layer.sealer().seal(ContentType::Handshake, &KEY_UPDATE_NOT_REQUESTED, &mut out)?;
-        self.down.to_client.extend_from_slice(&out[..n]);
+        let sealer = &mut self.layer.sealer();
+        seal_onto(sealer, ContentType::Handshake, &KEY_UPDATE_NOT_REQUESTED, &mut self.down.to_client)?;
         let (seq, secrets) = rekey.update_tx_secret()?;
         self.layer.set_tx(TrafficKey::new(seq, secrets)?);
         self.down.update_owed = false;

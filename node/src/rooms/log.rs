@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 
 use parking_lot::RwLock;
+use std::sync::Arc;
 
 use super::record::COMMITTED;
 use super::record::DEDUP;
@@ -28,18 +29,18 @@ pub struct RoomLog {
     last: RwLock<HashMap<u64, u64>>,
     /// Which dedup keys may be stored; trusted once filled
     /// ([`RoomLog::fill_seen`]), until then every lookup asks the store.
-    seen: std::sync::Arc<SeenFilter>,
+    seen: Arc<SeenFilter>,
 }
 
 impl RoomLog {
     /// Wraps the room-log store.
     pub fn new(store: Store) -> Self {
-        Self { store, last: RwLock::new(HashMap::new()), seen: std::sync::Arc::new(SeenFilter::new(FILTER_BYTES)) }
+        Self { store, last: RwLock::new(HashMap::new()), seen: Arc::new(SeenFilter::new(FILTER_BYTES)) }
     }
 
     /// Starts filling the dedup filter from the store in the background.
     pub fn fill_seen(&self) -> std::io::Result<()> {
-        super::seen::fill_in_background(self.seen.clone(), std::sync::Arc::downgrade(&self.store))
+        super::seen::fill_in_background(self.seen.clone(), Arc::downgrade(&self.store))
     }
 
     /// The dedup filter, for the writers of dedup entries: each adds its
@@ -122,13 +123,12 @@ impl RoomLog {
         }
     }
 
-    /// The seq already given to (sender, client_id) in a room, if any.
-    pub fn deduped(&self, room_key: u64, sender: &str, client_id: &str) -> Result<Option<u64>, StorageError> {
-        let key = record::dedup_key(room_key, sender, client_id);
-        if !self.seen.may_hold(&key) {
+    /// The seq already given to a dedup key ([`record::dedup_key`]), if any.
+    pub fn deduped(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        if !self.seen.may_hold(key) {
             return Ok(None);
         }
-        self.store.get(DEDUP, &key)?.map(|v| record::decode_seq(&v)).transpose()
+        self.store.get(DEDUP, key)?.map(|v| record::decode_seq(&v)).transpose()
     }
 
     fn scan(

@@ -100,12 +100,13 @@ impl SeenFilter {
         Ok(())
     }
 
-    /// The (word, bit) pairs of a key: double hashing over two 64-bit
-    /// hashes (Kirsch and Mitzenmacher).
+    /// The (word, bit) pairs of a key: double hashing (Kirsch and
+    /// Mitzenmacher) over the two halves of one 64-bit hash, enough for
+    /// filters of up to 2^32 bits.
     fn positions(&self, key: &[u8]) -> impl Iterator<Item = (usize, u64)> + use<'_> {
         let bits = self.words.len() as u64 * 64;
-        let h1 = self.hasher.hash_one(key);
-        let h2 = self.hasher.hash_one((key, 0x9e37_79b9_7f4a_7c15_u64)) | 1;
+        let hash = self.hasher.hash_one(key);
+        let (h1, h2) = (hash & 0xffff_ffff, (hash >> 32) | 1);
         (0..PROBES).map(move |i| {
             let bit = h1.wrapping_add(i.wrapping_mul(h2)) % bits;
             ((bit / 64) as usize, 1u64 << (bit % 64))

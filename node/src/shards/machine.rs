@@ -376,7 +376,7 @@ impl ShardStateMachine {
         let seen = match pending.dedup.get(&dedup) {
             Some(seq) => Some(*seq),
             None if pending.dropped.contains(&room_key) => None,
-            None => self.log.deduped(room_key, p.from, p.client_id).map_err(io_err)?,
+            None => self.log.deduped(&dedup).map_err(io_err)?,
         };
         if let Some(seq) = seen {
             let ts = self.message(pending, room_key, seq)?.map_or(0, |m| m.ts);
