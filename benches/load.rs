@@ -22,8 +22,9 @@
 //! - `rooms`*: `--rooms` rooms of `--room-members` receivers on a 3-node
 //!   cluster, rate steps as in `fanout`.
 //! - `durable`*: a 3-node cluster with majority acks: delivery latency at
-//!   `--latency-rate` msg/s, answered sends/s for 1, 100 and 1,000 rooms,
-//!   then 100 rooms on five nodes.
+//!   `--latency-rate` msg/s, answered sends/s for 1, 100 and 1,000 rooms
+//!   (closed loop, then answer latency at `--durable-rate` sends/s), then
+//!   100 rooms on five nodes.
 //! - `balancer`*: the same traffic straight to the nodes, through the
 //!   Palaver balancer under each strategy, and through HAProxy: closed-loop
 //!   round trips, the same round trips paced at half the direct path's rate
@@ -89,7 +90,7 @@ use report::num;
 const USAGE: &str = "usage: cargo bench --bench load -- [all|connections|fanout|idle|rooms|durable|balancer|sends|wire|relay|cluster]… \
 [--rate max|N[,N…]] [--members M] [--publishers P] [--step-secs S] [--drain-secs S] [--systems a,b] \
 [--conns C] [--direct-conns D] [--conn-rate R] [--idle N] [--rooms R] [--room-members K] \
-[--senders N] [--secs S] [--users U] [--latency-rate R] [--durable-rooms N[,N…]] [--durable-nodes N] [--durable-quick] \
+[--senders N] [--secs S] [--users U] [--latency-rate R] [--durable-rooms N[,N…]] [--durable-nodes N] [--durable-quick] [--durable-rate R] \
 [--search-messages N] [--search-rooms R] [--search-queries Q] [--uploads N] \
 [--wire-idle N] [--wire-members M] [--wire-rate R] [--no-pin]";
 
@@ -136,6 +137,7 @@ options:
   --durable-rooms N,... room counts of the durable sends runs (1,100,1000)
   --durable-nodes N     nodes of the durable cluster (3)
   --durable-quick       durable: only the sends runs on 3 nodes (no latency, no 5 nodes)
+  --durable-rate R      durable: sends/s of the paced run after each closed-loop one (10000; 0: none)
   --search-messages N   search: messages loaded (1000000)
   --search-rooms R      search: rooms they go to (1000)
   --search-queries Q    search: timed searches per kind and scope (200)
@@ -174,6 +176,7 @@ struct Options {
     durable_rooms: Vec<usize>,
     durable_nodes: u64,
     durable_quick: bool,
+    durable_rate: u64,
     search_messages: u64,
     search_rooms: usize,
     search_queries: usize,
@@ -207,6 +210,7 @@ fn options(args: &[String]) -> Result<Options> {
         durable_rooms: vec![1, 100, 1_000],
         durable_nodes: 3,
         durable_quick: false,
+        durable_rate: 10_000,
         search_messages: 1_000_000,
         search_rooms: 1_000,
         search_queries: 200,
@@ -258,6 +262,7 @@ fn options(args: &[String]) -> Result<Options> {
             }
             "--durable-nodes" => o.durable_nodes = n(value(a)?, a)?.clamp(1, 9) as u64,
             "--durable-quick" => o.durable_quick = true,
+            "--durable-rate" => o.durable_rate = n(value(a)?, a)? as u64,
             "--search-messages" => o.search_messages = n(value(a)?, a)?.max(1) as u64,
             "--search-rooms" => o.search_rooms = n(value(a)?, a)?.max(1),
             "--search-queries" => o.search_queries = n(value(a)?, a)?.clamp(1, 100_000),
@@ -762,7 +767,11 @@ async fn durable(o: &Options, res: &mut Results) -> Result<()> {
         cluster_latency(&nodes, o.latency_rate, o.secs, res).await?;
     }
     for rooms in o.durable_rooms.iter().copied() {
-        cluster_sends(&nodes, rooms, o.senders, o.secs, res).await?;
+        let set = Arc::new(DurableRooms::set_up(&nodes, rooms, o.senders).await?);
+        cluster_sends(&nodes, &set, o.secs, res).await?;
+        if o.durable_rate > 0 {
+            cluster_paced_sends(&nodes, &set, o.durable_rate, o.secs, res).await?;
+        }
     }
     drop(nodes);
     if o.durable_quick {
@@ -770,7 +779,8 @@ async fn durable(o: &Options, res: &mut Results) -> Result<()> {
     }
     // Five nodes: each shard still on three of them.
     let nodes = harness::palaver_cluster(5, "durable5").await?;
-    cluster_sends(&nodes, 100, o.senders, o.secs, res).await?;
+    let set = Arc::new(DurableRooms::set_up(&nodes, 100, o.senders).await?);
+    cluster_sends(&nodes, &set, o.secs, res).await?;
     Ok(())
 }
 
@@ -847,40 +857,105 @@ async fn cluster_latency(nodes: &[Server], rate: u64, secs: u64, res: &mut Resul
     Ok(())
 }
 
-/// Answered sends/s with majority acks: `senders` senders spread over the
-/// nodes, over `rooms` rooms, 16 sends in flight each. With more rooms than
-/// senders, each room has one member, its owner, who alone sends to it (so
-/// setting up 1,000 rooms takes 1,000 writes, not 50,000 joins).
-async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64, res: &mut Results) -> Result<()> {
-    let names: Vec<String> = (0..rooms).map(|r| format!("cs{rooms}-{r}")).collect();
-    let owned = rooms > senders;
-    let tokens = palaver_setup(nodes, &format!("cs{rooms}x"), senders, if owned { &[] } else { &names }).await?;
-    if owned {
-        let api = harness::Api::new(&nodes[0].addr);
-        let gate = Arc::new(Semaphore::new(16));
-        let mut tasks = Vec::new();
-        for (r, room) in names.iter().enumerate() {
-            let (api, gate, room, owner) = (api.clone(), gate.clone(), room.clone(), tokens[r % senders].clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = gate.acquire().await?;
-                api.room(&room, &owner, &[]).await
-            }));
+/// The rooms and senders of the durable sends runs: `senders` accounts over
+/// `rooms` rooms. With more rooms than senders, each room has one member,
+/// its owner, who alone sends to it (so setting up 1,000 rooms takes 1,000
+/// writes, not 50,000 joins).
+struct DurableRooms {
+    rooms: usize,
+    tokens: Vec<String>,
+    owned: bool,
+}
+
+impl DurableRooms {
+    async fn set_up(nodes: &[Server], rooms: usize, senders: usize) -> Result<Self> {
+        let names: Vec<String> = (0..rooms).map(|r| format!("cs{rooms}-{r}")).collect();
+        let owned = rooms > senders;
+        let tokens = palaver_setup(nodes, &format!("cs{rooms}x"), senders, if owned { &[] } else { &names }).await?;
+        if owned {
+            let api = harness::Api::new(&nodes[0].addr);
+            let gate = Arc::new(Semaphore::new(16));
+            let mut tasks = Vec::new();
+            for (r, room) in names.iter().enumerate() {
+                let (api, gate, room, owner) = (api.clone(), gate.clone(), room.clone(), tokens[r % senders].clone());
+                tasks.push(tokio::spawn(async move {
+                    let _permit = gate.acquire().await?;
+                    api.room(&room, &owner, &[]).await
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        for t in tasks {
-            t.await??;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(Self { rooms, tokens, owned })
     }
+
+    /// The room of sender `i`'s `n`th send.
+    fn room(&self, i: usize, n: u64) -> String {
+        let (rooms, senders) = (self.rooms, self.tokens.len());
+        let r = if self.owned {
+            // Sender i owns rooms i, i + senders, i + 2 × senders, ...
+            let own = (rooms - i).div_ceil(senders);
+            i + senders * (n as usize % own)
+        } else {
+            (n as usize + i) % rooms
+        };
+        format!("cs{rooms}-{r}")
+    }
+
+    /// Sender `i`'s `n`th send.
+    fn send(&self, nonce: &str, i: usize, n: u64) -> Message {
+        let send = Command::Send {
+            room: self.room(i, n),
+            body: "x".into(),
+            client_id: format!("{nonce}-{i}-{n}"),
+            reply_to: None,
+            attachments: Vec::new(),
+        };
+        harness::palaver_frame(n, send)
+    }
+
+    /// One socket per sender, sender i on `nodes[i % len]`.
+    async fn dial(&self, nodes: &[Server]) -> Result<Vec<harness::Ws>> {
+        let mut sockets = Vec::with_capacity(self.tokens.len());
+        for (i, token) in self.tokens.iter().enumerate() {
+            sockets.push(harness::dial(&nodes[i % nodes.len()].addr, "/ws", Some(token), Dial::default()).await?);
+        }
+        Ok(sockets)
+    }
+}
+
+/// What a send's answer says, for a sender that counts answers.
+enum Answer {
+    /// The send with this frame id was answered.
+    Sent(Option<u64>),
+    /// Another frame (an event): not an answer.
+    Other,
+}
+
+fn answer(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Result<Answer> {
+    let Some(Ok(Message::Text(t))) = msg else { bail!("socket ended") };
+    match serde_json::from_str::<Reply<Done>>(&t) {
+        Ok(Reply::Ok { id, .. }) => Ok(Answer::Sent(id)),
+        Ok(Reply::Error { .. }) => bail!("send failed: {t}"),
+        Err(_) => Ok(Answer::Other),
+    }
+}
+
+/// Answered sends/s with majority acks: every sender keeps 16 sends in
+/// flight (closed loop).
+async fn cluster_sends(nodes: &[Server], set: &Arc<DurableRooms>, secs: u64, res: &mut Results) -> Result<()> {
     const WINDOW: u64 = 16;
+    let sockets = set.dial(nodes).await?;
     // Said when the sending starts, so that a profiler can be started then.
-    eprintln!("  durable: {rooms} room(s) set up, sending for {secs} s");
+    eprintln!("  durable: {} room(s) set up, sending for {secs} s", set.rooms);
     let nonce = harness::nonce();
     let meter = CpuMeter::start();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
-    for (i, token) in tokens.iter().enumerate() {
-        let ws = harness::dial(&nodes[i % nodes.len()].addr, "/ws", Some(token), Dial::default()).await?;
-        let nonce = nonce.clone();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (set, nonce) = (set.clone(), nonce.clone());
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             let (mut sent, mut answered) = (0u64, 0u64);
@@ -888,36 +963,16 @@ async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64
             let mut started: HashMap<u64, Instant> = HashMap::new();
             while Instant::now() < deadline || answered < sent {
                 while sent - answered < WINDOW && Instant::now() < deadline {
-                    let r = if owned {
-                        // Sender i owns rooms i, i + senders, i + 2 × senders, ...
-                        let own = (rooms - i).div_ceil(senders);
-                        i + senders * (sent as usize % own)
-                    } else {
-                        (sent as usize + i) % rooms
-                    };
-                    let room = format!("cs{rooms}-{r}");
-                    let send = Command::Send {
-                        room,
-                        body: "x".into(),
-                        client_id: format!("{nonce}-{i}-{sent}"),
-                        reply_to: None,
-                        attachments: Vec::new(),
-                    };
                     started.insert(sent, Instant::now());
-                    tx.send(harness::palaver_frame(sent, send)).await?;
+                    tx.send(set.send(&nonce, i, sent)).await?;
                     sent += 1;
                 }
                 let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("answer timed out")?;
-                let Some(Ok(Message::Text(t))) = msg else { bail!("socket ended") };
-                match serde_json::from_str::<Reply<Done>>(&t) {
-                    Ok(Reply::Ok { id, .. }) => {
-                        answered += 1;
-                        if let Some(t0) = id.and_then(|id| started.remove(&id)) {
-                            h.saturating_record(t0.elapsed().as_micros() as u64);
-                        }
+                if let Answer::Sent(id) = answer(msg)? {
+                    answered += 1;
+                    if let Some(t0) = id.and_then(|id| started.remove(&id)) {
+                        h.saturating_record(t0.elapsed().as_micros() as u64);
                     }
-                    Ok(Reply::Error { .. }) => bail!("send failed: {t}"),
-                    Err(_) => {}
                 }
             }
             anyhow::Ok(h)
@@ -929,7 +984,8 @@ async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64
         all.add(t.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let sc = format!("durable sends, {rooms} room(s), {} nodes", nodes.len());
+    let sc = format!("durable sends, {} room(s), {} nodes", set.rooms, nodes.len());
+    let senders = set.tokens.len();
     res.push(
         &sc,
         "palaver-cluster",
@@ -943,6 +999,81 @@ async fn cluster_sends(nodes: &[Server], rooms: usize, senders: usize, secs: u64
     res.push(&sc, "palaver-cluster", "answer latency p999", ms(&all, 0.999), "ms", &meter);
     // Every node's CPU (all replicas, the forwarding node, the relays) over
     // the run, per answered send.
+    let server_us = meter.read().servers * elapsed * 1e6 / all.len().max(1) as f64;
+    res.push(&sc, "palaver-cluster", "node CPU per answered send (all nodes)", server_us, "µs", &meter);
+    Ok(())
+}
+
+/// Majority-acked sends at a steady `rate` in all, open loop: each send
+/// goes out when it is due, answered or not, and its answer latency counts
+/// from then (no coordinated omission). The run's second half against its
+/// first shows a queue that grows.
+async fn cluster_paced_sends(
+    nodes: &[Server],
+    set: &Arc<DurableRooms>,
+    rate: u64,
+    secs: u64,
+    res: &mut Results,
+) -> Result<()> {
+    let sockets = set.dial(nodes).await?;
+    eprintln!("  durable: {} room(s), {rate} sends/s for {secs} s", set.rooms);
+    let nonce = harness::nonce();
+    let meter = CpuMeter::start();
+    let senders = sockets.len();
+    let every = Duration::from_secs_f64(senders as f64 / rate.max(1) as f64);
+    let begin = Instant::now();
+    let half = begin + Duration::from_secs(secs) / 2;
+    let deadline = begin + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (set, nonce) = (set.clone(), nonce.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let (mut sent, mut answered) = (0u64, 0u64);
+            let mut halves = [harness::histogram(), harness::histogram()];
+            let mut due_at: HashMap<u64, Instant> = HashMap::new();
+            loop {
+                // Sender i's sends are due i / senders of an interval late,
+                // so that the senders interleave evenly.
+                let due = begin + every.mul_f64(sent as f64 + i as f64 / senders as f64);
+                let sending = due < deadline && sent < 10_000_000;
+                if !sending && answered == sent {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()), if sending => {
+                        due_at.insert(sent, due);
+                        tx.send(set.send(&nonce, i, sent)).await?;
+                        sent += 1;
+                    }
+                    msg = tokio::time::timeout(Duration::from_secs(30), rx.next()) => {
+                        if let Answer::Sent(id) = answer(msg.context("answer timed out")?)? {
+                            answered += 1;
+                            if let Some(due) = id.and_then(|id| due_at.remove(&id)) {
+                                halves[usize::from(due >= half)].saturating_record(due.elapsed().as_micros() as u64);
+                            }
+                        }
+                    }
+                }
+            }
+            anyhow::Ok(halves)
+        }));
+    }
+    let (mut first, mut second) = (harness::histogram(), harness::histogram());
+    for t in tasks {
+        let [a, b] = t.await??;
+        first.add(a)?;
+        second.add(b)?;
+    }
+    let elapsed = begin.elapsed().as_secs_f64();
+    let mut all = first.clone();
+    all.add(&second)?;
+    let sc = format!("durable sends at {rate}/s, {} room(s), {} nodes", set.rooms, nodes.len());
+    res.push(&sc, "palaver-cluster", "answered sends/s", all.len() as f64 / secs as f64, "/s", &meter);
+    res.push(&sc, "palaver-cluster", "answer latency p50", ms(&all, 0.5), "ms", &meter);
+    res.push(&sc, "palaver-cluster", "answer latency p99", ms(&all, 0.99), "ms", &meter);
+    res.push(&sc, "palaver-cluster", "answer latency p99, first half", ms(&first, 0.99), "ms", &meter);
+    res.push(&sc, "palaver-cluster", "answer latency p99, second half", ms(&second, 0.99), "ms", &meter);
     let server_us = meter.read().servers * elapsed * 1e6 / all.len().max(1) as f64;
     res.push(&sc, "palaver-cluster", "node CPU per answered send (all nodes)", server_us, "µs", &meter);
     Ok(())
