@@ -1016,7 +1016,14 @@ async fn cluster_paced_sends(
     res: &mut Results,
 ) -> Result<()> {
     let sockets = set.dial(nodes).await?;
-    eprintln!("  durable: {} room(s), {rate} sends/s for {secs} s", set.rooms);
+    // The closed-loop run before leaves work behind (the search index's
+    // backlog, the room store's flush): not this run's.
+    let waited = harness::settle(Duration::from_secs(60)).await;
+    eprintln!(
+        "  durable: {} room(s), {rate} sends/s for {secs} s (servers idle after {:.1} s)",
+        set.rooms,
+        waited.as_secs_f64()
+    );
     let nonce = harness::nonce();
     let meter = CpuMeter::start();
     let senders = sockets.len();

@@ -405,6 +405,12 @@ impl Hub {
         removed
     }
 
+    /// Whether any connection here listens to the room (an event for it
+    /// need not be built otherwise).
+    pub fn has_listeners(&self, room_key: u64) -> bool {
+        self.rooms.read().get(&room_key).is_some_and(|l| !l.is_empty())
+    }
+
     /// Queues an event for every listener of its room. A listener whose
     /// queue is full is closed as too slow; the room never waits for it.
     pub fn publish(&self, event: Event) {
