@@ -934,6 +934,8 @@ enum Answer {
     Other,
 }
 
+/// Reads one frame a sender got: an answer to a send, or something else;
+/// a refused send or an ended socket is an error.
 fn answer(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Result<Answer> {
     let Some(Ok(Message::Text(t))) = msg else { bail!("socket ended") };
     match serde_json::from_str::<Reply<Done>>(&t) {
