@@ -53,6 +53,7 @@ use anyhow::bail;
 use futures_util::SinkExt;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
+use palaver_protocol::Code;
 use palaver_protocol::Command;
 use palaver_protocol::Done;
 use palaver_protocol::Reply;
@@ -930,16 +931,24 @@ impl DurableRooms {
 enum Answer {
     /// The send with this frame id was answered.
     Sent(Option<u64>),
+    /// The send with this frame id is to be sent again after the wait, as
+    /// a client does with `unavailable` (a shard electing its leader) and
+    /// `rate_limited`; its `client_id` makes the second one safe.
+    Retry(u64, Duration),
     /// Another frame (an event): not an answer.
     Other,
 }
 
-/// Reads one frame a sender got: an answer to a send, or something else;
-/// a refused send or an ended socket is an error.
+/// Reads one frame a sender got: an answer to a send, a send to retry, or
+/// something else; any other refusal or an ended socket is an error.
 fn answer(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Result<Answer> {
     let Some(Ok(Message::Text(t))) = msg else { bail!("socket ended") };
     match serde_json::from_str::<Reply<Done>>(&t) {
         Ok(Reply::Ok { id, .. }) => Ok(Answer::Sent(id)),
+        Ok(Reply::Error { id: Some(id), error }) if matches!(error.code, Code::Unavailable | Code::RateLimited) => {
+            let wait = Duration::from_millis(error.retry_after_ms.unwrap_or(100).clamp(10, 1_000));
+            Ok(Answer::Retry(id, wait))
+        }
         Ok(Reply::Error { .. }) => bail!("send failed: {t}"),
         Err(_) => Ok(Answer::Other),
     }
@@ -960,7 +969,7 @@ async fn cluster_sends(nodes: &[Server], set: &Arc<DurableRooms>, secs: u64, res
         let (set, nonce) = (set.clone(), nonce.clone());
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
-            let (mut sent, mut answered) = (0u64, 0u64);
+            let (mut sent, mut answered, mut retried) = (0u64, 0u64, 0u64);
             let mut h = harness::histogram();
             let mut started: HashMap<u64, Instant> = HashMap::new();
             while Instant::now() < deadline || answered < sent {
@@ -970,20 +979,30 @@ async fn cluster_sends(nodes: &[Server], set: &Arc<DurableRooms>, secs: u64, res
                     sent += 1;
                 }
                 let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("answer timed out")?;
-                if let Answer::Sent(id) = answer(msg)? {
-                    answered += 1;
-                    if let Some(t0) = id.and_then(|id| started.remove(&id)) {
-                        h.saturating_record(t0.elapsed().as_micros() as u64);
+                match answer(msg)? {
+                    Answer::Sent(id) => {
+                        answered += 1;
+                        if let Some(t0) = id.and_then(|id| started.remove(&id)) {
+                            h.saturating_record(t0.elapsed().as_micros() as u64);
+                        }
                     }
+                    Answer::Retry(id, wait) if started.contains_key(&id) => {
+                        retried += 1;
+                        tokio::time::sleep(wait).await;
+                        tx.send(set.send(&nonce, i, id)).await?;
+                    }
+                    Answer::Retry(..) | Answer::Other => {}
                 }
             }
-            anyhow::Ok(h)
+            anyhow::Ok((h, retried))
         }));
     }
     let started = Instant::now();
-    let mut all = harness::histogram();
+    let (mut all, mut retried) = (harness::histogram(), 0);
     for t in tasks {
-        all.add(t.await??)?;
+        let (h, r) = t.await??;
+        all.add(h)?;
+        retried += r;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let sc = format!("durable sends, {} room(s), {} nodes", set.rooms, nodes.len());
@@ -1003,6 +1022,7 @@ async fn cluster_sends(nodes: &[Server], set: &Arc<DurableRooms>, secs: u64, res
     // the run, per answered send.
     let server_us = meter.read().servers * elapsed * 1e6 / all.len().max(1) as f64;
     res.push(&sc, "palaver-cluster", "node CPU per answered send (all nodes)", server_us, "µs", &meter);
+    res.push(&sc, "palaver-cluster", "sends retried (unavailable, rate_limited)", retried as f64, "", &meter);
     Ok(())
 }
 
@@ -1038,7 +1058,7 @@ async fn cluster_paced_sends(
         let (set, nonce) = (set.clone(), nonce.clone());
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
-            let (mut sent, mut answered) = (0u64, 0u64);
+            let (mut sent, mut answered, mut retried) = (0u64, 0u64, 0u64);
             let mut halves = [harness::histogram(), harness::histogram()];
             let mut due_at: HashMap<u64, Instant> = HashMap::new();
             loop {
@@ -1056,29 +1076,40 @@ async fn cluster_paced_sends(
                         sent += 1;
                     }
                     msg = tokio::time::timeout(Duration::from_secs(30), rx.next()) => {
-                        if let Answer::Sent(id) = answer(msg.context("answer timed out")?)? {
-                            answered += 1;
-                            if let Some(due) = id.and_then(|id| due_at.remove(&id)) {
-                                halves[usize::from(due >= half)].saturating_record(due.elapsed().as_micros() as u64);
+                        match answer(msg.context("answer timed out")?)? {
+                            Answer::Sent(id) => {
+                                answered += 1;
+                                if let Some(due) = id.and_then(|id| due_at.remove(&id)) {
+                                    halves[usize::from(due >= half)].saturating_record(due.elapsed().as_micros() as u64);
+                                }
                             }
+                            // Its latency still counts from when it was due.
+                            Answer::Retry(id, wait) if due_at.contains_key(&id) => {
+                                retried += 1;
+                                tokio::time::sleep(wait).await;
+                                tx.send(set.send(&nonce, i, id)).await?;
+                            }
+                            Answer::Retry(..) | Answer::Other => {}
                         }
                     }
                 }
             }
-            anyhow::Ok(halves)
+            anyhow::Ok((halves, retried))
         }));
     }
-    let (mut first, mut second) = (harness::histogram(), harness::histogram());
+    let (mut first, mut second, mut retried) = (harness::histogram(), harness::histogram(), 0);
     for t in tasks {
-        let [a, b] = t.await??;
+        let ([a, b], r) = t.await??;
         first.add(a)?;
         second.add(b)?;
+        retried += r;
     }
     let elapsed = begin.elapsed().as_secs_f64();
     let mut all = first.clone();
     all.add(&second)?;
     let sc = format!("durable sends at {rate}/s, {} room(s), {} nodes", set.rooms, nodes.len());
     res.push(&sc, "palaver-cluster", "answered sends/s", all.len() as f64 / secs as f64, "/s", &meter);
+    res.push(&sc, "palaver-cluster", "sends retried (unavailable, rate_limited)", retried as f64, "", &meter);
     res.push(&sc, "palaver-cluster", "answer latency p50", ms(&all, 0.5), "ms", &meter);
     res.push(&sc, "palaver-cluster", "answer latency p99", ms(&all, 0.99), "ms", &meter);
     res.push(&sc, "palaver-cluster", "answer latency p99, first half", ms(&first, 0.99), "ms", &meter);
