@@ -954,6 +954,42 @@ fn answer(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -
     }
 }
 
+/// One sender's sends waiting for their answers, each with the instant
+/// its latency counts from.
+struct InFlight {
+    since: HashMap<u64, Instant>,
+    retried: u64,
+}
+
+impl InFlight {
+    fn new() -> Self {
+        Self { since: HashMap::new(), retried: 0 }
+    }
+
+    /// Handles one frame sender `i` got: answers the instant an answered
+    /// send's latency counts from; a send to retry goes out again after
+    /// its wait, keeping that instant.
+    async fn take(
+        &mut self,
+        got: Answer,
+        tx: &mut futures_util::stream::SplitSink<harness::Ws, Message>,
+        set: &DurableRooms,
+        nonce: &str,
+        i: usize,
+    ) -> Result<Option<Instant>> {
+        match got {
+            Answer::Sent(id) => Ok(id.and_then(|id| self.since.remove(&id))),
+            Answer::Retry(id, wait) if self.since.contains_key(&id) => {
+                self.retried += 1;
+                tokio::time::sleep(wait).await;
+                tx.send(set.send(nonce, i, id)).await?;
+                Ok(None)
+            }
+            Answer::Retry(..) | Answer::Other => Ok(None),
+        }
+    }
+}
+
 /// Answered sends/s with majority acks: every sender keeps 16 sends in
 /// flight (closed loop).
 async fn cluster_sends(nodes: &[Server], set: &Arc<DurableRooms>, secs: u64, res: &mut Results) -> Result<()> {
@@ -969,32 +1005,22 @@ async fn cluster_sends(nodes: &[Server], set: &Arc<DurableRooms>, secs: u64, res
         let (set, nonce) = (set.clone(), nonce.clone());
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
-            let (mut sent, mut answered, mut retried) = (0u64, 0u64, 0u64);
+            let (mut sent, mut answered) = (0u64, 0u64);
             let mut h = harness::histogram();
-            let mut started: HashMap<u64, Instant> = HashMap::new();
+            let mut waiting = InFlight::new();
             while Instant::now() < deadline || answered < sent {
                 while sent - answered < WINDOW && Instant::now() < deadline {
-                    started.insert(sent, Instant::now());
+                    waiting.since.insert(sent, Instant::now());
                     tx.send(set.send(&nonce, i, sent)).await?;
                     sent += 1;
                 }
                 let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("answer timed out")?;
-                match answer(msg)? {
-                    Answer::Sent(id) => {
-                        answered += 1;
-                        if let Some(t0) = id.and_then(|id| started.remove(&id)) {
-                            h.saturating_record(t0.elapsed().as_micros() as u64);
-                        }
-                    }
-                    Answer::Retry(id, wait) if started.contains_key(&id) => {
-                        retried += 1;
-                        tokio::time::sleep(wait).await;
-                        tx.send(set.send(&nonce, i, id)).await?;
-                    }
-                    Answer::Retry(..) | Answer::Other => {}
+                if let Some(t0) = waiting.take(answer(msg)?, &mut tx, &set, &nonce, i).await? {
+                    answered += 1;
+                    h.saturating_record(t0.elapsed().as_micros() as u64);
                 }
             }
-            anyhow::Ok((h, retried))
+            anyhow::Ok((h, waiting.retried))
         }));
     }
     let started = Instant::now();
@@ -1058,9 +1084,10 @@ async fn cluster_paced_sends(
         let (set, nonce) = (set.clone(), nonce.clone());
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
-            let (mut sent, mut answered, mut retried) = (0u64, 0u64, 0u64);
+            let (mut sent, mut answered) = (0u64, 0u64);
             let mut halves = [harness::histogram(), harness::histogram()];
-            let mut due_at: HashMap<u64, Instant> = HashMap::new();
+            // A send's latency counts from when it was due, a retried one's too.
+            let mut waiting = InFlight::new();
             loop {
                 // Sender i's sends are due i / senders of an interval late,
                 // so that the senders interleave evenly.
@@ -1071,30 +1098,20 @@ async fn cluster_paced_sends(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep_until(due.into()), if sending => {
-                        due_at.insert(sent, due);
+                        waiting.since.insert(sent, due);
                         tx.send(set.send(&nonce, i, sent)).await?;
                         sent += 1;
                     }
                     msg = tokio::time::timeout(Duration::from_secs(30), rx.next()) => {
-                        match answer(msg.context("answer timed out")?)? {
-                            Answer::Sent(id) => {
-                                answered += 1;
-                                if let Some(due) = id.and_then(|id| due_at.remove(&id)) {
-                                    halves[usize::from(due >= half)].saturating_record(due.elapsed().as_micros() as u64);
-                                }
-                            }
-                            // Its latency still counts from when it was due.
-                            Answer::Retry(id, wait) if due_at.contains_key(&id) => {
-                                retried += 1;
-                                tokio::time::sleep(wait).await;
-                                tx.send(set.send(&nonce, i, id)).await?;
-                            }
-                            Answer::Retry(..) | Answer::Other => {}
+                        let got = answer(msg.context("answer timed out")?)?;
+                        if let Some(due) = waiting.take(got, &mut tx, &set, &nonce, i).await? {
+                            answered += 1;
+                            halves[usize::from(due >= half)].saturating_record(due.elapsed().as_micros() as u64);
                         }
                     }
                 }
             }
-            anyhow::Ok((halves, retried))
+            anyhow::Ok((halves, waiting.retried))
         }));
     }
     let (mut first, mut second, mut retried) = (harness::histogram(), harness::histogram(), 0);
