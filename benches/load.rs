@@ -993,7 +993,7 @@ impl InFlight {
 /// Answered sends/s with majority acks: every sender keeps 16 sends in
 /// flight (closed loop).
 async fn cluster_sends(nodes: &[Server], set: &Arc<DurableRooms>, secs: u64, res: &mut Results) -> Result<()> {
-    const WINDOW: u64 = 16;
+    const WINDOW: usize = 16;
     let sockets = set.dial(nodes).await?;
     // Said when the sending starts, so that a profiler can be started then.
     eprintln!("  durable: {} room(s) set up, sending for {secs} s", set.rooms);
@@ -1005,18 +1005,17 @@ async fn cluster_sends(nodes: &[Server], set: &Arc<DurableRooms>, secs: u64, res
         let (set, nonce) = (set.clone(), nonce.clone());
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
-            let (mut sent, mut answered) = (0u64, 0u64);
+            let mut sent = 0u64;
             let mut h = harness::histogram();
             let mut waiting = InFlight::new();
-            while Instant::now() < deadline || answered < sent {
-                while sent - answered < WINDOW && Instant::now() < deadline {
+            while Instant::now() < deadline || !waiting.since.is_empty() {
+                while waiting.since.len() < WINDOW && Instant::now() < deadline {
                     waiting.since.insert(sent, Instant::now());
                     tx.send(set.send(&nonce, i, sent)).await?;
                     sent += 1;
                 }
                 let msg = tokio::time::timeout(Duration::from_secs(30), rx.next()).await.context("answer timed out")?;
                 if let Some(t0) = waiting.take(answer(msg)?, &mut tx, &set, &nonce, i).await? {
-                    answered += 1;
                     h.saturating_record(t0.elapsed().as_micros() as u64);
                 }
             }
@@ -1084,7 +1083,7 @@ async fn cluster_paced_sends(
         let (set, nonce) = (set.clone(), nonce.clone());
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
-            let (mut sent, mut answered) = (0u64, 0u64);
+            let mut sent = 0u64;
             let mut halves = [harness::histogram(), harness::histogram()];
             // A send's latency counts from when it was due, a retried one's too.
             let mut waiting = InFlight::new();
@@ -1093,7 +1092,7 @@ async fn cluster_paced_sends(
                 // so that the senders interleave evenly.
                 let due = begin + every.mul_f64(sent as f64 + i as f64 / senders as f64);
                 let sending = due < deadline && sent < 10_000_000;
-                if !sending && answered == sent {
+                if !sending && waiting.since.is_empty() {
                     break;
                 }
                 tokio::select! {
@@ -1105,7 +1104,6 @@ async fn cluster_paced_sends(
                     msg = tokio::time::timeout(Duration::from_secs(30), rx.next()) => {
                         let got = answer(msg.context("answer timed out")?)?;
                         if let Some(due) = waiting.take(got, &mut tx, &set, &nonce, i).await? {
-                            answered += 1;
                             halves[usize::from(due >= half)].saturating_record(due.elapsed().as_micros() as u64);
                         }
                     }

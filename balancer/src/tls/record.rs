@@ -283,8 +283,7 @@ impl Opener<'_> {
     /// does not hold all of it yet; otherwise the bytes it took and what
     /// it held (plaintext ranges are within `buf`).
     pub fn open(&mut self, buf: &mut [u8]) -> Result<Option<(usize, Opened)>, RecordError> {
-        let Some(header) = buf.get(..HEADER) else { return Ok(None) };
-        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let Some(len) = body_len(buf) else { return Ok(None) };
         let max = match self.version {
             Version::Tls13 => MAX_PLAINTEXT + 256,
             Version::Tls12 => MAX_PLAINTEXT + 2048,
@@ -368,13 +367,14 @@ impl Opener<'_> {
 /// than any version allows (which opening refuses): only then is an
 /// opener worth making.
 pub fn has_whole_record(buf: &[u8]) -> bool {
-    match buf.get(..HEADER) {
-        Some(header) => {
-            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-            len > MAX_RECORD - HEADER || buf.len() >= HEADER + len
-        }
-        None => false,
-    }
+    body_len(buf).is_some_and(|len| len > MAX_RECORD - HEADER || buf.len() >= HEADER + len)
+}
+
+/// The body length the record at the start of `buf` declares, once its
+/// header is there.
+fn body_len(buf: &[u8]) -> Option<usize> {
+    let header = buf.get(..HEADER)?;
+    Some(usize::from(u16::from_be_bytes([header[3], header[4]])))
 }
 
 /// Seals records with one expanded key.

@@ -329,8 +329,12 @@ impl Pipe<'_> {
     /// one (RFC 8446 §4.6.3); TLS 1.2 cannot, and ends the connection.
     fn update_our_key(&mut self) -> Result<(), Failure> {
         let Some(rekey) = self.rekey.as_mut() else { return Err(RecordError::Exhausted.into()) };
-        let sealer = &mut self.layer.sealer();
-        seal_onto(sealer, ContentType::Handshake, &KEY_UPDATE_NOT_REQUESTED, &mut self.down.to_client)?;
+        seal_onto(
+            &mut self.layer.sealer(),
+            ContentType::Handshake,
+            &KEY_UPDATE_NOT_REQUESTED,
+            &mut self.down.to_client,
+        )?;
         let (seq, secrets) = rekey.update_tx_secret()?;
         self.layer.set_tx(TrafficKey::new(seq, secrets)?);
         self.down.update_owed = false;

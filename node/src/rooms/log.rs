@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
-use std::sync::Arc;
 
 use super::record::COMMITTED;
 use super::record::DEDUP;

@@ -95,5 +95,17 @@ pub enum Published {
     },
 }
 
+impl Published {
+    /// The room log key of the room the event is about.
+    pub fn room_key(&self) -> u64 {
+        match self {
+            Published::Message { room_key, .. }
+            | Published::Deleted { room_key, .. }
+            | Published::Edited { room_key, .. }
+            | Published::Reaction { room_key, .. } => *room_key,
+        }
+    }
+}
+
 /// Receives everything committed, in commit order.
 pub type Publisher = Arc<dyn Fn(Published) + Send + Sync>;

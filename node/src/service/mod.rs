@@ -458,13 +458,13 @@ impl Node {
 
 /// Turns a committed write into the event every local listener gets.
 fn publish_committed(hub: &Hub, p: Published) {
+    // Most replicas of a busy room have no listener of it: the event's
+    // JSON would be built for no one.
+    if !hub.has_listeners(p.room_key()) {
+        return;
+    }
     match p {
         Published::Message { room, room_key, message } => {
-            // Most replicas of a busy room have no listener of it: the
-            // event's JSON would be built for no one.
-            if !hub.has_listeners(room_key) {
-                return;
-            }
             let json = message_event(&room, &message);
             hub.publish(Event {
                 room_key,
