@@ -11,6 +11,10 @@
 //! `since` = the last seq seen, and writes every unanswered send again with
 //! the same `client_id`, so the server answers the original seq.
 //!
+//! With [`ResilientOptions::follow_assign`] each connection goes straight to
+//! the node the balancer's `GET /assign` names (on the balancer's host), and
+//! through the balancer when that fails.
+//!
 //! Sends answered `unavailable` or `rate_limited` are retried the same way,
 //! after the backoff or `retry_after_ms`; any other error is final and is
 //! what the send's future answers.
@@ -116,6 +120,13 @@ pub struct ResilientOptions {
     pub client_id_prefix: Option<String>,
     /// Seed of the jitter (default: from the clock).
     pub jitter_seed: Option<u64>,
+    /// Before each connection, ask `GET /assign` at `addr` (the balancer)
+    /// and open the WebSocket straight to the node it names, so the
+    /// balancer relays none of its bytes (docs/protocol.md §7.4). Followed
+    /// only when the node is on `addr`'s host (loopback names count as one
+    /// host), as the web client does; when it is not, or `/assign` or the
+    /// node fails, that connection goes through `addr`.
+    pub follow_assign: bool,
 }
 
 impl ResilientOptions {
@@ -134,6 +145,7 @@ impl ResilientOptions {
             first_connect_timeout: Duration::from_secs(30),
             client_id_prefix: None,
             jitter_seed: None,
+            follow_assign: false,
         }
     }
 
@@ -146,6 +158,13 @@ impl ResilientOptions {
     /// Logs in with these when there is no token or it is refused.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.credentials = Some((username.into(), password.into()));
+        self
+    }
+
+    /// Connects straight to the node `GET /assign` names (see
+    /// [`ResilientOptions::follow_assign`]).
+    pub fn follow_assign(mut self) -> Self {
+        self.follow_assign = true;
         self
     }
 }
@@ -220,6 +239,8 @@ pub struct ClientStats {
     pub sessions: u64,
     /// Sessions after the first.
     pub reconnects: u64,
+    /// Sessions opened straight to the node `/assign` named.
+    pub direct_sessions: u64,
     /// Connection attempts that failed before a session was up.
     pub connect_failures: u64,
     /// Logins made (initial and after a refused token).
@@ -245,6 +266,7 @@ pub struct ClientStats {
 #[derive(Default)]
 struct Counters {
     sessions: AtomicU64,
+    direct_sessions: AtomicU64,
     connect_failures: AtomicU64,
     logins: AtomicU64,
     answered: AtomicU64,
@@ -438,6 +460,7 @@ impl ResilientClient {
         ClientStats {
             sessions,
             reconnects: sessions.saturating_sub(1),
+            direct_sessions: get(&c.direct_sessions),
             connect_failures: get(&c.connect_failures),
             logins: get(&c.logins),
             answered: get(&c.answered),
@@ -450,6 +473,21 @@ impl ResilientClient {
             delivered: get(&c.delivered),
         }
     }
+}
+
+/// The `host:port` of the node an `/assign` answer names, when its `ws` URL
+/// is plain `ws://…/ws` on the host of `base` (loopback names count as one
+/// host); None otherwise.
+fn assigned_node(base: &str, answer: &Value) -> Option<String> {
+    let node = answer.get("ws")?.as_str()?.strip_prefix("ws://")?.strip_suffix("/ws")?;
+    let host = |addr: &str| -> Option<String> {
+        let (host, port) = addr.rsplit_once(':')?;
+        port.parse::<u16>().ok()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        Some(if loopback { "loopback".to_string() } else { host })
+    };
+    (host(node)? == host(base)?).then(|| node.to_string())
 }
 
 fn stopped() -> Error {
@@ -797,7 +835,17 @@ impl Driver {
         }
         let token = self.token.clone().unwrap_or_default();
         let ws_opts = WsOptions { timeout: self.opts.connect_timeout, ..WsOptions::default() };
-        let mut ws = crate::ws::open(&self.opts.addr, &ws_opts).await.map_err(ConnectError::Transient)?;
+        let direct = match self.assigned().await {
+            Some(node) => crate::ws::open(&node, &ws_opts).await.ok(),
+            None => None,
+        };
+        if direct.is_some() {
+            bump(&self.shared.counters.direct_sessions);
+        }
+        let mut ws = match direct {
+            Some(ws) => ws,
+            None => crate::ws::open(&self.opts.addr, &ws_opts).await.map_err(ConnectError::Transient)?,
+        };
         let auth = command_text(Command::Auth { token }, 1);
         let deadline = Instant::now() + self.opts.connect_timeout;
         let sent = tokio::time::timeout_at(deadline, ws.send(tungstenite::Message::text(auth))).await;
@@ -844,6 +892,20 @@ impl Driver {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The node `GET /assign` names for this connection, when the client
+    /// follows it and the node is on the balancer's host.
+    async fn assigned(&self) -> Option<String> {
+        if !self.opts.follow_assign {
+            return None;
+        }
+        let http = self.http.without_token();
+        let asked = http.request(crate::http::Method::GET, "/assign", None);
+        match tokio::time::timeout(self.opts.connect_timeout, asked).await {
+            Ok(Ok(raw)) if raw.status == 200 => assigned_node(&self.opts.addr, &raw.json),
+            _ => None,
         }
     }
 
@@ -1266,6 +1328,24 @@ mod tests {
             assert!((0.0..1.0).contains(&x));
             assert_eq!(x, b.unit());
         }
+    }
+
+    #[test]
+    fn an_assigned_node_is_followed_only_on_the_balancers_host() {
+        let answer = |ws: &str| serde_json::json!({"node": 2, "url": "http://x", "ws": ws});
+        let base = "127.0.0.1:8080";
+        assert_eq!(assigned_node(base, &answer("ws://127.0.0.1:7102/ws")), Some("127.0.0.1:7102".into()));
+        assert_eq!(assigned_node("localhost:8080", &answer("ws://127.0.0.2:7102/ws")), Some("127.0.0.2:7102".into()));
+        assert_eq!(assigned_node("[::1]:8080", &answer("ws://127.0.0.1:7102/ws")), Some("127.0.0.1:7102".into()));
+        assert_eq!(
+            assigned_node("chat.example:80", &answer("ws://chat.example:7102/ws")),
+            Some("chat.example:7102".into())
+        );
+        assert_eq!(assigned_node(base, &answer("ws://10.0.0.5:7102/ws")), None, "another host");
+        assert_eq!(assigned_node(base, &answer("wss://127.0.0.1:7102/ws")), None, "not plain ws");
+        assert_eq!(assigned_node(base, &answer("ws://127.0.0.1:7102/other")), None, "not /ws");
+        assert_eq!(assigned_node(base, &answer("ws://127.0.0.1/ws")), None, "no port");
+        assert_eq!(assigned_node(base, &serde_json::json!({"node": 2})), None, "no ws URL");
     }
 
     #[test]

@@ -103,7 +103,9 @@ async fn run(addr: &str, args: &ChatArgs, password: &str) -> Result<()> {
         }
         Err(e) => bail!("signing in at {}: {}", args.url, model::describe(&e)),
     };
-    let opts = ResilientOptions::new(addr).token(login.token.clone()).credentials(user, password);
+    // Straight to the node the balancer assigns, when it is on the same host:
+    // the balancer then relays none of the chat's bytes.
+    let opts = ResilientOptions::new(addr).token(login.token.clone()).credentials(user, password).follow_assign();
     let (client, events) = ResilientClient::connect(opts)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {}: {}", args.url, model::describe(&e)))?;
