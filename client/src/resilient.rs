@@ -239,7 +239,8 @@ pub struct ClientStats {
     pub sessions: u64,
     /// Sessions after the first.
     pub reconnects: u64,
-    /// Sessions opened straight to the node `/assign` named.
+    /// Connections opened straight to the node `/assign` named (counted
+    /// when the socket opens, before `auth`).
     pub direct_sessions: u64,
     /// Connection attempts that failed before a session was up.
     pub connect_failures: u64,
