@@ -552,14 +552,13 @@ fn balancer_counts(balancer: &Server, count: impl Fn(&Value) -> u64) -> Result<V
 }
 
 /// The node address `GET /assign` on `balancer` names (`host:port` of its
-/// `ws` URL).
+/// `ws` URL), read as the client library reads it.
 pub fn assigned_node(balancer: &str) -> Result<String> {
     let (status, body) = http_get(balancer, "/assign")?;
     anyhow::ensure!(status == 200, "/assign answered {status}: {body}");
     let v: Value = serde_json::from_str(&body).context("/assign's answer")?;
-    let ws = v["ws"].as_str().context("/assign names no ws URL")?;
-    let rest = ws.strip_prefix("ws://").context("/assign named a non-ws URL")?;
-    Ok(rest.split('/').next().unwrap_or(rest).to_string())
+    palaver_client::assigned_node(balancer, &v)
+        .with_context(|| format!("/assign named no ws://…/ws URL on {balancer}'s host: {body}"))
 }
 
 /// Why HAProxy cannot run here, if it cannot.

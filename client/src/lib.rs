@@ -68,6 +68,7 @@ pub use resilient::Order;
 pub use resilient::ResilientClient;
 pub use resilient::ResilientOptions;
 pub use resilient::Sent;
+pub use resilient::assigned_node;
 pub use resilient::backoff;
 pub use resilient::order;
 pub use sse::Sse;

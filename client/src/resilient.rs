@@ -479,7 +479,7 @@ impl ResilientClient {
 /// The `host:port` of the node an `/assign` answer names, when its `ws` URL
 /// is plain `ws://…/ws` on the host of `base` (loopback names count as one
 /// host); None otherwise.
-fn assigned_node(base: &str, answer: &Value) -> Option<String> {
+pub fn assigned_node(base: &str, answer: &Value) -> Option<String> {
     let node = answer.get("ws")?.as_str()?.strip_prefix("ws://")?.strip_suffix("/ws")?;
     let host = |addr: &str| -> Option<String> {
         let (host, port) = addr.rsplit_once(':')?;
@@ -840,11 +840,11 @@ impl Driver {
             Some(node) => crate::ws::open(&node, &ws_opts).await.ok(),
             None => None,
         };
-        if direct.is_some() {
-            bump(&self.shared.counters.direct_sessions);
-        }
         let mut ws = match direct {
-            Some(ws) => ws,
+            Some(ws) => {
+                bump(&self.shared.counters.direct_sessions);
+                ws
+            }
             None => crate::ws::open(&self.opts.addr, &ws_opts).await.map_err(ConnectError::Transient)?,
         };
         let auth = command_text(Command::Auth { token }, 1);
